@@ -1,0 +1,323 @@
+//! The Control gRPC service: what orchestration and kxdpctl call.
+//!
+//! Reads answer from the desired state and the reconcilers' last view of each
+//! dataplane; only `GetNodeCounters` goes to a dataplane live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kxdp_proto::control::control_server::Control;
+use kxdp_proto::control::{
+    ApplyClusterReply, ApplyClusterRequest, GetNodeCountersRequest, ListNodesReply,
+    ListNodesRequest, ListPodsReply, ListPodsRequest, ListRoutesReply, ListRoutesRequest, NodeInfo,
+    PodInfo,
+};
+use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
+use kxdp_proto::dataplane::{AttachState, GetCountersReply, GetCountersRequest, PodStatus};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, DataplaneKind, Problems};
+use crate::plan;
+use crate::reconcile::{Phase, Shared, StatusMap};
+use crate::uds;
+
+/// How long `ApplyCluster` waits for the reachable nodes to take the new state.
+pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A counters read is a cheap sum over workers: answer fast or not at all.
+pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct ControlService {
+    shared: Arc<Shared>,
+    apply_timeout: Duration,
+}
+
+impl ControlService {
+    pub fn new(shared: Arc<Shared>, apply_timeout: Duration) -> ControlService {
+        ControlService {
+            shared,
+            apply_timeout,
+        }
+    }
+
+    /// Waits until every kxdp node of `generation` has had an attempt at it;
+    /// returns the nodes that were unreachable, or an error naming the nodes
+    /// that refused it or did not finish in time.
+    async fn wait_for_nodes(
+        &self,
+        generation: u64,
+        nodes: &[String],
+    ) -> Result<Vec<String>, Status> {
+        let mut rx = self.shared.status.subscribe();
+        let attempted = |m: &StatusMap| {
+            nodes.iter().all(|n| {
+                m.get(n)
+                    .is_some_and(|s| s.attempted_generation >= generation)
+            })
+        };
+        let waited = tokio::time::timeout(self.apply_timeout, rx.wait_for(attempted)).await;
+        let status = self.shared.status.borrow().clone();
+        let phase = |n: &String| status.get(n).map_or(Phase::Pending, |s| s.phase.clone());
+        if waited.is_err() {
+            let late: Vec<String> = nodes
+                .iter()
+                .filter(|n| {
+                    status
+                        .get(*n)
+                        .is_none_or(|s| s.attempted_generation < generation)
+                })
+                .map(|n| format!("{n} ({})", phase(n).describe()))
+                .collect();
+            return Err(Status::deadline_exceeded(format!(
+                "generation {generation} is the desired state, but these nodes did not answer within {:?}: {}",
+                self.apply_timeout,
+                late.join(", ")
+            )));
+        }
+        let failed: Vec<String> = nodes
+            .iter()
+            .filter(|n| matches!(phase(n), Phase::Failed(_)))
+            .map(|n| format!("{n} ({})", phase(n).describe()))
+            .collect();
+        if !failed.is_empty() {
+            return Err(Status::internal(format!(
+                "generation {generation} is the desired state, but these dataplanes refused it: {}",
+                failed.join("; ")
+            )));
+        }
+        Ok(nodes
+            .iter()
+            .filter(|n| matches!(phase(n), Phase::Unreachable(_)))
+            .cloned()
+            .collect())
+    }
+
+    fn known_node(cluster: &Cluster, name: &str) -> Result<(), Status> {
+        if name.is_empty() || cluster.node(name).is_some() {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("no node named {name:?}")))
+        }
+    }
+}
+
+/// The status message of an invalid cluster file: one problem per line.
+pub fn invalid_argument(problems: &Problems) -> Status {
+    Status::invalid_argument(problems.to_string())
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn apply_cluster(
+        &self,
+        request: Request<ApplyClusterRequest>,
+    ) -> Result<Response<ApplyClusterReply>, Status> {
+        let yaml = request.into_inner().yaml;
+        let cluster = Cluster::from_yaml(&yaml).map_err(|p| invalid_argument(&p))?;
+        cluster
+            .check_sockets(&self.shared.dataplane_dir)
+            .map_err(|p| invalid_argument(&p))?;
+        let (nodes, pods) = (cluster.nodes.len() as u32, cluster.pods.len() as u32);
+        let kxdp: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.is_kxdp())
+            .map(|n| n.name.clone())
+            .collect();
+
+        let generation = self.shared.set_cluster(cluster);
+        log::info!("applied cluster file: generation {generation}, {nodes} nodes, {pods} pods");
+
+        let unreachable = self.wait_for_nodes(generation, &kxdp).await?;
+        if !unreachable.is_empty() {
+            log::warn!(
+                "generation {generation}: unreachable nodes will be synced when they answer: {}",
+                unreachable.join(", ")
+            );
+        }
+        Ok(Response::new(ApplyClusterReply {
+            generation,
+            nodes,
+            pods,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesReply>, Status> {
+        let desired = self.shared.current();
+        let status = self.shared.status.borrow().clone();
+        let nodes = desired
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut info = NodeInfo {
+                    name: n.name.clone(),
+                    underlay_ip: n.underlay_ip.to_string(),
+                    pod_cidr: n.pod_cidr.to_string(),
+                    vtep_mac: n.vtep_mac.to_string(),
+                    ..Default::default()
+                };
+                match n.dataplane {
+                    DataplaneKind::Kernel => info.status = "kernel".into(),
+                    DataplaneKind::Kxdp => {
+                        info.dataplane_socket = n
+                            .socket_path(&self.shared.dataplane_dir)
+                            .display()
+                            .to_string();
+                        info.desired_generation = desired.generation;
+                        let s = status.get(&n.name).cloned().unwrap_or_default();
+                        info.status = s.phase.word().into();
+                        info.applied_generation = s.applied_generation;
+                        info.boot_id = s.boot_id;
+                    }
+                }
+                info
+            })
+            .collect();
+        Ok(Response::new(ListNodesReply { nodes }))
+    }
+
+    async fn list_pods(
+        &self,
+        request: Request<ListPodsRequest>,
+    ) -> Result<Response<ListPodsReply>, Status> {
+        let filter = request.into_inner().node;
+        let desired = self.shared.current();
+        Self::known_node(&desired.cluster, &filter)?;
+        let status = self.shared.status.borrow().clone();
+        let pods = desired
+            .cluster
+            .pods
+            .iter()
+            .filter(|p| filter.is_empty() || p.node == filter)
+            .map(|p| {
+                let kernel = desired.cluster.node(&p.node).is_some_and(|n| !n.is_kxdp());
+                let status = if kernel {
+                    "kernel".to_string()
+                } else {
+                    match status.get(&p.node) {
+                        Some(s)
+                            if matches!(
+                                s.phase,
+                                Phase::Synced | Phase::Syncing | Phase::Failed(_)
+                            ) =>
+                        {
+                            s.pods
+                                .iter()
+                                .find(|ps| ps.name == p.name)
+                                .map_or_else(|| "unknown".to_string(), attach_word)
+                        }
+                        _ => "unknown".to_string(),
+                    }
+                };
+                PodInfo {
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    ip: p.ip.to_string(),
+                    mac: p.mac().to_string(),
+                    ifname: p.ifname(),
+                    status,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListPodsReply { pods }))
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesReply>, Status> {
+        let filter = request.into_inner().node;
+        let desired = self.shared.current();
+        Self::known_node(&desired.cluster, &filter)?;
+        // Kernel nodes have no entry: their routes live in Linux, not kxdp.
+        let routes = desired
+            .states
+            .iter()
+            .filter(|(name, _)| filter.is_empty() || **name == filter)
+            .flat_map(|(_, state)| plan::routes(state))
+            .collect();
+        Ok(Response::new(ListRoutesReply { routes }))
+    }
+
+    async fn get_node_counters(
+        &self,
+        request: Request<GetNodeCountersRequest>,
+    ) -> Result<Response<GetCountersReply>, Status> {
+        let name = request.into_inner().node;
+        let desired = self.shared.current();
+        let node = desired
+            .cluster
+            .node(&name)
+            .ok_or_else(|| Status::not_found(format!("no node named {name:?}")))?;
+        if !node.is_kxdp() {
+            return Err(Status::failed_precondition(format!(
+                "{name} is a kernel node: it has no kxdp dataplane"
+            )));
+        }
+        let socket = node.socket_path(&self.shared.dataplane_dir);
+        let channel = uds::connect(&socket).await.map_err(|e| {
+            let cause = uds::io_cause(&e).map_or_else(|| e.to_string(), |io| io.to_string());
+            Status::unavailable(format!(
+                "{name}: dataplane at {} unreachable: {cause}",
+                socket.display()
+            ))
+        })?;
+        let mut client = DataplaneClient::new(channel);
+        let call = client.get_counters(GetCountersRequest {});
+        match tokio::time::timeout(COUNTERS_TIMEOUT, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(Status::new(
+                status.code(),
+                format!("{name}: GetCounters: {}", status.message()),
+            )),
+            Err(_) => Err(Status::unavailable(format!(
+                "{name}: GetCounters: no reply within {COUNTERS_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// A pod's attach status as one word, with the detail for failures.
+fn attach_word(ps: &PodStatus) -> String {
+    match AttachState::try_from(ps.state) {
+        Ok(AttachState::Attached) => "attached".into(),
+        Ok(AttachState::Pending) => "pending".into(),
+        Ok(AttachState::Failed) if ps.detail.is_empty() => "failed".into(),
+        Ok(AttachState::Failed) => format!("failed: {}", ps.detail),
+        Ok(AttachState::Unspecified) | Err(_) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_words() {
+        let ps = |state: AttachState, detail: &str| PodStatus {
+            name: "p1".into(),
+            state: state as i32,
+            detail: detail.into(),
+        };
+        assert_eq!(attach_word(&ps(AttachState::Attached, "")), "attached");
+        assert_eq!(
+            attach_word(&ps(AttachState::Pending, "no such device")),
+            "pending"
+        );
+        assert_eq!(
+            attach_word(&ps(AttachState::Failed, "xsk bind: EBUSY")),
+            "failed: xsk bind: EBUSY"
+        );
+        assert_eq!(attach_word(&ps(AttachState::Unspecified, "")), "unknown");
+        assert_eq!(
+            attach_word(&PodStatus {
+                state: 99,
+                ..Default::default()
+            }),
+            "unknown"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! kxdpctl: the operator CLI. Talks to kxdp-control's Control API; `validate`,
+//! `plan-pods` and `plan-node` work offline on a cluster file.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kxdp_control::cluster::{Cluster, Problems, LAB_CLUSTER_YAML};
+use kxdp_control::reconcile::code_name;
+use kxdp_control::view::{
+    self, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView, RouteView,
+    RoutesView,
+};
+use kxdp_control::{plan, uds};
+use kxdp_proto::control::control_client::ControlClient;
+use kxdp_proto::control::{
+    ApplyClusterRequest, GetNodeCountersRequest, ListNodesRequest, ListPodsRequest,
+    ListRoutesRequest,
+};
+use kxdp_proto::DEFAULT_CONTROL_SOCKET;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Operate a kxdp cluster through kxdp-control.
+///
+/// Exit status: 0 on success, 2 when a cluster file is invalid (or the
+/// command line is), 1 on any other error.
+#[derive(Parser, Debug)]
+#[command(name = "kxdpctl", version, verbatim_doc_comment)]
+struct Args {
+    /// kxdp-control's Unix socket.
+    #[arg(long, global = true, value_name = "SOCK", env = "KXDP_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    control: PathBuf,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Nodes with their sync status and generations.
+    Nodes,
+    /// Pods with their dataplane attach status.
+    Pods {
+        /// Only this node's pods.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Routes each kxdp node's dataplane holds: its pod CIDR locally, others over VXLAN.
+    Routes {
+        /// Only this node's routes.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// A node's live dataplane counters: interfaces, totals, non-zero drops.
+    Counters {
+        #[arg(long)]
+        node: String,
+        /// Show drop reasons with zero packets too (JSON always has every reason).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Validate a cluster file and make it the desired state of every node.
+    Apply { file: PathBuf },
+    /// Validate a cluster file offline (no kxdp-control needed).
+    Validate { file: PathBuf },
+    /// Offline: how to plumb each pod, as JSON (scripts/lab.sh reads it).
+    ///
+    /// A JSON array, one object per pod:
+    /// {node, name, ip, prefix_len, gateway, mac, ifname, mtu, dataplane}.
+    /// FILE defaults to the embedded lab cluster file.
+    #[command(verbatim_doc_comment)]
+    PlanPods { file: Option<PathBuf> },
+    /// Offline: one JSON object per node (name, underlay_ip, uplink,
+    /// pod_cidr, gateway, vtep_mac, dataplane, mtu, underlay_mtu, vni,
+    /// vxlan_port): what the lab script builds each node's namespace from.
+    PlanNodes { file: Option<PathBuf> },
+    /// Offline: the DataplaneState that would be pushed to NODE, as JSON.
+    ///
+    /// The generation is 0 here; kxdp-control stamps its own. FILE defaults
+    /// to the embedded lab cluster file.
+    PlanNode { node: String, file: Option<PathBuf> },
+}
+
+/// Why a command failed, and so its exit status.
+enum Failure {
+    /// The input was invalid: exit 2.
+    Invalid(String),
+    /// Anything else: exit 1.
+    Other(String),
+}
+
+impl Failure {
+    fn exit(self) -> ExitCode {
+        match self {
+            Failure::Invalid(msg) => {
+                eprintln!("{msg}");
+                ExitCode::from(2)
+            }
+            Failure::Other(msg) => {
+                eprintln!("kxdpctl: {msg}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Failure::Other(format!("cannot start the runtime: {e}")).exit(),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit(),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let json = args.json;
+    match args.cmd {
+        Cmd::Validate { file } => {
+            let cluster = load(Some(&file))?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "ok": true, "nodes": cluster.nodes.len(), "pods": cluster.pods.len() }),
+                )
+            } else {
+                out(&format!(
+                    "ok: {} nodes, {} pods\n",
+                    cluster.nodes.len(),
+                    cluster.pods.len()
+                ))
+            }
+        }
+        Cmd::PlanPods { file } => print_json(&plan::pod_plans(&load(file.as_deref())?)),
+        Cmd::PlanNodes { file } => print_json(&plan::node_plans(&load(file.as_deref())?)),
+        Cmd::PlanNode { node, file } => {
+            let cluster = load(file.as_deref())?;
+            let state =
+                plan::node_state(&cluster, &node, 0).ok_or_else(|| match cluster.node(&node) {
+                    Some(_) => {
+                        Failure::Other(format!("{node} is a kernel node: nothing is pushed to it"))
+                    }
+                    None => Failure::Other(format!("no node named {node:?}")),
+                })?;
+            print_json(&DataplaneStateView::from(state))
+        }
+        Cmd::Apply { file } => {
+            let yaml = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::Other(format!("cannot read {}: {e}", file.display())))?;
+            let mut client = connect(&args.control).await?;
+            let reply = match client.apply_cluster(ApplyClusterRequest { yaml }).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid(
+                        &file.display().to_string(),
+                        status.message().lines(),
+                    ));
+                }
+                Err(status) => return Err(rpc_failure("apply", &status)),
+            };
+            let nodes: Vec<NodeView> = list_nodes(&mut client).await?;
+            if json {
+                #[derive(Serialize)]
+                struct Applied {
+                    generation: u64,
+                    nodes: u32,
+                    pods: u32,
+                    node_status: Vec<NodeView>,
+                }
+                print_json(&Applied {
+                    generation: reply.generation,
+                    nodes: reply.nodes,
+                    pods: reply.pods,
+                    node_status: nodes,
+                })
+            } else {
+                out(&format!(
+                    "applied generation {}: {} nodes, {} pods\n{}",
+                    reply.generation,
+                    reply.nodes,
+                    reply.pods,
+                    view::nodes_table(&nodes)
+                ))
+            }
+        }
+        Cmd::Nodes => {
+            let nodes = list_nodes(&mut connect(&args.control).await?).await?;
+            if json {
+                print_json(&NodesView { nodes })
+            } else {
+                out(&view::nodes_table(&nodes))
+            }
+        }
+        Cmd::Pods { node } => {
+            let request = ListPodsRequest {
+                node: node.unwrap_or_default(),
+            };
+            let reply = connect(&args.control)
+                .await?
+                .list_pods(request)
+                .await
+                .map_err(|s| rpc_failure("list pods", &s))?;
+            let pods: Vec<PodView> = reply
+                .into_inner()
+                .pods
+                .into_iter()
+                .map(PodView::from)
+                .collect();
+            if json {
+                print_json(&PodsView { pods })
+            } else {
+                out(&view::pods_table(&pods))
+            }
+        }
+        Cmd::Routes { node } => {
+            let request = ListRoutesRequest {
+                node: node.unwrap_or_default(),
+            };
+            let reply = connect(&args.control)
+                .await?
+                .list_routes(request)
+                .await
+                .map_err(|s| rpc_failure("list routes", &s))?;
+            let routes: Vec<RouteView> = reply
+                .into_inner()
+                .routes
+                .into_iter()
+                .map(RouteView::from)
+                .collect();
+            if json {
+                print_json(&RoutesView { routes })
+            } else {
+                out(&view::routes_table(&routes))
+            }
+        }
+        Cmd::Counters { node, all } => {
+            let request = GetNodeCountersRequest { node: node.clone() };
+            let reply = connect(&args.control)
+                .await?
+                .get_node_counters(request)
+                .await
+                .map_err(|s| rpc_failure("counters", &s))?;
+            let counters = CountersView::new(node, reply.into_inner());
+            if json {
+                print_json(&counters)
+            } else {
+                out(&view::counters_text(&counters, all))
+            }
+        }
+    }
+}
+
+/// Reads and validates a cluster file; `None` is the embedded lab file.
+fn load(file: Option<&Path>) -> Result<Cluster> {
+    let (name, text) = match file {
+        None => (
+            "the embedded lab cluster file".to_string(),
+            LAB_CLUSTER_YAML.to_string(),
+        ),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Other(format!("cannot read {}: {e}", path.display())))?;
+            (path.display().to_string(), text)
+        }
+    };
+    Cluster::from_yaml(&text).map_err(|p: Problems| {
+        let lines: Vec<String> = p.0.iter().map(|p| p.to_string()).collect();
+        invalid(&name, lines.iter().map(String::as_str))
+    })
+}
+
+fn invalid<'a>(name: &str, problems: impl Iterator<Item = &'a str>) -> Failure {
+    let lines: Vec<&str> = problems.collect();
+    let mut msg = format!(
+        "invalid cluster file {name} ({} problem{}):",
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" }
+    );
+    for line in lines {
+        msg.push_str("\n  ");
+        msg.push_str(line);
+    }
+    Failure::Invalid(msg)
+}
+
+async fn connect(socket: &Path) -> Result<ControlClient<Channel>> {
+    match uds::connect(socket).await {
+        Ok(channel) => Ok(ControlClient::new(channel)),
+        Err(e) => {
+            let io = uds::io_cause(&e);
+            let cause = io.map_or_else(|| e.to_string(), |io| io.to_string());
+            let hint = match io.map(io::Error::kind) {
+                Some(io::ErrorKind::PermissionDenied) => "the socket is root-only: run kxdpctl as root",
+                Some(io::ErrorKind::ConnectionRefused) => {
+                    "the socket is stale: kxdp-control is not running (start it, or pass --control SOCK)"
+                }
+                _ => "is kxdp-control running? start it, or pass --control SOCK (or set KXDP_CONTROL_SOCKET)",
+            };
+            Err(Failure::Other(format!(
+                "cannot reach kxdp-control at {}: {cause}\nhint: {hint}",
+                socket.display()
+            )))
+        }
+    }
+}
+
+async fn list_nodes(client: &mut ControlClient<Channel>) -> Result<Vec<NodeView>> {
+    let reply = client
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| rpc_failure("list nodes", &s))?;
+    Ok(reply
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(NodeView::from)
+        .collect())
+}
+
+fn rpc_failure(what: &str, status: &Status) -> Failure {
+    Failure::Other(format!(
+        "{what}: {}: {}",
+        code_name(status.code()),
+        status.message()
+    ))
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Failure::Other(format!("JSON: {e}")))?;
+    out(&format!("{text}\n"))
+}
+
+/// Writes to stdout; a closed pipe (`kxdpctl pods | head`) is not an error.
+fn out(text: &str) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Other(format!("stdout: {e}"))),
+    }
+}

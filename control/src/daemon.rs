@@ -1,0 +1,545 @@
+//! The control process, minus argument parsing: serve the Control API on a
+//! Unix socket and run the reconcilers until told to stop.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use kxdp_proto::control::control_server::ControlServer;
+use tonic::transport::Server;
+
+use crate::api::ControlService;
+use crate::cluster::Cluster;
+use crate::reconcile::{self, Shared};
+use crate::uds;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Control API's socket.
+    pub listen: PathBuf,
+    /// Where nodes' dataplane sockets are when the cluster file does not say.
+    pub dataplane_dir: PathBuf,
+    pub resync_interval: Duration,
+    pub apply_timeout: Duration,
+}
+
+/// Serves until `shutdown` completes, then stops the reconcilers and removes
+/// the socket. `cluster` must be valid for `config.dataplane_dir`
+/// (`Cluster::check_sockets`).
+pub async fn run(
+    config: Config,
+    cluster: Cluster,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shared = Shared::new(
+        cluster,
+        config.dataplane_dir.clone(),
+        config.resync_interval,
+    );
+    let (listener, socket_file) = uds::bind(&config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen.display()))?;
+    {
+        let desired = shared.current();
+        log::info!(
+            "serving the control API on {}; generation {}: {} nodes ({} kxdp), {} pods",
+            socket_file.path().display(),
+            desired.generation,
+            desired.cluster.nodes.len(),
+            desired.states.len(),
+            desired.cluster.pods.len()
+        );
+    }
+
+    let supervisor = tokio::spawn(reconcile::supervise(shared.clone()));
+    let service = ControlServer::new(ControlService::new(shared, config.apply_timeout));
+    let served = Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(uds::incoming(listener), shutdown)
+        .await;
+
+    // Aborting the supervisor drops its JoinSet, which aborts the reconcilers.
+    supervisor.abort();
+    let _ = supervisor.await;
+    drop(socket_file);
+    log::info!("stopped");
+    served.context("control API server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reconciler and the API end to end, against an in-test dataplane
+    //! double on a temp Unix socket.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use kxdp_proto::control::control_client::ControlClient;
+    use kxdp_proto::control::{
+        ApplyClusterRequest, GetNodeCountersRequest, ListNodesRequest, ListPodsRequest,
+        ListRoutesRequest, NodeInfo,
+    };
+    use kxdp_proto::dataplane::dataplane_server::{Dataplane, DataplaneServer};
+    use kxdp_proto::dataplane::{
+        AttachState, DataplaneState, DropCounter, GetCountersReply, GetCountersRequest,
+        GetStateReply, GetStateRequest, PodStatus, SyncRequest, UpdateRequest, WriteReply,
+    };
+    use tokio::sync::oneshot;
+    use tonic::transport::Channel;
+    use tonic::{Code, Request, Response, Status};
+
+    use super::*;
+    use crate::uds::tests::TempDir;
+
+    const TICK: Duration = Duration::from_millis(50);
+
+    /// A dataplane that holds what it is sent and records every Sync.
+    #[derive(Default)]
+    struct FakeDataplane {
+        inner: Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        boot_id: String,
+        state: Option<DataplaneState>,
+        syncs: Vec<DataplaneState>,
+    }
+
+    impl FakeDataplane {
+        fn new(boot_id: &str) -> Arc<FakeDataplane> {
+            let fake = FakeDataplane::default();
+            fake.inner.lock().unwrap().boot_id = boot_id.into();
+            Arc::new(fake)
+        }
+
+        /// Looks like a restart to the control process: a new boot_id. The
+        /// state is kept, so only the boot_id can trigger the next Sync.
+        fn restart(&self, boot_id: &str) {
+            self.inner.lock().unwrap().boot_id = boot_id.into();
+        }
+
+        fn syncs(&self) -> Vec<DataplaneState> {
+            self.inner.lock().unwrap().syncs.clone()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Dataplane for FakeDataplane {
+        async fn sync(
+            &self,
+            request: Request<SyncRequest>,
+        ) -> Result<Response<WriteReply>, Status> {
+            let state = request
+                .into_inner()
+                .state
+                .ok_or_else(|| Status::invalid_argument("state: missing"))?;
+            let mut inner = self.inner.lock().unwrap();
+            inner.syncs.push(state.clone());
+            inner.state = Some(state.clone());
+            Ok(Response::new(WriteReply {
+                generation: state.generation,
+            }))
+        }
+
+        async fn update(&self, _: Request<UpdateRequest>) -> Result<Response<WriteReply>, Status> {
+            Err(Status::unimplemented("the control process only syncs"))
+        }
+
+        async fn get_state(
+            &self,
+            _: Request<GetStateRequest>,
+        ) -> Result<Response<GetStateReply>, Status> {
+            let inner = self.inner.lock().unwrap();
+            let pods = inner.state.iter().flat_map(|s| &s.pods).map(|p| PodStatus {
+                name: p.name.clone(),
+                state: AttachState::Attached as i32,
+                detail: String::new(),
+            });
+            Ok(Response::new(GetStateReply {
+                state: inner.state.clone(),
+                boot_id: inner.boot_id.clone(),
+                pods: pods.collect(),
+                workers: 1,
+                ..Default::default()
+            }))
+        }
+
+        async fn get_counters(
+            &self,
+            _: Request<GetCountersRequest>,
+        ) -> Result<Response<GetCountersReply>, Status> {
+            Ok(Response::new(GetCountersReply {
+                drops: vec![DropCounter {
+                    reason: "no_route".into(),
+                    packets: 3,
+                }],
+                encapsulated: 42,
+                ..Default::default()
+            }))
+        }
+    }
+
+    /// Serves `fake` on `path` until the sender is dropped or fired.
+    async fn serve_fake(
+        fake: Arc<FakeDataplane>,
+        path: PathBuf,
+    ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (listener, file) = uds::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            Server::builder()
+                .add_service(DataplaneServer::from_arc(fake))
+                .serve_with_incoming_shutdown(uds::incoming(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            drop(file);
+        });
+        (stop, task)
+    }
+
+    async fn start_control(
+        dir: &std::path::Path,
+        cluster: Cluster,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        ControlClient<Channel>,
+    ) {
+        let config = Config {
+            listen: dir.join("control/control.sock"),
+            dataplane_dir: dir.to_path_buf(),
+            resync_interval: TICK,
+            apply_timeout: Duration::from_secs(5),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listen = config.listen.clone();
+        let task = tokio::spawn(run(config, cluster, async {
+            let _ = stopped.await;
+        }));
+        let client = wait_until("control socket", || async {
+            uds::connect(&listen).await.ok().map(ControlClient::new)
+        })
+        .await;
+        (stop, task, client)
+    }
+
+    /// Polls `f` every tick until it yields `Some`, for at most 5 s.
+    async fn wait_until<T, F, Fut>(what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(TICK / 2).await;
+        }
+    }
+
+    async fn node_info(client: &mut ControlClient<Channel>, name: &str) -> NodeInfo {
+        let nodes = client
+            .list_nodes(ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        nodes.into_iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// The lab's n1 served by the fake; n2 a kxdp node nobody serves.
+    fn cluster_yaml(extra_pod: bool) -> String {
+        let mut text = crate::cluster::LAB_CLUSTER_YAML.to_string();
+        if extra_pod {
+            text.push_str("  - { name: p3, node: n1, ip: 10.244.1.4 }\n");
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn reconciler_and_api_against_a_dataplane_double() {
+        let tmp = TempDir::new("e2e");
+        let fake = FakeDataplane::new("boot-1");
+        let (stop_fake, fake_task) = serve_fake(fake.clone(), tmp.0.join("n1.sock")).await;
+        let cluster = Cluster::from_yaml(&cluster_yaml(false)).unwrap();
+        let (stop_control, control_task, mut client) = start_control(&tmp.0, cluster).await;
+
+        // (a) First contact syncs the full desired state.
+        wait_until("first sync", || async {
+            (!fake.syncs().is_empty()).then_some(())
+        })
+        .await;
+        let first = fake.syncs()[0].clone();
+        let n1 = wait_until("n1 synced", || {
+            let mut c = client.clone();
+            async move { Some(node_info(&mut c, "n1").await).filter(|n| n.status == "synced") }
+        })
+        .await;
+        assert_eq!(first.generation, n1.desired_generation);
+        assert_eq!(n1.applied_generation, n1.desired_generation);
+        assert_eq!(n1.boot_id, "boot-1");
+        assert_eq!(first.node.as_ref().unwrap().name, "n1");
+        assert_eq!(first.remote_nodes[0].name, "n2");
+        assert_eq!(first.pods.len(), 2);
+        let n2 = wait_until("n2 unreachable", || {
+            let mut c = client.clone();
+            async move { Some(node_info(&mut c, "n2").await).filter(|n| n.status == "unreachable") }
+        })
+        .await;
+        assert_eq!(n2.applied_generation, 0);
+
+        // In sync: further resyncs only read.
+        tokio::time::sleep(TICK * 5).await;
+        assert_eq!(fake.syncs().len(), 1);
+
+        // (b) A restart (new boot_id) is pushed again without any apply.
+        fake.restart("boot-2");
+        wait_until("resync after restart", || async {
+            (fake.syncs().len() == 2).then_some(())
+        })
+        .await;
+        assert_eq!(fake.syncs()[1].generation, first.generation);
+        wait_until("boot-2 recorded", || {
+            let mut c = client.clone();
+            async move { Some(node_info(&mut c, "n1").await).filter(|n| n.boot_id == "boot-2") }
+        })
+        .await;
+
+        // A real restart: a new process on the same socket, with no state.
+        stop_fake.send(()).unwrap();
+        fake_task.await.unwrap();
+        let fake = FakeDataplane::new("boot-3");
+        let (stop_fake, fake_task) = serve_fake(fake.clone(), tmp.0.join("n1.sock")).await;
+        wait_until("sync of the restarted dataplane", || async {
+            (fake.syncs().len() == 1).then_some(())
+        })
+        .await;
+        assert_eq!(fake.syncs()[0].generation, first.generation);
+
+        // (c) An invalid apply is refused with every problem and changes nothing.
+        let bad = cluster_yaml(true)
+            .replace("vni: 1,", "vni: 0,")
+            .replace("ip: 10.244.2.3", "ip: 10.244.1.3");
+        let err = client
+            .apply_cluster(ApplyClusterRequest { yaml: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("cluster.vxlan.vni"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("pods[3].ip"), "{}", err.message());
+        tokio::time::sleep(TICK * 5).await;
+        assert_eq!(fake.syncs().len(), 1);
+        assert_eq!(
+            node_info(&mut client, "n1").await.desired_generation,
+            first.generation
+        );
+
+        // (d) A valid apply reaches the dataplane, at a new generation, before
+        // the call returns; the unreachable n2 does not hold it up.
+        let reply = client
+            .apply_cluster(ApplyClusterRequest {
+                yaml: cluster_yaml(true),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.generation > first.generation);
+        assert_eq!((reply.nodes, reply.pods), (2, 5));
+        let last = fake.syncs().last().cloned().unwrap();
+        assert_eq!(last.generation, reply.generation);
+        assert!(last
+            .pods
+            .iter()
+            .any(|p| p.name == "p3" && p.ifname == "kx0af40104"));
+
+        // Reads.
+        let pods = client
+            .list_pods(ListPodsRequest { node: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pods;
+        assert_eq!(pods.len(), 3);
+        assert!(pods.iter().all(|p| p.status == "attached"), "{pods:?}");
+        let pods = client
+            .list_pods(ListPodsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .pods;
+        assert!(pods
+            .iter()
+            .filter(|p| p.node == "n2")
+            .all(|p| p.status == "unknown"));
+        let routes = client
+            .list_routes(ListRoutesRequest { node: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            (routes[0].kind.as_str(), routes[0].prefix.as_str()),
+            ("local", "10.244.1.0/24")
+        );
+        assert_eq!(
+            (
+                routes[1].kind.as_str(),
+                routes[1].via_node.as_str(),
+                routes[1].vtep_ip.as_str()
+            ),
+            ("vxlan", "n2", "172.30.0.12")
+        );
+        let err = client
+            .list_routes(ListRoutesRequest { node: "n9".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+
+        let counters = client
+            .get_node_counters(GetNodeCountersRequest { node: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(counters.encapsulated, 42);
+        let err = client
+            .get_node_counters(GetNodeCountersRequest { node: "n9".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = client
+            .get_node_counters(GetNodeCountersRequest { node: "n2".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+
+        // Shutdown removes the socket.
+        stop_control.send(()).unwrap();
+        control_task.await.unwrap().unwrap();
+        assert!(!tmp.0.join("control/control.sock").exists());
+
+        // A restarted control process pushes once on first contact.
+        let before = fake.syncs().len();
+        let cluster = Cluster::from_yaml(&cluster_yaml(true)).unwrap();
+        let (stop_control, control_task, _client) = start_control(&tmp.0, cluster).await;
+        wait_until("sync after control restart", || async {
+            (fake.syncs().len() == before + 1).then_some(())
+        })
+        .await;
+        assert!(fake.syncs().last().unwrap().generation > reply.generation);
+        tokio::time::sleep(TICK * 5).await;
+        assert_eq!(fake.syncs().len(), before + 1);
+        stop_control.send(()).unwrap();
+        control_task.await.unwrap().unwrap();
+
+        stop_fake.send(()).unwrap();
+        fake_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn apply_names_the_nodes_that_did_not_answer() {
+        let tmp = TempDir::new("late");
+        // A dataplane that accepts connections but never answers.
+        let listener = tokio::net::UnixListener::bind(tmp.0.join("n1.sock")).unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let cluster = Cluster::from_yaml(&cluster_yaml(false)).unwrap();
+        let config = Config {
+            listen: tmp.0.join("control.sock"),
+            dataplane_dir: tmp.0.clone(),
+            resync_interval: TICK,
+            apply_timeout: Duration::from_millis(300),
+        };
+        let listen = config.listen.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, cluster, async {
+            let _ = stopped.await;
+        }));
+        let mut client = wait_until("control socket", || async {
+            uds::connect(&listen).await.ok().map(ControlClient::new)
+        })
+        .await;
+        let err = client
+            .apply_cluster(ApplyClusterRequest {
+                yaml: cluster_yaml(true),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(err.message().contains("n1"), "{}", err.message());
+        assert!(!err.message().contains("n2"), "{}", err.message());
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn kernel_nodes_are_listed_but_never_contacted() {
+        let tmp = TempDir::new("kernel");
+        let text = cluster_yaml(false).replacen(
+            "    pod_cidr: 10.244.2.0/24",
+            "    pod_cidr: 10.244.2.0/24\n    dataplane: kernel",
+            1,
+        );
+        let cluster = Cluster::from_yaml(&text).unwrap();
+        let (stop, task, mut client) = start_control(&tmp.0, cluster).await;
+
+        let n2 = node_info(&mut client, "n2").await;
+        assert_eq!(n2.status, "kernel");
+        assert_eq!(
+            (n2.dataplane_socket.as_str(), n2.desired_generation),
+            ("", 0)
+        );
+        let pods = client
+            .list_pods(ListPodsRequest { node: "n2".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pods;
+        assert!(pods.iter().all(|p| p.status == "kernel"), "{pods:?}");
+        let routes = client
+            .list_routes(ListRoutesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .routes;
+        assert!(routes.iter().all(|r| r.node == "n1"), "{routes:?}");
+        let err = client
+            .get_node_counters(GetNodeCountersRequest { node: "n2".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+
+        // Turning n1 into a kernel node too stops its reconciler: the apply
+        // has no kxdp node to wait for.
+        let reply = client
+            .apply_cluster(ApplyClusterRequest {
+                yaml: text.replacen(
+                    "    uplink: eth0",
+                    "    uplink: eth0\n    dataplane: kernel",
+                    1,
+                ),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.generation > 0);
+        assert_eq!(node_info(&mut client, "n1").await.status, "kernel");
+
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! kxdp's control process and operator CLI, as a library.
+//!
+//! The control process holds the desired state of the cluster — a declarative
+//! cluster file, the lab's by default — computes what each node's dataplane
+//! must hold, pushes it over gRPC on Unix sockets, and pushes it again after
+//! either side restarts. Orchestration and `kxdpctl` call its Control API.
+//!
+//! - [`cluster`]: the cluster file, parsed and validated into typed structs.
+//! - [`conventions`]: derived names and addresses (pod MAC, veth name, gateway, MTU).
+//! - [`plan`]: per-node dataplane state, routes, and the lab's pod plumbing plan.
+//! - [`reconcile`]: one push loop per kxdp node.
+//! - [`api`]: the Control gRPC service.
+//! - [`daemon`]: the process: socket, server, reconcilers, shutdown.
+//! - [`uds`]: tonic over Unix sockets (client channel, root-only listener).
+//! - [`view`]: what `kxdpctl` prints (JSON mirrors of the replies, tables).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cluster;
+pub mod conventions;
+pub mod daemon;
+pub mod plan;
+pub mod reconcile;
+pub mod uds;
+pub mod view;

@@ -1,0 +1,446 @@
+//! The push loop: one reconciler task per kxdp node keeps that node's
+//! dataplane at the desired state.
+//!
+//! Every resync interval (or at once when the desired state changes) a
+//! reconciler reads the dataplane's state with `GetState` and sends the full
+//! desired state with `Sync` when
+//! - this is the first contact since the control process started,
+//! - the dataplane's `boot_id` changed (it restarted and lost its state), or
+//! - its generation differs from the desired one (an apply, or a foreign write).
+//!
+//! So a restarted dataplane is pushed again without being asked, and a
+//! restarted control process pushes once. A supervisor task starts and stops
+//! reconcilers as applies add and remove kxdp nodes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
+use kxdp_proto::dataplane::{DataplaneState, GetStateRequest, PodStatus, SyncRequest};
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::cluster::Cluster;
+use crate::plan;
+use crate::uds;
+
+/// A dataplane that does not answer a read within this is unreachable.
+pub const GET_STATE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A Sync may re-attach the uplink and waits for every worker: allow more.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The desired state of the whole cluster at one generation.
+#[derive(Debug)]
+pub struct Desired {
+    pub generation: u64,
+    pub cluster: Arc<Cluster>,
+    /// What each kxdp node's dataplane must hold, by node name.
+    pub states: BTreeMap<String, DataplaneState>,
+}
+
+impl Desired {
+    pub fn new(cluster: Cluster, generation: u64) -> Desired {
+        let states = plan::all_node_states(&cluster, generation);
+        Desired {
+            generation,
+            cluster: Arc::new(cluster),
+            states,
+        }
+    }
+}
+
+/// The next desired generation: above the previous one and at least the
+/// current unix time in milliseconds, so generations keep growing across
+/// control restarts (a dataplane's `Update` requires a greater one).
+pub fn next_generation(previous: u64) -> u64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now_ms.max(previous + 1)
+}
+
+/// Where a node's reconciler stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Not contacted yet.
+    #[default]
+    Pending,
+    /// The last attempt could not reach the dataplane.
+    Unreachable(String),
+    /// A Sync is in flight.
+    Syncing,
+    /// The dataplane holds the desired generation.
+    Synced,
+    /// The dataplane answered but refused the state (a bug, or a version mismatch).
+    Failed(String),
+}
+
+impl Phase {
+    /// The `NodeInfo.status` word.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Unreachable(_) => "unreachable",
+            Phase::Syncing => "syncing",
+            Phase::Synced => "synced",
+            Phase::Failed(_) => "failed",
+        }
+    }
+
+    /// The word plus the error, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Phase::Unreachable(e) | Phase::Failed(e) => format!("{}: {e}", self.word()),
+            other => other.word().to_string(),
+        }
+    }
+}
+
+/// A kxdp node as its reconciler last saw it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    pub phase: Phase,
+    /// The dataplane's generation as last read or written; 0 if never.
+    pub applied_generation: u64,
+    /// The desired generation of the last finished attempt.
+    pub attempted_generation: u64,
+    pub boot_id: String,
+    /// Per-pod attach status from the last `GetState`.
+    pub pods: Vec<PodStatus>,
+}
+
+pub type StatusMap = BTreeMap<String, NodeStatus>;
+
+/// What the API and the reconcilers share.
+pub struct Shared {
+    pub desired: watch::Sender<Arc<Desired>>,
+    pub status: watch::Sender<StatusMap>,
+    pub dataplane_dir: PathBuf,
+    pub resync_interval: Duration,
+}
+
+impl Shared {
+    pub fn new(cluster: Cluster, dataplane_dir: PathBuf, resync_interval: Duration) -> Arc<Shared> {
+        let desired = Desired::new(cluster, next_generation(0));
+        Arc::new(Shared {
+            desired: watch::Sender::new(Arc::new(desired)),
+            status: watch::Sender::new(StatusMap::new()),
+            dataplane_dir,
+            resync_interval,
+        })
+    }
+
+    /// Makes `cluster` the desired state of every node at once; returns the
+    /// new generation. Wakes every reconciler.
+    pub fn set_cluster(&self, cluster: Cluster) -> u64 {
+        let mut generation = 0;
+        self.desired.send_modify(|d| {
+            generation = next_generation(d.generation);
+            *d = Arc::new(Desired::new(cluster, generation));
+        });
+        generation
+    }
+
+    pub fn current(&self) -> Arc<Desired> {
+        self.desired.borrow().clone()
+    }
+}
+
+/// Runs until aborted: keeps one reconciler per kxdp node of the desired
+/// state. Aborting it aborts the reconcilers too.
+pub async fn supervise(shared: Arc<Shared>) {
+    let mut tasks = JoinSet::new();
+    let mut running: HashMap<String, AbortHandle> = HashMap::new();
+    let mut desired_rx = shared.desired.subscribe();
+    loop {
+        let desired = desired_rx.borrow_and_update().clone();
+        running.retain(|name, task| {
+            if desired.states.contains_key(name) {
+                return true;
+            }
+            // Its dataplane keeps the last state it was given.
+            log::info!("{name}: no longer a kxdp node; stopping its reconciler");
+            task.abort();
+            shared.status.send_modify(|m| {
+                m.remove(name);
+            });
+            false
+        });
+        for name in desired.states.keys() {
+            if running.contains_key(name) {
+                continue;
+            }
+            shared.status.send_modify(|m| {
+                m.insert(name.clone(), NodeStatus::default());
+            });
+            let reconciler = NodeReconciler::new(name.clone(), shared.clone());
+            running.insert(name.clone(), tasks.spawn(reconciler.run()));
+        }
+        while tasks.try_join_next().is_some() {}
+        if desired_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+enum PassError {
+    Unreachable(String),
+    Failed(String),
+}
+
+impl PassError {
+    fn from_status(what: &str, status: &Status) -> PassError {
+        let text = format!("{what}: {}: {}", code_name(status.code()), status.message());
+        // Transport-level trouble means "not there (any more)"; anything else
+        // is an answer, and a refusal.
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                PassError::Unreachable(text)
+            }
+            _ => PassError::Failed(text),
+        }
+    }
+
+    fn phase(self) -> Phase {
+        match self {
+            PassError::Unreachable(e) => Phase::Unreachable(e),
+            PassError::Failed(e) => Phase::Failed(e),
+        }
+    }
+}
+
+/// The gRPC status code as the proto spells it, e.g. `INVALID_ARGUMENT`.
+pub fn code_name(code: Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+struct NodeReconciler {
+    name: String,
+    shared: Arc<Shared>,
+    client: Option<(PathBuf, DataplaneClient<Channel>)>,
+    /// The boot_id of the dataplane we last synced or found in sync.
+    last_boot: Option<String>,
+    /// The last phase logged, by word, so each transition logs once.
+    logged: &'static str,
+}
+
+impl NodeReconciler {
+    fn new(name: String, shared: Arc<Shared>) -> NodeReconciler {
+        NodeReconciler {
+            name,
+            shared,
+            client: None,
+            last_boot: None,
+            logged: Phase::Pending.word(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut desired_rx = self.shared.desired.subscribe();
+        loop {
+            let desired = desired_rx.borrow_and_update().clone();
+            if let (Some(state), Some(node)) = (
+                desired.states.get(&self.name),
+                desired.cluster.node(&self.name),
+            ) {
+                let socket = node.socket_path(&self.shared.dataplane_dir);
+                let phase = match self.pass(&socket, state).await {
+                    Ok(()) => Phase::Synced,
+                    Err(e) => {
+                        if matches!(e, PassError::Unreachable(_)) {
+                            self.client = None;
+                        }
+                        e.phase()
+                    }
+                };
+                self.log_transition(&socket, &phase);
+                self.update(|s| {
+                    s.phase = phase;
+                    s.attempted_generation = desired.generation;
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.shared.resync_interval) => {}
+                changed = desired_rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// One look at the dataplane, and a Sync if it needs one.
+    async fn pass(&mut self, socket: &Path, state: &DataplaneState) -> Result<(), PassError> {
+        let generation = state.generation;
+        let reply = self.get_state(socket).await?;
+        let boot_id = reply.boot_id.clone();
+        let held = reply.state.as_ref().map_or(0, |s| s.generation);
+        self.record_reply(reply);
+
+        let reason = match &self.last_boot {
+            None => "first contact".to_string(),
+            Some(b) if *b != boot_id => format!("dataplane restarted (boot_id {b} -> {boot_id})"),
+            Some(_) if held != generation => format!("it holds generation {held}"),
+            Some(_) => return Ok(()),
+        };
+        // A dataplane that keeps refusing is retried every pass; say so once.
+        let level = if self.logged == Phase::Failed(String::new()).word() {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            "{}: syncing generation {generation} ({reason})",
+            self.name
+        );
+        self.update(|s| s.phase = Phase::Syncing);
+        let client = self.client(socket).await?;
+        let request = SyncRequest {
+            state: Some(state.clone()),
+        };
+        let written = match tokio::time::timeout(SYNC_TIMEOUT, client.sync(request)).await {
+            Ok(Ok(reply)) => reply.into_inner().generation,
+            Ok(Err(status)) => return Err(PassError::from_status("Sync", &status)),
+            Err(_) => {
+                return Err(PassError::Unreachable(format!(
+                    "Sync: no reply within {SYNC_TIMEOUT:?}"
+                )))
+            }
+        };
+        self.last_boot = Some(boot_id);
+        self.update(|s| s.applied_generation = written);
+        // Refresh the pods' attach status right away, so a listing just after
+        // an apply shows the new pods; best effort.
+        if let Ok(reply) = self.get_state(socket).await {
+            self.record_reply(reply);
+        }
+        Ok(())
+    }
+
+    async fn client(&mut self, socket: &Path) -> Result<&mut DataplaneClient<Channel>, PassError> {
+        if self.client.as_ref().is_some_and(|(path, _)| path != socket) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let channel = uds::connect(socket).await.map_err(|e| {
+                let cause = uds::io_cause(&e).map_or_else(|| e.to_string(), |io| io.to_string());
+                PassError::Unreachable(format!("connect: {cause}"))
+            })?;
+            self.client = Some((socket.to_path_buf(), DataplaneClient::new(channel)));
+        }
+        Ok(&mut self.client.as_mut().expect("just connected").1)
+    }
+
+    /// Reads the dataplane's state. A cached connection that fails is retried
+    /// once on a fresh one: after a dataplane restart the old connection is
+    /// dead but the new process is there, which is no reason to report it
+    /// unreachable.
+    async fn get_state(
+        &mut self,
+        socket: &Path,
+    ) -> Result<kxdp_proto::dataplane::GetStateReply, PassError> {
+        let cached = self.client.is_some();
+        match self.get_state_once(socket).await {
+            Err(PassError::Unreachable(_)) if cached => {
+                self.client = None;
+                self.get_state_once(socket).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_state_once(
+        &mut self,
+        socket: &Path,
+    ) -> Result<kxdp_proto::dataplane::GetStateReply, PassError> {
+        let client = self.client(socket).await?;
+        match tokio::time::timeout(GET_STATE_TIMEOUT, client.get_state(GetStateRequest {})).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(PassError::from_status("GetState", &status)),
+            Err(_) => Err(PassError::Unreachable(format!(
+                "GetState: no reply within {GET_STATE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn record_reply(&self, reply: kxdp_proto::dataplane::GetStateReply) {
+        let held = reply.state.as_ref().map_or(0, |s| s.generation);
+        self.update(|s| {
+            s.applied_generation = held;
+            s.boot_id = reply.boot_id;
+            s.pods = reply.pods;
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut NodeStatus)) {
+        self.shared.status.send_modify(|m| {
+            if let Some(s) = m.get_mut(&self.name) {
+                f(s);
+            }
+        });
+    }
+
+    /// Logs phase changes, not every retry.
+    fn log_transition(&mut self, socket: &Path, phase: &Phase) {
+        let word = phase.word();
+        if word == self.logged {
+            return;
+        }
+        match phase {
+            Phase::Unreachable(e) => log::warn!(
+                "{}: dataplane at {} unreachable ({e}); retrying every {:?}",
+                self.name,
+                socket.display(),
+                self.shared.resync_interval
+            ),
+            Phase::Failed(e) => log::error!("{}: dataplane refused the state: {e}", self.name),
+            Phase::Synced => log::info!("{}: in sync", self.name),
+            Phase::Pending | Phase::Syncing => {}
+        }
+        self.logged = word;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_grow_and_follow_the_clock() {
+        let first = next_generation(0);
+        // 2020-01-01 in ms: generations are wall-clock based.
+        assert!(first > 1_577_836_800_000);
+        let far_future = u64::MAX / 2;
+        assert_eq!(next_generation(far_future), far_future + 1);
+        assert!(next_generation(first) > first);
+    }
+
+    #[test]
+    fn code_names_match_the_proto_spelling() {
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(Code::Ok), "OK");
+    }
+
+    #[test]
+    fn desired_plans_only_kxdp_nodes() {
+        let text = crate::cluster::LAB_CLUSTER_YAML.replacen(
+            "    pod_cidr: 10.244.2.0/24",
+            "    pod_cidr: 10.244.2.0/24\n    dataplane: kernel",
+            1,
+        );
+        let desired = Desired::new(Cluster::from_yaml(&text).unwrap(), 5);
+        assert_eq!(desired.states.keys().collect::<Vec<_>>(), vec!["n1"]);
+        assert_eq!(desired.states["n1"].generation, 5);
+    }
+}

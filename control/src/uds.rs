@@ -1,0 +1,198 @@
+//! gRPC over Unix sockets with tonic: a client channel to a socket path, and a
+//! root-only listening socket for a server.
+//!
+//! Server side, give the listener to
+//! `Server::builder().add_service(..).serve_with_incoming_shutdown(incoming(listener), signal)`
+//! and keep the [`SocketFile`] alive until the server has stopped.
+
+use std::error::Error as StdError;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting to a local socket may take before the peer counts as
+/// unreachable: a live local server accepts at once.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connects a tonic channel to the gRPC server on the Unix socket `path`.
+///
+/// Fails at once (no retry) if nothing listens there; the error's source chain
+/// holds the `io::Error` (see [`io_cause`]).
+pub async fn connect(path: impl Into<PathBuf>) -> Result<Channel, tonic::transport::Error> {
+    let path: PathBuf = path.into();
+    // The URI is a placeholder required by the HTTP/2 layer; the connector
+    // ignores it and dials the socket.
+    Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
+
+/// The first `io::Error` in an error's source chain, e.g. "No such file or
+/// directory" inside a tonic transport error.
+pub fn io_cause<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// A socket file that is removed when dropped.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Binds a listening Unix socket at `path`, root-only.
+///
+/// Creates the parent directory with mode 0700 if missing (an existing one is
+/// left as it is: other sockets may live there). A stale socket file (nothing
+/// accepting on it) is replaced; a live one is `AddrInUse`, and a path that is
+/// not a socket is refused rather than deleted. The socket gets mode 0600.
+/// Must be called inside a tokio runtime.
+pub fn bind(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another running process", path.display()),
+                ));
+            }
+            log::info!("removing stale socket {}", path.display());
+            fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+    };
+    // Between bind and chmod the socket has umask permissions; the 0700
+    // directory covers that window when we created it.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok((listener, file))
+}
+
+/// The listener as the connection stream tonic's server wants.
+pub fn incoming(listener: UnixListener) -> UnixListenerStream {
+    UnixListenerStream::new(listener)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A unique, empty directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "kxdp-control-{tag}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_creates_private_dir_and_socket_and_cleans_up() {
+        let tmp = TempDir::new("bind");
+        let dir = tmp.0.join("run");
+        let path = dir.join("s.sock");
+        let (listener, file) = bind(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A live socket is not stolen.
+        assert_eq!(bind(&path).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        drop(listener);
+        // Nothing accepts any more: the file is stale and gets replaced.
+        let (_listener, file2) = bind(&path).unwrap();
+        std::mem::forget(file);
+        drop(file2);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_regular_file() {
+        let tmp = TempDir::new("bindfile");
+        let path = tmp.0.join("not-a-socket");
+        fs::write(&path, b"keep me").unwrap();
+        assert_eq!(
+            bind(&path).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"keep me");
+    }
+
+    #[tokio::test]
+    async fn connect_to_missing_socket_reports_the_io_error() {
+        let tmp = TempDir::new("connect");
+        let err = connect(tmp.0.join("absent.sock")).await.unwrap_err();
+        let io = io_cause(&err).expect("an io::Error in the chain");
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+    }
+}

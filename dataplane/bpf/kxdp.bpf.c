@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// kxdp's XDP program: decides which frames go to the dataplane's AF_XDP
+// sockets. One instance per attached interface; its `cfg` map is written by
+// the dataplane when it attaches.
+//
+//   pod interface:  every frame is the dataplane's (the pod's only way out).
+//   uplink:         only IPv4/UDP to this node's VTEP address and VXLAN port
+//                   (and non-first fragments to that address, so they are
+//                   counted as drops instead of vanishing); everything else
+//                   (ARP, SSH, the node's own traffic) goes to the kernel.
+//
+// With no socket in `xsks` for the receive queue, bpf_redirect_map falls back
+// to XDP_PASS, so an attached-but-idle interface still reaches the kernel.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define MODE_OFF 0
+#define MODE_POD 1
+#define MODE_UPLINK 2
+
+struct kxdp_cfg {
+	__u32 mode;
+	__be32 vtep_ip;
+	__be16 vxlan_port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kxdp_cfg);
+} cfg SEC(".maps");
+
+// Queue index -> AF_XDP socket.
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+// 0: redirected, 1: passed to the kernel.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline int count(__u32 idx, int verdict)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &idx);
+	if (n)
+		*n += 1;
+	return verdict;
+}
+
+static __always_inline int to_xsk(struct xdp_md *ctx)
+{
+	count(0, 0);
+	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg *c)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP || ip->daddr != c->vtep_ip)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 1; // non-first fragment: no UDP header, ours to count
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return 1; // malformed, ours to count
+	struct udphdr *udp = (void *)ip + ihl;
+	if ((void *)(udp + 1) > end)
+		return 0;
+	return udp->dest == c->vxlan_port;
+}
+
+SEC("xdp")
+int kxdp_xdp(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct kxdp_cfg *c = bpf_map_lookup_elem(&cfg, &zero);
+	if (!c)
+		return XDP_PASS;
+	if (c->mode == MODE_POD)
+		return to_xsk(ctx);
+	if (c->mode == MODE_UPLINK && uplink_owns(ctx, c))
+		return to_xsk(ctx);
+	return count(1, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

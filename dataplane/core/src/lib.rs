@@ -1,0 +1,14 @@
+//! kxdp-core: the pure packet pipeline (frames in, verdicts out).
+//!
+//! No syscalls, no clock, no allocation per packet, no unsafe: the dataplane
+//! crate owns all I/O and feeds this crate UMEM chunks; unit tests, fuzzers
+//! and benchmarks feed it byte vectors.
+//!
+//! - [`wire`]: typed views over header bytes (one file per header).
+//! - [`tables`]: what a worker looks up per packet (routes, pods, ports).
+//! - [`pipeline`]: the walks, verdicts and drop reasons.
+#![forbid(unsafe_code)]
+
+pub mod pipeline;
+pub mod tables;
+pub mod wire;

@@ -1,0 +1,745 @@
+//! The packet pipeline: a batch of frames in, a verdict per frame out.
+//!
+//! Pure: no syscalls, no clock (`now` is passed in), no allocation, no locks.
+//! Each [`Packet`] is a whole UMEM chunk with the frame at `off..off + len`;
+//! the pipeline rewrites in place and may move `off` back (encap, ICMP
+//! errors) or forward (decap), so no frame is ever copied.
+//!
+//! Walks (DESIGN.md):
+//! 1. pod -> pod, same node: MACs rewritten, TTL decremented, no NAT.
+//! 2. pod -> pod, other node: LPM on remote pod CIDRs, VXLAN encap to the
+//!    node's VTEP; on the receiving node: VNI check, decap, route to the pod.
+//! 6. ARP for anything in the pod CIDR (the gateway included) is answered
+//!    with the pod port's MAC; ICMP time-exceeded, unreachable and
+//!    fragmentation-needed are sent where a router would send them.
+
+use core::net::Ipv4Addr;
+
+use crate::tables::{NodeInfo, PortId, PortInfo, PortKind, Tables};
+use crate::wire::{
+    arp::{self, ArpPacket},
+    ethernet::{self, EthernetFrame},
+    icmp::{self, Icmpv4Packet},
+    ipv4::{self, Ipv4Packet},
+    udp, vxlan, EthernetAddress,
+};
+
+/// Frames a worker takes from one RX ring per pass. 64 amortises the ring
+/// index updates and the TX kick over enough frames that neither shows in a
+/// profile, and a batch of descriptors still fits in L1.
+pub const BATCH_SIZE: usize = 64;
+
+const ETH: usize = ethernet::HEADER_LEN;
+const IPV4_MIN: usize = 20;
+/// Outer headers (Ethernet, IPv4, UDP, VXLAN) in front of an encapsulated frame.
+pub const ENCAP_LEN: usize = vxlan::OVERHEAD;
+/// IPv4 + ICMP headers an ICMP error puts in front of the quoted datagram.
+const ICMP_ERR_HDR: usize = IPV4_MIN + 8;
+/// Minimum Ethernet frame without FCS; ARP replies are padded to it.
+const ETH_MIN_FRAME: usize = 60;
+const OUTER_TTL: u8 = 64;
+/// ICMP errors a worker may send per second, and the burst it may save up
+/// (routers rate-limit them; RFC 1812 4.3.2.8).
+const ICMP_RATE_PER_SEC: u64 = 1000;
+const ICMP_BURST: u64 = 100;
+
+/// Why a frame was dropped. Indexes the per-worker drop counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// No node config yet (before the first sync).
+    NotConfigured,
+    /// Received on a port the tables do not know (being detached).
+    UnknownPort,
+    EthTruncated,
+    /// Neither IPv4 nor ARP (IPv6, VLAN tags, ...).
+    UnsupportedEthertype,
+    ArpMalformed,
+    /// Not a request, or not for an address this node answers for.
+    ArpIgnored,
+    Ipv4Truncated,
+    Ipv4BadVersion,
+    Ipv4BadIhl,
+    /// Total length shorter than the header.
+    Ipv4BadLength,
+    Ipv4BadChecksum,
+    Ipv4Options,
+    Ipv4Fragment,
+    /// Broadcast, multicast or unspecified addresses: not routed.
+    Ipv4Martian,
+    /// A pod sent from an address that is not its own.
+    SourceMismatch,
+    TtlExceeded,
+    NoRoute,
+    /// Addressed to the node itself: the host interface comes later.
+    ToGateway,
+    /// Larger than the pod MTU (would not fit after encap).
+    TooBig,
+    /// The underlay next hop's MAC is not resolved yet.
+    NeighbourUnresolved,
+    /// A remote route but no uplink attached.
+    NoUplink,
+    /// On the uplink but not VXLAN to this node (the XDP filter passed it).
+    NotOurs,
+    UdpMalformed,
+    VxlanMalformed,
+    VxlanBadVni,
+    /// Not enough headroom in the chunk to prepend headers.
+    NoHeadroom,
+}
+
+impl DropReason {
+    pub const COUNT: usize = DropReason::NoHeadroom as usize + 1;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::NotConfigured,
+        DropReason::UnknownPort,
+        DropReason::EthTruncated,
+        DropReason::UnsupportedEthertype,
+        DropReason::ArpMalformed,
+        DropReason::ArpIgnored,
+        DropReason::Ipv4Truncated,
+        DropReason::Ipv4BadVersion,
+        DropReason::Ipv4BadIhl,
+        DropReason::Ipv4BadLength,
+        DropReason::Ipv4BadChecksum,
+        DropReason::Ipv4Options,
+        DropReason::Ipv4Fragment,
+        DropReason::Ipv4Martian,
+        DropReason::SourceMismatch,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::ToGateway,
+        DropReason::TooBig,
+        DropReason::NeighbourUnresolved,
+        DropReason::NoUplink,
+        DropReason::NotOurs,
+        DropReason::UdpMalformed,
+        DropReason::VxlanMalformed,
+        DropReason::VxlanBadVni,
+        DropReason::NoHeadroom,
+    ];
+
+    /// The snake_case name used in the API and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotConfigured => "not_configured",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::EthTruncated => "eth_truncated",
+            DropReason::UnsupportedEthertype => "unsupported_ethertype",
+            DropReason::ArpMalformed => "arp_malformed",
+            DropReason::ArpIgnored => "arp_ignored",
+            DropReason::Ipv4Truncated => "ipv4_truncated",
+            DropReason::Ipv4BadVersion => "ipv4_bad_version",
+            DropReason::Ipv4BadIhl => "ipv4_bad_ihl",
+            DropReason::Ipv4BadLength => "ipv4_bad_length",
+            DropReason::Ipv4BadChecksum => "ipv4_bad_checksum",
+            DropReason::Ipv4Options => "ipv4_options",
+            DropReason::Ipv4Fragment => "ipv4_fragment",
+            DropReason::Ipv4Martian => "ipv4_martian",
+            DropReason::SourceMismatch => "source_mismatch",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoRoute => "no_route",
+            DropReason::ToGateway => "to_gateway",
+            DropReason::TooBig => "too_big",
+            DropReason::NeighbourUnresolved => "neighbour_unresolved",
+            DropReason::NoUplink => "no_uplink",
+            DropReason::NotOurs => "not_ours",
+            DropReason::UdpMalformed => "udp_malformed",
+            DropReason::VxlanMalformed => "vxlan_malformed",
+            DropReason::VxlanBadVni => "vxlan_bad_vni",
+            DropReason::NoHeadroom => "no_headroom",
+        }
+    }
+}
+
+/// What to do with a frame once the batch is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit `off..off + len` of the chunk on this port.
+    Tx(PortId),
+    Drop(DropReason),
+}
+
+/// One frame in a batch: the whole chunk, where the frame is in it, the port
+/// it came in on, and (after `process`) the verdict.
+#[derive(Debug)]
+pub struct Packet<'a> {
+    pub buf: &'a mut [u8],
+    pub off: usize,
+    pub len: usize,
+    pub port: PortId,
+    pub verdict: Verdict,
+}
+
+impl<'a> Packet<'a> {
+    pub fn new(buf: &'a mut [u8], off: usize, len: usize, port: PortId) -> Packet<'a> {
+        Packet {
+            buf,
+            off,
+            len,
+            port,
+            verdict: Verdict::Drop(DropReason::NotConfigured),
+        }
+    }
+
+    /// The frame bytes.
+    pub fn frame(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// Per-worker counters: plain integers (one writer), merged off the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub drops: [u64; DropReason::COUNT],
+    pub arp_replies: u64,
+    pub icmp_errors_sent: u64,
+    pub icmp_rate_limited: u64,
+    pub encapsulated: u64,
+    pub decapsulated: u64,
+    pub routed_local: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            drops: [0; DropReason::COUNT],
+            arp_replies: 0,
+            icmp_errors_sent: 0,
+            icmp_rate_limited: 0,
+            encapsulated: 0,
+            decapsulated: 0,
+            routed_local: 0,
+        }
+    }
+}
+
+impl Counters {
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    /// Adds `other` into `self` (merging workers).
+    pub fn merge(&mut self, other: &Counters) {
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+        self.arp_replies += other.arp_replies;
+        self.icmp_errors_sent += other.icmp_errors_sent;
+        self.icmp_rate_limited += other.icmp_rate_limited;
+        self.encapsulated += other.encapsulated;
+        self.decapsulated += other.decapsulated;
+        self.routed_local += other.routed_local;
+    }
+}
+
+/// The per-worker pipeline state: counters and the ICMP token bucket.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    counters: Counters,
+    icmp_tokens: u64,
+    icmp_last_ns: u64,
+}
+
+/// ICMP error kinds the pipeline originates.
+#[derive(Debug, Clone, Copy)]
+enum IcmpError {
+    TimeExceeded,
+    Unreachable(u8),
+    FragNeeded(u16),
+}
+
+impl Pipeline {
+    pub fn new() -> Pipeline {
+        Pipeline {
+            icmp_tokens: ICMP_BURST,
+            ..Pipeline::default()
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Runs every packet of the batch and sets its verdict.
+    pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        for p in pkts.iter_mut() {
+            p.verdict = self.one(now_ns, t, p);
+            if let Verdict::Drop(r) = p.verdict {
+                self.counters.drops[r as usize] += 1;
+            }
+        }
+    }
+
+    fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
+        let Some(node) = &t.node else {
+            return Verdict::Drop(DropReason::NotConfigured);
+        };
+        let Some(port) = t.port(p.port) else {
+            return Verdict::Drop(DropReason::UnknownPort);
+        };
+        // Checked: `off`/`len` come from ring descriptors, so never let
+        // their sum wrap (a panic in debug, a bogus slice in release).
+        if p.len < ETH || p.off.checked_add(p.len).is_none_or(|end| end > p.buf.len()) {
+            return Verdict::Drop(DropReason::EthTruncated);
+        }
+        match port.kind {
+            PortKind::Pod { ip } => self.on_pod(now, t, node, port, ip, p),
+            PortKind::Uplink => self.on_uplink(now, t, node, p),
+        }
+    }
+
+    fn on_pod(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        port: &PortInfo,
+        pod_ip: Ipv4Addr,
+        p: &mut Packet<'_>,
+    ) -> Verdict {
+        let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        match eth.ethertype() {
+            ethernet::ethertype::IPV4 => {}
+            ethernet::ethertype::ARP => return self.arp(node, port, p),
+            _ => return Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+        if let Err(r) = check_ipv4(p, p.off + ETH) {
+            return Verdict::Drop(r);
+        }
+        let ip = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]);
+        if ip.src_addr() != pod_ip {
+            return Verdict::Drop(DropReason::SourceMismatch);
+        }
+        self.route(now, t, node, p, true)
+    }
+
+    /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
+    /// or a remote node. `forwarded`: decrement TTL (false for errors we made).
+    fn route(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+    ) -> Verdict {
+        let ip_off = p.off + ETH;
+        let (dst, ttl, total_len, df) = {
+            let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+            (
+                ip.dst_addr(),
+                ip.ttl(),
+                ip.total_len() as usize,
+                ip.dont_frag(),
+            )
+        };
+        // Ethernet padding is not part of the datagram; don't carry it on.
+        p.len = ETH + total_len;
+        if dst == node.gateway_ip {
+            return Verdict::Drop(DropReason::ToGateway);
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+            return Verdict::Drop(DropReason::Ipv4Martian);
+        }
+        if let Some(lp) = t.local.get(&dst) {
+            let Some(out) = t.port(lp.port) else {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
+                    DropReason::NoRoute,
+                );
+            };
+            if forwarded {
+                if ttl <= 1 {
+                    return self.icmp_error(
+                        now,
+                        t,
+                        node,
+                        p,
+                        IcmpError::TimeExceeded,
+                        DropReason::TtlExceeded,
+                    );
+                }
+                Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
+            }
+            let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+            eth.set_dst_addr(lp.mac);
+            eth.set_src_addr(out.mac);
+            self.counters.routed_local += 1;
+            return Verdict::Tx(lp.port);
+        }
+        let Some(r) = t.routes.lookup(dst) else {
+            let code = if node.cluster_cidr.contains(dst) {
+                icmp::code::HOST_UNREACHABLE
+            } else {
+                icmp::code::NET_UNREACHABLE
+            };
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::Unreachable(code),
+                DropReason::NoRoute,
+            );
+        };
+        if forwarded && ttl <= 1 {
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::TimeExceeded,
+                DropReason::TtlExceeded,
+            );
+        }
+        if total_len > node.pod_mtu as usize {
+            if df {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::FragNeeded(node.pod_mtu),
+                    DropReason::TooBig,
+                );
+            }
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        let uplink = t.uplink.and_then(|u| t.port(u).map(|i| (u, i)));
+        let (Some(uplink), Some(nh)) = (uplink, r.next_hop_mac) else {
+            // An uplink id whose port info is gone (detached) is no uplink.
+            return Verdict::Drop(if uplink.is_none() {
+                DropReason::NoUplink
+            } else {
+                DropReason::NeighbourUnresolved
+            });
+        };
+        if p.off < ENCAP_LEN {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        if forwarded {
+            Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
+        }
+        let hash = flow_hash(&p.buf[ip_off..p.off + p.len]);
+        {
+            let mut inner = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+            inner.set_dst_addr(r.vtep_mac);
+            inner.set_src_addr(node.vtep_mac);
+        }
+        encap(p, node, uplink.1.mac, nh, r.vtep_ip, hash);
+        self.counters.encapsulated += 1;
+        Verdict::Tx(uplink.0)
+    }
+
+    fn on_uplink(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+    ) -> Verdict {
+        let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        if eth.ethertype() != ethernet::ethertype::IPV4 {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let ip_off = p.off + ETH;
+        if let Err(r) = check_ipv4(p, ip_off) {
+            return Verdict::Drop(r);
+        }
+        let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+        if ip.protocol() != ipv4::protocol::UDP || ip.dst_addr() != node.underlay_ip {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let ip_payload_off = ip_off + ip.header_len();
+        let ip_end = ip_off + ip.total_len() as usize;
+        let Ok(u) = udp::UdpPacket::new_checked(&p.buf[ip_payload_off..ip_end]) else {
+            return Verdict::Drop(DropReason::UdpMalformed);
+        };
+        if u.dst_port() != node.vxlan_port {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let vx_off = ip_payload_off + udp::HEADER_LEN;
+        let vx_end = ip_payload_off + u.len() as usize;
+        let Ok(vx) = vxlan::VxlanPacket::new_checked(&p.buf[vx_off..vx_end]) else {
+            return Verdict::Drop(DropReason::VxlanMalformed);
+        };
+        if vx.vni() != node.vni {
+            return Verdict::Drop(DropReason::VxlanBadVni);
+        }
+        // Decap: the inner frame becomes the packet, in place.
+        p.off = vx_off + vxlan::HEADER_LEN;
+        p.len = vx_end - p.off;
+        if p.len < ETH {
+            return Verdict::Drop(DropReason::EthTruncated);
+        }
+        let inner = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        if inner.ethertype() != ethernet::ethertype::IPV4 {
+            return Verdict::Drop(DropReason::UnsupportedEthertype);
+        }
+        if let Err(r) = check_ipv4(p, p.off + ETH) {
+            return Verdict::Drop(r);
+        }
+        let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
+        // Only local pods are reached through the overlay; no transit.
+        if !t.local.contains_key(&dst) {
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
+                DropReason::NoRoute,
+            );
+        }
+        self.counters.decapsulated += 1;
+        self.route(now, t, node, p, true)
+    }
+
+    /// Answers ARP requests from a pod for addresses in the pod CIDR (the
+    /// gateway and, as proxy ARP, other pods: every pod packet is routed).
+    fn arp(&mut self, node: &NodeInfo, port: &PortInfo, p: &mut Packet<'_>) -> Verdict {
+        let a = p.off + ETH;
+        let Ok(req) = ArpPacket::new_checked(&p.buf[a..p.off + p.len]) else {
+            return Verdict::Drop(DropReason::ArpMalformed);
+        };
+        let (sender_hw, sender_ip, target_ip) =
+            (req.sender_hw_addr(), req.sender_ip(), req.target_ip());
+        if req.operation() != arp::op::REQUEST
+            || sender_ip.is_unspecified()
+            || sender_ip == target_ip
+            || !node.pod_cidr.contains(target_ip)
+        {
+            return Verdict::Drop(DropReason::ArpIgnored);
+        }
+        if p.off + ETH_MIN_FRAME > p.buf.len() {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        ethernet::emit(
+            &mut p.buf[p.off..],
+            sender_hw,
+            port.mac,
+            ethernet::ethertype::ARP,
+        );
+        arp::emit_reply(&mut p.buf[a..], port.mac, target_ip, sender_hw, sender_ip);
+        p.buf[a + arp::LEN..p.off + ETH_MIN_FRAME].fill(0);
+        p.len = ETH_MIN_FRAME;
+        self.counters.arp_replies += 1;
+        Verdict::Tx(p.port)
+    }
+
+    /// Turns the frame into an ICMP error about it, addressed to its source,
+    /// and routes that; the original counts as dropped for `reason`.
+    fn icmp_error(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        kind: IcmpError,
+        reason: DropReason,
+    ) -> Verdict {
+        let ip_off = p.off + ETH;
+        let (src, header_len, total_len, proto) = {
+            let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+            (
+                ip.src_addr(),
+                ip.header_len(),
+                ip.total_len() as usize,
+                ip.protocol(),
+            )
+        };
+        // Never about ICMP errors, martian sources, or from too little headroom.
+        // The ICMP type is read inside the datagram only, never from the
+        // chunk bytes after it; one too short to have a type counts as an
+        // error.
+        let icmp_type = p.buf[..ip_off + total_len].get(ip_off + header_len);
+        let about_icmp_error = proto == ipv4::protocol::ICMP
+            && icmp_type.is_none_or(|ty| {
+                !matches!(
+                    *ty,
+                    icmp::msg_type::ECHO_REQUEST | icmp::msg_type::ECHO_REPLY
+                )
+            });
+        if about_icmp_error
+            || src.is_unspecified()
+            || src.is_broadcast()
+            || src.is_multicast()
+            || p.off < ICMP_ERR_HDR
+        {
+            return Verdict::Drop(reason);
+        }
+        if !self.icmp_allowed(now) {
+            self.counters.icmp_rate_limited += 1;
+            return Verdict::Drop(reason);
+        }
+        self.counters.drops[reason as usize] += 1;
+        let quote = total_len.min(header_len + 8);
+        // The quoted datagram stays where it is; the new headers go in front.
+        let new_off = p.off - ICMP_ERR_HDR;
+        let icmp_off = new_off + ETH + IPV4_MIN;
+        let icmp_len = 8 + quote;
+        {
+            let (ty, code, rest) = match kind {
+                IcmpError::TimeExceeded => (
+                    icmp::msg_type::TIME_EXCEEDED,
+                    icmp::code::TTL_EXCEEDED_IN_TRANSIT,
+                    0u32,
+                ),
+                IcmpError::Unreachable(c) => (icmp::msg_type::DEST_UNREACHABLE, c, 0),
+                IcmpError::FragNeeded(mtu) => (
+                    icmp::msg_type::DEST_UNREACHABLE,
+                    icmp::code::FRAG_NEEDED,
+                    mtu as u32,
+                ),
+            };
+            let b = &mut p.buf[icmp_off..icmp_off + icmp_len];
+            b[0] = ty;
+            b[1] = code;
+            b[2..4].fill(0);
+            b[4..8].copy_from_slice(&rest.to_be_bytes());
+            Icmpv4Packet::new_unchecked(b).fill_checksum();
+        }
+        ipv4::emit_header(
+            &mut p.buf[new_off + ETH..],
+            node.gateway_ip,
+            src,
+            ipv4::protocol::ICMP,
+            icmp_len as u16,
+            OUTER_TTL,
+            0,
+            false,
+        );
+        p.buf[new_off + 12..new_off + 14].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
+        p.off = new_off;
+        p.len = ETH + IPV4_MIN + icmp_len;
+        self.counters.icmp_errors_sent += 1;
+        match self.route(now, t, node, p, false) {
+            v @ Verdict::Tx(_) => v,
+            // The error itself could not be delivered: the original's drop
+            // is already counted; don't count this one twice.
+            Verdict::Drop(_) => {
+                self.counters.icmp_errors_sent -= 1;
+                self.counters.drops[reason as usize] -= 1;
+                Verdict::Drop(reason)
+            }
+        }
+    }
+
+    fn icmp_allowed(&mut self, now: u64) -> bool {
+        const NS_PER_TOKEN: u64 = 1_000_000_000 / ICMP_RATE_PER_SEC;
+        let elapsed = now.saturating_sub(self.icmp_last_ns);
+        let refill = elapsed / NS_PER_TOKEN;
+        if refill > 0 {
+            self.icmp_tokens = (self.icmp_tokens + refill).min(ICMP_BURST);
+            // Keep the part of a token not yet earned: setting this to `now`
+            // would drop it and, polled every 1.5 ms, cut the rate by a third.
+            self.icmp_last_ns += refill * NS_PER_TOKEN;
+        }
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
+}
+
+/// Validates the IPv4 header at `ip_off` of a frame: the checks a router
+/// makes before forwarding. Options and fragments are not forwarded.
+fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason> {
+    let end = p.off + p.len;
+    let b = &p.buf[ip_off.min(end)..end];
+    if b.len() < IPV4_MIN {
+        return Err(DropReason::Ipv4Truncated);
+    }
+    if b[0] >> 4 != 4 {
+        return Err(DropReason::Ipv4BadVersion);
+    }
+    if b[0] & 0xf < 5 {
+        return Err(DropReason::Ipv4BadIhl);
+    }
+    let ip = match Ipv4Packet::new_checked(b) {
+        Ok(ip) => ip,
+        Err(crate::wire::Error::Truncated) => return Err(DropReason::Ipv4Truncated),
+        Err(crate::wire::Error::Malformed) => return Err(DropReason::Ipv4BadLength),
+    };
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    if ip.has_options() {
+        return Err(DropReason::Ipv4Options);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::Ipv4Fragment);
+    }
+    Ok(())
+}
+
+/// Writes the outer Ethernet/IPv4/UDP/VXLAN headers in front of the frame
+/// and moves `p.off` back over them (RFC 7348 section 5).
+fn encap(
+    p: &mut Packet<'_>,
+    node: &NodeInfo,
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    vtep: Ipv4Addr,
+    hash: u32,
+) {
+    let inner_len = p.len;
+    let o = p.off - ENCAP_LEN;
+    let b = &mut p.buf[o..o + ENCAP_LEN];
+    ethernet::emit(b, dst_mac, src_mac, ethernet::ethertype::IPV4);
+    let udp_len = (udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
+    ipv4::emit_header(
+        &mut b[ETH..],
+        node.underlay_ip,
+        vtep,
+        ipv4::protocol::UDP,
+        udp_len,
+        OUTER_TTL,
+        0,
+        true,
+    );
+    // Source port from the inner flow's hash, in the dynamic range, so
+    // underlay ECMP/RSS spreads flows; checksum zero (allowed over IPv4).
+    let sport = 0xC000 | (hash as u16 & 0x3FFF);
+    udp::emit_header(
+        &mut b[ETH + IPV4_MIN..],
+        sport,
+        node.vxlan_port,
+        udp_len - 8,
+        0,
+    );
+    vxlan::emit_header(&mut b[ETH + IPV4_MIN + udp::HEADER_LEN..], node.vni);
+    p.off = o;
+    p.len = inner_len + ENCAP_LEN;
+}
+
+/// Hash of the inner flow (addresses, protocol, ports) of an IPv4 datagram
+/// without options. Symmetric flows need not hash alike: each direction is
+/// encapsulated by a different node.
+#[inline]
+pub fn flow_hash(ip: &[u8]) -> u32 {
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u64;
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u64;
+    let proto = ip[9];
+    let ports = if (proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP) && ip.len() >= 24
+    {
+        u32::from_be_bytes([ip[20], ip[21], ip[22], ip[23]]) as u64
+    } else {
+        0
+    };
+    let mut h = (src << 32 | dst).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ ((proto as u64) << 32 | ports).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 32;
+    h as u32
+}
+
+#[cfg(test)]
+mod tests;

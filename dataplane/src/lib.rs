@@ -1,0 +1,19 @@
+//! kxdp-dataplane: one node's AF_XDP packet engine and its gRPC API.
+//!
+//! - [`sys`]: the only unsafe code: AF_XDP sockets, UMEM, rings, poll.
+//! - [`xdp`]: the XDP program (bpf/kxdp.bpf.c) loaded with libbpf-rs.
+//! - [`worker`]: pinned poll-mode threads running kxdp-core's pipeline.
+//! - [`engine`]: the state manager thread; tables reach workers from here.
+//! - [`netlink`]: next-hop MACs from the kernel's neighbour table.
+//! - [`state`], [`api`]: the API edge (proto -> validated domain types).
+//!
+//! ARCHITECTURE.md at the repository root has the packet walks and threads.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod engine;
+pub mod netlink;
+pub mod state;
+pub mod sys;
+pub mod worker;
+pub mod xdp;

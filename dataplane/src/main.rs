@@ -1,0 +1,122 @@
+//! `kxdp-dataplane`: runs one node's engine and serves its gRPC API.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use kxdp_dataplane::engine::{Engine, EngineConfig};
+use kxdp_dataplane::xdp::XdpMode;
+use kxdp_proto::dataplane::dataplane_server::DataplaneServer;
+
+/// kxdp's per-node fast path: VXLAN overlay and pod routing over AF_XDP.
+///
+/// Run it inside the node's network namespace. It serves its gRPC API at
+/// once with an empty state and attaches to interfaces only when the control
+/// process syncs it (the node config names the uplink, pods name their veth).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Unix socket for the gRPC API (root-only).
+    #[arg(long, default_value = kxdp_proto::DEFAULT_DATAPLANE_SOCKET)]
+    socket: PathBuf,
+    /// Worker threads; worker i binds queue i of every interface, so use at
+    /// most as many as the interfaces have queues (the lab's veths have 1).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Cores to pin workers to, comma-separated (worker i -> i-th core).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    xdp_mode: XdpMode,
+    /// Force AF_XDP copy mode (veth is always copy mode anyway).
+    #[arg(long)]
+    copy: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    if args.workers == 0 || args.workers > 64 {
+        anyhow::bail!("--workers must be 1..=64");
+    }
+    let boot_id = format!(
+        "{:016x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64
+            ^ ((std::process::id() as u64) << 40)
+    );
+    let engine = Engine::new(
+        EngineConfig {
+            workers: args.workers,
+            cores: args.cores.clone(),
+            xdp_mode: args.xdp_mode,
+            copy_mode: args.copy,
+        },
+        boot_id.clone(),
+    )
+    .context("starting the engine (are you root?)")?;
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let engine_thread = std::thread::Builder::new()
+        .name("kxdp-engine".into())
+        .spawn(move || engine.run(rx))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let socket = args.socket.clone();
+    rt.block_on(async move {
+        let listener = bind(&socket)?;
+        log::info!(
+            "kxdp-dataplane {} serving on {} (boot id {boot_id}, {} worker(s))",
+            env!("CARGO_PKG_VERSION"),
+            socket.display(),
+            args.workers
+        );
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(DataplaneServer::new(kxdp_dataplane::api::Service::new(tx)))
+            .serve_with_incoming_shutdown(incoming, shutdown())
+            .await?;
+        let _ = std::fs::remove_file(&socket);
+        anyhow::Ok(())
+    })?;
+    // The service (and its engine sender) is gone: the engine detaches and stops.
+    engine_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Binds the API socket: parent dir 0700, socket 0600, stale file replaced.
+fn bind(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use by a running dataplane", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    log::info!("shutting down");
+}

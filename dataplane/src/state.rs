@@ -1,0 +1,567 @@
+//! The dataplane's desired state as domain types, converted from the proto
+//! at the API edge with `TryFrom` (bad input becomes one [`FieldError`]
+//! naming the field), and checked as a whole before anything is applied.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use kxdp_core::tables::Prefix;
+use kxdp_core::wire::EthernetAddress;
+use kxdp_proto::dataplane as pb;
+
+/// A request field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {msg}")]
+pub struct FieldError {
+    pub field: String,
+    pub msg: String,
+}
+
+fn err(field: impl Into<String>, msg: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+fn ip(field: &str, s: &str) -> Result<Ipv4Addr, FieldError> {
+    s.parse()
+        .map_err(|_| err(field, format!("{s:?} is not an IPv4 address")))
+}
+
+fn mac(field: &str, s: &str) -> Result<EthernetAddress, FieldError> {
+    let m: EthernetAddress = s.parse().map_err(|_| {
+        err(
+            field,
+            format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
+    })?;
+    if m.is_multicast() || m.0 == [0; 6] {
+        return Err(err(field, format!("{s} is not a unicast MAC address")));
+    }
+    Ok(m)
+}
+
+fn cidr(field: &str, s: &str) -> Result<Prefix, FieldError> {
+    let bad = || err(field, format!("{s:?} is not an IPv4 CIDR (a.b.c.d/len)"));
+    let (a, l) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let len: u8 = l.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    let p = Prefix::new(addr, len);
+    if p.addr != addr {
+        return Err(err(
+            field,
+            format!("{s} has host bits set (did you mean {p}?)"),
+        ));
+    }
+    Ok(p)
+}
+
+/// Kernel interface names: 1..=15 bytes, no '/', whitespace or NUL.
+fn ifname(field: &str, s: &str) -> Result<String, FieldError> {
+    if s.is_empty()
+        || s.len() > 15
+        || s.chars()
+            .any(|c| c == '/' || c.is_whitespace() || c == '\0')
+    {
+        return Err(err(
+            field,
+            format!("{s:?} is not a valid interface name (1-15 chars)"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn name(field: &str, s: &str) -> Result<String, FieldError> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(err(field, format!("{s:?} is not a valid name")));
+    }
+    Ok(s.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCfg {
+    pub name: String,
+    pub uplink: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: EthernetAddress,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub cluster_cidr: Prefix,
+    pub pod_cidr: Prefix,
+    pub gateway_ip: Ipv4Addr,
+    pub pod_mtu: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub name: String,
+    pub pod_cidr: Prefix,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: EthernetAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: EthernetAddress,
+    pub ifname: String,
+}
+
+/// One change of an Update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    UpsertRemote(Remote),
+    DeleteRemote(String),
+    UpsertPod(Pod),
+    DeletePod(String),
+}
+
+/// Everything the dataplane holds, as the API sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub generation: u64,
+    pub node: Option<NodeCfg>,
+    pub remotes: BTreeMap<String, Remote>,
+    pub pods: BTreeMap<String, Pod>,
+}
+
+impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
+    type Error = FieldError;
+    fn try_from((f, n): (&str, &pb::NodeConfig)) -> Result<Self, FieldError> {
+        let at = |x: &str| format!("{f}.{x}");
+        if n.vni == 0 || n.vni > 0xFF_FFFF {
+            return Err(err(at("vni"), format!("{} is not in 1..=16777215", n.vni)));
+        }
+        if n.vxlan_port == 0 || n.vxlan_port > 65535 {
+            return Err(err(
+                at("vxlan_port"),
+                format!("{} is not in 1..=65535", n.vxlan_port),
+            ));
+        }
+        if !(68..=9000).contains(&n.pod_mtu) {
+            return Err(err(
+                at("pod_mtu"),
+                format!("{} is not in 68..=9000", n.pod_mtu),
+            ));
+        }
+        Ok(NodeCfg {
+            name: name(&at("name"), &n.name)?,
+            uplink: ifname(&at("uplink"), &n.uplink)?,
+            underlay_ip: ip(&at("underlay_ip"), &n.underlay_ip)?,
+            vtep_mac: mac(&at("vtep_mac"), &n.vtep_mac)?,
+            vni: n.vni,
+            vxlan_port: n.vxlan_port as u16,
+            cluster_cidr: cidr(&at("cluster_cidr"), &n.cluster_cidr)?,
+            pod_cidr: cidr(&at("pod_cidr"), &n.pod_cidr)?,
+            gateway_ip: ip(&at("gateway_ip"), &n.gateway_ip)?,
+            pod_mtu: n.pod_mtu as u16,
+        })
+    }
+}
+
+impl TryFrom<(&str, &pb::RemoteNode)> for Remote {
+    type Error = FieldError;
+    fn try_from((f, r): (&str, &pb::RemoteNode)) -> Result<Self, FieldError> {
+        let at = |x: &str| format!("{f}.{x}");
+        Ok(Remote {
+            name: name(&at("name"), &r.name)?,
+            pod_cidr: cidr(&at("pod_cidr"), &r.pod_cidr)?,
+            vtep_ip: ip(&at("vtep_ip"), &r.vtep_ip)?,
+            vtep_mac: mac(&at("vtep_mac"), &r.vtep_mac)?,
+        })
+    }
+}
+
+impl TryFrom<(&str, &pb::Pod)> for Pod {
+    type Error = FieldError;
+    fn try_from((f, p): (&str, &pb::Pod)) -> Result<Self, FieldError> {
+        let at = |x: &str| format!("{f}.{x}");
+        Ok(Pod {
+            name: name(&at("name"), &p.name)?,
+            ip: ip(&at("ip"), &p.ip)?,
+            mac: mac(&at("mac"), &p.mac)?,
+            ifname: ifname(&at("ifname"), &p.ifname)?,
+        })
+    }
+}
+
+impl TryFrom<&pb::DataplaneState> for State {
+    type Error = FieldError;
+    fn try_from(s: &pb::DataplaneState) -> Result<Self, FieldError> {
+        let node = s
+            .node
+            .as_ref()
+            .ok_or_else(|| err("state.node", "missing: a sync must carry the node config"))?;
+        let mut st = State {
+            generation: s.generation,
+            node: Some(NodeCfg::try_from(("state.node", node))?),
+            ..State::default()
+        };
+        for (i, r) in s.remote_nodes.iter().enumerate() {
+            let f = format!("state.remote_nodes[{i}]");
+            let r = Remote::try_from((f.as_str(), r))?;
+            if st.remotes.contains_key(&r.name) {
+                return Err(err(
+                    format!("{f}.name"),
+                    format!("duplicate remote node {:?}", r.name),
+                ));
+            }
+            st.remotes.insert(r.name.clone(), r);
+        }
+        for (i, p) in s.pods.iter().enumerate() {
+            let f = format!("state.pods[{i}]");
+            let p = Pod::try_from((f.as_str(), p))?;
+            if st.pods.contains_key(&p.name) {
+                return Err(err(
+                    format!("{f}.name"),
+                    format!("duplicate pod {:?}", p.name),
+                ));
+            }
+            st.pods.insert(p.name.clone(), p);
+        }
+        Ok(st)
+    }
+}
+
+/// Converts an Update's changes, naming `changes[i]` on error.
+pub fn changes_from_proto(cs: &[pb::Change]) -> Result<Vec<Change>, FieldError> {
+    use pb::change::Op;
+    cs.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let f = format!("changes[{i}]");
+            match &c.op {
+                None => Err(err(f, "empty change (no op set)")),
+                Some(Op::UpsertRemoteNode(r)) => Ok(Change::UpsertRemote(Remote::try_from((
+                    format!("{f}.upsert_remote_node").as_str(),
+                    r,
+                ))?)),
+                Some(Op::DeleteRemoteNode(n)) => Ok(Change::DeleteRemote(name(
+                    &format!("{f}.delete_remote_node"),
+                    n,
+                )?)),
+                Some(Op::UpsertPod(p)) => Ok(Change::UpsertPod(Pod::try_from((
+                    format!("{f}.upsert_pod").as_str(),
+                    p,
+                ))?)),
+                Some(Op::DeletePod(n)) => {
+                    Ok(Change::DeletePod(name(&format!("{f}.delete_pod"), n)?))
+                }
+            }
+        })
+        .collect()
+}
+
+impl State {
+    /// Applies changes to a copy; deleting something absent is an error
+    /// (the caller's view of the state is wrong).
+    pub fn with_changes(&self, generation: u64, changes: &[Change]) -> Result<State, FieldError> {
+        let mut s = self.clone();
+        s.generation = generation;
+        for (i, c) in changes.iter().enumerate() {
+            match c {
+                Change::UpsertRemote(r) => {
+                    s.remotes.insert(r.name.clone(), r.clone());
+                }
+                Change::DeleteRemote(n) => {
+                    if s.remotes.remove(n).is_none() {
+                        return Err(err(
+                            format!("changes[{i}].delete_remote_node"),
+                            format!("no remote node {n:?}"),
+                        ));
+                    }
+                }
+                Change::UpsertPod(p) => {
+                    s.pods.insert(p.name.clone(), p.clone());
+                }
+                Change::DeletePod(n) => {
+                    if s.pods.remove(n).is_none() {
+                        return Err(err(
+                            format!("changes[{i}].delete_pod"),
+                            format!("no pod {n:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Whole-state consistency: what no single field can show.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let Some(n) = &self.node else {
+            return Ok(());
+        };
+        if !n.cluster_cidr.contains(n.pod_cidr.addr) || n.pod_cidr.len < n.cluster_cidr.len {
+            return Err(err(
+                "node.pod_cidr",
+                format!(
+                    "{} is not inside cluster_cidr {}",
+                    n.pod_cidr, n.cluster_cidr
+                ),
+            ));
+        }
+        if !n.pod_cidr.contains(n.gateway_ip) || n.gateway_ip == n.pod_cidr.addr {
+            return Err(err(
+                "node.gateway_ip",
+                format!(
+                    "{} is not a host address of pod_cidr {}",
+                    n.gateway_ip, n.pod_cidr
+                ),
+            ));
+        }
+        if n.pod_cidr.contains(n.underlay_ip) {
+            return Err(err(
+                "node.underlay_ip",
+                format!("{} is inside the pod CIDR", n.underlay_ip),
+            ));
+        }
+        let mut cidrs: Vec<(&str, Prefix)> = vec![(n.name.as_str(), n.pod_cidr)];
+        for r in self.remotes.values() {
+            let f = format!("remote_nodes[{}]", r.name);
+            if r.name == n.name {
+                return Err(err(format!("{f}.name"), "is this node's own name"));
+            }
+            if r.vtep_ip == n.underlay_ip {
+                return Err(err(
+                    format!("{f}.vtep_ip"),
+                    format!("{} is this node's own underlay address", r.vtep_ip),
+                ));
+            }
+            if let Some((other, _)) = cidrs.iter().find(|(_, c)| c.overlaps(&r.pod_cidr)) {
+                return Err(err(
+                    format!("{f}.pod_cidr"),
+                    format!("{} overlaps the pod CIDR of {other}", r.pod_cidr),
+                ));
+            }
+            cidrs.push((r.name.as_str(), r.pod_cidr));
+        }
+        let mut ips = BTreeMap::new();
+        let mut ifs = BTreeMap::new();
+        let bcast =
+            Ipv4Addr::from(u32::from(n.pod_cidr.addr) | (u32::MAX >> n.pod_cidr.len.min(31)));
+        for p in self.pods.values() {
+            let f = format!("pods[{}]", p.name);
+            if !n.pod_cidr.contains(p.ip)
+                || p.ip == n.pod_cidr.addr
+                || p.ip == bcast
+                || p.ip == n.gateway_ip
+            {
+                return Err(err(
+                    format!("{f}.ip"),
+                    format!(
+                        "{} is not a pod address of {} (gateway {})",
+                        p.ip, n.pod_cidr, n.gateway_ip
+                    ),
+                ));
+            }
+            if let Some(o) = ips.insert(p.ip, &p.name) {
+                return Err(err(
+                    format!("{f}.ip"),
+                    format!("{} is also pod {o}'s address", p.ip),
+                ));
+            }
+            if let Some(o) = ifs.insert(p.ifname.as_str(), &p.name) {
+                return Err(err(
+                    format!("{f}.ifname"),
+                    format!("{} is also pod {o}'s interface", p.ifname),
+                ));
+            }
+            if p.ifname == n.uplink {
+                return Err(err(format!("{f}.ifname"), "is the uplink"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the proto form, for read-back.
+    pub fn to_proto(&self) -> pb::DataplaneState {
+        pb::DataplaneState {
+            generation: self.generation,
+            node: self.node.as_ref().map(|n| pb::NodeConfig {
+                name: n.name.clone(),
+                uplink: n.uplink.clone(),
+                underlay_ip: n.underlay_ip.to_string(),
+                vtep_mac: n.vtep_mac.to_string(),
+                vni: n.vni,
+                vxlan_port: n.vxlan_port as u32,
+                cluster_cidr: n.cluster_cidr.to_string(),
+                pod_cidr: n.pod_cidr.to_string(),
+                gateway_ip: n.gateway_ip.to_string(),
+                pod_mtu: n.pod_mtu as u32,
+            }),
+            remote_nodes: self
+                .remotes
+                .values()
+                .map(|r| pb::RemoteNode {
+                    name: r.name.clone(),
+                    pod_cidr: r.pod_cidr.to_string(),
+                    vtep_ip: r.vtep_ip.to_string(),
+                    vtep_mac: r.vtep_mac.to_string(),
+                })
+                .collect(),
+            pods: self
+                .pods
+                .values()
+                .map(|p| pb::Pod {
+                    name: p.name.clone(),
+                    ip: p.ip.to_string(),
+                    mac: p.mac.to_string(),
+                    ifname: p.ifname.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> pb::DataplaneState {
+        pb::DataplaneState {
+            generation: 7,
+            node: Some(pb::NodeConfig {
+                name: "n1".into(),
+                uplink: "eth0".into(),
+                underlay_ip: "172.30.0.11".into(),
+                vtep_mac: "0e:58:ac:1e:00:0b".into(),
+                vni: 1,
+                vxlan_port: 4789,
+                cluster_cidr: "10.244.0.0/16".into(),
+                pod_cidr: "10.244.1.0/24".into(),
+                gateway_ip: "10.244.1.1".into(),
+                pod_mtu: 1450,
+            }),
+            remote_nodes: vec![pb::RemoteNode {
+                name: "n2".into(),
+                pod_cidr: "10.244.2.0/24".into(),
+                vtep_ip: "172.30.0.12".into(),
+                vtep_mac: "0e:58:ac:1e:00:0c".into(),
+            }],
+            pods: vec![pb::Pod {
+                name: "p1".into(),
+                ip: "10.244.1.2".into(),
+                mac: "0a:58:0a:f4:01:02".into(),
+                ifname: "kx0af40102".into(),
+            }],
+        }
+    }
+
+    fn check(s: &pb::DataplaneState) -> Result<State, FieldError> {
+        let st = State::try_from(s)?;
+        st.validate()?;
+        Ok(st)
+    }
+
+    #[test]
+    fn a_valid_state_round_trips() {
+        let s = sample();
+        let st = check(&s).unwrap();
+        assert_eq!(st.to_proto(), s);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        type Mutation = fn(&mut pb::DataplaneState);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                |s| s.node.as_mut().unwrap().underlay_ip = "300.1.1.1".into(),
+                "state.node.underlay_ip",
+            ),
+            (|s| s.node.as_mut().unwrap().vni = 0, "state.node.vni"),
+            (|s| s.node.as_mut().unwrap().vni = 1 << 24, "state.node.vni"),
+            (
+                |s| s.node.as_mut().unwrap().vxlan_port = 70000,
+                "state.node.vxlan_port",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().pod_cidr = "10.244.1.5/24".into(),
+                "state.node.pod_cidr",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().uplink = "a-name-that-is-too-long".into(),
+                "state.node.uplink",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().vtep_mac = "01:00:5e:00:00:01".into(),
+                "state.node.vtep_mac",
+            ),
+            (|s| s.node = None, "state.node"),
+            (
+                |s| s.remote_nodes[0].pod_cidr = "10.244.2.0".into(),
+                "state.remote_nodes[0].pod_cidr",
+            ),
+            (|s| s.pods[0].mac = "zz".into(), "state.pods[0].mac"),
+            (|s| s.pods.push(s.pods[0].clone()), "state.pods[1].name"),
+            (
+                |s| s.node.as_mut().unwrap().pod_cidr = "10.245.1.0/24".into(),
+                "node.pod_cidr",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().gateway_ip = "10.244.9.1".into(),
+                "node.gateway_ip",
+            ),
+            (
+                |s| s.remote_nodes[0].pod_cidr = "10.244.1.0/25".into(),
+                "remote_nodes[n2].pod_cidr",
+            ),
+            (
+                |s| s.remote_nodes[0].vtep_ip = "172.30.0.11".into(),
+                "remote_nodes[n2].vtep_ip",
+            ),
+            (|s| s.pods[0].ip = "10.244.2.9".into(), "pods[p1].ip"),
+            (|s| s.pods[0].ip = "10.244.1.1".into(), "pods[p1].ip"),
+            (|s| s.pods[0].ip = "10.244.1.255".into(), "pods[p1].ip"),
+            (
+                |s| {
+                    let mut p = s.pods[0].clone();
+                    p.name = "p2".into();
+                    p.ifname = "kx2".into();
+                    s.pods.push(p);
+                },
+                "pods[p2].ip",
+            ),
+            (|s| s.pods[0].ifname = "eth0".into(), "pods[p1].ifname"),
+        ];
+        for (i, (f, field)) in cases.into_iter().enumerate() {
+            let mut s = sample();
+            f(&mut s);
+            let e = check(&s).expect_err(&format!("case {i} ({field}) accepted"));
+            assert_eq!(e.field, field, "case {i}: {e}");
+        }
+    }
+
+    #[test]
+    fn changes_apply_to_a_copy_and_missing_deletes_fail() {
+        let st = check(&sample()).unwrap();
+        let add = Change::UpsertPod(Pod {
+            name: "p2".into(),
+            ip: "10.244.1.3".parse().unwrap(),
+            mac: "0a:58:0a:f4:01:03".parse().unwrap(),
+            ifname: "kx0af40103".into(),
+        });
+        let next = st
+            .with_changes(8, &[add, Change::DeleteRemote("n2".into())])
+            .unwrap();
+        assert_eq!(next.pods.len(), 2);
+        assert!(next.remotes.is_empty());
+        assert_eq!(next.generation, 8);
+        assert_eq!(st.pods.len(), 1, "original untouched");
+        let e = st
+            .with_changes(9, &[Change::DeletePod("nope".into())])
+            .unwrap_err();
+        assert_eq!(e.field, "changes[0].delete_pod");
+    }
+
+    #[test]
+    fn empty_change_is_rejected() {
+        let e = changes_from_proto(&[pb::Change { op: None }]).unwrap_err();
+        assert_eq!(e.field, "changes[0]");
+    }
+}

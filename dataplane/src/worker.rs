@@ -1,0 +1,460 @@
+//! Worker threads: each is pinned to a core, owns one UMEM and one AF_XDP
+//! socket per attached interface (on queue = worker index), and runs
+//! RX -> pipeline -> TX in batches.
+//!
+//! Updates reach a worker only through its command channel, checked between
+//! batches: new tables arrive as an `Arc<Tables>` snapshot that replaces the
+//! old one at once, and every command is acknowledged after it is applied, so
+//! "the reply to a write means every worker has applied it" holds.
+//!
+//! Adaptive polling: the loop busy-polls while frames flow; after
+//! `IDLE_SPINS` empty passes it sleeps in poll(2) on its sockets and an
+//! eventfd (commands wake it at once), so an idle dataplane can share a core.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrayvec::ArrayVec;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use kxdp_core::pipeline::{Counters, DropReason, Packet, Pipeline, Verdict, BATCH_SIZE};
+use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
+
+use crate::sys::xsk::{self, BindMode, Desc, EventFd, KernelStats, Socket, Umem, FRAME_SIZE};
+
+/// Empty passes before sleeping: about 100 us of spinning with a few
+/// sockets, long enough to ride out gaps inside a burst.
+const IDLE_SPINS: u32 = 2000;
+/// Longest sleep; commands and frames wake the worker earlier.
+const IDLE_SLEEP_MS: i32 = 100;
+/// Distinct TX ports staged per batch before a flush.
+const TX_STAGES: usize = 8;
+/// Socket slots per worker (frame ownership ids).
+const MAX_SLOTS: u16 = 0x3f00;
+
+/// Commands from the state manager. Each carries its acknowledgement.
+pub enum Command {
+    Attach {
+        port: PortId,
+        ifindex: u32,
+        mode: BindMode,
+        reply: Sender<io::Result<RawFd>>,
+    },
+    Detach {
+        port: PortId,
+        reply: Sender<()>,
+    },
+    Tables {
+        tables: Arc<Tables>,
+        reply: Sender<()>,
+    },
+    KernelStats {
+        reply: Sender<Vec<(PortId, KernelStats)>>,
+    },
+    Stop,
+}
+
+/// Per-port traffic counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_ring_full: u64,
+}
+
+const MISC: usize = 6;
+
+/// Counters a worker publishes for the manager to read: single writer,
+/// relaxed stores of the worker's own plain counters.
+pub struct SharedStats {
+    drops: [AtomicU64; DropReason::COUNT],
+    misc: [AtomicU64; MISC],
+    ports: Box<[[AtomicU64; 5]]>,
+}
+
+impl SharedStats {
+    fn new() -> SharedStats {
+        SharedStats {
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            misc: std::array::from_fn(|_| AtomicU64::new(0)),
+            ports: (0..MAX_PORTS)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// A copy of the pipeline counters.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for (d, s) in c.drops.iter_mut().zip(self.drops.iter()) {
+            *d = s.load(Ordering::Relaxed);
+        }
+        let m: [u64; MISC] = std::array::from_fn(|i| self.misc[i].load(Ordering::Relaxed));
+        c.arp_replies = m[0];
+        c.icmp_errors_sent = m[1];
+        c.icmp_rate_limited = m[2];
+        c.encapsulated = m[3];
+        c.decapsulated = m[4];
+        c.routed_local = m[5];
+        c
+    }
+
+    pub fn port(&self, p: PortId) -> PortCounters {
+        let a = &self.ports[p as usize];
+        let l = |i: usize| a[i].load(Ordering::Relaxed);
+        PortCounters {
+            rx_packets: l(0),
+            rx_bytes: l(1),
+            tx_packets: l(2),
+            tx_bytes: l(3),
+            tx_ring_full: l(4),
+        }
+    }
+}
+
+/// The manager's handle on a worker.
+pub struct WorkerHandle {
+    pub index: usize,
+    pub core: Option<usize>,
+    tx: Sender<Command>,
+    wake: Arc<EventFd>,
+    pub stats: Arc<SharedStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long the manager waits for a worker to acknowledge a command.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl WorkerHandle {
+    /// Starts worker `index` (socket queue = index), pinned to `core`.
+    pub fn spawn(index: usize, core: Option<usize>) -> io::Result<WorkerHandle> {
+        let (tx, rx) = bounded(64);
+        let wake = Arc::new(EventFd::new()?);
+        let stats = Arc::new(SharedStats::new());
+        let umem = Umem::new()?;
+        let w = Worker {
+            ports: (0..MAX_PORTS).map(|_| None).collect(),
+            active: Vec::new(),
+            umem,
+            tables: Arc::new(Tables::default()),
+            pipeline: Pipeline::new(),
+            rx,
+            wake: wake.clone(),
+            stats: stats.clone(),
+            port_counters: vec![PortCounters::default(); MAX_PORTS],
+            free_slots: (0..MAX_SLOTS).rev().collect(),
+            queue: index as u32,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("kxdp-worker-{index}"))
+            .spawn(move || {
+                if let Some(id) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        log::warn!("worker {index}: could not pin to core {id}");
+                    }
+                }
+                w.run()
+            })?;
+        Ok(WorkerHandle {
+            index,
+            core,
+            tx,
+            wake,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a command and wakes the worker if it sleeps.
+    pub fn send(&self, cmd: Command) -> bool {
+        let ok = self.tx.send(cmd).is_ok();
+        self.wake.notify();
+        ok
+    }
+
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Option<T> {
+        let (rtx, rrx) = bounded(1);
+        if !self.send(make(rtx)) {
+            return None;
+        }
+        rrx.recv_timeout(ACK_TIMEOUT).ok()
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    // Sockets before the UMEM: they must close before it is unmapped.
+    ports: Vec<Option<Socket>>,
+    active: Vec<PortId>,
+    umem: Umem,
+    tables: Arc<Tables>,
+    pipeline: Pipeline,
+    rx: Receiver<Command>,
+    wake: Arc<EventFd>,
+    stats: Arc<SharedStats>,
+    port_counters: Vec<PortCounters>,
+    free_slots: Vec<u16>,
+    queue: u32,
+}
+
+/// A packet's fate after the pipeline, without the borrow of its chunk.
+#[derive(Clone, Copy)]
+struct Out {
+    verdict: Verdict,
+    desc: Desc,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let start = Instant::now();
+        let mut idle: u32 = 0;
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                if !self.handle(cmd) {
+                    return;
+                }
+            }
+            let now = start.elapsed().as_nanos() as u64;
+            let mut work = 0;
+            for i in 0..self.active.len() {
+                work += self.rx_batch(self.active[i], now);
+            }
+            self.housekeep();
+            if work > 0 {
+                idle = 0;
+                self.publish();
+            } else {
+                idle += 1;
+                if idle >= IDLE_SPINS {
+                    let socks: ArrayVec<&Socket, 256> = self
+                        .active
+                        .iter()
+                        .filter_map(|&p| self.ports[p as usize].as_ref())
+                        .take(256)
+                        .collect();
+                    xsk::wait(&socks, &self.wake, IDLE_SLEEP_MS);
+                    idle = IDLE_SPINS / 2;
+                }
+            }
+        }
+    }
+
+    /// Applies a command; false means stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Attach {
+                port,
+                ifindex,
+                mode,
+                reply,
+            } => {
+                let _ = reply.send(self.attach(port, ifindex, mode));
+            }
+            Command::Detach { port, reply } => {
+                self.detach(port);
+                let _ = reply.send(());
+            }
+            Command::Tables { tables, reply } => {
+                self.tables = tables;
+                let _ = reply.send(());
+            }
+            Command::KernelStats { reply } => {
+                let v = self
+                    .active
+                    .iter()
+                    .filter_map(|&p| {
+                        let s = self.ports[p as usize].as_ref()?;
+                        Some((p, s.kernel_stats().ok()?))
+                    })
+                    .collect();
+                let _ = reply.send(v);
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn attach(&mut self, port: PortId, ifindex: u32, mode: BindMode) -> io::Result<RawFd> {
+        if (port as usize) >= MAX_PORTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "port id out of range",
+            ));
+        }
+        self.detach(port);
+        let slot = self
+            .free_slots
+            .pop()
+            .ok_or_else(|| io::Error::other("no free socket slots"))?;
+        let share = self
+            .active
+            .iter()
+            .find_map(|&p| self.ports[p as usize].as_ref());
+        let sock = match Socket::new(&self.umem, ifindex, self.queue, share, slot, mode) {
+            Ok(s) => s,
+            Err(e) => {
+                self.free_slots.push(slot);
+                return Err(e);
+            }
+        };
+        let fd = sock.fd();
+        self.ports[port as usize] = Some(sock);
+        self.active.push(port);
+        self.housekeep();
+        Ok(fd)
+    }
+
+    fn detach(&mut self, port: PortId) {
+        if let Some(sock) = self.ports.get_mut(port as usize).and_then(Option::take) {
+            self.free_slots.push(sock.slot());
+            sock.close(&mut self.umem);
+            self.active.retain(|&p| p != port);
+        }
+    }
+
+    /// Reclaims completed TX frames and keeps every fill ring stocked.
+    fn housekeep(&mut self) {
+        let n = self.active.len().max(1);
+        // Share the UMEM: half of it for fill rings, the rest in flight.
+        let target = ((xsk::FRAME_COUNT / 2 / n) as u32).min(xsk::RING_SIZE);
+        for &p in &self.active {
+            let Some(s) = self.ports[p as usize].as_mut() else {
+                continue;
+            };
+            s.complete(&mut self.umem);
+            if s.in_fill < target && s.refill(&mut self.umem, target - s.in_fill) > 0 {
+                s.kick_fill();
+            }
+        }
+    }
+
+    /// Receives one batch on `port`, runs the pipeline and applies verdicts.
+    fn rx_batch(&mut self, port: PortId, now: u64) -> usize {
+        let mut descs = [Desc::default(); BATCH_SIZE];
+        let Some(sock) = self.ports[port as usize].as_mut() else {
+            return 0;
+        };
+        let n = sock.recv(&mut self.umem, &mut descs);
+        if n == 0 {
+            return 0;
+        }
+        let pc = &mut self.port_counters[port as usize];
+        pc.rx_packets += n as u64;
+        pc.rx_bytes += descs[..n].iter().map(|d| d.len as u64).sum::<u64>();
+
+        let mut outs: ArrayVec<Out, BATCH_SIZE> = ArrayVec::new();
+        {
+            let mut chunks: ArrayVec<&mut [u8], BATCH_SIZE> = ArrayVec::new();
+            self.umem.chunks_mut(&descs[..n], &mut chunks);
+            let mut pkts: ArrayVec<Packet<'_>, BATCH_SIZE> = chunks
+                .into_iter()
+                .zip(descs.iter())
+                .map(|(buf, d)| Packet::new(buf, d.offset(), d.len as usize, port))
+                .collect();
+            self.pipeline.process(now, &self.tables, &mut pkts);
+            for (p, d) in pkts.iter().zip(descs.iter()) {
+                let base = (d.chunk() * FRAME_SIZE) as u64;
+                outs.push(Out {
+                    verdict: p.verdict,
+                    desc: Desc {
+                        addr: base + p.off as u64,
+                        len: p.len as u32,
+                    },
+                });
+            }
+        }
+        self.apply(&outs);
+        n
+    }
+
+    /// Applies a batch's verdicts: drops free their chunk, transmissions are
+    /// grouped per port and queued with one kick per port.
+    fn apply(&mut self, outs: &[Out]) {
+        let mut stages: ArrayVec<(PortId, ArrayVec<Desc, BATCH_SIZE>), TX_STAGES> = ArrayVec::new();
+        for o in outs {
+            match o.verdict {
+                Verdict::Drop(_) => self.umem.release(o.desc.addr),
+                Verdict::Tx(port) => {
+                    let i = match stages.iter().position(|(p, _)| *p == port) {
+                        Some(i) => i,
+                        None => {
+                            if stages.is_full() {
+                                self.flush(&mut stages);
+                            }
+                            stages.push((port, ArrayVec::new()));
+                            stages.len() - 1
+                        }
+                    };
+                    stages[i].1.push(o.desc);
+                }
+            }
+        }
+        self.flush(&mut stages);
+    }
+
+    fn flush(&mut self, stages: &mut ArrayVec<(PortId, ArrayVec<Desc, BATCH_SIZE>), TX_STAGES>) {
+        for (port, descs) in stages.drain(..) {
+            let pc = &mut self.port_counters[port as usize];
+            let sent = match self.ports.get_mut(port as usize).and_then(Option::as_mut) {
+                Some(sock) => {
+                    let sent = sock.send(&mut self.umem, &descs);
+                    sock.kick_tx();
+                    sent
+                }
+                None => 0,
+            };
+            pc.tx_packets += sent as u64;
+            pc.tx_bytes += descs[..sent].iter().map(|d| d.len as u64).sum::<u64>();
+            pc.tx_ring_full += (descs.len() - sent) as u64;
+            for d in &descs[sent..] {
+                self.umem.release(d.addr);
+            }
+        }
+    }
+
+    /// Publishes counters for the manager (relaxed stores, one writer).
+    fn publish(&self) {
+        let c = self.pipeline.counters();
+        for (s, v) in self.stats.drops.iter().zip(c.drops.iter()) {
+            s.store(*v, Ordering::Relaxed);
+        }
+        let m = [
+            c.arp_replies,
+            c.icmp_errors_sent,
+            c.icmp_rate_limited,
+            c.encapsulated,
+            c.decapsulated,
+            c.routed_local,
+        ];
+        for (s, v) in self.stats.misc.iter().zip(m) {
+            s.store(v, Ordering::Relaxed);
+        }
+        for &p in &self.active {
+            let pc = &self.port_counters[p as usize];
+            let a = &self.stats.ports[p as usize];
+            for (s, v) in a.iter().zip([
+                pc.rx_packets,
+                pc.rx_bytes,
+                pc.tx_packets,
+                pc.tx_bytes,
+                pc.tx_ring_full,
+            ]) {
+                s.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+}

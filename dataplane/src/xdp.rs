@@ -1,0 +1,181 @@
+//! Loading and attaching the XDP program (bpf/kxdp.bpf.c) with libbpf-rs.
+//!
+//! One program instance (object) per attached interface, each with its own
+//! `cfg` and `xsks` maps. Attaching first installs the program in pass-all
+//! mode; the socket for each queue goes into `xsks`; only then does `cfg`
+//! switch the interface to redirecting, so no frame is redirected to a queue
+//! without a socket (and bpf_redirect_map falls back to XDP_PASS anyway).
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, RawFd};
+
+use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, Xdp, XdpFlags};
+
+static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"));
+
+const MODE_OFF: u32 = 0;
+const MODE_POD: u32 = 1;
+const MODE_UPLINK: u32 = 2;
+
+/// Which XDP hook to attach at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Driver (native) mode, falling back to generic if the driver lacks it.
+    Auto,
+    /// Driver mode only (veth, most NICs).
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Generic,
+}
+
+/// What the program on an interface redirects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything (a pod's veth).
+    Pod,
+    /// Only VXLAN to this node's VTEP address and port.
+    Uplink { vtep_ip: Ipv4Addr, vxlan_port: u16 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("loading the XDP program: {0}")]
+    Load(libbpf_rs::Error),
+    #[error("attaching XDP to ifindex {ifindex}: {err}")]
+    Attach { ifindex: u32, err: libbpf_rs::Error },
+    #[error("XDP map {map}: {err}")]
+    Map {
+        map: &'static str,
+        err: libbpf_rs::Error,
+    },
+}
+
+/// The program attached to one interface; detached on drop.
+pub struct Attachment {
+    obj: Object,
+    ifindex: u32,
+    flags: XdpFlags,
+}
+
+impl Attachment {
+    /// Loads a fresh program instance and attaches it in pass-all mode,
+    /// replacing any program a previous (crashed) run left there.
+    pub fn attach(ifindex: u32, mode: XdpMode) -> Result<Attachment, XdpError> {
+        let obj = ObjectBuilder::default()
+            .open_memory(BPF_OBJECT)
+            .and_then(|o| o.load())
+            .map_err(XdpError::Load)?;
+        let tries: &[XdpFlags] = match mode {
+            XdpMode::Auto => &[XdpFlags::DRV_MODE, XdpFlags::SKB_MODE],
+            XdpMode::Native => &[XdpFlags::DRV_MODE],
+            XdpMode::Generic => &[XdpFlags::SKB_MODE],
+        };
+        let mut last = None;
+        for flags in tries {
+            let res = {
+                let prog = obj
+                    .progs()
+                    .find(|p| p.name() == "kxdp_xdp")
+                    .expect("kxdp_xdp is in the object");
+                Xdp::new(prog.as_fd())
+                    .attach(ifindex as i32, XdpFlags::from_bits_retain(flags.bits()))
+            };
+            match res {
+                Ok(()) => {
+                    return Ok(Attachment {
+                        obj,
+                        ifindex,
+                        flags: XdpFlags::from_bits_retain(flags.bits()),
+                    })
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(XdpError::Attach {
+            ifindex,
+            err: last.expect("at least one mode tried"),
+        })
+    }
+
+    /// "native" or "generic".
+    pub fn mode_name(&self) -> &'static str {
+        if self.flags.contains(XdpFlags::SKB_MODE) {
+            "generic"
+        } else {
+            "native"
+        }
+    }
+
+    fn map(&self, name: &'static str) -> libbpf_rs::Map<'_> {
+        self.obj
+            .maps()
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("map {name} is in the object"))
+    }
+
+    /// Puts the AF_XDP socket for `queue` into the program's XSKMAP.
+    pub fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), XdpError> {
+        self.map("xsks")
+            .update(
+                &queue.to_ne_bytes(),
+                &(fd as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|err| XdpError::Map { map: "xsks", err })
+    }
+
+    /// Removes the socket for `queue` (frames for it go to the kernel).
+    pub fn clear_socket(&self, queue: u32) {
+        let _ = self.map("xsks").delete(&queue.to_ne_bytes());
+    }
+
+    /// Switches the program to redirect per `role` (or back to pass-all).
+    pub fn set_role(&self, role: Option<Role>) -> Result<(), XdpError> {
+        let (mode, ip, port) = match role {
+            None => (MODE_OFF, [0; 4], 0u16),
+            Some(Role::Pod) => (MODE_POD, [0; 4], 0),
+            Some(Role::Uplink {
+                vtep_ip,
+                vxlan_port,
+            }) => (MODE_UPLINK, vtep_ip.octets(), vxlan_port),
+        };
+        // struct kxdp_cfg { u32 mode; be32 vtep_ip; be16 vxlan_port; u16 pad; }
+        let mut v = [0u8; 12];
+        v[0..4].copy_from_slice(&mode.to_ne_bytes());
+        v[4..8].copy_from_slice(&ip);
+        v[8..10].copy_from_slice(&port.to_be_bytes());
+        self.map("cfg")
+            .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(|err| XdpError::Map { map: "cfg", err })
+    }
+
+    /// Frames (redirected to AF_XDP, passed to the kernel), summed over CPUs.
+    pub fn stats(&self) -> (u64, u64) {
+        let m = self.map("stats");
+        let sum = |k: u32| -> u64 {
+            m.lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|cpus| {
+                    cpus.iter()
+                        .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        (sum(0), sum(1))
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let prog = self.obj.progs().find(|p| p.name() == "kxdp_xdp");
+        if let Some(prog) = prog {
+            // The interface may already be gone (pod deleted): nothing to do.
+            let _ = Xdp::new(prog.as_fd()).detach(
+                self.ifindex as i32,
+                XdpFlags::from_bits_retain(self.flags.bits()),
+            );
+        }
+    }
+}
