@@ -10,32 +10,19 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// How long connecting to a local socket may take before the peer counts as
-/// unreachable: a live local server accepts at once.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub use kxdp_proto::CONNECT_TIMEOUT;
 
 /// Connects a tonic channel to the gRPC server on the Unix socket `path`.
 ///
 /// Fails at once (no retry) if nothing listens there; the error's source chain
 /// holds the `io::Error` (see [`io_cause`]).
 pub async fn connect(path: impl Into<PathBuf>) -> Result<Channel, tonic::transport::Error> {
-    let path: PathBuf = path.into();
-    // The URI is a placeholder required by the HTTP/2 layer; the connector
-    // ignores it and dials the socket.
-    Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
+    kxdp_proto::connect_unix(path).await
 }
 
 /// The first `io::Error` in an error's source chain, e.g. "No such file or

@@ -271,10 +271,13 @@ impl Engine {
                     detail: e,
                 },
             };
-            if st.state != pb::AttachState::Attached {
-                log::warn!("pod {}: {}", p.name, st.detail);
-            } else {
-                log::info!("pod {} attached on {}", p.name, p.ifname);
+            let prev = self.pod_status.get(&p.name);
+            if prev.map(|s| (s.state, &s.detail)) != Some((st.state, &st.detail)) {
+                if st.state == pb::AttachState::Attached {
+                    log::info!("pod {} attached on {}", p.name, p.ifname);
+                } else {
+                    log::warn!("pod {}: {}", p.name, st.detail);
+                }
             }
             self.pod_status.insert(p.name.clone(), st);
         }
@@ -599,6 +602,31 @@ impl Engine {
                 }
             })
             .collect();
+        // Drops the kernel counts before a frame reaches a worker.
+        let mut k = [0u64; 4];
+        for w in &self.workers {
+            for (_, s) in w
+                .call(|reply| Command::KernelStats { reply })
+                .unwrap_or_default()
+            {
+                k[0] += s.rx_dropped;
+                k[1] += s.rx_ring_full;
+                k[2] += s.rx_fill_ring_empty;
+                k[3] += s.tx_invalid;
+            }
+        }
+        let kernel = [
+            "xsk_rx_dropped",
+            "xsk_rx_ring_full",
+            "xsk_fill_ring_empty",
+            "xsk_tx_invalid",
+        ]
+        .iter()
+        .zip(k)
+        .map(|(r, n)| pb::DropCounter {
+            reason: r.to_string(),
+            packets: n,
+        });
         pb::GetCountersReply {
             interfaces,
             drops: DropReason::ALL
@@ -607,6 +635,7 @@ impl Engine {
                     reason: r.name().to_string(),
                     packets: c.drop_count(*r),
                 })
+                .chain(kernel)
                 .collect(),
             arp_replies: c.arp_replies,
             icmp_errors_sent: c.icmp_errors_sent,

@@ -26,3 +26,26 @@ pub use kxdp::dataplane::v1 as dataplane;
 pub const DEFAULT_DATAPLANE_SOCKET: &str = "/run/kxdp/dataplane.sock";
 /// Default Unix socket of the control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kxdp/control.sock";
+
+/// How long dialing a local Unix socket may take: a live server accepts at once.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A gRPC channel over a Unix socket (the dataplane's and control's APIs).
+pub async fn connect_unix(
+    path: impl Into<std::path::PathBuf>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path: std::path::PathBuf = path.into();
+    // The URI is a placeholder required by the HTTP/2 layer; the connector
+    // ignores it and dials the socket.
+    tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
