@@ -107,6 +107,48 @@ pub fn invalid_argument(problems: &Problems) -> Status {
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    async fn add_pod(
+        &self,
+        _: Request<kxdp_proto::control::AddPodRequest>,
+    ) -> Result<Response<kxdp_proto::control::AddPodReply>, Status> {
+        Err(Status::unimplemented("AddPod is not implemented yet"))
+    }
+    async fn delete_pod(
+        &self,
+        _: Request<kxdp_proto::control::DeletePodRequest>,
+    ) -> Result<Response<kxdp_proto::control::DeletePodReply>, Status> {
+        Err(Status::unimplemented("DeletePod is not implemented yet"))
+    }
+    async fn upsert_service(
+        &self,
+        _: Request<kxdp_proto::control::UpsertServiceRequest>,
+    ) -> Result<Response<kxdp_proto::control::UpsertServiceReply>, Status> {
+        Err(Status::unimplemented(
+            "UpsertService is not implemented yet",
+        ))
+    }
+    async fn delete_service(
+        &self,
+        _: Request<kxdp_proto::control::DeleteServiceRequest>,
+    ) -> Result<Response<kxdp_proto::control::DeleteServiceReply>, Status> {
+        Err(Status::unimplemented(
+            "DeleteService is not implemented yet",
+        ))
+    }
+    async fn list_services(
+        &self,
+        _: Request<kxdp_proto::control::ListServicesRequest>,
+    ) -> Result<Response<kxdp_proto::control::ListServicesReply>, Status> {
+        Err(Status::unimplemented("ListServices is not implemented yet"))
+    }
+    async fn list_conntrack(
+        &self,
+        _: Request<kxdp_proto::control::ListNodeConntrackRequest>,
+    ) -> Result<Response<kxdp_proto::dataplane::ListConntrackReply>, Status> {
+        Err(Status::unimplemented(
+            "ListConntrack is not implemented yet",
+        ))
+    }
     async fn apply_cluster(
         &self,
         request: Request<ApplyClusterRequest>,

@@ -165,6 +165,13 @@ mod tests {
             }))
         }
 
+        async fn list_conntrack(
+            &self,
+            _: Request<kxdp_proto::dataplane::ListConntrackRequest>,
+        ) -> Result<Response<kxdp_proto::dataplane::ListConntrackReply>, Status> {
+            Err(Status::unimplemented("not in the test double"))
+        }
+
         async fn get_counters(
             &self,
             _: Request<GetCountersRequest>,

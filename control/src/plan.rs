@@ -25,6 +25,7 @@ pub fn node_state(cluster: &Cluster, node: &str, generation: u64) -> Option<Data
         pod_cidr: me.pod_cidr.to_string(),
         gateway_ip: me.gateway().to_string(),
         pod_mtu: cluster.pod_mtu(),
+        ..Default::default()
     };
     // Every other node, whatever forwards for it: kernel nodes are reached
     // through their Linux vxlan device just the same.
@@ -52,6 +53,7 @@ pub fn node_state(cluster: &Cluster, node: &str, generation: u64) -> Option<Data
         generation,
         node: Some(config),
         remote_nodes,
+        services: Vec::new(),
         pods,
     })
 }
@@ -216,6 +218,7 @@ mod tests {
                 pod_cidr: "10.244.1.0/24".into(),
                 gateway_ip: "10.244.1.1".into(),
                 pod_mtu: 1450,
+                ..Default::default()
             }
         );
         assert_eq!(

@@ -79,6 +79,13 @@ impl Dataplane for Service {
         Ok(Response::new(self.ask(engine::Request::GetState).await?))
     }
 
+    async fn list_conntrack(
+        &self,
+        _: Request<pb::ListConntrackRequest>,
+    ) -> Result<Response<pb::ListConntrackReply>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+
     async fn get_counters(
         &self,
         _: Request<pb::GetCountersRequest>,

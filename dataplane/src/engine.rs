@@ -642,6 +642,7 @@ impl Engine {
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
+            ..Default::default()
         }
     }
 }

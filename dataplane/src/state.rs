@@ -252,6 +252,9 @@ pub fn changes_from_proto(cs: &[pb::Change]) -> Result<Vec<Change>, FieldError> 
                 Some(Op::DeletePod(n)) => {
                     Ok(Change::DeletePod(name(&format!("{f}.delete_pod"), n)?))
                 }
+                Some(Op::UpsertService(_) | Op::DeleteService(_)) => {
+                    Err(err(f, "services are not supported by this dataplane yet"))
+                }
             }
         })
         .collect()
@@ -394,6 +397,7 @@ impl State {
                 pod_cidr: n.pod_cidr.to_string(),
                 gateway_ip: n.gateway_ip.to_string(),
                 pod_mtu: n.pod_mtu as u32,
+                ..Default::default()
             }),
             remote_nodes: self
                 .remotes
@@ -415,6 +419,7 @@ impl State {
                     ifname: p.ifname.clone(),
                 })
                 .collect(),
+            services: Vec::new(),
         }
     }
 }
@@ -437,6 +442,7 @@ mod tests {
                 pod_cidr: "10.244.1.0/24".into(),
                 gateway_ip: "10.244.1.1".into(),
                 pod_mtu: 1450,
+                ..Default::default()
             }),
             remote_nodes: vec![pb::RemoteNode {
                 name: "n2".into(),
@@ -450,6 +456,7 @@ mod tests {
                 mac: "0a:58:0a:f4:01:02".into(),
                 ifname: "kx0af40102".into(),
             }],
+            services: Vec::new(),
         }
     }
 

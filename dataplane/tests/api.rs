@@ -60,6 +60,7 @@ fn node(uplink: &str) -> pb::NodeConfig {
         pod_cidr: "10.244.1.0/24".into(),
         gateway_ip: "10.244.1.1".into(),
         pod_mtu: 1450,
+        ..Default::default()
     }
 }
 
@@ -83,6 +84,7 @@ fn state(generation: u64, pods: Vec<pb::Pod>) -> pb::DataplaneState {
             vtep_mac: "0e:58:c0:00:02:0c".into(),
         }],
         pods,
+        services: Vec::new(),
     }
 }
 
