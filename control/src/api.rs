@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use kxdp_proto::control::control_server::Control;
 use kxdp_proto::control::{
-    ApplyClusterReply, ApplyClusterRequest, GetNodeCountersRequest, ListNodesReply,
-    ListNodesRequest, ListPodsReply, ListPodsRequest, ListRoutesReply, ListRoutesRequest, NodeInfo,
-    PodInfo,
+    AddPodReply, AddPodRequest, ApplyClusterReply, ApplyClusterRequest, DeletePodReply,
+    DeletePodRequest, GetNodeCountersRequest, ListNodesReply, ListNodesRequest, ListPodsReply,
+    ListPodsRequest, ListRoutesReply, ListRoutesRequest, NodeInfo, PodInfo,
 };
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
 use kxdp_proto::dataplane::{AttachState, GetCountersReply, GetCountersRequest, PodStatus};
@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, DataplaneKind, Problems};
 use crate::plan;
-use crate::reconcile::{Phase, Shared, StatusMap};
+use crate::reconcile::{Edit, Phase, Shared, StatusMap};
+use crate::runtime::{self, PodCheck};
 use crate::uds;
 
 /// How long `ApplyCluster` waits for the reachable nodes to take the new state.
@@ -91,6 +92,43 @@ impl ControlService {
             .collect())
     }
 
+    /// Waits until `node`'s dataplane holds `generation` (or a later one).
+    /// A node that does not get there in time is DEADLINE_EXCEEDED, one that
+    /// refuses it INTERNAL, both naming the node.
+    async fn wait_for_node(&self, generation: u64, node: &str) -> Result<(), Status> {
+        if !self.shared.current().states.contains_key(node) {
+            return Ok(());
+        }
+        let mut rx = self.shared.status.subscribe();
+        let done = |m: &StatusMap| {
+            m.get(node).is_some_and(|s| {
+                (s.phase == Phase::Synced && s.applied_generation >= generation)
+                    || (matches!(s.phase, Phase::Failed(_)) && s.attempted_generation >= generation)
+            })
+        };
+        let waited = tokio::time::timeout(self.apply_timeout, rx.wait_for(done))
+            .await
+            .map(|_| ());
+        let phase = self
+            .shared
+            .status
+            .borrow()
+            .get(node)
+            .map_or(Phase::Pending, |s| s.phase.clone());
+        match (waited, phase) {
+            (Err(_), phase) => Err(Status::deadline_exceeded(format!(
+                "generation {generation} is the desired state, but node {node}'s dataplane did not take it within {:?} ({})",
+                self.apply_timeout,
+                phase.describe()
+            ))),
+            (Ok(_), phase @ Phase::Failed(_)) => Err(Status::internal(format!(
+                "generation {generation} is the desired state, but node {node}'s dataplane refused it ({})",
+                phase.describe()
+            ))),
+            (Ok(_), _) => Ok(()),
+        }
+    }
+
     fn known_node(cluster: &Cluster, name: &str) -> Result<(), Status> {
         if name.is_empty() || cluster.node(name).is_some() {
             Ok(())
@@ -109,15 +147,70 @@ pub fn invalid_argument(problems: &Problems) -> Status {
 impl Control for ControlService {
     async fn add_pod(
         &self,
-        _: Request<kxdp_proto::control::AddPodRequest>,
-    ) -> Result<Response<kxdp_proto::control::AddPodReply>, Status> {
-        Err(Status::unimplemented("AddPod is not implemented yet"))
+        request: Request<AddPodRequest>,
+    ) -> Result<Response<AddPodReply>, Status> {
+        let req = request.into_inner();
+        let (generation, new) = self
+            .shared
+            .edit_runtime(
+                |cluster, runtime| match runtime::check_add(cluster, runtime, &req)? {
+                    PodCheck::Same(_) => Ok(Edit::Unchanged(false)),
+                    PodCheck::New(pod) => {
+                        let mut next = runtime.clone();
+                        next.pods.insert((pod.node.clone(), pod.name.clone()), pod);
+                        Ok(Edit::Changed(next, true))
+                    }
+                },
+            )
+            .map_err(|p: Problems| invalid_argument(&p))?;
+        if new {
+            log::info!(
+                "pod {}/{} ({}) added: generation {generation}",
+                req.node,
+                req.name,
+                req.ip
+            );
+        }
+        self.wait_for_node(generation, &req.node).await?;
+        Ok(Response::new(AddPodReply { generation }))
     }
+
     async fn delete_pod(
         &self,
-        _: Request<kxdp_proto::control::DeletePodRequest>,
-    ) -> Result<Response<kxdp_proto::control::DeletePodReply>, Status> {
-        Err(Status::unimplemented("DeletePod is not implemented yet"))
+        request: Request<DeletePodRequest>,
+    ) -> Result<Response<DeletePodReply>, Status> {
+        let req = request.into_inner();
+        let key = (req.node.clone(), req.name.clone());
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            if runtime.pods.contains_key(&key) {
+                let mut next = runtime.clone();
+                next.pods.remove(&key);
+                return Ok(Edit::Changed(next, true));
+            }
+            if cluster
+                .pods
+                .iter()
+                .any(|p| p.node == req.node && p.name == req.name)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "pod {}/{} comes from the cluster file: remove it there and apply the file",
+                    req.node, req.name
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!(
+                "pod {}/{} deleted: generation {generation}",
+                req.node,
+                req.name
+            );
+            self.wait_for_node(generation, &req.node).await?;
+        }
+        Ok(Response::new(DeletePodReply {
+            generation,
+            existed,
+        }))
     }
     async fn upsert_service(
         &self,
@@ -166,7 +259,10 @@ impl Control for ControlService {
             .map(|n| n.name.clone())
             .collect();
 
-        let generation = self.shared.set_cluster(cluster);
+        let generation = self
+            .shared
+            .set_cluster(cluster)
+            .map_err(|p| invalid_argument(&p))?;
         log::info!("applied cluster file: generation {generation}, {nodes} nodes, {pods} pods");
 
         let unreachable = self.wait_for_nodes(generation, &kxdp).await?;
@@ -230,9 +326,8 @@ impl Control for ControlService {
         Self::known_node(&desired.cluster, &filter)?;
         let status = self.shared.status.borrow().clone();
         let pods = desired
-            .cluster
-            .pods
-            .iter()
+            .runtime
+            .all_pods(&desired.cluster)
             .filter(|p| filter.is_empty() || p.node == filter)
             .map(|p| {
                 let kernel = desired.cluster.node(&p.node).is_some_and(|n| !n.is_kxdp());
@@ -258,8 +353,8 @@ impl Control for ControlService {
                     name: p.name.clone(),
                     node: p.node.clone(),
                     ip: p.ip.to_string(),
-                    mac: p.mac().to_string(),
-                    ifname: p.ifname(),
+                    mac: p.mac.to_string(),
+                    ifname: p.ifname.clone(),
                     status,
                 }
             })

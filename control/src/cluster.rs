@@ -93,20 +93,29 @@ impl Node {
     }
 }
 
+/// A pod: from the cluster file (MAC and veth name follow the conventions)
+/// or registered at run time (the CNI plugin says what they are).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub name: String,
     pub node: String,
     pub ip: Ipv4Addr,
+    /// The pod's eth0 MAC.
+    pub mac: Mac,
+    /// The node-side veth name.
+    pub ifname: String,
 }
 
 impl Pod {
-    pub fn mac(&self) -> Mac {
-        conventions::pod_mac(self.ip)
-    }
-
-    pub fn ifname(&self) -> String {
-        conventions::pod_ifname(self.ip)
+    /// A cluster-file pod: MAC and veth name derived from its IP.
+    pub fn conventional(name: String, node: String, ip: Ipv4Addr) -> Pod {
+        Pod {
+            name,
+            node,
+            mac: conventions::pod_mac(ip),
+            ifname: conventions::pod_ifname(ip),
+            ip,
+        }
     }
 }
 
@@ -176,7 +185,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
         Problem {
             path: path.into(),
             message: message.into(),
@@ -199,7 +208,7 @@ impl fmt::Display for Problem {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    fn result(problems: Vec<Problem>) -> Result<(), Problems> {
+    pub fn result(problems: Vec<Problem>) -> Result<(), Problems> {
         if problems.is_empty() {
             Ok(())
         } else {
@@ -574,11 +583,7 @@ fn validate_pods(
         }
 
         if let (true, Some(ip), Some(_)) = (p.len() == before, ip, pod_cidr) {
-            out.push(Pod {
-                name: pod.name.clone(),
-                node: pod.node.clone(),
-                ip,
-            });
+            out.push(Pod::conventional(pod.name.clone(), pod.node.clone(), ip));
         }
     }
     out
@@ -616,7 +621,7 @@ pub fn is_dns_label(name: &str) -> bool {
 
 /// Linux's rules for interface names (dev_valid_name): 1..=15 bytes, not "."
 /// or "..", no '/', ':' or whitespace.
-fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
+pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name != "."
@@ -634,7 +639,7 @@ fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
     }
 }
 
-fn parse_ip(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Addr> {
+pub(crate) fn parse_ip(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Addr> {
     match text.parse() {
         Ok(ip) => Some(ip),
         Err(_) => {
@@ -649,7 +654,7 @@ fn parse_ip(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Addr> {
 
 /// Parses `a.b.c.d/len` and insists on the canonical form: host bits set
 /// usually mean a typo, and silently truncating would hide it.
-fn parse_cidr(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Net> {
+pub(crate) fn parse_cidr(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Net> {
     let net: Ipv4Net = match text.parse() {
         Ok(net) => net,
         Err(_) => {
@@ -670,7 +675,7 @@ fn parse_cidr(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Net> {
     Some(net)
 }
 
-fn in_range(
+pub(crate) fn in_range(
     path: &str,
     value: i64,
     range: std::ops::RangeInclusive<i64>,

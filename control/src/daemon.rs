@@ -76,8 +76,8 @@ mod tests {
 
     use kxdp_proto::control::control_client::ControlClient;
     use kxdp_proto::control::{
-        ApplyClusterRequest, GetNodeCountersRequest, ListNodesRequest, ListPodsRequest,
-        ListRoutesRequest, NodeInfo,
+        AddPodRequest, ApplyClusterRequest, DeletePodRequest, GetNodeCountersRequest,
+        ListNodesRequest, ListPodsRequest, ListRoutesRequest, NodeInfo,
     };
     use kxdp_proto::dataplane::dataplane_server::{Dataplane, DataplaneServer};
     use kxdp_proto::dataplane::{
@@ -207,19 +207,26 @@ mod tests {
         (stop, task)
     }
 
-    async fn start_control(
-        dir: &std::path::Path,
-        cluster: Cluster,
-    ) -> (
+    type Control = (
         oneshot::Sender<()>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
         ControlClient<Channel>,
-    ) {
+    );
+
+    async fn start_control(dir: &std::path::Path, cluster: Cluster) -> Control {
+        start_control_with(dir, cluster, Duration::from_secs(5)).await
+    }
+
+    async fn start_control_with(
+        dir: &std::path::Path,
+        cluster: Cluster,
+        apply_timeout: Duration,
+    ) -> Control {
         let config = Config {
             listen: dir.join("control/control.sock"),
             dataplane_dir: dir.to_path_buf(),
             resync_interval: TICK,
-            apply_timeout: Duration::from_secs(5),
+            apply_timeout,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let listen = config.listen.clone();
@@ -448,6 +455,152 @@ mod tests {
         stop_control.send(()).unwrap();
         control_task.await.unwrap().unwrap();
 
+        stop_fake.send(()).unwrap();
+        fake_task.await.unwrap();
+    }
+
+    fn add_pod_request(node: &str, name: &str, ip: &str, ifname: &str) -> AddPodRequest {
+        AddPodRequest {
+            node: node.into(),
+            name: name.into(),
+            ip: ip.into(),
+            mac: "0a:58:0a:f4:01:63".into(),
+            ifname: ifname.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn runtime_pods_are_added_pushed_kept_and_deleted() {
+        let tmp = TempDir::new("addpod");
+        let fake = FakeDataplane::new("boot-1");
+        let (stop_fake, fake_task) = serve_fake(fake.clone(), tmp.0.join("n1.sock")).await;
+        let cluster = Cluster::from_yaml(&cluster_yaml(false)).unwrap();
+        let (stop_control, control_task, mut client) =
+            start_control_with(&tmp.0, cluster, Duration::from_millis(800)).await;
+        wait_until("n1 synced", || {
+            let mut c = client.clone();
+            async move { Some(node_info(&mut c, "n1").await).filter(|n| n.status == "synced") }
+        })
+        .await;
+        let synced = fake.syncs().len();
+
+        // Invalid: every problem named by field, nothing pushed.
+        let mut bad = add_pod_request("n1", "cni/eth0", "10.244.2.99", "kx0af40102");
+        bad.mac = "ff:ff:ff:ff:ff:ff".into();
+        let err = client.add_pod(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        for needle in ["ip: 10.244.2.99 is outside", "mac: ", "ifname: kx0af40102"] {
+            assert!(err.message().contains(needle), "{}", err.message());
+        }
+        assert_eq!(fake.syncs().len(), synced);
+
+        // Valid: the reply comes once n1's dataplane holds the pod.
+        let request = add_pod_request("n1", "cni/eth0", "10.244.1.99", "veth99");
+        let reply = client.add_pod(request.clone()).await.unwrap().into_inner();
+        let held = fake.syncs().last().cloned().unwrap();
+        assert_eq!(held.generation, reply.generation);
+        assert!(
+            held.pods.iter().any(|p| p.name == "cni/eth0"
+                && p.ip == "10.244.1.99"
+                && p.mac == "0a:58:0a:f4:01:63"
+                && p.ifname == "veth99"),
+            "{held:?}"
+        );
+        assert_eq!(held.pods.len(), 3);
+        // A retried ADD changes nothing.
+        let again = client.add_pod(request.clone()).await.unwrap().into_inner();
+        assert_eq!(again.generation, reply.generation);
+        assert_eq!(fake.syncs().len(), synced + 1);
+        // The same IP under another name is taken.
+        let err = client
+            .add_pod(add_pod_request("n1", "other", "10.244.1.99", "veth98"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("already used by pod n1/cni/eth0"));
+
+        let pods = client
+            .list_pods(ListPodsRequest { node: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pods;
+        let rt = pods.iter().find(|p| p.name == "cni/eth0").unwrap();
+        assert_eq!(
+            (rt.ifname.as_str(), rt.status.as_str()),
+            ("veth99", "attached")
+        );
+        assert_eq!(pods.len(), 3);
+
+        // An apply of the file keeps the run-time pod...
+        let applied = client
+            .apply_cluster(ApplyClusterRequest {
+                yaml: cluster_yaml(true),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let held = fake.syncs().last().cloned().unwrap();
+        assert_eq!(held.generation, applied.generation);
+        assert_eq!(held.pods.len(), 4);
+        assert!(held.pods.iter().any(|p| p.name == "cni/eth0"));
+        // ...and one whose file would take its IP is refused.
+        let err = client
+            .apply_cluster(ApplyClusterRequest {
+                yaml: format!(
+                    "{}  - {{ name: p9, node: n1, ip: 10.244.1.99 }}\n",
+                    cluster_yaml(true)
+                ),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("runtime_pods[n1/cni/eth0].ip"),
+            "{}",
+            err.message()
+        );
+
+        // A pod on the unreachable n2: accepted, but the wait times out naming n2.
+        let err = client
+            .add_pod(add_pod_request("n2", "late", "10.244.2.99", "veth97"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(err.message().contains("node n2"), "{}", err.message());
+
+        // Deletes: a file pod is refused, a run-time one goes, again is a no-op.
+        let err = client
+            .delete_pod(DeletePodRequest {
+                node: "n1".into(),
+                name: "p1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        let del = DeletePodRequest {
+            node: "n1".into(),
+            name: "cni/eth0".into(),
+        };
+        let reply = client.delete_pod(del.clone()).await.unwrap().into_inner();
+        assert!(reply.existed);
+        let held = fake.syncs().last().cloned().unwrap();
+        assert_eq!(held.generation, reply.generation);
+        assert!(!held.pods.iter().any(|p| p.name == "cni/eth0"));
+        let reply = client.delete_pod(del).await.unwrap().into_inner();
+        assert!(!reply.existed);
+        let reply = client
+            .delete_pod(DeletePodRequest {
+                node: "n9".into(),
+                name: "x".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!reply.existed);
+
+        stop_control.send(()).unwrap();
+        control_task.await.unwrap().unwrap();
         stop_fake.send(()).unwrap();
         fake_task.await.unwrap();
     }

@@ -9,10 +9,17 @@ use kxdp_proto::dataplane::{DataplaneState, NodeConfig, Pod, RemoteNode};
 use serde::Serialize;
 
 use crate::cluster::{Cluster, DataplaneKind};
+use crate::runtime::Runtime;
 
-/// The full state for `node`'s dataplane at `generation`; `None` when the node
-/// is unknown or not served by kxdp (a kernel node gets nothing pushed).
-pub fn node_state(cluster: &Cluster, node: &str, generation: u64) -> Option<DataplaneState> {
+/// The full state for `node`'s dataplane at `generation`, with the run-time
+/// pods of `runtime`; `None` when the node is unknown or not served by kxdp
+/// (a kernel node gets nothing pushed).
+pub fn node_state(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    node: &str,
+    generation: u64,
+) -> Option<DataplaneState> {
     let me = cluster.node(node).filter(|n| n.is_kxdp())?;
     let config = NodeConfig {
         name: me.name.clone(),
@@ -40,13 +47,13 @@ pub fn node_state(cluster: &Cluster, node: &str, generation: u64) -> Option<Data
             vtep_mac: n.vtep_mac.to_string(),
         })
         .collect();
-    let pods = cluster
-        .pods_on(&me.name)
+    let pods = runtime
+        .pods_on(cluster, &me.name)
         .map(|p| Pod {
             name: p.name.clone(),
             ip: p.ip.to_string(),
-            mac: p.mac().to_string(),
-            ifname: p.ifname(),
+            mac: p.mac.to_string(),
+            ifname: p.ifname.clone(),
         })
         .collect();
     Some(DataplaneState {
@@ -59,11 +66,20 @@ pub fn node_state(cluster: &Cluster, node: &str, generation: u64) -> Option<Data
 }
 
 /// [`node_state`] for every kxdp node, by node name.
-pub fn all_node_states(cluster: &Cluster, generation: u64) -> BTreeMap<String, DataplaneState> {
+pub fn all_node_states(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    generation: u64,
+) -> BTreeMap<String, DataplaneState> {
     cluster
         .nodes
         .iter()
-        .filter_map(|n| Some((n.name.clone(), node_state(cluster, &n.name, generation)?)))
+        .filter_map(|n| {
+            Some((
+                n.name.clone(),
+                node_state(cluster, runtime, &n.name, generation)?,
+            ))
+        })
         .collect()
 }
 
@@ -122,8 +138,8 @@ pub fn pod_plans(cluster: &Cluster) -> Vec<PodPlan> {
                 ip: p.ip.to_string(),
                 prefix_len: node.pod_cidr.prefix_len(),
                 gateway: node.gateway().to_string(),
-                mac: p.mac().to_string(),
-                ifname: p.ifname(),
+                mac: p.mac.to_string(),
+                ifname: p.ifname.clone(),
                 mtu: cluster.pod_mtu(),
                 dataplane: node.dataplane,
             })
@@ -203,7 +219,7 @@ mod tests {
 
     #[test]
     fn n1_state_from_the_lab_file() {
-        let state = node_state(&Cluster::lab(), "n1", 7).unwrap();
+        let state = node_state(&Cluster::lab(), &Runtime::default(), "n1", 7).unwrap();
         assert_eq!(state.generation, 7);
         assert_eq!(
             state.node.unwrap(),
@@ -257,8 +273,8 @@ mod tests {
             1,
         );
         let cluster = Cluster::from_yaml(&text).unwrap();
-        assert!(node_state(&cluster, "n2", 1).is_none());
-        let all = all_node_states(&cluster, 1);
+        assert!(node_state(&cluster, &Runtime::default(), "n2", 1).is_none());
+        let all = all_node_states(&cluster, &Runtime::default(), 1);
         assert_eq!(all.keys().collect::<Vec<_>>(), vec!["n1"]);
         let n1 = &all["n1"];
         assert_eq!(n1.remote_nodes.len(), 1);
@@ -268,12 +284,12 @@ mod tests {
 
     #[test]
     fn unknown_node_has_no_plan() {
-        assert!(node_state(&Cluster::lab(), "n9", 1).is_none());
+        assert!(node_state(&Cluster::lab(), &Runtime::default(), "n9", 1).is_none());
     }
 
     #[test]
     fn routes_are_local_plus_one_per_remote() {
-        let state = node_state(&Cluster::lab(), "n2", 1).unwrap();
+        let state = node_state(&Cluster::lab(), &Runtime::default(), "n2", 1).unwrap();
         let routes = routes(&state);
         assert_eq!(routes.len(), 2);
         assert_eq!(

@@ -24,8 +24,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Problems};
 use crate::plan;
+use crate::runtime::Runtime;
 use crate::uds;
 
 /// A dataplane that does not answer a read within this is unreachable.
@@ -38,19 +39,34 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(8);
 pub struct Desired {
     pub generation: u64,
     pub cluster: Arc<Cluster>,
+    /// Pods registered at run time, beside the file's (see [`crate::runtime`]).
+    pub runtime: Arc<Runtime>,
     /// What each kxdp node's dataplane must hold, by node name.
     pub states: BTreeMap<String, DataplaneState>,
 }
 
 impl Desired {
     pub fn new(cluster: Cluster, generation: u64) -> Desired {
-        let states = plan::all_node_states(&cluster, generation);
+        Desired::with(Arc::new(cluster), Arc::new(Runtime::default()), generation)
+    }
+
+    pub fn with(cluster: Arc<Cluster>, runtime: Arc<Runtime>, generation: u64) -> Desired {
+        let states = plan::all_node_states(&cluster, &runtime, generation);
         Desired {
             generation,
-            cluster: Arc::new(cluster),
+            cluster,
+            runtime,
             states,
         }
     }
+}
+
+/// What a run-time edit does to the desired state.
+pub enum Edit<T> {
+    /// Nothing changes (e.g. an idempotent retry); the generation stays.
+    Unchanged(T),
+    /// The run-time set becomes this one, at a new generation.
+    Changed(Runtime, T),
 }
 
 /// The next desired generation: above the previous one and at least the
@@ -135,15 +151,64 @@ impl Shared {
         })
     }
 
-    /// Makes `cluster` the desired state of every node at once; returns the
-    /// new generation. Wakes every reconciler.
-    pub fn set_cluster(&self, cluster: Cluster) -> u64 {
-        let mut generation = 0;
-        self.desired.send_modify(|d| {
-            generation = next_generation(d.generation);
-            *d = Arc::new(Desired::new(cluster, generation));
-        });
-        generation
+    /// Makes `cluster` the desired state of every node at once, keeping the
+    /// run-time pods that fit it (see [`Runtime::refit`]); returns the new
+    /// generation. Wakes every reconciler. Nothing changes on error.
+    pub fn set_cluster(&self, cluster: Cluster) -> Result<u64, Problems> {
+        let mut result = Ok(0);
+        self.desired
+            .send_if_modified(|d| match d.runtime.refit(&cluster) {
+                Ok((runtime, dropped)) => {
+                    for (node, name) in dropped {
+                        log::info!("run-time pod {node}/{name} removed with its node");
+                    }
+                    let generation = next_generation(d.generation);
+                    *d = Arc::new(Desired::with(
+                        Arc::new(cluster),
+                        Arc::new(runtime),
+                        generation,
+                    ));
+                    result = Ok(generation);
+                    true
+                }
+                Err(p) => {
+                    result = Err(p);
+                    false
+                }
+            });
+        result
+    }
+
+    /// Applies `edit` to the run-time set atomically (validation and change
+    /// under one lock, so two concurrent edits cannot both pass a uniqueness
+    /// check); returns the generation that holds the result, new or current.
+    pub fn edit_runtime<T, E>(
+        &self,
+        edit: impl FnOnce(&Cluster, &Runtime) -> Result<Edit<T>, E>,
+    ) -> Result<(u64, T), E> {
+        let mut result = None;
+        self.desired
+            .send_if_modified(|d| match edit(&d.cluster, &d.runtime) {
+                Ok(Edit::Unchanged(v)) => {
+                    result = Some(Ok((d.generation, v)));
+                    false
+                }
+                Ok(Edit::Changed(runtime, v)) => {
+                    let generation = next_generation(d.generation);
+                    *d = Arc::new(Desired::with(
+                        d.cluster.clone(),
+                        Arc::new(runtime),
+                        generation,
+                    ));
+                    result = Some(Ok((generation, v)));
+                    true
+                }
+                Err(e) => {
+                    result = Some(Err(e));
+                    false
+                }
+            });
+        result.expect("the edit ran")
     }
 
     pub fn current(&self) -> Arc<Desired> {

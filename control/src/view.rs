@@ -474,7 +474,13 @@ mod tests {
 
     #[test]
     fn dataplane_state_mirror() {
-        let state = crate::plan::node_state(&crate::cluster::Cluster::lab(), "n1", 9).unwrap();
+        let state = crate::plan::node_state(
+            &crate::cluster::Cluster::lab(),
+            &crate::runtime::Runtime::default(),
+            "n1",
+            9,
+        )
+        .unwrap();
         let json = serde_json::to_value(DataplaneStateView::from(state)).unwrap();
         assert_eq!(json["generation"], 9);
         assert_eq!(json["node"]["gateway_ip"], "10.244.1.1");

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kxdp_control::cluster::{Cluster, Problems, LAB_CLUSTER_YAML};
 use kxdp_control::reconcile::code_name;
+use kxdp_control::runtime::Runtime;
 use kxdp_control::view::{
     self, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView, RouteView,
     RoutesView,
@@ -16,8 +17,8 @@ use kxdp_control::view::{
 use kxdp_control::{plan, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    ApplyClusterRequest, GetNodeCountersRequest, ListNodesRequest, ListPodsRequest,
-    ListRoutesRequest,
+    AddPodRequest, ApplyClusterRequest, DeletePodRequest, GetNodeCountersRequest, ListNodesRequest,
+    ListPodsRequest, ListRoutesRequest,
 };
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
 use serde::Serialize;
@@ -69,6 +70,9 @@ enum Cmd {
     },
     /// Validate a cluster file and make it the desired state of every node.
     Apply { file: PathBuf },
+    /// Register or remove a pod at run time (what the CNI plugin does).
+    #[command(subcommand)]
+    Pod(PodCmd),
     /// Validate a cluster file offline (no kxdp-control needed).
     Validate { file: PathBuf },
     /// Offline: how to plumb each pod, as JSON (scripts/lab.sh reads it).
@@ -87,6 +91,35 @@ enum Cmd {
     /// The generation is 0 here; kxdp-control stamps its own. FILE defaults
     /// to the embedded lab cluster file.
     PlanNode { node: String, file: Option<PathBuf> },
+}
+
+#[derive(Subcommand, Debug)]
+enum PodCmd {
+    /// Add a pod beside the cluster file's; returns once its node's
+    /// dataplane holds it. Invalid values: exit 2, nothing changed.
+    Add {
+        #[arg(long)]
+        node: String,
+        /// Unique on the node, e.g. "<netns>/<ifname>".
+        #[arg(long)]
+        name: String,
+        /// Inside the node's pod CIDR.
+        #[arg(long)]
+        ip: String,
+        /// The pod's eth0 MAC.
+        #[arg(long)]
+        mac: String,
+        /// The node-side veth name.
+        #[arg(long)]
+        ifname: String,
+    },
+    /// Remove a run-time pod; removing an unknown one succeeds.
+    Del {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Why a command failed, and so its exit status.
@@ -151,11 +184,13 @@ async fn run(args: Args) -> Result<()> {
         Cmd::PlanNode { node, file } => {
             let cluster = load(file.as_deref())?;
             let state =
-                plan::node_state(&cluster, &node, 0).ok_or_else(|| match cluster.node(&node) {
-                    Some(_) => {
-                        Failure::Other(format!("{node} is a kernel node: nothing is pushed to it"))
+                plan::node_state(&cluster, &Runtime::default(), &node, 0).ok_or_else(|| {
+                    match cluster.node(&node) {
+                        Some(_) => Failure::Other(format!(
+                            "{node} is a kernel node: nothing is pushed to it"
+                        )),
+                        None => Failure::Other(format!("no node named {node:?}")),
                     }
-                    None => Failure::Other(format!("no node named {node:?}")),
                 })?;
             print_json(&DataplaneStateView::from(state))
         }
@@ -196,6 +231,61 @@ async fn run(args: Args) -> Result<()> {
                     reply.pods,
                     view::nodes_table(&nodes)
                 ))
+            }
+        }
+        Cmd::Pod(PodCmd::Add {
+            node,
+            name,
+            ip,
+            mac,
+            ifname,
+        }) => {
+            let request = AddPodRequest {
+                node: node.clone(),
+                name: name.clone(),
+                ip,
+                mac,
+                ifname,
+            };
+            let reply = match connect(&args.control).await?.add_pod(request).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid_request("pod add", status.message()))
+                }
+                Err(status) => return Err(rpc_failure("pod add", &status)),
+            };
+            if json {
+                print_json(&serde_json::json!({ "generation": reply.generation }))
+            } else {
+                out(&format!(
+                    "pod {node}/{name} added: generation {}\n",
+                    reply.generation
+                ))
+            }
+        }
+        Cmd::Pod(PodCmd::Del { node, name }) => {
+            let request = DeletePodRequest {
+                node: node.clone(),
+                name: name.clone(),
+            };
+            let reply = connect(&args.control)
+                .await?
+                .delete_pod(request)
+                .await
+                .map_err(|s| rpc_failure("pod del", &s))?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "generation": reply.generation,
+                    "existed": reply.existed,
+                }))
+            } else if reply.existed {
+                out(&format!(
+                    "pod {node}/{name} deleted: generation {}\n",
+                    reply.generation
+                ))
+            } else {
+                out(&format!("pod {node}/{name} was not registered\n"))
             }
         }
         Cmd::Nodes => {
@@ -282,6 +372,16 @@ fn load(file: Option<&Path>) -> Result<Cluster> {
         let lines: Vec<String> = p.0.iter().map(|p| p.to_string()).collect();
         invalid(&name, lines.iter().map(String::as_str))
     })
+}
+
+/// A request the control process refused as invalid: exit 2, one problem a line.
+fn invalid_request(what: &str, message: &str) -> Failure {
+    let mut msg = format!("{what}: invalid:");
+    for line in message.lines() {
+        msg.push_str("\n  ");
+        msg.push_str(line);
+    }
+    Failure::Invalid(msg)
 }
 
 fn invalid<'a>(name: &str, problems: impl Iterator<Item = &'a str>) -> Failure {

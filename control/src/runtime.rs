@@ -1,0 +1,467 @@
+//! Pods registered at run time through the Control API (`AddPod`, the CNI
+//! plugin's call), kept beside the cluster file's pods.
+//!
+//! # The rule between the file and run-time pods
+//!
+//! - Run-time pods live in their own map, keyed by (node, name). An
+//!   `ApplyCluster` replaces the file's pods only: run-time pods survive it.
+//! - A run-time pod is validated exactly like a file pod against everything
+//!   else (file pods and the other run-time pods): its node exists and is a
+//!   kxdp node, its IP is a host address of the node's pod CIDR (not the
+//!   network, broadcast or gateway address) and unique cluster-wide, its name
+//!   and veth are unique on the node, its MAC is unicast.
+//! - An `ApplyCluster` whose file would make a surviving run-time pod invalid
+//!   (its IP now outside the node's new pod CIDR, or taken by a file pod, ...)
+//!   is refused as a whole, naming the run-time pod (`runtime_pods[n1/x].ip`):
+//!   delete the pod first. Run-time pods of a node that the new file removes,
+//!   or turns into a kernel node, go with their node (logged).
+//! - A run-time pod cannot shadow a file pod: `DeletePod` of a file pod is
+//!   refused (FAILED_PRECONDITION), edit the file instead.
+
+use std::collections::BTreeMap;
+
+use kxdp_proto::control::AddPodRequest;
+
+use crate::cluster::{check_ifname, parse_ip, Cluster, Pod, Problem, Problems};
+use crate::conventions::{self, Mac};
+
+/// (node, name): a pod's identity.
+pub type PodKey = (String, String);
+
+/// Everything registered at run time, beside the cluster file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    pub pods: BTreeMap<PodKey, Pod>,
+}
+
+/// The longest pod name the dataplane takes.
+pub const MAX_POD_NAME: usize = 253;
+
+impl Runtime {
+    /// Every pod, the file's first (in file order), then the run-time ones
+    /// (by node, then name).
+    pub fn all_pods<'a>(&'a self, cluster: &'a Cluster) -> impl Iterator<Item = &'a Pod> + 'a {
+        cluster.pods.iter().chain(self.pods.values())
+    }
+
+    /// The pods on `node`, file pods first.
+    pub fn pods_on<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.all_pods(cluster).filter(move |p| p.node == node)
+    }
+
+    /// The run-time pods that still fit `cluster` (a new cluster file): those
+    /// of nodes it no longer has as kxdp nodes are left out and returned as
+    /// the second value; any other misfit is a problem naming the pod.
+    pub fn refit(&self, cluster: &Cluster) -> Result<(Runtime, Vec<PodKey>), Problems> {
+        let mut kept = Runtime::default();
+        let mut dropped = Vec::new();
+        let mut problems = Vec::new();
+        for (key, pod) in &self.pods {
+            if !cluster.node(&pod.node).is_some_and(|n| n.is_kxdp()) {
+                dropped.push(key.clone());
+                continue;
+            }
+            match check_pod(cluster, &kept, &request_of(pod)) {
+                Ok(pod) => {
+                    kept.pods.insert(key.clone(), pod);
+                }
+                Err(p) => problems.extend(p.0.into_iter().map(|p| {
+                    Problem::new(
+                        format!("runtime_pods[{}/{}].{}", pod.node, pod.name, p.path),
+                        format!(
+                            "{} (a pod registered at run time: delete it first)",
+                            p.message
+                        ),
+                    )
+                })),
+            }
+        }
+        Problems::result(problems).map(|()| (kept, dropped))
+    }
+}
+
+/// The request that would register `pod`.
+pub fn request_of(pod: &Pod) -> AddPodRequest {
+    AddPodRequest {
+        node: pod.node.clone(),
+        name: pod.name.clone(),
+        ip: pod.ip.to_string(),
+        mac: pod.mac.to_string(),
+        ifname: pod.ifname.clone(),
+    }
+}
+
+/// What `AddPod` does with a request, once valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodCheck {
+    /// A new pod.
+    New(Pod),
+    /// The same pod is already registered with the same values (a retried ADD).
+    Same(Pod),
+}
+
+/// Validates an `AddPod` request against the cluster file and the run-time
+/// pods. Problems name the request's fields (`ip`, `mac`, ...).
+pub fn check_add(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    req: &AddPodRequest,
+) -> Result<PodCheck, Problems> {
+    let key = (req.node.clone(), req.name.clone());
+    if let Some(existing) = runtime.pods.get(&key) {
+        if request_of(existing) == normalised(req) {
+            return Ok(PodCheck::Same(existing.clone()));
+        }
+        return Err(Problems(vec![Problem::new(
+            "name",
+            format!(
+                "pod {} is already registered on node {} (ip {}, mac {}, ifname {}); delete it first",
+                req.name, req.node, existing.ip, existing.mac, existing.ifname
+            ),
+        )]));
+    }
+    check_pod(cluster, runtime, req).map(PodCheck::New)
+}
+
+/// The request with its MAC in canonical (lowercase) form, for comparison.
+fn normalised(req: &AddPodRequest) -> AddPodRequest {
+    let mut r = req.clone();
+    if let Ok(mac) = r.mac.parse::<Mac>() {
+        r.mac = mac.to_string();
+    }
+    r
+}
+
+/// Validates one pod against the file's pods and `runtime`'s pods (the pod's
+/// own key in `runtime`, if any, is not a collision).
+pub fn check_pod(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    req: &AddPodRequest,
+) -> Result<Pod, Problems> {
+    let mut p = Vec::new();
+    let key = (req.node.clone(), req.name.clone());
+    // Every other pod: all the file's, and the run-time ones but this one.
+    let others: Vec<&Pod> = cluster
+        .pods
+        .iter()
+        .chain(
+            runtime
+                .pods
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .map(|(_, p)| p),
+        )
+        .collect();
+
+    // node
+    let node = if req.node.is_empty() {
+        p.push(Problem::new("node", "must not be empty"));
+        None
+    } else {
+        match cluster.node(&req.node) {
+            None => {
+                let known: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+                p.push(Problem::new(
+                    "node",
+                    format!(
+                        "unknown node {} (nodes are: {})",
+                        req.node,
+                        known.join(", ")
+                    ),
+                ));
+                None
+            }
+            Some(n) if !n.is_kxdp() => {
+                p.push(Problem::new(
+                    "node",
+                    format!("{} is a kernel node: kxdp does not serve its pods", n.name),
+                ));
+                None
+            }
+            Some(n) => Some(n),
+        }
+    };
+
+    // name
+    if !is_runtime_pod_name(&req.name) {
+        p.push(Problem::new(
+            "name",
+            format!(
+                "{:?} is not a pod name (1-{MAX_POD_NAME} printable characters, no spaces)",
+                req.name
+            ),
+        ));
+    } else if others
+        .iter()
+        .any(|o| o.node == req.node && o.name == req.name)
+    {
+        p.push(Problem::new(
+            "name",
+            format!(
+                "duplicate pod name {} on node {} (a cluster file pod)",
+                req.name, req.node
+            ),
+        ));
+    }
+
+    // ip
+    let ip = parse_ip("ip", &req.ip, &mut p);
+    if let (Some(ip), Some(n)) = (ip, node) {
+        let net = n.pod_cidr;
+        let name = &n.name;
+        if !net.contains(&ip) {
+            p.push(Problem::new(
+                "ip",
+                format!("{ip} is outside node {name}'s pod_cidr {net}"),
+            ));
+        } else if ip == net.network() {
+            p.push(Problem::new(
+                "ip",
+                format!("{ip} is the network address of node {name}'s pod_cidr {net}"),
+            ));
+        } else if ip == net.broadcast() {
+            p.push(Problem::new(
+                "ip",
+                format!("{ip} is the broadcast address of node {name}'s pod_cidr {net}"),
+            ));
+        } else if ip == conventions::gateway(net) {
+            p.push(Problem::new(
+                "ip",
+                format!("{ip} is node {name}'s pod gateway (first host of {net})"),
+            ));
+        }
+    }
+    if let Some(ip) = ip {
+        if let Some(o) = others.iter().find(|o| o.ip == ip) {
+            p.push(Problem::new(
+                "ip",
+                format!("{ip} is already used by pod {}/{}", o.node, o.name),
+            ));
+        }
+    }
+
+    // mac
+    let mac = match req.mac.parse::<Mac>() {
+        Ok(mac) if mac.is_multicast() || mac.is_zero() => {
+            p.push(Problem::new("mac", format!("{mac} is not a unicast MAC")));
+            None
+        }
+        Ok(mac) => Some(mac),
+        Err(e) => {
+            p.push(Problem::new("mac", format!("{:?} is {e}", req.mac)));
+            None
+        }
+    };
+
+    // ifname
+    let before = p.len();
+    check_ifname("ifname", &req.ifname, &mut p);
+    if p.len() == before {
+        if let Some(n) = node {
+            if req.ifname == n.uplink {
+                p.push(Problem::new(
+                    "ifname",
+                    format!("{} is node {}'s uplink", req.ifname, n.name),
+                ));
+            } else if let Some(o) = others
+                .iter()
+                .find(|o| o.node == n.name && o.ifname == req.ifname)
+            {
+                p.push(Problem::new(
+                    "ifname",
+                    format!(
+                        "{} is already pod {}/{}'s interface",
+                        req.ifname, o.node, o.name
+                    ),
+                ));
+            }
+        }
+    }
+
+    match (p.is_empty(), node, ip, mac) {
+        (true, Some(_), Some(ip), Some(mac)) => Ok(Pod {
+            name: req.name.clone(),
+            node: req.node.clone(),
+            ip,
+            mac,
+            ifname: req.ifname.clone(),
+        }),
+        _ => Err(Problems(p)),
+    }
+}
+
+/// Run-time pod names are what the CNI makes of the container (e.g.
+/// "<netns>/<ifname>"), not DNS labels: what the dataplane takes as a name.
+pub fn is_runtime_pod_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_POD_NAME && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::LAB_CLUSTER_YAML;
+
+    fn req(node: &str, name: &str, ip: &str) -> AddPodRequest {
+        AddPodRequest {
+            node: node.into(),
+            name: name.into(),
+            ip: ip.into(),
+            mac: "0a:58:0a:f4:01:09".into(),
+            ifname: "veth1234".into(),
+        }
+    }
+
+    fn problems(r: Result<PodCheck, Problems>) -> Problems {
+        match r {
+            Ok(ok) => panic!("expected problems, got {ok:?}"),
+            Err(p) => p,
+        }
+    }
+
+    fn has(p: &Problems, path: &str, needle: &str) -> bool {
+        p.0.iter()
+            .any(|x| x.path == path && x.message.contains(needle))
+    }
+
+    #[test]
+    fn a_valid_pod_is_new_then_same() {
+        let c = Cluster::lab();
+        let mut rt = Runtime::default();
+        let r = req("n1", "cni-abc/eth0", "10.244.1.9");
+        let PodCheck::New(pod) = check_add(&c, &rt, &r).unwrap() else {
+            panic!()
+        };
+        assert_eq!(pod.ifname, "veth1234");
+        rt.pods
+            .insert(("n1".into(), "cni-abc/eth0".into()), pod.clone());
+        // A retried ADD (MAC in upper case) is the same pod.
+        let mut again = r.clone();
+        again.mac = again.mac.to_uppercase();
+        assert_eq!(check_add(&c, &rt, &again).unwrap(), PodCheck::Same(pod));
+        // The same name with other values is refused.
+        let mut other = r.clone();
+        other.ip = "10.244.1.10".into();
+        assert!(has(
+            &problems(check_add(&c, &rt, &other)),
+            "name",
+            "already registered"
+        ));
+        assert_eq!(rt.pods_on(&c, "n1").count(), 3);
+    }
+
+    #[test]
+    fn every_field_is_checked_and_named() {
+        let c = Cluster::lab();
+        let rt = Runtime::default();
+        let p = problems(check_add(
+            &c,
+            &rt,
+            &AddPodRequest {
+                node: "n1".into(),
+                name: "has space".into(),
+                ip: "10.244.2.9".into(),
+                mac: "01:00:5e:00:00:01".into(),
+                ifname: "a-very-long-interface".into(),
+            },
+        ));
+        assert!(has(&p, "name", "not a pod name"), "{p}");
+        assert!(has(&p, "ip", "outside node n1's pod_cidr"), "{p}");
+        assert!(has(&p, "mac", "not a unicast MAC"), "{p}");
+        assert!(has(&p, "ifname", "not a Linux interface name"), "{p}");
+
+        let p = problems(check_add(&c, &rt, &req("n9", "x", "10.244.1.9")));
+        assert!(
+            has(&p, "node", "unknown node n9 (nodes are: n1, n2)"),
+            "{p}"
+        );
+        let p = problems(check_add(&c, &rt, &req("", "x", "10.244.1.9")));
+        assert!(has(&p, "node", "must not be empty"), "{p}");
+        for (ip, needle) in [
+            ("10.244.1.0", "network address"),
+            ("10.244.1.255", "broadcast address"),
+            ("10.244.1.1", "pod gateway"),
+            ("10.244.1.2", "already used by pod n1/p1"),
+            ("10.244.1", "not an IPv4 address"),
+        ] {
+            let p = problems(check_add(&c, &rt, &req("n1", "x", ip)));
+            assert!(has(&p, "ip", needle), "{ip}: {p}");
+        }
+        let p = problems(check_add(&c, &rt, &req("n1", "p1", "10.244.1.9")));
+        assert!(has(&p, "name", "duplicate pod name p1 on node n1"), "{p}");
+        let mut r = req("n1", "x", "10.244.1.9");
+        r.mac = "00:00:00:00:00:00".into();
+        assert!(has(&problems(check_add(&c, &rt, &r)), "mac", "unicast"));
+        r.mac = "zz".into();
+        assert!(has(&problems(check_add(&c, &rt, &r)), "mac", "not a MAC"));
+        let mut r = req("n1", "x", "10.244.1.9");
+        r.ifname = "kx0af40102".into();
+        assert!(has(
+            &problems(check_add(&c, &rt, &r)),
+            "ifname",
+            "already pod n1/p1's interface"
+        ));
+        r.ifname = "eth0".into();
+        assert!(has(
+            &problems(check_add(&c, &rt, &r)),
+            "ifname",
+            "n1's uplink"
+        ));
+        r.ifname = String::new();
+        assert!(has(&problems(check_add(&c, &rt, &r)), "ifname", "1-15"));
+    }
+
+    #[test]
+    fn kernel_nodes_take_no_runtime_pods() {
+        let text = LAB_CLUSTER_YAML.replacen(
+            "    pod_cidr: 10.244.2.0/24",
+            "    pod_cidr: 10.244.2.0/24\n    dataplane: kernel",
+            1,
+        );
+        let c = Cluster::from_yaml(&text).unwrap();
+        let p = problems(check_add(
+            &c,
+            &Runtime::default(),
+            &req("n2", "x", "10.244.2.9"),
+        ));
+        assert!(has(&p, "node", "kernel node"), "{p}");
+    }
+
+    #[test]
+    fn refit_keeps_drops_and_refuses() {
+        let c = Cluster::lab();
+        let mut rt = Runtime::default();
+        for (node, ip, ifname) in [("n1", "10.244.1.9", "va"), ("n2", "10.244.2.9", "vb")] {
+            let mut r = req(node, "x", ip);
+            r.ifname = ifname.into();
+            let PodCheck::New(pod) = check_add(&c, &rt, &r).unwrap() else {
+                panic!()
+            };
+            rt.pods.insert((node.into(), "x".into()), pod);
+        }
+        // Same file: everything stays.
+        assert_eq!(rt.refit(&c).unwrap(), (rt.clone(), vec![]));
+        // n2 gone: its pod goes with it.
+        let text = LAB_CLUSTER_YAML
+            .replace(
+                "  - name: n2\n    underlay_ip: 172.30.0.12\n    pod_cidr: 10.244.2.0/24\n",
+                "",
+            )
+            .replace("  - { name: p1, node: n2, ip: 10.244.2.2 }\n", "")
+            .replace("  - { name: p2, node: n2, ip: 10.244.2.3 }\n", "");
+        let (kept, dropped) = rt.refit(&Cluster::from_yaml(&text).unwrap()).unwrap();
+        assert_eq!(dropped, vec![("n2".to_string(), "x".to_string())]);
+        assert_eq!(kept.pods.len(), 1);
+        // A file pod taking n1/x's IP: refused, naming the run-time pod.
+        let text = format!("{LAB_CLUSTER_YAML}  - {{ name: p9, node: n1, ip: 10.244.1.9 }}\n");
+        let p = rt.refit(&Cluster::from_yaml(&text).unwrap()).unwrap_err();
+        assert!(
+            has(&p, "runtime_pods[n1/x].ip", "already used by pod n1/p9"),
+            "{p}"
+        );
+    }
+}
