@@ -1,7 +1,8 @@
 //! The Control gRPC service: what orchestration and kxdpctl call.
 //!
 //! Reads answer from the desired state and the reconcilers' last view of each
-//! dataplane; only `GetNodeCounters` goes to a dataplane live.
+//! dataplane; only `GetNodeCounters` and `ListConntrack` go to a dataplane
+//! live.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,17 @@ use std::time::Duration;
 use kxdp_proto::control::control_server::Control;
 use kxdp_proto::control::{
     AddPodReply, AddPodRequest, ApplyClusterReply, ApplyClusterRequest, DeletePodReply,
-    DeletePodRequest, GetNodeCountersRequest, ListNodesReply, ListNodesRequest, ListPodsReply,
-    ListPodsRequest, ListRoutesReply, ListRoutesRequest, NodeInfo, PodInfo,
+    DeletePodRequest, DeleteServiceReply, DeleteServiceRequest, GetNodeCountersRequest,
+    ListNodeConntrackRequest, ListNodesReply, ListNodesRequest, ListPodsReply, ListPodsRequest,
+    ListRoutesReply, ListRoutesRequest, ListServicesReply, ListServicesRequest, NodeInfo, PodInfo,
+    UpsertServiceReply, UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
-use kxdp_proto::dataplane::{AttachState, GetCountersReply, GetCountersRequest, PodStatus};
+use kxdp_proto::dataplane::{
+    AttachState, GetCountersReply, GetCountersRequest, ListConntrackReply, ListConntrackRequest,
+    PodStatus,
+};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, DataplaneKind, Problems};
@@ -24,8 +31,9 @@ use crate::uds;
 
 /// How long `ApplyCluster` waits for the reachable nodes to take the new state.
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A counters read is a cheap sum over workers: answer fast or not at all.
-pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Live reads (counters, conntrack) are cheap on the dataplane: answer fast
+/// or not at all.
+pub const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct ControlService {
     shared: Arc<Shared>,
@@ -129,6 +137,43 @@ impl ControlService {
         }
     }
 
+    /// Like [`Self::wait_for_nodes`] for every kxdp node: unreachable nodes
+    /// are logged and get the state when they answer.
+    async fn wait_for_all(&self, generation: u64) -> Result<(), Status> {
+        let nodes: Vec<String> = self.shared.current().states.keys().cloned().collect();
+        let unreachable = self.wait_for_nodes(generation, &nodes).await?;
+        if !unreachable.is_empty() {
+            log::warn!(
+                "generation {generation}: unreachable nodes will be synced when they answer: {}",
+                unreachable.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// A client of `name`'s dataplane, for a live read.
+    async fn dataplane_client(&self, name: &str) -> Result<DataplaneClient<Channel>, Status> {
+        let desired = self.shared.current();
+        let node = desired
+            .cluster
+            .node(name)
+            .ok_or_else(|| Status::not_found(format!("no node named {name:?}")))?;
+        if !node.is_kxdp() {
+            return Err(Status::failed_precondition(format!(
+                "{name} is a kernel node: it has no kxdp dataplane"
+            )));
+        }
+        let socket = node.socket_path(&self.shared.dataplane_dir);
+        let channel = uds::connect(&socket).await.map_err(|e| {
+            let cause = uds::io_cause(&e).map_or_else(|| e.to_string(), |io| io.to_string());
+            Status::unavailable(format!(
+                "{name}: dataplane at {} unreachable: {cause}",
+                socket.display()
+            ))
+        })?;
+        Ok(DataplaneClient::new(channel))
+    }
+
     fn known_node(cluster: &Cluster, name: &str) -> Result<(), Status> {
         if name.is_empty() || cluster.node(name).is_some() {
             Ok(())
@@ -214,34 +259,84 @@ impl Control for ControlService {
     }
     async fn upsert_service(
         &self,
-        _: Request<kxdp_proto::control::UpsertServiceRequest>,
-    ) -> Result<Response<kxdp_proto::control::UpsertServiceReply>, Status> {
-        Err(Status::unimplemented(
-            "UpsertService is not implemented yet",
-        ))
+        request: Request<UpsertServiceRequest>,
+    ) -> Result<Response<UpsertServiceReply>, Status> {
+        let proto = request
+            .into_inner()
+            .service
+            .ok_or_else(|| Status::invalid_argument("service: missing"))?;
+        let (generation, name) = self
+            .shared
+            .edit_runtime(|cluster, runtime| {
+                let service = runtime::check_service(cluster, runtime, &proto)?;
+                let name = service.name.clone();
+                if runtime.services.get(&name) == Some(&service) {
+                    return Ok(Edit::Unchanged(name));
+                }
+                let mut next = runtime.clone();
+                next.services.insert(name.clone(), service);
+                Ok(Edit::Changed(next, name))
+            })
+            .map_err(|p: Problems| invalid_argument(&p))?;
+        log::info!("service {name} upserted: generation {generation}");
+        self.wait_for_all(generation).await?;
+        Ok(Response::new(UpsertServiceReply { generation }))
     }
+
     async fn delete_service(
         &self,
-        _: Request<kxdp_proto::control::DeleteServiceRequest>,
-    ) -> Result<Response<kxdp_proto::control::DeleteServiceReply>, Status> {
-        Err(Status::unimplemented(
-            "DeleteService is not implemented yet",
-        ))
+        request: Request<DeleteServiceRequest>,
+    ) -> Result<Response<DeleteServiceReply>, Status> {
+        let name = request.into_inner().name;
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            if runtime.services.contains_key(&name) {
+                let mut next = runtime.clone();
+                next.services.remove(&name);
+                return Ok(Edit::Changed(next, true));
+            }
+            if cluster.service(&name).is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "service {name} comes from the cluster file: remove it there and apply the file"
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!("service {name} deleted: generation {generation}");
+            self.wait_for_all(generation).await?;
+        }
+        Ok(Response::new(DeleteServiceReply {
+            generation,
+            existed,
+        }))
     }
+
     async fn list_services(
         &self,
-        _: Request<kxdp_proto::control::ListServicesRequest>,
-    ) -> Result<Response<kxdp_proto::control::ListServicesReply>, Status> {
-        Err(Status::unimplemented("ListServices is not implemented yet"))
+        _: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesReply>, Status> {
+        let desired = self.shared.current();
+        let services = desired
+            .runtime
+            .all_services(&desired.cluster)
+            .map(|s| s.to_proto())
+            .collect();
+        Ok(Response::new(ListServicesReply { services }))
     }
+
     async fn list_conntrack(
         &self,
-        _: Request<kxdp_proto::control::ListNodeConntrackRequest>,
-    ) -> Result<Response<kxdp_proto::dataplane::ListConntrackReply>, Status> {
-        Err(Status::unimplemented(
-            "ListConntrack is not implemented yet",
-        ))
+        request: Request<ListNodeConntrackRequest>,
+    ) -> Result<Response<ListConntrackReply>, Status> {
+        let req = request.into_inner();
+        let mut client = self.dataplane_client(&req.node).await?;
+        let call = client.list_conntrack(ListConntrackRequest {
+            service: req.service,
+            limit: req.limit,
+        });
+        live(&req.node, "ListConntrack", call).await
     }
+
     async fn apply_cluster(
         &self,
         request: Request<ApplyClusterRequest>,
@@ -384,36 +479,29 @@ impl Control for ControlService {
         request: Request<GetNodeCountersRequest>,
     ) -> Result<Response<GetCountersReply>, Status> {
         let name = request.into_inner().node;
-        let desired = self.shared.current();
-        let node = desired
-            .cluster
-            .node(&name)
-            .ok_or_else(|| Status::not_found(format!("no node named {name:?}")))?;
-        if !node.is_kxdp() {
-            return Err(Status::failed_precondition(format!(
-                "{name} is a kernel node: it has no kxdp dataplane"
-            )));
-        }
-        let socket = node.socket_path(&self.shared.dataplane_dir);
-        let channel = uds::connect(&socket).await.map_err(|e| {
-            let cause = uds::io_cause(&e).map_or_else(|| e.to_string(), |io| io.to_string());
-            Status::unavailable(format!(
-                "{name}: dataplane at {} unreachable: {cause}",
-                socket.display()
-            ))
-        })?;
-        let mut client = DataplaneClient::new(channel);
+        let mut client = self.dataplane_client(&name).await?;
         let call = client.get_counters(GetCountersRequest {});
-        match tokio::time::timeout(COUNTERS_TIMEOUT, call).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(status)) => Err(Status::new(
-                status.code(),
-                format!("{name}: GetCounters: {}", status.message()),
-            )),
-            Err(_) => Err(Status::unavailable(format!(
-                "{name}: GetCounters: no reply within {COUNTERS_TIMEOUT:?}"
-            ))),
-        }
+        live(&name, "GetCounters", call).await
+    }
+}
+
+/// Awaits a live dataplane call with [`LIVE_TIMEOUT`]; the dataplane's status
+/// code passes through (UNIMPLEMENTED stays UNIMPLEMENTED), its message
+/// prefixed with the node and the call.
+async fn live<T>(
+    node: &str,
+    what: &str,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    match tokio::time::timeout(LIVE_TIMEOUT, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(status)) => Err(Status::new(
+            status.code(),
+            format!("{node}: {what}: {}", status.message()),
+        )),
+        Err(_) => Err(Status::unavailable(format!(
+            "{node}: {what}: no reply within {LIVE_TIMEOUT:?}"
+        ))),
     }
 }
 

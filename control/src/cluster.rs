@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::conventions::{self, Mac};
+use crate::service::{self, RawService, Service};
 
 /// The two-node namespace lab's cluster file, the default desired state.
 pub const LAB_CLUSTER_YAML: &str = include_str!("../../config/lab-cluster.yaml");
@@ -28,6 +29,11 @@ pub const VNI_RANGE: std::ops::RangeInclusive<i64> = 1..=16_777_215;
 pub const PORT_RANGE: std::ops::RangeInclusive<i64> = 1..=65_535;
 /// Longest pod CIDR prefix: a /30 still holds the gateway and one pod.
 pub const MAX_POD_PREFIX: u8 = 30;
+/// Longest service CIDR prefix: a /30 still holds two ClusterIPs.
+pub const MAX_SERVICE_PREFIX: u8 = 30;
+/// Kubernetes' defaults.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 
 /// A validated cluster: every invariant in the module docs holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +46,12 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// In file order.
     pub pods: Vec<Pod>,
+    /// ClusterIPs come from here; never overlaps `cidr`.
+    pub service_cidr: Ipv4Net,
+    /// NodePorts (inclusive).
+    pub node_ports: (u16, u16),
+    /// In file order.
+    pub services: Vec<Service>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -148,6 +160,25 @@ impl Cluster {
         self.pods.iter().filter(move |p| p.node == node)
     }
 
+    /// What a service is validated against.
+    pub fn service_context(&self) -> service::Context<'_> {
+        service::Context {
+            cluster_cidr: self.cidr,
+            service_cidr: self.service_cidr,
+            node_ports: self.node_ports,
+            vxlan_port: self.vxlan_port,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.pod_cidr))
+                .collect(),
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
     /// Checks what validation cannot see without the control process's
     /// `--dataplane-dir`: two kxdp nodes must not share a dataplane socket, or
     /// their states would overwrite each other on one dataplane.
@@ -241,6 +272,8 @@ struct RawFile {
     nodes: Vec<RawNode>,
     #[serde(default)]
     pods: Vec<RawPod>,
+    #[serde(default)]
+    services: Vec<RawService>,
 }
 
 // Numbers are i64 so out-of-range values (even negative ones) get our
@@ -251,6 +284,8 @@ struct RawCluster {
     cidr: String,
     underlay_mtu: i64,
     vxlan: RawVxlan,
+    service_cidr: String,
+    node_port_range: String,
 }
 
 impl Default for RawCluster {
@@ -259,6 +294,8 @@ impl Default for RawCluster {
             cidr: "10.244.0.0/16".into(),
             underlay_mtu: 1500,
             vxlan: RawVxlan::default(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            node_port_range: DEFAULT_NODE_PORT_RANGE.into(),
         }
     }
 }
@@ -323,14 +360,91 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     let pod_cidrs: Vec<Option<Ipv4Net>> = nodes.iter().map(|n| n.pod_cidr).collect();
     let pods = validate_pods(&raw.pods, &raw.nodes, &pod_cidrs, p);
 
-    match (problems.is_empty(), cidr, underlay_mtu, vni, port) {
-        (true, Some(cidr), Some(mtu), Some(vni), Some(port)) => Ok(Cluster {
+    let service_cidr = parse_cidr("cluster.service_cidr", &raw.cluster.service_cidr, p);
+    if let Some(net) = service_cidr {
+        if net.prefix_len() > MAX_SERVICE_PREFIX {
+            p.push(Problem::new(
+                "cluster.service_cidr",
+                format!("{net} is too small: a service CIDR needs at most a /{MAX_SERVICE_PREFIX}"),
+            ));
+        }
+        if let Some(c) = cidr.filter(|c| c.contains(&net.network()) || net.contains(&c.network())) {
+            p.push(Problem::new(
+                "cluster.service_cidr",
+                format!("{net} overlaps cluster.cidr {c}"),
+            ));
+        }
+        for (i, n) in raw.nodes.iter().enumerate() {
+            if let Some(ip) = n
+                .underlay_ip
+                .parse::<Ipv4Addr>()
+                .ok()
+                .filter(|ip| net.contains(ip))
+            {
+                p.push(Problem::new(
+                    "cluster.service_cidr",
+                    format!("{net} holds nodes[{i}] ({}) underlay_ip {ip}", n.name),
+                ));
+            }
+        }
+    }
+    let node_ports =
+        service::parse_port_range("cluster.node_port_range", &raw.cluster.node_port_range, p);
+    let services = match (cidr, service_cidr, node_ports, port) {
+        (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
+            let ctx = service::Context {
+                cluster_cidr: cidr,
+                service_cidr,
+                node_ports,
+                vxlan_port: vxlan_port as u16,
+                nodes: raw
+                    .nodes
+                    .iter()
+                    .zip(&pod_cidrs)
+                    .filter_map(|(n, c)| Some((n.name.as_str(), (*c)?)))
+                    .collect(),
+            };
+            let mut taken = service::Taken::default();
+            raw.services
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    service::check(&format!("services[{i}]"), s, &ctx, &mut taken, p)
+                })
+                .collect()
+        }
+        // The services cannot be checked without the addressing; the
+        // problems with it are reported already.
+        _ => Vec::new(),
+    };
+
+    match (
+        problems.is_empty(),
+        cidr,
+        underlay_mtu,
+        vni,
+        port,
+        service_cidr,
+        node_ports,
+    ) {
+        (
+            true,
+            Some(cidr),
+            Some(mtu),
+            Some(vni),
+            Some(port),
+            Some(service_cidr),
+            Some(node_ports),
+        ) => Ok(Cluster {
             cidr,
             underlay_mtu: mtu as u32,
             vni: vni as u32,
             vxlan_port: port as u16,
             nodes: nodes.into_iter().filter_map(|n| n.node).collect(),
             pods,
+            service_cidr,
+            node_ports,
+            services,
         }),
         _ => Err(Problems(problems)),
     }
@@ -754,6 +868,30 @@ nodes:
     }
 
     #[test]
+    fn example_files_are_valid() {
+        let c = Cluster::from_yaml(include_str!("../../config/lab-services.yaml")).unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].endpoints[1].node, "n2");
+        // The same lab, nodes and pods, as the default file.
+        let lab = Cluster::lab();
+        assert_eq!((&c.nodes, &c.pods), (&lab.nodes, &lab.pods));
+        assert!(lab.services.is_empty());
+        let raw = crate::service::RawService::from_yaml(include_str!(
+            "../../config/service-example.yaml"
+        ))
+        .unwrap();
+        let mut p = Vec::new();
+        let s = crate::service::check(
+            "service",
+            &raw,
+            &lab.service_context(),
+            &mut crate::service::Taken::default(),
+            &mut p,
+        );
+        assert!(s.is_some(), "{p:?}");
+    }
+
+    #[test]
     fn defaults_fill_a_minimal_file() {
         let c = Cluster::from_yaml(MINIMAL).unwrap();
         assert_eq!(c.cidr.to_string(), "10.244.0.0/16");
@@ -811,10 +949,10 @@ nodes:
             .unwrap_err()
             .to_string();
         assert!(problems.contains("vnid"), "{problems}");
-        let problems = Cluster::from_yaml(&format!("{MINIMAL}services: []\n"))
+        let problems = Cluster::from_yaml(&format!("{MINIMAL}ingresses: []\n"))
             .unwrap_err()
             .to_string();
-        assert!(problems.contains("services"), "{problems}");
+        assert!(problems.contains("ingresses"), "{problems}");
     }
 
     #[test]

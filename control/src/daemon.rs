@@ -76,8 +76,9 @@ mod tests {
 
     use kxdp_proto::control::control_client::ControlClient;
     use kxdp_proto::control::{
-        AddPodRequest, ApplyClusterRequest, DeletePodRequest, GetNodeCountersRequest,
-        ListNodesRequest, ListPodsRequest, ListRoutesRequest, NodeInfo,
+        AddPodRequest, ApplyClusterRequest, DeletePodRequest, DeleteServiceRequest,
+        GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest,
+        ListRoutesRequest, ListServicesRequest, NodeInfo, UpsertServiceRequest,
     };
     use kxdp_proto::dataplane::dataplane_server::{Dataplane, DataplaneServer};
     use kxdp_proto::dataplane::{
@@ -598,6 +599,168 @@ mod tests {
             .unwrap()
             .into_inner();
         assert!(!reply.existed);
+
+        stop_control.send(()).unwrap();
+        control_task.await.unwrap().unwrap();
+        stop_fake.send(()).unwrap();
+        fake_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn services_are_upserted_listed_pushed_everywhere_and_deleted() {
+        let tmp = TempDir::new("svc");
+        let fake = FakeDataplane::new("boot-1");
+        let (stop_fake, fake_task) = serve_fake(fake.clone(), tmp.0.join("n1.sock")).await;
+        let file = format!(
+            "{}services:\n  - {{ name: default/web, cluster_ip: 10.96.0.10, ports: [{{ port: 80, node_port: 30080 }}], endpoints: [{{ ip: 10.244.1.2 }}, {{ ip: 10.244.2.2 }}] }}\n",
+            cluster_yaml(false)
+        );
+        let cluster = Cluster::from_yaml(&file).unwrap();
+        let (stop_control, control_task, mut client) =
+            start_control_with(&tmp.0, cluster, Duration::from_millis(800)).await;
+        wait_until("n1 synced", || {
+            let mut c = client.clone();
+            async move { Some(node_info(&mut c, "n1").await).filter(|n| n.status == "synced") }
+        })
+        .await;
+        let held = fake.syncs().last().cloned().unwrap();
+        let node = held.node.as_ref().unwrap();
+        assert_eq!(
+            (
+                node.service_cidr.as_str(),
+                node.node_port_min,
+                node.node_port_max
+            ),
+            ("10.96.0.0/12", 30000, 32767)
+        );
+        assert_eq!(held.services.len(), 1);
+        assert_eq!(held.services[0].endpoints[1].node, "n2");
+
+        let api = kxdp_proto::dataplane::Service {
+            name: "default/api".into(),
+            cluster_ip: "10.96.0.11".into(),
+            ports: vec![kxdp_proto::dataplane::ServicePort {
+                protocol: kxdp_proto::dataplane::Protocol::Udp as i32,
+                port: 53,
+                target_port: 5353,
+                node_port: 30053,
+                ..Default::default()
+            }],
+            endpoints: vec![kxdp_proto::dataplane::Endpoint {
+                ip: "10.244.1.3".into(),
+                ready: true,
+                serving: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // Invalid: named, nothing pushed.
+        let syncs = fake.syncs().len();
+        let mut bad = api.clone();
+        bad.cluster_ip = "10.96.0.10".into();
+        bad.ports[0].node_port = 99;
+        let err = client
+            .upsert_service(UpsertServiceRequest { service: Some(bad) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message()
+                .contains("service.cluster_ip: 10.96.0.10 is already the ClusterIP"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("service.ports[0].node_port: 99"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(fake.syncs().len(), syncs);
+
+        // Valid: every kxdp node gets it (n1 here; the unreachable n2 does not
+        // hold the reply up).
+        let reply = client
+            .upsert_service(UpsertServiceRequest {
+                service: Some(api.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let held = fake.syncs().last().cloned().unwrap();
+        assert_eq!(held.generation, reply.generation);
+        let pushed = held
+            .services
+            .iter()
+            .find(|s| s.name == "default/api")
+            .unwrap();
+        assert_eq!(pushed.endpoints[0].node, "n1");
+        assert_eq!(pushed.affinity_timeout_s, 10800);
+        // The same again: no new generation.
+        let again = client
+            .upsert_service(UpsertServiceRequest {
+                service: Some(api.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.generation, reply.generation);
+
+        let listed = client
+            .list_services(ListServicesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .services;
+        assert_eq!(
+            listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["default/web", "default/api"]
+        );
+
+        // The file's service is not the API's to delete; the run-time one is.
+        let err = client
+            .delete_service(DeleteServiceRequest {
+                name: "default/web".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        let del = client
+            .delete_service(DeleteServiceRequest {
+                name: "default/api".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(del.existed);
+        let held = fake.syncs().last().cloned().unwrap();
+        assert_eq!(held.generation, del.generation);
+        assert_eq!(held.services.len(), 1);
+        let del = client
+            .delete_service(DeleteServiceRequest {
+                name: "default/api".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!del.existed);
+
+        // Conntrack is a live read: the dataplane's UNIMPLEMENTED passes through.
+        let err = client
+            .list_conntrack(ListNodeConntrackRequest {
+                node: "n1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+        let err = client
+            .list_conntrack(ListNodeConntrackRequest {
+                node: "n9".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
 
         stop_control.send(()).unwrap();
         control_task.await.unwrap().unwrap();

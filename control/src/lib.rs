@@ -8,6 +8,7 @@
 //! - [`cluster`]: the cluster file, parsed and validated into typed structs.
 //! - [`conventions`]: derived names and addresses (pod MAC, veth name, gateway, MTU).
 //! - [`plan`]: per-node dataplane state, routes, and the lab's pod plumbing plan.
+//! - [`service`]: services and endpoints: YAML/proto shapes, validation.
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
 //! - [`reconcile`]: one push loop per kxdp node.
 //! - [`api`]: the Control gRPC service.
@@ -23,5 +24,6 @@ pub mod daemon;
 pub mod plan;
 pub mod reconcile;
 pub mod runtime;
+pub mod service;
 pub mod uds;
 pub mod view;

@@ -32,6 +32,10 @@ pub fn node_state(
         pod_cidr: me.pod_cidr.to_string(),
         gateway_ip: me.gateway().to_string(),
         pod_mtu: cluster.pod_mtu(),
+        service_cidr: cluster.service_cidr.to_string(),
+        node_port_min: u32::from(cluster.node_ports.0),
+        node_port_max: u32::from(cluster.node_ports.1),
+        // Fields this control process does not set yet keep proto defaults.
         ..Default::default()
     };
     // Every other node, whatever forwards for it: kernel nodes are reached
@@ -60,7 +64,12 @@ pub fn node_state(
         generation,
         node: Some(config),
         remote_nodes,
-        services: Vec::new(),
+        // Every service on every node: any pod may address any ClusterIP, and
+        // every node opens every NodePort.
+        services: runtime
+            .all_services(cluster)
+            .map(|s| s.to_proto())
+            .collect(),
         pods,
     })
 }
@@ -234,6 +243,9 @@ mod tests {
                 pod_cidr: "10.244.1.0/24".into(),
                 gateway_ip: "10.244.1.1".into(),
                 pod_mtu: 1450,
+                service_cidr: "10.96.0.0/12".into(),
+                node_port_min: 30000,
+                node_port_max: 32767,
                 ..Default::default()
             }
         );

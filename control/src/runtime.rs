@@ -1,5 +1,6 @@
-//! Pods registered at run time through the Control API (`AddPod`, the CNI
-//! plugin's call), kept beside the cluster file's pods.
+//! Pods and services registered at run time through the Control API
+//! (`AddPod`, the CNI plugin's call; `UpsertService`), kept beside the
+//! cluster file's.
 //!
 //! # The rule between the file and run-time pods
 //!
@@ -17,13 +18,21 @@
 //!   or turns into a kernel node, go with their node (logged).
 //! - A run-time pod cannot shadow a file pod: `DeletePod` of a file pod is
 //!   refused (FAILED_PRECONDITION), edit the file instead.
+//! - Services follow the same rule: run-time services (`UpsertService`)
+//!   survive an apply; one the new file would collide with (same name,
+//!   ClusterIP or NodePort, an endpoint outside every pod CIDR...) makes the
+//!   apply fail naming it (`runtime_services[default/web]...`); a service the
+//!   file defines cannot be upserted or deleted through the API.
 
 use std::collections::BTreeMap;
 
 use kxdp_proto::control::AddPodRequest;
 
+use kxdp_proto::dataplane as pb;
+
 use crate::cluster::{check_ifname, parse_ip, Cluster, Pod, Problem, Problems};
 use crate::conventions::{self, Mac};
+use crate::service::{self, RawService, Service, Taken};
 
 /// (node, name): a pod's identity.
 pub type PodKey = (String, String);
@@ -32,6 +41,8 @@ pub type PodKey = (String, String);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runtime {
     pub pods: BTreeMap<PodKey, Pod>,
+    /// By name.
+    pub services: BTreeMap<String, Service>,
 }
 
 /// The longest pod name the dataplane takes.
@@ -53,9 +64,19 @@ impl Runtime {
         self.all_pods(cluster).filter(move |p| p.node == node)
     }
 
-    /// The run-time pods that still fit `cluster` (a new cluster file): those
-    /// of nodes it no longer has as kxdp nodes are left out and returned as
-    /// the second value; any other misfit is a problem naming the pod.
+    /// Every service, the file's first (in file order), then the run-time
+    /// ones (by name).
+    pub fn all_services<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        cluster.services.iter().chain(self.services.values())
+    }
+
+    /// The run-time pods and services that still fit `cluster` (a new cluster
+    /// file): pods of nodes it no longer has as kxdp nodes are left out and
+    /// returned as the second value; any other misfit is a problem naming
+    /// the pod or service.
     pub fn refit(&self, cluster: &Cluster) -> Result<(Runtime, Vec<PodKey>), Problems> {
         let mut kept = Runtime::default();
         let mut dropped = Vec::new();
@@ -80,8 +101,70 @@ impl Runtime {
                 })),
             }
         }
+        let ctx = cluster.service_context();
+        let mut taken = file_services_taken(cluster);
+        for (name, service) in &self.services {
+            let path = format!("runtime_services[{name}]");
+            let mut p = Vec::new();
+            let raw = RawService::from_proto(&path, &service.to_proto())?;
+            if let Some(s) = service::check(&path, &raw, &ctx, &mut taken, &mut p) {
+                kept.services.insert(name.clone(), s);
+            }
+            problems.extend(p.into_iter().map(|p| {
+                Problem::new(
+                    p.path,
+                    format!(
+                        "{} (a service registered at run time: delete it first)",
+                        p.message
+                    ),
+                )
+            }));
+        }
         Problems::result(problems).map(|()| (kept, dropped))
     }
+}
+
+/// What the cluster file's services hold.
+fn file_services_taken(cluster: &Cluster) -> Taken {
+    let mut taken = Taken::default();
+    for (i, s) in cluster.services.iter().enumerate() {
+        taken.add(s, &format!("the cluster file's services[{i}] ({})", s.name));
+    }
+    taken
+}
+
+/// Validates an `UpsertService` request against the cluster file's services
+/// and the other run-time services (the one it replaces, if any, does not
+/// collide with it). Problems are at `service.<field>`. A service the cluster
+/// file defines cannot be replaced at run time.
+pub fn check_service(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    s: &pb::Service,
+) -> Result<Service, Problems> {
+    let raw = RawService::from_proto("service", s)?;
+    if let Some(i) = cluster.services.iter().position(|f| f.name == raw.name) {
+        return Err(Problems(vec![Problem::new(
+            "service.name",
+            format!(
+                "{} is the cluster file's services[{i}]: change it there and apply the file",
+                raw.name
+            ),
+        )]));
+    }
+    let mut taken = file_services_taken(cluster);
+    for other in runtime.services.values().filter(|o| o.name != raw.name) {
+        taken.add(other, &format!("service {}", other.name));
+    }
+    let mut p = Vec::new();
+    service::check(
+        "service",
+        &raw,
+        &cluster.service_context(),
+        &mut taken,
+        &mut p,
+    )
+    .ok_or(Problems(p))
 }
 
 /// The request that would register `pod`.
@@ -461,6 +544,80 @@ mod tests {
         let p = rt.refit(&Cluster::from_yaml(&text).unwrap()).unwrap_err();
         assert!(
             has(&p, "runtime_pods[n1/x].ip", "already used by pod n1/p9"),
+            "{p}"
+        );
+    }
+
+    fn svc(name: &str, ip: &str, node_port: u32) -> pb::Service {
+        pb::Service {
+            name: name.into(),
+            cluster_ip: ip.into(),
+            ports: vec![pb::ServicePort {
+                protocol: pb::Protocol::Tcp as i32,
+                port: 80,
+                node_port,
+                ..Default::default()
+            }],
+            endpoints: vec![pb::Endpoint {
+                ip: "10.244.2.50".into(),
+                ready: true,
+                serving: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runtime_services_are_checked_against_the_file_and_each_other() {
+        let file = format!(
+            "{LAB_CLUSTER_YAML}services:\n  - {{ name: default/web, cluster_ip: 10.96.0.10, ports: [{{ port: 80, node_port: 30080 }}] }}\n"
+        );
+        let c = Cluster::from_yaml(&file).unwrap();
+        let mut rt = Runtime::default();
+        let s = check_service(&c, &rt, &svc("default/api", "10.96.0.11", 30081)).unwrap();
+        assert_eq!(s.endpoints[0].node, "n2");
+        rt.services.insert(s.name.clone(), s);
+        // Replacing itself is no collision.
+        assert!(check_service(&c, &rt, &svc("default/api", "10.96.0.11", 30081)).is_ok());
+        let p = check_service(&c, &rt, &svc("default/web", "10.96.0.12", 0)).unwrap_err();
+        assert!(
+            has(&p, "service.name", "the cluster file's services[0]"),
+            "{p}"
+        );
+        let p = check_service(&c, &rt, &svc("default/x", "10.96.0.10", 30080)).unwrap_err();
+        assert!(
+            has(&p, "service.cluster_ip", "the cluster file's services[0]"),
+            "{p}"
+        );
+        assert!(
+            has(
+                &p,
+                "service.ports[0].node_port",
+                "30080/TCP is already taken"
+            ),
+            "{p}"
+        );
+        let p = check_service(&c, &rt, &svc("default/x", "10.96.0.11", 30081)).unwrap_err();
+        assert!(has(&p, "service.cluster_ip", "service default/api"), "{p}");
+        assert!(
+            has(&p, "service.ports[0].node_port", "service default/api"),
+            "{p}"
+        );
+        assert_eq!(rt.all_services(&c).count(), 2);
+
+        // A file that takes the run-time service's ClusterIP is refused.
+        assert!(rt.refit(&c).is_ok());
+        let clash = format!(
+            "{LAB_CLUSTER_YAML}services:\n  - {{ name: default/web, cluster_ip: 10.96.0.11, ports: [{{ port: 80 }}] }}\n"
+        );
+        let p = rt.refit(&Cluster::from_yaml(&clash).unwrap()).unwrap_err();
+        assert!(
+            has(
+                &p,
+                "runtime_services[default/api].cluster_ip",
+                "delete it first"
+            ),
             "{p}"
         );
     }

@@ -2,7 +2,7 @@
 //! `--json`; prost types do not derive serde) and plain-text tables.
 
 use kxdp_proto::control::{NodeInfo, PodInfo, RouteInfo};
-use kxdp_proto::dataplane::{DataplaneState, GetCountersReply};
+use kxdp_proto::dataplane::{self as pb, DataplaneState, GetCountersReply, ListConntrackReply};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -106,6 +106,27 @@ pub struct CountersView {
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub routed_local: u64,
+    /// Per-service counters; empty when the dataplane has none.
+    pub services: Vec<ServiceCountersView>,
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceCountersView {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub no_endpoint: u64,
+    pub backends: Vec<BackendCountersView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendCountersView {
+    pub ip: String,
+    pub port: u32,
+    pub new_flows: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,8 +174,285 @@ impl CountersView {
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
+            services: c
+                .services
+                .into_iter()
+                .map(|s| ServiceCountersView {
+                    name: s.name,
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                    no_endpoint: s.no_endpoint,
+                    backends: s
+                        .backends
+                        .into_iter()
+                        .map(|b| BackendCountersView {
+                            ip: b.ip,
+                            port: b.port,
+                            new_flows: b.new_flows,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            conntrack_entries: c.conntrack_entries,
+            conntrack_capacity: c.conntrack_capacity,
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServicesView {
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub cluster_ip: String,
+    pub ports: Vec<ServicePortView>,
+    /// "None" or "ClientIP".
+    pub session_affinity: String,
+    pub affinity_timeout_s: u32,
+    /// "Cluster" or "Local".
+    pub external_traffic_policy: String,
+    pub endpoints: Vec<EndpointView>,
+    pub ready_endpoints: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServicePortView {
+    pub name: String,
+    /// "TCP" or "UDP".
+    pub protocol: String,
+    pub port: u32,
+    pub target_port: u32,
+    /// 0: none.
+    pub node_port: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointView {
+    pub ip: String,
+    pub node: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+fn protocol_word(p: i32) -> String {
+    match pb::Protocol::try_from(p) {
+        Ok(pb::Protocol::Udp) => "UDP".into(),
+        Ok(_) => "TCP".into(),
+        Err(_) => format!("protocol {p}"),
+    }
+}
+
+impl From<pb::Service> for ServiceView {
+    fn from(s: pb::Service) -> Self {
+        let endpoints: Vec<EndpointView> = s
+            .endpoints
+            .into_iter()
+            .map(|e| EndpointView {
+                ip: e.ip,
+                node: e.node,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            })
+            .collect();
+        ServiceView {
+            name: s.name,
+            cluster_ip: s.cluster_ip,
+            ports: s
+                .ports
+                .into_iter()
+                .map(|p| ServicePortView {
+                    name: p.name,
+                    protocol: protocol_word(p.protocol),
+                    port: p.port,
+                    target_port: if p.target_port == 0 {
+                        p.port
+                    } else {
+                        p.target_port
+                    },
+                    node_port: p.node_port,
+                })
+                .collect(),
+            session_affinity: match pb::SessionAffinity::try_from(s.session_affinity) {
+                Ok(pb::SessionAffinity::ClientIp) => "ClientIP".into(),
+                _ => "None".into(),
+            },
+            affinity_timeout_s: s.affinity_timeout_s,
+            external_traffic_policy: match pb::TrafficPolicy::try_from(s.external_traffic_policy) {
+                Ok(pb::TrafficPolicy::Local) => "Local".into(),
+                _ => "Cluster".into(),
+            },
+            ready_endpoints: endpoints.iter().filter(|e| e.ready).count(),
+            endpoints,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConntrackView {
+    pub node: String,
+    /// Entries in the table, of which `entries` is the listed part.
+    pub total: u64,
+    pub entries: Vec<ConntrackEntryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConntrackEntryView {
+    pub protocol: String,
+    pub client: String,
+    pub service: String,
+    pub backend: String,
+    pub snat: String,
+    pub state: String,
+    pub idle_ms: u64,
+    pub service_name: String,
+}
+
+impl ConntrackView {
+    pub fn new(node: String, r: ListConntrackReply) -> ConntrackView {
+        ConntrackView {
+            node,
+            total: r.total,
+            entries: r
+                .entries
+                .into_iter()
+                .map(|e| ConntrackEntryView {
+                    protocol: protocol_word(e.protocol),
+                    client: e.client,
+                    service: e.service,
+                    backend: e.backend,
+                    snat: e.snat,
+                    state: e.state,
+                    idle_ms: e.idle_ms,
+                    service_name: e.service_name,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// "80/TCP->8080" plus ":30080" for a NodePort, comma-separated.
+fn ports_cell(ports: &[ServicePortView]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            let mut s = format!("{}/{}", p.port, p.protocol);
+            if p.target_port != p.port {
+                s.push_str(&format!("->{}", p.target_port));
+            }
+            if p.node_port != 0 {
+                s.push_str(&format!(" np:{}", p.node_port));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn services_table(services: &[ServiceView]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.cluster_ip.clone(),
+                ports_cell(&s.ports),
+                format!("{}/{}", s.ready_endpoints, s.endpoints.len()),
+                if s.session_affinity == "ClientIP" {
+                    format!("ClientIP {}s", s.affinity_timeout_s)
+                } else {
+                    s.session_affinity.clone()
+                },
+                s.external_traffic_policy.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE",
+            "CLUSTER IP",
+            "PORTS (port/proto->target np:nodeport)",
+            "ENDPOINTS READY/TOTAL",
+            "AFFINITY",
+            "EXTERNAL POLICY",
+        ],
+        &rows,
+    )
+}
+
+/// One service's endpoints with their conditions.
+pub fn backends_text(s: &ServiceView) -> String {
+    let targets: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| format!("{}/{}", p.target_port, p.protocol))
+        .collect();
+    let mut out = format!(
+        "service {} ({}), target ports {}\n",
+        s.name,
+        s.cluster_ip,
+        targets.join(", ")
+    );
+    if s.endpoints.is_empty() {
+        out.push_str("no endpoints\n");
+        return out;
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows: Vec<Vec<String>> = s
+        .endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                e.ip.clone(),
+                e.node.clone(),
+                yes(e.ready),
+                yes(e.serving),
+                yes(e.terminating),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["ENDPOINT", "NODE", "READY", "SERVING", "TERMINATING"],
+        &rows,
+    ));
+    out
+}
+
+pub fn conntrack_text(c: &ConntrackView) -> String {
+    let rows: Vec<Vec<String>> = c
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.protocol.clone(),
+                e.client.clone(),
+                e.service.clone(),
+                e.backend.clone(),
+                e.snat.clone(),
+                e.state.clone(),
+                e.idle_ms.to_string(),
+                e.service_name.clone(),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "node {}: {} of {} entries\n",
+        c.node,
+        c.entries.len(),
+        c.total
+    );
+    out.push_str(&table(
+        &[
+            "PROTO", "CLIENT", "SERVICE", "BACKEND", "SNAT", "STATE", "IDLE MS", "NAME",
+        ],
+        &rows,
+    ));
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +461,7 @@ pub struct DataplaneStateView {
     pub node: Option<NodeConfigView>,
     pub remote_nodes: Vec<RemoteNodeView>,
     pub pods: Vec<DataplanePodView>,
+    pub services: Vec<ServiceView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +476,9 @@ pub struct NodeConfigView {
     pub pod_cidr: String,
     pub gateway_ip: String,
     pub pod_mtu: u32,
+    pub service_cidr: String,
+    pub node_port_min: u32,
+    pub node_port_max: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +512,9 @@ impl From<DataplaneState> for DataplaneStateView {
                 pod_cidr: n.pod_cidr,
                 gateway_ip: n.gateway_ip,
                 pod_mtu: n.pod_mtu,
+                service_cidr: n.service_cidr,
+                node_port_min: n.node_port_min,
+                node_port_max: n.node_port_max,
             }),
             remote_nodes: s
                 .remote_nodes
@@ -231,6 +536,7 @@ impl From<DataplaneState> for DataplaneStateView {
                     ifname: p.ifname,
                 })
                 .collect(),
+            services: s.services.into_iter().map(ServiceView::from).collect(),
         }
     }
 }
@@ -400,6 +706,45 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
     } else {
         out.push_str(&table(&["DROP REASON", "PACKETS"], &drops));
     }
+    if !c.services.is_empty() || c.conntrack_capacity != 0 {
+        out.push('\n');
+        out.push_str(&format!(
+            "conntrack: {} entries of {}\n",
+            c.conntrack_entries, c.conntrack_capacity
+        ));
+    }
+    if !c.services.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .services
+            .iter()
+            .map(|s| {
+                let backends: Vec<String> = s
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}={}", b.ip, b.port, b.new_flows))
+                    .collect();
+                vec![
+                    s.name.clone(),
+                    s.packets.to_string(),
+                    s.bytes.to_string(),
+                    s.new_flows.to_string(),
+                    s.no_endpoint.to_string(),
+                    backends.join(" "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "SERVICE",
+                "PACKETS",
+                "BYTES",
+                "NEW FLOWS",
+                "NO ENDPOINT",
+                "NEW FLOWS BY BACKEND",
+            ],
+            &rows,
+        ));
+    }
     out
 }
 
@@ -486,5 +831,72 @@ mod tests {
         assert_eq!(json["node"]["gateway_ip"], "10.244.1.1");
         assert_eq!(json["remote_nodes"][0]["vtep_mac"], "0e:58:ac:1e:00:0c");
         assert_eq!(json["pods"][1]["ifname"], "kx0af40103");
+    }
+
+    #[test]
+    fn service_views_and_tables() {
+        let text = format!(
+            "{}services:\n  - {{ name: default/web, cluster_ip: 10.96.0.10, session_affinity: ClientIP, ports: [{{ port: 80, target_port: 8080, node_port: 30080 }}, {{ port: 53, protocol: UDP }}], endpoints: [{{ ip: 10.244.1.2 }}, {{ ip: 10.244.2.2, ready: false, terminating: true }}] }}\n",
+            crate::cluster::LAB_CLUSTER_YAML
+        );
+        let c = crate::cluster::Cluster::from_yaml(&text).unwrap();
+        let v = ServiceView::from(c.services[0].to_proto());
+        assert_eq!(v.ready_endpoints, 1);
+        let t = services_table(&[v]);
+        assert!(t.contains("80/TCP->8080 np:30080, 53/UDP"), "{t}");
+        assert!(t.contains("1/2") && t.contains("ClientIP 10800s"), "{t}");
+        let v = ServiceView::from(c.services[0].to_proto());
+        let b = backends_text(&v);
+        assert!(b.contains("10.244.2.2  n2    no     yes      yes"), "{b}");
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["ports"][0]["node_port"], 30080);
+        assert_eq!(json["endpoints"][1]["terminating"], true);
+    }
+
+    #[test]
+    fn counters_show_services_when_present() {
+        let mut c = counters();
+        assert!(!counters_text(&c, false).contains("SERVICE"));
+        c.services.push(ServiceCountersView {
+            name: "default/web".into(),
+            packets: 10,
+            bytes: 1000,
+            new_flows: 2,
+            no_endpoint: 0,
+            backends: vec![BackendCountersView {
+                ip: "10.244.1.2".into(),
+                port: 8080,
+                new_flows: 2,
+            }],
+        });
+        c.conntrack_capacity = 65536;
+        let t = counters_text(&c, false);
+        assert!(
+            t.contains("default/web") && t.contains("10.244.1.2:8080=2"),
+            "{t}"
+        );
+        assert!(t.contains("conntrack: 0 entries of 65536"), "{t}");
+    }
+
+    #[test]
+    fn conntrack_view() {
+        let v = ConntrackView::new(
+            "n1".into(),
+            ListConntrackReply {
+                entries: vec![pb::ConntrackEntry {
+                    protocol: pb::Protocol::Tcp as i32,
+                    client: "10.244.1.2:40000".into(),
+                    service: "10.96.0.10:80".into(),
+                    backend: "10.244.2.2:8080".into(),
+                    state: "established".into(),
+                    service_name: "default/web".into(),
+                    ..Default::default()
+                }],
+                total: 7,
+            },
+        );
+        let t = conntrack_text(&v);
+        assert!(t.starts_with("node n1: 1 of 7 entries"), "{t}");
+        assert!(t.contains("TCP    10.244.1.2:40000"), "{t}");
     }
 }

@@ -10,15 +10,17 @@ use clap::{Parser, Subcommand};
 use kxdp_control::cluster::{Cluster, Problems, LAB_CLUSTER_YAML};
 use kxdp_control::reconcile::code_name;
 use kxdp_control::runtime::Runtime;
+use kxdp_control::service::RawService;
 use kxdp_control::view::{
-    self, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView, RouteView,
-    RoutesView,
+    self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView,
+    RouteView, RoutesView, ServiceView, ServicesView,
 };
 use kxdp_control::{plan, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    AddPodRequest, ApplyClusterRequest, DeletePodRequest, GetNodeCountersRequest, ListNodesRequest,
-    ListPodsRequest, ListRoutesRequest,
+    AddPodRequest, ApplyClusterRequest, DeletePodRequest, DeleteServiceRequest,
+    GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest,
+    ListRoutesRequest, ListServicesRequest, UpsertServiceRequest,
 };
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
 use serde::Serialize;
@@ -73,6 +75,24 @@ enum Cmd {
     /// Register or remove a pod at run time (what the CNI plugin does).
     #[command(subcommand)]
     Pod(PodCmd),
+    /// Services: name, ClusterIP, ports with NodePorts, endpoints ready/total.
+    Services,
+    /// One service's endpoints with their conditions.
+    Backends { service: String },
+    /// A node's live connection-tracking entries.
+    Conntrack {
+        #[arg(long)]
+        node: String,
+        /// Only this service's entries (namespace/name).
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many entries (the dataplane's default is 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Add, replace or remove a service at run time.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Validate a cluster file offline (no kxdp-control needed).
     Validate { file: PathBuf },
     /// Offline: how to plumb each pod, as JSON (scripts/lab.sh reads it).
@@ -122,6 +142,15 @@ enum PodCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Upsert the service in FILE (one service in the cluster file's
+    /// `services:` entry shape); returns once the reachable nodes hold it.
+    Apply { file: PathBuf },
+    /// Remove a run-time service; removing an unknown one succeeds.
+    Del { name: String },
+}
+
 /// Why a command failed, and so its exit status.
 enum Failure {
     /// The input was invalid: exit 2.
@@ -168,14 +197,18 @@ async fn run(args: Args) -> Result<()> {
         Cmd::Validate { file } => {
             let cluster = load(Some(&file))?;
             if json {
-                print_json(
-                    &serde_json::json!({ "ok": true, "nodes": cluster.nodes.len(), "pods": cluster.pods.len() }),
-                )
+                print_json(&serde_json::json!({
+                    "ok": true,
+                    "nodes": cluster.nodes.len(),
+                    "pods": cluster.pods.len(),
+                    "services": cluster.services.len(),
+                }))
             } else {
                 out(&format!(
-                    "ok: {} nodes, {} pods\n",
+                    "ok: {} nodes, {} pods, {} services\n",
                     cluster.nodes.len(),
-                    cluster.pods.len()
+                    cluster.pods.len(),
+                    cluster.services.len()
                 ))
             }
         }
@@ -286,6 +319,98 @@ async fn run(args: Args) -> Result<()> {
                 ))
             } else {
                 out(&format!("pod {node}/{name} was not registered\n"))
+            }
+        }
+        Cmd::Services => {
+            let services = list_services(&mut connect(&args.control).await?).await?;
+            if json {
+                print_json(&ServicesView { services })
+            } else {
+                out(&view::services_table(&services))
+            }
+        }
+        Cmd::Backends { service } => {
+            let services = list_services(&mut connect(&args.control).await?).await?;
+            let Some(s) = services.into_iter().find(|s| s.name == service) else {
+                return Err(Failure::Other(format!("no service named {service:?}")));
+            };
+            if json {
+                print_json(&s)
+            } else {
+                out(&view::backends_text(&s))
+            }
+        }
+        Cmd::Conntrack {
+            node,
+            service,
+            limit,
+        } => {
+            let request = ListNodeConntrackRequest {
+                node: node.clone(),
+                service: service.unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let reply = connect(&args.control)
+                .await?
+                .list_conntrack(request)
+                .await
+                .map_err(|s| rpc_failure("conntrack", &s))?;
+            let v = ConntrackView::new(node, reply.into_inner());
+            if json {
+                print_json(&v)
+            } else {
+                out(&view::conntrack_text(&v))
+            }
+        }
+        Cmd::Service(ServiceCmd::Apply { file }) => {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::Other(format!("cannot read {name}: {e}")))?;
+            let service = RawService::from_yaml(&text)
+                .and_then(|raw| raw.to_proto())
+                .map_err(|p| {
+                    let lines: Vec<String> = p.0.iter().map(|p| p.to_string()).collect();
+                    invalid(&name, lines.iter().map(String::as_str))
+                })?;
+            let svc_name = service.name.clone();
+            let request = UpsertServiceRequest {
+                service: Some(service),
+            };
+            let reply = match connect(&args.control).await?.upsert_service(request).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid_request("service apply", status.message()))
+                }
+                Err(status) => return Err(rpc_failure("service apply", &status)),
+            };
+            if json {
+                print_json(&serde_json::json!({ "generation": reply.generation }))
+            } else {
+                out(&format!(
+                    "service {svc_name} applied: generation {}\n",
+                    reply.generation
+                ))
+            }
+        }
+        Cmd::Service(ServiceCmd::Del { name }) => {
+            let reply = connect(&args.control)
+                .await?
+                .delete_service(DeleteServiceRequest { name: name.clone() })
+                .await
+                .map_err(|s| rpc_failure("service del", &s))?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "generation": reply.generation,
+                    "existed": reply.existed,
+                }))
+            } else if reply.existed {
+                out(&format!(
+                    "service {name} deleted: generation {}\n",
+                    reply.generation
+                ))
+            } else {
+                out(&format!("service {name} was not registered\n"))
             }
         }
         Cmd::Nodes => {
@@ -417,6 +542,19 @@ async fn connect(socket: &Path) -> Result<ControlClient<Channel>> {
             )))
         }
     }
+}
+
+async fn list_services(client: &mut ControlClient<Channel>) -> Result<Vec<ServiceView>> {
+    let reply = client
+        .list_services(ListServicesRequest {})
+        .await
+        .map_err(|s| rpc_failure("list services", &s))?;
+    Ok(reply
+        .into_inner()
+        .services
+        .into_iter()
+        .map(ServiceView::from)
+        .collect())
 }
 
 async fn list_nodes(client: &mut ControlClient<Channel>) -> Result<Vec<NodeView>> {

@@ -1,0 +1,1013 @@
+//! Services and their endpoints, Kubernetes-shaped: parsed (from the cluster
+//! file's `services:` or an `UpsertService` request), validated against the
+//! rest of the cluster, and converted to the dataplane's proto form.
+//!
+//! Validation rules (every problem listed, each naming its path):
+//! - `name` is `namespace/name`, both DNS labels, unique;
+//! - `cluster_ip` is a host address of the service CIDR (not its network or
+//!   broadcast address), unique;
+//! - at least one port; `port`, `target_port` (default `port`) in 1..=65535;
+//!   (protocol, port) unique within the service; port names, when given, DNS
+//!   labels unique within the service;
+//! - `node_port` (optional) inside the node port range and unique per
+//!   (protocol, port) across all services — NodePorts open on every node's
+//!   underlay address, so any two collide — and a UDP NodePort must not be
+//!   the VXLAN port;
+//! - `affinity_timeout_s` in 1..=86400 (default 10800);
+//! - endpoints are inside the cluster CIDR and inside some node's pod CIDR
+//!   (which fills `Endpoint.node`), unique within the service. An endpoint
+//!   need not be a known pod's IP (pods can come and go before endpoints do).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use kxdp_proto::dataplane as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
+
+/// Kubernetes' default and maximum ClientIP affinity timeouts.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+pub const AFFINITY_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 1..=86_400;
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
+)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// A validated service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<ServicePort>,
+    pub session_affinity: SessionAffinity,
+    pub affinity_timeout_s: u32,
+    pub external_traffic_policy: TrafficPolicy,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    /// The node whose pod CIDR holds `ip`.
+    pub node: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+// ---- raw model: the YAML shape, and what a proto request is read into ----
+
+fn default_timeout() -> i64 {
+    i64::from(DEFAULT_AFFINITY_TIMEOUT_S)
+}
+
+/// One service as written in YAML (the cluster file's `services:` entries,
+/// and `kxdpctl service apply`'s file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub cluster_ip: String,
+    #[serde(default)]
+    pub ports: Vec<RawPort>,
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+    #[serde(default = "default_timeout")]
+    pub affinity_timeout_s: i64,
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPort {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub port: i64,
+    #[serde(default)]
+    pub target_port: Option<i64>,
+    #[serde(default)]
+    pub node_port: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// EndpointSlice conditions default to ready and serving, not terminating.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub ip: String,
+    /// Optional: filled from the pod CIDR holding `ip`; if given it must match.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default = "yes")]
+    pub ready: bool,
+    #[serde(default = "yes")]
+    pub serving: bool,
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+impl RawService {
+    /// Reads one service's YAML (`kxdpctl service apply FILE`).
+    pub fn from_yaml(text: &str) -> Result<RawService, Problems> {
+        serde_yaml::from_str(text)
+            .map_err(|e| Problems(vec![Problem::new(String::new(), format!("YAML: {e}"))]))
+    }
+
+    /// Reads a proto service; proto defaults mean what the proto says (0 is
+    /// "none" for target/node ports, 10800 for the timeout, TCP for an
+    /// unspecified protocol, as Kubernetes defaults it). Unknown enum values
+    /// are problems at `path`.
+    pub fn from_proto(path: &str, s: &pb::Service) -> Result<RawService, Problems> {
+        let mut p = Vec::new();
+        let ports = s
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let protocol = match pb::Protocol::try_from(port.protocol) {
+                    Ok(pb::Protocol::Unspecified | pb::Protocol::Tcp) => Protocol::Tcp,
+                    Ok(pb::Protocol::Udp) => Protocol::Udp,
+                    Err(_) => {
+                        p.push(Problem::new(
+                            format!("{path}.ports[{i}].protocol"),
+                            format!("{} is not a protocol (TCP or UDP)", port.protocol),
+                        ));
+                        Protocol::Tcp
+                    }
+                };
+                RawPort {
+                    name: port.name.clone(),
+                    protocol,
+                    port: i64::from(port.port),
+                    target_port: (port.target_port != 0).then_some(i64::from(port.target_port)),
+                    node_port: (port.node_port != 0).then_some(i64::from(port.node_port)),
+                }
+            })
+            .collect();
+        let session_affinity = match pb::SessionAffinity::try_from(s.session_affinity) {
+            Ok(pb::SessionAffinity::None) => SessionAffinity::None,
+            Ok(pb::SessionAffinity::ClientIp) => SessionAffinity::ClientIp,
+            Err(_) => {
+                p.push(Problem::new(
+                    format!("{path}.session_affinity"),
+                    format!("{} is not a session affinity", s.session_affinity),
+                ));
+                SessionAffinity::None
+            }
+        };
+        let external_traffic_policy = match pb::TrafficPolicy::try_from(s.external_traffic_policy) {
+            Ok(pb::TrafficPolicy::Cluster) => TrafficPolicy::Cluster,
+            Ok(pb::TrafficPolicy::Local) => TrafficPolicy::Local,
+            Err(_) => {
+                p.push(Problem::new(
+                    format!("{path}.external_traffic_policy"),
+                    format!("{} is not a traffic policy", s.external_traffic_policy),
+                ));
+                TrafficPolicy::Cluster
+            }
+        };
+        let raw = RawService {
+            name: s.name.clone(),
+            cluster_ip: s.cluster_ip.clone(),
+            ports,
+            session_affinity,
+            affinity_timeout_s: if s.affinity_timeout_s == 0 {
+                default_timeout()
+            } else {
+                i64::from(s.affinity_timeout_s)
+            },
+            external_traffic_policy,
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| RawEndpoint {
+                    ip: e.ip.clone(),
+                    node: (!e.node.is_empty()).then(|| e.node.clone()),
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                })
+                .collect(),
+        };
+        Problems::result(p).map(|()| raw)
+    }
+
+    /// The proto request for this service, unvalidated (the control process
+    /// validates); only values a proto field cannot hold are problems.
+    pub fn to_proto(&self) -> Result<pb::Service, Problems> {
+        let mut p = Vec::new();
+        let mut num = |path: String, v: i64| -> u32 {
+            u32::try_from(v).unwrap_or_else(|_| {
+                p.push(Problem::new(path, format!("{v} is out of range")));
+                0
+            })
+        };
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| pb::ServicePort {
+                name: port.name.clone(),
+                protocol: proto_protocol(port.protocol) as i32,
+                port: num(format!("ports[{i}].port"), port.port),
+                target_port: port
+                    .target_port
+                    .map_or(0, |v| num(format!("ports[{i}].target_port"), v)),
+                node_port: port
+                    .node_port
+                    .map_or(0, |v| num(format!("ports[{i}].node_port"), v)),
+            })
+            .collect();
+        let affinity_timeout_s = num("affinity_timeout_s".into(), self.affinity_timeout_s);
+        let service = pb::Service {
+            name: self.name.clone(),
+            cluster_ip: self.cluster_ip.clone(),
+            ports,
+            session_affinity: proto_affinity(self.session_affinity) as i32,
+            affinity_timeout_s,
+            external_traffic_policy: proto_policy(self.external_traffic_policy) as i32,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| pb::Endpoint {
+                    ip: e.ip.clone(),
+                    node: e.node.clone().unwrap_or_default(),
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                })
+                .collect(),
+        };
+        Problems::result(p).map(|()| service)
+    }
+}
+
+fn proto_protocol(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Udp => pb::Protocol::Udp,
+    }
+}
+
+fn proto_affinity(a: SessionAffinity) -> pb::SessionAffinity {
+    match a {
+        SessionAffinity::None => pb::SessionAffinity::None,
+        SessionAffinity::ClientIp => pb::SessionAffinity::ClientIp,
+    }
+}
+
+fn proto_policy(p: TrafficPolicy) -> pb::TrafficPolicy {
+    match p {
+        TrafficPolicy::Cluster => pb::TrafficPolicy::Cluster,
+        TrafficPolicy::Local => pb::TrafficPolicy::Local,
+    }
+}
+
+impl Service {
+    /// The dataplane's form: every default spelled out.
+    pub fn to_proto(&self) -> pb::Service {
+        pb::Service {
+            name: self.name.clone(),
+            cluster_ip: self.cluster_ip.to_string(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| pb::ServicePort {
+                    name: p.name.clone(),
+                    protocol: proto_protocol(p.protocol) as i32,
+                    port: u32::from(p.port),
+                    target_port: u32::from(p.target_port),
+                    node_port: p.node_port.map_or(0, u32::from),
+                })
+                .collect(),
+            session_affinity: proto_affinity(self.session_affinity) as i32,
+            affinity_timeout_s: self.affinity_timeout_s,
+            external_traffic_policy: proto_policy(self.external_traffic_policy) as i32,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| pb::Endpoint {
+                    ip: e.ip.to_string(),
+                    node: e.node.clone(),
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                })
+                .collect(),
+        }
+    }
+}
+
+// ---- validation ----
+
+/// What a service is checked against: the cluster's addressing.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub node_ports: (u16, u16),
+    pub vxlan_port: u16,
+    /// Every node's (name, pod CIDR), kernel nodes included.
+    pub nodes: Vec<(&'a str, Ipv4Net)>,
+}
+
+/// What the services checked so far hold, with who holds it ("services[0]
+/// (default/web)"), so a later one can be told what it collides with.
+#[derive(Debug, Default)]
+pub struct Taken {
+    names: HashMap<String, String>,
+    cluster_ips: HashMap<Ipv4Addr, String>,
+    node_ports: HashMap<(Protocol, u16), String>,
+}
+
+impl Taken {
+    /// Records a valid service as taken by `who`.
+    pub fn add(&mut self, s: &Service, who: &str) {
+        self.names.insert(s.name.clone(), who.to_string());
+        self.cluster_ips.insert(s.cluster_ip, who.to_string());
+        for p in &s.ports {
+            if let Some(np) = p.node_port {
+                self.node_ports.insert((p.protocol, np), who.to_string());
+            }
+        }
+    }
+}
+
+/// `namespace/name`, both DNS labels.
+pub fn is_service_name(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((ns, n)) => is_dns_label(ns) && is_dns_label(n),
+        None => false,
+    }
+}
+
+/// Validates `raw` at `path` (e.g. `services[2]`) against `ctx` and what
+/// `taken` holds; on success records it in `taken` as `path (name)`.
+/// Problems are appended to `p`.
+pub fn check(
+    path: &str,
+    raw: &RawService,
+    ctx: &Context<'_>,
+    taken: &mut Taken,
+    p: &mut Vec<Problem>,
+) -> Option<Service> {
+    let before = p.len();
+    let at = |field: &str| format!("{path}.{field}");
+    let who = format!("{path} ({})", raw.name);
+
+    if !is_service_name(&raw.name) {
+        p.push(Problem::new(
+            at("name"),
+            format!(
+                "{:?} is not namespace/name (two DNS labels: a-z, 0-9 and '-')",
+                raw.name
+            ),
+        ));
+    } else if let Some(other) = taken.names.get(&raw.name) {
+        p.push(Problem::new(
+            at("name"),
+            format!("duplicate service name {} (also {other})", raw.name),
+        ));
+    } else {
+        taken.names.insert(raw.name.clone(), who.clone());
+    }
+
+    let cluster_ip = parse_ip(&at("cluster_ip"), &raw.cluster_ip, p);
+    if let Some(ip) = cluster_ip {
+        let net = ctx.service_cidr;
+        if !net.contains(&ip) {
+            p.push(Problem::new(
+                at("cluster_ip"),
+                format!("{ip} is outside the service CIDR {net}"),
+            ));
+        } else if ip == net.network() || ip == net.broadcast() {
+            p.push(Problem::new(
+                at("cluster_ip"),
+                format!(
+                    "{ip} is the {} address of the service CIDR {net}",
+                    if ip == net.network() {
+                        "network"
+                    } else {
+                        "broadcast"
+                    }
+                ),
+            ));
+        } else if let Some(other) = taken.cluster_ips.get(&ip) {
+            p.push(Problem::new(
+                at("cluster_ip"),
+                format!("{ip} is already the ClusterIP of {other}"),
+            ));
+        } else {
+            taken.cluster_ips.insert(ip, who.clone());
+        }
+    }
+
+    if raw.ports.is_empty() {
+        p.push(Problem::new(at("ports"), "at least one port is required"));
+    }
+    let mut ports = Vec::with_capacity(raw.ports.len());
+    let mut seen: HashMap<(Protocol, i64), usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let (lo, hi) = ctx.node_ports;
+    for (i, port) in raw.ports.iter().enumerate() {
+        let at = |field: &str| format!("{path}.ports[{i}].{field}");
+        let start = p.len();
+        if !port.name.is_empty() {
+            if !is_dns_label(&port.name) {
+                p.push(Problem::new(
+                    at("name"),
+                    format!("{:?} is not a DNS label", port.name),
+                ));
+            } else if let Some(j) = names.insert(&port.name, i) {
+                p.push(Problem::new(
+                    at("name"),
+                    format!("duplicate port name {} (also ports[{j}])", port.name),
+                ));
+            }
+        }
+        let number = in_range(&at("port"), port.port, PORT_RANGE, p);
+        if let Some(j) = seen.insert((port.protocol, port.port), i) {
+            p.push(Problem::new(
+                at("port"),
+                format!(
+                    "duplicate {}/{} (also ports[{j}])",
+                    port.port, port.protocol
+                ),
+            ));
+        }
+        let target = match port.target_port {
+            Some(t) => in_range(&at("target_port"), t, PORT_RANGE, p),
+            None => number,
+        };
+        let node_port = match port.node_port {
+            None => None,
+            Some(np) if np < i64::from(lo) || np > i64::from(hi) => {
+                p.push(Problem::new(
+                    at("node_port"),
+                    format!("{np} is outside the node port range {lo}-{hi}"),
+                ));
+                None
+            }
+            Some(np) => {
+                let np = np as u16;
+                let key = (port.protocol, np);
+                if port.protocol == Protocol::Udp && np == ctx.vxlan_port {
+                    p.push(Problem::new(
+                        at("node_port"),
+                        format!("{np}/UDP is the cluster's VXLAN port"),
+                    ));
+                } else if let Some(other) = taken.node_ports.get(&key) {
+                    p.push(Problem::new(
+                        at("node_port"),
+                        format!("{np}/{} is already taken by {other}", port.protocol),
+                    ));
+                } else {
+                    taken.node_ports.insert(key, who.clone());
+                }
+                Some(np)
+            }
+        };
+        if let (true, Some(number), Some(target)) = (p.len() == start, number, target) {
+            ports.push(ServicePort {
+                name: port.name.clone(),
+                protocol: port.protocol,
+                port: number as u16,
+                target_port: target as u16,
+                node_port,
+            });
+        }
+    }
+
+    let timeout = in_range(
+        &at("affinity_timeout_s"),
+        raw.affinity_timeout_s,
+        AFFINITY_TIMEOUT_RANGE,
+        p,
+    );
+
+    let mut endpoints = Vec::with_capacity(raw.endpoints.len());
+    let mut ips: HashSet<Ipv4Addr> = HashSet::new();
+    for (i, e) in raw.endpoints.iter().enumerate() {
+        let at = |field: &str| format!("{path}.endpoints[{i}].{field}");
+        let Some(ip) = parse_ip(&at("ip"), &e.ip, p) else {
+            continue;
+        };
+        if !ips.insert(ip) {
+            p.push(Problem::new(at("ip"), format!("duplicate endpoint {ip}")));
+            continue;
+        }
+        if !ctx.cluster_cidr.contains(&ip) {
+            p.push(Problem::new(
+                at("ip"),
+                format!("{ip} is outside the cluster CIDR {}", ctx.cluster_cidr),
+            ));
+            continue;
+        }
+        let Some(&(node, net)) = ctx.nodes.iter().find(|(_, net)| net.contains(&ip)) else {
+            p.push(Problem::new(
+                at("ip"),
+                format!("{ip} is in no node's pod CIDR, so no node can hold it"),
+            ));
+            continue;
+        };
+        if ip == net.network() || ip == net.broadcast() || ip == crate::conventions::gateway(net) {
+            p.push(Problem::new(
+                at("ip"),
+                format!("{ip} is not a pod address of node {node}'s pod CIDR {net}"),
+            ));
+            continue;
+        }
+        if let Some(given) = e.node.as_deref().filter(|g| *g != node) {
+            p.push(Problem::new(
+                at("node"),
+                format!("{ip} is in node {node}'s pod CIDR {net}, not on {given}"),
+            ));
+            continue;
+        }
+        endpoints.push(Endpoint {
+            ip,
+            node: node.to_string(),
+            ready: e.ready,
+            serving: e.serving,
+            terminating: e.terminating,
+        });
+    }
+
+    match (p.len() == before, cluster_ip, timeout) {
+        (true, Some(cluster_ip), Some(timeout)) => Some(Service {
+            name: raw.name.clone(),
+            cluster_ip,
+            ports,
+            session_affinity: raw.session_affinity,
+            affinity_timeout_s: timeout as u32,
+            external_traffic_policy: raw.external_traffic_policy,
+            endpoints,
+        }),
+        _ => None,
+    }
+}
+
+/// Parses `lo-hi` (e.g. "30000-32767"), 1 <= lo <= hi <= 65535.
+pub fn parse_port_range(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<(u16, u16)> {
+    let parsed = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((lo, hi)) if lo >= 1 && lo <= hi => Some((lo, hi)),
+        _ => {
+            p.push(Problem::new(
+                path,
+                format!("{text:?} is not a port range lo-hi with 1 <= lo <= hi <= 65535"),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Cluster, LAB_CLUSTER_YAML};
+
+    const WEB: &str = "
+services:
+  - name: default/web
+    cluster_ip: 10.96.0.10
+    ports:
+      - { name: http, protocol: TCP, port: 80, target_port: 8080, node_port: 30080 }
+      - { name: dns, protocol: UDP, port: 53 }
+    session_affinity: ClientIP
+    affinity_timeout_s: 600
+    external_traffic_policy: Local
+    endpoints:
+      - { ip: 10.244.1.2 }
+      - { ip: 10.244.2.77, ready: false, serving: true, terminating: true }
+";
+
+    /// The lab file without its service_cidr and node_port_range lines.
+    fn lab_without_service_settings() -> String {
+        LAB_CLUSTER_YAML
+            .lines()
+            .filter(|l| !l.starts_with("  service_cidr:") && !l.starts_with("  node_port_range:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    fn lab_with_services(services: &str) -> String {
+        format!("{LAB_CLUSTER_YAML}{services}")
+    }
+
+    fn problems_of(text: &str) -> Problems {
+        match Cluster::from_yaml(text) {
+            Ok(_) => panic!("expected problems:\n{text}"),
+            Err(p) => p,
+        }
+    }
+
+    fn assert_problem(text: &str, path: &str, needle: &str) {
+        let p = problems_of(text);
+        assert!(
+            p.0.iter()
+                .any(|x| x.path == path && x.message.contains(needle)),
+            "no problem at {path} mentioning {needle:?}; got:\n{p}"
+        );
+    }
+
+    /// WEB with one edit.
+    fn web(from: &str, to: &str) -> String {
+        assert!(WEB.contains(from), "{from}");
+        lab_with_services(&WEB.replacen(from, to, 1))
+    }
+
+    #[test]
+    fn a_service_parses_with_defaults_and_node_filled_in() {
+        let c = Cluster::from_yaml(&lab_with_services(WEB)).unwrap();
+        assert_eq!(c.service_cidr.to_string(), "10.96.0.0/12");
+        assert_eq!(c.node_ports, (30000, 32767));
+        let s = c.service("default/web").unwrap();
+        assert_eq!(s.cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(
+            s.ports[0],
+            ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+                node_port: Some(30080),
+            }
+        );
+        assert_eq!((s.ports[1].target_port, s.ports[1].node_port), (53, None));
+        assert_eq!(s.session_affinity, SessionAffinity::ClientIp);
+        assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
+        // Conditions default to ready/serving, not terminating; the node comes
+        // from the pod CIDR, whether or not the IP is a known pod's.
+        assert_eq!(
+            s.endpoints[0],
+            Endpoint {
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                node: "n1".into(),
+                ready: true,
+                serving: true,
+                terminating: false,
+            }
+        );
+        assert_eq!(s.endpoints[1].node, "n2");
+        assert!(!s.endpoints[1].ready && s.endpoints[1].terminating);
+
+        let minimal = lab_with_services(
+            "services:\n  - { name: a/b, cluster_ip: 10.96.0.1, ports: [{ port: 80 }] }\n",
+        );
+        let c = Cluster::from_yaml(&minimal).unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.affinity_timeout_s, 10800);
+        assert_eq!(s.session_affinity, SessionAffinity::None);
+        assert_eq!(s.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(s.ports[0].target_port, 80);
+    }
+
+    #[test]
+    fn proto_round_trip() {
+        let c = Cluster::from_yaml(&lab_with_services(WEB)).unwrap();
+        let s = c.service("default/web").unwrap();
+        let proto = s.to_proto();
+        assert_eq!(proto.ports[1].protocol, pb::Protocol::Udp as i32);
+        assert_eq!(proto.endpoints[1].node, "n2");
+        let raw = RawService::from_proto("service", &proto).unwrap();
+        let mut taken = Taken::default();
+        let mut p = Vec::new();
+        let back = check("service", &raw, &c.service_context(), &mut taken, &mut p).unwrap();
+        assert_eq!(&back, s);
+        // Proto zeros mean the defaults.
+        let raw = RawService::from_proto(
+            "service",
+            &pb::Service {
+                name: "a/b".into(),
+                cluster_ip: "10.96.0.2".into(),
+                ports: vec![pb::ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(raw.affinity_timeout_s, 10800);
+        assert_eq!(raw.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(
+            (raw.ports[0].target_port, raw.ports[0].node_port),
+            (None, None)
+        );
+        // Unknown enum values are named.
+        let bad = pb::Service {
+            ports: vec![pb::ServicePort {
+                protocol: 9,
+                ..Default::default()
+            }],
+            session_affinity: 7,
+            ..Default::default()
+        };
+        let p = RawService::from_proto("service", &bad).unwrap_err();
+        assert!(
+            p.0.iter().any(|x| x.path == "service.ports[0].protocol"),
+            "{p}"
+        );
+        assert!(
+            p.0.iter().any(|x| x.path == "service.session_affinity"),
+            "{p}"
+        );
+        // YAML -> proto for kxdpctl.
+        let raw = RawService::from_yaml(
+            "{ name: a/b, cluster_ip: 10.96.0.2, ports: [{ port: 80, node_port: 30001 }] }",
+        )
+        .unwrap();
+        let proto = raw.to_proto().unwrap();
+        assert_eq!(
+            (proto.ports[0].node_port, proto.ports[0].target_port),
+            (30001, 0)
+        );
+        let raw =
+            RawService::from_yaml("{ name: a/b, cluster_ip: x, ports: [{ port: -1 }] }").unwrap();
+        assert!(raw.to_proto().is_err());
+    }
+
+    #[test]
+    fn service_cidr_and_node_port_range() {
+        let c = Cluster::from_yaml(&lab_without_service_settings().replacen(
+            "  vxlan:",
+            "  service_cidr: 10.100.0.0/16\n  node_port_range: \"20000-20010\"\n  vxlan:",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.node_ports, (20000, 20010));
+        assert_eq!(c.service_cidr.to_string(), "10.100.0.0/16");
+        let with = |line: &str| {
+            lab_without_service_settings().replacen("  vxlan:", &format!("  {line}\n  vxlan:"), 1)
+        };
+        assert_problem(
+            &with("service_cidr: 10.244.0.0/12"),
+            "cluster.service_cidr",
+            "host bits set",
+        );
+        assert_problem(
+            &with("service_cidr: 10.244.128.0/20"),
+            "cluster.service_cidr",
+            "overlaps cluster.cidr 10.244.0.0/16",
+        );
+        assert_problem(
+            &with("service_cidr: 10.0.0.0/8"),
+            "cluster.service_cidr",
+            "overlaps cluster.cidr",
+        );
+        assert_problem(
+            &with("service_cidr: 172.30.0.0/24"),
+            "cluster.service_cidr",
+            "underlay_ip 172.30.0.11",
+        );
+        assert_problem(
+            &with("service_cidr: 10.96.0.0/31"),
+            "cluster.service_cidr",
+            "too small",
+        );
+        for bad in [
+            "\"32767-30000\"",
+            "\"0-10\"",
+            "\"30000\"",
+            "\"a-b\"",
+            "\"1-65536\"",
+        ] {
+            assert_problem(
+                &with(&format!("node_port_range: {bad}")),
+                "cluster.node_port_range",
+                "not a port range",
+            );
+        }
+    }
+
+    #[test]
+    fn every_service_rule() {
+        let s = "services[0]";
+        let at = |f: &str| format!("{s}.{f}");
+        assert_problem(
+            &web("name: default/web", "name: web"),
+            &at("name"),
+            "not namespace/name",
+        );
+        assert_problem(
+            &web("name: default/web", "name: Default/web"),
+            &at("name"),
+            "namespace/name",
+        );
+        assert_problem(
+            &web("cluster_ip: 10.96.0.10", "cluster_ip: 10.97"),
+            &at("cluster_ip"),
+            "not an IPv4",
+        );
+        assert_problem(
+            &web("cluster_ip: 10.96.0.10", "cluster_ip: 10.112.0.1"),
+            &at("cluster_ip"),
+            "outside the service CIDR 10.96.0.0/12",
+        );
+        assert_problem(
+            &web("cluster_ip: 10.96.0.10", "cluster_ip: 10.96.0.0"),
+            &at("cluster_ip"),
+            "network address",
+        );
+        assert_problem(
+            &web("cluster_ip: 10.96.0.10", "cluster_ip: 10.111.255.255"),
+            &at("cluster_ip"),
+            "broadcast address",
+        );
+        assert_problem(
+            &web("port: 80,", "port: 0,"),
+            &at("ports[0].port"),
+            "out of range 1..=65535",
+        );
+        assert_problem(
+            &web("port: 80,", "port: 65536,"),
+            &at("ports[0].port"),
+            "out of range",
+        );
+        assert_problem(
+            &web("target_port: 8080", "target_port: 70000"),
+            &at("ports[0].target_port"),
+            "out of range",
+        );
+        assert_problem(
+            &web("protocol: UDP, port: 53", "protocol: TCP, port: 80"),
+            &at("ports[1].port"),
+            "duplicate 80/TCP (also ports[0])",
+        );
+        // The same number on another protocol is fine.
+        assert!(
+            Cluster::from_yaml(&web("protocol: UDP, port: 53", "protocol: UDP, port: 80")).is_ok()
+        );
+        assert_problem(
+            &web("name: dns,", "name: http,"),
+            &at("ports[1].name"),
+            "duplicate port name http",
+        );
+        assert_problem(
+            &web("node_port: 30080", "node_port: 29999"),
+            &at("ports[0].node_port"),
+            "outside the node port range 30000-32767",
+        );
+        assert_problem(
+            &web("node_port: 30080", "node_port: 32768"),
+            &at("ports[0].node_port"),
+            "outside the node port range",
+        );
+        assert_problem(
+            &web("affinity_timeout_s: 600", "affinity_timeout_s: 0"),
+            &at("affinity_timeout_s"),
+            "1..=86400",
+        );
+        assert_problem(
+            &web("affinity_timeout_s: 600", "affinity_timeout_s: 86401"),
+            &at("affinity_timeout_s"),
+            "1..=86400",
+        );
+        assert_problem(
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.245.1.2 }"),
+            &at("endpoints[0].ip"),
+            "outside the cluster CIDR 10.244.0.0/16",
+        );
+        assert_problem(
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.244.9.2 }"),
+            &at("endpoints[0].ip"),
+            "in no node's pod CIDR",
+        );
+        assert_problem(
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.244.1.1 }"),
+            &at("endpoints[0].ip"),
+            "not a pod address",
+        );
+        assert_problem(
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.244.2.77 }"),
+            &at("endpoints[1].ip"),
+            "duplicate endpoint",
+        );
+        assert_problem(
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.244.1.2, node: n2 }"),
+            &at("endpoints[0].node"),
+            "not on n2",
+        );
+        assert_problem(&web("ports:\n      - { name: http, protocol: TCP, port: 80, target_port: 8080, node_port: 30080 }\n      - { name: dns, protocol: UDP, port: 53 }\n", "ports: []\n"), &at("ports"), "at least one port");
+        // Structure: unknown protocol / affinity / fields are YAML errors.
+        for (from, to) in [
+            ("protocol: UDP", "protocol: SCTP"),
+            ("ClientIP", "Sticky"),
+            (
+                "external_traffic_policy: Local",
+                "external_traffic_policy: local",
+            ),
+            ("port: 53 }", "port: 53, colour: red }"),
+        ] {
+            let p = problems_of(&web(from, to));
+            assert!(p.to_string().contains("line"), "{p}");
+        }
+    }
+
+    #[test]
+    fn collisions_between_services() {
+        let two = |second: &str| {
+            lab_with_services(&format!(
+                "{WEB}  - {{ name: default/api, cluster_ip: 10.96.0.11, ports: [{second}] }}\n"
+            ))
+        };
+        assert!(Cluster::from_yaml(&two("{ port: 80, node_port: 30081 }")).is_ok());
+        assert_problem(
+            &two("{ port: 80, node_port: 30080 }"),
+            "services[1].ports[0].node_port",
+            "30080/TCP is already taken by services[0] (default/web)",
+        );
+        // NodePorts are per protocol.
+        assert!(Cluster::from_yaml(&two("{ port: 80, protocol: UDP, node_port: 30080 }")).is_ok());
+        let p = lab_with_services(&format!(
+            "{WEB}  - {{ name: default/web, cluster_ip: 10.96.0.10, ports: [{{ port: 1 }}] }}\n"
+        ));
+        assert_problem(
+            &p,
+            "services[1].name",
+            "duplicate service name default/web (also services[0]",
+        );
+        assert_problem(
+            &p,
+            "services[1].cluster_ip",
+            "10.96.0.10 is already the ClusterIP of services[0]",
+        );
+        // A UDP NodePort on the VXLAN port.
+        let text = format!(
+            "{}services:\n  - {{ name: a/b, cluster_ip: 10.96.0.1, ports: [{{ port: 80, protocol: UDP, node_port: 4789 }}] }}\n",
+            lab_without_service_settings()
+        )
+        .replacen("  vxlan:", "  node_port_range: \"4000-5000\"\n  vxlan:", 1);
+        assert_problem(&text, "services[0].ports[0].node_port", "VXLAN port");
+    }
+
+    #[test]
+    fn all_service_problems_at_once() {
+        let text = web("cluster_ip: 10.96.0.10", "cluster_ip: 10.1.0.1")
+            .replacen("node_port: 30080", "node_port: 1", 1)
+            .replacen("{ ip: 10.244.1.2 }", "{ ip: 1.2.3.4 }", 1);
+        let p = problems_of(&text);
+        let paths: Vec<&str> = p.0.iter().map(|x| x.path.as_str()).collect();
+        for want in [
+            "services[0].cluster_ip",
+            "services[0].ports[0].node_port",
+            "services[0].endpoints[0].ip",
+        ] {
+            assert!(paths.contains(&want), "{want}: {p}");
+        }
+    }
+}
