@@ -9,6 +9,8 @@
 //! - [`pipeline`]: the walks, verdicts and drop reasons.
 #![forbid(unsafe_code)]
 
+pub mod conntrack;
+pub mod maglev;
 pub mod pipeline;
 pub mod tables;
 pub mod wire;
