@@ -10,6 +10,14 @@ NODE=${KXDP_NODE:?}
 IP=${ETCD%:*}
 PORT=${ETCD##*:}
 
+# Installing etcd-server starts it at once with Debian's defaults, which
+# initialises a data directory for another member name and URLs: on the first
+# provisioning, start over from an empty one.
+if ! grep -q "kxdp's vagrant/provision/etcd.sh" /etc/default/etcd 2>/dev/null; then
+    systemctl stop etcd 2>/dev/null || true
+    rm -rf /var/lib/etcd/default
+fi
+
 # Debian's etcd.service reads /etc/default/etcd.
 cat >/etc/default/etcd <<CONF
 # Written by kxdp's vagrant/provision/etcd.sh.
