@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, DataplaneKind, Problems};
+use crate::etcd::{Store, WriteError};
 use crate::plan;
 use crate::reconcile::{Edit, Phase, Shared, StatusMap};
 use crate::runtime::{self, PodCheck};
@@ -38,6 +39,8 @@ pub const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ControlService {
     shared: Arc<Shared>,
     apply_timeout: Duration,
+    /// Etcd mode: writes go to the store, not straight to the desired state.
+    store: Option<Arc<Store>>,
 }
 
 impl ControlService {
@@ -45,7 +48,13 @@ impl ControlService {
         ControlService {
             shared,
             apply_timeout,
+            store: None,
         }
+    }
+
+    pub fn with_store(mut self, store: Option<Arc<Store>>) -> ControlService {
+        self.store = store;
+        self
     }
 
     /// Waits until every kxdp node of `generation` has had an attempt at it;
@@ -183,6 +192,13 @@ impl ControlService {
     }
 }
 
+fn write_error(e: WriteError) -> Status {
+    match e {
+        WriteError::Invalid(p) => invalid_argument(&p),
+        WriteError::Status(s) => s,
+    }
+}
+
 /// The status message of an invalid cluster file: one problem per line.
 pub fn invalid_argument(problems: &Problems) -> Status {
     Status::invalid_argument(problems.to_string())
@@ -195,6 +211,22 @@ impl Control for ControlService {
         request: Request<AddPodRequest>,
     ) -> Result<Response<AddPodReply>, Status> {
         let req = request.into_inner();
+        if let Some(store) = &self.store {
+            let (generation, new) = store
+                .add_pod(&self.shared, &req)
+                .await
+                .map_err(write_error)?;
+            if new {
+                log::info!(
+                    "pod {}/{} ({}) added to etcd: generation {generation}",
+                    req.node,
+                    req.name,
+                    req.ip
+                );
+            }
+            self.wait_for_node(generation, &req.node).await?;
+            return Ok(Response::new(AddPodReply { generation }));
+        }
         let (generation, new) = self
             .shared
             .edit_runtime(
@@ -225,6 +257,19 @@ impl Control for ControlService {
         request: Request<DeletePodRequest>,
     ) -> Result<Response<DeletePodReply>, Status> {
         let req = request.into_inner();
+        if let Some(store) = &self.store {
+            let (generation, existed) = store
+                .delete_pod(&self.shared, &req.node, &req.name)
+                .await
+                .map_err(write_error)?;
+            if existed {
+                self.wait_for_node(generation, &req.node).await?;
+            }
+            return Ok(Response::new(DeletePodReply {
+                generation,
+                existed,
+            }));
+        }
         let key = (req.node.clone(), req.name.clone());
         let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
             if runtime.pods.contains_key(&key) {
@@ -265,6 +310,14 @@ impl Control for ControlService {
             .into_inner()
             .service
             .ok_or_else(|| Status::invalid_argument("service: missing"))?;
+        if let Some(store) = &self.store {
+            let generation = store
+                .upsert_service(&self.shared, &proto)
+                .await
+                .map_err(write_error)?;
+            self.wait_for_all(generation).await?;
+            return Ok(Response::new(UpsertServiceReply { generation }));
+        }
         let (generation, name) = self
             .shared
             .edit_runtime(|cluster, runtime| {
@@ -288,6 +341,19 @@ impl Control for ControlService {
         request: Request<DeleteServiceRequest>,
     ) -> Result<Response<DeleteServiceReply>, Status> {
         let name = request.into_inner().name;
+        if let Some(store) = &self.store {
+            let (generation, existed) = store
+                .delete_service(&self.shared, &name)
+                .await
+                .map_err(write_error)?;
+            if existed {
+                self.wait_for_all(generation).await?;
+            }
+            return Ok(Response::new(DeleteServiceReply {
+                generation,
+                existed,
+            }));
+        }
         let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
             if runtime.services.contains_key(&name) {
                 let mut next = runtime.clone();
@@ -341,6 +407,11 @@ impl Control for ControlService {
         &self,
         request: Request<ApplyClusterRequest>,
     ) -> Result<Response<ApplyClusterReply>, Status> {
+        if self.store.is_some() {
+            return Err(Status::failed_precondition(
+                "this control process follows an etcd store: nodes register themselves, and pods and services are written with AddPod/UpsertService",
+            ));
+        }
         let yaml = request.into_inner().yaml;
         let cluster = Cluster::from_yaml(&yaml).map_err(|p| invalid_argument(&p))?;
         cluster
@@ -394,6 +465,10 @@ impl Control for ControlService {
                 };
                 match n.dataplane {
                     DataplaneKind::Kernel => info.status = "kernel".into(),
+                    DataplaneKind::Kxdp if !desired.states.contains_key(&n.name) => {
+                        // Etcd mode: another node's control process programs it.
+                        info.status = "remote".into();
+                    }
                     DataplaneKind::Kxdp => {
                         info.dataplane_socket = n
                             .socket_path(&self.shared.dataplane_dir)

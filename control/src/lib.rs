@@ -12,6 +12,7 @@
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
 //! - [`reconcile`]: one push loop per kxdp node.
 //! - [`api`]: the Control gRPC service.
+//! - [`etcd`]: the etcd store: node registration, pod CIDR leases, watch.
 //! - [`daemon`]: the process: socket, server, reconcilers, shutdown.
 //! - [`uds`]: tonic over Unix sockets (client channel, root-only listener).
 //! - [`view`]: what `kxdpctl` prints (JSON mirrors of the replies, tables).
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cluster;
 pub mod conventions;
 pub mod daemon;
+pub mod etcd;
 pub mod plan;
 pub mod reconcile;
 pub mod runtime;

@@ -48,11 +48,46 @@ struct Args {
     /// How long ApplyCluster waits for the reachable nodes to take a new state.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_APPLY_TIMEOUT.as_millis() as u64)]
     apply_timeout_ms: u64,
+
+    /// Shared store: etcd://host:2379[,host:port...]. This process then
+    /// registers --node, takes a pod CIDR lease and programs only that
+    /// node's dataplane. With --cluster too, the file's cluster settings
+    /// become the cluster config if etcd has none (its nodes and pods are
+    /// not used: nodes register themselves).
+    #[arg(long, value_name = "URL", requires_all = ["node", "underlay_ip"])]
+    store: Option<String>,
+
+    /// Etcd mode: this node's name (a DNS label).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+
+    /// Etcd mode: this node's underlay address (VTEP, NodePorts).
+    #[arg(long, value_name = "IP")]
+    underlay_ip: Option<std::net::Ipv4Addr>,
+
+    /// Etcd mode: the underlay interface.
+    #[arg(long, value_name = "IF", default_value = kxdp_control::conventions::DEFAULT_UPLINK)]
+    uplink: String,
+
+    /// Etcd mode: VTEP MAC; default 0e:58 + the underlay IP bytes.
+    #[arg(long, value_name = "MAC")]
+    vtep_mac: Option<kxdp_control::conventions::Mac>,
+
+    /// Etcd mode: TTL of this node's lease; a vanished node's routes go after it.
+    #[arg(long, value_name = "S", default_value_t = kxdp_control::etcd::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(i64).range(2..))]
+    lease_ttl_s: i64,
+
+    /// Etcd mode, with --cluster: prefix length of each node's pod CIDR.
+    #[arg(long, value_name = "LEN", default_value_t = kxdp_control::etcd::DEFAULT_SUBNET_LEN)]
+    subnet_len: u8,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if args.store.is_some() {
+        return main_etcd(args);
+    }
 
     let (source, text) = match &args.cluster {
         None => (
@@ -103,6 +138,76 @@ fn main() -> ExitCode {
     };
     log::info!("cluster file: {source}");
     match runtime.block_on(daemon::run(config, cluster, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kxdp-control: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main_etcd(args: Args) -> ExitCode {
+    let url = args.store.clone().unwrap_or_default();
+    let endpoints = match kxdp_control::etcd::parse_store_url(&url) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kxdp-control: --store: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = args.node.clone().unwrap_or_default();
+    if !kxdp_control::cluster::is_dns_label(&name) {
+        eprintln!("kxdp-control: --node {name:?} is not a DNS label");
+        return ExitCode::from(2);
+    }
+    let bootstrap = match &args.cluster {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Cluster::from_yaml(&t).map_err(|p| p.to_string()))
+        {
+            Ok(c) => Some(kxdp_control::etcd::ClusterConfig::from_cluster(
+                &c,
+                args.subnet_len,
+            )),
+            Err(e) => {
+                eprintln!(
+                    "kxdp-control: invalid cluster file {}:\n{e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let etcd = daemon::EtcdConfig {
+        endpoints,
+        node: kxdp_control::etcd::Registration {
+            name,
+            underlay_ip: args.underlay_ip.expect("clap requires it"),
+            uplink: args.uplink.clone(),
+            vtep_mac: args.vtep_mac,
+            lease_ttl_s: args.lease_ttl_s,
+        },
+        bootstrap,
+    };
+    let config = Config {
+        listen: args.listen,
+        dataplane_dir: args.dataplane_dir,
+        resync_interval: Duration::from_millis(args.resync_interval_ms),
+        apply_timeout: Duration::from_millis(args.apply_timeout_ms),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kxdp-control: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!("store: {url}");
+    match runtime.block_on(daemon::run_etcd(config, etcd, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kxdp-control: {e:#}");

@@ -47,11 +47,26 @@ pub struct Desired {
 
 impl Desired {
     pub fn new(cluster: Cluster, generation: u64) -> Desired {
-        Desired::with(Arc::new(cluster), Arc::new(Runtime::default()), generation)
+        Desired::with(
+            Arc::new(cluster),
+            Arc::new(Runtime::default()),
+            generation,
+            None,
+        )
     }
 
-    pub fn with(cluster: Arc<Cluster>, runtime: Arc<Runtime>, generation: u64) -> Desired {
-        let states = plan::all_node_states(&cluster, &runtime, generation);
+    /// `scope`: only this node's dataplane is ours to program (etcd mode,
+    /// where each node runs its own control process); `None`: every kxdp node.
+    pub fn with(
+        cluster: Arc<Cluster>,
+        runtime: Arc<Runtime>,
+        generation: u64,
+        scope: Option<&str>,
+    ) -> Desired {
+        let mut states = plan::all_node_states(&cluster, &runtime, generation);
+        if let Some(me) = scope {
+            states.retain(|name, _| name == me);
+        }
         Desired {
             generation,
             cluster,
@@ -138,17 +153,56 @@ pub struct Shared {
     pub status: watch::Sender<StatusMap>,
     pub dataplane_dir: PathBuf,
     pub resync_interval: Duration,
+    /// The one node this process programs (etcd mode); `None`: all kxdp nodes.
+    pub scope: Option<String>,
 }
 
 impl Shared {
     pub fn new(cluster: Cluster, dataplane_dir: PathBuf, resync_interval: Duration) -> Arc<Shared> {
-        let desired = Desired::new(cluster, next_generation(0));
+        Shared::scoped(cluster, dataplane_dir, resync_interval, None)
+    }
+
+    pub fn scoped(
+        cluster: Cluster,
+        dataplane_dir: PathBuf,
+        resync_interval: Duration,
+        scope: Option<String>,
+    ) -> Arc<Shared> {
+        let desired = Desired::with(
+            Arc::new(cluster),
+            Arc::new(Runtime::default()),
+            next_generation(0),
+            scope.as_deref(),
+        );
         Arc::new(Shared {
             desired: watch::Sender::new(Arc::new(desired)),
             status: watch::Sender::new(StatusMap::new()),
             dataplane_dir,
             resync_interval,
+            scope,
         })
+    }
+
+    /// Replaces the whole desired state (etcd mode: what the store holds);
+    /// the generation moves only when something changed. Returns the
+    /// generation that holds it.
+    pub fn replace(&self, cluster: Cluster, runtime: Runtime) -> u64 {
+        let mut generation = 0;
+        self.desired.send_if_modified(|d| {
+            if *d.cluster == cluster && *d.runtime == runtime {
+                generation = d.generation;
+                return false;
+            }
+            generation = next_generation(d.generation);
+            *d = Arc::new(Desired::with(
+                Arc::new(cluster),
+                Arc::new(runtime),
+                generation,
+                self.scope.as_deref(),
+            ));
+            true
+        });
+        generation
     }
 
     /// Makes `cluster` the desired state of every node at once, keeping the
@@ -167,6 +221,7 @@ impl Shared {
                         Arc::new(cluster),
                         Arc::new(runtime),
                         generation,
+                        self.scope.as_deref(),
                     ));
                     result = Ok(generation);
                     true
@@ -199,6 +254,7 @@ impl Shared {
                         d.cluster.clone(),
                         Arc::new(runtime),
                         generation,
+                        self.scope.as_deref(),
                     ));
                     result = Some(Ok((generation, v)));
                     true

@@ -42,6 +42,10 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
 
+    /// The etcd store, for `init`: etcd://host:2379[,host:port...].
+    #[arg(long, global = true, value_name = "URL", env = "KXDP_STORE")]
+    store: Option<String>,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -93,6 +97,15 @@ enum Cmd {
     /// Add, replace or remove a service at run time.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Write FILE's cluster settings (CIDRs, VXLAN, MTU, node ports) as the
+    /// etcd store's cluster config, unless it has one (needs --store).
+    /// Nodes register themselves; FILE's nodes, pods and services are not used.
+    Init {
+        file: PathBuf,
+        /// Prefix length of each node's pod CIDR.
+        #[arg(long, default_value_t = kxdp_control::etcd::DEFAULT_SUBNET_LEN)]
+        subnet_len: u8,
+    },
     /// Validate a cluster file offline (no kxdp-control needed).
     Validate { file: PathBuf },
     /// Offline: how to plumb each pod, as JSON (scripts/lab.sh reads it).
@@ -319,6 +332,31 @@ async fn run(args: Args) -> Result<()> {
                 ))
             } else {
                 out(&format!("pod {node}/{name} was not registered\n"))
+            }
+        }
+        Cmd::Init { file, subnet_len } => {
+            let cluster = load(Some(&file))?;
+            let url = args
+                .store
+                .ok_or_else(|| Failure::Other("init needs --store etcd://host:port".into()))?;
+            let endpoints = kxdp_control::etcd::parse_store_url(&url)
+                .map_err(|e| Failure::Other(format!("--store: {e:#}")))?;
+            let config = kxdp_control::etcd::ClusterConfig::from_cluster(&cluster, subnet_len);
+            let mut client = kxdp_control::etcd::connect(&endpoints)
+                .await
+                .map_err(|e| Failure::Other(format!("{e:#}")))?;
+            let (held, written) = kxdp_control::etcd::init_config(&mut client, &config)
+                .await
+                .map_err(|e| Failure::Other(format!("{e:#}")))?;
+            let text = serde_json::to_string_pretty(&held).unwrap_or_default();
+            match (written, held == config) {
+                (true, _) => out(&format!("wrote the cluster config:\n{text}\n")),
+                (false, true) => out(&format!(
+                    "etcd already holds this cluster config:\n{text}\n"
+                )),
+                (false, false) => Err(Failure::Other(format!(
+                    "etcd already holds a different cluster config (left as it is):\n{text}"
+                ))),
             }
         }
         Cmd::Services => {

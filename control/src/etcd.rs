@@ -1,0 +1,668 @@
+//! The etcd store (`--store etcd://host:2379[,host:port...]`), after
+//! flannel's etcd backend and Calico's etcd datastore.
+//!
+//! Keys, all under `/kxdp/`:
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `config` | cluster config, JSON ([`ClusterConfig`]); written once | none |
+//! | `subnets/10.244.1.0-24` | the node name holding that pod CIDR | the node's |
+//! | `nodes/<name>` | [`NodeRecord`], JSON | the node's |
+//! | `pods/<node>/<name>` | `AddPodRequest`, protobuf | none |
+//! | `services/<ns>/<name>` | `dataplane.Service`, protobuf | none |
+//!
+//! Each node's control process takes a lease with a TTL and keeps it alive;
+//! its subnet and node keys are attached to it, so a node that disappears
+//! vanishes from everyone's view when its lease expires, and the other
+//! nodes drop its routes. A pod CIDR is taken with a transaction that
+//! compares the subnet key's create revision with 0, so two nodes asking at
+//! once never get the same one; a restarted node takes back the subnet that
+//! names it. Every process lists `/kxdp/` and watches it from the listed
+//! revision; after a compaction or a lost watch it lists again. Writes made
+//! through the Control API (pods, services) go to etcd and come back through
+//! the watch, so any node's control process can take them and every node
+//! sees them. Each process programs only its own node's dataplane.
+//!
+//! Uniqueness across objects (pod IPs, ClusterIPs, NodePorts) is checked by
+//! the process taking the write against its view of the store; two
+//! processes accepting colliding writes at the same instant is possible, and
+//! then the later object is left out of every plan (logged) until fixed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use ipnet::Ipv4Net;
+use kxdp_proto::control::AddPodRequest;
+use kxdp_proto::dataplane as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::cluster::{Cluster, DataplaneKind, Node, Problems};
+use crate::conventions::{self, Mac};
+use crate::reconcile::Shared;
+use crate::runtime::{self, Runtime};
+
+pub const PREFIX: &str = "/kxdp/";
+pub const CONFIG_KEY: &str = "/kxdp/config";
+pub const SUBNETS: &str = "/kxdp/subnets/";
+pub const NODES: &str = "/kxdp/nodes/";
+pub const PODS: &str = "/kxdp/pods/";
+pub const SERVICES: &str = "/kxdp/services/";
+
+/// Default lease TTL: a vanished node's routes go within this.
+pub const DEFAULT_LEASE_TTL_S: i64 = 15;
+/// Pod CIDR prefix length taken out of the cluster CIDR by default.
+pub const DEFAULT_SUBNET_LEN: u8 = 24;
+
+/// `etcd://h1:2379,h2:2379` → `["http://h1:2379", "http://h2:2379"]`.
+pub fn parse_store_url(url: &str) -> anyhow::Result<Vec<String>> {
+    let Some(rest) = url.strip_prefix("etcd://") else {
+        bail!("{url:?} is not an etcd://host:port[,host:port...] store");
+    };
+    let endpoints: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("http://{}", s.trim_end_matches('/')))
+        .collect();
+    if endpoints.is_empty() {
+        bail!("{url:?} names no etcd endpoint");
+    }
+    Ok(endpoints)
+}
+
+/// The cluster-wide parameters, written once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub cidr: String,
+    pub underlay_mtu: u32,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub service_cidr: String,
+    pub node_port_min: u16,
+    pub node_port_max: u16,
+    /// Prefix length of each node's pod CIDR.
+    pub subnet_len: u8,
+}
+
+impl ClusterConfig {
+    pub fn from_cluster(c: &Cluster, subnet_len: u8) -> ClusterConfig {
+        ClusterConfig {
+            cidr: c.cidr.to_string(),
+            underlay_mtu: c.underlay_mtu,
+            vni: c.vni,
+            vxlan_port: c.vxlan_port,
+            service_cidr: c.service_cidr.to_string(),
+            node_port_min: c.node_ports.0,
+            node_port_max: c.node_ports.1,
+            subnet_len,
+        }
+    }
+
+    fn nets(&self) -> anyhow::Result<(Ipv4Net, Ipv4Net)> {
+        let cidr: Ipv4Net = self.cidr.parse().context("config cidr")?;
+        let svc: Ipv4Net = self.service_cidr.parse().context("config service_cidr")?;
+        if self.subnet_len < cidr.prefix_len() || self.subnet_len > 30 {
+            bail!(
+                "config subnet_len /{} does not fit cluster CIDR {cidr}",
+                self.subnet_len
+            );
+        }
+        Ok((cidr, svc))
+    }
+
+    /// An empty cluster with these parameters.
+    fn cluster(&self) -> anyhow::Result<Cluster> {
+        let (cidr, service_cidr) = self.nets()?;
+        Ok(Cluster {
+            cidr,
+            underlay_mtu: self.underlay_mtu,
+            vni: self.vni,
+            vxlan_port: self.vxlan_port,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            service_cidr,
+            node_ports: (self.node_port_min, self.node_port_max),
+            services: Vec::new(),
+        })
+    }
+}
+
+/// A node as it registers itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub underlay_ip: String,
+    pub uplink: String,
+    pub vtep_mac: String,
+    pub pod_cidr: String,
+}
+
+/// What this node's control process registers.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub uplink: String,
+    pub vtep_mac: Option<Mac>,
+    pub lease_ttl_s: i64,
+}
+
+fn subnet_key(net: Ipv4Net) -> String {
+    format!("{SUBNETS}{}-{}", net.network(), net.prefix_len())
+}
+
+fn pod_key(node: &str, name: &str) -> String {
+    format!("{PODS}{node}/{name}")
+}
+
+fn service_key(name: &str) -> String {
+    format!("{SERVICES}{name}")
+}
+
+/// Connects to the etcd cluster (any live member serves).
+pub async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(opts))
+        .await
+        .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))
+}
+
+/// Writes the cluster config if there is none; returns the one in force
+/// and whether it was written now.
+pub async fn init_config(
+    client: &mut Client,
+    config: &ClusterConfig,
+) -> anyhow::Result<(ClusterConfig, bool)> {
+    let value = serde_json::to_vec(config)?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(CONFIG_KEY, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(CONFIG_KEY, value, None)]);
+    if client.txn(txn).await?.succeeded() {
+        return Ok((config.clone(), true));
+    }
+    Ok((
+        read_config(client).await?.context("config vanished")?,
+        false,
+    ))
+}
+
+pub async fn read_config(client: &mut Client) -> anyhow::Result<Option<ClusterConfig>> {
+    let resp = client.get(CONFIG_KEY, None).await?;
+    match resp.kvs().first() {
+        None => Ok(None),
+        Some(kv) => Ok(Some(
+            serde_json::from_slice(kv.value()).context("the cluster config in etcd")?,
+        )),
+    }
+}
+
+/// A node's hold on its pod CIDR: the lease and what hangs on it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub lease: i64,
+    pub pod_cidr: Ipv4Net,
+}
+
+/// Grants a lease and takes a pod CIDR with it: the one already naming this
+/// node (a restart), else the first free one. Each take is a transaction
+/// that only succeeds if the subnet key is absent (or still names us), so
+/// concurrent takers never share a CIDR.
+pub async fn acquire(
+    client: &mut Client,
+    config: &ClusterConfig,
+    me: &Registration,
+) -> anyhow::Result<Held> {
+    let (cidr, _) = config.nets()?;
+    let lease = client.lease_grant(me.lease_ttl_s, None).await?.id();
+    let vtep_mac = me
+        .vtep_mac
+        .unwrap_or_else(|| conventions::default_vtep_mac(me.underlay_ip));
+    let record = |net: Ipv4Net| -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&NodeRecord {
+            name: me.name.clone(),
+            underlay_ip: me.underlay_ip.to_string(),
+            uplink: me.uplink.clone(),
+            vtep_mac: vtep_mac.to_string(),
+            pod_cidr: net.to_string(),
+        })?)
+    };
+    let opts = || Some(PutOptions::new().with_lease(lease));
+    for _attempt in 0..64 {
+        let resp = client
+            .get(SUBNETS, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut taken = Vec::new();
+        let mut mine = None;
+        for kv in resp.kvs() {
+            let key = kv.key_str()?;
+            let Some(net) = key
+                .strip_prefix(SUBNETS)
+                .and_then(|s| s.replace('-', "/").parse::<Ipv4Net>().ok())
+            else {
+                continue;
+            };
+            if kv.value() == me.name.as_bytes() {
+                mine = Some(net);
+            }
+            taken.push(net);
+        }
+        if let Some(net) = mine.filter(|n| n.prefix_len() == config.subnet_len && cidr.contains(n))
+        {
+            let key = subnet_key(net);
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    me.name.as_bytes(),
+                )])
+                .and_then([
+                    TxnOp::put(key.as_str(), me.name.as_bytes(), opts()),
+                    TxnOp::put(format!("{NODES}{}", me.name), record(net)?, opts()),
+                ]);
+            if client.txn(txn).await?.succeeded() {
+                log::info!("{}: took back pod CIDR {net} (lease {lease:x})", me.name);
+                return Ok(Held {
+                    lease,
+                    pod_cidr: net,
+                });
+            }
+            continue;
+        }
+        let subnets = cidr.subnets(config.subnet_len).context("subnet length")?;
+        let mut raced = false;
+        for net in subnets {
+            if taken
+                .iter()
+                .any(|t| t.contains(&net.network()) || net.contains(&t.network()))
+            {
+                continue;
+            }
+            let key = subnet_key(net);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(key.as_str(), me.name.as_bytes(), opts()),
+                    TxnOp::put(format!("{NODES}{}", me.name), record(net)?, opts()),
+                ]);
+            if client.txn(txn).await?.succeeded() {
+                log::info!("{}: took pod CIDR {net} (lease {lease:x})", me.name);
+                return Ok(Held {
+                    lease,
+                    pod_cidr: net,
+                });
+            }
+            // Someone took it between our read and our write: read again.
+            raced = true;
+            break;
+        }
+        if !raced {
+            bail!("no free /{} left in cluster CIDR {cidr}", config.subnet_len);
+        }
+    }
+    bail!("could not take a pod CIDR: too much contention")
+}
+
+/// Keeps `held`'s lease alive; if it is lost (expired while etcd was out of
+/// reach), takes a new one, and a pod CIDR with it. Runs until aborted.
+pub async fn keep_alive(
+    mut client: Client,
+    config: ClusterConfig,
+    me: Registration,
+    held: Arc<Mutex<Held>>,
+) {
+    let period = Duration::from_millis((me.lease_ttl_s as u64 * 1000 / 3).max(100));
+    loop {
+        let lease = held.lock().await.lease;
+        let lost = match client.lease_keep_alive(lease).await {
+            Ok((mut keeper, mut stream)) => loop {
+                if let Err(e) = keeper.keep_alive().await {
+                    log::warn!("{}: lease keep-alive: {e}", me.name);
+                    break false;
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => break true,
+                    Ok(None) => break false,
+                    Err(e) => {
+                        log::warn!("{}: lease keep-alive: {e}", me.name);
+                        break false;
+                    }
+                }
+                tokio::time::sleep(period).await;
+            },
+            Err(e) => {
+                log::warn!("{}: lease keep-alive: {e}", me.name);
+                false
+            }
+        };
+        if lost {
+            log::warn!("{}: lease {lease:x} expired; registering again", me.name);
+            match acquire(&mut client, &config, &me).await {
+                Ok(h) => *held.lock().await = h,
+                Err(e) => log::warn!("{}: cannot register again: {e:#}", me.name),
+            }
+        }
+        tokio::time::sleep(period / 2).await;
+    }
+}
+
+/// Lists `/kxdp/` and watches it from the listed revision, publishing the
+/// store's content into `shared` on every change; lists again after a
+/// compaction, a cancelled watch or any error. Runs until aborted.
+pub async fn follow(mut client: Client, shared: Arc<Shared>) {
+    loop {
+        match follow_once(&mut client, &shared).await {
+            Ok(()) => {}
+            Err(e) => log::warn!("etcd watch: {e:#}; listing again"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn follow_once(client: &mut Client, shared: &Shared) -> anyhow::Result<()> {
+    let resp = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = resp.header().context("no header")?.revision();
+    let mut cache: BTreeMap<String, Vec<u8>> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+        .collect();
+    publish(&cache, shared);
+    let mut stream = client
+        .watch(
+            PREFIX,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    while let Some(resp) = stream.message().await? {
+        if resp.compact_revision() != 0 {
+            bail!("watch compacted at revision {}", resp.compact_revision());
+        }
+        if resp.canceled() {
+            bail!("watch cancelled: {}", resp.cancel_reason());
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = kv.key_str()?.to_string();
+            match event.event_type() {
+                EventType::Put => {
+                    cache.insert(key, kv.value().to_vec());
+                }
+                EventType::Delete => {
+                    cache.remove(&key);
+                }
+            }
+        }
+        if !resp.events().is_empty() {
+            publish(&cache, shared);
+        }
+    }
+    bail!("watch stream ended")
+}
+
+/// Turns the store's content into the desired state. Entries that do not
+/// parse or validate are left out, logged.
+fn publish(cache: &BTreeMap<String, Vec<u8>>, shared: &Shared) {
+    match build(cache) {
+        Ok(Some((cluster, runtime))) => {
+            shared.replace(cluster, runtime);
+        }
+        Ok(None) => log::warn!("etcd holds no cluster config ({CONFIG_KEY}) yet"),
+        Err(e) => log::error!("etcd: {e:#}"),
+    }
+}
+
+/// The cluster and run-time set the store's content describes; `None`
+/// without a cluster config.
+pub fn build(cache: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<Option<(Cluster, Runtime)>> {
+    let Some(config) = cache.get(CONFIG_KEY) else {
+        return Ok(None);
+    };
+    let config: ClusterConfig = serde_json::from_slice(config).context("cluster config")?;
+    let mut cluster = config.cluster()?;
+    for (key, value) in cache.range(NODES.to_string()..) {
+        if !key.starts_with(NODES) {
+            break;
+        }
+        match node_of(value) {
+            Ok(node) => {
+                let clash = cluster.nodes.iter().find(|n| {
+                    n.pod_cidr.contains(&node.pod_cidr.network())
+                        || node.pod_cidr.contains(&n.pod_cidr.network())
+                });
+                if let Some(other) = clash {
+                    log::warn!(
+                        "{key}: pod CIDR {} overlaps node {}'s; ignored",
+                        node.pod_cidr,
+                        other.name
+                    );
+                } else {
+                    cluster.nodes.push(node);
+                }
+            }
+            Err(e) => log::warn!("{key}: {e:#}; ignored"),
+        }
+    }
+    let mut runtime = Runtime::default();
+    for (key, value) in cache.range(SERVICES.to_string()..) {
+        if !key.starts_with(SERVICES) {
+            break;
+        }
+        let checked = pb::Service::decode(value.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                runtime::check_service(&cluster, &runtime, &s).map_err(|p| p.to_string())
+            });
+        match checked {
+            Ok(s) => {
+                runtime.services.insert(s.name.clone(), s);
+            }
+            Err(e) => log::warn!("{key}: {e}; left out"),
+        }
+    }
+    for (key, value) in cache.range(PODS.to_string()..) {
+        if !key.starts_with(PODS) {
+            break;
+        }
+        let Ok(req) = AddPodRequest::decode(value.as_slice()) else {
+            log::warn!("{key}: not a pod; left out");
+            continue;
+        };
+        // Pods of nodes that are not (or no longer) registered wait for them.
+        if cluster.node(&req.node).is_none() {
+            continue;
+        }
+        match runtime::check_pod(&cluster, &runtime, &req) {
+            Ok(pod) => {
+                runtime
+                    .pods
+                    .insert((pod.node.clone(), pod.name.clone()), pod);
+            }
+            Err(p) => log::warn!("{key}: {}; left out", p.to_string().replace('\n', "; ")),
+        }
+    }
+    Ok(Some((cluster, runtime)))
+}
+
+fn node_of(value: &[u8]) -> anyhow::Result<Node> {
+    let r: NodeRecord = serde_json::from_slice(value)?;
+    Ok(Node {
+        underlay_ip: r.underlay_ip.parse().context("underlay_ip")?,
+        pod_cidr: r.pod_cidr.parse().context("pod_cidr")?,
+        vtep_mac: r.vtep_mac.parse().context("vtep_mac")?,
+        name: r.name,
+        uplink: r.uplink,
+        dataplane: DataplaneKind::Kxdp,
+        socket: None,
+    })
+}
+
+/// The Control API's writes in etcd mode: checked against this process's
+/// view, written to etcd, and awaited until the view (fed by the watch)
+/// holds them.
+pub struct Store {
+    client: Client,
+    /// How long to wait for our own write to come back through the watch.
+    pub echo_timeout: Duration,
+}
+
+/// Why a store write failed.
+pub enum WriteError {
+    Invalid(Problems),
+    /// Refused for a reason that is not the request's content.
+    Status(tonic::Status),
+}
+
+impl From<anyhow::Error> for WriteError {
+    fn from(e: anyhow::Error) -> Self {
+        WriteError::Status(tonic::Status::unavailable(format!("etcd: {e:#}")))
+    }
+}
+
+impl From<etcd_client::Error> for WriteError {
+    fn from(e: etcd_client::Error) -> Self {
+        WriteError::Status(tonic::Status::unavailable(format!("etcd: {e}")))
+    }
+}
+
+impl Store {
+    pub fn new(client: Client) -> Store {
+        Store {
+            client,
+            echo_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Waits until `shared`'s view satisfies `seen`; returns its generation.
+    async fn echo(
+        &self,
+        shared: &Shared,
+        seen: impl Fn(&Cluster, &Runtime) -> bool,
+    ) -> Result<u64, WriteError> {
+        let mut rx = shared.desired.subscribe();
+        let waited = tokio::time::timeout(
+            self.echo_timeout,
+            rx.wait_for(|d| seen(&d.cluster, &d.runtime)),
+        )
+        .await
+        .map(|r| r.map(|d| d.generation));
+        match waited {
+            Ok(Ok(generation)) => Ok(generation),
+            _ => Err(WriteError::Status(tonic::Status::deadline_exceeded(
+                format!(
+                    "written to etcd, but the watch did not bring it back within {:?}",
+                    self.echo_timeout
+                ),
+            ))),
+        }
+    }
+
+    /// AddPod: returns (generation, new).
+    pub async fn add_pod(
+        &self,
+        shared: &Shared,
+        req: &AddPodRequest,
+    ) -> Result<(u64, bool), WriteError> {
+        let desired = shared.current();
+        let pod = match runtime::check_add(&desired.cluster, &desired.runtime, req)
+            .map_err(WriteError::Invalid)?
+        {
+            runtime::PodCheck::Same(_) => return Ok((desired.generation, false)),
+            runtime::PodCheck::New(pod) => pod,
+        };
+        let key = pod_key(&pod.node, &pod.name);
+        let value = runtime::request_of(&pod).encode_to_vec();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        if !self.client.clone().txn(txn).await?.succeeded() {
+            return Err(WriteError::Status(tonic::Status::aborted(format!(
+                "pod {}/{} was registered meanwhile by another writer; retry",
+                pod.node, pod.name
+            ))));
+        }
+        let k = (pod.node.clone(), pod.name.clone());
+        let generation = self
+            .echo(shared, |_, rt| rt.pods.get(&k) == Some(&pod))
+            .await?;
+        Ok((generation, true))
+    }
+
+    /// DeletePod: returns (generation, existed).
+    pub async fn delete_pod(
+        &self,
+        shared: &Shared,
+        node: &str,
+        name: &str,
+    ) -> Result<(u64, bool), WriteError> {
+        let resp = self
+            .client
+            .clone()
+            .delete(pod_key(node, name), None)
+            .await?;
+        if resp.deleted() == 0 {
+            return Ok((shared.current().generation, false));
+        }
+        let k = (node.to_string(), name.to_string());
+        let generation = self.echo(shared, |_, rt| !rt.pods.contains_key(&k)).await?;
+        Ok((generation, true))
+    }
+
+    /// UpsertService: returns the generation.
+    pub async fn upsert_service(
+        &self,
+        shared: &Shared,
+        proto: &pb::Service,
+    ) -> Result<u64, WriteError> {
+        let desired = shared.current();
+        let service = runtime::check_service(&desired.cluster, &desired.runtime, proto)
+            .map_err(WriteError::Invalid)?;
+        if desired.runtime.services.get(&service.name) == Some(&service) {
+            return Ok(desired.generation);
+        }
+        self.client
+            .clone()
+            .put(
+                service_key(&service.name),
+                service.to_proto().encode_to_vec(),
+                None,
+            )
+            .await?;
+        self.echo(shared, |_, rt| {
+            rt.services.get(&service.name) == Some(&service)
+        })
+        .await
+    }
+
+    /// DeleteService: returns (generation, existed).
+    pub async fn delete_service(
+        &self,
+        shared: &Shared,
+        name: &str,
+    ) -> Result<(u64, bool), WriteError> {
+        let resp = self.client.clone().delete(service_key(name), None).await?;
+        if resp.deleted() == 0 {
+            return Ok((shared.current().generation, false));
+        }
+        let generation = self
+            .echo(shared, |_, rt| !rt.services.contains_key(name))
+            .await?;
+        Ok((generation, true))
+    }
+}
