@@ -1,4 +1,174 @@
-fn main() {
-    eprintln!("kxdp-bench: the harness is not built yet");
-    std::process::exit(2);
+//! kxdp-bench: runs named scenarios on the namespace lab, kxdp against the
+//! kernel datapath (and testpmd's AF_XDP ceiling), and writes a report.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use kxdp_perf::bench::{report, run_bench, scenarios, BenchConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "kxdp-bench",
+    about = "kxdp vs kernel datapath benchmark harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenarios and write report.md, report.json and delivered.png.
+    Run {
+        /// Comma-separated scenario names (see `kxdp-bench list`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "pod-pod-local,pod-pod-remote,pod-svc,ext-nodeport,svc-scale,tcp-svc"
+        )]
+        scenarios: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "64,1400")]
+        sizes: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+        flows: Vec<u16>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run (at most 60).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Results folder (default perf/results/<UTC date-time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Repository root (scripts/lab.sh); default: found from here.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Lab name prefix (the kernel lab gets "<prefix>k", testpmd "<prefix>c").
+        #[arg(long, default_value = "kxbench")]
+        prefix: String,
+        /// Core of the generator and the sink.
+        #[arg(long, default_value_t = 0)]
+        gen_core: usize,
+        /// Core of all forwarding (both nodes, testpmd, kernel via RPS).
+        #[arg(long, default_value_t = 1)]
+        fwd_core: usize,
+        /// Skip the testpmd ceiling.
+        #[arg(long)]
+        no_ceiling: bool,
+        /// Do not steer the kernel's forwarding to --fwd-core with RPS.
+        #[arg(long)]
+        no_kernel_rps: bool,
+        /// Skip the latency runs at half the maximum rate.
+        #[arg(long)]
+        no_latency: bool,
+    },
+    /// List the scenarios.
+    List,
+}
+
+fn find_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(r) = given {
+        return Ok(r);
+    }
+    let mut here = std::env::current_dir()?;
+    loop {
+        if here.join("scripts/lab.sh").exists() {
+            return Ok(here);
+        }
+        if !here.pop() {
+            break;
+        }
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match manifest.parent() {
+        Some(p) if p.join("scripts/lab.sh").exists() => Ok(p.to_path_buf()),
+        _ => bail!("cannot find scripts/lab.sh: pass --root"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::List => {
+            for s in scenarios::SCENARIOS {
+                let state = if s.attach.is_some() {
+                    "available"
+                } else {
+                    "not yet available"
+                };
+                println!("{:<16} {state:<18} {}", s.name, s.walk);
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            scenarios: names,
+            sizes,
+            flows,
+            runs,
+            duration,
+            out,
+            root,
+            prefix,
+            gen_core,
+            fwd_core,
+            no_ceiling,
+            no_kernel_rps,
+            no_latency,
+        } => {
+            if !nix::unistd::geteuid().is_root() {
+                bail!("kxdp-bench needs root (namespaces, XDP)");
+            }
+            if !(duration > 0.0 && duration <= 60.0) {
+                bail!("--duration must be in (0, 60] seconds");
+            }
+            if runs == 0 || runs > 20 {
+                bail!("--runs must be 1..=20");
+            }
+            let root = find_root(root)?;
+            let mut list = Vec::new();
+            for n in &names {
+                list.push(
+                    scenarios::find(n).with_context(|| {
+                        format!("unknown scenario '{n}' (see `kxdp-bench list`)")
+                    })?,
+                );
+            }
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    let stamp = kxdp_perf::bench::lab::sh("date", &["-u", "+%Y-%m-%dT%H%MZ"])?;
+                    root.join("perf/results").join(stamp.trim())
+                }
+            };
+            let pktgen = std::env::current_exe()?
+                .parent()
+                .context("no directory of kxdp-bench")?
+                .join("kxdp-pktgen");
+            if !pktgen.exists() {
+                bail!(
+                    "{} not found: cargo build --release -p kxdp-perf",
+                    pktgen.display()
+                );
+            }
+            let cfg = BenchConfig {
+                root,
+                out: out.clone(),
+                scenarios: list,
+                sizes,
+                flows,
+                runs,
+                duration_s: duration,
+                prefix,
+                pktgen,
+                gen_core,
+                fwd_core,
+                ceiling: !no_ceiling,
+                kernel_rps: !no_kernel_rps,
+                latency: !no_latency,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let r = run_bench(&cfg)?;
+            println!("{}", report::headline(&r));
+            println!("report: {}", out.join("report.md").display());
+            Ok(())
+        }
+    }
 }

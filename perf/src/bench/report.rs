@@ -1,0 +1,268 @@
+//! The report: `report.json` (everything) and `report.md` (the tables).
+
+use std::fmt::Write as _;
+
+use super::{BenchConfig, Measurement, Report};
+
+/// `1.23 M` / `456 k` style packet rates.
+pub fn pps(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0} k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// `median [min – max]` of the delivered rate, or why there is none.
+pub fn cell(m: &Measurement) -> String {
+    match m.delivered_pps {
+        Some(s) => format!("{} [{} – {}]", pps(s.median), pps(s.min), pps(s.max)),
+        None if !m.errors.is_empty() => "failed".into(),
+        None => "–".into(),
+    }
+}
+
+fn loss(m: &Measurement) -> String {
+    m.lost_pct
+        .map(|s| format!("{:.1}%", s.median))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn half(m: &Measurement) -> String {
+    match &m.at_half_rate {
+        Some((rate, f)) => format!(
+            "{} pps: p50 {:.0} / p99 {:.0} µs, lost {:.2}%",
+            pps(*rate as f64),
+            f.p50_us,
+            f.p99_us,
+            f.lost_pct
+        ),
+        None => "–".into(),
+    }
+}
+
+/// The headline table: one row per scenario point, kxdp vs kernel.
+pub fn headline(r: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| scenario | frame | flows | kxdp delivered pps | kernel delivered pps | kxdp / kernel |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for p in &r.points {
+        let _ = writeln!(
+            s,
+            "| {} | {} B | {} | {} | {} | {} |",
+            p.scenario,
+            p.size,
+            p.flows,
+            cell(&p.kxdp),
+            cell(&p.kernel),
+            p.ratio
+                .map(|x| format!("**{x:.2}x**"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    for c in &r.ceiling {
+        let _ = writeln!(
+            s,
+            "| AF_XDP ceiling (testpmd io-fwd) | {} B | {} | {} | | |",
+            c.size,
+            c.flows,
+            cell(&c.testpmd)
+        );
+    }
+    for p in &r.pending {
+        let _ = writeln!(s, "| {} | | | not yet available | | |", p.scenario);
+    }
+    s
+}
+
+pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# kxdp benchmark report — {}\n", r.date);
+    let _ = writeln!(s, "- host: {}", r.host);
+    let _ = writeln!(s, "- code: {}", r.git);
+    let _ = writeln!(s, "- command: `{}`", r.command);
+    let _ = writeln!(
+        s,
+        "- each figure: median [min – max] of {} runs of {} s, frames/s counted at the sink \
+         (probes received / generator run time); runs alternate kxdp, kernel, kxdp, kernel, …",
+        r.runs, r.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "- load average before / after: {} / {}\n",
+        r.load_before, r.load_after
+    );
+    s.push_str("## Headline\n\n");
+    s.push_str(&headline(r));
+    s.push('\n');
+    if cfg.out.join("delivered.png").exists() {
+        s.push_str("![delivered packets per second](delivered.png)\n\n");
+    }
+
+    s.push_str("## Loss and latency\n\n");
+    s.push_str(
+        "Flat-out loss is generator sent minus sink received (what the datapath dropped or \
+         never forwarded). The latency run offers half the median flat-out rate of the same \
+         datapath; its p50/p99 are one-way (generator timestamp to sink receive, CLOCK_MONOTONIC \
+         on the same host).\n\n",
+    );
+    s.push_str(
+        "| scenario | frame | flows | datapath | generator offered (median) | loss flat out | at 50% of max |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for p in &r.points {
+        for (dp, m) in [("kxdp", &p.kxdp), ("kernel", &p.kernel)] {
+            let _ = writeln!(
+                s,
+                "| {} | {} B | {} | {dp} | {} | {} | {} |",
+                p.scenario,
+                p.size,
+                p.flows,
+                m.gen_pps
+                    .map(|g| pps(g.median))
+                    .unwrap_or_else(|| "–".into()),
+                loss(m),
+                half(m)
+            );
+        }
+    }
+    for c in &r.ceiling {
+        let m = &c.testpmd;
+        let _ = writeln!(
+            s,
+            "| ceiling | {} B | {} | testpmd | {} | {} | {} |",
+            c.size,
+            c.flows,
+            m.gen_pps
+                .map(|g| pps(g.median))
+                .unwrap_or_else(|| "–".into()),
+            loss(m),
+            half(m)
+        );
+    }
+    s.push('\n');
+
+    s.push_str("## Cores\n\n| process | core(s) | how |\n|---|---|---|\n");
+    for p in &r.pinning {
+        let _ = writeln!(s, "| {} | {} | {} |", p.process, p.cores, p.how);
+    }
+    s.push_str("\nWhat could not be pinned:\n\n");
+    for n in &r.not_pinned {
+        let _ = writeln!(s, "- {n}");
+    }
+    s.push('\n');
+
+    s.push_str("## Scenarios\n\n");
+    for (name, walk) in &r.walks {
+        let _ = writeln!(s, "- **{name}**: {walk}");
+    }
+    s.push_str("\nWhere the generator and the sink attached:\n\n| scenario | datapath | generator | frames | sink | note |\n|---|---|---|---|---|---|\n");
+    for (name, dp, a) in &r.attach {
+        let _ = writeln!(
+            s,
+            "| {name} | {dp} | {} {} | {} {} → {} {}:{} | {} {} | {} |",
+            a.gen_ns,
+            a.gen_iface,
+            a.src_mac,
+            a.src_ip,
+            a.dst_mac,
+            a.dst_ip,
+            a.dst_port,
+            a.sink_ns,
+            a.sink_iface,
+            a.note
+        );
+    }
+    if let Some(c) = &r.ceiling_command {
+        let _ = writeln!(s, "\ntestpmd: `{c}`");
+    }
+    if !r.pending.is_empty() {
+        s.push_str("\n### Not yet available\n\n");
+        for p in &r.pending {
+            let _ = writeln!(
+                s,
+                "- **{}** ({}): waits for {}",
+                p.scenario, p.walk, p.waits_for
+            );
+        }
+    }
+
+    let errors: Vec<String> = r
+        .points
+        .iter()
+        .flat_map(|p| {
+            [("kxdp", &p.kxdp), ("kernel", &p.kernel)]
+                .into_iter()
+                .flat_map(move |(dp, m)| {
+                    m.errors.iter().map(move |e| {
+                        format!("{} {}B {} flows {dp}: {e}", p.scenario, p.size, p.flows)
+                    })
+                })
+        })
+        .chain(r.ceiling.iter().flat_map(|c| {
+            c.testpmd
+                .errors
+                .iter()
+                .map(move |e| format!("ceiling {}B {} flows: {e}", c.size, c.flows))
+        }))
+        .collect();
+    if !errors.is_empty() {
+        s.push_str("\n## Errors\n\n");
+        for e in errors {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
+    s.push_str("\n## Noise and honesty\n\n");
+    s.push_str(
+        "- This is a 2-core VM shared with colleagues who compile while it runs: every figure \
+         moves by tens of percent from run to run; compare medians side by side from the same \
+         report, not across reports.\n\
+         - Everything is veth + AF_XDP copy mode (no zero-copy on veth): absolute rates say little \
+         about a real NIC; the ratios and the ceiling are what this measures.\n\
+         - The sink takes frames with an XDP program on the destination pod's eth0, before the \
+         pod's kernel; on kernel nodes the harness adds a permanent neighbour entry for that pod \
+         (its ARP replies would be eaten by the sink).\n",
+    );
+    for n in &r.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+pub fn write(cfg: &BenchConfig, r: &Report) -> anyhow::Result<()> {
+    std::fs::write(
+        cfg.out.join("report.json"),
+        serde_json::to_string_pretty(r)? + "\n",
+    )?;
+    if let Err(e) = super::plot::delivered(r, &cfg.out.join("delivered.png")) {
+        eprintln!("==> no plot: {e:#}");
+    }
+    std::fs::write(cfg.out.join("report.md"), markdown(cfg, r))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_well() {
+        assert_eq!(pps(1_234_567.0), "1.23 M");
+        assert_eq!(pps(456_789.0), "457 k");
+        assert_eq!(pps(12.0), "12");
+    }
+
+    #[test]
+    fn cells_say_median_min_max_or_why_not() {
+        let mut m = Measurement::default();
+        assert_eq!(cell(&m), "–");
+        m.errors.push("boom".into());
+        assert_eq!(cell(&m), "failed");
+        m.delivered_pps = crate::stats::Spread::of(&[100_000.0, 300_000.0, 200_000.0]);
+        assert_eq!(cell(&m), "200 k [100 k – 300 k]");
+    }
+}
