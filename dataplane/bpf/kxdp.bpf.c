@@ -5,9 +5,10 @@
 //
 //   pod interface:  every frame is the dataplane's (the pod's only way out).
 //   uplink:         only IPv4/UDP to this node's VTEP address and VXLAN port
-//                   (and non-first fragments to that address, so they are
-//                   counted as drops instead of vanishing); everything else
-//                   (ARP, SSH, the node's own traffic) goes to the kernel.
+//                   (and non-first UDP fragments to that address, so they are
+//                   counted as drops instead of vanishing), and TCP/UDP to a
+//                   NodePort in `nodeports`; everything else (ARP, SSH, the
+//                   node's own traffic) goes to the kernel.
 //
 // With no socket in `xsks` for the receive queue, bpf_redirect_map falls back
 // to XDP_PASS, so an attached-but-idle interface still reaches the kernel.
@@ -45,6 +46,14 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+// NodePorts: key = protocol << 16 | port (host order), value unused.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} nodeports SEC(".maps");
+
 // 0: redirected, 1: passed to the kernel.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -75,17 +84,23 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP || ip->daddr != c->vtep_ip)
+	if ((void *)(ip + 1) > end || ip->daddr != c->vtep_ip)
+		return 0;
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return 0;
 	if (ip->frag_off & bpf_htons(0x1fff))
-		return 1; // non-first fragment: no UDP header, ours to count
+		return ip->protocol == IPPROTO_UDP; // non-first fragment: no ports
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
-		return 1; // malformed, ours to count
-	struct udphdr *udp = (void *)ip + ihl;
-	if ((void *)(udp + 1) > end)
+		return ip->protocol == IPPROTO_UDP; // malformed, ours to count
+	// UDP and TCP both start with source and destination port.
+	struct udphdr *l4 = (void *)ip + ihl;
+	if ((void *)(l4 + 1) > end)
 		return 0;
-	return udp->dest == c->vxlan_port;
+	if (ip->protocol == IPPROTO_UDP && l4->dest == c->vxlan_port)
+		return 1;
+	__u32 key = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest);
+	return bpf_map_lookup_elem(&nodeports, &key) != 0;
 }
 
 SEC("xdp")

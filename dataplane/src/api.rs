@@ -81,9 +81,19 @@ impl Dataplane for Service {
 
     async fn list_conntrack(
         &self,
-        _: Request<pb::ListConntrackRequest>,
+        req: Request<pb::ListConntrackRequest>,
     ) -> Result<Response<pb::ListConntrackReply>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let req = req.into_inner();
+        let service = (!req.service.is_empty()).then_some(req.service);
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit.min(100_000)
+        } as usize;
+        Ok(Response::new(
+            self.ask(|tx| engine::Request::ListConntrack(service, limit, tx))
+                .await?,
+        ))
     }
 
     async fn get_counters(

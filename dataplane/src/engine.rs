@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use kxdp_core::pipeline::{Counters, DropReason};
+use kxdp_core::services::{Backend, Frontend, FrontendKey};
 use kxdp_core::tables::{
     LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
 };
@@ -52,6 +53,11 @@ pub enum Request {
     Update(u64, Vec<Change>, oneshot::Sender<Result<u64, WriteError>>),
     GetState(oneshot::Sender<pb::GetStateReply>),
     GetCounters(oneshot::Sender<pb::GetCountersReply>),
+    ListConntrack(
+        Option<String>,
+        usize,
+        oneshot::Sender<pb::ListConntrackReply>,
+    ),
 }
 
 struct Port {
@@ -86,6 +92,9 @@ pub struct Engine {
     pod_status: BTreeMap<String, Status>,
     uplink_status: String,
     neigh: HashMap<Ipv4Addr, Neigh>,
+    /// Stable service ids (counters and conntrack entries refer to them);
+    /// never reused while the process runs.
+    service_ids: BTreeMap<String, u32>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -111,6 +120,7 @@ impl Engine {
             pod_status: BTreeMap::new(),
             uplink_status: "not configured".into(),
             neigh: HashMap::new(),
+            service_ids: BTreeMap::new(),
             workers,
         })
     }
@@ -148,6 +158,9 @@ impl Engine {
             }
             Request::GetCounters(reply) => {
                 let _ = reply.send(self.counters());
+            }
+            Request::ListConntrack(service, limit, reply) => {
+                let _ = reply.send(self.conntrack(service, limit));
             }
         }
     }
@@ -213,6 +226,11 @@ impl Engine {
                 self.detach(&n.uplink.clone());
             }
         }
+        let old_host = old_node.as_ref().and_then(|n| n.host_interface.clone());
+        let new_host = next.node.as_ref().and_then(|n| n.host_interface.clone());
+        if let Some(h) = old_host.filter(|h| Some(h) != new_host.as_ref()) {
+            self.detach(&h);
+        }
         // Pods gone or changed lose their attachment.
         let stale: Vec<String> = self
             .state
@@ -227,9 +245,35 @@ impl Engine {
         self.pod_status
             .retain(|name, _| next.pods.contains_key(name));
         self.state = next;
+        for name in self.state.services.keys() {
+            let next_id = self.service_ids.len() as u32;
+            self.service_ids.entry(name.clone()).or_insert(next_id);
+        }
         self.reconcile_ports();
         self.refresh_neighbours();
+        self.sync_node_ports();
         self.publish();
+    }
+
+    /// Tells the uplink's XDP program which NodePorts to redirect.
+    fn sync_node_ports(&self) {
+        let Some(node) = &self.state.node else { return };
+        let Some(up) = self.ports.get(&node.uplink) else {
+            return;
+        };
+        let ports: Vec<(u8, u16)> = self
+            .state
+            .services
+            .values()
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .filter_map(|(_, p)| p.node_port.map(|np| (p.proto, np)))
+            })
+            .collect();
+        if let Err(e) = up.xdp.set_node_ports(&ports) {
+            log::error!("NodePorts on the uplink: {e}");
+        }
     }
 
     /// Attaches whatever the state names and is not attached yet.
@@ -243,10 +287,26 @@ impl Engine {
                 vxlan_port: node.vxlan_port,
             };
             self.uplink_status = match self.attach(&node.uplink, PortKind::Uplink, role) {
-                Ok(Some(mode)) => format!("attached ({mode} XDP)"),
+                Ok(Some(mode)) => {
+                    self.sync_node_ports();
+                    format!("attached ({mode} XDP)")
+                }
                 Ok(None) => "pending: interface not found".into(),
                 Err(e) => format!("failed: {e}"),
             };
+        }
+        if let Some(h) = node.host_interface.clone() {
+            if !self.ports.contains_key(&h) {
+                match peer_mac(&h) {
+                    Some(peer_mac) => match self.attach(&h, PortKind::Host { peer_mac }, Role::Pod)
+                    {
+                        Ok(Some(_)) => log::info!("host interface {h} attached"),
+                        Ok(None) => {}
+                        Err(e) => log::warn!("host interface {h}: {e}"),
+                    },
+                    None => log::debug!("host interface {h}: no veth peer yet"),
+                }
+            }
         }
         let pods: Vec<_> = self.state.pods.values().cloned().collect();
         for p in pods {
@@ -500,6 +560,7 @@ impl Engine {
                 }
             }
         }
+        self.build_services(&mut t, n);
         for r in self.state.remotes.values() {
             t.routes.insert(
                 r.pod_cidr,
@@ -511,6 +572,54 @@ impl Engine {
             );
         }
         t
+    }
+
+    fn build_services(&self, t: &mut Tables, n: &crate::state::NodeCfg) {
+        t.services.cidr = n.service_cidr;
+        let max_id = self.service_ids.values().max().map_or(0, |m| m + 1);
+        t.services.names = vec![String::new(); max_id as usize];
+        for (name, id) in &self.service_ids {
+            t.services.names[*id as usize] = name.clone();
+        }
+        for sv in self.state.services.values() {
+            let id = self.service_ids[&sv.name];
+            let affinity = sv.affinity_s.map(|s| s as u64 * 1_000_000_000);
+            for (_, port) in &sv.ports {
+                let backends: Vec<Backend> = sv
+                    .endpoints
+                    .iter()
+                    .map(|e| Backend {
+                        ip: e.ip,
+                        port: port.target_port,
+                        ready: e.ready && !e.terminating,
+                        serving: e.serving || e.ready,
+                        local: n.pod_cidr.contains(e.ip),
+                    })
+                    .collect();
+                let key = FrontendKey {
+                    addr: sv.cluster_ip,
+                    proto: port.proto,
+                    port: port.port,
+                };
+                t.services.insert(Frontend::new(
+                    id,
+                    key,
+                    backends.clone(),
+                    affinity,
+                    false,
+                    false,
+                ));
+                if let Some(np) = port.node_port {
+                    let key = FrontendKey {
+                        addr: n.underlay_ip,
+                        proto: port.proto,
+                        port: np,
+                    };
+                    t.services
+                        .insert(Frontend::new(id, key, backends, affinity, true, sv.local));
+                }
+            }
+        }
     }
 
     fn publish(&self) {
@@ -533,6 +642,111 @@ impl Engine {
                 log::error!("worker {} did not acknowledge new tables", w.index);
             }
         }
+    }
+
+    /// Per-service counters merged over workers, and conntrack fill.
+    fn service_counters(&self) -> (Vec<pb::ServiceCounters>, u64, u64) {
+        let stats: Vec<_> = self
+            .workers
+            .iter()
+            .filter_map(|w| w.call(|reply| Command::ServiceStats { reply }))
+            .collect();
+        let (mut entries, mut cap) = (0, 0);
+        let mut flows: HashMap<(Ipv4Addr, u16), u64> = HashMap::new();
+        for s in &stats {
+            entries += s.conntrack_entries as u64;
+            cap += s.conntrack_capacity as u64;
+            for (k, v) in &s.backend_flows {
+                *flows.entry(*k).or_default() += v;
+            }
+        }
+        let services = self
+            .state
+            .services
+            .values()
+            .map(|sv| {
+                let id = self.service_ids[&sv.name] as usize;
+                let mut c = pb::ServiceCounters {
+                    name: sv.name.clone(),
+                    ..Default::default()
+                };
+                for s in &stats {
+                    if let Some(x) = s.services.get(id) {
+                        c.packets += x.packets;
+                        c.bytes += x.bytes;
+                        c.new_flows += x.new_flows;
+                        c.no_endpoint += x.no_endpoint;
+                    }
+                }
+                for e in &sv.endpoints {
+                    for (_, p) in &sv.ports {
+                        c.backends.push(pb::BackendCounters {
+                            ip: e.ip.to_string(),
+                            port: p.target_port as u32,
+                            new_flows: flows.get(&(e.ip, p.target_port)).copied().unwrap_or(0),
+                        });
+                    }
+                }
+                c
+            })
+            .collect();
+        (services, entries, cap)
+    }
+
+    fn conntrack(&self, service: Option<String>, limit: usize) -> pb::ListConntrackReply {
+        let names: HashMap<u32, &String> =
+            self.service_ids.iter().map(|(n, id)| (*id, n)).collect();
+        let sid = match &service {
+            Some(name) => match self.service_ids.get(name) {
+                Some(id) => Some(*id),
+                None => return pb::ListConntrackReply::default(),
+            },
+            None => None,
+        };
+        let mut out = pb::ListConntrackReply::default();
+        for w in &self.workers {
+            let Some((entries, total)) = w.call(|reply| Command::Conntrack {
+                service: sid,
+                limit,
+                reply,
+            }) else {
+                continue;
+            };
+            out.total += total as u64;
+            for (e, idle_ns) in entries {
+                if out.entries.len() >= limit {
+                    break;
+                }
+                let ap = |ip: Ipv4Addr, port: u16| format!("{ip}:{port}");
+                let snat = e.reply.dst != e.original.src || e.reply.dport != e.original.sport;
+                out.entries.push(pb::ConntrackEntry {
+                    protocol: if e.original.proto == 6 {
+                        pb::Protocol::Tcp
+                    } else {
+                        pb::Protocol::Udp
+                    } as i32,
+                    client: ap(e.original.src, e.original.sport),
+                    service: ap(e.original.dst, e.original.dport),
+                    backend: ap(e.reply.src, e.reply.sport),
+                    snat: if snat {
+                        ap(e.reply.dst, e.reply.dport)
+                    } else {
+                        String::new()
+                    },
+                    state: if e.original.proto == 6 {
+                        format!("{:?}", e.tcp).to_lowercase()
+                    } else {
+                        "udp".into()
+                    },
+                    idle_ms: idle_ns / 1_000_000,
+                    service_name: names
+                        .get(&e.service)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        out
     }
 
     fn read_state(&self) -> pb::GetStateReply {
@@ -602,6 +816,7 @@ impl Engine {
                 }
             })
             .collect();
+        let (services, conntrack_entries, conntrack_capacity) = self.service_counters();
         // Drops the kernel counts before a frame reaches a worker.
         let mut k = [0u64; 4];
         for w in &self.workers {
@@ -642,7 +857,28 @@ impl Engine {
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
-            ..Default::default()
+            services,
+            conntrack_entries,
+            conntrack_capacity,
         }
     }
+}
+
+/// The MAC of a veth's peer (the kernel side of the host interface), from
+/// sysfs: `iflink` names the peer's ifindex. `None` if not a veth pair here.
+fn peer_mac(ifname: &str) -> Option<EthernetAddress> {
+    let base = std::path::Path::new("/sys/class/net");
+    let iflink = std::fs::read_to_string(base.join(ifname).join("iflink")).ok()?;
+    let own = std::fs::read_to_string(base.join(ifname).join("ifindex")).ok()?;
+    if iflink.trim() == own.trim() {
+        return None;
+    }
+    for dev in std::fs::read_dir(base).ok()?.flatten() {
+        let idx = std::fs::read_to_string(dev.path().join("ifindex")).unwrap_or_default();
+        if idx.trim() == iflink.trim() {
+            let mac = std::fs::read_to_string(dev.path().join("address")).ok()?;
+            return mac.trim().parse().ok();
+        }
+    }
+    None
 }

@@ -94,6 +94,12 @@ pub struct NodeCfg {
     pub pod_cidr: Prefix,
     pub gateway_ip: Ipv4Addr,
     pub pod_mtu: u16,
+    /// ClusterIPs come from here; `None`: no services.
+    pub service_cidr: Option<Prefix>,
+    /// NodePorts, inclusive.
+    pub node_ports: (u16, u16),
+    /// The dataplane's end of the host veth pair (walk 5).
+    pub host_interface: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +118,40 @@ pub struct Pod {
     pub ifname: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcPort {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<(String, SvcPort)>,
+    /// ClientIP affinity timeout in seconds; `None`: no affinity.
+    pub affinity_s: Option<u32>,
+    /// externalTrafficPolicy: Local.
+    pub local: bool,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Default ClientIP affinity timeout (Kubernetes' default).
+pub const DEFAULT_AFFINITY_S: u32 = 10800;
+pub const DEFAULT_NODE_PORTS: (u16, u16) = (30000, 32767);
+
 /// One change of an Update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -119,6 +159,8 @@ pub enum Change {
     DeleteRemote(String),
     UpsertPod(Pod),
     DeletePod(String),
+    UpsertService(Service),
+    DeleteService(String),
 }
 
 /// Everything the dataplane holds, as the API sees it.
@@ -128,6 +170,7 @@ pub struct State {
     pub node: Option<NodeCfg>,
     pub remotes: BTreeMap<String, Remote>,
     pub pods: BTreeMap<String, Pod>,
+    pub services: BTreeMap<String, Service>,
 }
 
 impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
@@ -160,6 +203,26 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
             pod_cidr: cidr(&at("pod_cidr"), &n.pod_cidr)?,
             gateway_ip: ip(&at("gateway_ip"), &n.gateway_ip)?,
             pod_mtu: n.pod_mtu as u16,
+            service_cidr: if n.service_cidr.is_empty() {
+                None
+            } else {
+                Some(cidr(&at("service_cidr"), &n.service_cidr)?)
+            },
+            node_ports: match (n.node_port_min, n.node_port_max) {
+                (0, 0) => DEFAULT_NODE_PORTS,
+                (lo, hi) if lo >= 1 && lo <= hi && hi <= 65535 => (lo as u16, hi as u16),
+                (lo, hi) => {
+                    return Err(err(
+                        at("node_port_min"),
+                        format!("{lo}-{hi} is not a port range"),
+                    ));
+                }
+            },
+            host_interface: if n.host_interface.is_empty() {
+                None
+            } else {
+                Some(ifname(&at("host_interface"), &n.host_interface)?)
+            },
         })
     }
 }
@@ -186,6 +249,100 @@ impl TryFrom<(&str, &pb::Pod)> for Pod {
             ip: ip(&at("ip"), &p.ip)?,
             mac: mac(&at("mac"), &p.mac)?,
             ifname: ifname(&at("ifname"), &p.ifname)?,
+        })
+    }
+}
+
+impl TryFrom<(&str, &pb::Service)> for Service {
+    type Error = FieldError;
+    fn try_from((f, sv): (&str, &pb::Service)) -> Result<Self, FieldError> {
+        let at = |x: &str| format!("{f}.{x}");
+        let mut ports = Vec::new();
+        for (i, p) in sv.ports.iter().enumerate() {
+            let pf = |x: &str| format!("{f}.ports[{i}].{x}");
+            let proto = match pb::Protocol::try_from(p.protocol) {
+                Ok(pb::Protocol::Tcp) => 6,
+                Ok(pb::Protocol::Udp) => 17,
+                _ => return Err(err(pf("protocol"), "must be TCP or UDP")),
+            };
+            let port16 = |field: &str, v: u32| -> Result<u16, FieldError> {
+                if (1..=65535).contains(&v) {
+                    Ok(v as u16)
+                } else {
+                    Err(err(pf(field), format!("{v} is not in 1..=65535")))
+                }
+            };
+            let port = port16("port", p.port)?;
+            let target_port = if p.target_port == 0 {
+                port
+            } else {
+                port16("target_port", p.target_port)?
+            };
+            let node_port = if p.node_port == 0 {
+                None
+            } else {
+                Some(port16("node_port", p.node_port)?)
+            };
+            if ports
+                .iter()
+                .any(|(_, q): &(String, SvcPort)| q.proto == proto && q.port == port)
+            {
+                return Err(err(
+                    pf("port"),
+                    format!("{port}/{} is listed twice", p.protocol().as_str_name()),
+                ));
+            }
+            ports.push((
+                p.name.clone(),
+                SvcPort {
+                    proto,
+                    port,
+                    target_port,
+                    node_port,
+                },
+            ));
+        }
+        let affinity_s = match pb::SessionAffinity::try_from(sv.session_affinity) {
+            Ok(pb::SessionAffinity::None) => None,
+            Ok(pb::SessionAffinity::ClientIp) => Some(match sv.affinity_timeout_s {
+                0 => DEFAULT_AFFINITY_S,
+                t @ 1..=86400 => t,
+                t => {
+                    return Err(err(
+                        at("affinity_timeout_s"),
+                        format!("{t} is not in 1..=86400"),
+                    ))
+                }
+            }),
+            Err(_) => return Err(err(at("session_affinity"), "unknown value")),
+        };
+        let local = match pb::TrafficPolicy::try_from(sv.external_traffic_policy) {
+            Ok(pb::TrafficPolicy::Cluster) => false,
+            Ok(pb::TrafficPolicy::Local) => true,
+            Err(_) => return Err(err(at("external_traffic_policy"), "unknown value")),
+        };
+        let mut endpoints = Vec::new();
+        for (i, e) in sv.endpoints.iter().enumerate() {
+            let ef = format!("{f}.endpoints[{i}]");
+            let eip = ip(&format!("{ef}.ip"), &e.ip)?;
+            if endpoints.iter().any(|x: &Endpoint| x.ip == eip) {
+                return Err(err(format!("{ef}.ip"), format!("{eip} is listed twice")));
+            }
+            endpoints.push(Endpoint {
+                ip: eip,
+                node: e.node.clone(),
+                ready: e.ready,
+                serving: e.serving || e.ready,
+                terminating: e.terminating,
+            });
+        }
+        Ok(Service {
+            name: name(&at("name"), &sv.name)?,
+            cluster_ip: ip(&at("cluster_ip"), &sv.cluster_ip)?,
+            ports,
+            affinity_s,
+            local,
+            endpoints,
         })
     }
 }
@@ -224,6 +381,17 @@ impl TryFrom<&pb::DataplaneState> for State {
             }
             st.pods.insert(p.name.clone(), p);
         }
+        for (i, sv) in s.services.iter().enumerate() {
+            let f = format!("state.services[{i}]");
+            let sv = Service::try_from((f.as_str(), sv))?;
+            if st.services.contains_key(&sv.name) {
+                return Err(err(
+                    format!("{f}.name"),
+                    format!("duplicate service {:?}", sv.name),
+                ));
+            }
+            st.services.insert(sv.name.clone(), sv);
+        }
         Ok(st)
     }
 }
@@ -252,9 +420,14 @@ pub fn changes_from_proto(cs: &[pb::Change]) -> Result<Vec<Change>, FieldError> 
                 Some(Op::DeletePod(n)) => {
                     Ok(Change::DeletePod(name(&format!("{f}.delete_pod"), n)?))
                 }
-                Some(Op::UpsertService(_) | Op::DeleteService(_)) => {
-                    Err(err(f, "services are not supported by this dataplane yet"))
-                }
+                Some(Op::UpsertService(sv)) => Ok(Change::UpsertService(Service::try_from((
+                    format!("{f}.upsert_service").as_str(),
+                    sv,
+                ))?)),
+                Some(Op::DeleteService(n)) => Ok(Change::DeleteService(name(
+                    &format!("{f}.delete_service"),
+                    n,
+                )?)),
             }
         })
         .collect()
@@ -287,6 +460,17 @@ impl State {
                         return Err(err(
                             format!("changes[{i}].delete_pod"),
                             format!("no pod {n:?}"),
+                        ));
+                    }
+                }
+                Change::UpsertService(sv) => {
+                    s.services.insert(sv.name.clone(), sv.clone());
+                }
+                Change::DeleteService(n) => {
+                    if s.services.remove(n).is_none() {
+                        return Err(err(
+                            format!("changes[{i}].delete_service"),
+                            format!("no service {n:?}"),
                         ));
                     }
                 }
@@ -375,8 +559,81 @@ impl State {
                     format!("{} is also pod {o}'s interface", p.ifname),
                 ));
             }
-            if p.ifname == n.uplink {
-                return Err(err(format!("{f}.ifname"), "is the uplink"));
+            if p.ifname == n.uplink || Some(&p.ifname) == n.host_interface.as_ref() {
+                return Err(err(
+                    format!("{f}.ifname"),
+                    "is the uplink or the host interface",
+                ));
+            }
+        }
+        self.validate_services(n)
+    }
+
+    fn validate_services(&self, n: &NodeCfg) -> Result<(), FieldError> {
+        if self.services.is_empty() {
+            return Ok(());
+        }
+        let Some(scidr) = n.service_cidr else {
+            return Err(err(
+                "node.service_cidr",
+                "missing: services need a service CIDR",
+            ));
+        };
+        if scidr.overlaps(&n.cluster_cidr) {
+            return Err(err(
+                "node.service_cidr",
+                format!("{scidr} overlaps cluster_cidr {}", n.cluster_cidr),
+            ));
+        }
+        let mut vips = BTreeMap::new();
+        let mut node_ports = BTreeMap::new();
+        for sv in self.services.values() {
+            let f = format!("services[{}]", sv.name);
+            let bcast = Ipv4Addr::from(u32::from(scidr.addr) | (u32::MAX >> scidr.len.min(31)));
+            if !scidr.contains(sv.cluster_ip)
+                || sv.cluster_ip == scidr.addr
+                || sv.cluster_ip == bcast
+            {
+                return Err(err(
+                    format!("{f}.cluster_ip"),
+                    format!(
+                        "{} is not a host address of the service CIDR {scidr}",
+                        sv.cluster_ip
+                    ),
+                ));
+            }
+            if let Some(o) = vips.insert(sv.cluster_ip, &sv.name) {
+                return Err(err(
+                    format!("{f}.cluster_ip"),
+                    format!("{} is also service {o}'s ClusterIP", sv.cluster_ip),
+                ));
+            }
+            for (i, (_, p)) in sv.ports.iter().enumerate() {
+                if let Some(np) = p.node_port {
+                    if np < n.node_ports.0 || np > n.node_ports.1 {
+                        return Err(err(
+                            format!("{f}.ports[{i}].node_port"),
+                            format!(
+                                "{np} is outside the NodePort range {}-{}",
+                                n.node_ports.0, n.node_ports.1
+                            ),
+                        ));
+                    }
+                    if let Some(o) = node_ports.insert((p.proto, np), &sv.name) {
+                        return Err(err(
+                            format!("{f}.ports[{i}].node_port"),
+                            format!("{np} is already taken by service {o}"),
+                        ));
+                    }
+                }
+            }
+            for (i, e) in sv.endpoints.iter().enumerate() {
+                if !n.cluster_cidr.contains(e.ip) {
+                    return Err(err(
+                        format!("{f}.endpoints[{i}].ip"),
+                        format!("{} is outside the cluster CIDR {}", e.ip, n.cluster_cidr),
+                    ));
+                }
             }
         }
         Ok(())
@@ -397,7 +654,10 @@ impl State {
                 pod_cidr: n.pod_cidr.to_string(),
                 gateway_ip: n.gateway_ip.to_string(),
                 pod_mtu: n.pod_mtu as u32,
-                ..Default::default()
+                service_cidr: n.service_cidr.map(|c| c.to_string()).unwrap_or_default(),
+                node_port_min: n.node_ports.0 as u32,
+                node_port_max: n.node_ports.1 as u32,
+                host_interface: n.host_interface.clone().unwrap_or_default(),
             }),
             remote_nodes: self
                 .remotes
@@ -419,8 +679,52 @@ impl State {
                     ifname: p.ifname.clone(),
                 })
                 .collect(),
-            services: Vec::new(),
+            services: self.services.values().map(service_to_proto).collect(),
         }
+    }
+}
+
+fn service_to_proto(sv: &Service) -> pb::Service {
+    pb::Service {
+        name: sv.name.clone(),
+        cluster_ip: sv.cluster_ip.to_string(),
+        ports: sv
+            .ports
+            .iter()
+            .map(|(name, p)| pb::ServicePort {
+                name: name.clone(),
+                protocol: if p.proto == 6 {
+                    pb::Protocol::Tcp
+                } else {
+                    pb::Protocol::Udp
+                } as i32,
+                port: p.port as u32,
+                target_port: p.target_port as u32,
+                node_port: p.node_port.unwrap_or(0) as u32,
+            })
+            .collect(),
+        session_affinity: if sv.affinity_s.is_some() {
+            pb::SessionAffinity::ClientIp
+        } else {
+            pb::SessionAffinity::None
+        } as i32,
+        affinity_timeout_s: sv.affinity_s.unwrap_or(0),
+        external_traffic_policy: if sv.local {
+            pb::TrafficPolicy::Local
+        } else {
+            pb::TrafficPolicy::Cluster
+        } as i32,
+        endpoints: sv
+            .endpoints
+            .iter()
+            .map(|e| pb::Endpoint {
+                ip: e.ip.to_string(),
+                node: e.node.clone(),
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            })
+            .collect(),
     }
 }
 
@@ -442,7 +746,10 @@ mod tests {
                 pod_cidr: "10.244.1.0/24".into(),
                 gateway_ip: "10.244.1.1".into(),
                 pod_mtu: 1450,
-                ..Default::default()
+                service_cidr: "10.96.0.0/12".into(),
+                node_port_min: 30000,
+                node_port_max: 32767,
+                host_interface: "kxhost".into(),
             }),
             remote_nodes: vec![pb::RemoteNode {
                 name: "n2".into(),
@@ -564,6 +871,111 @@ mod tests {
             .with_changes(9, &[Change::DeletePod("nope".into())])
             .unwrap_err();
         assert_eq!(e.field, "changes[0].delete_pod");
+    }
+
+    fn web(name: &str, vip: &str, node_port: u32) -> pb::Service {
+        pb::Service {
+            name: name.into(),
+            cluster_ip: vip.into(),
+            ports: vec![pb::ServicePort {
+                name: "http".into(),
+                protocol: pb::Protocol::Tcp as i32,
+                port: 80,
+                target_port: 8080,
+                node_port,
+            }],
+            session_affinity: 0,
+            affinity_timeout_s: 0,
+            external_traffic_policy: 0,
+            endpoints: vec![pb::Endpoint {
+                ip: "10.244.1.2".into(),
+                node: "n1".into(),
+                ready: true,
+                serving: true,
+                terminating: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn services_round_trip_and_bad_ones_are_named() {
+        let mut s = sample();
+        s.services.push(web("default/web", "10.96.0.10", 30080));
+        let st = check(&s).unwrap();
+        assert_eq!(st.to_proto(), s);
+        assert_eq!(st.services["default/web"].ports[0].1.target_port, 8080);
+
+        type Mutation = fn(&mut pb::DataplaneState);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                |s| s.services.push(web("z", "10.96.0.10", 0)),
+                "services[z].cluster_ip",
+            ),
+            (
+                |s| s.services.push(web("z", "10.97.0.1", 30080)),
+                "services[z].ports[0].node_port",
+            ),
+            (
+                |s| s.services[0].ports[0].node_port = 29999,
+                "services[default/web].ports[0].node_port",
+            ),
+            (
+                |s| s.services[0].ports[0].port = 0,
+                "state.services[0].ports[0].port",
+            ),
+            (
+                |s| s.services[0].ports[0].port = 70000,
+                "state.services[0].ports[0].port",
+            ),
+            (
+                |s| {
+                    let p = s.services[0].ports[0].clone();
+                    s.services[0].ports.push(p);
+                },
+                "state.services[0].ports[1].port",
+            ),
+            (
+                |s| s.services[0].ports[0].protocol = 0,
+                "state.services[0].ports[0].protocol",
+            ),
+            (
+                |s| s.services[0].endpoints[0].ip = "192.168.1.1".into(),
+                "services[default/web].endpoints[0].ip",
+            ),
+            (
+                |s| s.services[0].cluster_ip = "10.244.1.50".into(),
+                "services[default/web].cluster_ip",
+            ),
+            (
+                |s| s.services[0].affinity_timeout_s = 99999,
+                "state.services[0].affinity_timeout_s",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().service_cidr = String::new(),
+                "node.service_cidr",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().service_cidr = "10.240.0.0/12".into(),
+                "node.service_cidr",
+            ),
+            (
+                |s| {
+                    let sv = s.services[0].clone();
+                    s.services.push(sv);
+                },
+                "state.services[1].name",
+            ),
+        ];
+        for (i, (f, field)) in cases.into_iter().enumerate() {
+            let mut s = sample();
+            s.services.push(web("default/web", "10.96.0.10", 30080));
+            if i == 9 {
+                s.services[0].session_affinity = pb::SessionAffinity::ClientIp as i32;
+            }
+            f(&mut s);
+            let e = check(&s).expect_err(&format!("case {i} ({field}) accepted"));
+            assert_eq!(e.field, field, "case {i}: {e}");
+        }
     }
 
     #[test]

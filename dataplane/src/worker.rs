@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use kxdp_core::pipeline::{Counters, DropReason, Packet, Pipeline, Verdict, BATCH_SIZE};
+use kxdp_core::conntrack::Entry;
+use kxdp_core::pipeline::{
+    Counters, DropReason, Packet, Pipeline, SvcCounters, Verdict, BATCH_SIZE,
+};
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 
 use crate::sys::xsk::{self, BindMode, Desc, EventFd, KernelStats, Socket, Umem, FRAME_SIZE};
@@ -54,7 +57,26 @@ pub enum Command {
     KernelStats {
         reply: Sender<Vec<(PortId, KernelStats)>>,
     },
+    /// Per-service counters, new flows per backend, conntrack fill.
+    ServiceStats {
+        reply: Sender<ServiceStats>,
+    },
+    /// Up to `limit` conntrack entries, of service `service` if given.
+    Conntrack {
+        service: Option<u32>,
+        limit: usize,
+        reply: Sender<(Vec<(Entry, u64)>, usize)>,
+    },
     Stop,
+}
+
+/// A worker's service-side counters, copied on request.
+#[derive(Debug, Default, Clone)]
+pub struct ServiceStats {
+    pub services: Vec<SvcCounters>,
+    pub backend_flows: Vec<((std::net::Ipv4Addr, u16), u64)>,
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: usize,
 }
 
 /// Per-port traffic counters.
@@ -67,7 +89,7 @@ pub struct PortCounters {
     pub tx_ring_full: u64,
 }
 
-const MISC: usize = 6;
+const MISC: usize = 7;
 
 /// Counters a worker publishes for the manager to read: single writer,
 /// relaxed stores of the worker's own plain counters.
@@ -101,6 +123,7 @@ impl SharedStats {
         c.encapsulated = m[3];
         c.decapsulated = m[4];
         c.routed_local = m[5];
+        c.resets_sent = m[6];
         c
     }
 
@@ -149,6 +172,7 @@ impl WorkerHandle {
             port_counters: vec![PortCounters::default(); MAX_PORTS],
             free_slots: (0..MAX_SLOTS).rev().collect(),
             queue: index as u32,
+            start: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("kxdp-worker-{index}"))
@@ -209,6 +233,8 @@ struct Worker {
     port_counters: Vec<PortCounters>,
     free_slots: Vec<u16>,
     queue: u32,
+    /// The pipeline's clock origin (`now` is nanoseconds since this).
+    start: Instant,
 }
 
 /// A packet's fate after the pipeline, without the borrow of its chunk.
@@ -220,7 +246,7 @@ struct Out {
 
 impl Worker {
     fn run(mut self) {
-        let start = Instant::now();
+        let start = self.start;
         let mut idle: u32 = 0;
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
@@ -269,8 +295,43 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Tables { tables, reply } => {
+                self.pipeline.reserve_services(tables.services.names.len());
                 self.tables = tables;
                 let _ = reply.send(());
+            }
+            Command::ServiceStats { reply } => {
+                let ct = self.pipeline.conntrack();
+                let _ = reply.send(ServiceStats {
+                    services: self.pipeline.service_counters().to_vec(),
+                    backend_flows: self
+                        .pipeline
+                        .backend_flows()
+                        .iter()
+                        .map(|(k, v)| (*k, *v))
+                        .collect(),
+                    conntrack_entries: ct.len(),
+                    conntrack_capacity: ct.capacity(),
+                });
+            }
+            Command::Conntrack {
+                service,
+                limit,
+                reply,
+            } => {
+                let now = self.start.elapsed().as_nanos() as u64;
+                let ct = self.pipeline.conntrack();
+                let mut total = 0;
+                let mut v = Vec::new();
+                for (_, e) in ct
+                    .iter()
+                    .filter(|(_, e)| service.is_none_or(|s| e.service == s))
+                {
+                    total += 1;
+                    if v.len() < limit {
+                        v.push((*e, now.saturating_sub(e.last_seen_ns)));
+                    }
+                }
+                let _ = reply.send((v, total));
             }
             Command::KernelStats { reply } => {
                 let v = self
@@ -439,6 +500,7 @@ impl Worker {
             c.encapsulated,
             c.decapsulated,
             c.routed_local,
+            c.resets_sent,
         ];
         for (s, v) in self.stats.misc.iter().zip(m) {
             s.store(v, Ordering::Relaxed);

@@ -149,6 +149,31 @@ impl Attachment {
             .map_err(|err| XdpError::Map { map: "cfg", err })
     }
 
+    /// Makes exactly `ports` ((protocol, port) pairs) the NodePorts the
+    /// uplink program redirects.
+    pub fn set_node_ports(&self, ports: &[(u8, u16)]) -> Result<(), XdpError> {
+        let m = self.map("nodeports");
+        let want: std::collections::BTreeSet<u32> = ports
+            .iter()
+            .map(|&(proto, port)| (proto as u32) << 16 | port as u32)
+            .collect();
+        let have: Vec<Vec<u8>> = m.keys().collect();
+        for k in have {
+            let key = u32::from_ne_bytes(k[..4].try_into().unwrap_or([0; 4]));
+            if !want.contains(&key) {
+                let _ = m.delete(&k);
+            }
+        }
+        for k in want {
+            m.update(&k.to_ne_bytes(), &[1], MapFlags::ANY)
+                .map_err(|err| XdpError::Map {
+                    map: "nodeports",
+                    err,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Frames (redirected to AF_XDP, passed to the kernel), summed over CPUs.
     pub fn stats(&self) -> (u64, u64) {
         let m = self.map("stats");

@@ -60,6 +60,9 @@ fn node(uplink: &str) -> pb::NodeConfig {
         pod_cidr: "10.244.1.0/24".into(),
         gateway_ip: "10.244.1.1".into(),
         pod_mtu: 1450,
+        // Read-back reports the effective range, so ask for it explicitly.
+        node_port_min: 30000,
+        node_port_max: 32767,
         ..Default::default()
     }
 }

@@ -12,5 +12,6 @@
 pub mod conntrack;
 pub mod maglev;
 pub mod pipeline;
+pub mod services;
 pub mod tables;
 pub mod wire;

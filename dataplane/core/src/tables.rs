@@ -120,6 +120,11 @@ pub enum PortKind {
     Pod {
         ip: Ipv4Addr,
     },
+    /// The host veth: the node's kernel is at `peer_mac`, with the gateway
+    /// address, and reaches pods and ClusterIPs through it.
+    Host {
+        peer_mac: EthernetAddress,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,9 +158,12 @@ pub struct Tables {
     /// `None` until the first sync: every frame is dropped as unconfigured.
     pub node: Option<NodeInfo>,
     pub uplink: Option<PortId>,
+    pub host: Option<PortId>,
     pub ports: Vec<Option<PortInfo>>,
     pub local: HashMap<Ipv4Addr, LocalPod>,
     pub routes: Lpm<RemoteRoute>,
+    /// Service frontends (ClusterIPs, NodePorts) and their backends.
+    pub services: crate::services::Services,
 }
 
 impl Tables {
@@ -171,8 +179,10 @@ impl Tables {
             self.ports.resize(i + 1, None);
         }
         self.ports[i] = Some(info);
-        if info.kind == PortKind::Uplink {
-            self.uplink = Some(p);
+        match info.kind {
+            PortKind::Uplink => self.uplink = Some(p),
+            PortKind::Host { .. } => self.host = Some(p),
+            PortKind::Pod { .. } => {}
         }
     }
 }

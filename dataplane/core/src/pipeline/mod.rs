@@ -15,6 +15,11 @@
 
 use core::net::Ipv4Addr;
 
+mod nat;
+
+pub use nat::{SvcCounters, SNAT_PORTS};
+
+use crate::conntrack::{Conntrack, FlowKey, Timeouts};
 use crate::tables::{NodeInfo, PortId, PortInfo, PortKind, Tables};
 use crate::wire::{
     arp::{self, ArpPacket},
@@ -86,10 +91,18 @@ pub enum DropReason {
     VxlanBadVni,
     /// Not enough headroom in the chunk to prepend headers.
     NoHeadroom,
+    /// A service with no ready endpoint (answered with a reset/unreachable).
+    NoEndpoint,
+    /// A tracked flow's backend is gone (TCP answered with a reset).
+    BackendGone,
+    /// A non-SYN TCP segment to a service with no tracked flow.
+    NoConntrack,
+    /// The conntrack table is full and nothing could be evicted.
+    ConntrackFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::NoHeadroom as usize + 1;
+    pub const COUNT: usize = DropReason::ConntrackFull as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotConfigured,
         DropReason::UnknownPort,
@@ -117,6 +130,10 @@ impl DropReason {
         DropReason::VxlanMalformed,
         DropReason::VxlanBadVni,
         DropReason::NoHeadroom,
+        DropReason::NoEndpoint,
+        DropReason::BackendGone,
+        DropReason::NoConntrack,
+        DropReason::ConntrackFull,
     ];
 
     /// The snake_case name used in the API and metrics.
@@ -148,6 +165,10 @@ impl DropReason {
             DropReason::VxlanMalformed => "vxlan_malformed",
             DropReason::VxlanBadVni => "vxlan_bad_vni",
             DropReason::NoHeadroom => "no_headroom",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::BackendGone => "backend_gone",
+            DropReason::NoConntrack => "no_conntrack",
+            DropReason::ConntrackFull => "conntrack_full",
         }
     }
 }
@@ -198,6 +219,8 @@ pub struct Counters {
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub routed_local: u64,
+    /// TCP resets sent for services (no endpoint, backend gone).
+    pub resets_sent: u64,
 }
 
 impl Default for Counters {
@@ -210,6 +233,7 @@ impl Default for Counters {
             encapsulated: 0,
             decapsulated: 0,
             routed_local: 0,
+            resets_sent: 0,
         }
     }
 }
@@ -230,20 +254,47 @@ impl Counters {
         self.encapsulated += other.encapsulated;
         self.decapsulated += other.decapsulated;
         self.routed_local += other.routed_local;
+        self.resets_sent += other.resets_sent;
     }
 }
 
-/// The per-worker pipeline state: counters and the ICMP token bucket.
-#[derive(Debug, Default)]
+/// Conntrack entries per worker by default: 256k flows (both keys indexed),
+/// about 40 MiB per worker.
+pub const DEFAULT_CONNTRACK_CAPACITY: usize = 1 << 18;
+/// ClientIP affinity records per worker.
+const AFFINITY_CAPACITY: usize = 1 << 16;
+/// Conntrack slots the GC looks at after each batch: enough to sweep 256k
+/// slots in ~4k batches, small enough never to stall a worker.
+const GC_BUDGET: usize = 64;
+
+/// The per-worker pipeline state: counters, the ICMP token bucket, the
+/// connection-tracking table and service affinity.
 pub struct Pipeline {
     counters: Counters,
     icmp_tokens: u64,
     icmp_last_ns: u64,
+    ct: Conntrack,
+    nat: nat::NatState,
+}
+
+impl core::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("counters", &self.counters)
+            .field("conntrack_entries", &self.ct.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline::new()
+    }
 }
 
 /// ICMP error kinds the pipeline originates.
 #[derive(Debug, Clone, Copy)]
-enum IcmpError {
+pub(crate) enum IcmpError {
     TimeExceeded,
     Unreachable(u8),
     FragNeeded(u16),
@@ -251,14 +302,45 @@ enum IcmpError {
 
 impl Pipeline {
     pub fn new() -> Pipeline {
+        Pipeline::with_conntrack(DEFAULT_CONNTRACK_CAPACITY, Timeouts::default())
+    }
+
+    /// A pipeline whose conntrack holds `capacity` flows.
+    pub fn with_conntrack(capacity: usize, timeouts: Timeouts) -> Pipeline {
         Pipeline {
+            counters: Counters::default(),
             icmp_tokens: ICMP_BURST,
-            ..Pipeline::default()
+            icmp_last_ns: 0,
+            ct: Conntrack::new(capacity, timeouts),
+            nat: nat::NatState::new(AFFINITY_CAPACITY),
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The connection-tracking table (listing, counts; off the hot path).
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.ct
+    }
+
+    /// Per-service counters by service id.
+    pub fn service_counters(&self) -> &[SvcCounters] {
+        &self.nat.svc
+    }
+
+    /// New flows per backend (ip, port).
+    pub fn backend_flows(&self) -> &hashbrown::HashMap<(Ipv4Addr, u16), u64> {
+        &self.nat.backend_flows
+    }
+
+    /// Makes room for `n` services' counters (called when tables change,
+    /// never per packet).
+    pub fn reserve_services(&mut self, n: usize) {
+        if self.nat.svc.len() < n {
+            self.nat.svc.resize(n, SvcCounters::default());
+        }
     }
 
     /// Runs every packet of the batch and sets its verdict.
@@ -269,6 +351,7 @@ impl Pipeline {
                 self.counters.drops[r as usize] += 1;
             }
         }
+        self.ct.gc(now_ns, GC_BUDGET);
     }
 
     fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
@@ -286,6 +369,8 @@ impl Pipeline {
         match port.kind {
             PortKind::Pod { ip } => self.on_pod(now, t, node, port, ip, p),
             PortKind::Uplink => self.on_uplink(now, t, node, p),
+            // The node's kernel sends from the gateway address.
+            PortKind::Host { .. } => self.on_pod(now, t, node, port, node.gateway_ip, p),
         }
     }
 
@@ -301,7 +386,7 @@ impl Pipeline {
         let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
         match eth.ethertype() {
             ethernet::ethertype::IPV4 => {}
-            ethernet::ethertype::ARP => return self.arp(node, port, p),
+            ethernet::ethertype::ARP => return self.arp(t, node, port, p),
             _ => return Verdict::Drop(DropReason::UnsupportedEthertype),
         }
         if let Err(r) = check_ipv4(p, p.off + ETH) {
@@ -311,7 +396,65 @@ impl Pipeline {
         if ip.src_addr() != pod_ip {
             return Verdict::Drop(DropReason::SourceMismatch);
         }
+        let ing = nat::Ingress {
+            external: false,
+            in_port: p.port,
+            src_mac: eth.src_addr(),
+        };
+        self.service_then_route(now, t, node, p, ing)
+    }
+
+    /// Service translation (walks 3-4 and their replies), then routing.
+    fn service_then_route(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        ing: nat::Ingress,
+    ) -> Verdict {
+        match self.services(now, t, node, p, ing) {
+            nat::Nat::Pass => {
+                self.icmp_error_nat(p);
+            }
+            nat::Nat::Route {
+                external_reply: None,
+            } => {}
+            nat::Nat::Route {
+                external_reply: Some(mac),
+            } => return self.reply_external(t, p, mac),
+            nat::Nat::Done(v) => return v,
+        }
+        if ing.external {
+            // An outside client reaches only service frontends.
+            let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
+            if !t.local.contains_key(&dst) && t.routes.lookup(dst).is_none() {
+                return Verdict::Drop(DropReason::NotOurs);
+            }
+        }
         self.route(now, t, node, p, true)
+    }
+
+    /// Sends a translated reply straight back out the uplink to the outside
+    /// client's (or its router's) MAC, as a router one hop away would.
+    fn reply_external(&mut self, t: &Tables, p: &mut Packet<'_>, mac: EthernetAddress) -> Verdict {
+        let Some((uplink, info)) = t.uplink.and_then(|u| t.port(u).map(|i| (u, *i))) else {
+            return Verdict::Drop(DropReason::NoUplink);
+        };
+        let ip_off = p.off + ETH;
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
+            if ip.ttl() <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            ip.decrement_ttl();
+        }
+        let total = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]).total_len() as usize;
+        p.len = ETH + total;
+        let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+        eth.set_dst_addr(mac);
+        eth.set_src_addr(info.mac);
+        Verdict::Tx(uplink)
     }
 
     /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
@@ -337,7 +480,36 @@ impl Pipeline {
         // Ethernet padding is not part of the datagram; don't carry it on.
         p.len = ETH + total_len;
         if dst == node.gateway_ip {
-            return Verdict::Drop(DropReason::ToGateway);
+            // Walk 5: to the node itself, through the host interface.
+            let host = t.host.and_then(|h| t.port(h).map(|i| (h, *i)));
+            let Some((
+                h,
+                PortInfo {
+                    kind: PortKind::Host { peer_mac },
+                    mac,
+                },
+            )) = host
+            else {
+                return Verdict::Drop(DropReason::ToGateway);
+            };
+            if forwarded {
+                if ttl <= 1 {
+                    return self.icmp_error(
+                        now,
+                        t,
+                        node,
+                        p,
+                        IcmpError::TimeExceeded,
+                        DropReason::TtlExceeded,
+                    );
+                }
+                Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
+            }
+            let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+            eth.set_dst_addr(peer_mac);
+            eth.set_src_addr(mac);
+            self.counters.routed_local += 1;
+            return Verdict::Tx(h);
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::Ipv4Martian);
@@ -436,13 +608,7 @@ impl Pipeline {
         Verdict::Tx(uplink.0)
     }
 
-    fn on_uplink(
-        &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
-        p: &mut Packet<'_>,
-    ) -> Verdict {
+    fn on_uplink(&mut self, now: u64, t: &Tables, node: &NodeInfo, p: &mut Packet<'_>) -> Verdict {
         let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
         if eth.ethertype() != ethernet::ethertype::IPV4 {
             return Verdict::Drop(DropReason::NotOurs);
@@ -452,17 +618,31 @@ impl Pipeline {
             return Verdict::Drop(r);
         }
         let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
-        if ip.protocol() != ipv4::protocol::UDP || ip.dst_addr() != node.underlay_ip {
+        if ip.dst_addr() != node.underlay_ip {
             return Verdict::Drop(DropReason::NotOurs);
         }
+        let proto = ip.protocol();
         let ip_payload_off = ip_off + ip.header_len();
         let ip_end = ip_off + ip.total_len() as usize;
+        let vxlan_port = proto == ipv4::protocol::UDP
+            && p.buf[ip_payload_off..ip_end].len() >= 4
+            && u16::from_be_bytes([p.buf[ip_payload_off + 2], p.buf[ip_payload_off + 3]])
+                == node.vxlan_port;
+        if !vxlan_port {
+            if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
+                return Verdict::Drop(DropReason::NotOurs);
+            }
+            // Walk 4: an outside client to NodeIP:NodePort.
+            let ing = nat::Ingress {
+                external: true,
+                in_port: p.port,
+                src_mac: eth.src_addr(),
+            };
+            return self.service_then_route(now, t, node, p, ing);
+        }
         let Ok(u) = udp::UdpPacket::new_checked(&p.buf[ip_payload_off..ip_end]) else {
             return Verdict::Drop(DropReason::UdpMalformed);
         };
-        if u.dst_port() != node.vxlan_port {
-            return Verdict::Drop(DropReason::NotOurs);
-        }
         let vx_off = ip_payload_off + udp::HEADER_LEN;
         let vx_end = ip_payload_off + u.len() as usize;
         let Ok(vx) = vxlan::VxlanPacket::new_checked(&p.buf[vx_off..vx_end]) else {
@@ -484,9 +664,32 @@ impl Pipeline {
         if let Err(r) = check_ipv4(p, p.off + ETH) {
             return Verdict::Drop(r);
         }
+        self.counters.decapsulated += 1;
+        // Replies from remote backends come back to this node's gateway
+        // address (SNAT) or to a local client: translate before routing.
+        let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
+        let ing = nat::Ingress {
+            external: false,
+            in_port: p.port,
+            src_mac,
+        };
+        match self.services(now, t, node, p, ing) {
+            nat::Nat::Pass => {
+                self.icmp_error_nat(p);
+            }
+            nat::Nat::Route {
+                external_reply: None,
+            } => return self.route(now, t, node, p, true),
+            nat::Nat::Route {
+                external_reply: Some(mac),
+            } => return self.reply_external(t, p, mac),
+            nat::Nat::Done(v) => return v,
+        }
+        // An ICMP error may have been translated: read the destination again.
         let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
         // Only local pods are reached through the overlay; no transit.
         if !t.local.contains_key(&dst) {
+            self.counters.decapsulated -= 1;
             return self.icmp_error(
                 now,
                 t,
@@ -496,23 +699,32 @@ impl Pipeline {
                 DropReason::NoRoute,
             );
         }
-        self.counters.decapsulated += 1;
         self.route(now, t, node, p, true)
     }
 
     /// Answers ARP requests from a pod for addresses in the pod CIDR (the
     /// gateway and, as proxy ARP, other pods: every pod packet is routed).
-    fn arp(&mut self, node: &NodeInfo, port: &PortInfo, p: &mut Packet<'_>) -> Verdict {
+    fn arp(&mut self, t: &Tables, node: &NodeInfo, port: &PortInfo, p: &mut Packet<'_>) -> Verdict {
         let a = p.off + ETH;
         let Ok(req) = ArpPacket::new_checked(&p.buf[a..p.off + p.len]) else {
             return Verdict::Drop(DropReason::ArpMalformed);
         };
         let (sender_hw, sender_ip, target_ip) =
             (req.sender_hw_addr(), req.sender_ip(), req.target_ip());
+        // The host interface reaches every pod and ClusterIP through us; a
+        // pod reaches its own pod CIDR (the gateway included).
+        let answerable = match port.kind {
+            PortKind::Host { .. } => {
+                target_ip != node.gateway_ip
+                    && (node.cluster_cidr.contains(target_ip)
+                        || t.services.cidr.is_some_and(|c| c.contains(target_ip)))
+            }
+            _ => node.pod_cidr.contains(target_ip),
+        };
         if req.operation() != arp::op::REQUEST
             || sender_ip.is_unspecified()
             || sender_ip == target_ip
-            || !node.pod_cidr.contains(target_ip)
+            || !answerable
         {
             return Verdict::Drop(DropReason::ArpIgnored);
         }
@@ -733,12 +945,30 @@ pub fn flow_hash(ip: &[u8]) -> u32 {
     } else {
         0
     };
-    let mut h = (src << 32 | dst).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ ((proto as u64) << 32 | ports).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    mix(src << 32 | dst, (proto as u64) << 32 | ports) as u32
+}
+
+/// The same hash over a conntrack key (backend selection).
+#[inline]
+pub(crate) fn flow_hash_key(k: &FlowKey) -> u32 {
+    let a = (u32::from(k.src) as u64) << 32 | u32::from(k.dst) as u64;
+    let b = (k.proto as u64) << 32 | (k.sport as u64) << 16 | k.dport as u64;
+    mix(a, b) as u32
+}
+
+/// A 64-bit finaliser (splitmix64's), for hashing one value.
+#[inline]
+pub(crate) fn mix64(x: u64) -> u64 {
+    mix(x, 0)
+}
+
+#[inline]
+fn mix(a: u64, b: u64) -> u64 {
+    let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     h ^= h >> 29;
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h ^= h >> 32;
-    h as u32
+    h
 }
 
 #[cfg(test)]

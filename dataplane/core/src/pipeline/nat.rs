@@ -1,0 +1,598 @@
+//! Service load balancing: walks 3 (pod -> ClusterIP) and 4 (outside
+//! client -> NodeIP:NodePort), their replies, and ICMP errors about them.
+//!
+//! A new flow to a frontend picks a backend (ClientIP affinity, else Maglev
+//! over ready backends), is DNATed (and SNATed for NodePort with
+//! externalTrafficPolicy Cluster, or for hairpin), and is remembered in the
+//! worker's conntrack under both its original and its reply key. Later
+//! packets of either direction find the entry and are translated; replies
+//! carry the frontend's address, so the client only ever sees it.
+//!
+//! An established flow keeps its backend while the backend is serving
+//! (ready, or terminating). When the backend is gone: TCP gets a reset, UDP
+//! is re-balanced to a live backend at once (no stale-entry black hole).
+
+use core::net::Ipv4Addr;
+
+use hashbrown::HashMap;
+
+use super::{DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
+use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
+use crate::services::{Frontend, FrontendKey};
+use crate::tables::{NodeInfo, Tables};
+use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, EthernetAddress};
+
+/// SNAT source ports: above Linux's default ephemeral range (32768-60999),
+/// so they never collide with the node kernel's own connections from the
+/// same (gateway) address.
+pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// Ports tried for one SNAT before giving up.
+const SNAT_TRIES: u16 = 16;
+/// Entry flag: source was translated too.
+const F_SNAT: u8 = 1;
+/// Entry flag: the client is outside the cluster (arrived on the uplink).
+const F_EXTERNAL: u8 = 2;
+
+/// ClientIP session affinity: the last backend a client used per frontend.
+#[derive(Debug, Clone, Copy)]
+struct Affinity {
+    backend: (Ipv4Addr, u16),
+    last_ns: u64,
+}
+
+/// Per-service counters, indexed by the service's stable id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SvcCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub no_endpoint: u64,
+}
+
+/// Where the service machinery keeps its per-worker state.
+#[derive(Debug)]
+pub struct NatState {
+    affinity: HashMap<(FrontendKey, Ipv4Addr), Affinity>,
+    affinity_cap: usize,
+    pub(super) svc: Vec<SvcCounters>,
+    /// New flows per backend (ip, port) — for spread checks and the CLI.
+    pub(super) backend_flows: HashMap<(Ipv4Addr, u16), u64>,
+}
+
+impl NatState {
+    pub fn new(affinity_cap: usize) -> NatState {
+        NatState {
+            affinity: HashMap::with_capacity(affinity_cap),
+            affinity_cap,
+            svc: Vec::new(),
+            backend_flows: HashMap::with_capacity(4096),
+        }
+    }
+}
+
+/// The L3/L4 facts of a validated IPv4 packet that NAT needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct L4 {
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub l4_off: usize,
+    pub tcp_flags: Option<u8>,
+}
+
+impl L4 {
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+        }
+    }
+}
+
+/// Reads ports (TCP/UDP) of the datagram at `p.off + ETH`. `None` for other
+/// protocols or a transport header too short to carry them.
+pub(super) fn l4(p: &Packet<'_>) -> Option<L4> {
+    let ip_off = p.off + ETH;
+    let b = &p.buf[ip_off..p.off + p.len];
+    let hl = ((b[0] & 0xf) as usize) * 4;
+    let proto = b[9];
+    let l4b = &b[hl..];
+    let min = match proto {
+        ipv4::protocol::TCP => 20,
+        ipv4::protocol::UDP => 8,
+        _ => return None,
+    };
+    if l4b.len() < min {
+        return None;
+    }
+    Some(L4 {
+        proto,
+        src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+        dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+        sport: u16::from_be_bytes([l4b[0], l4b[1]]),
+        dport: u16::from_be_bytes([l4b[2], l4b[3]]),
+        l4_off: ip_off + hl,
+        tcp_flags: (proto == ipv4::protocol::TCP).then(|| l4b[13]),
+    })
+}
+
+/// Rewrites source and/or destination address and port of a TCP/UDP
+/// datagram, updating the IPv4 and transport checksums incrementally.
+pub(super) fn rewrite(
+    p: &mut Packet<'_>,
+    l: &L4,
+    src: Option<(Ipv4Addr, u16)>,
+    dst: Option<(Ipv4Addr, u16)>,
+) {
+    let ip_off = p.off + ETH;
+    let csum_off = l.l4_off
+        + if l.proto == ipv4::protocol::TCP {
+            16
+        } else {
+            6
+        };
+    let mut ipc = u16::from_be_bytes([p.buf[ip_off + 10], p.buf[ip_off + 11]]);
+    let mut l4c = u16::from_be_bytes([p.buf[csum_off], p.buf[csum_off + 1]]);
+    // UDP checksum 0 means "none": leave it so.
+    let has_l4c = l.proto == ipv4::protocol::TCP || l4c != 0;
+    let mut apply =
+        |addr_off: usize, port_off: usize, (ip, port): (Ipv4Addr, u16), buf: &mut [u8]| {
+            let old_ip = u32::from_be_bytes([
+                buf[addr_off],
+                buf[addr_off + 1],
+                buf[addr_off + 2],
+                buf[addr_off + 3],
+            ]);
+            let new_ip = u32::from(ip);
+            let old_port = u16::from_be_bytes([buf[port_off], buf[port_off + 1]]);
+            ipc = checksum::update_u32(ipc, old_ip, new_ip);
+            if has_l4c {
+                l4c = checksum::update_u32(l4c, old_ip, new_ip);
+                l4c = checksum::update_u16(l4c, old_port, port);
+            }
+            buf[addr_off..addr_off + 4].copy_from_slice(&ip.octets());
+            buf[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
+        };
+    if let Some(s) = src {
+        apply(ip_off + 12, l.l4_off, s, p.buf);
+    }
+    if let Some(d) = dst {
+        apply(ip_off + 16, l.l4_off + 2, d, p.buf);
+    }
+    p.buf[ip_off + 10..ip_off + 12].copy_from_slice(&ipc.to_be_bytes());
+    if has_l4c {
+        let l4c = if l.proto == ipv4::protocol::UDP && l4c == 0 {
+            0xFFFF
+        } else {
+            l4c
+        };
+        p.buf[csum_off..csum_off + 2].copy_from_slice(&l4c.to_be_bytes());
+    }
+}
+
+/// Context of a packet entering the service machinery.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ingress {
+    /// Arrived on the uplink from outside (not VXLAN): a NodePort client.
+    pub external: bool,
+    pub in_port: u16,
+    /// The frame's Ethernet source (to answer an outside client).
+    pub src_mac: EthernetAddress,
+}
+
+/// What the service machinery decided.
+pub(super) enum Nat {
+    /// Not a service packet: route it normally.
+    Pass,
+    /// Translated: route it (`external_reply`: send straight back out the
+    /// uplink to this MAC instead).
+    Route {
+        external_reply: Option<EthernetAddress>,
+    },
+    /// Final verdict (dropped, or a reset/unreachable sent back).
+    Done(Verdict),
+}
+
+impl Pipeline {
+    /// Walks 3 and 4 for a validated IPv4 frame at `p.off`.
+    pub(super) fn services(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        ing: Ingress,
+    ) -> Nat {
+        let Some(l) = l4(p) else {
+            return Nat::Pass;
+        };
+        let key = l.key();
+        if !self.ct.is_empty() {
+            if let Some((id, dir)) = self.ct.lookup(&key) {
+                if self.ct.expired(id, now) {
+                    self.ct.remove(id);
+                } else {
+                    return self.existing(now, t, node, p, &l, id, dir);
+                }
+            }
+        }
+        let Some(fe) = t.services.frontend(l.dst, l.proto, l.dport) else {
+            return Nat::Pass;
+        };
+        if fe.node_port && ing.external && !fe.local_only && l.dst != node.underlay_ip {
+            return Nat::Pass;
+        }
+        self.new_flow(now, t, node, p, &l, fe, ing)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn existing(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        l: &L4,
+        id: u32,
+        dir: Dir,
+    ) -> Nat {
+        let e = *self.ct.get(id);
+        match dir {
+            Dir::Original => {
+                let fe = t
+                    .services
+                    .frontend(e.original.dst, e.original.proto, e.original.dport);
+                let alive = fe.is_some_and(|f| f.serving(e.reply.src, e.reply.sport));
+                if !alive {
+                    self.ct.remove(id);
+                    if l.proto == ipv4::protocol::UDP {
+                        // Re-balance at once instead of black-holing.
+                        if let Some(fe) = fe {
+                            let ing = Ingress {
+                                external: e.flags & F_EXTERNAL != 0,
+                                in_port: e.in_port,
+                                src_mac: EthernetAddress(e.client_mac),
+                            };
+                            return self.new_flow(now, t, node, p, l, fe, ing);
+                        }
+                        return Nat::Pass;
+                    }
+                    return self.reject(
+                        now,
+                        t,
+                        node,
+                        p,
+                        l,
+                        e.flags & F_EXTERNAL != 0,
+                        DropReason::BackendGone,
+                    );
+                }
+                self.ct.touch(id, Dir::Original, l.tcp_flags, now);
+                let snat = (e.flags & F_SNAT != 0).then_some((e.reply.dst, e.reply.dport));
+                rewrite(p, l, snat, Some((e.reply.src, e.reply.sport)));
+                self.count_svc(fe.map(|f| f.service), p.len);
+                Nat::Route {
+                    external_reply: None,
+                }
+            }
+            Dir::Reply => {
+                self.ct.touch(id, Dir::Reply, l.tcp_flags, now);
+                rewrite(
+                    p,
+                    l,
+                    Some((e.original.dst, e.original.dport)),
+                    Some((e.original.src, e.original.sport)),
+                );
+                let fe = t
+                    .services
+                    .frontend(e.original.dst, e.original.proto, e.original.dport);
+                self.count_svc(fe.map(|f| f.service), p.len);
+                Nat::Route {
+                    external_reply: (e.flags & F_EXTERNAL != 0)
+                        .then_some(EthernetAddress(e.client_mac)),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        l: &L4,
+        fe: &Frontend,
+        ing: Ingress,
+    ) -> Nat {
+        // Only a SYN may open a TCP flow; anything else is stale.
+        if let Some(f) = l.tcp_flags {
+            if f & tcp::flags::SYN == 0 || f & tcp::flags::ACK != 0 {
+                return self.reject(now, t, node, p, l, ing.external, DropReason::NoConntrack);
+            }
+        }
+        let Some(backend) = self.choose(now, fe, l) else {
+            self.nat.svc_at(fe.service).no_endpoint += 1;
+            return self.reject(now, t, node, p, l, ing.external, DropReason::NoEndpoint);
+        };
+        // SNAT: NodePort with externalTrafficPolicy Cluster (replies must come
+        // back through this node), and hairpin (a backend calling itself).
+        let needs_snat = (fe.node_port && !fe.local_only && ing.external) || backend.0 == l.src;
+        let mut flags = if ing.external { F_EXTERNAL } else { 0 };
+        let mut reply = FlowKey {
+            proto: l.proto,
+            src: backend.0,
+            dst: l.src,
+            sport: backend.1,
+            dport: l.sport,
+        };
+        let mut entry = Entry {
+            original: l.key(),
+            reply,
+            service: fe.service,
+            backend: 0,
+            tcp: TcpState::SynSent,
+            created_ns: now,
+            last_seen_ns: now,
+            client_mac: ing.src_mac.0,
+            in_port: ing.in_port,
+            flags,
+        };
+        let mut inserted = None;
+        let tries = if needs_snat { SNAT_TRIES } else { 1 };
+        for i in 0..tries {
+            if needs_snat {
+                flags |= F_SNAT;
+                let span = SNAT_PORTS.1 - SNAT_PORTS.0 + 1;
+                let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
+                reply.dst = node.gateway_ip;
+                reply.dport = SNAT_PORTS.0 + h % span;
+                entry.reply = reply;
+                entry.flags = flags;
+            }
+            match self.ct.insert(entry, now) {
+                Ok(id) => {
+                    inserted = Some(id);
+                    break;
+                }
+                Err(InsertError::Exists) => continue,
+                Err(InsertError::Full) => break,
+            }
+        }
+        let Some(id) = inserted else {
+            return Nat::Done(Verdict::Drop(DropReason::ConntrackFull));
+        };
+        self.ct.touch(id, Dir::Original, l.tcp_flags, now);
+        let snat = needs_snat.then_some((reply.dst, reply.dport));
+        rewrite(p, l, snat, Some(backend));
+        let c = self.nat.svc_at(fe.service);
+        c.new_flows += 1;
+        c.packets += 1;
+        c.bytes += p.len as u64;
+        *self.nat.backend_flows.entry(backend).or_insert(0) += 1;
+        Nat::Route {
+            external_reply: None,
+        }
+    }
+
+    /// Picks a ready backend: the client's affinity backend if still ready
+    /// and fresh, else Maglev on the flow hash.
+    fn choose(&mut self, now: u64, fe: &Frontend, l: &L4) -> Option<(Ipv4Addr, u16)> {
+        if let Some(timeout) = fe.affinity_ns {
+            let k = (fe.key, l.src);
+            if let Some(a) = self.nat.affinity.get(&k) {
+                if now.saturating_sub(a.last_ns) < timeout && fe.ready(a.backend.0, a.backend.1) {
+                    let b = a.backend;
+                    self.nat.affinity.insert(
+                        k,
+                        Affinity {
+                            backend: b,
+                            last_ns: now,
+                        },
+                    );
+                    return Some(b);
+                }
+            }
+            // Affinity hashes the client only, so a new client's flows agree.
+            let b = fe.pick(super::mix64(u32::from(l.src) as u64))?;
+            let b = (b.ip, b.port);
+            if self.nat.affinity.len() < self.nat.affinity_cap || self.nat.affinity.contains_key(&k)
+            {
+                self.nat.affinity.insert(
+                    k,
+                    Affinity {
+                        backend: b,
+                        last_ns: now,
+                    },
+                );
+            }
+            return Some(b);
+        }
+        fe.pick(
+            super::flow_hash_key(&l.key()) as u64 | (super::flow_hash_key(&l.key()) as u64) << 32,
+        )
+        .map(|b| (b.ip, b.port))
+    }
+
+    /// Refuses a service packet the way a host would: TCP reset for TCP,
+    /// ICMP port unreachable otherwise; counted as `reason`.
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        l: &L4,
+        external: bool,
+        reason: DropReason,
+    ) -> Nat {
+        if l.proto == ipv4::protocol::TCP {
+            if l.tcp_flags.is_some_and(|f| f & tcp::flags::RST != 0) {
+                return Nat::Done(Verdict::Drop(reason));
+            }
+            self.counters.drops[reason as usize] += 1;
+            self.counters.resets_sent += 1;
+            let mac = self.sender_mac(p);
+            tcp_reset(p, l);
+            return if external {
+                Nat::Route {
+                    external_reply: Some(mac),
+                }
+            } else {
+                Nat::Route {
+                    external_reply: None,
+                }
+            };
+        }
+        if external {
+            return Nat::Done(Verdict::Drop(reason));
+        }
+        let unreachable = super::IcmpError::Unreachable(icmp::code::PORT_UNREACHABLE);
+        Nat::Done(self.icmp_error(now, t, node, p, unreachable, reason))
+    }
+
+    /// The frame's Ethernet source: where a reply to an outside client goes.
+    fn sender_mac(&self, p: &Packet<'_>) -> EthernetAddress {
+        ethernet::EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr()
+    }
+
+    fn count_svc(&mut self, service: Option<u32>, len: usize) {
+        if let Some(s) = service {
+            let c = self.nat.svc_at(s);
+            c.packets += 1;
+            c.bytes += len as u64;
+        }
+    }
+
+    /// Translates an ICMP error (from a backend, or about a reply) whose
+    /// quoted datagram belongs to a tracked flow, so the client sees the
+    /// frontend's address in both the outer and the quoted headers.
+    pub(super) fn icmp_error_nat(&mut self, p: &mut Packet<'_>) -> bool {
+        let ip_off = p.off + ETH;
+        let end = p.off + p.len;
+        let hl = ((p.buf[ip_off] & 0xf) as usize) * 4;
+        let icmp_off = ip_off + hl;
+        if p.buf[ip_off + 9] != ipv4::protocol::ICMP || end < icmp_off + 8 + IPV4_MIN + 8 {
+            return false;
+        }
+        let ty = p.buf[icmp_off];
+        if ty != icmp::msg_type::DEST_UNREACHABLE && ty != icmp::msg_type::TIME_EXCEEDED {
+            return false;
+        }
+        let q = icmp_off + 8;
+        let qhl = ((p.buf[q] & 0xf) as usize) * 4;
+        if p.buf[q] >> 4 != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
+            return false;
+        }
+        let qproto = p.buf[q + 9];
+        if qproto != ipv4::protocol::TCP && qproto != ipv4::protocol::UDP {
+            return false;
+        }
+        let rd = |o: usize| Ipv4Addr::new(p.buf[o], p.buf[o + 1], p.buf[o + 2], p.buf[o + 3]);
+        let rp = |o: usize| u16::from_be_bytes([p.buf[o], p.buf[o + 1]]);
+        // The quoted datagram is what the backend got: client -> backend, so
+        // its reverse is the entry's reply key.
+        let quoted = FlowKey {
+            proto: qproto,
+            src: rd(q + 12),
+            dst: rd(q + 16),
+            sport: rp(q + qhl),
+            dport: rp(q + qhl + 2),
+        };
+        let Some((id, Dir::Reply)) = self.ct.lookup(&quoted.reversed()) else {
+            return false;
+        };
+        let e = *self.ct.get(id);
+        // Quoted header: src back to the client, dst back to the frontend.
+        let mut qsum = u16::from_be_bytes([p.buf[q + 10], p.buf[q + 11]]);
+        for (off, new) in [(q + 12, e.original.src), (q + 16, e.original.dst)] {
+            let old =
+                u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
+            qsum = checksum::update_u32(qsum, old, u32::from(new));
+            p.buf[off..off + 4].copy_from_slice(&new.octets());
+        }
+        p.buf[q + 10..q + 12].copy_from_slice(&qsum.to_be_bytes());
+        p.buf[q + qhl..q + qhl + 2].copy_from_slice(&e.original.sport.to_be_bytes());
+        p.buf[q + qhl + 2..q + qhl + 4].copy_from_slice(&e.original.dport.to_be_bytes());
+        // Outer header: from the frontend, to the client.
+        let mut ipc = u16::from_be_bytes([p.buf[ip_off + 10], p.buf[ip_off + 11]]);
+        for (off, new) in [(ip_off + 12, e.original.dst), (ip_off + 16, e.original.src)] {
+            let old =
+                u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
+            ipc = checksum::update_u32(ipc, old, u32::from(new));
+            p.buf[off..off + 4].copy_from_slice(&new.octets());
+        }
+        p.buf[ip_off + 10..ip_off + 12].copy_from_slice(&ipc.to_be_bytes());
+        // The quoted transport checksum is stale now; the ICMP checksum
+        // covers everything, so recompute it whole (errors are rare).
+        let tot = u16::from_be_bytes([p.buf[ip_off + 2], p.buf[ip_off + 3]]) as usize;
+        let icmp_end = (ip_off + tot).min(end);
+        let b = &mut p.buf[icmp_off..icmp_end];
+        icmp::Icmpv4Packet::new_unchecked(b).fill_checksum();
+        true
+    }
+}
+
+impl NatState {
+    fn svc_at(&mut self, id: u32) -> &mut SvcCounters {
+        let i = id as usize;
+        if self.svc.len() <= i {
+            // Sized from the tables on swap (worker), so this only runs in tests.
+            self.svc.resize(i + 1, SvcCounters::default());
+        }
+        &mut self.svc[i]
+    }
+}
+
+/// Turns a TCP segment into the RST its sender would get from the addressed
+/// host (RFC 793 "Reset Generation"), in place, swapping addresses and ports.
+fn tcp_reset(p: &mut Packet<'_>, l: &L4) {
+    let ip_off = p.off + ETH;
+    let t = l.l4_off;
+    let seq = u32::from_be_bytes(p.buf[t + 4..t + 8].try_into().unwrap());
+    let ack = u32::from_be_bytes(p.buf[t + 8..t + 12].try_into().unwrap());
+    let flags = p.buf[t + 13];
+    let data_off = ((p.buf[t + 12] >> 4) as usize) * 4;
+    let tot = u16::from_be_bytes([p.buf[ip_off + 2], p.buf[ip_off + 3]]) as usize;
+    let seg_len = tot.saturating_sub(t - ip_off + data_off) as u32
+        + u32::from(flags & tcp::flags::SYN != 0)
+        + u32::from(flags & tcp::flags::FIN != 0);
+    let (rseq, rack, rflags) = if flags & tcp::flags::ACK != 0 {
+        (ack, 0, tcp::flags::RST)
+    } else {
+        (
+            0,
+            seq.wrapping_add(seg_len),
+            tcp::flags::RST | tcp::flags::ACK,
+        )
+    };
+    // Options never reach here (check_ipv4 drops them), so the TCP header
+    // already starts 20 bytes into the datagram.
+    debug_assert_eq!(t, ip_off + IPV4_MIN);
+    ipv4::emit_header(
+        &mut p.buf[ip_off..],
+        l.dst,
+        l.src,
+        ipv4::protocol::TCP,
+        20,
+        64,
+        0,
+        true,
+    );
+    p.buf[t..t + 2].copy_from_slice(&l.dport.to_be_bytes());
+    p.buf[t + 2..t + 4].copy_from_slice(&l.sport.to_be_bytes());
+    p.buf[t + 4..t + 8].copy_from_slice(&rseq.to_be_bytes());
+    p.buf[t + 8..t + 12].copy_from_slice(&rack.to_be_bytes());
+    p.buf[t + 12] = 5 << 4;
+    p.buf[t + 13] = rflags;
+    p.buf[t + 14..t + 20].fill(0);
+    p.len = ETH + IPV4_MIN + 20;
+    tcp::TcpPacket::new_unchecked(&mut p.buf[t..t + 20]).fill_checksum(l.dst, l.src);
+}

@@ -1,0 +1,50 @@
+//! Pod-to-pod traffic through kxdp: routed on one node, VXLAN between nodes.
+
+use kxdp_e2e::{check_tcp, check_udp, check_underlay_vxlan, require_root, Lab, LabOpts};
+
+#[test]
+fn same_node_tcp_and_udp() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    let before = lab.counters("n1");
+    check_tcp(&lab, "n1-p1", "n1-p2", 5001, 20 << 20);
+    check_tcp(&lab, "n1-p2", "n1-p1", 5002, 20 << 20);
+    check_udp(&lab, "n1-p1", "n1-p2", 6001, 1000);
+    check_udp(&lab, "n1-p2", "n1-p1", 6002, 1000);
+    let after = lab.counters("n1");
+    assert!(
+        after.get("routed_local") > before.get("routed_local"),
+        "routed_local did not grow: {:?}",
+        after.0
+    );
+    assert!(lab.dataplane_alive("n1"));
+}
+
+#[test]
+fn cross_node_tcp_and_udp() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    let (b1, b2) = (lab.counters("n1"), lab.counters("n2"));
+    check_tcp(&lab, "n1-p1", "n2-p1", 5001, 20 << 20);
+    check_tcp(&lab, "n2-p2", "n1-p2", 5002, 20 << 20);
+    check_udp(&lab, "n1-p1", "n2-p1", 6001, 1000);
+    check_udp(&lab, "n2-p2", "n1-p1", 6002, 1000);
+    let (a1, a2) = (lab.counters("n1"), lab.counters("n2"));
+    for (node, b, a) in [("n1", &b1, &a1), ("n2", &b2, &a2)] {
+        for key in ["encapsulated", "decapsulated"] {
+            assert!(
+                a.get(key) > b.get(key),
+                "{node}: {key} did not grow: {:?}",
+                a.0
+            );
+        }
+        eprintln!("{node} drops during the test: {:?}", a.drops_since(b));
+    }
+}
+
+#[test]
+fn underlay_carries_vxlan_with_the_vni() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    check_underlay_vxlan(&lab, "n1-p1", "n2-p1", 5001);
+}

@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# deps.sh — Debian packages kxdp needs to build, run its lab and test it.
+#
+# Sourced by lab.sh and test.sh (not run on its own). Installs only what is
+# missing (checked with `dpkg -s`), runs `apt-get update` at most once per
+# shell, and never prompts.
+
+# Build: clang/llvm (the XDP program), libelf/zlib/m4/pkg-config/make
+# (libbpf and libxdp through libbpf-sys and libxdp-sys), protobuf-compiler (gRPC code).
+# Lab and tests: iproute2 (namespaces, veth, vxlan, bridge), ethtool (offloads),
+# iperf3, tcpdump (underlay captures), jq (kxdpctl JSON), nftables, python3
+# (raw AF_PACKET frames in the e2e tests, from /usr/bin/python3).
+KXDP_DEB_PACKAGES=(
+    clang llvm libelf-dev zlib1g-dev m4 pkg-config make protobuf-compiler
+    iproute2 ethtool iperf3 tcpdump jq nftables python3
+)
+
+kxdp_apt_updated=0
+
+# kxdp_deb_installed PKG: true when PKG is installed (not just known to dpkg).
+kxdp_deb_installed() {
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'
+}
+
+# kxdp_install_deps [EXTRA_PKG...]: installs the missing packages of
+# KXDP_DEB_PACKAGES plus the extra ones given.
+kxdp_install_deps() {
+    local missing=() pkg
+    for pkg in "${KXDP_DEB_PACKAGES[@]}" "$@"; do
+        kxdp_deb_installed "$pkg" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "==> Debian packages: all present"
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: missing Debian packages (${missing[*]}); run as root to install them" >&2
+        return 1
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "error: missing packages (${missing[*]}) and no apt-get to install them" >&2
+        return 1
+    fi
+    echo "==> installing Debian packages: ${missing[*]}"
+    if ((kxdp_apt_updated == 0)); then
+        apt-get update -qq
+        kxdp_apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# kxdp_find_cargo: sets KXDP_CARGO to the cargo to use. Under `sudo`, root's
+# PATH rarely holds the invoking user's ~/.cargo/bin: fall back to it, and
+# point rustup at that user's toolchain (exports CARGO_HOME and RUSTUP_HOME).
+# Call it directly, not in $(...), so the exports stay.
+kxdp_find_cargo() {
+    KXDP_CARGO=$(command -v cargo || true)
+    [[ -n $KXDP_CARGO ]] && return 0
+    local home
+    for home in "${HOME:-/root}" "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)"; do
+        if [[ -n $home && -x $home/.cargo/bin/cargo ]]; then
+            export CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup"
+            KXDP_CARGO=$home/.cargo/bin/cargo
+            return 0
+        fi
+    done
+    echo "error: cargo not found (install Rust with rustup, or put cargo on PATH)" >&2
+    return 1
+}
