@@ -9,10 +9,14 @@
 # (libbpf and libxdp through libbpf-sys and libxdp-sys), protobuf-compiler (gRPC code).
 # Lab and tests: iproute2 (namespaces, veth, vxlan, bridge), ethtool (offloads),
 # iperf3, tcpdump (underlay captures), jq (kxdpctl JSON), nftables, python3
-# (raw AF_PACKET frames in the e2e tests, from /usr/bin/python3).
+# (raw AF_PACKET frames in the e2e tests, from /usr/bin/python3), libbpf-dev
+# (bpf_helpers.h for the XDP program), etcd-server (the control plane's etcd
+# store tests run a real etcd on loopback), containernetworking-plugins (the
+# CNI plugin delegates IPAM to host-local), util-linux (nsenter).
 KXDP_DEB_PACKAGES=(
-    clang llvm libelf-dev zlib1g-dev m4 pkg-config make protobuf-compiler
+    clang llvm libelf-dev zlib1g-dev m4 pkg-config make protobuf-compiler libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3
+    etcd-server containernetworking-plugins util-linux
 )
 
 kxdp_apt_updated=0

@@ -452,10 +452,32 @@ start_dataplane() {
     wait_socket "$n" "$RUN_DIR/$n.sock"
 }
 
+# make_host_interface NODE: the host veth pair (walk 5). The dataplane owns
+# one end; the node kernel's end carries the pod gateway address, and its
+# routes to the cluster and service CIDRs go through it (kubelet probes, host
+# processes reaching pods and ClusterIPs).
+make_host_interface() {
+    local n=$1 ns=$P-$1 ours peer cluster svc
+    IFS=$'\t' read -r ours peer cluster svc < <(jq -r --arg n "$n" \
+        '.[] | select(.name == $n) | [.host_interface, .host_peer, .cluster_cidr, .service_cidr] | map(tostring) | @tsv' \
+        "$RUN_DIR/nodes.json")
+    [[ -n $ours && $ours != null ]] || return 0
+    ip -n "$ns" link add "$ours" numtxqueues 1 numrxqueues 1 type veth peer name "$peer" numtxqueues 1 numrxqueues 1
+    tx_off "$ns" "$ours"
+    tx_off "$ns" "$peer" tso off gso off
+    ip -n "$ns" link set "$ours" up
+    ip -n "$ns" addr add "${N_GW[$n]}/32" dev "$peer"
+    ip -n "$ns" link set "$peer" up
+    ip -n "$ns" route add "$cluster" dev "$peer" src "${N_GW[$n]}"
+    [[ -n $svc && $svc != null ]] && ip -n "$ns" route add "$svc" dev "$peer" src "${N_GW[$n]}"
+    return 0
+}
+
 make_kxdp_node() {
     local n=$1 core=$2 ns=$P-$1 args
     log "node $n: kxdp (dataplane on core $core${XDP_MODE:+, xdp mode $XDP_MODE})"
     ns_sysctl "$ns" net.ipv4.ip_forward 0
+    make_host_interface "$n"
     args=(--socket "$RUN_DIR/$n.sock" --workers 1 --cores "$core")
     [[ -n $XDP_MODE ]] && args+=(--xdp-mode "$XDP_MODE")
     printf '%s\n' "${args[@]}" >"$RUN_DIR/$n.args"

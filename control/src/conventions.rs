@@ -91,6 +91,13 @@ pub fn pod_ifname(ip: Ipv4Addr) -> String {
     format!("kx{:08x}", u32::from(ip))
 }
 
+/// The dataplane's end of every node's host veth pair (walk 5). Its peer,
+/// [`HOST_PEER`], is the node kernel's side: it carries the pod gateway
+/// address, and routes to the cluster and service CIDRs point at it.
+pub const HOST_INTERFACE: &str = "kxhost";
+/// The kernel's end of the host veth pair.
+pub const HOST_PEER: &str = "kxnode";
+
 /// A node's VTEP MAC when the file does not give one: `0e:58:` + underlay IP bytes.
 pub fn default_vtep_mac(underlay_ip: Ipv4Addr) -> Mac {
     let [a, b, c, d] = underlay_ip.octets();

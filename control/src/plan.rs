@@ -9,6 +9,7 @@ use kxdp_proto::dataplane::{DataplaneState, NodeConfig, Pod, RemoteNode};
 use serde::Serialize;
 
 use crate::cluster::{Cluster, DataplaneKind};
+use crate::conventions;
 use crate::runtime::Runtime;
 
 /// The full state for `node`'s dataplane at `generation`, with the run-time
@@ -35,8 +36,7 @@ pub fn node_state(
         service_cidr: cluster.service_cidr.to_string(),
         node_port_min: u32::from(cluster.node_ports.0),
         node_port_max: u32::from(cluster.node_ports.1),
-        // Fields this control process does not set yet keep proto defaults.
-        ..Default::default()
+        host_interface: conventions::HOST_INTERFACE.to_string(),
     };
     // Every other node, whatever forwards for it: kernel nodes are reached
     // through their Linux vxlan device just the same.
@@ -172,6 +172,11 @@ pub struct NodePlan {
     pub underlay_mtu: u32,
     pub vni: u32,
     pub vxlan_port: u16,
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    /// The host veth pair (walk 5): the dataplane's end and the kernel's.
+    pub host_interface: String,
+    pub host_peer: String,
 }
 
 pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
@@ -190,6 +195,10 @@ pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
             underlay_mtu: cluster.underlay_mtu,
             vni: cluster.vni,
             vxlan_port: cluster.vxlan_port,
+            cluster_cidr: cluster.cidr.to_string(),
+            service_cidr: cluster.service_cidr.to_string(),
+            host_interface: conventions::HOST_INTERFACE.to_string(),
+            host_peer: conventions::HOST_PEER.to_string(),
         })
         .collect()
 }
@@ -244,6 +253,7 @@ mod tests {
                 gateway_ip: "10.244.1.1".into(),
                 pod_mtu: 1450,
                 service_cidr: "10.96.0.0/12".into(),
+                host_interface: "kxhost".into(),
                 node_port_min: 30000,
                 node_port_max: 32767,
                 ..Default::default()

@@ -13,6 +13,7 @@
 use core::net::Ipv4Addr;
 use std::sync::OnceLock;
 
+use kxdp_core::conntrack::Timeouts;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict};
 use kxdp_core::tables::{LocalPod, NodeInfo, PortInfo, PortKind, Prefix, RemoteRoute, Tables};
 use kxdp_core::wire::{checksum, EthernetAddress};
@@ -20,6 +21,9 @@ use libfuzzer_sys::fuzz_target;
 
 const CHUNK: usize = 2048;
 const ETH: usize = 14;
+/// A fresh pipeline per input (so a crash replays alone), with a small
+/// conntrack: the default one (256k flows) costs milliseconds to build.
+const CONNTRACK: usize = 64;
 
 fn mac(b: [u8; 6]) -> EthernetAddress {
     EthernetAddress(b)
@@ -105,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
     let mut chunk = [0xa5u8; CHUNK];
     chunk[off..off + len].copy_from_slice(&frame[..len]);
 
-    let mut pl = Pipeline::new();
+    let mut pl = Pipeline::with_conntrack(CONNTRACK, Timeouts::default());
     let mut pkts = [Packet::new(&mut chunk, off, len, port)];
     pl.process(1_000_000_000_000, t, &mut pkts);
     let p = &pkts[0];

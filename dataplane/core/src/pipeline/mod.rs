@@ -351,7 +351,10 @@ impl Pipeline {
                 self.counters.drops[r as usize] += 1;
             }
         }
-        self.ct.gc(now_ns, GC_BUDGET);
+        // An empty table has nothing to expire: don't touch its memory.
+        if !self.ct.is_empty() {
+            self.ct.gc(now_ns, GC_BUDGET);
+        }
     }
 
     fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
@@ -687,8 +690,9 @@ impl Pipeline {
         }
         // An ICMP error may have been translated: read the destination again.
         let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
-        // Only local pods are reached through the overlay; no transit.
-        if !t.local.contains_key(&dst) {
+        // Only local pods and this node (its gateway address, the host
+        // interface) are reached through the overlay; no transit.
+        if !t.local.contains_key(&dst) && dst != node.gateway_ip {
             self.counters.decapsulated -= 1;
             return self.icmp_error(
                 now,
