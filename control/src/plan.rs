@@ -256,7 +256,6 @@ mod tests {
                 host_interface: "kxhost".into(),
                 node_port_min: 30000,
                 node_port_max: 32767,
-                ..Default::default()
             }
         );
         assert_eq!(
