@@ -38,7 +38,7 @@ STOP_TIMEOUT=10
 
 usage() {
     cat <<EOF
-Usage: lab.sh up|down|status|restart-node NODE [--kill]|help
+Usage: lab.sh up|down|status|restart-node NODE [--kill]|restart-control [--kill]|help
 
 A kxdp cluster in network namespaces: a switch, one namespace per node, one
 per pod, and an outside client. Needs root.
@@ -52,6 +52,10 @@ per pod, and an outside client. Needs root.
   restart-node NODE [--kill]
                 stop NODE's dataplane (SIGTERM, or SIGKILL with --kill), start
                 it again as 'up' did, wait until kxdp-control has synced it again
+  restart-control [--kill]
+                stop kxdp-control (SIGTERM, or SIGKILL), start it again; it
+                pushes every node's state once on start, without disturbing
+                the dataplanes' established flows
 
 Topology (P = prefix):
   netns P-sw        bridge br0; ports named after the nodes (n1, n2) and ext
@@ -679,6 +683,22 @@ restart_node() {
     echo "node $n: dataplane pid $(cat "$RUN_DIR/$n.pid"), synced"
 }
 
+restart_control() {
+    local sig=TERM
+    [[ ${1:-} == --kill ]] && sig=KILL
+    [[ $(id -u) -eq 0 ]] || die "lab.sh needs root"
+    [[ -f $RUN_DIR/lab.env ]] || die "lab '$P' is not up (no $RUN_DIR/lab.env)"
+    # shellcheck source=/dev/null
+    source "$RUN_DIR/lab.env"
+    BIN_DIR=$LAB_BIN_DIR
+    load_plan
+    ((${#KXDP_NODES[@]} > 0)) || die "lab '$P' has no kxdp nodes, so no kxdp-control"
+    log "stopping kxdp-control (SIG$sig)"
+    stop_pidfile "$RUN_DIR/control.pid" kxdp-control "$sig"
+    start_control
+    echo "kxdp-control: pid $(cat "$RUN_DIR/control.pid"), every node synced"
+}
+
 # ---------------------------------------------------------------- main
 
 case ${1:-help} in
@@ -691,6 +711,10 @@ case ${1:-help} in
     restart-node)
         shift
         restart_node "$@"
+        ;;
+    restart-control)
+        shift
+        restart_control "$@"
         ;;
     help | -h | --help) usage ;;
     *)
