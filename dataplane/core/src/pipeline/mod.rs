@@ -418,7 +418,9 @@ impl Pipeline {
     ) -> Verdict {
         match self.services(now, t, node, p, ing) {
             nat::Nat::Pass => {
-                self.icmp_error_nat(p);
+                if let Some(mac) = self.icmp_error_nat(p) {
+                    return self.reply_external(t, p, mac);
+                }
             }
             nat::Nat::Route {
                 external_reply: None,
@@ -678,7 +680,9 @@ impl Pipeline {
         };
         match self.services(now, t, node, p, ing) {
             nat::Nat::Pass => {
-                self.icmp_error_nat(p);
+                if let Some(mac) = self.icmp_error_nat(p) {
+                    return self.reply_external(t, p, mac);
+                }
             }
             nat::Nat::Route {
                 external_reply: None,
@@ -759,11 +763,30 @@ impl Pipeline {
         kind: IcmpError,
         reason: DropReason,
     ) -> Verdict {
+        self.icmp_error_to(now, t, node, p, kind, reason, None)
+    }
+
+    /// As [`Pipeline::icmp_error`]; with `outside`, the frame came from
+    /// outside the cluster (a NodePort client, or its router, at that MAC):
+    /// the error comes from the address it was sent to and goes straight
+    /// back out the uplink.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error_to(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        kind: IcmpError,
+        reason: DropReason,
+        outside: Option<EthernetAddress>,
+    ) -> Verdict {
         let ip_off = p.off + ETH;
-        let (src, header_len, total_len, proto) = {
+        let (src, dst, header_len, total_len, proto) = {
             let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
             (
                 ip.src_addr(),
+                ip.dst_addr(),
                 ip.header_len(),
                 ip.total_len() as usize,
                 ip.protocol(),
@@ -822,7 +845,11 @@ impl Pipeline {
         }
         ipv4::emit_header(
             &mut p.buf[new_off + ETH..],
-            node.gateway_ip,
+            if outside.is_some() {
+                dst
+            } else {
+                node.gateway_ip
+            },
             src,
             ipv4::protocol::ICMP,
             icmp_len as u16,
@@ -834,7 +861,13 @@ impl Pipeline {
         p.off = new_off;
         p.len = ETH + IPV4_MIN + icmp_len;
         self.counters.icmp_errors_sent += 1;
-        match self.route(now, t, node, p, false) {
+        // About a translated packet (DNATed, SNATed): quote it as the
+        // client sent it, or the client cannot match the error to its flow.
+        let sent = match outside.or_else(|| self.icmp_error_nat(p)) {
+            Some(mac) => self.reply_external(t, p, mac),
+            None => self.route(now, t, node, p, false),
+        };
+        match sent {
             v @ Verdict::Tx(_) => v,
             // The error itself could not be delivered: the original's drop
             // is already counted; don't count this one twice.
@@ -975,5 +1008,7 @@ fn mix(a: u64, b: u64) -> u64 {
     h
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

@@ -248,9 +248,15 @@ impl Pipeline {
                     .services
                     .frontend(e.original.dst, e.original.proto, e.original.dport);
                 let alive = fe.is_some_and(|f| f.serving(e.reply.src, e.reply.sport));
-                if !alive {
+                // A SYN on a closed entry is a new connection (the client
+                // reused its port): it picks a backend afresh, like one on
+                // an entry whose backend is gone.
+                let syn = l
+                    .tcp_flags
+                    .is_some_and(|f| f & tcp::flags::SYN != 0 && f & tcp::flags::ACK == 0);
+                if !alive || (syn && e.tcp == TcpState::Closed) {
                     self.ct.remove(id);
-                    if l.proto == ipv4::protocol::UDP {
+                    if l.proto == ipv4::protocol::UDP || syn {
                         // Re-balance at once instead of black-holing.
                         if let Some(fe) = fe {
                             let ing = Ingress {
@@ -260,6 +266,8 @@ impl Pipeline {
                             };
                             return self.new_flow(now, t, node, p, l, fe, ing);
                         }
+                    }
+                    if l.proto == ipv4::protocol::UDP {
                         return Nat::Pass;
                     }
                     return self.reject(
@@ -337,7 +345,12 @@ impl Pipeline {
             reply,
             service: fe.service,
             backend: 0,
-            tcp: TcpState::SynSent,
+            // UDP entries have no TCP state (and the UDP timeout).
+            tcp: if l.proto == ipv4::protocol::TCP {
+                TcpState::SynSent
+            } else {
+                TcpState::None
+            },
             created_ns: now,
             last_seen_ns: now,
             client_mac: ing.src_mac.0,
@@ -451,11 +464,10 @@ impl Pipeline {
                 }
             };
         }
-        if external {
-            return Nat::Done(Verdict::Drop(reason));
-        }
         let unreachable = super::IcmpError::Unreachable(icmp::code::PORT_UNREACHABLE);
-        Nat::Done(self.icmp_error(now, t, node, p, unreachable, reason))
+        // An outside client gets it from the NodeIP, back out the uplink.
+        let outside = external.then(|| self.sender_mac(p));
+        Nat::Done(self.icmp_error_to(now, t, node, p, unreachable, reason, outside))
     }
 
     /// The frame's Ethernet source: where a reply to an outside client goes.
@@ -471,29 +483,31 @@ impl Pipeline {
         }
     }
 
-    /// Translates an ICMP error (from a backend, or about a reply) whose
-    /// quoted datagram belongs to a tracked flow, so the client sees the
-    /// frontend's address in both the outer and the quoted headers.
-    pub(super) fn icmp_error_nat(&mut self, p: &mut Packet<'_>) -> bool {
+    /// Translates an ICMP error (from a backend, or one we make) whose
+    /// quoted datagram is a tracked flow's translated packet, so the client
+    /// sees the frontend's address in both the outer and the quoted headers.
+    /// Returns the MAC to send it straight back out the uplink to when the
+    /// client is outside the cluster (NodePort).
+    pub(super) fn icmp_error_nat(&mut self, p: &mut Packet<'_>) -> Option<EthernetAddress> {
         let ip_off = p.off + ETH;
         let end = p.off + p.len;
         let hl = ((p.buf[ip_off] & 0xf) as usize) * 4;
         let icmp_off = ip_off + hl;
         if p.buf[ip_off + 9] != ipv4::protocol::ICMP || end < icmp_off + 8 + IPV4_MIN + 8 {
-            return false;
+            return None;
         }
         let ty = p.buf[icmp_off];
         if ty != icmp::msg_type::DEST_UNREACHABLE && ty != icmp::msg_type::TIME_EXCEEDED {
-            return false;
+            return None;
         }
         let q = icmp_off + 8;
         let qhl = ((p.buf[q] & 0xf) as usize) * 4;
         if p.buf[q] >> 4 != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
-            return false;
+            return None;
         }
         let qproto = p.buf[q + 9];
         if qproto != ipv4::protocol::TCP && qproto != ipv4::protocol::UDP {
-            return false;
+            return None;
         }
         let rd = |o: usize| Ipv4Addr::new(p.buf[o], p.buf[o + 1], p.buf[o + 2], p.buf[o + 3]);
         let rp = |o: usize| u16::from_be_bytes([p.buf[o], p.buf[o + 1]]);
@@ -506,8 +520,8 @@ impl Pipeline {
             sport: rp(q + qhl),
             dport: rp(q + qhl + 2),
         };
-        let Some((id, Dir::Reply)) = self.ct.lookup(&quoted.reversed()) else {
-            return false;
+        let (id, Dir::Reply) = self.ct.lookup(&quoted.reversed())? else {
+            return None;
         };
         let e = *self.ct.get(id);
         // Quoted header: src back to the client, dst back to the frontend.
@@ -536,7 +550,7 @@ impl Pipeline {
         let icmp_end = (ip_off + tot).min(end);
         let b = &mut p.buf[icmp_off..icmp_end];
         icmp::Icmpv4Packet::new_unchecked(b).fill_checksum();
-        true
+        (e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
     }
 }
 

@@ -32,41 +32,44 @@ use crate::wire::{checksum, vectors::XorShift};
 /// UMEM chunk size used by the dataplane.
 const CHUNK: usize = 2048;
 /// Where received frames start in a chunk (headroom for encap and ICMP).
-const RX_OFF: usize = 256;
+pub(super) const RX_OFF: usize = 256;
 /// An arbitrary monotonic "now" (the ICMP bucket starts full).
-const T0: u64 = 1_000_000_000_000;
-const MS: u64 = 1_000_000;
+pub(super) const T0: u64 = 1_000_000_000_000;
+pub(super) const MS: u64 = 1_000_000;
 
-const UPLINK: PortId = 0;
-const P1_PORT: PortId = 1;
-const P2_PORT: PortId = 2;
+pub(super) const UPLINK: PortId = 0;
+pub(super) const P1_PORT: PortId = 1;
+pub(super) const P2_PORT: PortId = 2;
 /// Not in the tables.
 const UNKNOWN_PORT: PortId = 7;
 
-const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
-const REMOTE_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 12);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
-const P1_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const P2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
-const POD_MTU: u16 = 1450;
-const VNI: u32 = 1;
-const VXLAN_PORT: u16 = 4789;
+pub(super) const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
+pub(super) const REMOTE_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 12);
+pub(super) const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+pub(super) const P1_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+pub(super) const P2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+pub(super) const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+pub(super) const POD_MTU: u16 = 1450;
+pub(super) const VNI: u32 = 1;
+pub(super) const VXLAN_PORT: u16 = 4789;
 
-const VTEP_MAC: EthernetAddress = EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0b]);
-const REMOTE_VTEP_MAC: EthernetAddress = EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0c]);
+pub(super) const VTEP_MAC: EthernetAddress = EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0b]);
+pub(super) const REMOTE_VTEP_MAC: EthernetAddress =
+    EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0c]);
 /// n1's eth0.
-const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0b]);
+pub(super) const UPLINK_MAC: EthernetAddress =
+    EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0b]);
 /// n2's eth0: the underlay next hop towards 172.30.0.12.
-const NEXT_HOP_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0c]);
-const P1_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
-const P2_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
+pub(super) const NEXT_HOP_MAC: EthernetAddress =
+    EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0c]);
+pub(super) const P1_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+pub(super) const P2_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
 /// Node-side veth of p1: the gateway MAC p1 sees.
-const PORT1_MAC: EthernetAddress = EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0x01]);
+pub(super) const PORT1_MAC: EthernetAddress = EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0x01]);
 /// Node-side veth of p2.
-const PORT2_MAC: EthernetAddress = EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0x02]);
+pub(super) const PORT2_MAC: EthernetAddress = EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0x02]);
 
-fn node() -> NodeInfo {
+pub(super) fn node() -> NodeInfo {
     NodeInfo {
         underlay_ip: UNDERLAY_IP,
         vtep_mac: VTEP_MAC,
@@ -80,7 +83,7 @@ fn node() -> NodeInfo {
 }
 
 /// n1's tables; `next_hop` is the resolved underlay MAC towards n2, if any.
-fn tables_with(next_hop: Option<EthernetAddress>) -> Tables {
+pub(super) fn tables_with(next_hop: Option<EthernetAddress>) -> Tables {
     let mut t = Tables {
         node: Some(node()),
         ..Tables::default()
@@ -131,7 +134,7 @@ fn tables_with(next_hop: Option<EthernetAddress>) -> Tables {
     t
 }
 
-fn tables() -> Tables {
+pub(super) fn tables() -> Tables {
     tables_with(Some(NEXT_HOP_MAC))
 }
 
@@ -218,13 +221,13 @@ static P1_TO_REMOTE_UDP: [u8; 46] = [
 ];
 
 /// Offset of the inner IPv4 header in [`VXLAN_FROM_REMOTE`].
-const INNER_IP: usize = ENCAP_LEN + ETH;
+pub(super) const INNER_IP: usize = ENCAP_LEN + ETH;
 
 /// n2 -> n1 VXLAN (VNI 1) carrying the reply 10.244.2.2:5000 ->
 /// 10.244.1.2:40000 "pong", as n2 encapsulates it (inner TTL already
 /// decremented once, outer UDP checksum zero).
 #[rustfmt::skip]
-static VXLAN_FROM_REMOTE: [u8; 96] = [
+pub(super) static VXLAN_FROM_REMOTE: [u8; 96] = [
     /* outer eth dst: n1 uplink */ 0x52, 0x54, 0x00, 0x1e, 0x00, 0x0b,
     /* outer eth src: n2 uplink */ 0x52, 0x54, 0x00, 0x1e, 0x00, 0x0c,
     /* ethertype: ipv4 */ 0x08, 0x00,
@@ -268,7 +271,7 @@ static VXLAN_FROM_REMOTE: [u8; 96] = [
 
 /// p1 asks for its gateway 10.244.1.1 (veth frame, no padding).
 #[rustfmt::skip]
-static ARP_REQUEST_FOR_GATEWAY: [u8; 42] = [
+pub(super) static ARP_REQUEST_FOR_GATEWAY: [u8; 42] = [
     /* eth dst: broadcast */ 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     /* eth src: p1 */ 0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02,
     /* ethertype: arp */ 0x08, 0x06,
@@ -284,9 +287,9 @@ static ARP_REQUEST_FOR_GATEWAY: [u8; 42] = [
 ];
 
 /// Offset of the target IP in an ARP frame.
-const ARP_TPA: usize = ETH + 24;
+pub(super) const ARP_TPA: usize = ETH + 24;
 /// Offset of the sender IP in an ARP frame.
-const ARP_SPA: usize = ETH + 14;
+pub(super) const ARP_SPA: usize = ETH + 14;
 
 /// p1 pings p2: echo request id 0x42 seq 1, "abcdefgh".
 #[rustfmt::skip]
@@ -348,10 +351,10 @@ static ICMP_ERROR_P1_TO_P2_TTL1: [u8; 70] = [
 
 /// What `process` left in a chunk for one frame.
 #[derive(Debug, Clone)]
-struct Out {
-    verdict: Verdict,
-    off: usize,
-    frame: Vec<u8>,
+pub(super) struct Out {
+    pub(super) verdict: Verdict,
+    pub(super) off: usize,
+    pub(super) frame: Vec<u8>,
 }
 
 fn chunk_with(frame: &[u8], off: usize) -> Vec<u8> {
@@ -361,7 +364,12 @@ fn chunk_with(frame: &[u8], off: usize) -> Vec<u8> {
 }
 
 /// Runs one batch, each frame at [`RX_OFF`] of its own chunk.
-fn process_batch(pl: &mut Pipeline, now: u64, t: &Tables, inputs: &[(PortId, &[u8])]) -> Vec<Out> {
+pub(super) fn process_batch(
+    pl: &mut Pipeline,
+    now: u64,
+    t: &Tables,
+    inputs: &[(PortId, &[u8])],
+) -> Vec<Out> {
     let mut chunks: Vec<Vec<u8>> = inputs.iter().map(|(_, f)| chunk_with(f, RX_OFF)).collect();
     let mut pkts: Vec<Packet<'_>> = chunks
         .iter_mut()
@@ -378,7 +386,13 @@ fn process_batch(pl: &mut Pipeline, now: u64, t: &Tables, inputs: &[(PortId, &[u
         .collect()
 }
 
-fn process_one(pl: &mut Pipeline, now: u64, t: &Tables, port: PortId, frame: &[u8]) -> Out {
+pub(super) fn process_one(
+    pl: &mut Pipeline,
+    now: u64,
+    t: &Tables,
+    port: PortId,
+    frame: &[u8],
+) -> Out {
     process_batch(pl, now, t, &[(port, frame)]).remove(0)
 }
 
@@ -389,7 +403,7 @@ fn run(t: &Tables, port: PortId, frame: &[u8]) -> (Out, Counters) {
     (out, pl.counters().clone())
 }
 
-fn total_drops(c: &Counters) -> u64 {
+pub(super) fn total_drops(c: &Counters) -> u64 {
     c.drops.iter().sum()
 }
 
@@ -416,12 +430,12 @@ fn assert_dropped(t: &Tables, port: PortId, frame: &[u8], reason: DropReason) {
 // Building inputs (wire::checksum is fine here: these are inputs)
 // ---------------------------------------------------------------------------
 
-fn put_ip(f: &mut [u8], at: usize, ip: Ipv4Addr) {
+pub(super) fn put_ip(f: &mut [u8], at: usize, ip: Ipv4Addr) {
     f[at..at + 4].copy_from_slice(&ip.octets());
 }
 
 /// Recomputes the IPv4 header checksum of the header at `ip_off`.
-fn fix_ipv4_checksum(f: &mut [u8], ip_off: usize) {
+pub(super) fn fix_ipv4_checksum(f: &mut [u8], ip_off: usize) {
     let hl = (usize::from(f[ip_off] & 0xf) * 4).max(20);
     if f.len() < ip_off + hl {
         return;
@@ -432,7 +446,7 @@ fn fix_ipv4_checksum(f: &mut [u8], ip_off: usize) {
 }
 
 /// Recomputes the UDP, TCP or ICMP checksum of the datagram at `ip_off`.
-fn fix_l4_checksum(f: &mut [u8], ip_off: usize) {
+pub(super) fn fix_l4_checksum(f: &mut [u8], ip_off: usize) {
     let hl = usize::from(f[ip_off] & 0xf) * 4;
     let total = usize::from(u16::from_be_bytes([f[ip_off + 2], f[ip_off + 3]]));
     let proto = f[ip_off + 9];
@@ -471,7 +485,7 @@ fn fix_l4_checksum(f: &mut [u8], ip_off: usize) {
 
 /// `frame` with `edit` applied, then the IPv4 header checksum and the L4
 /// checksum of the datagram at `ip_off` made valid again.
-fn edited(frame: &[u8], ip_off: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+pub(super) fn edited(frame: &[u8], ip_off: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = frame.to_vec();
     edit(&mut f);
     fix_l4_checksum(&mut f, ip_off);
@@ -509,7 +523,7 @@ fn big_udp(dst: Ipv4Addr, total_len: usize, df: bool) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 
 /// Straightforward RFC 1071: the data (checksum included) sums to 0xFFFF.
-fn rfc1071_ok(data: &[u8]) -> bool {
+pub(super) fn rfc1071_ok(data: &[u8]) -> bool {
     let mut s: u64 = 0;
     for pair in data.chunks(2) {
         s += u64::from(pair[0]) << 8 | pair.get(1).copied().map_or(0, u64::from);
@@ -524,7 +538,7 @@ fn rfc1071_ok(data: &[u8]) -> bool {
 /// RFC 1071 reference and by etherparse (whose `Ipv4Header` has no field for
 /// the reserved flag bit, so it is asked only when that bit is clear).
 #[track_caller]
-fn assert_ipv4_checksum(ip: &[u8]) {
+pub(super) fn assert_ipv4_checksum(ip: &[u8]) {
     let (h, _) = Ipv4Header::from_slice(ip).expect("IPv4 header");
     assert!(rfc1071_ok(&ip[..h.header_len()]), "IPv4 header checksum");
     if ip[6] & 0x80 == 0 {
@@ -539,7 +553,7 @@ fn assert_ipv4_checksum(ip: &[u8]) {
 /// The TCP/UDP/ICMP checksum of the datagram `ip` is correct (a UDP checksum
 /// must also be present).
 #[track_caller]
-fn assert_l4_checksum(ip: &[u8]) {
+pub(super) fn assert_l4_checksum(ip: &[u8]) {
     let s = etherparse::Ipv4Slice::from_slice(ip).expect("IPv4 datagram");
     let (src, dst) = (s.header().source(), s.header().destination());
     let payload = s.payload().payload;
@@ -569,7 +583,7 @@ fn assert_l4_checksum(ip: &[u8]) {
 /// What a router makes of `input` (an Ethernet frame with IPv4 at 14):
 /// trimmed to the datagram, new MACs, TTL one less and the header checksum
 /// computed afresh by etherparse. Everything else is byte for byte the input.
-fn forwarded(input: &[u8], dst: EthernetAddress, src: EthernetAddress) -> Vec<u8> {
+pub(super) fn forwarded(input: &[u8], dst: EthernetAddress, src: EthernetAddress) -> Vec<u8> {
     let (mut h, _) = Ipv4Header::from_slice(&input[ETH..]).unwrap();
     let total = usize::from(h.total_len);
     h.time_to_live -= 1;
@@ -584,15 +598,15 @@ fn forwarded(input: &[u8], dst: EthernetAddress, src: EthernetAddress) -> Vec<u8
 }
 
 /// The parts of a VXLAN frame, checked against RFC 7348 and n1 -> n2.
-struct Encapped {
-    outer_src_port: u16,
-    inner: Vec<u8>,
+pub(super) struct Encapped {
+    pub(super) outer_src_port: u16,
+    pub(super) inner: Vec<u8>,
 }
 
 /// Parses an encapsulated frame sent on the uplink with etherparse and
 /// checks every outer field; returns the outer source port and inner frame.
 #[track_caller]
-fn parse_encapped(frame: &[u8]) -> Encapped {
+pub(super) fn parse_encapped(frame: &[u8]) -> Encapped {
     let sp = SlicedPacket::from_ethernet(frame).expect("outer frame parses");
     let Some(LinkSlice::Ethernet2(eth)) = &sp.link else {
         panic!("outer Ethernet II")
@@ -663,21 +677,21 @@ fn parse_encapped(frame: &[u8]) -> Encapped {
 
 /// An ICMP error as the pipeline must build it, parsed with etherparse.
 #[derive(Debug)]
-struct IcmpErr {
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-    ip_src: Ipv4Addr,
-    ip_dst: Ipv4Addr,
-    ty: u8,
-    code: u8,
-    rest: [u8; 4],
-    quote: Vec<u8>,
+pub(super) struct IcmpErr {
+    pub(super) eth_dst: [u8; 6],
+    pub(super) eth_src: [u8; 6],
+    pub(super) ip_src: Ipv4Addr,
+    pub(super) ip_dst: Ipv4Addr,
+    pub(super) ty: u8,
+    pub(super) code: u8,
+    pub(super) rest: [u8; 4],
+    pub(super) quote: Vec<u8>,
 }
 
 /// Parses an ICMP error frame and checks its IPv4 and ICMP checksums and
 /// lengths.
 #[track_caller]
-fn parse_icmp_error(frame: &[u8]) -> IcmpErr {
+pub(super) fn parse_icmp_error(frame: &[u8]) -> IcmpErr {
     let sp = SlicedPacket::from_ethernet(frame).expect("ICMP error parses");
     let Some(LinkSlice::Ethernet2(eth)) = &sp.link else {
         panic!("Ethernet II")
@@ -710,7 +724,7 @@ fn parse_icmp_error(frame: &[u8]) -> IcmpErr {
 }
 
 /// The original datagram's IP header and first 8 payload bytes.
-fn quote_of(input: &[u8], ip_off: usize) -> Vec<u8> {
+pub(super) fn quote_of(input: &[u8], ip_off: usize) -> Vec<u8> {
     let total = usize::from(u16::from_be_bytes([input[ip_off + 2], input[ip_off + 3]]));
     input[ip_off..ip_off + total.min(28)].to_vec()
 }
