@@ -404,6 +404,9 @@ impl Worker {
             let Some(s) = self.ports[p as usize].as_mut() else {
                 continue;
             };
+            if s.tx_pending() {
+                s.kick_tx();
+            }
             s.complete(&mut self.umem);
             if s.in_fill < target && s.refill(&mut self.umem, target - s.in_fill) > 0 {
                 s.kick_fill();

@@ -588,6 +588,14 @@ impl Socket {
         }
     }
 
+    /// Frames queued on the TX ring that the kernel has not taken yet. In
+    /// copy mode one wakeup transmits at most 32 frames (the kernel's
+    /// `TX_BATCH_SIZE`), so the worker kicks again while this is true.
+    #[inline]
+    pub fn tx_pending(&self) -> bool {
+        self.tx.consumer().load(Ordering::Acquire) != self.tx.cached_prod
+    }
+
     /// Wakes the kernel's RX side if the fill ring asked for it.
     #[inline]
     pub fn kick_fill(&self) {

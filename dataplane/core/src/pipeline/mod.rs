@@ -9,6 +9,10 @@
 //! 1. pod -> pod, same node: MACs rewritten, TTL decremented, no NAT.
 //! 2. pod -> pod, other node: LPM on remote pod CIDRs, VXLAN encap to the
 //!    node's VTEP; on the receiving node: VNI check, decap, route to the pod.
+//! 3. pod -> ClusterIP, 4. outside client -> NodeIP:NodePort: conntrack,
+//!    Maglev, DNAT (+SNAT), replies translated back (`nat.rs`).
+//! 5. host <-> pods and services: the host port (`PortKind::Host`) carries
+//!    the node kernel's traffic; pods reach the node at the gateway address.
 //! 6. ARP for anything in the pod CIDR (the gateway included) is answered
 //!    with the pod port's MAC; ICMP time-exceeded, unreachable and
 //!    fragmentation-needed are sent where a router would send them.
