@@ -353,8 +353,8 @@ build() {
     if [[ ${KXDP_NO_BUILD:-0} == 1 ]]; then
         return 0
     fi
-    # shellcheck disable=SC2119 # no extra packages
-    kxdp_install_deps
+    # The packages every kxdp node gets (Vagrant VMs run the same script).
+    "$ROOT/scripts/provision/packages.sh"
     kxdp_find_cargo
     log "building: cargo build --release --workspace"
     (cd "$ROOT" && "$KXDP_CARGO" build --release --workspace) ||
@@ -396,7 +396,8 @@ make_underlay() {
         tx_off "$P-sw" "$n"
         ip -n "$P-$n" link set "${N_UPLINK[$n]}" mtu "${N_UMTU[$n]}" up
         ip -n "$P-$n" addr add "${N_UIP[$n]}/$UNDERLAY_PREFIX_LEN" dev "${N_UPLINK[$n]}"
-        tx_off "$P-$n" "${N_UPLINK[$n]}"
+        # The same uplink preparation a VM or bare-metal node gets (Vagrant).
+        ip netns exec "$P-$n" "$ROOT/scripts/provision/uplink.sh" "${N_UPLINK[$n]}" >/dev/null
     done
     ns_add "$P-ext"
     veth "$P-sw" ext "$P-ext" eth0

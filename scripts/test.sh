@@ -63,7 +63,7 @@ summary() {
     echo "steps: $passed passed, $FAILED failed"
 }
 
-kxdp_install_deps shellcheck
+"$ROOT/scripts/provision/packages.sh" shellcheck
 kxdp_find_cargo
 cargo() { "$KXDP_CARGO" "$@"; }
 
@@ -73,7 +73,7 @@ if [[ -x scripts/lab.sh ]]; then
         echo "note: the default lab (prefix kxdp) is up; the tests use their own prefixes"
 fi
 
-step "shellcheck" shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run
+step "shellcheck" shellcheck -x -P SCRIPTDIR scripts/*.sh scripts/provision/*.sh vagrant/provision/*.sh vagrant/validate.sh .ci/run
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --release" cargo build --release --workspace
