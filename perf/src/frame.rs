@@ -286,6 +286,80 @@ fn parse_at(frame: &[u8], vxlan_port: u16, inner: bool) -> Option<Probe> {
     })
 }
 
+/// The (inner, if encapsulated) headers of a probe frame as the sink saw
+/// them: which addresses and ports the datapath left on it, and whether
+/// its checksums are still right. Parsed once per run (the first probe),
+/// not per frame.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeHeaders {
+    pub proto: String,
+    pub src: std::net::SocketAddrV4,
+    pub dst: std::net::SocketAddrV4,
+    pub ttl: u8,
+    pub encapsulated: bool,
+    pub ipv4_checksum_ok: bool,
+    /// None: UDP without a checksum (0).
+    pub l4_checksum_ok: Option<bool>,
+}
+
+impl std::fmt::Display for ProbeHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ok = |b: bool| if b { "ok" } else { "BAD" };
+        write!(
+            f,
+            "{} {} -> {}, ttl {}{}, ipv4 csum {}, l4 csum {}",
+            self.proto,
+            self.src,
+            self.dst,
+            self.ttl,
+            if self.encapsulated { ", in VXLAN" } else { "" },
+            ok(self.ipv4_checksum_ok),
+            self.l4_checksum_ok.map(ok).unwrap_or("none")
+        )
+    }
+}
+
+/// [`ProbeHeaders`] of `frame`, if it holds a probe ([`parse_probe`]).
+pub fn probe_headers(frame: &[u8], vxlan_port: u16) -> Option<ProbeHeaders> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let probe = parse_probe(frame, vxlan_port)?;
+    let mut inner = frame;
+    if probe.encapsulated {
+        let ihl = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+        inner = &frame[ETH_LEN + ihl + UDP_LEN + 8..];
+    }
+    let p = SlicedPacket::from_ethernet(inner).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        return None;
+    };
+    let iph = ip.header().to_header();
+    let ipv4_checksum_ok = iph.calc_header_checksum() == iph.header_checksum;
+    let addr = |a: [u8; 4], port| std::net::SocketAddrV4::new(Ipv4Addr::from(a), port);
+    let (proto, sport, dport, l4_checksum_ok) = match p.transport? {
+        TransportSlice::Udp(u) => {
+            let h = u.to_header();
+            let ok = (h.checksum != 0)
+                .then(|| h.calc_checksum_ipv4(&iph, u.payload()).ok() == Some(h.checksum));
+            ("udp", h.source_port, h.destination_port, ok)
+        }
+        TransportSlice::Tcp(t) => {
+            let h = t.to_header();
+            let ok = h.calc_checksum_ipv4(&iph, t.payload()).ok() == Some(h.checksum);
+            ("tcp", h.source_port, h.destination_port, Some(ok))
+        }
+        _ => return None,
+    };
+    Some(ProbeHeaders {
+        proto: proto.into(),
+        src: addr(iph.source, sport),
+        dst: addr(iph.destination, dport),
+        ttl: iph.time_to_live,
+        encapsulated: probe.encapsulated,
+        ipv4_checksum_ok,
+        l4_checksum_ok,
+    })
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -436,6 +510,92 @@ mod tests {
             .write(&mut plain, &[0u8; 32])
             .unwrap();
         assert_eq!(parse_probe(&plain, VXLAN_PORT), None);
+    }
+
+    /// Rewrites a probe frame as a NAT would: addresses and ports, checksums
+    /// recomputed (`fix`) or left stale.
+    fn nat(frame: &[u8], src: ([u8; 4], u16), dst: ([u8; 4], u16), fix: bool) -> Vec<u8> {
+        let mut f = frame.to_vec();
+        let ip = ETH_LEN;
+        f[ip + 12..ip + 16].copy_from_slice(&src.0);
+        f[ip + 16..ip + 20].copy_from_slice(&dst.0);
+        let l4 = ip + IPV4_LEN;
+        f[l4..l4 + 2].copy_from_slice(&src.1.to_be_bytes());
+        f[l4 + 2..l4 + 4].copy_from_slice(&dst.1.to_be_bytes());
+        f[ip + 8] -= 1; // routed: TTL
+        if fix {
+            let (ipv4_csum, l4_csum) = {
+                let p = SlicedPacket::from_ethernet(&f).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(v4)) = &p.net else {
+                    panic!()
+                };
+                let mut iph = v4.header().to_header();
+                iph.header_checksum = iph.calc_header_checksum();
+                let Some(TransportSlice::Udp(u)) = p.transport else {
+                    panic!()
+                };
+                let sum = u.to_header().calc_checksum_ipv4(&iph, u.payload()).unwrap();
+                (iph.header_checksum, sum)
+            };
+            f[ip + 10..ip + 12].copy_from_slice(&ipv4_csum.to_be_bytes());
+            f[l4 + 6..l4 + 8].copy_from_slice(&l4_csum.to_be_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn probes_survive_dnat_and_snat_and_their_headers_say_what_was_done() {
+        // ext-nodeport: 172.30.0.100:10007 -> 172.30.0.11:30520 becomes
+        // 10.244.1.1:61234 -> 10.244.2.2:5201 (NodePort DNAT + SNAT).
+        let mut s = spec(Proto::Udp, 64, 8);
+        s.src_ip = Ipv4Addr::new(172, 30, 0, 100);
+        s.dst_ip = Ipv4Addr::new(172, 30, 0, 11);
+        s.dst_port = 30520;
+        let t = Template::build(&s, 7).unwrap();
+        let mut frame = t.bytes.clone();
+        t.write_into(&mut frame, 9, 1234);
+        let sent = probe_headers(&frame, VXLAN_PORT).unwrap();
+        assert_eq!(sent.src.to_string(), "172.30.0.100:10007");
+        assert_eq!(sent.dst.to_string(), "172.30.0.11:30520");
+        assert!(sent.ipv4_checksum_ok && sent.l4_checksum_ok == Some(true));
+        let natted = nat(
+            &frame,
+            ([10, 244, 1, 1], 61234),
+            ([10, 244, 2, 2], 5201),
+            true,
+        );
+        let p = parse_probe(&natted, VXLAN_PORT).unwrap();
+        assert_eq!((p.flow, p.seq, p.ts_ns), (7, 9, 1234));
+        let h = probe_headers(&natted, VXLAN_PORT).unwrap();
+        assert_eq!(
+            h.to_string(),
+            "udp 10.244.1.1:61234 -> 10.244.2.2:5201, ttl 63, ipv4 csum ok, l4 csum ok"
+        );
+        // A NAT that forgot the checksums: the probe is still found, and
+        // the headers say the checksums are wrong.
+        let bad = nat(
+            &frame,
+            ([10, 244, 1, 1], 61234),
+            ([10, 244, 2, 2], 5201),
+            false,
+        );
+        assert!(parse_probe(&bad, VXLAN_PORT).is_some());
+        let h = probe_headers(&bad, VXLAN_PORT).unwrap();
+        assert!(!h.ipv4_checksum_ok);
+        assert_eq!(h.l4_checksum_ok, Some(false));
+        // Inside VXLAN: the inner headers.
+        let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        vxlan.extend_from_slice(&natted);
+        let mut outer = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([172, 30, 0, 11], [172, 30, 0, 12], 64)
+            .udp(49152, VXLAN_PORT)
+            .write(&mut outer, &vxlan)
+            .unwrap();
+        let h = probe_headers(&outer, VXLAN_PORT).unwrap();
+        assert!(h.encapsulated);
+        assert_eq!(h.dst.to_string(), "10.244.2.2:5201");
+        assert_eq!(probe_headers(&frame[..40], VXLAN_PORT), None);
     }
 
     #[test]

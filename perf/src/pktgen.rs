@@ -6,9 +6,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{parse_probe, FrameSpec, Proto, Template};
+use crate::frame::{parse_probe, probe_headers, FrameSpec, ProbeHeaders, Proto, Template};
 use crate::stats::{FlowTotals, Flows, Histogram, Percentiles};
 use crate::xsk::{ensure_bpffs, monotonic_ns, XdpMode, Xsk, XskOptions, XskStats};
+
+/// Source port of flow 0 (flow i uses this + i) when none is given.
+pub const DEFAULT_SRC_PORT: u16 = 10000;
 
 /// Hard ceiling on any run, whatever was asked.
 pub const MAX_DURATION_S: f64 = 300.0;
@@ -95,6 +98,10 @@ pub struct SinkResult {
     pub xsk: XskStats,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Headers of the first probe: the addresses and ports the datapath
+    /// left on it (after NAT) and whether its checksums are still right.
+    #[serde(default)]
+    pub first_probe: Option<ProbeHeaders>,
 }
 
 fn check_duration(d: f64) -> anyhow::Result<f64> {
@@ -236,6 +243,7 @@ pub struct SinkTally {
     pub latency: Histogram,
     pub first_ns: u64,
     pub last_ns: u64,
+    pub first_probe: Option<ProbeHeaders>,
 }
 
 impl SinkTally {
@@ -253,6 +261,7 @@ impl SinkTally {
                 self.latency.record(now_ns.saturating_sub(p.ts_ns));
                 if self.first_ns == 0 {
                     self.first_ns = now_ns;
+                    self.first_probe = probe_headers(frame, vxlan_port);
                 }
                 self.last_ns = now_ns;
             }
@@ -288,6 +297,7 @@ impl SinkTally {
             xsk,
             first_ns: self.first_ns,
             last_ns: self.last_ns,
+            first_probe: self.first_probe.clone(),
         }
     }
 }
@@ -374,7 +384,7 @@ pub fn sink_summary(r: &SinkResult) -> String {
     let l = &r.latency_ns;
     format!(
         "sink {}: {} probes ({} foreign) in {:.3}s = {:.0} pps, {:.1} Mbit/s; flows {}{}; lost {} reordered {}; \
-         latency p50 {:.1}us p99 {:.1}us p999 {:.1}us max {:.1}us; xsk rx_dropped {} ring_full {} fill_empty {}",
+         latency p50 {:.1}us p99 {:.1}us p999 {:.1}us max {:.1}us; xsk rx_dropped {} ring_full {} fill_empty {}{}",
         r.iface,
         r.probes,
         r.foreign,
@@ -391,7 +401,11 @@ pub fn sink_summary(r: &SinkResult) -> String {
         l.max as f64 / 1e3,
         r.xsk.rx_dropped,
         r.xsk.rx_ring_full,
-        r.xsk.rx_fill_ring_empty
+        r.xsk.rx_fill_ring_empty,
+        r.first_probe
+            .as_ref()
+            .map(|h| format!("; first probe: {h}"))
+            .unwrap_or_default()
     )
 }
 
@@ -461,6 +475,10 @@ mod tests {
         assert!((r.latency_ns.p50 as i64 - 20_000).abs() < 200);
         assert_eq!(r.first_ns, 11_000);
         assert_eq!(r.last_ns, 30_000);
+        let first = r.first_probe.as_ref().expect("first probe's headers");
+        assert_eq!(first.src.to_string(), "10.0.0.1:10000");
+        assert_eq!(first.dst.to_string(), "10.0.0.2:9");
+        assert!(first.ipv4_checksum_ok && first.l4_checksum_ok == Some(true));
         let json = serde_json::to_string(&r).unwrap();
         let back: SinkResult = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);

@@ -23,7 +23,24 @@ pub struct Plan {
 pub struct NodePlan {
     pub name: String,
     pub underlay_ip: String,
+    #[serde(default = "default_uplink")]
+    pub uplink: String,
 }
+
+fn default_uplink() -> String {
+    "eth0".into()
+}
+
+/// The cluster file both labs are built from: the two-node lab plus the
+/// service of the service scenarios (`bench/svc`).
+pub const CLUSTER_FILE: &str = "config/bench-services.yaml";
+
+/// The kernel baseline's kube-proxy (nftables mode) rule set for that
+/// service, loaded into the kernel nodes for the service scenarios.
+pub const KUBE_PROXY_NFT: &str = "perf/kernel/kube-proxy.nft";
+
+/// Host part of the outside client on the underlay /24 (lab.sh `EXT_HOST`).
+const EXT_HOST: u8 = 100;
 
 #[derive(Debug)]
 pub struct Lab {
@@ -82,6 +99,7 @@ impl Lab {
             .env("KXDP_NO_BUILD", "1")
             .env("KXDP_LAB_CORES", cores)
             .env("KXDP_RUN_DIR", &run_dir)
+            .env("KXDP_CLUSTER", root.join(CLUSTER_FILE))
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);
         if kernel {
@@ -138,6 +156,133 @@ impl Lab {
         format!("{}-{node}", self.prefix)
     }
 
+    pub fn node(&self, name: &str) -> anyhow::Result<&NodePlan> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("the lab has no node {name}"))
+    }
+
+    /// The outside client's namespace (lab.sh: `P-ext`, eth0).
+    pub fn ext_ns(&self) -> String {
+        format!("{}-ext", self.prefix)
+    }
+
+    /// The outside client's address: .100 of the underlay /24.
+    pub fn ext_ip(&self) -> anyhow::Result<String> {
+        let first = self.nodes.first().context("the lab has no nodes")?;
+        let ip: std::net::Ipv4Addr = first
+            .underlay_ip
+            .parse()
+            .with_context(|| format!("underlay IP {}", first.underlay_ip))?;
+        let [a, b, c, _] = ip.octets();
+        Ok(std::net::Ipv4Addr::new(a, b, c, EXT_HOST).to_string())
+    }
+
+    /// MAC of a node's uplink (what an outside client sends to).
+    pub fn uplink_mac(&self, node: &str) -> anyhow::Result<String> {
+        let n = self.node(node)?;
+        link_mac(&self.node_ns(node), &n.uplink)
+    }
+
+    /// Kernel lab: loads kube-proxy's (nftables mode) rule set,
+    /// [`KUBE_PROXY_NFT`], into every node's namespace, with the node's
+    /// underlay address as its NodePort address. Returns what it ran.
+    pub fn load_kube_proxy(&self) -> anyhow::Result<Vec<String>> {
+        let file = self.root.join(KUBE_PROXY_NFT);
+        let file = file.to_string_lossy();
+        let mut done = Vec::new();
+        for n in &self.nodes {
+            let ns = self.node_ns(&n.name);
+            let define = format!("NODE_IP={}", n.underlay_ip);
+            // A table left by an interrupted run would make `nft -f` add to it.
+            let _ = sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "nft",
+                    "delete",
+                    "table",
+                    "ip",
+                    "kube-proxy",
+                ],
+            );
+            sh(
+                "ip",
+                &["netns", "exec", &ns, "nft", "-D", &define, "-f", &file],
+            )?;
+            done.push(format!(
+                "ip netns exec {ns} nft -D {define} -f {KUBE_PROXY_NFT}"
+            ));
+        }
+        Ok(done)
+    }
+
+    /// Removes what [`Lab::load_kube_proxy`] loaded (and with it the
+    /// netfilter hooks, so later scenarios run without conntrack).
+    pub fn unload_kube_proxy(&self) {
+        for n in &self.nodes {
+            let ns = self.node_ns(&n.name);
+            let _ = sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "nft",
+                    "delete",
+                    "table",
+                    "ip",
+                    "kube-proxy",
+                ],
+            );
+        }
+    }
+
+    /// Live conntrack entries on `node` of flows from `src_ip` to
+    /// `dst_ip:dst_port` (original direction): kxdp's table through
+    /// kxdpctl, the kernel's from the node's `/proc/net/nf_conntrack`.
+    pub fn conntrack_entries(
+        &self,
+        node: &str,
+        src_ip: &str,
+        dst_ip: &str,
+        dst_port: u16,
+    ) -> anyhow::Result<u64> {
+        if self.kernel {
+            let out = sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.node_ns(node),
+                    "cat",
+                    "/proc/net/nf_conntrack",
+                ],
+            )?;
+            Ok(count_nf_conntrack(&out, src_ip, dst_ip, dst_port))
+        } else {
+            let ctl = self.root.join("target/release/kxdpctl");
+            let sock = self.run_dir.join("control.sock");
+            let out = sh(
+                &ctl.to_string_lossy(),
+                &[
+                    "--control",
+                    &sock.to_string_lossy(),
+                    "conntrack",
+                    "--node",
+                    node,
+                    "--json",
+                    "--limit",
+                    "1000000",
+                ],
+            )?;
+            count_kxdp_conntrack(&out, src_ip, dst_ip, dst_port)
+        }
+    }
+
     /// The MAC a pod's gateway answers with: kxdp proxy-ARPs with the
     /// node end of the pod's veth; a kernel node's gateway is cni0.
     pub fn gateway_mac(&self, p: &Plan) -> anyhow::Result<String> {
@@ -176,15 +321,20 @@ impl Lab {
         Ok(())
     }
 
-    /// Kernel baseline: steers receive processing of every interface of
-    /// the lab's node and switch namespaces to `core` with RPS, so the
-    /// kernel's forwarding runs there and not on the generator's core.
-    /// Returns the interfaces set.
-    pub fn steer_rps(&self, core: usize) -> anyhow::Result<Vec<String>> {
+    /// Steers receive processing of every interface of the lab's switch
+    /// namespace, and with `nodes` of its node namespaces, to `core` with
+    /// RPS. The kernel baseline steers both, so the kernel's forwarding runs
+    /// there and not on the generator's core; the kxdp lab steers only the
+    /// switch, so that the switch's work for frames from the outside client
+    /// is on the forwarding core in both labs. Returns the interfaces set.
+    pub fn steer_rps(&self, core: usize, nodes: bool) -> anyhow::Result<Vec<String>> {
         let mask = format!("{:x}", 1u64 << core);
         let mut set = Vec::new();
-        let mut namespaces: Vec<String> =
-            self.nodes.iter().map(|n| self.node_ns(&n.name)).collect();
+        let mut namespaces: Vec<String> = if nodes {
+            self.nodes.iter().map(|n| self.node_ns(&n.name)).collect()
+        } else {
+            Vec::new()
+        };
         namespaces.push(format!("{}-sw", self.prefix));
         for ns in namespaces {
             let script = format!(
@@ -197,5 +347,93 @@ impl Lab {
             }
         }
         Ok(set)
+    }
+}
+
+/// Kernel conntrack entries (`/proc/net/nf_conntrack`) whose original
+/// direction is `src_ip` -> `dst_ip:dst_port`.
+pub fn count_nf_conntrack(table: &str, src_ip: &str, dst_ip: &str, dst_port: u16) -> u64 {
+    let head = format!("src={src_ip} dst={dst_ip} ");
+    let port = format!("dport={dst_port}");
+    table
+        .lines()
+        .filter(|l| {
+            // The original tuple is the first src=/dst=/sport=/dport=.
+            let Some(at) = l.find("src=") else {
+                return false;
+            };
+            let orig = &l[at..];
+            orig.starts_with(&head)
+                && orig
+                    .split_whitespace()
+                    .find(|w| w.starts_with("dport="))
+                    .is_some_and(|w| w == port)
+        })
+        .count() as u64
+}
+
+/// kxdp conntrack entries (`kxdpctl conntrack --json`) from client
+/// address `src_ip` to service `dst_ip:dst_port`.
+pub fn count_kxdp_conntrack(
+    json: &str,
+    src_ip: &str,
+    dst_ip: &str,
+    dst_port: u16,
+) -> anyhow::Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).context("kxdpctl conntrack --json")?;
+    let service = format!("{dst_ip}:{dst_port}");
+    let client = format!("{src_ip}:");
+    let entries = v["entries"]
+        .as_array()
+        .context("kxdpctl conntrack --json: no entries")?;
+    Ok(entries
+        .iter()
+        .filter(|e| {
+            e["service"].as_str() == Some(service.as_str())
+                && e["client"].as_str().is_some_and(|c| c.starts_with(&client))
+        })
+        .count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_kernel_conntrack_entries_by_original_tuple() {
+        let t = "\
+ipv4     2 udp      17 28 src=10.244.1.2 dst=10.96.0.20 sport=10000 dport=5201 [UNREPLIED] src=10.244.2.2 dst=10.244.1.2 sport=5201 dport=10000 mark=0 zone=0 use=2
+ipv4     2 udp      17 28 src=10.244.1.2 dst=10.96.0.20 sport=10001 dport=5201 [UNREPLIED] src=10.244.2.2 dst=10.244.1.2 sport=5201 dport=10001 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=172.30.0.100 dst=172.30.0.11 sport=10000 dport=30520 [UNREPLIED] src=10.244.2.2 dst=10.244.1.0 sport=5201 dport=47113 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=10.244.1.2 dst=10.96.0.20 sport=10002 dport=52010 [UNREPLIED] src=10.244.2.2 dst=10.244.1.2 sport=5201 dport=5201 mark=0 zone=0 use=2
+";
+        assert_eq!(count_nf_conntrack(t, "10.244.1.2", "10.96.0.20", 5201), 2);
+        assert_eq!(
+            count_nf_conntrack(t, "172.30.0.100", "172.30.0.11", 30520),
+            1
+        );
+        assert_eq!(count_nf_conntrack(t, "10.244.1.2", "10.96.0.2", 5201), 0);
+        assert_eq!(count_nf_conntrack("", "10.244.1.2", "10.96.0.20", 5201), 0);
+    }
+
+    #[test]
+    fn counts_kxdp_conntrack_entries_by_client_and_service() {
+        let j = r#"{"node":"n1","total":3,"entries":[
+            {"protocol":"UDP","client":"10.244.1.2:10000","service":"10.96.0.20:5201","backend":"10.244.2.2:5201","snat":""},
+            {"protocol":"UDP","client":"10.244.1.2:10001","service":"10.96.0.20:5201","backend":"10.244.2.2:5201","snat":""},
+            {"protocol":"UDP","client":"172.30.0.100:10000","service":"172.30.0.11:30520","backend":"10.244.2.2:5201","snat":"10.244.1.1:61000"}]}"#;
+        assert_eq!(
+            count_kxdp_conntrack(j, "10.244.1.2", "10.96.0.20", 5201).unwrap(),
+            2
+        );
+        assert_eq!(
+            count_kxdp_conntrack(j, "172.30.0.100", "172.30.0.11", 30520).unwrap(),
+            1
+        );
+        assert_eq!(
+            count_kxdp_conntrack(j, "10.244.1.22", "10.96.0.20", 5201).unwrap(),
+            0
+        );
+        assert!(count_kxdp_conntrack("nope", "a", "b", 1).is_err());
     }
 }

@@ -120,6 +120,26 @@ pub struct PointResult {
     pub kxdp: Measurement,
     pub kernel: Measurement,
     pub ratio: Option<f64>,
+    /// Service scenarios: conntrack entries of the scenario's flows on the
+    /// entry node after the point's flat-out runs.
+    pub conntrack: Option<ConntrackCounts>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ConntrackCounts {
+    pub node: String,
+    pub kxdp: Option<u64>,
+    pub kernel: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+/// The first probe of a scenario's warm-up as the sink saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSaw {
+    pub scenario: String,
+    pub datapath: String,
+    pub sent: String,
+    pub received: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +179,10 @@ pub struct Report {
     pub ceiling: Vec<CeilingResult>,
     pub ceiling_command: Option<String>,
     pub pending: Vec<Pending>,
+    /// What the sink saw of each scenario's warm-up (after NAT).
+    pub sink_saw: Vec<SinkSaw>,
+    /// Commands that set the kernel baseline's services up.
+    pub kernel_services: Vec<String>,
     pub load_before: String,
     pub load_after: String,
     pub notes: Vec<String>,
@@ -327,6 +351,8 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         ceiling: Vec::new(),
         ceiling_command: None,
         pending,
+        sink_saw: Vec::new(),
+        kernel_services: Vec::new(),
         load_before,
         load_after: String::new(),
         notes: Vec::new(),
@@ -387,12 +413,24 @@ fn run_labs(
         ),
     });
     if cfg.kernel_rps {
-        let set = kl.steer_rps(cfg.fwd_core)?;
+        let set = kl.steer_rps(cfg.fwd_core, true)?;
         report.pinning.push(Pinning {
             process: "kernel forwarding (softirq) of n1, n2 and the switch".into(),
             cores: cfg.fwd_core.to_string(),
             how: format!(
                 "RPS: rps_cpus = {:x} on rx-0 of all {} interfaces of the node and switch namespaces",
+                1u64 << cfg.fwd_core,
+                set.len()
+            ),
+        });
+        let set = kx.steer_rps(cfg.fwd_core, false)?;
+        report.pinning.push(Pinning {
+            process: "kxdp lab: the switch (bridge br0) namespace's softirq".into(),
+            cores: cfg.fwd_core.to_string(),
+            how: format!(
+                "RPS: rps_cpus = {:x} on rx-0 of its {} ports, as in the kernel lab: the switch's \
+                 work for the outside client's frames (ext-nodeport), and with it n1's XDP \
+                 receive of them, runs on the forwarding core in both labs",
                 1u64 << cfg.fwd_core,
                 set.len()
             ),
@@ -418,10 +456,25 @@ fn run_labs(
             .into(),
     );
 
+    let mut kube_proxy_loaded = false;
     for s in scenarios {
         let attach = s.attach.expect("runnable");
         let ak = attach(kx)?;
         let al = attach(kl)?;
+        if s.services && !kube_proxy_loaded {
+            eprintln!(
+                "==> kernel lab: kube-proxy (nftables mode) rule set {}",
+                lab::KUBE_PROXY_NFT
+            );
+            let cmds = kl.load_kube_proxy()?;
+            if report.kernel_services.is_empty() {
+                report.kernel_services = cmds;
+            }
+            kube_proxy_loaded = true;
+        } else if !s.services && kube_proxy_loaded {
+            kl.unload_kube_proxy();
+            kube_proxy_loaded = false;
+        }
         if let Some(p) = scenarios::sink_pod(kl, &al) {
             kl.pin_neighbour(p)?;
         }
@@ -439,8 +492,27 @@ fn run_labs(
             duration_s: 1.0,
         };
         for (a, dp) in [(&ak, "kxdp"), (&al, "kernel")] {
-            if let Err(e) = run_point(tools, a, warm, &format!("{}-{dp}-warmup", s.name)) {
-                eprintln!("    warm-up {dp}: {e:#}");
+            match run_point(tools, a, warm, &format!("{}-{dp}-warmup", s.name)) {
+                Ok((_, sink)) => {
+                    let received = sink
+                        .first_probe
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "no probe".into());
+                    eprintln!("    warm-up {dp}: sink saw {received}");
+                    report.sink_saw.push(SinkSaw {
+                        scenario: s.name.into(),
+                        datapath: dp.into(),
+                        sent: format!(
+                            "udp {}:{} -> {}:{}",
+                            a.src_ip,
+                            crate::pktgen::DEFAULT_SRC_PORT,
+                            a.dst_ip,
+                            a.dst_port
+                        ),
+                        received,
+                    });
+                }
+                Err(e) => eprintln!("    warm-up {dp}: {e:#}"),
             }
         }
         for &size in &cfg.sizes {
@@ -461,6 +533,24 @@ fn run_labs(
                 }
                 mk.finish();
                 ml.finish();
+                let conntrack = s.services.then(|| {
+                    let node = scenarios::ENTRY_NODE;
+                    let mut c = ConntrackCounts {
+                        node: node.into(),
+                        ..Default::default()
+                    };
+                    for (lab, a, slot) in [(kx, &ak, &mut c.kxdp), (kl, &al, &mut c.kernel)] {
+                        match lab.conntrack_entries(node, &a.src_ip, &a.dst_ip, a.dst_port) {
+                            Ok(n) => *slot = Some(n),
+                            Err(e) => c.errors.push(format!("{e:#}")),
+                        }
+                    }
+                    eprintln!(
+                        "    conntrack on {node}: kxdp {:?}, kernel {:?} entries",
+                        c.kxdp, c.kernel
+                    );
+                    c
+                });
                 if cfg.latency {
                     let base = format!("{}-{size}-{flows}-half", s.name);
                     half_rate(tools, &ak, p, &format!("{base}-kxdp"), &mut mk);
@@ -477,9 +567,13 @@ fn run_labs(
                     kxdp: mk,
                     kernel: ml,
                     ratio,
+                    conntrack,
                 });
             }
         }
+    }
+    if kube_proxy_loaded {
+        kl.unload_kube_proxy();
     }
     Ok(())
 }

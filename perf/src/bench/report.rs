@@ -180,6 +180,7 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
     if let Some(c) = &r.ceiling_command {
         let _ = writeln!(s, "\ntestpmd: `{c}`");
     }
+    s.push_str(&services_section(r));
     if !r.pending.is_empty() {
         s.push_str("\n### Not yet available\n\n");
         for p in &r.pending {
@@ -229,6 +230,75 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
     );
     for n in &r.notes {
         let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+/// The service scenarios: how the kernel got its services, what the sink
+/// saw after NAT, and the conntrack entries on the entry node.
+pub fn services_section(r: &Report) -> String {
+    let mut s = String::new();
+    if !r.kernel_services.is_empty() {
+        s.push_str(
+            "\n### Services\n\n\
+             Both labs are built from `config/bench-services.yaml`: service `bench/svc`, \
+             ClusterIP 10.96.0.20:5201/UDP, NodePort 30520/UDP, externalTrafficPolicy Cluster, one \
+             endpoint n2/p1 (10.244.2.2:5201), where the sink is. kxdp serves it from that file \
+             (conntrack, Maglev, DNAT, for the NodePort SNAT to n1's gateway 10.244.1.1). The \
+             kernel lab gets what kube-proxy's nftables mode would write for it (table \
+             `ip kube-proxy`: `services` verdict maps, `numgen random mod 1` to the endpoint \
+             chain's `dnat`, mark 0x4000 and `masquerade fully-random` for the NodePort, \
+             conntrack implicit), on both nodes, for the service scenarios only \
+             (the pod-pod kernel figures run without it, so without conntrack):\n\n",
+        );
+        for c in &r.kernel_services {
+            let _ = writeln!(s, "    {c}");
+        }
+    }
+    if !r.sink_saw.is_empty() {
+        s.push_str(
+            "\nThe first probe of each scenario's warm-up, as the generator sent it and as the \
+             sink received it (inner headers when in VXLAN), with its checksums checked \
+             from scratch:\n\n| scenario | datapath | sent | sink received |\n|---|---|---|---|\n",
+        );
+        for w in &r.sink_saw {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                w.scenario, w.datapath, w.sent, w.received
+            );
+        }
+    }
+    let ct: Vec<_> = r
+        .points
+        .iter()
+        .filter_map(|p| p.conntrack.as_ref().map(|c| (p, c)))
+        .collect();
+    if !ct.is_empty() {
+        s.push_str(
+            "\nConntrack entries of the scenario's flows (original direction: generator's \
+             address -> service address and port) on the entry node after each point's \
+             flat-out runs: kxdp from `kxdpctl conntrack`, the kernel from the node's \
+             `/proc/net/nf_conntrack`. Same 5-tuples at every frame size, so a point may \
+             still hold entries of the previous one.\n\n\
+             | scenario | frame | flows | node | kxdp entries | kernel entries |\n|---|---|---|---|---|---|\n",
+        );
+        let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        for (p, c) in ct {
+            let _ = writeln!(
+                s,
+                "| {} | {} B | {} | {} | {} | {} |",
+                p.scenario,
+                p.size,
+                p.flows,
+                c.node,
+                n(c.kxdp),
+                n(c.kernel)
+            );
+            for e in &c.errors {
+                let _ = writeln!(s, "| | | | | error: {e} | |");
+            }
+        }
     }
     s
 }

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use super::lab::{Lab, Plan};
+use super::lab::{link_mac, Lab, Plan};
 
 /// Where the generator and the sink attach, and what the frames say.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,6 +31,10 @@ pub struct Scenario {
     /// None: not runnable yet; `pending` says what it waits for.
     pub attach: Option<AttachFn>,
     pub pending: &'static str,
+    /// Kernel baseline: load kube-proxy's rule set (nftables mode,
+    /// `perf/kernel/kube-proxy.nft`) into the kernel nodes for this
+    /// scenario, and count conntrack entries after each point.
+    pub services: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -39,36 +43,44 @@ pub const SCENARIOS: &[Scenario] = &[
         walk: "n1/p1 -> n1/p2: pod to pod on one node (kxdp: routed; kernel: bridged on cni0, as flannel does)",
         attach: Some(pod_pod_local),
         pending: "",
+        services: false,
     },
     Scenario {
         name: "pod-pod-remote",
         walk: "n1/p1 -> n2/p1: VXLAN between nodes (kernel: flannel.1)",
         attach: Some(pod_pod_remote),
         pending: "",
+        services: false,
     },
     Scenario {
         name: "pod-svc",
-        walk: "pod -> ClusterIP with backends only on the other node (DNAT + VXLAN)",
-        attach: None,
-        pending: "services in the dataplane and the lab (service issue)",
+        walk: "n1/p1 -> ClusterIP 10.96.0.20:5201/UDP, one endpoint n2/p1: DNAT + VXLAN on n1 \
+               (kernel: kube-proxy nftables DNAT with numgen, conntrack; flannel.1)",
+        attach: Some(pod_svc),
+        pending: "",
+        services: true,
     },
     Scenario {
         name: "ext-nodeport",
-        walk: "outside client -> NodeIP:NodePort -> backend on the other node (DNAT + SNAT)",
-        attach: None,
-        pending: "NodePort in the dataplane and the lab (service issue)",
+        walk: "outside client -> n1 172.30.0.11:30520/UDP (NodePort, externalTrafficPolicy Cluster) \
+               -> n2/p1: DNAT + SNAT to n1 + VXLAN (kernel: kube-proxy nftables, masquerade)",
+        attach: Some(ext_nodeport),
+        pending: "",
+        services: true,
     },
     Scenario {
         name: "svc-scale",
         walk: "per-packet cost with 1 vs 10,000 services / 100,000 endpoints",
         attach: None,
         pending: "services, and a way to load 10,000 of them into the lab",
+        services: true,
     },
     Scenario {
         name: "tcp-svc",
         walk: "iperf3 through a ClusterIP, pod TSO/GSO off and on (Gbps)",
         attach: None,
-        pending: "services in the dataplane and the lab (service issue)",
+        pending: "iperf3 through the ClusterIP in the harness (a TCP port on bench/svc)",
+        services: true,
     },
 ];
 
@@ -111,6 +123,66 @@ fn pod_pod_remote(lab: &Lab) -> anyhow::Result<Attach> {
     pod_to_pod(lab, ("n1", "p1"), ("n2", "p1")).context("pod-pod-remote")
 }
 
+/// `config/bench-services.yaml`'s service: `bench/svc`, ClusterIP
+/// 10.96.0.20:5201/UDP, NodePort 30520, one endpoint: n2/p1 (the sink).
+pub const SVC_CLUSTER_IP: &str = "10.96.0.20";
+pub const SVC_PORT: u16 = 5201;
+pub const SVC_NODE_PORT: u16 = 30520;
+pub const SVC_ENDPOINT: (&str, &str) = ("n2", "p1");
+/// The node the service traffic enters (and whose conntrack is counted).
+pub const ENTRY_NODE: &str = "n1";
+
+/// n1/p1 -> the ClusterIP, through its gateway (as for pod-pod-remote);
+/// the sink sits on the endpoint's eth0.
+fn pod_svc(lab: &Lab) -> anyhow::Result<Attach> {
+    let s = lab.pod(ENTRY_NODE, "p1").context("pod-svc")?;
+    let d = lab.pod(SVC_ENDPOINT.0, SVC_ENDPOINT.1).context("pod-svc")?;
+    Ok(Attach {
+        gen_ns: lab.pod_ns(s),
+        gen_iface: "eth0".into(),
+        src_mac: s.mac.clone(),
+        dst_mac: lab.gateway_mac(s)?,
+        src_ip: s.ip.clone(),
+        dst_ip: SVC_CLUSTER_IP.into(),
+        dst_port: SVC_PORT,
+        sink_ns: lab.pod_ns(d),
+        sink_iface: "eth0".into(),
+        note: if lab.kernel {
+            "kernel: kube-proxy nftables rule set (perf/kernel/kube-proxy.nft) on n1 and n2".into()
+        } else {
+            String::new()
+        },
+    })
+}
+
+/// The outside client (P-ext) -> n1's underlay address and NodePort, to
+/// n1's uplink MAC; the sink sits on the endpoint's eth0.
+fn ext_nodeport(lab: &Lab) -> anyhow::Result<Attach> {
+    let d = lab
+        .pod(SVC_ENDPOINT.0, SVC_ENDPOINT.1)
+        .context("ext-nodeport")?;
+    let entry = lab.node(ENTRY_NODE).context("ext-nodeport")?;
+    let ext_ns = lab.ext_ns();
+    Ok(Attach {
+        gen_ns: ext_ns.clone(),
+        gen_iface: "eth0".into(),
+        src_mac: link_mac(&ext_ns, "eth0")?,
+        dst_mac: lab.uplink_mac(ENTRY_NODE)?,
+        src_ip: lab.ext_ip()?,
+        dst_ip: entry.underlay_ip.clone(),
+        dst_port: SVC_NODE_PORT,
+        sink_ns: lab.pod_ns(d),
+        sink_iface: "eth0".into(),
+        note: if lab.kernel {
+            "kernel: kube-proxy nftables rule set (perf/kernel/kube-proxy.nft) on n1 and n2; \
+             masquerade to flannel.1's address"
+                .into()
+        } else {
+            String::new()
+        },
+    })
+}
+
 /// Pods the sink may sit in (for the kernel's neighbour entries).
 pub fn sink_pod<'a>(lab: &'a Lab, a: &Attach) -> Option<&'a Plan> {
     lab.pods.iter().find(|p| lab.pod_ns(p) == a.sink_ns)
@@ -126,8 +198,44 @@ mod tests {
             assert!(SCENARIOS[i + 1..].iter().all(|o| o.name != s.name));
             assert_eq!(s.attach.is_none(), !s.pending.is_empty(), "{}", s.name);
         }
-        assert!(find("pod-pod-remote").unwrap().attach.is_some());
-        assert!(find("pod-svc").unwrap().attach.is_none());
+        for name in ["pod-pod-local", "pod-pod-remote", "pod-svc", "ext-nodeport"] {
+            assert!(find(name).unwrap().attach.is_some(), "{name}");
+        }
+        assert!(find("pod-svc").unwrap().services);
+        assert!(!find("pod-pod-remote").unwrap().services);
+        assert!(find("svc-scale").unwrap().attach.is_none());
         assert!(find("nope").is_none());
+    }
+
+    fn repo_file(path: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The scenarios, the bench cluster file and the kernel's kube-proxy
+    /// rule set must describe the same service.
+    #[test]
+    fn service_constants_match_the_cluster_file_and_the_kernel_rule_set() {
+        let yaml = repo_file(super::super::lab::CLUSTER_FILE);
+        let nft = repo_file(super::super::lab::KUBE_PROXY_NFT);
+        let endpoint = "10.244.2.2"; // n2/p1 in the cluster file
+        assert!(yaml.contains(&format!(
+            "- {{ name: {}, node: {}, ip: {endpoint} }}",
+            SVC_ENDPOINT.1, SVC_ENDPOINT.0
+        )));
+        assert!(yaml.contains(&format!("cluster_ip: {SVC_CLUSTER_IP}")));
+        assert!(yaml.contains(&format!(
+            "protocol: UDP, port: {SVC_PORT}, target_port: {SVC_PORT}, node_port: {SVC_NODE_PORT}"
+        )));
+        assert!(yaml.contains(&format!("- {{ ip: {endpoint} }}")));
+        assert!(yaml.contains("external_traffic_policy: Cluster"));
+        assert!(nft.contains(&format!(
+            "{SVC_CLUSTER_IP} . udp . {SVC_PORT} : goto service-"
+        )));
+        assert!(nft.contains(&format!("udp . {SVC_NODE_PORT} : goto external-")));
+        assert!(nft.contains(&format!("dnat to {endpoint}:{SVC_PORT}")));
+        assert!(nft.contains("numgen random mod 1 vmap"));
+        assert!(nft.contains("masquerade fully-random"));
+        assert!(nft.contains("elements = { $NODE_IP }"));
     }
 }

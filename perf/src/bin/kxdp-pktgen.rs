@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(long)]
         dst_port: u16,
         /// First source port; flow i uses src-port + i.
-        #[arg(long, default_value_t = 10000)]
+        #[arg(long, default_value_t = kxdp_perf::pktgen::DEFAULT_SRC_PORT)]
         src_port: u16,
         /// Ethernet frame length in bytes, without FCS.
         #[arg(long, default_value_t = 64)]
