@@ -82,38 +82,53 @@ pub fn run_point(
         let _ = std::fs::remove_file(f);
     }
     let sink_dur = p.duration_s + 6.0;
-    let mut sink = netns_cmd(&a.sink_ns, tools.gen_core, &tools.pktgen)
-        .args(["sink", "--iface", &a.sink_iface])
-        .args([
-            "--duration",
-            &format!("{sink_dur}"),
-            "--idle-exit-ms",
-            "1000",
-        ])
-        .args(["--expect-flows", &p.flows.to_string()])
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--json")
-        .arg(&sink_json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&sink_log)?)
-        .spawn()
-        .context("starting the sink")?;
-    let t0 = Instant::now();
-    while !ready.exists() {
-        if let Some(st) = sink.try_wait()? {
-            bail!(
-                "sink exited before it was ready ({st}); log {}",
+    // The previous run's socket on the same interface may not be gone yet
+    // (the kernel releases it asynchronously; back-to-back runs on one
+    // veth, as the ceiling does, sometimes get EBUSY): a sink that exits
+    // before it is ready gets one more try after a second.
+    let mut attempt = 0;
+    let mut sink = loop {
+        attempt += 1;
+        let mut sink = netns_cmd(&a.sink_ns, tools.gen_core, &tools.pktgen)
+            .args(["sink", "--iface", &a.sink_iface])
+            .args([
+                "--duration",
+                &format!("{sink_dur}"),
+                "--idle-exit-ms",
+                "1000",
+            ])
+            .args(["--expect-flows", &p.flows.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--json")
+            .arg(&sink_json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&sink_log)?)
+            .spawn()
+            .context("starting the sink")?;
+        let t0 = Instant::now();
+        let mut exited = None;
+        while !ready.exists() {
+            if let Some(st) = sink.try_wait()? {
+                exited = Some(st);
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = wait_bounded(&mut sink, Duration::ZERO);
+                bail!("sink not ready after 10 s; log {}", sink_log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match exited {
+            None => break sink,
+            Some(st) if attempt >= 2 => bail!(
+                "sink exited before it was ready ({st}), twice; log {}",
                 sink_log.display()
-            );
+            ),
+            Some(_) => std::thread::sleep(Duration::from_secs(1)),
         }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = wait_bounded(&mut sink, Duration::ZERO);
-            bail!("sink not ready after 10 s; log {}", sink_log.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let mut gen = netns_cmd(&a.gen_ns, tools.gen_core, &tools.pktgen);
     gen.args(["gen", "--iface", &a.gen_iface])
         .args(["--src-mac", &a.src_mac, "--dst-mac", &a.dst_mac])
