@@ -652,7 +652,7 @@ impl Engine {
             .filter_map(|w| w.call(|reply| Command::ServiceStats { reply }))
             .collect();
         let (mut entries, mut cap) = (0, 0);
-        let mut flows: HashMap<(Ipv4Addr, u16), u64> = HashMap::new();
+        let mut flows: HashMap<(u32, Ipv4Addr, u16), u64> = HashMap::new();
         for s in &stats {
             entries += s.conntrack_entries as u64;
             cap += s.conntrack_capacity as u64;
@@ -683,7 +683,10 @@ impl Engine {
                         c.backends.push(pb::BackendCounters {
                             ip: e.ip.to_string(),
                             port: p.target_port as u32,
-                            new_flows: flows.get(&(e.ip, p.target_port)).copied().unwrap_or(0),
+                            new_flows: flows
+                                .get(&(id as u32, e.ip, p.target_port))
+                                .copied()
+                                .unwrap_or(0),
                         });
                     }
                 }

@@ -76,7 +76,8 @@ pub enum Command {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
-    pub backend_flows: Vec<((std::net::Ipv4Addr, u16), u64)>,
+    /// New flows per (service id, backend ip, backend port).
+    pub backend_flows: Vec<((u32, std::net::Ipv4Addr, u16), u64)>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
 }
@@ -281,6 +282,7 @@ impl Worker {
                         .take(256)
                         .collect();
                     xsk::wait(&socks, &self.wake, IDLE_SLEEP_MS);
+                    self.pipeline.maintain(start.elapsed().as_nanos() as u64);
                     idle = IDLE_SPINS / 2;
                 }
             }

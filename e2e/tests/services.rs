@@ -1248,7 +1248,6 @@ fn conntrack_lists_live_flows_and_counters_count_new_flows() {
 /// does. (The outside client gets its error in a fresh lab; a long-lived
 /// lab was seen to stop sending them, counted only as `no_endpoint`.)
 #[test]
-#[ignore = "kxdp bug: ICMP port unreachable to the node itself comes from its own address and is dropped"]
 fn udp_without_endpoint_is_refused_for_the_node_and_outside_clients() {
     require_root!();
     let lab = Lab::up(LabOpts::default());
@@ -1293,7 +1292,6 @@ fn udp_without_endpoint_is_refused_for_the_node_and_outside_clients() {
 /// Known bug (kxdp-dataplane): per-backend `new_flows` are kept per backend
 /// address, not per (service, backend): both services report 15.
 #[test]
-#[ignore = "kxdp bug: per-service backend new_flows count every service's flows to that address"]
 fn per_service_backend_counters_count_only_their_own_flows() {
     require_root!();
     let lab = Lab::up(LabOpts::default());
@@ -1350,7 +1348,6 @@ fn per_service_backend_counters_count_only_their_own_flows() {
 /// the table, in `conntrack` listings and in `conntrack_entries` for as long
 /// as the node stays quiet.
 #[test]
-#[ignore = "kxdp bug: an idle worker never collects expired conntrack entries"]
 fn expired_conntrack_entries_leave_an_idle_node() {
     require_root!();
     let lab = Lab::up(LabOpts::default());
@@ -1429,7 +1426,6 @@ fn affinity_moves_new_connections_off_a_terminating_endpoint() {
 ///
 /// kxdp differs today: it refuses (RST) as if there were no endpoint.
 #[test]
-#[ignore = "kxdp differs from kube-proxy: no fallback to serving terminating endpoints"]
 fn serving_terminating_endpoints_take_new_connections_when_none_is_ready() {
     require_root!();
     let lab = Lab::up(LabOpts::default());

@@ -73,12 +73,23 @@ impl Frontend {
     ) -> Frontend {
         backends.sort_by_key(Backend::id);
         backends.dedup_by_key(|b| b.id());
-        let eligible: Vec<u32> = backends
+        let usable = |b: &Backend| !local_only || b.local;
+        let mut eligible: Vec<u32> = backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.ready && (!local_only || b.local))
+            .filter(|(_, b)| b.ready && usable(b))
             .map(|(i, _)| i as u32)
             .collect();
+        // No ready endpoint: fall back to serving (terminating) ones, as
+        // kube-proxy does (KEP-1669), rather than refusing the traffic.
+        if eligible.is_empty() {
+            eligible = backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.serving && usable(b))
+                .map(|(i, _)| i as u32)
+                .collect();
+        }
         let ids: Vec<u64> = eligible
             .iter()
             .map(|&i| backends[i as usize].id())
@@ -229,8 +240,19 @@ mod tests {
     }
 
     #[test]
-    fn no_ready_backend_picks_nothing() {
+    fn no_ready_backend_falls_back_to_serving_ones_then_nothing() {
+        // KEP-1669: terminating-but-serving endpoints take traffic when no
+        // endpoint is ready.
         let f = Frontend::new(0, key(), vec![be(2, false, true, true)], None, false, false);
+        assert_eq!(f.pick(42).unwrap().ip, Ipv4Addr::new(10, 244, 1, 2));
+        let f = Frontend::new(
+            0,
+            key(),
+            vec![be(2, false, false, true)],
+            None,
+            false,
+            false,
+        );
         assert!(f.pick(42).is_none());
         let f = Frontend::new(0, key(), vec![], None, false, false);
         assert!(f.pick(42).is_none());

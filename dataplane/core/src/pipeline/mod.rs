@@ -270,6 +270,9 @@ const AFFINITY_CAPACITY: usize = 1 << 16;
 /// Conntrack slots the GC looks at after each batch: enough to sweep 256k
 /// slots in ~4k batches, small enough never to stall a worker.
 const GC_BUDGET: usize = 64;
+/// Slots an idle worker sweeps each time it wakes (at least every 100 ms):
+/// the default table is swept in about 3 s of idleness.
+const IDLE_GC_BUDGET: usize = 8192;
 
 /// The per-worker pipeline state: counters, the ICMP token bucket, the
 /// connection-tracking table and service affinity.
@@ -335,8 +338,18 @@ impl Pipeline {
     }
 
     /// New flows per backend (ip, port).
-    pub fn backend_flows(&self) -> &hashbrown::HashMap<(Ipv4Addr, u16), u64> {
+    /// New flows per (service id, backend ip, backend port).
+    pub fn backend_flows(&self) -> &hashbrown::HashMap<(u32, Ipv4Addr, u16), u64> {
         &self.nat.backend_flows
+    }
+
+    /// Work for an idle worker: sweeps more of the conntrack than a batch
+    /// does, so expired flows leave the table (and the counts) even when no
+    /// traffic arrives.
+    pub fn maintain(&mut self, now_ns: u64) {
+        if !self.ct.is_empty() {
+            self.ct.gc(now_ns, IDLE_GC_BUDGET);
+        }
     }
 
     /// Makes room for `n` services' counters (called when tables change,
@@ -847,9 +860,14 @@ impl Pipeline {
             b[4..8].copy_from_slice(&rest.to_be_bytes());
             Icmpv4Packet::new_unchecked(b).fill_checksum();
         }
+        // Port unreachable is what the addressed host says, so it comes from
+        // the address the client sent to (a ClusterIP, the NodeIP): the node's
+        // own kernel would drop one from its own gateway address as martian.
+        // Router errors (TTL, no route, too big) come from the gateway.
+        let host_error = matches!(kind, IcmpError::Unreachable(icmp::code::PORT_UNREACHABLE));
         ipv4::emit_header(
             &mut p.buf[new_off + ETH..],
-            if outside.is_some() {
+            if outside.is_some() || host_error {
                 dst
             } else {
                 node.gateway_ip

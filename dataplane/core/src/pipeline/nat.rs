@@ -56,7 +56,7 @@ pub struct NatState {
     affinity_cap: usize,
     pub(super) svc: Vec<SvcCounters>,
     /// New flows per backend (ip, port) — for spread checks and the CLI.
-    pub(super) backend_flows: HashMap<(Ipv4Addr, u16), u64>,
+    pub(super) backend_flows: HashMap<(u32, Ipv4Addr, u16), u64>,
 }
 
 impl NatState {
@@ -388,7 +388,11 @@ impl Pipeline {
         c.new_flows += 1;
         c.packets += 1;
         c.bytes += p.len as u64;
-        *self.nat.backend_flows.entry(backend).or_insert(0) += 1;
+        *self
+            .nat
+            .backend_flows
+            .entry((fe.service, backend.0, backend.1))
+            .or_insert(0) += 1;
         Nat::Route {
             external_reply: None,
         }

@@ -1146,8 +1146,8 @@ fn new_flows_spread_over_both_backends() {
         (350..=650).contains(&local) && (350..=650).contains(&remote),
         "local {local}, remote {remote}"
     );
-    assert_eq!(pl.backend_flows().get(&LOCAL_BE), Some(&local));
-    assert_eq!(pl.backend_flows().get(&REMOTE_BE), Some(&remote));
+    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(&local));
+    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(&remote));
     assert_eq!(pl.service_counters()[WEB].new_flows, 1000);
     assert_eq!(pl.conntrack().len(), 1000);
 }
@@ -1337,8 +1337,8 @@ fn a_removed_backends_udp_flow_moves_to_a_live_backend_at_once() {
     let d = delivered(&send(&mut pl, T0 + SEC, &t, Peer::P2, &r));
     assert_to(&d, Peer::P1);
     assert_eq!(d.ip, natted(&r[ETH..], Some(FRONTEND), None, 1));
-    assert_eq!(pl.backend_flows().get(&REMOTE_BE), Some(&1));
-    assert_eq!(pl.backend_flows().get(&LOCAL_BE), Some(&1));
+    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(&1));
+    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(&1));
     assert_eq!(pl.service_counters()[WEB].new_flows, 2);
     assert_eq!(total_drops(pl.counters()), 0);
     // With no live backend left, the flow's next datagram is refused.
@@ -1353,10 +1353,26 @@ fn a_removed_backends_udp_flow_moves_to_a_live_backend_at_once() {
 }
 
 #[test]
+fn only_serving_terminating_endpoints_take_new_flows_when_none_is_ready() {
+    let t = with_backends(&[terminating(LOCAL_BE), terminating(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let out = send(&mut pl, T0, &t, Peer::P1, &SYN_P1_TO_CLUSTER_IP);
+    assert!(
+        matches!(out.verdict, Verdict::Tx(P2_PORT) | Verdict::Tx(UPLINK)),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(pl.service_counters()[WEB].new_flows, 1);
+}
+
+#[test]
 fn no_ready_endpoint_tcp_gets_a_reset_and_udp_port_unreachable() {
+    // Neither ready nor serving (terminating endpoints that still serve take
+    // new flows when nothing is ready: see the KEP-1669 test below).
+    let gone = |a| be(a, false, false);
     for t in [
         with_backends(&[]),
-        with_backends(&[terminating(LOCAL_BE), terminating(REMOTE_BE)]),
+        with_backends(&[gone(LOCAL_BE), gone(REMOTE_BE)]),
     ] {
         let mut pl = pipeline();
         let out = send(&mut pl, T0, &t, Peer::P1, &SYN_P1_TO_CLUSTER_IP);
@@ -1380,7 +1396,8 @@ fn no_ready_endpoint_tcp_gets_a_reset_and_udp_port_unreachable() {
         assert_eq!(out.verdict, Verdict::Tx(P1_PORT));
         let e = parse_icmp_error(&out.frame);
         assert_eq!((e.eth_dst, e.eth_src), (P1_MAC.0, PORT1_MAC.0));
-        assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, P1_IP));
+        // From the address p1 sent to, as the addressed host would answer.
+        assert_eq!((e.ip_src, e.ip_dst), (FRONTEND.0, P1_IP));
         assert_eq!((e.ty, e.code), (3, 3), "port unreachable");
         // The quote is the datagram as p1 sent it: to the ClusterIP.
         assert_eq!(e.quote, quote_of(&UDP_P1_TO_CLUSTER_IP, ETH));
@@ -1728,9 +1745,27 @@ fn walk4_node_port_local_policy_keeps_the_client_address() {
 }
 
 #[test]
-fn walk4_local_policy_without_a_local_endpoint_resets_out_the_uplink() {
+fn walk4_local_policy_falls_back_to_a_serving_terminating_local_endpoint() {
+    // KEP-1669: no ready local endpoint, but a serving terminating one.
     let t = svc_tables(&Svc {
         backends: vec![ready(REMOTE_BE), terminating(LOCAL_BE)],
+        affinity_ns: None,
+        local_only: true,
+    });
+    let mut pl = pipeline();
+    let out = send(&mut pl, T0, &t, Peer::Client, &SYN_CLIENT_TO_NODE_PORT);
+    assert_eq!(
+        out.verdict,
+        Verdict::Tx(P2_PORT),
+        "to the local terminating endpoint"
+    );
+    assert_eq!(pl.conntrack().len(), 1);
+}
+
+#[test]
+fn walk4_local_policy_without_a_local_endpoint_resets_out_the_uplink() {
+    let t = svc_tables(&Svc {
+        backends: vec![ready(REMOTE_BE)],
         affinity_ns: None,
         local_only: true,
     });
@@ -2501,4 +2536,19 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
         "{txs} {c:?}"
     );
     assert!(!pl.backend_flows().is_empty());
+}
+
+/// New flows to a backend, over every service (the table keys by service too).
+fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
+    let mut hits = pl
+        .backend_flows()
+        .iter()
+        .filter(|((_, ip, port), _)| (*ip, *port) == be)
+        .map(|(_, n)| n);
+    let first = hits.next();
+    assert!(
+        hits.next().is_none(),
+        "one service per backend in these tests"
+    );
+    first
 }
