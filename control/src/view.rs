@@ -103,6 +103,8 @@ pub struct CountersView {
     pub drops: Vec<DropView>,
     pub arp_replies: u64,
     pub icmp_errors_sent: u64,
+    pub icmp_rate_limited: u64,
+    pub resets_sent: u64,
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub routed_local: u64,
@@ -171,6 +173,8 @@ impl CountersView {
                 .collect(),
             arp_replies: c.arp_replies,
             icmp_errors_sent: c.icmp_errors_sent,
+            icmp_rate_limited: c.icmp_rate_limited,
+            resets_sent: c.resets_sent,
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
@@ -685,6 +689,8 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             "ROUTED LOCAL",
             "ARP REPLIES",
             "ICMP ERRORS SENT",
+            "ICMP RATE LIMITED",
+            "RESETS SENT",
         ],
         &[vec![
             c.encapsulated.to_string(),
@@ -692,6 +698,8 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             c.routed_local.to_string(),
             c.arp_replies.to_string(),
             c.icmp_errors_sent.to_string(),
+            c.icmp_rate_limited.to_string(),
+            c.resets_sent.to_string(),
         ]],
     ));
     out.push('\n');

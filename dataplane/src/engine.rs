@@ -863,6 +863,8 @@ impl Engine {
             services,
             conntrack_entries,
             conntrack_capacity,
+            resets_sent: c.resets_sent,
+            icmp_rate_limited: c.icmp_rate_limited,
         }
     }
 }
