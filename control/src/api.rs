@@ -180,7 +180,9 @@ impl ControlService {
                 socket.display()
             ))
         })?;
-        Ok(DataplaneClient::new(channel))
+        Ok(DataplaneClient::new(channel)
+            .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE))
     }
 
     fn known_node(cluster: &Cluster, name: &str) -> Result<(), Status> {

@@ -147,7 +147,9 @@ async fn serve(
 
     let supervisor = tokio::spawn(reconcile::supervise(shared.clone()));
     let service =
-        ControlServer::new(ControlService::new(shared, config.apply_timeout).with_store(store));
+        ControlServer::new(ControlService::new(shared, config.apply_timeout).with_store(store))
+            .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE);
     let served = Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(uds::incoming(listener), shutdown)

@@ -457,7 +457,10 @@ impl NodeReconciler {
                 let cause = uds::io_cause(&e).map_or_else(|| e.to_string(), |io| io.to_string());
                 PassError::Unreachable(format!("connect: {cause}"))
             })?;
-            self.client = Some((socket.to_path_buf(), DataplaneClient::new(channel)));
+            let client = DataplaneClient::new(channel)
+                .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE);
+            self.client = Some((socket.to_path_buf(), client));
         }
         Ok(&mut self.client.as_mut().expect("just connected").1)
     }

@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
         );
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         tonic::transport::Server::builder()
-            .add_service(DataplaneServer::new(kxdp_dataplane::api::Service::new(tx)))
+            .add_service(
+                DataplaneServer::new(kxdp_dataplane::api::Service::new(tx))
+                    .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown())
             .await?;
         let _ = std::fs::remove_file(&socket);

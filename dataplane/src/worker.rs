@@ -54,7 +54,8 @@ pub enum Command {
     },
     Tables {
         tables: Arc<Tables>,
-        reply: Sender<()>,
+        /// Acknowledges with the snapshot the worker stopped using.
+        reply: Sender<Arc<Tables>>,
     },
     KernelStats {
         reply: Sender<Vec<(PortId, KernelStats)>>,
@@ -306,8 +307,11 @@ impl Worker {
             }
             Command::Tables { tables, reply } => {
                 self.pipeline.reserve_services(tables.services.names.len());
-                self.tables = tables;
-                let _ = reply.send(());
+                let old = std::mem::replace(&mut self.tables, tables);
+                // The old snapshot goes back with the acknowledgement: freeing
+                // a big one (10k services) takes milliseconds, which belong on
+                // the engine thread, not between two batches here.
+                let _ = reply.send(old);
             }
             Command::ServiceStats { reply } => {
                 let ct = self.pipeline.conntrack();

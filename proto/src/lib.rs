@@ -27,6 +27,11 @@ pub const DEFAULT_DATAPLANE_SOCKET: &str = "/run/kxdp/dataplane.sock";
 /// Default Unix socket of the control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kxdp/control.sock";
 
+/// Largest gRPC message either side accepts: a full state of 10,000
+/// services with 100,000 endpoints and Kubernetes-length names is ~7 MiB,
+/// over tonic's 4 MiB default.
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
 /// How long dialing a local Unix socket may take: a live server accepts at once.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
