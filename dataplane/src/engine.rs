@@ -95,6 +95,8 @@ pub struct Engine {
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
     service_ids: BTreeMap<String, u32>,
+    /// Numbers the published snapshots (`Tables::epoch`).
+    epoch: std::cell::Cell<u32>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -121,6 +123,7 @@ impl Engine {
             uplink_status: "not configured".into(),
             neigh: HashMap::new(),
             service_ids: BTreeMap::new(),
+            epoch: std::cell::Cell::new(0),
             workers,
         })
     }
@@ -631,7 +634,9 @@ impl Engine {
     }
 
     /// Sends the snapshot to every worker and waits for each to swap it in.
-    fn push(&self, t: Tables) {
+    fn push(&self, mut t: Tables) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+        t.epoch = self.epoch.get();
         let t = Arc::new(t);
         for w in &self.workers {
             let acked = w.call(|reply| Command::Tables {

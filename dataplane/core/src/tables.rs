@@ -164,6 +164,9 @@ pub struct Tables {
     pub routes: Lpm<RemoteRoute>,
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
+    /// Different in every snapshot the engine publishes: conntrack entries
+    /// remember the epoch in which their backend was last found serving.
+    pub epoch: u32,
 }
 
 impl Tables {

@@ -84,8 +84,12 @@ pub(super) fn node() -> NodeInfo {
 
 /// n1's tables; `next_hop` is the resolved underlay MAC towards n2, if any.
 pub(super) fn tables_with(next_hop: Option<EthernetAddress>) -> Tables {
+    // Every snapshot the engine publishes has its own epoch; so does every
+    // table built here (tests swap tables to add or remove backends).
+    static EPOCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let mut t = Tables {
         node: Some(node()),
+        epoch: EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ..Tables::default()
     };
     t.set_port(
