@@ -514,24 +514,7 @@ impl Pipeline {
             else {
                 return Verdict::Drop(DropReason::ToGateway);
             };
-            if forwarded {
-                if ttl <= 1 {
-                    return self.icmp_error(
-                        now,
-                        t,
-                        node,
-                        p,
-                        IcmpError::TimeExceeded,
-                        DropReason::TtlExceeded,
-                    );
-                }
-                Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
-            }
-            let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
-            eth.set_dst_addr(peer_mac);
-            eth.set_src_addr(mac);
-            self.counters.routed_local += 1;
-            return Verdict::Tx(h);
+            return self.deliver(now, t, node, p, forwarded, (h, peer_mac, mac));
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::Ipv4Martian);
@@ -547,24 +530,7 @@ impl Pipeline {
                     DropReason::NoRoute,
                 );
             };
-            if forwarded {
-                if ttl <= 1 {
-                    return self.icmp_error(
-                        now,
-                        t,
-                        node,
-                        p,
-                        IcmpError::TimeExceeded,
-                        DropReason::TtlExceeded,
-                    );
-                }
-                Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
-            }
-            let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
-            eth.set_dst_addr(lp.mac);
-            eth.set_src_addr(out.mac);
-            self.counters.routed_local += 1;
-            return Verdict::Tx(lp.port);
+            return self.deliver(now, t, node, p, forwarded, (lp.port, lp.mac, out.mac));
         }
         let Some(r) = t.routes.lookup(dst) else {
             let code = if node.cluster_cidr.contains(dst) {
@@ -628,6 +594,40 @@ impl Pipeline {
         encap(p, node, uplink.1.mac, nh, r.vtep_ip, hash);
         self.counters.encapsulated += 1;
         Verdict::Tx(uplink.0)
+    }
+
+    /// Delivers the datagram at `p.off` on a port of this node (a pod, the
+    /// host): `(port, destination MAC, our port MAC)`. A router hop: TTL
+    /// decremented (time exceeded at 1) unless we made the packet ourselves.
+    fn deliver(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+        (port, dst_mac, src_mac): (PortId, EthernetAddress, EthernetAddress),
+    ) -> Verdict {
+        let ip_off = p.off + ETH;
+        if forwarded {
+            let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
+            if ip.ttl() <= 1 {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::TimeExceeded,
+                    DropReason::TtlExceeded,
+                );
+            }
+            ip.decrement_ttl();
+        }
+        let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+        eth.set_dst_addr(dst_mac);
+        eth.set_src_addr(src_mac);
+        self.counters.routed_local += 1;
+        Verdict::Tx(port)
     }
 
     fn on_uplink(&mut self, now: u64, t: &Tables, node: &NodeInfo, p: &mut Packet<'_>) -> Verdict {
