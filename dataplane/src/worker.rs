@@ -264,15 +264,16 @@ impl Worker {
                 work += self.rx_batch(self.active[i], now);
             }
             self.housekeep();
+            // Rings drained (or empty): let a neighbour node's worker sharing
+            // this core run now rather than after a scheduler slice; it may be
+            // waiting for exactly the frames we just sent it. Returns at once
+            // when nothing else is runnable; never taken at full load.
+            if work < BATCH_SIZE {
+                std::thread::yield_now();
+            }
             if work > 0 {
                 idle = 0;
                 self.publish();
-                if work < BATCH_SIZE {
-                    // Rings drained: let a neighbour node's worker sharing
-                    // this core run now rather than after a scheduler slice.
-                    // Returns at once when nothing else is runnable.
-                    std::thread::yield_now();
-                }
             } else {
                 idle += 1;
                 if idle >= IDLE_SPINS {
