@@ -118,12 +118,23 @@ fn main() -> ExitCode {
         }
     };
 
-    let config = Config {
-        listen: args.listen,
-        dataplane_dir: args.dataplane_dir,
+    let config = config(&args);
+    log::info!("cluster file: {source}");
+    serve(daemon::run(config, cluster, shutdown_signal()))
+}
+
+/// The daemon settings both store modes share.
+fn config(args: &Args) -> Config {
+    Config {
+        listen: args.listen.clone(),
+        dataplane_dir: args.dataplane_dir.clone(),
         resync_interval: Duration::from_millis(args.resync_interval_ms),
         apply_timeout: Duration::from_millis(args.apply_timeout_ms),
-    };
+    }
+}
+
+/// Runs the daemon to completion and maps the outcome to the exit status.
+fn serve(daemon: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     // One thread: the work is a few RPCs a second, and the machine's cores
     // belong to the dataplanes.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -136,8 +147,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    log::info!("cluster file: {source}");
-    match runtime.block_on(daemon::run(config, cluster, shutdown_signal())) {
+    match runtime.block_on(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kxdp-control: {e:#}");
@@ -190,30 +200,9 @@ fn main_etcd(args: Args) -> ExitCode {
         },
         bootstrap,
     };
-    let config = Config {
-        listen: args.listen,
-        dataplane_dir: args.dataplane_dir,
-        resync_interval: Duration::from_millis(args.resync_interval_ms),
-        apply_timeout: Duration::from_millis(args.apply_timeout_ms),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kxdp-control: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let config = config(&args);
     log::info!("store: {url}");
-    match runtime.block_on(daemon::run_etcd(config, etcd, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kxdp-control: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    serve(daemon::run_etcd(config, etcd, shutdown_signal()))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -69,7 +69,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let socket = args.socket.clone();
     rt.block_on(async move {
-        let listener = bind(&socket)?;
+        // The socket file goes when `_socket_file` drops, after serving.
+        let (listener, _socket_file) = bind(&socket)?;
         log::info!(
             "kxdp-dataplane {} serving on {} (boot id {boot_id}, {} worker(s))",
             env!("CARGO_PKG_VERSION"),
@@ -85,7 +86,6 @@ fn main() -> anyhow::Result<()> {
             )
             .serve_with_incoming_shutdown(incoming, shutdown())
             .await?;
-        let _ = std::fs::remove_file(&socket);
         anyhow::Ok(())
     })?;
     // The service (and its engine sender) is gone: the engine detaches and stops.
@@ -96,22 +96,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the API socket: parent dir 0700, socket 0600, stale file replaced.
-fn bind(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Binds the API socket with the shared root-only binder (0700 directory,
+/// 0600 socket, a stale socket replaced, anything else refused); an existing
+/// directory is made 0700 too, as the dataplane always did.
+fn bind(
+    path: &std::path::Path,
+) -> anyhow::Result<(tokio::net::UnixListener, kxdp_proto::uds::SocketFile)> {
+    if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use by a running dataplane", path.display());
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    kxdp_proto::uds::bind(path).with_context(|| format!("binding {}", path.display()))
 }
 
 async fn shutdown() {

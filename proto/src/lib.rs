@@ -19,6 +19,8 @@ pub mod kxdp {
     }
 }
 
+pub mod uds;
+
 pub use kxdp::control::v1 as control;
 pub use kxdp::dataplane::v1 as dataplane;
 
