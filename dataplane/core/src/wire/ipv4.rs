@@ -168,7 +168,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Whether the header checksum (over `header_len` bytes) is correct.
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_len()];
-        checksum::fold(checksum::sum(header)) == 0xFFFF
+        checksum::sum(header) == 0xFFFF
     }
 }
 
@@ -229,18 +229,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// returning the new TTL. A TTL of 0 is left as is and 0 is returned;
     /// callers drop (and may send Time Exceeded) when this returns 0.
     pub fn decrement_ttl(&mut self) -> u8 {
-        let data = self.buffer.as_ref();
-        let ttl = data[field::TTL];
+        // One bounds check for the whole header, not one per field.
+        let h = &mut self.buffer.as_mut()[..HEADER_LEN];
+        let ttl = h[field::TTL];
         if ttl == 0 {
             return 0;
         }
-        // TTL and protocol share one 16-bit checksum word.
-        let proto = data[field::PROTOCOL];
-        let old = u16::from_be_bytes([ttl, proto]);
-        let new = u16::from_be_bytes([ttl - 1, proto]);
-        let c = checksum::update_u16(self.checksum(), old, new);
-        self.set_ttl(ttl - 1);
-        self.set_checksum(c);
+        // TTL is the high byte of the word it shares with the protocol, so
+        // that word drops by 0x0100 whatever the protocol: RFC 1624's
+        // `~m + m'` is the constant 0xFEFF (what `update_u16` would add).
+        let c = !read_u16(&h[field::CHECKSUM]);
+        let c = !checksum::fold(u32::from(c) + 0xFEFF);
+        h[field::TTL] = ttl - 1;
+        write_u16(&mut h[field::CHECKSUM], c);
         ttl - 1
     }
 
@@ -271,19 +272,32 @@ pub fn emit_header(
     let total_len = payload_len
         .checked_add(HEADER_LEN as u16)
         .expect("IPv4 payload_len too large for total_len");
+    let flags = if dont_frag { FLAG_DF } else { 0 };
+    let ttl_proto = u16::from_be_bytes([ttl, protocol]);
+    // The checksum from the field values, not by reading the header back.
+    let (s, d) = (u32::from(src), u32::from(dst));
+    let c = checksum::finish(
+        0x4500
+            + u32::from(total_len)
+            + u32::from(ident)
+            + u32::from(flags)
+            + u32::from(ttl_proto)
+            + (s >> 16)
+            + (s & 0xFFFF)
+            + (d >> 16)
+            + (d & 0xFFFF),
+    );
     let h = &mut buf[..HEADER_LEN];
     h[field::VER_IHL] = 0x45;
     h[field::DSCP_ECN] = 0;
     write_u16(&mut h[field::LENGTH], total_len);
     write_u16(&mut h[field::IDENT], ident);
-    write_u16(&mut h[field::FLG_OFF], if dont_frag { FLAG_DF } else { 0 });
+    write_u16(&mut h[field::FLG_OFF], flags);
     h[field::TTL] = ttl;
     h[field::PROTOCOL] = protocol;
-    write_u16(&mut h[field::CHECKSUM], 0);
+    write_u16(&mut h[field::CHECKSUM], c);
     write_ipv4(&mut h[field::SRC_ADDR], src);
     write_ipv4(&mut h[field::DST_ADDR], dst);
-    let c = checksum::finish(checksum::sum(h));
-    write_u16(&mut h[field::CHECKSUM], c);
 }
 
 #[cfg(test)]
