@@ -197,6 +197,15 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The shortest of the timeouts.
+    pub fn min(&self) -> u64 {
+        self.tcp_syn_ns
+            .min(self.tcp_established_ns)
+            .min(self.tcp_closing_ns)
+            .min(self.udp_ns)
+            .min(self.icmp_ns)
+    }
+
     /// The idle timeout that applies to `e` in its current state.
     pub fn for_entry(&self, e: &Entry) -> u64 {
         match e.tcp {
@@ -473,10 +482,21 @@ impl Conntrack {
     /// # Panics
     ///
     /// If `id` is not a live entry.
+    #[inline]
     pub fn touch(&mut self, id: u32, dir: Dir, tcp_flags: Option<u8>, now_ns: u64) {
         let s = self.live_slot_mut(id);
         s.entry.last_seen_ns = s.entry.last_seen_ns.max(now_ns);
-        if let (Some(f), true) = (tcp_flags, s.entry.tcp != TcpState::None) {
+        let Some(f) = tcp_flags else {
+            return;
+        };
+        // The common case, a segment without SYN, FIN or RST on an
+        // established connection, changes nothing (as `tcp_next` would say).
+        if f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+            && s.entry.tcp == TcpState::Established
+        {
+            return;
+        }
+        if s.entry.tcp != TcpState::None {
             (s.entry.tcp, s.fins) = tcp_next(s.entry.tcp, s.fins, dir, f);
         }
     }
@@ -486,6 +506,7 @@ impl Conntrack {
     /// # Panics
     ///
     /// If `id` is not a live entry.
+    #[inline]
     pub fn expired(&self, id: u32, now_ns: u64) -> bool {
         self.slot_expired(self.live_slot(id), now_ns)
     }
@@ -495,15 +516,27 @@ impl Conntrack {
     /// returns how many it removed.
     pub fn gc(&mut self, now_ns: u64, budget: usize) -> usize {
         let cap = self.slots.len();
+        let mut left = budget.min(cap);
         let mut removed = 0;
-        for _ in 0..budget.min(cap) {
-            let id = self.gc_cursor;
-            self.gc_cursor = if id + 1 == cap { 0 } else { id + 1 };
-            let s = &self.slots[id];
-            if s.live && self.slot_expired(s, now_ns) {
-                self.free_slot(id as u32);
-                removed += 1;
+        // Nothing seen within the shortest timeout has expired, whatever
+        // its state: most slots are passed over without the state lookup.
+        let min_timeout = self.timeouts.min();
+        while left > 0 {
+            // Up to the end of the slab, then wrap.
+            let start = self.gc_cursor;
+            let end = cap.min(start + left);
+            for id in start..end {
+                let s = &self.slots[id];
+                if s.live
+                    && now_ns.saturating_sub(s.entry.last_seen_ns) > min_timeout
+                    && self.slot_expired(s, now_ns)
+                {
+                    self.free_slot(id as u32);
+                    removed += 1;
+                }
             }
+            left -= end - start;
+            self.gc_cursor = if end == cap { 0 } else { end };
         }
         self.stats.expirations += removed as u64;
         removed
@@ -828,6 +861,63 @@ mod tests {
             assert_eq!(ct.lookup(&e.original), Some((id, Dir::Original)));
             assert_eq!(ct.lookup(&e.reply), Some((id, Dir::Reply)));
         }
+    }
+
+    /// `touch` skips the state machine for segments without SYN, FIN or
+    /// RST on established connections: exhaustively, it ends in the state
+    /// `tcp_next` gives, for every state, direction, FIN bits and flags.
+    #[test]
+    fn touch_agrees_with_tcp_next() {
+        use TcpState::*;
+        let mut ct = Conntrack::new(4, Timeouts::default());
+        for state in [SynSent, SynRecv, Established, FinWait, Closed] {
+            for fins in 0..4u8 {
+                for dir in [Dir::Original, Dir::Reply] {
+                    for f in 0..=255u8 {
+                        let id = ct.insert(entry(protocol::TCP, 40000, T0), T0).unwrap();
+                        let s = &mut ct.slots[id as usize];
+                        (s.entry.tcp, s.fins) = (state, fins);
+                        ct.touch(id, dir, Some(f), T0 + 1);
+                        let s = &ct.slots[id as usize];
+                        let want = tcp_next(state, fins, dir, f);
+                        assert_eq!(
+                            (s.entry.tcp, s.fins),
+                            want,
+                            "{state:?} {fins} {dir:?} {f:#x}"
+                        );
+                        assert_eq!(s.entry.last_seen_ns, T0 + 1);
+                        ct.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The GC walks exactly `budget` slots from its cursor, wrapping at the
+    /// end of the slab, whatever the budget.
+    #[test]
+    fn gc_cursor_wraps() {
+        let mut ct = Conntrack::new(10, short());
+        for budget in [0, 1, 3, 7, 10, 25] {
+            let before = ct.gc_cursor;
+            ct.gc(T0, budget);
+            assert_eq!(
+                ct.gc_cursor,
+                (before + budget.min(10)) % 10,
+                "budget {budget}"
+            );
+        }
+        // Expired entries anywhere are found by a wrapping walk.
+        for sport in 0..10 {
+            ct.insert(entry(protocol::UDP, 1000 + sport, T0), T0)
+                .unwrap();
+        }
+        ct.gc_cursor = 7;
+        assert_eq!(ct.gc(T0 + 31 * MS, 5), 5);
+        assert_eq!(ct.gc_cursor, 2);
+        assert_eq!(ct.gc(T0 + 31 * MS, 100), 5);
+        assert!(ct.is_empty());
+        check_invariants(&ct);
     }
 
     #[test]
