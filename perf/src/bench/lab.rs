@@ -52,6 +52,8 @@ pub struct Lab {
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<Plan>,
     pub log: PathBuf,
+    /// Where kxdp-dataplane, kxdp-control and kxdpctl are (`KXDP_BIN_DIR`).
+    pub bin_dir: PathBuf,
 }
 
 /// Runs a command; error with its output if it fails.
@@ -83,13 +85,15 @@ pub fn link_mac(ns: &str, ifname: &str) -> anyhow::Result<String> {
 
 impl Lab {
     /// `lab.sh up` with `prefix`; the kernel baseline when `kernel`.
-    /// kxdp's dataplanes are pinned with `KXDP_LAB_CORES=cores`.
+    /// kxdp's dataplanes are pinned with `KXDP_LAB_CORES=cores`; the
+    /// binaries come from `bin_dir` (`KXDP_BIN_DIR`).
     pub fn up(
         root: &Path,
         prefix: &str,
         kernel: bool,
         cores: &str,
         log_dir: &Path,
+        bin_dir: &Path,
     ) -> anyhow::Result<Lab> {
         let log = log_dir.join(format!("lab-{prefix}.log"));
         let run_dir = PathBuf::from(format!("/run/kxdp/{prefix}"));
@@ -97,6 +101,7 @@ impl Lab {
         cmd.arg("up")
             .env("KXDP_LAB_PREFIX", prefix)
             .env("KXDP_NO_BUILD", "1")
+            .env("KXDP_BIN_DIR", bin_dir)
             .env("KXDP_LAB_CORES", cores)
             .env("KXDP_RUN_DIR", &run_dir)
             .env("KXDP_CLUSTER", root.join(CLUSTER_FILE))
@@ -116,6 +121,7 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             log: log.clone(),
+            bin_dir: bin_dir.to_path_buf(),
         };
         if !st.success() {
             lab.down();
@@ -264,23 +270,68 @@ impl Lab {
             )?;
             Ok(count_nf_conntrack(&out, src_ip, dst_ip, dst_port))
         } else {
-            let ctl = self.root.join("target/release/kxdpctl");
-            let sock = self.run_dir.join("control.sock");
-            let out = sh(
-                &ctl.to_string_lossy(),
-                &[
-                    "--control",
-                    &sock.to_string_lossy(),
-                    "conntrack",
-                    "--node",
-                    node,
-                    "--json",
-                    "--limit",
-                    "1000000",
-                ],
-            )?;
+            let out = self.ctl(&["conntrack", "--node", node, "--json", "--limit", "1000000"])?;
             count_kxdp_conntrack(&out, src_ip, dst_ip, dst_port)
         }
+    }
+
+    /// `kxdpctl --control <lab's control socket> args...` (kxdp lab).
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let ctl = self.bin_dir.join("kxdpctl");
+        let sock = self.run_dir.join("control.sock");
+        let mut all = vec!["--control".to_string(), sock.to_string_lossy().into_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        sh(&ctl.to_string_lossy(), &refs)
+    }
+
+    /// The cluster file kxdp-control was started with (lab.sh writes its
+    /// path to `<run dir>/cluster-file`).
+    pub fn cluster_file(&self) -> anyhow::Result<PathBuf> {
+        let f = self.run_dir.join("cluster-file");
+        let p = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        Ok(PathBuf::from(p.trim()))
+    }
+
+    /// Resident memory of a node's kxdp-dataplane (KiB), from its PID file.
+    pub fn dataplane_rss_kib(&self, node: &str) -> anyhow::Result<u64> {
+        let f = self.run_dir.join(format!("{node}.pid"));
+        let pid =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// `ethtool -K <if> <features...>` inside `ns`, then the offload
+    /// features as the kernel now reports them (`ethtool -k`), one line:
+    /// `tx-checksumming on, tcp-segmentation-offload off, ...`.
+    pub fn set_offloads(
+        &self,
+        ns: &str,
+        ifname: &str,
+        features: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut args = vec!["netns", "exec", ns, "ethtool", "-K", ifname];
+        args.extend_from_slice(features);
+        // ethtool exits non-zero when one feature cannot change (TSO
+        // without TX checksumming): what counts is the state afterwards.
+        let set = sh("ip", &args).err().map(|e| format!("{e:#}"));
+        let out = sh("ip", &["netns", "exec", ns, "ethtool", "-k", ifname])?;
+        let mut state = offload_state(&out);
+        if let Some(e) = set {
+            let first = e
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            state.push_str(&format!(" (ethtool -K: {first})"));
+        }
+        Ok(state)
     }
 
     /// The MAC a pod's gateway answers with: kxdp proxy-ARPs with the
@@ -350,6 +401,26 @@ impl Lab {
     }
 }
 
+/// The offload features tcp-svc is about, from `ethtool -k` output.
+pub fn offload_state(ethtool_k: &str) -> String {
+    const KEYS: &[&str] = &[
+        "tx-checksumming",
+        "scatter-gather",
+        "tcp-segmentation-offload",
+        "generic-segmentation-offload",
+        "generic-receive-offload",
+    ];
+    KEYS.iter()
+        .filter_map(|k| {
+            ethtool_k
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{k}:")))
+                .map(|l| l.trim().to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Kernel conntrack entries (`/proc/net/nf_conntrack`) whose original
 /// direction is `src_ip` -> `dst_ip:dst_port`.
 pub fn count_nf_conntrack(table: &str, src_ip: &str, dst_ip: &str, dst_port: u16) -> u64 {
@@ -398,6 +469,16 @@ pub fn count_kxdp_conntrack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offload_state_keeps_the_features_that_matter() {
+        let k = "Features for eth0:\nrx-checksumming: on\ntx-checksumming: off\n\ttx-checksum-ip-generic: off\nscatter-gather: on\ntcp-segmentation-offload: off\n\ttx-tcp-segmentation: off [requested on]\ngeneric-segmentation-offload: on\ngeneric-receive-offload: on\n";
+        assert_eq!(
+            offload_state(k),
+            "tx-checksumming: off, scatter-gather: on, tcp-segmentation-offload: off, \
+             generic-segmentation-offload: on, generic-receive-offload: on"
+        );
+    }
 
     #[test]
     fn counts_kernel_conntrack_entries_by_original_tuple() {

@@ -12,7 +12,9 @@ pub mod lab;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod scenarios;
+pub mod tcp;
 
 use std::path::PathBuf;
 
@@ -23,7 +25,7 @@ use crate::pktgen::{GenResult, SinkResult};
 use crate::stats::Spread;
 use lab::Lab;
 use run::{run_point, Point, Tools};
-use scenarios::{Attach, Scenario};
+use scenarios::{Attach, Kind, Scenario};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -36,6 +38,8 @@ pub struct BenchConfig {
     pub duration_s: f64,
     pub prefix: String,
     pub pktgen: PathBuf,
+    /// kxdp-dataplane, kxdp-control, kxdpctl (lab.sh's `KXDP_BIN_DIR`).
+    pub bin_dir: PathBuf,
     pub gen_core: usize,
     pub fwd_core: usize,
     pub ceiling: bool,
@@ -186,6 +190,23 @@ pub struct Report {
     pub load_before: String,
     pub load_after: String,
     pub notes: Vec<String>,
+    /// svc-scale: the table switches and the big/small ratios per point.
+    pub scale_switches: Vec<scale::Switch>,
+    pub scale: Vec<ScaleSummary>,
+    pub scale_errors: Vec<String>,
+    /// tcp-svc: one point per offload mode.
+    pub tcp: Vec<tcp::TcpPoint>,
+}
+
+/// svc-scale at one point: delivered pps with the big table over the small.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleSummary {
+    pub size: usize,
+    pub flows: u16,
+    pub kxdp_big_over_small: Option<f64>,
+    pub kernel_big_over_small: Option<f64>,
+    pub kxdp_over_kernel_small: Option<f64>,
+    pub kxdp_over_kernel_big: Option<f64>,
 }
 
 fn measure(
@@ -256,7 +277,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn git_info(root: &std::path::Path) -> String {
+fn git_info(root: &std::path::Path, bin_dir: &std::path::Path) -> String {
     let rev = lab::sh(
         "git",
         &[
@@ -280,7 +301,7 @@ fn git_info(root: &std::path::Path) -> String {
     )
     .map(|s| s.lines().count())
     .unwrap_or(0);
-    let bin = root.join("target/release/kxdp-dataplane");
+    let bin = bin_dir.join("kxdp-dataplane");
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .ok()
@@ -296,9 +317,10 @@ fn git_info(root: &std::path::Path) -> String {
         })
         .unwrap_or_else(|| "?".into());
     format!(
-        "{} ({} modified tracked files in the work tree); kxdp-dataplane binary built {built}",
+        "{} ({} modified tracked files in the work tree); kxdp-dataplane binary {} built {built}",
         rev.trim(),
-        dirty
+        dirty,
+        bin.display()
     )
 }
 
@@ -336,7 +358,7 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
             .to_string(),
         command: cfg.command.clone(),
         host: host_info(),
-        git: git_info(&cfg.root),
+        git: git_info(&cfg.root, &cfg.bin_dir),
         runs: cfg.runs,
         duration_s: cfg.duration_s,
         walks: cfg
@@ -356,6 +378,10 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         load_before,
         load_after: String::new(),
         notes: Vec::new(),
+        scale_switches: Vec::new(),
+        scale: Vec::new(),
+        scale_errors: Vec::new(),
+        tcp: Vec::new(),
     };
     report.pinning.push(Pinning {
         process: "kxdp-pktgen gen and sink".into(),
@@ -367,10 +393,10 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         let fwd = cfg.fwd_core.to_string();
         let cores = format!("{fwd} {fwd}");
         eprintln!("==> lab {} (kxdp, KXDP_LAB_CORES=\"{cores}\")", cfg.prefix);
-        let kx = Lab::up(&cfg.root, &cfg.prefix, false, &cores, &work)?;
+        let kx = Lab::up(&cfg.root, &cfg.prefix, false, &cores, &work, &cfg.bin_dir)?;
         let kprefix = format!("{}k", cfg.prefix);
         eprintln!("==> lab {kprefix} (kernel: KXDP_KERNEL_NODES=\"n1 n2\")");
-        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work) {
+        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir) {
             Ok(l) => l,
             Err(e) => {
                 kx.down();
@@ -484,91 +510,28 @@ fn run_labs(
         report
             .attach
             .push((s.name.to_string(), "kernel".into(), al.clone()));
+        if s.kind == Kind::Tcp {
+            run_tcp(cfg, tools, kx, kl, &ak, &al, report);
+            continue;
+        }
         eprintln!("==> {}: warm-up", s.name);
-        let warm = Point {
-            size: 64,
-            flows: 1,
-            rate: Some(10_000),
-            duration_s: 1.0,
-        };
-        for (a, dp) in [(&ak, "kxdp"), (&al, "kernel")] {
-            match run_point(tools, a, warm, &format!("{}-{dp}-warmup", s.name)) {
-                Ok((_, sink)) => {
-                    let received = sink
-                        .first_probe
-                        .map(|h| h.to_string())
-                        .unwrap_or_else(|| "no probe".into());
-                    eprintln!("    warm-up {dp}: sink saw {received}");
-                    report.sink_saw.push(SinkSaw {
-                        scenario: s.name.into(),
-                        datapath: dp.into(),
-                        sent: format!(
-                            "udp {}:{} -> {}:{}",
-                            a.src_ip,
-                            crate::pktgen::DEFAULT_SRC_PORT,
-                            a.dst_ip,
-                            a.dst_port
-                        ),
-                        received,
-                    });
-                }
-                Err(e) => eprintln!("    warm-up {dp}: {e:#}"),
-            }
+        warm_up(tools, s.name, &ak, &al, report);
+        if s.kind == Kind::SvcScale {
+            run_svc_scale(cfg, tools, (kx, &ak), (kl, &al), report);
+            continue;
         }
         for &size in &cfg.sizes {
             for &flows in &cfg.flows {
-                eprintln!("==> {} {size}B {flows} flows", s.name);
-                let p = Point {
+                let p = point(
+                    cfg,
+                    tools,
+                    (kx, &ak),
+                    (kl, &al),
+                    (s.name, s.name, s.services),
                     size,
                     flows,
-                    rate: None,
-                    duration_s: cfg.duration_s,
-                };
-                let mut mk = Measurement::default();
-                let mut ml = Measurement::default();
-                for r in 0..cfg.runs {
-                    let base = format!("{}-{size}-{flows}-r{r}", s.name);
-                    measure(tools, &ak, p, &format!("{base}-kxdp"), &mut mk);
-                    measure(tools, &al, p, &format!("{base}-kernel"), &mut ml);
-                }
-                mk.finish();
-                ml.finish();
-                let conntrack = s.services.then(|| {
-                    let node = scenarios::ENTRY_NODE;
-                    let mut c = ConntrackCounts {
-                        node: node.into(),
-                        ..Default::default()
-                    };
-                    for (lab, a, slot) in [(kx, &ak, &mut c.kxdp), (kl, &al, &mut c.kernel)] {
-                        match lab.conntrack_entries(node, &a.src_ip, &a.dst_ip, a.dst_port) {
-                            Ok(n) => *slot = Some(n),
-                            Err(e) => c.errors.push(format!("{e:#}")),
-                        }
-                    }
-                    eprintln!(
-                        "    conntrack on {node}: kxdp {:?}, kernel {:?} entries",
-                        c.kxdp, c.kernel
-                    );
-                    c
-                });
-                if cfg.latency {
-                    let base = format!("{}-{size}-{flows}-half", s.name);
-                    half_rate(tools, &ak, p, &format!("{base}-kxdp"), &mut mk);
-                    half_rate(tools, &al, p, &format!("{base}-kernel"), &mut ml);
-                }
-                let ratio = match (mk.median(), ml.median()) {
-                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                    _ => None,
-                };
-                report.points.push(PointResult {
-                    scenario: s.name.into(),
-                    size,
-                    flows,
-                    kxdp: mk,
-                    kernel: ml,
-                    ratio,
-                    conntrack,
-                });
+                );
+                report.points.push(p);
             }
         }
     }
@@ -576,6 +539,332 @@ fn run_labs(
         kl.unload_kube_proxy();
     }
     Ok(())
+}
+
+/// A 1 s run at 10 kpps on each datapath (ARP, next hops); records what
+/// the sink saw of the first probe.
+fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Report) {
+    let warm = Point {
+        size: 64,
+        flows: 1,
+        rate: Some(10_000),
+        duration_s: 1.0,
+    };
+    for (a, dp) in [(ak, "kxdp"), (al, "kernel")] {
+        match run_point(tools, a, warm, &format!("{name}-{dp}-warmup")) {
+            Ok((_, sink)) => {
+                let received = sink
+                    .first_probe
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "no probe".into());
+                eprintln!("    warm-up {dp}: sink saw {received}");
+                report.sink_saw.push(SinkSaw {
+                    scenario: name.into(),
+                    datapath: dp.into(),
+                    sent: format!(
+                        "udp {}:{} -> {}:{}",
+                        a.src_ip,
+                        crate::pktgen::DEFAULT_SRC_PORT,
+                        a.dst_ip,
+                        a.dst_port
+                    ),
+                    received,
+                });
+            }
+            Err(e) => eprintln!("    warm-up {dp}: {e:#}"),
+        }
+    }
+}
+
+/// One point: `--runs` flat-out runs alternating kxdp and kernel, the
+/// conntrack count (`services`), the half-rate latency runs.
+/// `names`: (scenario as reported, tag prefix of the raw files, services).
+fn point(
+    cfg: &BenchConfig,
+    tools: &Tools,
+    (kx, ak): (&Lab, &Attach),
+    (kl, al): (&Lab, &Attach),
+    (name, tag, services): (&str, &str, bool),
+    size: usize,
+    flows: u16,
+) -> PointResult {
+    eprintln!("==> {name} {size}B {flows} flows");
+    let p = Point {
+        size,
+        flows,
+        rate: None,
+        duration_s: cfg.duration_s,
+    };
+    let mut mk = Measurement::default();
+    let mut ml = Measurement::default();
+    for r in 0..cfg.runs {
+        let base = format!("{tag}-{size}-{flows}-r{r}");
+        measure(tools, ak, p, &format!("{base}-kxdp"), &mut mk);
+        measure(tools, al, p, &format!("{base}-kernel"), &mut ml);
+    }
+    mk.finish();
+    ml.finish();
+    let conntrack = services.then(|| {
+        let node = scenarios::ENTRY_NODE;
+        let mut c = ConntrackCounts {
+            node: node.into(),
+            ..Default::default()
+        };
+        for (lab, a, slot) in [(kx, ak, &mut c.kxdp), (kl, al, &mut c.kernel)] {
+            match lab.conntrack_entries(node, &a.src_ip, &a.dst_ip, a.dst_port) {
+                Ok(n) => *slot = Some(n),
+                Err(e) => c.errors.push(format!("{e:#}")),
+            }
+        }
+        eprintln!(
+            "    conntrack on {node}: kxdp {:?}, kernel {:?} entries",
+            c.kxdp, c.kernel
+        );
+        c
+    });
+    if cfg.latency {
+        let base = format!("{tag}-{size}-{flows}-half");
+        half_rate(tools, ak, p, &format!("{base}-kxdp"), &mut mk);
+        half_rate(tools, al, p, &format!("{base}-kernel"), &mut ml);
+    }
+    let ratio = match (mk.median(), ml.median()) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    PointResult {
+        scenario: name.into(),
+        size,
+        flows,
+        kxdp: mk,
+        kernel: ml,
+        ratio,
+        conntrack,
+    }
+}
+
+fn over(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// svc-scale: every point with the small table on both datapaths, then
+/// the big table loaded into both (kxdpctl apply; nft -f), every point
+/// again, then the small table back. 64 B frames (the smallest of --sizes).
+fn run_svc_scale(
+    cfg: &BenchConfig,
+    tools: &Tools,
+    (kx, ak): (&Lab, &Attach),
+    (kl, al): (&Lab, &Attach),
+    report: &mut Report,
+) {
+    let size = cfg.sizes.iter().copied().min().unwrap_or(64);
+    let services = scale::BASE_SERVICES + scale::EXTRA_SERVICES;
+    let endpoints = scale::BASE_ENDPOINTS + scale::EXTRA_SERVICES * scale::ENDPOINTS_PER_SERVICE;
+    let small_name = format!("svc-scale, {} services", scale::BASE_SERVICES);
+    let big_name = format!("svc-scale, {services} services / {endpoints} endpoints");
+    let mut small = Vec::new();
+    for &flows in &cfg.flows {
+        small.push(point(
+            cfg,
+            tools,
+            (kx, ak),
+            (kl, al),
+            (&small_name, "svc-scale-small", true),
+            size,
+            flows,
+        ));
+    }
+    let yaml_path = tools.work.join("svc-scale-cluster.yaml");
+    let nft_path = tools.work.join("svc-scale.nft");
+    let original = kx.cluster_file();
+    let prepared = (|| -> anyhow::Result<()> {
+        let base =
+            std::fs::read_to_string(original.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?)?;
+        std::fs::write(
+            &yaml_path,
+            scale::big_cluster_yaml(&base, scale::EXTRA_SERVICES)?,
+        )?;
+        std::fs::write(&nft_path, scale::big_nft(scale::EXTRA_SERVICES))?;
+        Ok(())
+    })();
+    let mut big_kx = prepared.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+    let mut big_kl = big_kx.clone();
+    if big_kx.is_ok() {
+        eprintln!(
+            "==> svc-scale: kxdp: kxdpctl apply ({services} services / {endpoints} endpoints)"
+        );
+        match scale::kxdp_apply(kx, &yaml_path, "small -> big") {
+            Ok(sw) => {
+                eprintln!("    {:.2} s: {}", sw.seconds, sw.detail);
+                report.scale_switches.push(sw);
+            }
+            Err(e) => big_kx = Err(format!("kxdp: switching to the big table: {e:#}")),
+        }
+        eprintln!("==> svc-scale: kernel: nft -f (the same services as kube-proxy rules)");
+        match scale::kernel_load(kl, &nft_path) {
+            Ok(sw) => {
+                eprintln!("    {:.1} s: {}", sw.seconds, sw.detail);
+                report.scale_switches.push(sw);
+            }
+            Err(e) => big_kl = Err(format!("kernel: loading the big rule set: {e:#}")),
+        }
+    }
+    for e in [&big_kx, &big_kl]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+    {
+        eprintln!("==> svc-scale: {e}");
+        report.scale_errors.push(e.clone());
+    }
+    let mut big = Vec::new();
+    if big_kx.is_ok() || big_kl.is_ok() {
+        warm_up(tools, "svc-scale-big", ak, al, report);
+        for &flows in &cfg.flows {
+            let mut p = point(
+                cfg,
+                tools,
+                (kx, ak),
+                (kl, al),
+                (&big_name, "svc-scale-big", true),
+                size,
+                flows,
+            );
+            // A datapath that did not get the big table measured the small one.
+            if let Err(e) = &big_kx {
+                p.kxdp = Measurement {
+                    errors: vec![e.clone()],
+                    ..Default::default()
+                };
+                p.ratio = None;
+            }
+            if let Err(e) = &big_kl {
+                p.kernel = Measurement {
+                    errors: vec![e.clone()],
+                    ..Default::default()
+                };
+                p.ratio = None;
+            }
+            big.push(p);
+        }
+    }
+    // Back to the small table, whatever happened.
+    if let Ok(file) = &original {
+        eprintln!("==> svc-scale: back to the small table");
+        match scale::kxdp_apply(kx, file, "big -> small") {
+            Ok(sw) => report.scale_switches.push(sw),
+            Err(e) => report
+                .scale_errors
+                .push(format!("kxdp: back to the small table: {e:#}")),
+        }
+    }
+    let t0 = std::time::Instant::now();
+    match kl.load_kube_proxy() {
+        Ok(_) => report.scale_switches.push(scale::Switch {
+            datapath: "kernel".into(),
+            what: "big -> small".into(),
+            seconds: t0.elapsed().as_secs_f64(),
+            detail: "nft delete table ip kube-proxy, nft -f perf/kernel/kube-proxy.nft, per node"
+                .into(),
+        }),
+        Err(e) => report
+            .scale_errors
+            .push(format!("kernel: back to the small rule set: {e:#}")),
+    }
+    let _ = std::fs::remove_file(&yaml_path);
+    let _ = std::fs::remove_file(&nft_path);
+    for s in &small {
+        let b = big.iter().find(|b| b.flows == s.flows);
+        report.scale.push(ScaleSummary {
+            size,
+            flows: s.flows,
+            kxdp_big_over_small: over(b.and_then(|b| b.kxdp.median()), s.kxdp.median()),
+            kernel_big_over_small: over(b.and_then(|b| b.kernel.median()), s.kernel.median()),
+            kxdp_over_kernel_small: s.ratio,
+            kxdp_over_kernel_big: b.and_then(|b| b.ratio),
+        });
+    }
+    report.points.extend(small);
+    report.points.extend(big);
+}
+
+/// tcp-svc: for each offload mode, set it on both pods' eth0 in both labs,
+/// then `--runs` iperf3 runs alternating kxdp and kernel; the lab default
+/// afterwards.
+fn run_tcp(
+    cfg: &BenchConfig,
+    tools: &Tools,
+    kx: &Lab,
+    kl: &Lab,
+    ak: &Attach,
+    al: &Attach,
+    report: &mut Report,
+) {
+    let dur = cfg.duration_s.ceil().max(1.0) as u64;
+    report.pinning.push(Pinning {
+        process: "tcp-svc: iperf3 -c (n1/p1) and iperf3 -s -1 (n2/p1)".into(),
+        cores: cfg.gen_core.to_string(),
+        how: format!("taskset -c {} inside `ip netns exec`", cfg.gen_core),
+    });
+    for mode in tcp::MODES {
+        eprintln!("==> tcp-svc: {}", mode.name);
+        let mut mk = tcp::TcpMeasurement::default();
+        let mut ml = tcp::TcpMeasurement::default();
+        for (lab, a, m) in [(kx, ak, &mut mk), (kl, al, &mut ml)] {
+            for ns in [&a.gen_ns, &a.sink_ns] {
+                match lab.set_offloads(ns, "eth0", mode.features) {
+                    Ok(st) => {
+                        eprintln!("    {ns} eth0: {st}");
+                        m.offloads.push(format!("{ns} eth0: {st}"));
+                    }
+                    Err(e) => m.errors.push(format!("ethtool in {ns}: {e:#}")),
+                }
+            }
+        }
+        let slug: String = mode
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        for r in 0..cfg.runs {
+            for (a, m, dp) in [(ak, &mut mk, "kxdp"), (al, &mut ml, "kernel")] {
+                let tag = format!("tcp-svc-{slug}-r{r}-{dp}");
+                match tcp::iperf_run(a, cfg.gen_core, dur, &tools.work, &tag) {
+                    Ok(run) => {
+                        eprintln!(
+                            "    {tag}: {:.2} Gbit/s, {} retransmits",
+                            run.gbps, run.retransmits
+                        );
+                        m.runs.push(run);
+                    }
+                    Err(e) => {
+                        eprintln!("    {tag}: error: {e:#}");
+                        m.errors.push(format!("run {r}: {e:#}"));
+                    }
+                }
+            }
+        }
+        mk.finish();
+        ml.finish();
+        let ratio = over(mk.gbps.map(|s| s.median), ml.gbps.map(|s| s.median));
+        report.tcp.push(tcp::TcpPoint {
+            mode: mode.name.into(),
+            what: mode.what.into(),
+            kxdp: mk,
+            kernel: ml,
+            ratio,
+        });
+    }
+    for (lab, a) in [(kx, ak), (kl, al)] {
+        for ns in [&a.gen_ns, &a.sink_ns] {
+            if let Err(e) = lab.set_offloads(ns, "eth0", tcp::LAB_DEFAULT) {
+                report
+                    .notes
+                    .push(format!("tcp-svc: restoring {ns} eth0 offloads: {e:#}"));
+            }
+        }
+    }
 }
 
 fn run_ceiling(cfg: &BenchConfig, tools: &Tools, report: &mut Report) -> anyhow::Result<()> {

@@ -2,7 +2,40 @@
 
 use std::fmt::Write as _;
 
+use super::tcp::TcpMeasurement;
 use super::{BenchConfig, Measurement, Report};
+
+/// `median [min – max]` Gbit/s of a tcp-svc measurement, or why there is none.
+pub fn gbps_cell(m: &TcpMeasurement) -> String {
+    match m.gbps {
+        Some(s) => {
+            let partial = if !m.errors.is_empty() {
+                format!(
+                    " ({} of {} runs failed)",
+                    m.errors.len(),
+                    m.errors.len() + s.n
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{:.2} Gbit/s [{:.2} – {:.2}]{partial}",
+                s.median, s.min, s.max
+            )
+        }
+        None if !m.errors.is_empty() => "failed".into(),
+        None => "–".into(),
+    }
+}
+
+fn ratio_cell(r: Option<f64>) -> String {
+    r.map(|x| format!("**{x:.2}x**"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn plain_ratio(r: Option<f64>) -> String {
+    r.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "–".into())
+}
 
 /// `1.23 M` / `456 k` style packet rates.
 pub fn pps(v: f64) -> String {
@@ -73,8 +106,114 @@ pub fn headline(r: &Report) -> String {
             cell(&c.testpmd)
         );
     }
+    for t in &r.tcp {
+        let _ = writeln!(
+            s,
+            "| tcp-svc, {} | MSS 1398 | 1 TCP | {} | {} | {} |",
+            t.mode,
+            gbps_cell(&t.kxdp),
+            gbps_cell(&t.kernel),
+            ratio_cell(t.ratio)
+        );
+    }
     for p in &r.pending {
         let _ = writeln!(s, "| {} | | | not yet available | | |", p.scenario);
+    }
+    s
+}
+
+/// svc-scale: the table switches and the big/small ratios.
+pub fn scale_section(r: &Report) -> String {
+    let mut s = String::new();
+    if r.scale.is_empty() && r.scale_errors.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "\n## svc-scale: 2 services vs 10,000 services / 99,982 endpoints\n\n\
+         The pod-svc walk (n1/p1 -> ClusterIP 10.96.0.20:5201/UDP -> n2/p1, conntrack + DNAT + \
+         VXLAN), measured first with the bench cluster file's two services on both datapaths, \
+         then with 9,998 more services (ClusterIPs 10.97.0.1 up, TCP 80 -> 8080, 10 endpoints \
+         each, in n1's and n2's pod CIDRs) loaded into both, then the small table put back. \
+         kxdp: the cluster file plus those services through `kxdpctl apply` (kxdp-control \
+         pushes the whole state to both dataplanes; the harness waits until both report the \
+         new generation applied). Kernel: the same services as kube-proxy's nftables mode \
+         writes them (`service-ips` element, service chain with a `numgen` vmap, one endpoint \
+         chain with `dnat` per endpoint), `nft -f` on top of `kernel/kube-proxy.nft` in both \
+         nodes. Runs alternate kxdp and kernel within each phase; the small and big phases \
+         follow each other (not interleaved: the kernel's rule set takes minutes to load), so \
+         machine load that changes between them shows up in both datapaths' big/small ratio.\n\n\
+         | frame | flows | kxdp big / small | kernel big / small | kxdp / kernel, small | kxdp / kernel, big |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for p in &r.scale {
+        let _ = writeln!(
+            s,
+            "| {} B | {} | {} | {} | {} | {} |",
+            p.size,
+            p.flows,
+            plain_ratio(p.kxdp_big_over_small),
+            plain_ratio(p.kernel_big_over_small),
+            plain_ratio(p.kxdp_over_kernel_small),
+            plain_ratio(p.kxdp_over_kernel_big)
+        );
+    }
+    s.push_str(
+        "\nTable switches:\n\n| datapath | switch | seconds | detail |\n|---|---|---|---|\n",
+    );
+    for w in &r.scale_switches {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} |",
+            w.datapath, w.what, w.seconds, w.detail
+        );
+    }
+    for e in &r.scale_errors {
+        let _ = writeln!(s, "\n- error: {e}");
+    }
+    s
+}
+
+/// tcp-svc: per offload mode, both datapaths' runs, offload state, errors.
+pub fn tcp_section(r: &Report) -> String {
+    let mut s = String::new();
+    if r.tcp.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "\n## tcp-svc: iperf3 through a TCP ClusterIP\n\n\
+         `iperf3 -c 10.96.0.21 -p 5201 -t <duration> -J` in n1/p1 to `iperf3 -s -1` in n2/p1, \
+         the only endpoint of `bench/tcp` (10.96.0.21:5201/TCP): DNAT + VXLAN on n1, decap on \
+         n2; one TCP connection, receiver's goodput (`end.sum_received`), retransmits from the \
+         sender. Runs alternate kxdp and kernel. Pod eth0 MTU 1450 (MSS 1398).\n\n\
+         | offloads | datapath | Gbit/s median [min – max] | retransmits (median) | runs |\n\
+         |---|---|---|---|---|\n",
+    );
+    for t in &r.tcp {
+        for (dp, m) in [("kxdp", &t.kxdp), ("kernel", &t.kernel)] {
+            let runs: Vec<String> = m.runs.iter().map(|x| format!("{:.2}", x.gbps)).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {dp} | {} | {} | {} |",
+                t.mode,
+                gbps_cell(m),
+                m.retransmits
+                    .map(|x| format!("{:.0}", x.median))
+                    .unwrap_or_else(|| "–".into()),
+                runs.join(", ")
+            );
+        }
+    }
+    s.push_str("\nOffload modes and the state `ethtool -k` reported after setting them:\n\n");
+    for t in &r.tcp {
+        let _ = writeln!(s, "- **{}**: {}", t.mode, t.what);
+        for (dp, m) in [("kxdp", &t.kxdp), ("kernel", &t.kernel)] {
+            for o in &m.offloads {
+                let _ = writeln!(s, "  - {dp}: {o}");
+            }
+            for e in &m.errors {
+                let _ = writeln!(s, "  - {dp} error: {e}");
+            }
+        }
     }
     s
 }
@@ -181,6 +320,8 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
         let _ = writeln!(s, "\ntestpmd: `{c}`");
     }
     s.push_str(&services_section(r));
+    s.push_str(&scale_section(r));
+    s.push_str(&tcp_section(r));
     if !r.pending.is_empty() {
         s.push_str("\n### Not yet available\n\n");
         for p in &r.pending {

@@ -24,6 +24,18 @@ pub struct Attach {
 
 pub type AttachFn = fn(&Lab) -> anyhow::Result<Attach>;
 
+/// What a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Generator -> sink packet rate, kxdp vs kernel.
+    Pps,
+    /// Packet rate of the `pod-svc` walk with the small table and with
+    /// 10,000 services / 100,000 endpoints loaded (src/bench/scale.rs).
+    SvcScale,
+    /// iperf3 through a TCP ClusterIP, pod TSO/GSO off and on (src/bench/tcp.rs).
+    Tcp,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
     pub name: &'static str,
@@ -35,6 +47,7 @@ pub struct Scenario {
     /// `perf/kernel/kube-proxy.nft`) into the kernel nodes for this
     /// scenario, and count conntrack entries after each point.
     pub services: bool,
+    pub kind: Kind,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -44,6 +57,7 @@ pub const SCENARIOS: &[Scenario] = &[
         attach: Some(pod_pod_local),
         pending: "",
         services: false,
+        kind: Kind::Pps,
     },
     Scenario {
         name: "pod-pod-remote",
@@ -51,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
         attach: Some(pod_pod_remote),
         pending: "",
         services: false,
+        kind: Kind::Pps,
     },
     Scenario {
         name: "pod-svc",
@@ -59,6 +74,7 @@ pub const SCENARIOS: &[Scenario] = &[
         attach: Some(pod_svc),
         pending: "",
         services: true,
+        kind: Kind::Pps,
     },
     Scenario {
         name: "ext-nodeport",
@@ -67,20 +83,27 @@ pub const SCENARIOS: &[Scenario] = &[
         attach: Some(ext_nodeport),
         pending: "",
         services: true,
+        kind: Kind::Pps,
     },
     Scenario {
         name: "svc-scale",
-        walk: "per-packet cost with 1 vs 10,000 services / 100,000 endpoints",
-        attach: None,
-        pending: "services, and a way to load 10,000 of them into the lab",
+        walk: "pod-svc's walk (n1/p1 -> ClusterIP 10.96.0.20:5201/UDP -> n2/p1) with the bench \
+               services only, then with 9,999 more services / 99,990 endpoints loaded \
+               (kxdp: kxdpctl apply; kernel: the same services as kube-proxy nftables rules): \
+               delivered pps, small vs big table",
+        attach: Some(pod_svc),
+        pending: "",
         services: true,
+        kind: Kind::SvcScale,
     },
     Scenario {
         name: "tcp-svc",
-        walk: "iperf3 through a ClusterIP, pod TSO/GSO off and on (Gbps)",
-        attach: None,
-        pending: "iperf3 through the ClusterIP in the harness (a TCP port on bench/svc)",
+        walk: "iperf3 n1/p1 -> ClusterIP 10.96.0.21:5201/TCP -> iperf3 -s in n2/p1 (DNAT + VXLAN), \
+               pod TSO/GSO off and on (Gbit/s)",
+        attach: Some(tcp_svc),
+        pending: "",
         services: true,
+        kind: Kind::Tcp,
     },
 ];
 
@@ -131,6 +154,34 @@ pub const SVC_NODE_PORT: u16 = 30520;
 pub const SVC_ENDPOINT: (&str, &str) = ("n2", "p1");
 /// The node the service traffic enters (and whose conntrack is counted).
 pub const ENTRY_NODE: &str = "n1";
+
+/// `config/bench-services.yaml`'s TCP service: `bench/tcp`, ClusterIP
+/// 10.96.0.21:5201/TCP, one endpoint: n2/p1 (iperf3 -s).
+pub const TCP_CLUSTER_IP: &str = "10.96.0.21";
+pub const TCP_PORT: u16 = 5201;
+
+/// tcp-svc: iperf3 client in n1/p1, server in n2/p1 (the generator and
+/// sink fields say where the client and the server run).
+fn tcp_svc(lab: &Lab) -> anyhow::Result<Attach> {
+    let s = lab.pod(ENTRY_NODE, "p1").context("tcp-svc")?;
+    let d = lab.pod(SVC_ENDPOINT.0, SVC_ENDPOINT.1).context("tcp-svc")?;
+    Ok(Attach {
+        gen_ns: lab.pod_ns(s),
+        gen_iface: "eth0".into(),
+        src_mac: s.mac.clone(),
+        dst_mac: lab.gateway_mac(s)?,
+        src_ip: s.ip.clone(),
+        dst_ip: TCP_CLUSTER_IP.into(),
+        dst_port: TCP_PORT,
+        sink_ns: lab.pod_ns(d),
+        sink_iface: "eth0".into(),
+        note: if lab.kernel {
+            "iperf3 -c / -s; kernel: kube-proxy nftables rule set on n1 and n2".into()
+        } else {
+            "iperf3 -c / -s".into()
+        },
+    })
+}
 
 /// n1/p1 -> the ClusterIP, through its gateway (as for pod-pod-remote);
 /// the sink sits on the endpoint's eth0.
@@ -203,7 +254,9 @@ mod tests {
         }
         assert!(find("pod-svc").unwrap().services);
         assert!(!find("pod-pod-remote").unwrap().services);
-        assert!(find("svc-scale").unwrap().attach.is_none());
+        assert_eq!(find("svc-scale").unwrap().kind, Kind::SvcScale);
+        assert_eq!(find("tcp-svc").unwrap().kind, Kind::Tcp);
+        assert!(SCENARIOS.iter().all(|s| s.attach.is_some()));
         assert!(find("nope").is_none());
     }
 
@@ -237,5 +290,29 @@ mod tests {
         assert!(nft.contains("numgen random mod 1 vmap"));
         assert!(nft.contains("masquerade fully-random"));
         assert!(nft.contains("elements = { $NODE_IP }"));
+    }
+
+    /// tcp-svc's service: in the cluster file and in kube-proxy's rule set.
+    #[test]
+    fn tcp_service_matches_the_cluster_file_and_the_kernel_rule_set() {
+        let yaml = repo_file(super::super::lab::CLUSTER_FILE);
+        let nft = repo_file(super::super::lab::KUBE_PROXY_NFT);
+        let endpoint = "10.244.2.2"; // n2/p1
+        let at = yaml
+            .find(&format!("cluster_ip: {TCP_CLUSTER_IP}"))
+            .expect("bench/tcp in the cluster file");
+        let svc = &yaml[at..];
+        assert!(svc.contains(&format!(
+            "protocol: TCP, port: {TCP_PORT}, target_port: {TCP_PORT} }}"
+        )));
+        assert!(svc.contains(&format!("- {{ ip: {endpoint} }}")));
+        assert!(nft.contains(&format!(
+            "{TCP_CLUSTER_IP} . tcp . {TCP_PORT} : goto service-"
+        )));
+        assert!(nft.contains(&format!("meta l4proto tcp dnat to {endpoint}:{TCP_PORT}")));
+        assert!(nft.contains(&format!(
+            "elements = {{ {SVC_CLUSTER_IP}, {TCP_CLUSTER_IP} }}"
+        )));
+        assert_ne!(TCP_CLUSTER_IP, SVC_CLUSTER_IP);
     }
 }

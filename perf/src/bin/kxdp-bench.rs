@@ -16,6 +16,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once; the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run scenarios and write report.md, report.json and delivered.png.
@@ -60,6 +62,11 @@ enum Cmd {
         /// Skip the latency runs at half the maximum rate.
         #[arg(long)]
         no_latency: bool,
+        /// Where kxdp-dataplane, kxdp-control and kxdpctl are (passed to
+        /// scripts/lab.sh as KXDP_BIN_DIR). Default: $KXDP_BIN_DIR, else
+        /// the directory of this kxdp-bench binary.
+        #[arg(long, env = "KXDP_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
     },
     /// List the scenarios.
     List,
@@ -112,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             no_ceiling,
             no_kernel_rps,
             no_latency,
+            bin_dir,
         } => {
             if !nix::unistd::geteuid().is_root() {
                 bail!("kxdp-bench needs root (namespaces, XDP)");
@@ -138,10 +146,20 @@ fn main() -> anyhow::Result<()> {
                     root.join("perf/results").join(stamp.trim())
                 }
             };
-            let pktgen = std::env::current_exe()?
+            let exe_dir = std::env::current_exe()?
                 .parent()
                 .context("no directory of kxdp-bench")?
-                .join("kxdp-pktgen");
+                .to_path_buf();
+            let pktgen = exe_dir.join("kxdp-pktgen");
+            let bin_dir = std::fs::canonicalize(bin_dir.unwrap_or(exe_dir))?;
+            for b in ["kxdp-dataplane", "kxdp-control", "kxdpctl"] {
+                if !bin_dir.join(b).exists() {
+                    bail!(
+                        "{} not found: cargo build --release --workspace, or --bin-dir",
+                        bin_dir.join(b).display()
+                    );
+                }
+            }
             if !pktgen.exists() {
                 bail!(
                     "{} not found: cargo build --release -p kxdp-perf",
@@ -158,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                 duration_s: duration,
                 prefix,
                 pktgen,
+                bin_dir,
                 gen_core,
                 fwd_core,
                 ceiling: !no_ceiling,

@@ -747,7 +747,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let work = PathBuf::from(format!("/tmp/kxdp-svc-scale-{}", a.prefix));
     std::fs::create_dir_all(&work)?;
     eprintln!("==> lab up ({}), logs in {}", a.prefix, work.display());
-    let lab = Lab::up(&root, &a.prefix, false, &a.cores, &work)?;
+    // The binaries lab.sh runs: $KXDP_BIN_DIR, else next to this one.
+    let bin_dir = match std::env::var_os("KXDP_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of kxdp-svc-scale")?
+            .to_path_buf(),
+    };
+    let lab = Lab::up(&root, &a.prefix, false, &a.cores, &work, &bin_dir)?;
     let r = measure(&a, &root, &lab, &out, &work, &date);
     eprintln!("==> lab down");
     lab.down();
