@@ -25,6 +25,7 @@ BIN_DIR=$(abspath "${KXDP_BIN_DIR:-$ROOT/target/release}")
 KERNEL_NODES=${KXDP_KERNEL_NODES:-}
 CORES=${KXDP_LAB_CORES:-0 1}
 XDP_MODE=${KXDP_XDP_MODE:-}
+QUEUES=${KXDP_LAB_QUEUES:-1}
 export RUST_LOG=${RUST_LOG:-info}
 
 # The underlay is one /24; the outside client takes .100 of it.
@@ -75,9 +76,15 @@ Environment:
   KXDP_KERNEL_NODES nodes served by the Linux kernel, flannel-style, e.g. "n2"
                     (a copy of the cluster file saying 'dataplane: kernel' for them
                     is written to the run dir); all nodes: the kernel baseline
-  KXDP_LAB_CORES    cores for the kxdp nodes' dataplanes, one per node in order,
-                    reused round-robin (default "0 1")
+  KXDP_LAB_CORES    cores for the kxdp nodes' dataplanes, one entry per node in
+                    order, reused round-robin (default "0 1"); an entry may be a
+                    comma list, one core per worker (e.g. "0,1 1,0")
   KXDP_XDP_MODE     native|generic, passed to kxdp-dataplane --xdp-mode (default: its own)
+  KXDP_LAB_QUEUES   RX/TX queues of every veth, 1..8, and so workers per kxdp
+                    dataplane (one per queue; default 1). With more than one,
+                    either direction of a flow may arrive at any worker: the
+                    multi-queue NIC case, where flow steering hands service
+                    frames to the worker that owns the flow
   KXDP_KEEP_ON_FAIL=1  leave a half-made lab in place when 'up' fails (debugging)
   RUST_LOG          log level of the dataplanes and control (default info)
 
@@ -122,11 +129,12 @@ ns_add() {
 }
 
 # veth NS_A IF_A NS_B IF_B: a veth pair made inside the namespaces (never in
-# the root namespace), with one TX and one RX queue: the dataplane binds one
-# AF_XDP socket, on queue 0, so every frame must arrive on queue 0.
+# the root namespace), with $QUEUES TX and RX queues: the dataplane runs one
+# worker per queue, each binding an AF_XDP socket on its queue, so every
+# queue a frame can arrive on has a socket.
 veth() {
-    ip -n "$1" link add "$2" numtxqueues 1 numrxqueues 1 type veth \
-        peer name "$4" netns "$3" numtxqueues 1 numrxqueues 1
+    ip -n "$1" link add "$2" numtxqueues "$QUEUES" numrxqueues "$QUEUES" type veth \
+        peer name "$4" netns "$3" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
 }
 
 # tx_off NS IF [more features]: AF_XDP forwards frames as they are, so a
@@ -364,6 +372,7 @@ build() {
 preflight() {
     [[ $(id -u) -eq 0 ]] || die "lab.sh needs root (namespaces, veths, XDP)"
     [[ $P =~ ^[A-Za-z0-9_]{1,32}$ ]] || die "KXDP_LAB_PREFIX '$P': use 1-32 letters, digits or _"
+    [[ $QUEUES =~ ^[1-8]$ ]] || die "KXDP_LAB_QUEUES '$QUEUES': use 1 to 8"
     local t
     for t in ip ethtool jq timeout setsid awk; do
         command -v "$t" >/dev/null || die "'$t' not found (scripts/lab.sh up without KXDP_NO_BUILD installs it)"
@@ -467,7 +476,8 @@ make_host_interface() {
         '.[] | select(.name == $n) | [.host_interface, .host_peer, .cluster_cidr, .service_cidr] | map(tostring) | @tsv' \
         "$RUN_DIR/nodes.json")
     [[ -n $ours && $ours != null ]] || return 0
-    ip -n "$ns" link add "$ours" numtxqueues 1 numrxqueues 1 type veth peer name "$peer" numtxqueues 1 numrxqueues 1
+    ip -n "$ns" link add "$ours" numtxqueues "$QUEUES" numrxqueues "$QUEUES" type veth \
+        peer name "$peer" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
     tx_off "$ns" "$ours"
     tx_off "$ns" "$peer" tso off gso off
     ip -n "$ns" link set "$ours" up
@@ -480,10 +490,10 @@ make_host_interface() {
 
 make_kxdp_node() {
     local n=$1 core=$2 ns=$P-$1 args
-    log "node $n: kxdp (dataplane on core $core${XDP_MODE:+, xdp mode $XDP_MODE})"
+    log "node $n: kxdp (dataplane: $QUEUES worker(s) on core $core${XDP_MODE:+, xdp mode $XDP_MODE})"
     ns_sysctl "$ns" net.ipv4.ip_forward 0
     make_host_interface "$n"
-    args=(--socket "$RUN_DIR/$n.sock" --workers 1 --cores "$core")
+    args=(--socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core")
     [[ -n $XDP_MODE ]] && args+=(--xdp-mode "$XDP_MODE")
     printf '%s\n' "${args[@]}" >"$RUN_DIR/$n.args"
     start_dataplane "$n"
@@ -575,6 +585,7 @@ lab_up() {
         printf 'LAB_CLUSTER=%q\n' "$CLUSTER"
         printf 'LAB_KERNEL_NODES=%q\n' "$KERNEL_NODES"
         printf 'LAB_XDP_MODE=%q\n' "$XDP_MODE"
+        printf 'LAB_QUEUES=%q\n' "$QUEUES"
     } >"$RUN_DIR/lab.env"
     log "lab '$P': plan from $CLUSTER${KERNEL_NODES:+ (kernel nodes: $KERNEL_NODES)}"
     make_plan

@@ -105,6 +105,8 @@ pub struct CountersView {
     pub icmp_errors_sent: u64,
     pub icmp_rate_limited: u64,
     pub resets_sent: u64,
+    /// Service packets passed to the worker owning their flow.
+    pub handed_off: u64,
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub routed_local: u64,
@@ -175,6 +177,7 @@ impl CountersView {
             icmp_errors_sent: c.icmp_errors_sent,
             icmp_rate_limited: c.icmp_rate_limited,
             resets_sent: c.resets_sent,
+            handed_off: c.handed_off,
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
@@ -691,6 +694,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             "ICMP ERRORS SENT",
             "ICMP RATE LIMITED",
             "RESETS SENT",
+            "HANDED OFF",
         ],
         &[vec![
             c.encapsulated.to_string(),
@@ -700,6 +704,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             c.icmp_errors_sent.to_string(),
             c.icmp_rate_limited.to_string(),
             c.resets_sent.to_string(),
+            c.handed_off.to_string(),
         ]],
     ));
     out.push('\n');

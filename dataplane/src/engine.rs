@@ -104,13 +104,14 @@ impl Engine {
     pub fn new(cfg: EngineConfig, boot_id: String) -> anyhow::Result<Engine> {
         let netlink = Netlink::new()?;
         let mut workers = Vec::new();
+        let mesh = Arc::new(crate::worker::Mesh::new(cfg.workers)?);
         for i in 0..cfg.workers {
             let core = cfg
                 .cores
                 .get(i)
                 .copied()
                 .or_else(|| (!cfg.cores.is_empty()).then(|| cfg.cores[i % cfg.cores.len()]));
-            workers.push(WorkerHandle::spawn(i, core)?);
+            workers.push(WorkerHandle::spawn(i, core, mesh.clone())?);
         }
         Ok(Engine {
             cfg,
@@ -623,6 +624,7 @@ impl Engine {
                 }
             }
         }
+        t.services.finish();
     }
 
     fn publish(&self) {
@@ -870,6 +872,7 @@ impl Engine {
             conntrack_capacity,
             resets_sent: c.resets_sent,
             icmp_rate_limited: c.icmp_rate_limited,
+            handed_off: c.handed_off,
         }
     }
 }

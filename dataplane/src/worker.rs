@@ -7,6 +7,15 @@
 //! old one at once, and every command is acknowledged after it is applied, so
 //! "the reply to a write means every worker has applied it" holds.
 //!
+//! Flow steering: with several workers, a service flow's conntrack entry
+//! lives on one worker (its client side's hash, see `nat.rs`), but the NIC
+//! or veth may deliver either direction to any queue. The pipeline answers
+//! `Verdict::Handoff(owner)` for such a frame; the worker copies it into a
+//! buffer from its own pool and queues it to the owner (a bounded lock-free
+//! crossbeam channel), which copies it into its UMEM and runs it as if it
+//! had received it. Buffers go back to the sender's pool, so nothing is
+//! allocated after start; a full queue or empty pool is a counted drop.
+//!
 //! Adaptive polling: the loop busy-polls while frames flow, yields the core
 //! whenever a pass drains its rings (so two nodes' workers can share a core
 //! with microsecond, not scheduler-slice, hand-offs), and after `IDLE_SPINS`
@@ -15,7 +24,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +37,9 @@ use kxdp_core::pipeline::{
 };
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 
-use crate::sys::xsk::{self, BindMode, Desc, EventFd, KernelStats, Socket, Umem, FRAME_SIZE};
+use crate::sys::xsk::{
+    self, BindMode, Desc, EventFd, KernelStats, Socket, Umem, FRAME_SIZE, RX_OFFSET,
+};
 
 /// Empty passes before sleeping: about 100 us of spinning with a few
 /// sockets, long enough to ride out gaps inside a burst.
@@ -39,6 +50,71 @@ const IDLE_SLEEP_MS: i32 = 100;
 const TX_STAGES: usize = 8;
 /// Socket slots per worker (frame ownership ids).
 const MAX_SLOTS: u16 = 0x3f00;
+
+/// Hand-off buffers per worker: frames it may have in flight to others.
+const HANDOFF_POOL: usize = 1024;
+
+/// A frame on its way to the worker that owns its flow.
+struct HandoffFrame {
+    /// The sending worker (whose pool the buffer goes back to).
+    from: u16,
+    port: PortId,
+    len: u16,
+    data: [u8; FRAME_SIZE],
+}
+
+/// Both ends of a bounded queue of hand-off buffers.
+type Queue = (Sender<Box<HandoffFrame>>, Receiver<Box<HandoffFrame>>);
+
+/// The hand-off queues between a dataplane's workers, made before they
+/// start: per worker an inbound queue, a pool of free buffers, an "asleep"
+/// flag and the eventfd that wakes it.
+pub struct Mesh {
+    inbound: Vec<Queue>,
+    pools: Vec<Queue>,
+    asleep: Vec<AtomicBool>,
+    wakes: Vec<Arc<EventFd>>,
+}
+
+impl Mesh {
+    pub fn new(workers: usize) -> io::Result<Mesh> {
+        assert!((1..=64).contains(&workers), "1..=64 workers");
+        // One worker hands nothing off: no buffers.
+        let pool = if workers > 1 { HANDOFF_POOL } else { 0 };
+        let pools = (0..workers)
+            .map(|i| {
+                let (tx, rx) = bounded(pool.max(1));
+                for _ in 0..pool {
+                    let f = Box::new(HandoffFrame {
+                        from: i as u16,
+                        port: 0,
+                        len: 0,
+                        data: [0; FRAME_SIZE],
+                    });
+                    tx.try_send(f).expect("sized for the pool");
+                }
+                (tx, rx)
+            })
+            .collect();
+        // Room for every buffer there is: a send never finds it full.
+        let inbound = (0..workers)
+            .map(|_| bounded((pool * workers).max(1)))
+            .collect();
+        let wakes = (0..workers)
+            .map(|_| EventFd::new().map(Arc::new))
+            .collect::<io::Result<_>>()?;
+        Ok(Mesh {
+            inbound,
+            pools,
+            asleep: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            wakes,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.wakes.len()
+    }
+}
 
 /// Commands from the state manager. Each carries its acknowledgement.
 pub enum Command {
@@ -93,7 +169,7 @@ pub struct PortCounters {
     pub tx_ring_full: u64,
 }
 
-const MISC: usize = 7;
+const MISC: usize = 8;
 
 /// Counters a worker publishes for the manager to read: single writer,
 /// relaxed stores of the worker's own plain counters.
@@ -128,6 +204,7 @@ impl SharedStats {
         c.decapsulated = m[4];
         c.routed_local = m[5];
         c.resets_sent = m[6];
+        c.handed_off = m[7];
         c
     }
 
@@ -158,18 +235,21 @@ pub struct WorkerHandle {
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WorkerHandle {
-    /// Starts worker `index` (socket queue = index), pinned to `core`.
-    pub fn spawn(index: usize, core: Option<usize>) -> io::Result<WorkerHandle> {
+    /// Starts worker `index` of `mesh` (socket queue = index), pinned to
+    /// `core`.
+    pub fn spawn(index: usize, core: Option<usize>, mesh: Arc<Mesh>) -> io::Result<WorkerHandle> {
         let (tx, rx) = bounded(64);
-        let wake = Arc::new(EventFd::new()?);
+        let wake = mesh.wakes[index].clone();
         let stats = Arc::new(SharedStats::new());
         let umem = Umem::new()?;
+        let mut pipeline = Pipeline::new();
+        pipeline.set_worker(index as u16, mesh.len() as u16);
         let w = Worker {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::new(),
             umem,
             tables: Arc::new(Tables::default()),
-            pipeline: Pipeline::new(),
+            pipeline,
             rx,
             wake: wake.clone(),
             stats: stats.clone(),
@@ -177,6 +257,9 @@ impl WorkerHandle {
             free_slots: (0..MAX_SLOTS).rev().collect(),
             queue: index as u32,
             start: Instant::now(),
+            mesh,
+            index,
+            handed_to: 0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("kxdp-worker-{index}"))
@@ -239,6 +322,10 @@ struct Worker {
     queue: u32,
     /// The pipeline's clock origin (`now` is nanoseconds since this).
     start: Instant,
+    mesh: Arc<Mesh>,
+    index: usize,
+    /// Workers handed frames since the last wake-up check (bit per worker).
+    handed_to: u64,
 }
 
 /// A packet's fate after the pipeline, without the borrow of its chunk.
@@ -246,6 +333,9 @@ struct Worker {
 struct Out {
     verdict: Verdict,
     desc: Desc,
+    /// The frame as received (a hand-off copies it from there).
+    input: Desc,
+    port: PortId,
 }
 
 impl Worker {
@@ -259,10 +349,11 @@ impl Worker {
                 }
             }
             let now = start.elapsed().as_nanos() as u64;
-            let mut work = 0;
+            let mut work = self.handoffs_in(now);
             for i in 0..self.active.len() {
                 work += self.rx_batch(self.active[i], now);
             }
+            self.wake_owners();
             self.housekeep();
             // Rings drained (or empty): let a neighbour node's worker sharing
             // this core run now rather than after a scheduler slice; it may be
@@ -283,7 +374,16 @@ impl Worker {
                         .filter_map(|&p| self.ports[p as usize].as_ref())
                         .take(256)
                         .collect();
-                    xsk::wait(&socks, &self.wake, IDLE_SLEEP_MS);
+                    // Asleep before the last look at the hand-off queue, and
+                    // senders look at the flag after queueing (both SeqCst):
+                    // one of the two sees the other, so no frame waits.
+                    let me = self.index;
+                    self.mesh.asleep[me].store(true, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
+                    if self.mesh.inbound[me].1.is_empty() {
+                        xsk::wait(&socks, &self.wake, IDLE_SLEEP_MS);
+                    }
+                    self.mesh.asleep[me].store(false, Ordering::Relaxed);
                     self.pipeline.maintain(start.elapsed().as_nanos() as u64);
                     idle = IDLE_SPINS / 2;
                 }
@@ -434,15 +534,59 @@ impl Worker {
         let pc = &mut self.port_counters[port as usize];
         pc.rx_packets += n as u64;
         pc.rx_bytes += descs[..n].iter().map(|d| d.len as u64).sum::<u64>();
+        self.run_batch(&descs[..n], &[port; BATCH_SIZE][..n], now);
+        n
+    }
 
+    /// Runs frames other workers handed over (flows this one owns), each
+    /// copied into a chunk of this worker's UMEM as if received here.
+    fn handoffs_in(&mut self, now: u64) -> usize {
+        let mut descs = [Desc::default(); BATCH_SIZE];
+        let mut ports = [0 as PortId; BATCH_SIZE];
+        let mut n = 0;
+        while n < BATCH_SIZE {
+            let Ok(f) = self.mesh.inbound[self.index].1.try_recv() else {
+                break;
+            };
+            let len = f.len as usize;
+            match self.umem.alloc() {
+                Some(base) if len <= FRAME_SIZE - RX_OFFSET => {
+                    let chunk = self.umem.chunk_mut(base);
+                    chunk[RX_OFFSET..RX_OFFSET + len].copy_from_slice(&f.data[..len]);
+                    descs[n] = Desc {
+                        addr: base + RX_OFFSET as u64,
+                        len: len as u32,
+                    };
+                    ports[n] = f.port;
+                    n += 1;
+                }
+                got => {
+                    if let Some(base) = got {
+                        self.umem.release(base);
+                    }
+                    self.pipeline.count_drop(DropReason::HandoffFull);
+                }
+            }
+            // Back to the sender's pool, which has room for all its buffers.
+            let _ = self.mesh.pools[f.from as usize].0.try_send(f);
+        }
+        if n > 0 {
+            self.run_batch(&descs[..n], &ports[..n], now);
+        }
+        n
+    }
+
+    /// Runs the pipeline over user-held frames (`ports[i]` is where frame
+    /// `i` came in) and applies the verdicts.
+    fn run_batch(&mut self, descs: &[Desc], ports: &[PortId], now: u64) {
         let mut outs: ArrayVec<Out, BATCH_SIZE> = ArrayVec::new();
         {
             let mut chunks: ArrayVec<&mut [u8], BATCH_SIZE> = ArrayVec::new();
-            self.umem.chunks_mut(&descs[..n], &mut chunks);
+            self.umem.chunks_mut(descs, &mut chunks);
             let mut pkts: ArrayVec<Packet<'_>, BATCH_SIZE> = chunks
                 .into_iter()
-                .zip(descs.iter())
-                .map(|(buf, d)| Packet::new(buf, d.offset(), d.len as usize, port))
+                .zip(descs.iter().zip(ports))
+                .map(|(buf, (d, &port))| Packet::new(buf, d.offset(), d.len as usize, port))
                 .collect();
             self.pipeline.process(now, &self.tables, &mut pkts);
             for (p, d) in pkts.iter().zip(descs.iter()) {
@@ -453,11 +597,46 @@ impl Worker {
                         addr: base + p.off as u64,
                         len: p.len as u32,
                     },
+                    input: *d,
+                    port: p.port,
                 });
             }
         }
         self.apply(&outs);
-        n
+    }
+
+    /// Queues a frame, as received, to the worker that owns its flow.
+    fn handoff(&mut self, to: u16, port: PortId, input: Desc) {
+        let (me, to) = (self.index, to as usize);
+        let Ok(mut f) = self.mesh.pools[me].1.try_recv() else {
+            self.pipeline.count_drop(DropReason::HandoffFull);
+            return;
+        };
+        let (off, len) = (input.offset(), input.len as usize);
+        f.data[..len].copy_from_slice(&self.umem.chunk_mut(input.addr)[off..off + len]);
+        f.port = port;
+        f.len = len as u16;
+        match self.mesh.inbound[to].0.try_send(f) {
+            Ok(()) => self.handed_to |= 1 << to,
+            Err(e) => {
+                let _ = self.mesh.pools[me].0.try_send(e.into_inner());
+                self.pipeline.count_drop(DropReason::HandoffFull);
+            }
+        }
+    }
+
+    /// Wakes the workers this pass handed frames to, if they sleep.
+    fn wake_owners(&mut self) {
+        if self.handed_to == 0 {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        for w in 0..self.mesh.len() {
+            if self.handed_to & (1 << w) != 0 && self.mesh.asleep[w].load(Ordering::SeqCst) {
+                self.mesh.wakes[w].notify();
+            }
+        }
+        self.handed_to = 0;
     }
 
     /// Applies a batch's verdicts: drops free their chunk, transmissions are
@@ -467,6 +646,10 @@ impl Worker {
         for o in outs {
             match o.verdict {
                 Verdict::Drop(_) => self.umem.release(o.desc.addr),
+                Verdict::Handoff(to) => {
+                    self.handoff(to, o.port, o.input);
+                    self.umem.release(o.desc.addr);
+                }
                 Verdict::Tx(port) => {
                     let i = match stages.iter().position(|(p, _)| *p == port) {
                         Some(i) => i,
@@ -519,6 +702,7 @@ impl Worker {
             c.decapsulated,
             c.routed_local,
             c.resets_sent,
+            c.handed_off,
         ];
         for (s, v) in self.stats.misc.iter().zip(m) {
             s.store(v, Ordering::Relaxed);

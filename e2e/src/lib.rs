@@ -198,6 +198,9 @@ pub struct LabOpts {
     pub cluster: Option<PathBuf>,
     /// `KXDP_XDP_MODE`; default: the dataplane's.
     pub xdp_mode: Option<String>,
+    /// `KXDP_LAB_QUEUES`: queues per veth and workers per dataplane
+    /// (default 1).
+    pub queues: Option<u32>,
 }
 
 impl LabOpts {
@@ -318,6 +321,9 @@ impl Lab {
         }
         if let Some(m) = &self.opts.xdp_mode {
             cmd.env("KXDP_XDP_MODE", m);
+        }
+        if let Some(q) = self.opts.queues {
+            cmd.env("KXDP_LAB_QUEUES", q.to_string());
         }
         cmd.output().expect("cannot run scripts/lab.sh")
     }

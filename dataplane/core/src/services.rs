@@ -59,6 +59,9 @@ pub struct Frontend {
     pub node_port: bool,
     /// externalTrafficPolicy Local: local backends only, no SNAT.
     pub local_only: bool,
+    /// Steer this frontend's flows by the client's address alone (not its
+    /// port too): set by [`Services::finish`], see [`Services::steer`].
+    pub steer_by_ip: bool,
 }
 
 impl Frontend {
@@ -104,6 +107,7 @@ impl Frontend {
             affinity_ns,
             node_port,
             local_only,
+            steer_by_ip: affinity_ns.is_some(),
         }
     }
 
@@ -143,11 +147,12 @@ pub struct Services {
     pub frontends: HashMap<FrontendKey, Frontend>,
     /// Service names by index (counters, listing).
     pub names: Vec<String>,
-    /// Every backend IP: only packets from these can be service replies,
-    /// so other traffic skips the reverse conntrack lookup.
-    pub backend_ips: hashbrown::HashSet<Ipv4Addr>,
     /// The service CIDR: ClusterIPs live here.
     pub cidr: Option<crate::tables::Prefix>,
+    /// Every backend (address, port, protocol) -> steer its flows by the
+    /// client's address alone. Only packets from these can be replies of a
+    /// service flow without SNAT, so only these are steered by destination.
+    pub steer: HashMap<(Ipv4Addr, u16, u8), bool>,
 }
 
 impl Services {
@@ -160,10 +165,55 @@ impl Services {
     }
 
     pub fn insert(&mut self, f: Frontend) {
-        for b in &f.backends {
-            self.backend_ips.insert(b.ip);
-        }
         self.frontends.insert(f.key, f);
+    }
+
+    /// Settles how flows are steered to workers, once every frontend is in.
+    ///
+    /// With several workers, a flow's conntrack entry lives on the worker
+    /// its client side hashes to, and both directions are sent there. A
+    /// reply only shows the backend and the client, so a backend must imply
+    /// one way of hashing the client: by address and port (spreads one
+    /// client's flows), or by address alone (ClientIP affinity needs all of
+    /// a client's flows on one worker, whose affinity table decides). Every
+    /// frontend sharing a backend, directly or through other frontends, must
+    /// agree, so frontends are grouped by shared backends (union-find) and a
+    /// group steers by address alone if any member has affinity.
+    pub fn finish(&mut self) {
+        let keys: Vec<FrontendKey> = self.frontends.keys().copied().collect();
+        let mut parent: Vec<usize> = (0..keys.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut first: HashMap<(Ipv4Addr, u16, u8), usize> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            for b in &self.frontends[k].backends {
+                let j = *first.entry((b.ip, b.port, k.proto)).or_insert(i);
+                let (a, c) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a] = c;
+            }
+        }
+        let mut by_ip = vec![false; keys.len()];
+        for (i, k) in keys.iter().enumerate() {
+            if self.frontends[k].affinity_ns.is_some() {
+                let r = root(&mut parent, i);
+                by_ip[r] = true;
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let r = root(&mut parent, i);
+            if let Some(f) = self.frontends.get_mut(k) {
+                f.steer_by_ip = by_ip[r];
+            }
+        }
+        self.steer = first
+            .into_iter()
+            .map(|(b, i)| (b, by_ip[root(&mut parent, i)]))
+            .collect();
     }
 
     /// Registers a service name, returning its index.
@@ -256,5 +306,52 @@ mod tests {
         assert!(f.pick(42).is_none());
         let f = Frontend::new(0, key(), vec![], None, false, false);
         assert!(f.pick(42).is_none());
+    }
+
+    #[test]
+    fn frontends_sharing_backends_agree_on_steering() {
+        let fe = |addr: u8, last: &[u8], affinity: bool| {
+            let key = FrontendKey {
+                addr: Ipv4Addr::new(10, 96, 0, addr),
+                proto: 6,
+                port: 80,
+            };
+            let b = last.iter().map(|&l| be(l, true, true, true)).collect();
+            Frontend::new(0, key, b, affinity.then_some(1), false, false)
+        };
+        let mut s = Services::default();
+        // A shares a backend with B, B with C; only C has affinity. D is
+        // on its own without; E on its own with.
+        s.insert(fe(1, &[2, 3], false));
+        s.insert(fe(2, &[3, 4], false));
+        s.insert(fe(3, &[4, 5], true));
+        s.insert(fe(4, &[6], false));
+        s.insert(fe(5, &[7], true));
+        s.finish();
+        let by_ip = |addr: u8| {
+            s.frontend(Ipv4Addr::new(10, 96, 0, addr), 6, 80)
+                .unwrap()
+                .steer_by_ip
+        };
+        assert_eq!(
+            [by_ip(1), by_ip(2), by_ip(3), by_ip(4), by_ip(5)],
+            [true, true, true, false, true]
+        );
+        for (last, want) in [
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, true),
+            (6, false),
+            (7, true),
+        ] {
+            let k = (Ipv4Addr::new(10, 244, 1, last), 8080, 6);
+            assert_eq!(s.steer.get(&k), Some(&want), "backend .{last}");
+        }
+        assert_eq!(s.steer.len(), 6);
+        // Another protocol on the same address and port is another backend.
+        assert!(!s
+            .steer
+            .contains_key(&(Ipv4Addr::new(10, 244, 1, 2), 8080, 17)));
     }
 }

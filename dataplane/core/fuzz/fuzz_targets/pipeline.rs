@@ -116,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
     let c = pl.counters();
     let drops: u64 = c.drops.iter().sum();
     match p.verdict {
+        Verdict::Handoff(w) => panic!("single-worker pipeline handed off to {w}"),
         Verdict::Drop(r) => {
             assert_eq!(c.drop_count(r), 1);
             assert_eq!(drops, 1);

@@ -103,10 +103,13 @@ pub enum DropReason {
     NoConntrack,
     /// The conntrack table is full and nothing could be evicted.
     ConntrackFull,
+    /// A service packet for another worker's flow could not be handed over
+    /// (that worker's queue full, or no free buffer on either side).
+    HandoffFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::ConntrackFull as usize + 1;
+    pub const COUNT: usize = DropReason::HandoffFull as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotConfigured,
         DropReason::UnknownPort,
@@ -138,6 +141,7 @@ impl DropReason {
         DropReason::BackendGone,
         DropReason::NoConntrack,
         DropReason::ConntrackFull,
+        DropReason::HandoffFull,
     ];
 
     /// The snake_case name used in the API and metrics.
@@ -173,6 +177,7 @@ impl DropReason {
             DropReason::BackendGone => "backend_gone",
             DropReason::NoConntrack => "no_conntrack",
             DropReason::ConntrackFull => "conntrack_full",
+            DropReason::HandoffFull => "handoff_full",
         }
     }
 }
@@ -183,6 +188,10 @@ pub enum Verdict {
     /// Transmit `off..off + len` of the chunk on this port.
     Tx(PortId),
     Drop(DropReason),
+    /// A service packet whose flow belongs to this other worker: pass the
+    /// frame as received (`Packet::port`, untouched bytes) to it. Only with
+    /// several workers (see [`Pipeline::set_worker`]).
+    Handoff(u16),
 }
 
 /// One frame in a batch: the whole chunk, where the frame is in it, the port
@@ -225,6 +234,8 @@ pub struct Counters {
     pub routed_local: u64,
     /// TCP resets sent for services (no endpoint, backend gone).
     pub resets_sent: u64,
+    /// Service packets passed to the worker that owns their flow.
+    pub handed_off: u64,
 }
 
 impl Default for Counters {
@@ -238,6 +249,7 @@ impl Default for Counters {
             decapsulated: 0,
             routed_local: 0,
             resets_sent: 0,
+            handed_off: 0,
         }
     }
 }
@@ -259,6 +271,7 @@ impl Counters {
         self.decapsulated += other.decapsulated;
         self.routed_local += other.routed_local;
         self.resets_sent += other.resets_sent;
+        self.handed_off += other.handed_off;
     }
 }
 
@@ -282,6 +295,9 @@ pub struct Pipeline {
     icmp_last_ns: u64,
     ct: Conntrack,
     nat: nat::NatState,
+    /// This worker's index and the number of workers (flow steering).
+    worker: u16,
+    workers: u16,
 }
 
 impl core::fmt::Debug for Pipeline {
@@ -320,7 +336,25 @@ impl Pipeline {
             icmp_last_ns: 0,
             ct: Conntrack::new(capacity, timeouts),
             nat: nat::NatState::new(AFFINITY_CAPACITY),
+            worker: 0,
+            workers: 1,
         }
+    }
+
+    /// Makes this the pipeline of worker `index` of `count`: service flows
+    /// whose client side hashes to another worker get
+    /// [`Verdict::Handoff`], so each flow's conntrack entry (both
+    /// directions) and each client's affinity live on one worker. Set once,
+    /// before the first packet.
+    pub fn set_worker(&mut self, index: u16, count: u16) {
+        assert!(count >= 1 && index < count, "worker {index} of {count}");
+        self.worker = index;
+        self.workers = count;
+    }
+
+    /// Counts a drop the caller decided on (the worker's hand-off queue).
+    pub fn count_drop(&mut self, r: DropReason) {
+        self.counters.drops[r as usize] += 1;
     }
 
     pub fn counters(&self) -> &Counters {
@@ -364,8 +398,10 @@ impl Pipeline {
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
         for p in pkts.iter_mut() {
             p.verdict = self.one(now_ns, t, p);
-            if let Verdict::Drop(r) = p.verdict {
-                self.counters.drops[r as usize] += 1;
+            match p.verdict {
+                Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
+                Verdict::Handoff(_) => self.counters.handed_off += 1,
+                Verdict::Tx(_) => {}
             }
         }
         // An empty table has nothing to expire: don't touch its memory.
@@ -707,7 +743,13 @@ impl Pipeline {
             nat::Nat::Route {
                 external_reply: Some(mac),
             } => return self.reply_external(t, p, mac),
-            nat::Nat::Done(v) => return v,
+            nat::Nat::Done(v) => {
+                if let Verdict::Handoff(_) = v {
+                    // The owner decapsulates (and counts) it again.
+                    self.counters.decapsulated -= 1;
+                }
+                return v;
+            }
         }
         // An ICMP error may have been translated: read the destination again.
         let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
@@ -892,8 +934,9 @@ impl Pipeline {
         match sent {
             v @ Verdict::Tx(_) => v,
             // The error itself could not be delivered: the original's drop
-            // is already counted; don't count this one twice.
-            Verdict::Drop(_) => {
+            // is already counted; don't count this one twice. (Routing never
+            // hands off.)
+            Verdict::Drop(_) | Verdict::Handoff(_) => {
                 self.counters.icmp_errors_sent -= 1;
                 self.counters.drops[reason as usize] -= 1;
                 Verdict::Drop(reason)

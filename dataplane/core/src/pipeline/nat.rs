@@ -218,7 +218,7 @@ impl Pipeline {
         ing: Ingress,
     ) -> Nat {
         let Some(l) = l4(p) else {
-            return Nat::Pass;
+            return self.steer_icmp_error(t, node, p);
         };
         let key = l.key();
         if !self.ct.is_empty() {
@@ -230,7 +230,17 @@ impl Pipeline {
                 }
             }
         }
-        let Some(fe) = t.services.frontend(l.dst, l.proto, l.dport) else {
+        let fe = t.services.frontend(l.dst, l.proto, l.dport);
+        // Not in our table: with several workers it may be another's flow.
+        // Nothing is written to the frame before this point.
+        if self.workers > 1 {
+            if let Some(w) = self.owner(t, node, &l, fe) {
+                if w != self.worker {
+                    return Nat::Done(Verdict::Handoff(w));
+                }
+            }
+        }
+        let Some(fe) = fe else {
             return Nat::Pass;
         };
         if fe.node_port && ing.external && !fe.local_only && l.dst != node.underlay_ip {
@@ -385,10 +395,12 @@ impl Pipeline {
         for i in 0..tries {
             if needs_snat {
                 flags |= F_SNAT;
-                let span = SNAT_PORTS.1 - SNAT_PORTS.0 + 1;
+                // A port of this worker's class, so the reply is steered
+                // back here (see `side`).
+                let per = (SNAT_PORTS.1 - SNAT_PORTS.0 + 1) / self.workers;
                 let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
                 reply.dst = node.gateway_ip;
-                reply.dport = SNAT_PORTS.0 + h % span;
+                reply.dport = SNAT_PORTS.0 + (h % per) * self.workers + self.worker;
                 entry.reply = reply;
                 entry.flags = flags;
             }
@@ -418,6 +430,64 @@ impl Pipeline {
             .or_insert(0) += 1;
         Nat::Route {
             external_reply: None,
+        }
+    }
+
+    /// The worker that owns the flow `l` belongs to, if it is a service
+    /// flow: the one its client side hashes to. A packet to a frontend shows
+    /// the client as its source; a reply, as its destination (an SNAT port
+    /// of this node, or anything a backend sends to).
+    fn owner(&self, t: &Tables, node: &NodeInfo, l: &L4, fe: Option<&Frontend>) -> Option<u16> {
+        if let Some(fe) = fe {
+            return Some(self.side(node, l.src, l.sport, fe.steer_by_ip));
+        }
+        if l.dst == node.gateway_ip && is_snat_port(l.dport) {
+            return Some(self.side(node, l.dst, l.dport, false));
+        }
+        let by_ip = *t.services.steer.get(&(l.src, l.sport, l.proto))?;
+        Some(self.side(node, l.dst, l.dport, by_ip))
+    }
+
+    /// The worker a flow's client side maps to. An SNAT port carries its
+    /// worker in its class (`new_flow` picks it so); any other client hashes
+    /// by address and port, or by address alone (`Services::finish`).
+    fn side(&self, node: &NodeInfo, ip: Ipv4Addr, port: u16, by_ip: bool) -> u16 {
+        if ip == node.gateway_ip && is_snat_port(port) {
+            return (port - SNAT_PORTS.0) % self.workers;
+        }
+        let x = if by_ip {
+            u32::from(ip) as u64
+        } else {
+            (u32::from(ip) as u64) << 16 | port as u64
+        };
+        // Multiply-shift onto 0..workers from the mixed high bits.
+        (((super::mix64(x) >> 32) * self.workers as u64) >> 32) as u16
+    }
+
+    /// Steering for an ICMP error about a service flow: the entry it needs
+    /// (found by the quoted datagram) may be another worker's.
+    fn steer_icmp_error(&self, t: &Tables, node: &NodeInfo, p: &Packet<'_>) -> Nat {
+        if self.workers == 1 {
+            return Nat::Pass;
+        }
+        let Some((q, _, _)) = quoted_flow(p) else {
+            return Nat::Pass;
+        };
+        if !self.ct.is_empty() && self.ct.lookup(&q.reversed()).is_some() {
+            return Nat::Pass;
+        }
+        // The quoted datagram went client -> backend.
+        let owner = if let Some(&by_ip) = t.services.steer.get(&(q.dst, q.dport, q.proto)) {
+            self.side(node, q.src, q.sport, by_ip)
+        } else if q.src == node.gateway_ip && is_snat_port(q.sport) {
+            self.side(node, q.src, q.sport, false)
+        } else {
+            return Nat::Pass;
+        };
+        if owner == self.worker {
+            Nat::Pass
+        } else {
+            Nat::Done(Verdict::Handoff(owner))
         }
     }
 
@@ -518,35 +588,10 @@ impl Pipeline {
     pub(super) fn icmp_error_nat(&mut self, p: &mut Packet<'_>) -> Option<EthernetAddress> {
         let ip_off = p.off + ETH;
         let end = p.off + p.len;
-        let hl = ((p.buf[ip_off] & 0xf) as usize) * 4;
-        let icmp_off = ip_off + hl;
-        if p.buf[ip_off + 9] != ipv4::protocol::ICMP || end < icmp_off + 8 + IPV4_MIN + 8 {
-            return None;
-        }
-        let ty = p.buf[icmp_off];
-        if ty != icmp::msg_type::DEST_UNREACHABLE && ty != icmp::msg_type::TIME_EXCEEDED {
-            return None;
-        }
-        let q = icmp_off + 8;
-        let qhl = ((p.buf[q] & 0xf) as usize) * 4;
-        if p.buf[q] >> 4 != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
-            return None;
-        }
-        let qproto = p.buf[q + 9];
-        if qproto != ipv4::protocol::TCP && qproto != ipv4::protocol::UDP {
-            return None;
-        }
-        let rd = |o: usize| Ipv4Addr::new(p.buf[o], p.buf[o + 1], p.buf[o + 2], p.buf[o + 3]);
-        let rp = |o: usize| u16::from_be_bytes([p.buf[o], p.buf[o + 1]]);
+        let icmp_off = ip_off + ((p.buf[ip_off] & 0xf) as usize) * 4;
         // The quoted datagram is what the backend got: client -> backend, so
         // its reverse is the entry's reply key.
-        let quoted = FlowKey {
-            proto: qproto,
-            src: rd(q + 12),
-            dst: rd(q + 16),
-            sport: rp(q + qhl),
-            dport: rp(q + qhl + 2),
-        };
+        let (quoted, q, qhl) = quoted_flow(p)?;
         let (id, Dir::Reply) = self.ct.lookup(&quoted.reversed())? else {
             return None;
         };
@@ -579,6 +624,47 @@ impl Pipeline {
         icmp::Icmpv4Packet::new_unchecked(b).fill_checksum();
         (e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
     }
+}
+
+/// An SNAT source port of ours.
+#[inline]
+fn is_snat_port(port: u16) -> bool {
+    (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port)
+}
+
+/// The TCP/UDP flow an ICMP error (unreachable, time exceeded) quotes, with
+/// the quoted IPv4 header's offset and length. `None` for anything else.
+fn quoted_flow(p: &Packet<'_>) -> Option<(FlowKey, usize, usize)> {
+    let ip_off = p.off + ETH;
+    let end = p.off + p.len;
+    let hl = ((p.buf[ip_off] & 0xf) as usize) * 4;
+    let icmp_off = ip_off + hl;
+    if p.buf[ip_off + 9] != ipv4::protocol::ICMP || end < icmp_off + 8 + IPV4_MIN + 8 {
+        return None;
+    }
+    let ty = p.buf[icmp_off];
+    if ty != icmp::msg_type::DEST_UNREACHABLE && ty != icmp::msg_type::TIME_EXCEEDED {
+        return None;
+    }
+    let q = icmp_off + 8;
+    let qhl = ((p.buf[q] & 0xf) as usize) * 4;
+    if p.buf[q] >> 4 != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
+        return None;
+    }
+    let qproto = p.buf[q + 9];
+    if qproto != ipv4::protocol::TCP && qproto != ipv4::protocol::UDP {
+        return None;
+    }
+    let rd = |o: usize| Ipv4Addr::new(p.buf[o], p.buf[o + 1], p.buf[o + 2], p.buf[o + 3]);
+    let rp = |o: usize| u16::from_be_bytes([p.buf[o], p.buf[o + 1]]);
+    let key = FlowKey {
+        proto: qproto,
+        src: rd(q + 12),
+        dst: rd(q + 16),
+        sport: rp(q + qhl),
+        dport: rp(q + qhl + 2),
+    };
+    Some((key, q, qhl))
 }
 
 impl NatState {

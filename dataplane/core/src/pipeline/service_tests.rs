@@ -28,9 +28,9 @@ use etherparse::{
 use super::tests::{
     assert_ipv4_checksum, assert_l4_checksum, node, parse_encapped, parse_icmp_error,
     process_batch, process_one, quote_of, tables, total_drops, Out, ARP_REQUEST_FOR_GATEWAY,
-    ARP_SPA, ARP_TPA, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP, P1_MAC, P1_PORT, P2_IP, P2_MAC,
-    P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP, REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC, RX_OFF, T0,
-    UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI, VTEP_MAC, VXLAN_PORT,
+    ARP_SPA, ARP_TPA, CHUNK, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP, P1_MAC, P1_PORT, P2_IP,
+    P2_MAC, P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP, REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC,
+    RX_OFF, T0, UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI, VTEP_MAC, VXLAN_PORT,
 };
 use super::*;
 use crate::conntrack::{Entry, FlowKey, TcpState, Timeouts};
@@ -155,6 +155,7 @@ fn svc_tables(s: &Svc) -> Tables {
             false,
         ));
     }
+    t.services.finish();
     t
 }
 
@@ -1463,17 +1464,23 @@ fn syn_backend(pl: &mut Pipeline, now: u64, t: &Tables, sport: u16) -> (Ipv4Addr
     backend_of(&send(pl, now, t, Peer::P1, &f))
 }
 
-#[test]
-fn client_ip_affinity_holds_within_the_timeout_then_may_change() {
-    let timeout = 10800 * SEC;
+/// Affinity tables with both backends ready, the backend p1 hashes to under
+/// them, and the other one.
+fn hashed_and_other(timeout: u64) -> (Tables, (Ipv4Addr, u16), (Ipv4Addr, u16)) {
     let both = affinity_tables(&[ready(LOCAL_BE), ready(REMOTE_BE)], timeout);
-    // The backend p1 hashes to with both ready, and the other one.
     let hashed = syn_backend(&mut pipeline(), T0, &both, 30000);
     let other = if hashed == LOCAL_BE {
         REMOTE_BE
     } else {
         LOCAL_BE
     };
+    (both, hashed, other)
+}
+
+#[test]
+fn client_ip_affinity_holds_within_the_timeout_then_may_change() {
+    let timeout = 10800 * SEC;
+    let (both, hashed, other) = hashed_and_other(timeout);
     let mut pl = pipeline();
     // While only `other` is ready, p1 is bound to it ...
     let only_other = affinity_tables(&[ready(other)], timeout);
@@ -2551,4 +2558,261 @@ fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
         "one service per backend in these tests"
     );
     first
+}
+
+// ---------------------------------------------------------------------------
+// Several workers: flow steering. A frame may arrive at any worker (a NIC's
+// RSS, a veth's queue choice); the one that does not own its flow hands it,
+// untouched, to the one that does, which must then never hand it on.
+// ---------------------------------------------------------------------------
+
+/// `n` workers' pipelines, with the worker's hand-off done by hand.
+struct Mesh {
+    pls: Vec<Pipeline>,
+    handoffs: u64,
+}
+
+impl Mesh {
+    fn new(n: u16) -> Mesh {
+        let pls = (0..n)
+            .map(|i| {
+                let mut pl = pipeline();
+                pl.set_worker(i, n);
+                pl
+            })
+            .collect();
+        Mesh { pls, handoffs: 0 }
+    }
+
+    /// One frame from `peer` arriving at worker `at`; returns the output and
+    /// the worker that produced it.
+    #[track_caller]
+    fn send(&mut self, at: usize, now: u64, t: &Tables, peer: Peer, frame: &[u8]) -> (Out, usize) {
+        let at = at % self.pls.len();
+        let out = one_checked(&mut self.pls[at], now, t, peer.port(), frame);
+        let Verdict::Handoff(w) = out.verdict else {
+            return (out, at);
+        };
+        let w = w as usize;
+        assert!(w != at && w < self.pls.len(), "hand-off from {at} to {w}");
+        self.handoffs += 1;
+        let out = one_checked(&mut self.pls[w], now, t, peer.port(), frame);
+        assert!(
+            !matches!(out.verdict, Verdict::Handoff(_)),
+            "worker {w} handed on what {at} gave it: {:?}",
+            out.verdict
+        );
+        (out, w)
+    }
+
+    /// The workers holding an entry for `k`.
+    fn holders(&self, k: FlowKey) -> Vec<usize> {
+        (0..self.pls.len())
+            .filter(|&i| entry(&self.pls[i], k).is_some())
+            .collect()
+    }
+}
+
+/// One frame through `pl`; a handed-off frame must be left as it came.
+#[track_caller]
+fn one_checked(pl: &mut Pipeline, now: u64, t: &Tables, port: PortId, frame: &[u8]) -> Out {
+    let mut c = vec![0u8; CHUNK];
+    c[RX_OFF..RX_OFF + frame.len()].copy_from_slice(frame);
+    let mut pkts = [Packet::new(&mut c, RX_OFF, frame.len(), port)];
+    pl.process(now, t, &mut pkts);
+    let p = &pkts[0];
+    let out = Out {
+        verdict: p.verdict,
+        off: p.off,
+        frame: p.frame().to_vec(),
+    };
+    if let Verdict::Handoff(_) = out.verdict {
+        assert_eq!(
+            &c[RX_OFF..RX_OFF + frame.len()],
+            frame,
+            "a handed-off frame is untouched"
+        );
+    }
+    out
+}
+
+#[test]
+fn with_several_workers_every_packet_of_a_flow_is_translated_wherever_it_arrives() {
+    let t = with_backends(&[ready(LOCAL_BE), ready(REMOTE_BE)]);
+    for n in 2..=4u16 {
+        let mut mesh = Mesh::new(n);
+        // The oracle: one worker, which sees every packet of every flow.
+        let mut one = pipeline();
+        let mut owners = vec![0usize; n as usize];
+        for (client, cip) in [(Peer::P1, P1_IP), (Peer::Host, GATEWAY)] {
+            for sport in 40000..40064u16 {
+                let csrc = (cip, sport);
+                // Maglev is deterministic: a fresh pipeline shows the backend.
+                let syn = tcp_from(client, csrc, FRONTEND, SYN, 0x2000, 0, b"");
+                let backend = backend_of(&send(&mut pipeline(), T0, &t, client, &syn));
+                let peer = Peer::of(backend.0);
+                let steps: [(bool, u8, &[u8]); 8] = [
+                    (true, SYN, b""),
+                    (false, SYN | ACK, b""),
+                    (true, ACK, b""),
+                    (true, PSH | ACK, b"GET / HTTP/1.1\r\n\r\n"),
+                    (false, PSH | ACK, b"HTTP/1.1 200 OK\r\n\r\n"),
+                    (true, FIN | ACK, b""),
+                    (false, FIN | ACK, b""),
+                    (true, ACK, b""),
+                ];
+                for (i, (from_client, flags, payload)) in steps.into_iter().enumerate() {
+                    let (seq, ack) = (0x2000 + i as u32, 0x3000 + i as u32);
+                    let (who, f) = if from_client {
+                        (
+                            client,
+                            tcp_from(client, csrc, FRONTEND, flags, seq, ack, payload),
+                        )
+                    } else {
+                        (
+                            peer,
+                            tcp_from(peer, backend, csrc, flags, seq, ack, payload),
+                        )
+                    };
+                    // Arrives wherever the queue choice puts it.
+                    let at = (sport as usize).wrapping_mul(7) + i * 3;
+                    let (got, _) = mesh.send(at, T0, &t, who, &f);
+                    let want = send(&mut one, T0, &t, who, &f);
+                    assert_eq!(got.verdict, want.verdict, "{n} workers, {sport}, step {i}");
+                    assert_eq!(got.frame, want.frame, "{n} workers, {sport}, step {i}");
+                }
+                let holders = mesh.holders(key(TCP, csrc, FRONTEND));
+                assert_eq!(holders.len(), 1, "one entry, on one worker: {holders:?}");
+                owners[holders[0]] += 1;
+            }
+        }
+        assert!(mesh.handoffs > 0);
+        assert!(
+            owners.iter().all(|&o| o > 128 / (n as usize * 3)),
+            "{n} workers share the flows: {owners:?}"
+        );
+        let handed: u64 = mesh.pls.iter().map(|p| p.counters().handed_off).sum();
+        assert_eq!(handed, mesh.handoffs, "each hand-off counted once");
+    }
+}
+
+#[test]
+fn with_several_workers_node_port_snat_replies_come_back_to_the_flows_worker() {
+    for backend in [LOCAL_BE, REMOTE_BE] {
+        let t = with_backends(&[ready(backend)]);
+        let peer = Peer::of(backend.0);
+        let n = 3u16;
+        let mut mesh = Mesh::new(n);
+        for cport in 50000..50060u16 {
+            let csrc = (CLIENT_IP, cport);
+            let syn = tcp_from(Peer::Client, csrc, NODE_FRONTEND, SYN, 7, 0, b"");
+            let (out, owner) = mesh.send(cport as usize, T0, &t, Peer::Client, &syn);
+            let d = delivered(&out);
+            assert_to(&d, peer);
+            let k = tuple(&d.ip);
+            assert_eq!(k.src, GATEWAY, "SNAT to the gateway address");
+            assert!((SNAT_PORTS.0..=SNAT_PORTS.1).contains(&k.sport));
+            assert_eq!(
+                (k.sport - SNAT_PORTS.0) as usize % n as usize,
+                owner,
+                "the SNAT port names its worker"
+            );
+            assert_eq!(
+                d.ip,
+                natted(
+                    Peer::Client.ip(&syn),
+                    Some((k.src, k.sport)),
+                    Some(backend),
+                    1
+                )
+            );
+            // The reply arrives at another worker than the SYN did.
+            let f = tcp_from(peer, backend, (k.src, k.sport), SYN | ACK, 9, 8, b"");
+            let (out, w) = mesh.send(cport as usize + 1, T0, &t, peer, &f);
+            assert_eq!(w, owner);
+            assert_eq!(out.verdict, Verdict::Tx(UPLINK));
+            let (h, _) = Ipv4Header::from_slice(&out.frame[ETH..]).unwrap();
+            assert_eq!(out.frame[..6], CLIENT_MAC.0, "straight back to the client");
+            let back = tuple(&out.frame[ETH..ETH + h.total_len as usize]);
+            assert_eq!(back, key(TCP, NODE_FRONTEND, csrc));
+            assert_ipv4_checksum(&out.frame[ETH..]);
+            assert_l4_checksum(&out.frame[ETH..]);
+        }
+        assert!(
+            mesh.handoffs >= 40,
+            "replies handed over: {}",
+            mesh.handoffs
+        );
+    }
+}
+
+#[test]
+fn with_several_workers_client_ip_affinity_holds_for_all_of_a_clients_flows() {
+    let timeout = 10800 * SEC;
+    let (both, _, other) = hashed_and_other(timeout);
+    let only_other = affinity_tables(&[ready(other)], timeout);
+    let mut mesh = Mesh::new(4);
+    let f = tcp_from(Peer::P1, (P1_IP, 30001), FRONTEND, SYN, 1, 0, b"");
+    let (out, owner) = mesh.send(0, T0, &only_other, Peer::P1, &f);
+    assert_eq!(backend_of(&out), other);
+    // `hashed` is ready again: every new flow of p1, from any port and
+    // arriving at any worker, still goes to `other` (one worker's affinity
+    // table decides for the client).
+    for sport in 30002..30100u16 {
+        let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, SYN, 1, 0, b"");
+        let (out, w) = mesh.send(sport as usize, T0 + SEC, &both, Peer::P1, &f);
+        assert_eq!((backend_of(&out), w), (other, owner), "port {sport}");
+    }
+    assert!(mesh.handoffs > 0);
+}
+
+#[test]
+fn with_several_workers_an_icmp_error_about_a_flow_reaches_its_worker() {
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut mesh = Mesh::new(2);
+    for sport in 40000..40040u16 {
+        let syn = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, SYN, 0x1000, 0, b"");
+        let (out, owner) = mesh.send(sport as usize, T0, &t, Peer::P1, &syn);
+        let d = delivered(&out);
+        // n2 reports the DNATed SYN expired; it arrives at either worker.
+        let err = icmp_error_datagram(REMOTE_GATEWAY, P1_IP, 11, 0, &d.ip[..28]);
+        let (out, w) = mesh.send(
+            sport as usize / 3,
+            T0,
+            &t,
+            Peer::Remote,
+            &Peer::Remote.frame(&err),
+        );
+        assert_eq!((out.verdict, w), (Verdict::Tx(P1_PORT), owner));
+        let e = parse_icmp_error(&out.frame);
+        let (q, _) = quoted_tuple(&e.quote);
+        assert_eq!(
+            q,
+            key(TCP, (P1_IP, sport), FRONTEND),
+            "quoted as p1 sent it"
+        );
+    }
+    assert!(mesh.handoffs >= 10, "{}", mesh.handoffs);
+}
+
+#[test]
+fn with_several_workers_traffic_of_no_service_flow_is_never_handed_off() {
+    let t = with_backends(&[ready(LOCAL_BE), ready(REMOTE_BE)]);
+    let mut mesh = Mesh::new(4);
+    for at in 0..4 {
+        for sport in 1000..1040u16 {
+            for (peer, src, dst) in [
+                (Peer::P1, (P1_IP, sport), (P2_IP, 9000)),
+                (Peer::P2, (P2_IP, 9000), (P1_IP, sport)),
+                (Peer::P1, (P1_IP, sport), (REMOTE_POD_IP, 9000)),
+                (Peer::Remote, (REMOTE_POD_IP, 9000), (P1_IP, sport)),
+            ] {
+                let f = udp_from(peer, src, dst, b"direct");
+                let (out, w) = mesh.send(at, T0, &t, peer, &f);
+                assert_eq!(w, at);
+                assert!(matches!(out.verdict, Verdict::Tx(_)), "{:?}", out.verdict);
+            }
+        }
+    }
+    assert_eq!(mesh.handoffs, 0);
 }

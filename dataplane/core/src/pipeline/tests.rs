@@ -30,7 +30,7 @@ use crate::wire::{checksum, vectors::XorShift};
 // ---------------------------------------------------------------------------
 
 /// UMEM chunk size used by the dataplane.
-const CHUNK: usize = 2048;
+pub(super) const CHUNK: usize = 2048;
 /// Where received frames start in a chunk (headroom for encap and ICMP).
 pub(super) const RX_OFF: usize = 256;
 /// An arbitrary monotonic "now" (the ICMP bucket starts full).
@@ -1841,6 +1841,7 @@ fn counters_merge_sums_every_field() {
     a.decapsulated = 5;
     a.routed_local = 6;
     a.resets_sent = 7;
+    a.handed_off = 8;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -1848,6 +1849,7 @@ fn counters_merge_sums_every_field() {
     b.decapsulated = 50;
     b.routed_local = 60;
     b.resets_sent = 70;
+    b.handed_off = 80;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -1862,6 +1864,7 @@ fn counters_merge_sums_every_field() {
         decapsulated,
         routed_local,
         resets_sent,
+        handed_off,
     } = m;
     assert_eq!(
         [
@@ -1871,9 +1874,10 @@ fn counters_merge_sums_every_field() {
             encapsulated,
             decapsulated,
             routed_local,
-            resets_sent
+            resets_sent,
+            handed_off
         ],
-        [11, 22, 33, 44, 55, 66, 77]
+        [11, 22, 33, 44, 55, 66, 77, 88]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
@@ -1916,6 +1920,7 @@ fn variant_index(r: DropReason) -> usize {
         BackendGone => 27,
         NoConntrack => 28,
         ConntrackFull => 29,
+        HandoffFull => 30,
     }
 }
 
@@ -1923,7 +1928,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 30);
+    assert_eq!(DropReason::COUNT, 31);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
@@ -1989,6 +1994,7 @@ fn seeds() -> Vec<(&'static str, PortId, Vec<u8>)> {
 fn assert_sane(t: &Tables, p: &Packet<'_>, input_port: PortId) {
     match p.verdict {
         Verdict::Drop(_) => {}
+        Verdict::Handoff(w) => panic!("hand-off to worker {w} from a single-worker pipeline"),
         Verdict::Tx(port) => {
             assert!(t.port(port).is_some(), "Tx to unknown port {port}");
             let end = p.off.checked_add(p.len).expect("frame end overflows");
@@ -2113,6 +2119,7 @@ fn random_and_mutated_frames_never_panic_and_stay_sane() {
             match p.verdict {
                 Verdict::Tx(_) => txs += 1,
                 Verdict::Drop(_) => drops += 1,
+                Verdict::Handoff(_) => unreachable!("checked by assert_sane"),
             }
         }
         frames += n;
