@@ -476,9 +476,12 @@ impl Pipeline {
         if !self.ct.is_empty() && self.ct.lookup(&q.reversed()).is_some() {
             return Nat::Pass;
         }
-        // The quoted datagram went client -> backend.
+        // The quoted datagram went client -> backend (an error about a
+        // request), or frontend -> client (about a reply).
         let owner = if let Some(&by_ip) = t.services.steer.get(&(q.dst, q.dport, q.proto)) {
             self.side(node, q.src, q.sport, by_ip)
+        } else if let Some(fe) = t.services.frontend(q.src, q.proto, q.sport) {
+            self.side(node, q.dst, q.dport, fe.steer_by_ip)
         } else if q.src == node.gateway_ip && is_snat_port(q.sport) {
             self.side(node, q.src, q.sport, false)
         } else {
@@ -592,24 +595,49 @@ impl Pipeline {
         // The quoted datagram is what the backend got: client -> backend, so
         // its reverse is the entry's reply key.
         let (quoted, q, qhl) = quoted_flow(p)?;
-        let (id, Dir::Reply) = self.ct.lookup(&quoted.reversed())? else {
-            return None;
-        };
+        let (id, dir) = self.ct.lookup(&quoted.reversed())?;
         let e = *self.ct.get(id);
-        // Quoted header: src back to the client, dst back to the frontend.
+        // The quoted datagram and the error's own addresses, as the error's
+        // addressee knows them. About a request (quoted as the backend got
+        // it): the client's request to the frontend; the error goes to the
+        // client from the frontend (whoever on the way sent it: the client
+        // may be outside, where pod addresses mean nothing). About a reply
+        // (quoted as the client got it, from the frontend): the backend's
+        // reply; the error goes to the backend, from the SNAT address if the
+        // client sent it, else from the router that did (Linux's NAT).
+        let outer_src = Ipv4Addr::from(u32::from_be_bytes(
+            p.buf[ip_off + 12..ip_off + 16].try_into().unwrap(),
+        ));
+        let (qsrc, qdst, from, to) = match dir {
+            Dir::Reply => (
+                (e.original.src, e.original.sport),
+                (e.original.dst, e.original.dport),
+                e.original.dst,
+                e.original.src,
+            ),
+            Dir::Original => (
+                (e.reply.src, e.reply.sport),
+                (e.reply.dst, e.reply.dport),
+                if outer_src == e.original.src {
+                    e.reply.dst
+                } else {
+                    outer_src
+                },
+                e.reply.src,
+            ),
+        };
         let mut qsum = u16::from_be_bytes([p.buf[q + 10], p.buf[q + 11]]);
-        for (off, new) in [(q + 12, e.original.src), (q + 16, e.original.dst)] {
+        for (off, new) in [(q + 12, qsrc.0), (q + 16, qdst.0)] {
             let old =
                 u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
             qsum = checksum::update_u32(qsum, old, u32::from(new));
             p.buf[off..off + 4].copy_from_slice(&new.octets());
         }
         p.buf[q + 10..q + 12].copy_from_slice(&qsum.to_be_bytes());
-        p.buf[q + qhl..q + qhl + 2].copy_from_slice(&e.original.sport.to_be_bytes());
-        p.buf[q + qhl + 2..q + qhl + 4].copy_from_slice(&e.original.dport.to_be_bytes());
-        // Outer header: from the frontend, to the client.
+        p.buf[q + qhl..q + qhl + 2].copy_from_slice(&qsrc.1.to_be_bytes());
+        p.buf[q + qhl + 2..q + qhl + 4].copy_from_slice(&qdst.1.to_be_bytes());
         let mut ipc = u16::from_be_bytes([p.buf[ip_off + 10], p.buf[ip_off + 11]]);
-        for (off, new) in [(ip_off + 12, e.original.dst), (ip_off + 16, e.original.src)] {
+        for (off, new) in [(ip_off + 12, from), (ip_off + 16, to)] {
             let old =
                 u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
             ipc = checksum::update_u32(ipc, old, u32::from(new));
@@ -622,7 +650,7 @@ impl Pipeline {
         let icmp_end = (ip_off + tot).min(end);
         let b = &mut p.buf[icmp_off..icmp_end];
         icmp::Icmpv4Packet::new_unchecked(b).fill_checksum();
-        (e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
+        (dir == Dir::Reply && e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
     }
 }
 

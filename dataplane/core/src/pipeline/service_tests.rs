@@ -2007,6 +2007,82 @@ fn an_icmp_error_the_node_sends_about_a_translated_packet_quotes_the_cluster_ip(
     assert_eq!(pl.counters().drop_count(DropReason::TtlExceeded), 1);
 }
 
+/// The inner Ethernet frame of a frame sent VXLAN-encapsulated to n2.
+fn inner_frame(out: &Out) -> &[u8] {
+    assert_eq!(out.verdict, Verdict::Tx(UPLINK));
+    &out.frame[INNER_IP - ETH..]
+}
+
+#[test]
+fn a_port_unreachable_from_the_client_about_a_reply_reaches_the_backend() {
+    // p1's UDP socket is gone when the backend's answer arrives: p1 answers
+    // it with port unreachable, to the ClusterIP, quoting the answer as it
+    // got it. The backend must get it as about its own answer: to its
+    // address, quoting what it sent, so its stack can tell its socket.
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let q = udp_from(Peer::P1, (P1_IP, 40000), FRONTEND, b"query");
+    assert!(delivered(&send(&mut pl, T0, &t, Peer::P1, &q)).encapped);
+    let a = udp_from(Peer::Remote, REMOTE_BE, (P1_IP, 40000), b"answer");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Remote, &a));
+    assert_eq!(tuple(&d.ip), key(UDP, FRONTEND, (P1_IP, 40000)));
+    let err = icmp_error_datagram(P1_IP, CLUSTER_IP, 3, 3, &d.ip[..28]);
+    let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&err));
+    let e = parse_icmp_error(inner_frame(&out));
+    assert_eq!((e.ty, e.code), (3, 3));
+    assert_eq!((e.ip_src, e.ip_dst), (P1_IP, REMOTE_POD_IP));
+    let (qk, _) = quoted_tuple(&e.quote);
+    assert_eq!(
+        qk,
+        key(UDP, REMOTE_BE, (P1_IP, 40000)),
+        "quotes what n2/p1 sent"
+    );
+    assert_eq!(total_drops(pl.counters()), 0);
+}
+
+#[test]
+fn an_icmp_error_about_a_hairpin_reply_comes_from_the_snat_address() {
+    // p2 calls its own service (SNATed to the gateway) and refuses the
+    // answer: the error reaches p2-the-backend from the SNAT address.
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    let q = udp_from(Peer::P2, (P2_IP, 45000), FRONTEND, b"query");
+    let k = tuple(&delivered(&send(&mut pl, T0, &t, Peer::P2, &q)).ip);
+    assert_eq!((k.src, k.dst), (GATEWAY, P2_IP));
+    let a = udp_from(Peer::P2, LOCAL_BE, (k.src, k.sport), b"answer");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P2, &a));
+    assert_eq!(tuple(&d.ip), key(UDP, FRONTEND, (P2_IP, 45000)));
+    let err = icmp_error_datagram(P2_IP, CLUSTER_IP, 3, 3, &d.ip[..28]);
+    let out = send(&mut pl, T0, &t, Peer::P2, &Peer::P2.frame(&err));
+    assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
+    let e = parse_icmp_error(&out.frame);
+    assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, P2_IP));
+    let (qk, _) = quoted_tuple(&e.quote);
+    assert_eq!(qk, key(UDP, LOCAL_BE, (GATEWAY, k.sport)));
+}
+
+#[test]
+fn a_reply_expiring_here_draws_time_exceeded_to_the_backend() {
+    // n2/p1's answer arrives with TTL 1 and expires routing to p1: the
+    // error goes back to the backend, from this node's gateway (the
+    // router), quoting the answer as the backend sent it.
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let q = udp_from(Peer::P1, (P1_IP, 40000), FRONTEND, b"query");
+    assert!(delivered(&send(&mut pl, T0, &t, Peer::P1, &q)).encapped);
+    let mut inner = udp_datagram(REMOTE_BE, (P1_IP, 40000), 1, b"answer");
+    inner[10..12].fill(0);
+    let c = rfc1071(&inner[..20]);
+    inner[10..12].copy_from_slice(&c.to_be_bytes());
+    let out = send(&mut pl, T0, &t, Peer::Remote, &Peer::Remote.frame(&inner));
+    let e = parse_icmp_error(inner_frame(&out));
+    assert_eq!((e.ty, e.code), (11, 0));
+    assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, REMOTE_POD_IP));
+    let (qk, _) = quoted_tuple(&e.quote);
+    assert_eq!(qk, key(UDP, REMOTE_BE, (P1_IP, 40000)));
+    assert_eq!(pl.counters().drop_count(DropReason::TtlExceeded), 1);
+}
+
 /// A `total`-byte UDP datagram with DF from `peer`.
 fn big_udp_from(peer: Peer, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), total: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..total - 28).map(|i| i as u8).collect();
@@ -2793,6 +2869,22 @@ fn with_several_workers_an_icmp_error_about_a_flow_reaches_its_worker() {
         );
     }
     assert!(mesh.handoffs >= 10, "{}", mesh.handoffs);
+    // And about replies: p1 refuses the backend's answer, from either worker.
+    let before = mesh.handoffs;
+    for sport in 41000..41040u16 {
+        let q = udp_from(Peer::P1, (P1_IP, sport), FRONTEND, b"query");
+        let (_, owner) = mesh.send(sport as usize, T0, &t, Peer::P1, &q);
+        let a = udp_from(Peer::Remote, REMOTE_BE, (P1_IP, sport), b"answer");
+        let (out, w) = mesh.send(sport as usize / 5, T0, &t, Peer::Remote, &a);
+        assert_eq!(w, owner);
+        let d = delivered(&out);
+        let err = icmp_error_datagram(P1_IP, CLUSTER_IP, 3, 3, &d.ip[..28]);
+        let (out, w) = mesh.send(sport as usize / 3, T0, &t, Peer::P1, &Peer::P1.frame(&err));
+        assert_eq!(w, owner);
+        let (qk, _) = quoted_tuple(&parse_icmp_error(inner_frame(&out)).quote);
+        assert_eq!(qk, key(UDP, REMOTE_BE, (P1_IP, sport)));
+    }
+    assert!(mesh.handoffs >= before + 20, "{}", mesh.handoffs);
 }
 
 #[test]
