@@ -555,7 +555,10 @@ impl Pipeline {
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::Ipv4Martian);
         }
-        if let Some(lp) = t.local.get(&dst) {
+        // Local pods are in this node's pod CIDR (the state checks it): skip
+        // the map lookup for anything else.
+        let local = node.pod_cidr.contains(dst).then(|| t.local.get(&dst));
+        if let Some(lp) = local.flatten() {
             let Some(out) = t.port(lp.port) else {
                 return self.icmp_error(
                     now,
@@ -1038,14 +1041,15 @@ fn encap(
 /// encapsulated by a different node.
 #[inline]
 pub fn flow_hash(ip: &[u8]) -> u32 {
-    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u64;
-    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u64;
-    let proto = ip[9];
-    let ports = if (proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP) && ip.len() >= 24
-    {
-        u32::from_be_bytes([ip[20], ip[21], ip[22], ip[23]]) as u64
-    } else {
-        0
+    let h: &[u8; 20] = ip[..20].try_into().expect("a validated IPv4 header");
+    let src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]) as u64;
+    let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]) as u64;
+    let proto = h[9];
+    let ports = match ip.get(20..24) {
+        Some(p) if proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP => {
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as u64
+        }
+        _ => 0,
     };
     mix(src << 32 | dst, (proto as u64) << 32 | ports) as u32
 }

@@ -101,23 +101,25 @@ pub(super) fn l4(p: &Packet<'_>) -> Option<L4> {
     let b = &p.buf[ip_off..p.off + p.len];
     let hl = ((b[0] & 0xf) as usize) * 4;
     let proto = b[9];
-    let l4b = &b[hl..];
     let min = match proto {
         ipv4::protocol::TCP => 20,
         ipv4::protocol::UDP => 8,
         _ => return None,
     };
-    if l4b.len() < min {
+    if b.len() < hl + min {
         return None;
     }
+    // Fixed-size views: one bounds check each, constant offsets after.
+    let h: &[u8; 20] = b[..20].try_into().ok()?;
+    let l4h: &[u8; 8] = b[hl..hl + 8].try_into().ok()?;
     Some(L4 {
         proto,
-        src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
-        dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
-        sport: u16::from_be_bytes([l4b[0], l4b[1]]),
-        dport: u16::from_be_bytes([l4b[2], l4b[3]]),
+        src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+        dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        sport: u16::from_be_bytes([l4h[0], l4h[1]]),
+        dport: u16::from_be_bytes([l4h[2], l4h[3]]),
         l4_off: ip_off + hl,
-        tcp_flags: (proto == ipv4::protocol::TCP).then(|| l4b[13]),
+        tcp_flags: (proto == ipv4::protocol::TCP).then(|| b[hl + 13]),
     })
 }
 
@@ -130,48 +132,54 @@ pub(super) fn rewrite(
     dst: Option<(Ipv4Addr, u16)>,
 ) {
     let ip_off = p.off + ETH;
-    let csum_off = l.l4_off
-        + if l.proto == ipv4::protocol::TCP {
-            16
-        } else {
-            6
-        };
-    let mut ipc = u16::from_be_bytes([p.buf[ip_off + 10], p.buf[ip_off + 11]]);
-    let mut l4c = u16::from_be_bytes([p.buf[csum_off], p.buf[csum_off + 1]]);
+    let (iph, rest) = p.buf[ip_off..].split_at_mut(l.l4_off - ip_off);
+    let iph: &mut [u8; 20] = (&mut iph[..20]).try_into().expect("checked by l4()");
+    // The transport header up to its checksum (`l4()` checked its length).
+    if l.proto == ipv4::protocol::TCP {
+        let l4h: &mut [u8; 18] = (&mut rest[..18]).try_into().expect("checked by l4()");
+        rewrite_headers(iph, l4h, true, src, dst);
+    } else {
+        let l4h: &mut [u8; 8] = (&mut rest[..8]).try_into().expect("checked by l4()");
+        rewrite_headers(iph, l4h, false, src, dst);
+    }
+}
+
+/// [`rewrite`] over fixed-size views: the IPv4 header and the transport
+/// header, whose last two bytes are its checksum.
+#[inline(always)]
+fn rewrite_headers<const N: usize>(
+    iph: &mut [u8; 20],
+    l4h: &mut [u8; N],
+    tcp: bool,
+    src: Option<(Ipv4Addr, u16)>,
+    dst: Option<(Ipv4Addr, u16)>,
+) {
+    let mut ipc = u16::from_be_bytes([iph[10], iph[11]]);
+    let mut l4c = u16::from_be_bytes([l4h[N - 2], l4h[N - 1]]);
     // UDP checksum 0 means "none": leave it so.
-    let has_l4c = l.proto == ipv4::protocol::TCP || l4c != 0;
-    let mut apply =
-        |addr_off: usize, port_off: usize, (ip, port): (Ipv4Addr, u16), buf: &mut [u8]| {
-            let old_ip = u32::from_be_bytes([
-                buf[addr_off],
-                buf[addr_off + 1],
-                buf[addr_off + 2],
-                buf[addr_off + 3],
-            ]);
-            let new_ip = u32::from(ip);
-            let old_port = u16::from_be_bytes([buf[port_off], buf[port_off + 1]]);
-            ipc = checksum::update_u32(ipc, old_ip, new_ip);
-            if has_l4c {
-                l4c = checksum::update_u32(l4c, old_ip, new_ip);
-                l4c = checksum::update_u16(l4c, old_port, port);
-            }
-            buf[addr_off..addr_off + 4].copy_from_slice(&ip.octets());
-            buf[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
-        };
+    let has_l4c = tcp || l4c != 0;
+    let mut apply = |a: usize, pt: usize, (ip, port): (Ipv4Addr, u16)| {
+        let old_ip = u32::from_be_bytes([iph[a], iph[a + 1], iph[a + 2], iph[a + 3]]);
+        let new_ip = u32::from(ip);
+        let old_port = u16::from_be_bytes([l4h[pt], l4h[pt + 1]]);
+        ipc = checksum::update_u32(ipc, old_ip, new_ip);
+        if has_l4c {
+            l4c = checksum::update_u32(l4c, old_ip, new_ip);
+            l4c = checksum::update_u16(l4c, old_port, port);
+        }
+        iph[a..a + 4].copy_from_slice(&ip.octets());
+        l4h[pt..pt + 2].copy_from_slice(&port.to_be_bytes());
+    };
     if let Some(s) = src {
-        apply(ip_off + 12, l.l4_off, s, p.buf);
+        apply(12, 0, s);
     }
     if let Some(d) = dst {
-        apply(ip_off + 16, l.l4_off + 2, d, p.buf);
+        apply(16, 2, d);
     }
-    p.buf[ip_off + 10..ip_off + 12].copy_from_slice(&ipc.to_be_bytes());
+    iph[10..12].copy_from_slice(&ipc.to_be_bytes());
     if has_l4c {
-        let l4c = if l.proto == ipv4::protocol::UDP && l4c == 0 {
-            0xFFFF
-        } else {
-            l4c
-        };
-        p.buf[csum_off..csum_off + 2].copy_from_slice(&l4c.to_be_bytes());
+        let l4c = if !tcp && l4c == 0 { 0xFFFF } else { l4c };
+        l4h[N - 2..].copy_from_slice(&l4c.to_be_bytes());
     }
 }
 
