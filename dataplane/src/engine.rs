@@ -97,6 +97,8 @@ pub struct Engine {
     service_ids: BTreeMap<String, u32>,
     /// Numbers the published snapshots (`Tables::epoch`).
     epoch: std::cell::Cell<u32>,
+    /// The last snapshot's Maglev tables, reused while their backends stay.
+    maglev: std::cell::RefCell<kxdp_core::services::MaglevCache>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -125,6 +127,7 @@ impl Engine {
             neigh: HashMap::new(),
             service_ids: BTreeMap::new(),
             epoch: std::cell::Cell::new(0),
+            maglev: Default::default(),
             workers,
         })
     }
@@ -585,6 +588,8 @@ impl Engine {
         for (name, id) in &self.service_ids {
             t.services.names[*id as usize] = name.clone();
         }
+        let mut cache = self.maglev.borrow_mut();
+        let cache = &mut *cache;
         for sv in self.state.services.values() {
             let id = self.service_ids[&sv.name];
             let affinity = sv.affinity_s.map(|s| s as u64 * 1_000_000_000);
@@ -605,13 +610,14 @@ impl Engine {
                     proto: port.proto,
                     port: port.port,
                 };
-                t.services.insert(Frontend::new(
+                t.services.insert(Frontend::with_cache(
                     id,
                     key,
                     backends.clone(),
                     affinity,
                     false,
                     false,
+                    cache,
                 ));
                 if let Some(np) = port.node_port {
                     let key = FrontendKey {
@@ -619,12 +625,14 @@ impl Engine {
                         proto: port.proto,
                         port: np,
                     };
-                    t.services
-                        .insert(Frontend::new(id, key, backends, affinity, true, sv.local));
+                    t.services.insert(Frontend::with_cache(
+                        id, key, backends, affinity, true, sv.local, cache,
+                    ));
                 }
             }
         }
         t.services.finish();
+        cache.finish();
     }
 
     fn publish(&self) {

@@ -53,7 +53,7 @@ use etherparse::PacketBuilder;
 use kxdp_core::conntrack::Timeouts;
 use kxdp_core::maglev::Maglev;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict, BATCH_SIZE};
-use kxdp_core::services::{Backend, Frontend, FrontendKey, Services};
+use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache, Services};
 use kxdp_core::tables::{
     LocalPod, NodeInfo, PortId, PortInfo, PortKind, Prefix, RemoteRoute, Tables,
 };
@@ -162,6 +162,12 @@ fn tables(nsvc: u32) -> Tables {
 /// The services part of the tables, built as the engine builds it
 /// (`Engine::build_services`): a name, then one frontend per port.
 fn services(nsvc: u32) -> Services {
+    services_with(nsvc, &mut MaglevCache::default())
+}
+
+/// [`services`] with the engine's Maglev cache, as a snapshot after a change
+/// elsewhere (a pod, a route) rebuilds it.
+fn services_with(nsvc: u32, cache: &mut MaglevCache) -> Services {
     let mut sv = Services {
         cidr: Some(Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12)),
         ..Services::default()
@@ -182,8 +188,12 @@ fn services(nsvc: u32) -> Services {
             proto: 6,
             port: SVC_PORT,
         };
-        sv.insert(Frontend::new(id, key, backends, None, false, false));
+        sv.insert(Frontend::with_cache(
+            id, key, backends, None, false, false, cache,
+        ));
     }
+    sv.finish();
+    cache.finish();
     sv
 }
 
@@ -411,6 +421,18 @@ fn bench_build(c: &mut Criterion) {
     for nsvc in SIZES {
         g.bench_with_input(BenchmarkId::from_parameter(nsvc), &nsvc, |b, &n| {
             b.iter(|| black_box(services(n)))
+        });
+    }
+    g.finish();
+
+    // The same tables again with the last snapshot's Maglev tables at hand.
+    let mut g = c.benchmark_group("rebuild");
+    g.sample_size(10);
+    for nsvc in SIZES {
+        let mut cache = MaglevCache::default();
+        drop(services_with(nsvc, &mut cache));
+        g.bench_with_input(BenchmarkId::from_parameter(nsvc), &nsvc, |b, &n| {
+            b.iter(|| black_box(services_with(n, &mut cache)))
         });
     }
     g.finish();

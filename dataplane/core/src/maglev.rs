@@ -60,7 +60,9 @@ const LOOKUP_SEED: u64 = 0x6b78_6470_6d67_6c33; // "kxdpmgl3"
 /// Lookup table: slot -> backend index (into the caller's backend list).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Maglev {
-    table: Box<[u32]>,
+    /// Shared: a table that did not change is reused by the next snapshot
+    /// (`services::MaglevCache`) at the cost of a reference count.
+    table: std::sync::Arc<[u32]>,
     backends: u32,
 }
 
@@ -80,7 +82,7 @@ impl Maglev {
     pub fn new(ids: &[u64], m: usize) -> Maglev {
         if ids.is_empty() {
             return Maglev {
-                table: Box::new([]),
+                table: std::sync::Arc::from([]),
                 backends: 0,
             };
         }
@@ -103,7 +105,7 @@ impl Maglev {
             .iter()
             .map(|&i| mix64(ids[i as usize] ^ SKIP_SEED) % (m64 - 1) + 1)
             .collect();
-        let mut table = vec![EMPTY; m].into_boxed_slice();
+        let mut table = vec![EMPTY; m];
         let mut filled = 0;
         // Each round gives every backend its next free preferred slot; `m`
         // is prime and `0 < skip < m`, so each permutation visits every slot
@@ -130,9 +132,14 @@ impl Maglev {
             }
         }
         Maglev {
-            table,
+            table: table.into(),
             backends: n as u32,
         }
+    }
+
+    /// Whether both share one table (reused, not rebuilt).
+    pub fn same_table(&self, other: &Maglev) -> bool {
+        std::sync::Arc::ptr_eq(&self.table, &other.table)
     }
 
     /// Smallest table size from a fixed list of primes (251, 503, 1009, ...,
