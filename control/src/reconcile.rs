@@ -488,7 +488,12 @@ impl NodeReconciler {
         socket: &Path,
     ) -> Result<kxdp_proto::dataplane::GetStateReply, PassError> {
         let client = self.client(socket).await?;
-        match tokio::time::timeout(GET_STATE_TIMEOUT, client.get_state(GetStateRequest {})).await {
+        match tokio::time::timeout(
+            GET_STATE_TIMEOUT,
+            client.get_state(GetStateRequest { summary: true }),
+        )
+        .await
+        {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(PassError::from_status("GetState", &status)),
             Err(_) => Err(PassError::Unreachable(format!(

@@ -74,9 +74,13 @@ impl Dataplane for Service {
 
     async fn get_state(
         &self,
-        _: Request<pb::GetStateRequest>,
+        req: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateReply>, Status> {
-        Ok(Response::new(self.ask(engine::Request::GetState).await?))
+        let summary = req.into_inner().summary;
+        Ok(Response::new(
+            self.ask(|tx| engine::Request::GetState(summary, tx))
+                .await?,
+        ))
     }
 
     async fn list_conntrack(

@@ -51,7 +51,8 @@ pub enum WriteError {
 pub enum Request {
     Sync(State, oneshot::Sender<Result<u64, WriteError>>),
     Update(u64, Vec<Change>, oneshot::Sender<Result<u64, WriteError>>),
-    GetState(oneshot::Sender<pb::GetStateReply>),
+    /// `true`: the state's generation only (`GetStateRequest.summary`).
+    GetState(bool, oneshot::Sender<pb::GetStateReply>),
     GetCounters(oneshot::Sender<pb::GetCountersReply>),
     ListConntrack(
         Option<String>,
@@ -160,8 +161,8 @@ impl Engine {
                 let r = self.update(generation, &changes);
                 let _ = reply.send(r);
             }
-            Request::GetState(reply) => {
-                let _ = reply.send(self.read_state());
+            Request::GetState(summary, reply) => {
+                let _ = reply.send(self.read_state(summary));
             }
             Request::GetCounters(reply) => {
                 let _ = reply.send(self.counters());
@@ -767,7 +768,7 @@ impl Engine {
         out
     }
 
-    fn read_state(&self) -> pb::GetStateReply {
+    fn read_state(&self, summary: bool) -> pb::GetStateReply {
         let pods = self
             .state
             .pods
@@ -796,8 +797,16 @@ impl Engine {
                 ifname: uplink.clone(),
             })
             .collect();
+        let state = if summary {
+            pb::DataplaneState {
+                generation: self.state.generation,
+                ..Default::default()
+            }
+        } else {
+            self.state.to_proto()
+        };
         pb::GetStateReply {
-            state: Some(self.state.to_proto()),
+            state: Some(state),
             boot_id: self.boot_id.clone(),
             pods,
             neighbours,

@@ -92,7 +92,11 @@ fn state(generation: u64, pods: Vec<pb::Pod>) -> pb::DataplaneState {
 }
 
 async fn get(c: &mut DataplaneClient<Channel>) -> pb::GetStateReply {
-    c.get_state(pb::GetStateRequest {})
+    get_state(c, false).await
+}
+
+async fn get_state(c: &mut DataplaneClient<Channel>, summary: bool) -> pb::GetStateReply {
+    c.get_state(pb::GetStateRequest { summary })
         .await
         .unwrap()
         .into_inner()
@@ -180,6 +184,13 @@ async fn writes_are_validated_atomic_and_read_back() {
     let got = get(&mut c).await;
     assert_eq!(got.state.as_ref(), Some(&want));
     assert_eq!(pod_state(&got, "p1"), pb::AttachState::Attached);
+    // A poller's summary: the generation and the pods' status, no contents.
+    let brief = get_state(&mut c, true).await;
+    let held = brief.state.as_ref().expect("a state");
+    assert_eq!(held.generation, 5);
+    assert!(held.node.is_none() && held.pods.is_empty() && held.remote_nodes.is_empty());
+    assert_eq!(pod_state(&brief, "p1"), pb::AttachState::Attached);
+    assert_eq!(brief.boot_id, got.boot_id);
     assert!(
         got.uplink_status.starts_with("attached"),
         "{}",

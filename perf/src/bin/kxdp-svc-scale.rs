@@ -788,7 +788,7 @@ fn measure(
         anyhow::Ok(DataplaneClient::new(ch).max_decoding_message_size(CLIENT_MAX_DECODE))
     })?;
     let base = rt
-        .block_on(client.get_state(pb::GetStateRequest {}))?
+        .block_on(client.get_state(pb::GetStateRequest::default()))?
         .into_inner()
         .state
         .context("n1 has no state: did control sync it?")?;
@@ -934,7 +934,7 @@ fn measure(
         if run == 1 {
             rss_kib.insert("2 big state, after the first grow".into(), rss());
             let t = Instant::now();
-            let rep = rt.block_on(client.get_state(pb::GetStateRequest {}))?;
+            let rep = rt.block_on(client.get_state(pb::GetStateRequest::default()))?;
             get_state_ms = t.elapsed().as_secs_f64() * 1e3;
             let rep = rep.into_inner();
             get_state_bytes = rep.encoded_len();
