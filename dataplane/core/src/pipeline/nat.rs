@@ -240,7 +240,8 @@ impl Pipeline {
         }
         let fe = t.services.frontend(l.dst, l.proto, l.dport);
         // Not in our table: with several workers it may be another's flow.
-        // Nothing is written to the frame before this point.
+        // Nothing is written to the frame before this point but a completed
+        // checksum (`complete_partial_checksum`), which the owner keeps.
         if self.workers > 1 {
             if let Some(w) = self.owner(t, node, &l, fe) {
                 if w != self.worker {
