@@ -349,7 +349,12 @@ impl Worker {
                 }
             }
             let now = start.elapsed().as_nanos() as u64;
-            let mut work = self.handoffs_in(now);
+            // One worker has nobody to hand it anything.
+            let mut work = if self.mesh.len() > 1 {
+                self.handoffs_in(now)
+            } else {
+                0
+            };
             for i in 0..self.active.len() {
                 work += self.rx_batch(self.active[i], now);
             }
