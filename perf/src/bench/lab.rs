@@ -169,6 +169,93 @@ impl Lab {
             .with_context(|| format!("the lab has no node {name}"))
     }
 
+    /// The switch namespace (lab.sh: `P-sw`, bridge br0, one port per node
+    /// named after it, plus `ext`).
+    pub fn switch_ns(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// `node`'s neighbour entry for `peer`'s underlay address on its
+    /// uplink: (lladdr, states), None if there is no entry.
+    pub fn uplink_neighbour(
+        &self,
+        node: &str,
+        peer: &str,
+    ) -> anyhow::Result<Option<(Option<String>, Vec<String>)>> {
+        let n = self.node(node)?;
+        let ip = &self.node(peer)?.underlay_ip;
+        let out = sh(
+            "ip",
+            &[
+                "-n",
+                &self.node_ns(node),
+                "-j",
+                "neigh",
+                "show",
+                "to",
+                ip,
+                "dev",
+                &n.uplink,
+            ],
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
+                .context("ip -j neigh")?;
+        Ok(v.as_array().and_then(|a| a.first()).map(|e| {
+            let mac = e["lladdr"].as_str().map(str::to_string);
+            let states = e["state"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (mac, states)
+        }))
+    }
+
+    /// Makes `node`'s resolved neighbour entry for `peer`'s underlay
+    /// address permanent (same MAC). A sink on the switch port takes the
+    /// node's ARP probes too, so a dynamic entry would go stale and then
+    /// fail during the runs. Fails if the entry is not resolved. Returns
+    /// what it did.
+    pub fn pin_uplink_neighbour(&self, node: &str, peer: &str) -> anyhow::Result<String> {
+        let n = self.node(node)?;
+        let ip = self.node(peer)?.underlay_ip.clone();
+        let (mac, states) = match self.uplink_neighbour(node, peer)? {
+            Some((Some(mac), states)) => (mac, states),
+            Some((None, states)) => bail!(
+                "{node}: neighbour {ip} on {} not resolved ({})",
+                n.uplink,
+                states.join(",")
+            ),
+            None => bail!("{node}: no neighbour entry for {ip} on {}", n.uplink),
+        };
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.node_ns(node),
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &mac,
+                "dev",
+                &n.uplink,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        Ok(format!(
+            "{}: {ip} lladdr {mac} dev {} was {}, now permanent",
+            self.node_ns(node),
+            n.uplink,
+            states.join(",")
+        ))
+    }
+
     /// The outside client's namespace (lab.sh: `P-ext`, eth0).
     pub fn ext_ns(&self) -> String {
         format!("{}-ext", self.prefix)

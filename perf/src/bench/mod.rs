@@ -17,6 +17,7 @@ pub mod scenarios;
 pub mod tcp;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -24,7 +25,7 @@ use serde::Serialize;
 use crate::pktgen::{GenResult, SinkResult};
 use crate::stats::Spread;
 use lab::Lab;
-use run::{run_point, Point, Tools};
+use run::{run_point, Capture, Point, Tools};
 use scenarios::{Attach, Kind, Scenario};
 
 #[derive(Debug, Clone)]
@@ -189,6 +190,9 @@ pub struct Report {
     pub kernel_services: Vec<String>,
     pub load_before: String,
     pub load_after: String,
+    /// `uptime` before and after the whole run.
+    pub uptime_before: String,
+    pub uptime_after: String,
     pub notes: Vec<String>,
     /// svc-scale: the table switches and the big/small ratios per point.
     pub scale_switches: Vec<scale::Switch>,
@@ -196,6 +200,54 @@ pub struct Report {
     pub scale_errors: Vec<String>,
     /// tcp-svc: one point per offload mode.
     pub tcp: Vec<tcp::TcpPoint>,
+    /// One-hop scenarios: a frame of the entry node's uplink as tcpdump
+    /// saw it on the switch port during the next-hop warm-up (the outer
+    /// headers, which the sink's first-probe record does not show).
+    pub underlay_frames: Vec<SinkSaw>,
+    /// One-hop scenarios against the testpmd ceiling of the same run.
+    pub hop_vs_ceiling: Vec<HopVsCeiling>,
+}
+
+/// A one-hop scenario's point beside the AF_XDP ceiling at the same
+/// frame size and flow count (medians of delivered pps).
+#[derive(Debug, Clone, Serialize)]
+pub struct HopVsCeiling {
+    pub scenario: String,
+    pub size: usize,
+    pub flows: u16,
+    pub kxdp: Option<f64>,
+    pub kernel: Option<f64>,
+    pub ceiling: Option<f64>,
+    pub kxdp_over_kernel: Option<f64>,
+    pub kxdp_over_ceiling: Option<f64>,
+    pub kernel_over_ceiling: Option<f64>,
+}
+
+/// Every [`Kind::Hop`] point of `r` beside the ceiling point with the same
+/// frame size and flows.
+pub fn hop_vs_ceiling(r: &Report) -> Vec<HopVsCeiling> {
+    r.points
+        .iter()
+        .filter(|p| scenarios::find(&p.scenario).is_some_and(|s| s.kind == Kind::Hop))
+        .map(|p| {
+            let ceiling = r
+                .ceiling
+                .iter()
+                .find(|c| c.size == p.size && c.flows == p.flows)
+                .and_then(|c| c.testpmd.median());
+            HopVsCeiling {
+                scenario: p.scenario.clone(),
+                size: p.size,
+                flows: p.flows,
+                kxdp: p.kxdp.median(),
+                kernel: p.kernel.median(),
+                ceiling,
+                kxdp_over_kernel: p.ratio,
+                kxdp_over_ceiling: over(p.kxdp.median(), ceiling),
+                kernel_over_ceiling: over(p.kernel.median(), ceiling),
+            }
+        })
+        .collect()
 }
 
 /// svc-scale at one point: delivered pps with the big table over the small.
@@ -271,6 +323,12 @@ fn host_info() -> String {
     format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
 }
 
+fn uptime() -> String {
+    lab::sh("uptime", &[])
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -335,6 +393,7 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         work: work.clone(),
     };
     let load_before = loadavg();
+    let uptime_before = uptime();
     let runnable: Vec<&Scenario> = cfg
         .scenarios
         .iter()
@@ -377,11 +436,15 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         kernel_services: Vec::new(),
         load_before,
         load_after: String::new(),
+        uptime_before,
+        uptime_after: String::new(),
         notes: Vec::new(),
         scale_switches: Vec::new(),
         scale: Vec::new(),
         scale_errors: Vec::new(),
         tcp: Vec::new(),
+        underlay_frames: Vec::new(),
+        hop_vs_ceiling: Vec::new(),
     };
     report.pinning.push(Pinning {
         process: "kxdp-pktgen gen and sink".into(),
@@ -418,6 +481,8 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         }
     }
     report.load_after = loadavg();
+    report.uptime_after = uptime();
+    report.hop_vs_ceiling = hop_vs_ceiling(&report);
     report::write(cfg, &report)?;
     Ok(report)
 }
@@ -514,6 +579,15 @@ fn run_labs(
             run_tcp(cfg, tools, kx, kl, &ak, &al, report);
             continue;
         }
+        if s.kind == Kind::Hop {
+            if let Err(e) = prepare_hop(tools, s, kx, kl, report) {
+                eprintln!("==> {}: skipped: {e:#}", s.name);
+                report
+                    .notes
+                    .push(format!("{} was not measured: {e:#}", s.name));
+                continue;
+            }
+        }
         eprintln!("==> {}: warm-up", s.name);
         warm_up(tools, s.name, &ak, &al, report);
         if s.kind == Kind::SvcScale {
@@ -541,6 +615,72 @@ fn run_labs(
     Ok(())
 }
 
+/// Before a [`Kind::Hop`] scenario: the warm-up of the same frames to
+/// their real destination (the sink on the endpoint pod), which makes the
+/// entry node resolve its next hop (n2's VTEP, through the kernel's
+/// neighbour table on both datapaths), while tcpdump on the switch port
+/// records one of the entry node's VXLAN frames; then that neighbour entry
+/// is made permanent, because the hop's sink takes the node's ARP probes
+/// and a dynamic entry would fail during the runs.
+fn prepare_hop(
+    tools: &Tools,
+    s: &Scenario,
+    kx: &Lab,
+    kl: &Lab,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let resolve = scenarios::resolve_walk(s).context("no next-hop warm-up walk")?;
+    let rk = resolve(kx)?;
+    let rl = resolve(kl)?;
+    if let Some(p) = scenarios::sink_pod(kl, &rl) {
+        kl.pin_neighbour(p)?;
+    }
+    let node = scenarios::ENTRY_NODE;
+    let peer = scenarios::SVC_ENDPOINT.0;
+    let mut caps = Vec::new();
+    for (lab, dp) in [(kx, "kxdp"), (kl, "kernel")] {
+        let tag = format!("{}-{dp}-underlay", s.name);
+        match Capture::start(
+            &lab.switch_ns(),
+            node,
+            "udp dst port 4789",
+            10,
+            &tools.work,
+            &tag,
+        ) {
+            Ok(c) => caps.push((dp, lab, c)),
+            Err(e) => report
+                .notes
+                .push(format!("{}: tcpdump on {dp}'s switch port: {e:#}", s.name)),
+        }
+    }
+    let label = format!("{} (next-hop warm-up, sink on {})", s.name, rk.sink_ns);
+    eprintln!("==> {label}");
+    warm_up(tools, &label, &rk, &rl, report);
+    for (dp, lab, c) in caps {
+        let frame = c.finish(Duration::from_secs(12));
+        eprintln!("    {dp} uplink frame on the switch port: {frame}");
+        report.underlay_frames.push(SinkSaw {
+            scenario: s.name.into(),
+            datapath: dp.into(),
+            sent: format!("tcpdump -i {node} in {}", lab.switch_ns()),
+            received: frame,
+        });
+    }
+    for (lab, dp) in [(kx, "kxdp"), (kl, "kernel")] {
+        let done = lab
+            .pin_uplink_neighbour(node, peer)
+            .with_context(|| format!("{dp}: {node}'s next hop to {peer}"))?;
+        eprintln!("    {dp}: {done}");
+        report.notes.push(format!(
+            "{} ({dp}): before the sink attached to the switch port, {done} (the sink takes \
+             {node}'s ARP probes too).",
+            s.name
+        ));
+    }
+    Ok(())
+}
+
 /// A 1 s run at 10 kpps on each datapath (ARP, next hops); records what
 /// the sink saw of the first probe.
 fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Report) {
@@ -551,7 +691,11 @@ fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Rep
         duration_s: 1.0,
     };
     for (a, dp) in [(ak, "kxdp"), (al, "kernel")] {
-        match run_point(tools, a, warm, &format!("{name}-{dp}-warmup")) {
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        match run_point(tools, a, warm, &format!("{slug}-{dp}-warmup")) {
             Ok((_, sink)) => {
                 let received = sink
                     .first_probe
@@ -929,4 +1073,93 @@ fn run_ceiling(cfg: &BenchConfig, tools: &Tools, report: &mut Report) -> anyhow:
     }
     tp.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(pps: &[f64]) -> Measurement {
+        Measurement {
+            delivered_pps: Spread::of(pps),
+            ..Default::default()
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            date: "d".into(),
+            command: String::new(),
+            host: String::new(),
+            git: String::new(),
+            runs: 3,
+            duration_s: 3.0,
+            walks: Vec::new(),
+            attach: Vec::new(),
+            pinning: Vec::new(),
+            not_pinned: Vec::new(),
+            points: Vec::new(),
+            ceiling: Vec::new(),
+            ceiling_command: None,
+            pending: Vec::new(),
+            sink_saw: Vec::new(),
+            kernel_services: Vec::new(),
+            load_before: String::new(),
+            load_after: String::new(),
+            uptime_before: String::new(),
+            uptime_after: String::new(),
+            notes: Vec::new(),
+            scale_switches: Vec::new(),
+            scale: Vec::new(),
+            scale_errors: Vec::new(),
+            tcp: Vec::new(),
+            underlay_frames: Vec::new(),
+            hop_vs_ceiling: Vec::new(),
+        }
+    }
+
+    fn point(scenario: &str, size: usize, flows: u16, kxdp: f64, kernel: f64) -> PointResult {
+        PointResult {
+            scenario: scenario.into(),
+            size,
+            flows,
+            kxdp: measured(&[kxdp]),
+            kernel: measured(&[kernel]),
+            ratio: Some(kxdp / kernel),
+            conntrack: None,
+        }
+    }
+
+    #[test]
+    fn one_hop_points_sit_beside_the_ceiling_of_the_same_point() {
+        let mut r = report();
+        r.points.push(point("pod-svc", 64, 1, 300e3, 100e3));
+        r.points.push(point("pod-svc-hop", 64, 1, 330e3, 110e3));
+        r.points
+            .push(point("pod-svc-hop", 1400, 1000, 150e3, 100e3));
+        r.ceiling.push(CeilingResult {
+            size: 64,
+            flows: 1,
+            testpmd: measured(&[300e3, 200e3, 400e3]),
+        });
+        let h = hop_vs_ceiling(&r);
+        assert_eq!(h.len(), 2, "only pod-svc-hop points");
+        assert_eq!((h[0].size, h[0].flows), (64, 1));
+        assert!((h[0].kxdp_over_ceiling.unwrap() - 1.1).abs() < 1e-9);
+        assert!((h[0].kernel_over_ceiling.unwrap() - 110.0 / 300.0).abs() < 1e-9);
+        assert!((h[0].kxdp_over_kernel.unwrap() - 3.0).abs() < 1e-9);
+        assert_eq!(h[1].ceiling, None, "no ceiling at 1400 B 1000 flows");
+        assert_eq!(h[1].kxdp_over_ceiling, None);
+        r.hop_vs_ceiling = h;
+        let md = report::hop_section(&r);
+        assert!(md.contains(
+            "| pod-svc-hop | 64 B | 1 | 330 k | 110 k | 3.00x | 300 k | **1.10x** | 0.37x |"
+        ));
+        assert!(md.contains(
+            "- pod-svc-hop 64 B 1 flows: kxdp one hop 330 k pps vs AF_XDP ceiling 300 k pps: \
+             1.10x (at or above the ceiling)"
+        ));
+        assert!(md.contains("| pod-svc-hop | 1400 B | 1000 | 150 k | 100 k | 1.50x | – | – | – |"));
+        assert!(report::hop_section(&report()).is_empty());
+    }
 }

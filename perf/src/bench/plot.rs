@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
+use super::scenarios::{self, Kind};
 use super::Report;
 
 const FONTS: &[&str] = &[
@@ -39,7 +40,19 @@ pub fn delivered(r: &Report, path: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|p| Group {
             label: format!("{} {}B {}f", p.scenario, p.size, p.flows),
-            bars: [p.kxdp.median(), p.kernel.median(), None],
+            // One-hop scenarios: the ceiling at the same point beside them.
+            bars: [
+                p.kxdp.median(),
+                p.kernel.median(),
+                scenarios::find(&p.scenario)
+                    .filter(|s| s.kind == Kind::Hop)
+                    .and_then(|_| {
+                        r.ceiling
+                            .iter()
+                            .find(|c| c.size == p.size && c.flows == p.flows)
+                    })
+                    .and_then(|c| c.testpmd.median()),
+            ],
         })
         .collect();
     groups.extend(r.ceiling.iter().map(|c| Group {
@@ -93,10 +106,15 @@ pub fn delivered(r: &Report, path: &Path) -> anyhow::Result<()> {
             .enumerate()
             .filter_map(|(i, g)| {
                 g.bars[k].map(|v| {
-                    // kxdp and kernel side by side; the ceiling alone in its group.
-                    let slot = if k == 2 { 0.5 } else { k as f64 };
-                    let x0 = i as f64 + 0.2 + 0.3 * slot;
-                    Rectangle::new([(x0, 0.0), (x0 + 0.28, v / 1e3)], color.filled())
+                    // kxdp and kernel side by side; the ceiling alone in its
+                    // group, or third beside them (one-hop scenarios).
+                    let x0 = if g.bars.iter().all(Option::is_some) {
+                        i as f64 + 0.1 + 0.27 * k as f64
+                    } else {
+                        let slot = if k == 2 { 0.5 } else { k as f64 };
+                        i as f64 + 0.2 + 0.3 * slot
+                    };
+                    Rectangle::new([(x0, 0.0), (x0 + 0.26, v / 1e3)], color.filled())
                 })
             })
             .collect();

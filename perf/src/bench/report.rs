@@ -122,6 +122,83 @@ pub fn headline(r: &Report) -> String {
     s
 }
 
+fn pps_or_dash(v: Option<f64>) -> String {
+    v.map(pps).unwrap_or_else(|| "–".into())
+}
+
+/// One-hop scenarios (pod-svc-hop) beside the testpmd ceiling of the same
+/// run: a table, one line per point (kxdp / ceiling), the frames tcpdump
+/// saw on the switch port.
+pub fn hop_section(r: &Report) -> String {
+    let mut s = String::new();
+    if r.hop_vs_ceiling.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "\n### One hop against the AF_XDP ceiling\n\n\
+         pod-svc-hop: a pod's frames to the ClusterIP, conntrack + DNAT + VXLAN encap on n1, \
+         counted by the sink on the switch end of n1's uplink veth (probes inside VXLAN): one \
+         forwarding hop with the full work, against testpmd's io forward between two veths \
+         (one AF_XDP hop, no header work) at the same frame size and flows, from the same run. \
+         Medians of delivered pps (the frame size is the pod's frame; on the underlay it is \
+         50 B longer). Target: kxdp / ceiling >= 1.\n\n\
+         | scenario | frame | flows | kxdp | kernel | kxdp / kernel | testpmd ceiling | kxdp / ceiling | kernel / ceiling |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for h in &r.hop_vs_ceiling {
+        let _ = writeln!(
+            s,
+            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} |",
+            h.scenario,
+            h.size,
+            h.flows,
+            pps_or_dash(h.kxdp),
+            pps_or_dash(h.kernel),
+            plain_ratio(h.kxdp_over_kernel),
+            pps_or_dash(h.ceiling),
+            ratio_cell(h.kxdp_over_ceiling),
+            plain_ratio(h.kernel_over_ceiling)
+        );
+    }
+    s.push('\n');
+    for h in &r.hop_vs_ceiling {
+        let _ = writeln!(
+            s,
+            "- {} {} B {} flows: kxdp one hop {} pps vs AF_XDP ceiling {} pps: {} ({})",
+            h.scenario,
+            h.size,
+            h.flows,
+            pps_or_dash(h.kxdp),
+            pps_or_dash(h.ceiling),
+            plain_ratio(h.kxdp_over_ceiling),
+            match h.kxdp_over_ceiling {
+                Some(x) if x >= 1.0 => "at or above the ceiling",
+                Some(_) => "below the ceiling",
+                None => "no ratio",
+            }
+        );
+    }
+    if !r.underlay_frames.is_empty() {
+        s.push_str(
+            "\nOne of n1's VXLAN frames as tcpdump saw it on the switch port during the \
+             next-hop warm-up (sink on n2/p1, before the hop's sink attached there): the outer \
+             headers, which the sink's first-probe record does not show.\n\n\
+             | scenario | datapath | where | frame |\n|---|---|---|---|\n",
+        );
+        for w in &r.underlay_frames {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | `{}` |",
+                w.scenario,
+                w.datapath,
+                w.sent,
+                w.received.replace('|', "/").replace('`', "'")
+            );
+        }
+    }
+    s
+}
+
 /// svc-scale: the table switches and the big/small ratios.
 pub fn scale_section(r: &Report) -> String {
     let mut s = String::new();
@@ -232,11 +309,20 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- load average before / after: {} / {}\n",
+        "- load average before / after: {} / {}",
         r.load_before, r.load_after
     );
+    if !r.uptime_before.is_empty() {
+        let _ = writeln!(
+            s,
+            "- `uptime` before / after: `{}` / `{}`",
+            r.uptime_before, r.uptime_after
+        );
+    }
+    s.push('\n');
     s.push_str("## Headline\n\n");
     s.push_str(&headline(r));
+    s.push_str(&hop_section(r));
     s.push('\n');
     if cfg.out.join("delivered.png").exists() {
         s.push_str("![delivered packets per second](delivered.png)\n\n");

@@ -170,3 +170,74 @@ pub fn run_point(
     }
     Ok((g, s))
 }
+
+/// One frame captured with tcpdump (`-c 1`, bounded by `timeout`), started
+/// by PID inside a namespace: how the outer headers look on the underlay.
+pub struct Capture {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Capture {
+    /// `tcpdump -i iface -c 1 -nn -e -v FILTER` in `ns`, for at most
+    /// `limit_s` seconds; returns once tcpdump listens (or after 3 s).
+    pub fn start(
+        ns: &str,
+        iface: &str,
+        filter: &str,
+        limit_s: u64,
+        work: &Path,
+        tag: &str,
+    ) -> anyhow::Result<Capture> {
+        let out = work.join(format!("{tag}.tcpdump.txt"));
+        let err = work.join(format!("{tag}.tcpdump.log"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "timeout", &limit_s.to_string()])
+            .args(["tcpdump", "-i", iface, "-c", "1", "-nn", "-e", "-v", "-l"])
+            .arg(filter)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()
+            .context("starting tcpdump")?;
+        let mut c = Capture { child, out, err };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            let log = std::fs::read_to_string(&c.err).unwrap_or_default();
+            if log.contains("listening on") || c.child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(c)
+    }
+
+    /// Waits for tcpdump (bounded) and returns the frame it printed, one
+    /// line, or why there is none. Removes its files.
+    pub fn finish(mut self, limit: Duration) -> String {
+        let st = wait_bounded(&mut self.child, limit);
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_file(&self.err);
+        let frame = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if frame.is_empty() {
+            format!(
+                "nothing captured ({}): {}",
+                match st {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("{e:#}"),
+                },
+                log.lines().last().unwrap_or("")
+            )
+        } else {
+            frame
+        }
+    }
+}

@@ -34,6 +34,13 @@ pub enum Kind {
     SvcScale,
     /// iperf3 through a TCP ClusterIP, pod TSO/GSO off and on (src/bench/tcp.rs).
     Tcp,
+    /// Generator -> sink packet rate like [`Kind::Pps`], with the sink on
+    /// the underlay right after the entry node's uplink (the switch port
+    /// of that node): one forwarding hop. The sink's XDP program takes
+    /// every frame the node sends, ARP included, so before it attaches
+    /// the harness warms up the same walk to its real destination (which
+    /// resolves the node's next hop) and pins that neighbour entry.
+    Hop,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +82,17 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Pps,
+    },
+    Scenario {
+        name: "pod-svc-hop",
+        walk: "n1/p1 -> ClusterIP 10.96.0.20:5201/UDP as pod-svc, counted on the underlay right \
+               after n1's uplink (sink on the switch's port n1, probes inside VXLAN): one hop with \
+               DNAT + VXLAN encap on n1, nothing on n2 \
+               (kernel: kube-proxy nftables DNAT with numgen, conntrack; flannel.1)",
+        attach: Some(pod_svc_hop),
+        pending: "",
+        services: true,
+        kind: Kind::Hop,
     },
     Scenario {
         name: "ext-nodeport",
@@ -206,6 +224,34 @@ fn pod_svc(lab: &Lab) -> anyhow::Result<Attach> {
     })
 }
 
+/// pod-svc's frames, with the sink on the switch (`<prefix>-sw`) end of
+/// n1's uplink veth: the bridge port named after the node.
+fn pod_svc_hop(lab: &Lab) -> anyhow::Result<Attach> {
+    let a = pod_svc(lab).context("pod-svc-hop")?;
+    lab.node(ENTRY_NODE).context("pod-svc-hop")?;
+    Ok(Attach {
+        sink_ns: lab.switch_ns(),
+        sink_iface: ENTRY_NODE.into(),
+        note: if lab.kernel {
+            "kernel: kube-proxy nftables rule set on n1 and n2; n1 encapsulates through \
+             flannel.1; the sink takes the VXLAN frames on the switch port"
+                .into()
+        } else {
+            "the sink takes n1's VXLAN frames on the switch port".into()
+        },
+        ..a
+    })
+}
+
+/// The walk whose warm-up resolves `s`'s next hop before the sink of a
+/// [`Kind::Hop`] scenario attaches (the sink on the destination pod).
+pub fn resolve_walk(s: &Scenario) -> Option<AttachFn> {
+    match (s.kind, s.name) {
+        (Kind::Hop, "pod-svc-hop") => Some(pod_svc),
+        _ => None,
+    }
+}
+
 /// The outside client (P-ext) -> n1's underlay address and NodePort, to
 /// n1's uplink MAC; the sink sits on the endpoint's eth0.
 fn ext_nodeport(lab: &Lab) -> anyhow::Result<Attach> {
@@ -256,6 +302,12 @@ mod tests {
         assert!(!find("pod-pod-remote").unwrap().services);
         assert_eq!(find("svc-scale").unwrap().kind, Kind::SvcScale);
         assert_eq!(find("tcp-svc").unwrap().kind, Kind::Tcp);
+        let hop = find("pod-svc-hop").unwrap();
+        assert_eq!(hop.kind, Kind::Hop);
+        assert!(hop.services);
+        for s in SCENARIOS {
+            assert_eq!(s.kind == Kind::Hop, resolve_walk(s).is_some(), "{}", s.name);
+        }
         assert!(SCENARIOS.iter().all(|s| s.attach.is_some()));
         assert!(find("nope").is_none());
     }

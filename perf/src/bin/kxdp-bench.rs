@@ -26,7 +26,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "pod-pod-local,pod-pod-remote,pod-svc,ext-nodeport,svc-scale,tcp-svc"
+            default_value = "pod-pod-local,pod-pod-remote,pod-svc,pod-svc-hop,ext-nodeport,svc-scale,tcp-svc"
         )]
         scenarios: Vec<String>,
         #[arg(long, value_delimiter = ',', default_value = "64,1400")]
