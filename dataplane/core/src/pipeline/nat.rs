@@ -243,7 +243,7 @@ impl Pipeline {
         // Nothing is written to the frame before this point but a completed
         // checksum (`complete_partial_checksum`), which the owner keeps.
         if self.workers > 1 {
-            if let Some(w) = self.owner(t, node, &l, fe) {
+            if let Some(w) = self.owner(t, node, &key, fe) {
                 if w != self.worker {
                     return Nat::Done(Verdict::Handoff(w));
                 }
@@ -446,7 +446,13 @@ impl Pipeline {
     /// flow: the one its client side hashes to. A packet to a frontend shows
     /// the client as its source; a reply, as its destination (an SNAT port
     /// of this node, or anything a backend sends to).
-    fn owner(&self, t: &Tables, node: &NodeInfo, l: &L4, fe: Option<&Frontend>) -> Option<u16> {
+    fn owner(
+        &self,
+        t: &Tables,
+        node: &NodeInfo,
+        l: &FlowKey,
+        fe: Option<&Frontend>,
+    ) -> Option<u16> {
         if let Some(fe) = fe {
             return Some(self.side(node, l.src, l.sport, fe.steer_by_ip));
         }
@@ -482,24 +488,17 @@ impl Pipeline {
         let Some((q, _, _)) = quoted_flow(p) else {
             return Nat::Pass;
         };
-        if !self.ct.is_empty() && self.ct.lookup(&q.reversed()).is_some() {
+        // The quoted datagram reversed is a key of the flow's entry (its
+        // reply key about a request, its original key about a reply): the
+        // error belongs where a packet with that key is steered.
+        let k = q.reversed();
+        if !self.ct.is_empty() && self.ct.lookup(&k).is_some() {
             return Nat::Pass;
         }
-        // The quoted datagram went client -> backend (an error about a
-        // request), or frontend -> client (about a reply).
-        let owner = if let Some(&by_ip) = t.services.steer.get(&(q.dst, q.dport, q.proto)) {
-            self.side(node, q.src, q.sport, by_ip)
-        } else if let Some(fe) = t.services.frontend(q.src, q.proto, q.sport) {
-            self.side(node, q.dst, q.dport, fe.steer_by_ip)
-        } else if q.src == node.gateway_ip && is_snat_port(q.sport) {
-            self.side(node, q.src, q.sport, false)
-        } else {
-            return Nat::Pass;
-        };
-        if owner == self.worker {
-            Nat::Pass
-        } else {
-            Nat::Done(Verdict::Handoff(owner))
+        let fe = t.services.frontend(k.dst, k.proto, k.dport);
+        match self.owner(t, node, &k, fe) {
+            Some(w) if w != self.worker => Nat::Done(Verdict::Handoff(w)),
+            _ => Nat::Pass,
         }
     }
 
