@@ -476,8 +476,7 @@ make_host_interface() {
         '.[] | select(.name == $n) | [.host_interface, .host_peer, .cluster_cidr, .service_cidr] | map(tostring) | @tsv' \
         "$RUN_DIR/nodes.json")
     [[ -n $ours && $ours != null ]] || return 0
-    ip -n "$ns" link add "$ours" numtxqueues "$QUEUES" numrxqueues "$QUEUES" type veth \
-        peer name "$peer" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
+    veth "$ns" "$ours" "$ns" "$peer"
     tx_off "$ns" "$ours"
     tx_off "$ns" "$peer" tso off gso off
     ip -n "$ns" link set "$ours" up
