@@ -459,13 +459,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Steers receive processing of every interface of the lab's switch
-    /// namespace, and with `nodes` of its node namespaces, to `core` with
-    /// RPS. The kernel baseline steers both, so the kernel's forwarding runs
-    /// there and not on the generator's core; the kxdp lab steers only the
-    /// switch, so that the switch's work for frames from the outside client
-    /// is on the forwarding core in both labs. Returns the interfaces set.
-    pub fn steer_rps(&self, core: usize, nodes: bool) -> anyhow::Result<Vec<String>> {
+    /// Steers receive processing to `core` with RPS: of every interface of
+    /// the lab's node namespaces when `nodes`, and of every interface of its
+    /// switch namespace when `switch`. The kernel baseline steers its nodes,
+    /// so the kernel's forwarding runs there and not on the generator's
+    /// core; the switch (the underlay) is steered only on request
+    /// (`--switch-rps fwd`), in both labs alike. Returns the interfaces set,
+    /// as `namespace/device`.
+    pub fn steer_rps(&self, core: usize, nodes: bool, switch: bool) -> anyhow::Result<Vec<String>> {
         let mask = format!("{:x}", 1u64 << core);
         let mut set = Vec::new();
         let mut namespaces: Vec<String> = if nodes {
@@ -473,7 +474,9 @@ impl Lab {
         } else {
             Vec::new()
         };
-        namespaces.push(format!("{}-sw", self.prefix));
+        if switch {
+            namespaces.push(self.switch_ns());
+        }
         for ns in namespaces {
             let script = format!(
                 "for q in /sys/class/net/*/queues/rx-*/rps_cpus; do echo {mask} > \"$q\" && echo \"$q\"; done"

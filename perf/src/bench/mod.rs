@@ -45,8 +45,21 @@ pub struct BenchConfig {
     pub fwd_core: usize,
     pub ceiling: bool,
     pub kernel_rps: bool,
+    pub switch_rps: SwitchRps,
     pub latency: bool,
     pub command: String,
+}
+
+/// Where the switch namespace (bridge br0, the underlay) does its receive
+/// work, in both labs alike (`--switch-rps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwitchRps {
+    // Not doc comments: clap would list them in --help, where the option's
+    // own text explains both.
+    // Not steered: the softirq of whichever CPU transmitted into it.
+    None,
+    // RPS to the forwarding core (the ext-nodeport receive livelock).
+    Fwd,
 }
 
 /// The figures of one measurement run.
@@ -503,43 +516,34 @@ fn run_labs(
             cfg.fwd_core
         ),
     });
-    if cfg.kernel_rps {
-        let set = kl.steer_rps(cfg.fwd_core, true)?;
-        report.pinning.push(Pinning {
-            process: "kernel forwarding (softirq) of n1, n2 and the switch".into(),
-            cores: cfg.fwd_core.to_string(),
-            how: format!(
-                "RPS: rps_cpus = {:x} on rx-0 of all {} interfaces of the node and switch namespaces",
-                1u64 << cfg.fwd_core,
-                set.len()
-            ),
-        });
-        let set = kx.steer_rps(cfg.fwd_core, false)?;
-        report.pinning.push(Pinning {
-            process: "kxdp lab: the switch (bridge br0) namespace's softirq".into(),
-            cores: cfg.fwd_core.to_string(),
-            how: format!(
-                "RPS: rps_cpus = {:x} on rx-0 of its {} ports, as in the kernel lab: the switch's \
-                 work for the outside client's frames (ext-nodeport), and with it n1's XDP \
-                 receive of them, runs on the forwarding core in both labs",
-                1u64 << cfg.fwd_core,
-                set.len()
-            ),
-        });
-    } else {
-        report.not_pinned.push(
-            "Kernel forwarding was not steered (--no-kernel-rps): it runs in the generator's \
-             sendto() softirq on the generator's core."
-                .into(),
-        );
-    }
+    let switch = cfg.switch_rps == SwitchRps::Fwd;
+    let steered = Steered {
+        gen_core: cfg.gen_core,
+        fwd_core: cfg.fwd_core,
+        kernel_rps: cfg.kernel_rps,
+        switch_rps: cfg.switch_rps,
+        kernel_nodes: kl.steer_rps(cfg.fwd_core, cfg.kernel_rps, false)?.len(),
+        kernel_switch: kl.steer_rps(cfg.fwd_core, false, switch)?.len(),
+        kxdp_switch: kx.steer_rps(cfg.fwd_core, false, switch)?.len(),
+    };
+    let (pinning, not_pinned) = steered.entries();
+    report.pinning.extend(pinning);
+    report.not_pinned.extend(not_pinned);
     report.not_pinned.push(format!(
         "AF_XDP copy-mode receive on a veth (kxdp's XDP program on the pod veth and the copy \
          into its UMEM) runs in the softirq of the CPU that transmitted the frame: for the first \
-         hop that is the generator's sendto() on core {}; RPS does not apply to it (XDP runs \
+         hop that is the generator's sendto() on core {}{}; RPS does not apply to it (XDP runs \
          before RPS). Threaded NAPI could move it, but a kthread sharing a core with a \
          busy-polling worker made every AF_XDP forwarder slower in a trial, so it is not used.",
-        cfg.gen_core
+        cfg.gen_core,
+        if switch {
+            format!(
+                " (ext-nodeport: the switch's softirq, on core {} by --switch-rps fwd)",
+                cfg.fwd_core
+            )
+        } else {
+            String::new()
+        }
     ));
     report.not_pinned.push(
         "kxdp-control (idle during measurement) and the colleagues' builds are not pinned: \
@@ -613,6 +617,66 @@ fn run_labs(
         kl.unload_kube_proxy();
     }
     Ok(())
+}
+
+/// What `run_labs` steered with RPS, for the report's Cores table.
+struct Steered {
+    gen_core: usize,
+    fwd_core: usize,
+    kernel_rps: bool,
+    switch_rps: SwitchRps,
+    /// Interfaces steered: of the kernel lab's node namespaces, of its
+    /// switch namespace, of the kxdp lab's switch namespace.
+    kernel_nodes: usize,
+    kernel_switch: usize,
+    kxdp_switch: usize,
+}
+
+impl Steered {
+    /// The Cores table's entries: (pinned, not pinned).
+    fn entries(&self) -> (Vec<Pinning>, Vec<String>) {
+        let mask = 1u64 << self.fwd_core;
+        let mut pinned = Vec::new();
+        let mut not_pinned = Vec::new();
+        if self.kernel_rps {
+            pinned.push(Pinning {
+                process: "kernel lab: forwarding (softirq) of n1 and n2".into(),
+                cores: self.fwd_core.to_string(),
+                how: format!(
+                    "RPS: rps_cpus = {mask:x} on rx-0 of all {} interfaces of the node namespaces",
+                    self.kernel_nodes
+                ),
+            });
+        } else {
+            not_pinned.push(format!(
+                "Kernel forwarding was not steered (--no-kernel-rps): it runs in the generator's \
+                 sendto() softirq on core {}.",
+                self.gen_core
+            ));
+        }
+        match self.switch_rps {
+            SwitchRps::Fwd => pinned.push(Pinning {
+                process: "the switch (bridge br0, the underlay) of both labs: its softirq".into(),
+                cores: self.fwd_core.to_string(),
+                how: format!(
+                    "--switch-rps fwd: RPS rps_cpus = {mask:x} on rx-0 of all interfaces of the \
+                     switch namespace ({} in the kxdp lab, {} in the kernel lab); the outside \
+                     client's frames are switched on the forwarding core, which livelocks kxdp \
+                     in ext-nodeport (perf/results/2026-11-26-forwarding-core-profiles.md)",
+                    self.kxdp_switch, self.kernel_switch
+                ),
+            }),
+            SwitchRps::None => not_pinned.push(format!(
+                "The switch (bridge br0, the underlay) is not steered in either lab \
+                 (--switch-rps none): its receive work runs in the softirq of the CPU that \
+                 transmitted into it, core {} (the generator's) for the outside client's frames \
+                 and the core a node forwarded on for the frames it forwards; the same in both \
+                 labs.",
+                self.gen_core
+            )),
+        }
+        (pinned, not_pinned)
+    }
 }
 
 /// Before a [`Kind::Hop`] scenario: the warm-up of the same frames to
@@ -1161,5 +1225,49 @@ mod tests {
         ));
         assert!(md.contains("| pod-svc-hop | 1400 B | 1000 | 150 k | 100 k | 1.50x | – | – | – |"));
         assert!(report::hop_section(&report()).is_empty());
+    }
+
+    fn steered(kernel_rps: bool, switch_rps: SwitchRps) -> Steered {
+        let on = switch_rps == SwitchRps::Fwd;
+        Steered {
+            gen_core: 0,
+            fwd_core: 1,
+            kernel_rps,
+            switch_rps,
+            kernel_nodes: if kernel_rps { 8 } else { 0 },
+            kernel_switch: if on { 6 } else { 0 },
+            kxdp_switch: if on { 6 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn the_cores_table_says_where_the_switch_runs() {
+        let (pinned, not_pinned) = steered(true, SwitchRps::None).entries();
+        assert_eq!(pinned.len(), 1, "only the kernel nodes: {pinned:?}");
+        assert_eq!(
+            pinned[0].process,
+            "kernel lab: forwarding (softirq) of n1 and n2"
+        );
+        assert_eq!(
+            pinned[0].how,
+            "RPS: rps_cpus = 2 on rx-0 of all 8 interfaces of the node namespaces"
+        );
+        assert_eq!(not_pinned.len(), 1);
+        assert!(not_pinned[0].contains("not steered in either lab (--switch-rps none)"));
+        assert!(not_pinned[0].contains("core 0 (the generator's) for the outside client's"));
+        assert!(not_pinned[0].contains("the same in both labs"));
+
+        let (pinned, not_pinned) = steered(true, SwitchRps::Fwd).entries();
+        assert_eq!(pinned.len(), 2);
+        assert_eq!((pinned[1].cores.as_str(), not_pinned.len()), ("1", 0));
+        assert!(pinned[1].how.contains("--switch-rps fwd: RPS rps_cpus = 2"));
+        assert!(pinned[1]
+            .how
+            .contains("(6 in the kxdp lab, 6 in the kernel lab)"));
+
+        let (pinned, not_pinned) = steered(false, SwitchRps::Fwd).entries();
+        assert_eq!(pinned.len(), 1, "the switch only: {pinned:?}");
+        assert!(pinned[0].process.starts_with("the switch"));
+        assert!(not_pinned[0].starts_with("Kernel forwarding was not steered (--no-kernel-rps)"));
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use kxdp_perf::bench::{report, run_bench, scenarios, BenchConfig};
+use kxdp_perf::bench::{report, run_bench, scenarios, BenchConfig, SwitchRps};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,13 @@ enum Cmd {
         /// Do not steer the kernel's forwarding to --fwd-core with RPS.
         #[arg(long)]
         no_kernel_rps: bool,
+        /// Where the switch (the underlay network) does its receive work:
+        /// `none` steers it in neither lab, so it runs in the softirq of the
+        /// CPU that transmitted into it; `fwd` steers it to --fwd-core with
+        /// RPS in both labs, which reproduces the ext-nodeport receive
+        /// livelock of perf/results/2026-11-26-forwarding-core-profiles.md.
+        #[arg(long, value_enum, default_value = "none")]
+        switch_rps: SwitchRps,
         /// Skip the latency runs at half the maximum rate.
         #[arg(long)]
         no_latency: bool,
@@ -118,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             fwd_core,
             no_ceiling,
             no_kernel_rps,
+            switch_rps,
             no_latency,
             bin_dir,
         } => {
@@ -181,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                 fwd_core,
                 ceiling: !no_ceiling,
                 kernel_rps: !no_kernel_rps,
+                switch_rps,
                 latency: !no_latency,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
@@ -189,5 +198,34 @@ fn main() -> anyhow::Result<()> {
             println!("report: {}", out.join("report.md").display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn switch_rps(args: &[&str]) -> Result<SwitchRps, clap::Error> {
+        let argv = ["kxdp-bench", "run"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.cmd {
+            Cmd::Run { switch_rps, .. } => Ok(switch_rps),
+            Cmd::List => unreachable!("parsed `run`"),
+        }
+    }
+
+    #[test]
+    fn switch_rps_defaults_to_none_and_takes_fwd() {
+        Cli::command().debug_assert();
+        assert_eq!(switch_rps(&[]).unwrap(), SwitchRps::None);
+        assert_eq!(
+            switch_rps(&["--switch-rps", "none"]).unwrap(),
+            SwitchRps::None
+        );
+        assert_eq!(
+            switch_rps(&["--switch-rps", "fwd"]).unwrap(),
+            SwitchRps::Fwd
+        );
+        assert!(switch_rps(&["--switch-rps", "nodes"]).is_err());
     }
 }
