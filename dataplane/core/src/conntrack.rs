@@ -339,6 +339,8 @@ pub struct Conntrack {
     /// xorshift64 state for eviction sampling.
     rng: u64,
     timeouts: Timeouts,
+    /// `timeouts.min()`, for the flow cache's touch.
+    min_timeout: u64,
     stats: CtStats,
 }
 
@@ -379,6 +381,7 @@ impl Conntrack {
             gc_cursor: 0,
             rng: splitmix64(&mut s) | 1,
             timeouts,
+            min_timeout: timeouts.min(),
             stats: CtStats::default(),
         }
     }
@@ -501,6 +504,32 @@ impl Conntrack {
         }
     }
 
+    /// The flow cache's touch: if slot `id` is live with `key` as its key in
+    /// direction `dir`, is `Established` (or not TCP) and was seen within
+    /// the shortest timeout (so it has not expired), marks it seen at
+    /// `now_ns` and returns true, as [`Conntrack::touch`] would for a segment
+    /// without SYN, FIN or RST. Otherwise changes nothing and returns false.
+    #[inline(always)]
+    pub fn touch_established(&mut self, id: u32, dir: Dir, key: &FlowKey, now_ns: u64) -> bool {
+        let min = self.min_timeout;
+        let Some(s) = self.slots.get_mut(id as usize) else {
+            return false;
+        };
+        let k = match dir {
+            Dir::Original => &s.entry.original,
+            Dir::Reply => &s.entry.reply,
+        };
+        if !s.live
+            || k != key
+            || !matches!(s.entry.tcp, TcpState::Established | TcpState::None)
+            || now_ns.saturating_sub(s.entry.last_seen_ns) > min
+        {
+            return false;
+        }
+        s.entry.last_seen_ns = s.entry.last_seen_ns.max(now_ns);
+        true
+    }
+
     /// True if entry `id` has been idle longer than its timeout at `now_ns`.
     ///
     /// # Panics
@@ -576,6 +605,7 @@ impl Conntrack {
     /// New timeouts apply to every entry from the next check on.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
+        self.min_timeout = timeouts.min();
     }
 
     // --- internals ---------------------------------------------------------

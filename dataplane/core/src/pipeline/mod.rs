@@ -19,8 +19,10 @@
 
 use core::net::Ipv4Addr;
 
+mod fast;
 mod nat;
 
+pub use fast::{FlowCache, MAX_FLOW_CACHE};
 pub use nat::{SvcCounters, SNAT_PORTS};
 
 use crate::conntrack::{Conntrack, FlowKey, Timeouts};
@@ -299,6 +301,13 @@ pub struct Pipeline {
     /// This worker's index and the number of workers (flow steering).
     worker: u16,
     workers: u16,
+    flows: FlowCache,
+    /// What the walk of the current packet noted for `flows`.
+    learn: fast::Learn,
+    /// Test builds: a twin without the flow cache that runs every batch
+    /// too; `process` asserts both did the same.
+    #[cfg(test)]
+    twin: Option<Box<Pipeline>>,
 }
 
 impl core::fmt::Debug for Pipeline {
@@ -331,6 +340,18 @@ impl Pipeline {
 
     /// A pipeline whose conntrack holds `capacity` flows.
     pub fn with_conntrack(capacity: usize, timeouts: Timeouts) -> Pipeline {
+        #[allow(unused_mut)]
+        let mut pl = Pipeline::bare(capacity, timeouts);
+        #[cfg(test)]
+        {
+            let mut twin = Pipeline::bare(capacity, timeouts);
+            twin.set_flow_cache(false);
+            pl.twin = Some(Box::new(twin));
+        }
+        pl
+    }
+
+    fn bare(capacity: usize, timeouts: Timeouts) -> Pipeline {
         Pipeline {
             counters: Counters::default(),
             icmp_tokens: ICMP_BURST,
@@ -339,6 +360,11 @@ impl Pipeline {
             nat: nat::NatState::new(AFFINITY_CAPACITY),
             worker: 0,
             workers: 1,
+            // An eighth of the conntrack: the flows that are busy.
+            flows: FlowCache::new(capacity / 8),
+            learn: fast::Learn::default(),
+            #[cfg(test)]
+            twin: None,
         }
     }
 
@@ -351,11 +377,19 @@ impl Pipeline {
         assert!(count >= 1 && index < count, "worker {index} of {count}");
         self.worker = index;
         self.workers = count;
+        #[cfg(test)]
+        if let Some(t) = self.twin.as_mut() {
+            t.set_worker(index, count);
+        }
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).
     pub fn count_drop(&mut self, r: DropReason) {
         self.counters.drops[r as usize] += 1;
+        #[cfg(test)]
+        if let Some(t) = self.twin.as_mut() {
+            t.count_drop(r);
+        }
     }
 
     pub fn counters(&self) -> &Counters {
@@ -385,6 +419,10 @@ impl Pipeline {
         if !self.ct.is_empty() {
             self.ct.gc(now_ns, IDLE_GC_BUDGET);
         }
+        #[cfg(test)]
+        if let Some(t) = self.twin.as_mut() {
+            t.maintain(now_ns);
+        }
     }
 
     /// Makes room for `n` services' counters (called when tables change,
@@ -393,10 +431,28 @@ impl Pipeline {
         if self.nat.svc.len() < n {
             self.nat.svc.resize(n, SvcCounters::default());
         }
+        #[cfg(test)]
+        if let Some(t) = self.twin.as_mut() {
+            t.reserve_services(n);
+        }
     }
 
     /// Runs every packet of the batch and sets its verdict.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        #[cfg(test)]
+        let twin = self.twin.take().map(|mut tw| {
+            let out = tw.run_copy(now_ns, t, pkts);
+            (tw, out)
+        });
+        self.run(now_ns, t, pkts);
+        #[cfg(test)]
+        if let Some((tw, out)) = twin {
+            self.same_as(&tw, &out, pkts);
+            self.twin = Some(tw);
+        }
+    }
+
+    fn run(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
         for p in pkts.iter_mut() {
             p.verdict = self.one(now_ns, t, p);
             match p.verdict {
@@ -423,11 +479,23 @@ impl Pipeline {
         if p.len < ETH || p.off.checked_add(p.len).is_none_or(|end| end > p.buf.len()) {
             return Verdict::Drop(DropReason::EthTruncated);
         }
-        match port.kind {
-            PortKind::Pod { ip } => self.on_pod(now, t, node, port, ip, p),
-            PortKind::Uplink => self.on_uplink(now, t, node, p),
+        let pod_ip = match port.kind {
+            PortKind::Pod { ip } => ip,
+            PortKind::Uplink => return self.on_uplink(now, t, node, p),
             // The node's kernel sends from the gateway address.
-            PortKind::Host { .. } => self.on_pod(now, t, node, port, node.gateway_ip, p),
+            PortKind::Host { .. } => node.gateway_ip,
+        };
+        match self.fast_path(now, t, node, pod_ip, p) {
+            Ok(v) => v,
+            Err(None) => self.on_pod(now, t, node, port, pod_ip, p),
+            Err(Some(probe)) => {
+                self.learn = fast::Learn::default();
+                let v = self.on_pod(now, t, node, port, pod_ip, p);
+                if let Verdict::Tx(out) = v {
+                    self.learn(t, &probe, p, out);
+                }
+                v
+            }
         }
     }
 
@@ -476,6 +544,7 @@ impl Pipeline {
                 if let Some(mac) = self.icmp_error_nat(p) {
                     return self.reply_external(t, p, mac);
                 }
+                self.note_nat(fast::Nat::Plain);
             }
             nat::Nat::Route {
                 external_reply: None,
@@ -514,6 +583,7 @@ impl Pipeline {
         let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
         eth.set_dst_addr(mac);
         eth.set_src_addr(info.mac);
+        self.note_l2(fast::L2::External);
         Verdict::Tx(uplink)
     }
 
@@ -634,6 +704,9 @@ impl Pipeline {
         }
         encap(p, node, uplink.1.mac, nh, r.vtep_ip, hash);
         self.counters.encapsulated += 1;
+        if forwarded {
+            self.note_l2(fast::L2::Encap);
+        }
         Verdict::Tx(uplink.0)
     }
 
@@ -668,6 +741,9 @@ impl Pipeline {
         eth.set_dst_addr(dst_mac);
         eth.set_src_addr(src_mac);
         self.counters.routed_local += 1;
+        if forwarded {
+            self.note_l2(fast::L2::Local);
+        }
         Verdict::Tx(port)
     }
 
@@ -845,6 +921,8 @@ impl Pipeline {
         reason: DropReason,
         outside: Option<EthernetAddress>,
     ) -> Verdict {
+        // An error is not what the flow's next packet gets.
+        self.note_nat(fast::Nat::None);
         let ip_off = p.off + ETH;
         let (src, dst, header_len, total_len, proto) = {
             let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
@@ -1127,3 +1205,45 @@ fn mix(a: u64, b: u64) -> u64 {
 mod service_tests;
 #[cfg(test)]
 mod tests;
+
+/// The flow cache's check in test builds: every batch also runs through a
+/// twin pipeline without it, which must decide and write the same.
+#[cfg(test)]
+impl Pipeline {
+    /// Runs a copy of the batch; returns each frame's verdict and bytes.
+    fn run_copy(&mut self, now: u64, t: &Tables, pkts: &[Packet<'_>]) -> Vec<(Verdict, Vec<u8>)> {
+        let mut bufs: Vec<Vec<u8>> = pkts.iter().map(|p| p.buf.to_vec()).collect();
+        let mut copy: Vec<Packet<'_>> = bufs
+            .iter_mut()
+            .zip(pkts)
+            .map(|(b, p)| Packet::new(b, p.off, p.len, p.port))
+            .collect();
+        self.run(now, t, &mut copy);
+        // A dropped frame's range may be anything (bad descriptors).
+        copy.iter()
+            .map(|p| match p.verdict {
+                Verdict::Drop(_) => (p.verdict, Vec::new()),
+                _ => (p.verdict, p.frame().to_vec()),
+            })
+            .collect()
+    }
+
+    fn same_as(&self, twin: &Pipeline, out: &[(Verdict, Vec<u8>)], pkts: &[Packet<'_>]) {
+        for (i, (p, (v, f))) in pkts.iter().zip(out).enumerate() {
+            assert_eq!(
+                p.verdict, *v,
+                "frame {i}: the flow cache and the walk disagree"
+            );
+            if !matches!(v, Verdict::Drop(_)) {
+                assert_eq!(
+                    p.frame(),
+                    &f[..],
+                    "frame {i}: the flow cache wrote other bytes"
+                );
+            }
+        }
+        assert_eq!(self.counters, twin.counters, "counters");
+        assert_eq!(self.nat.svc, twin.nat.svc, "service counters");
+        assert_eq!(self.ct.stats(), twin.ct.stats(), "conntrack");
+    }
+}

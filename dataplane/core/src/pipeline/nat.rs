@@ -285,7 +285,9 @@ impl Pipeline {
                 if e.backend == stamp && !(syn && e.tcp == TcpState::Closed) {
                     self.ct.touch(id, Dir::Original, l.tcp_flags, now);
                     let snat = (e.flags & F_SNAT != 0).then_some((e.reply.dst, e.reply.dport));
-                    rewrite(p, l, snat, Some((e.reply.src, e.reply.sport)));
+                    let dnat = Some((e.reply.src, e.reply.sport));
+                    rewrite(p, l, snat, dnat);
+                    self.note_ct(id, Dir::Original, e.service, snat, dnat);
                     self.count_svc(Some(e.service), p.len);
                     return Nat::Route {
                         external_reply: None,
@@ -326,7 +328,9 @@ impl Pipeline {
                 }
                 self.ct.touch(id, Dir::Original, l.tcp_flags, now);
                 let snat = (e.flags & F_SNAT != 0).then_some((e.reply.dst, e.reply.dport));
-                rewrite(p, l, snat, Some((e.reply.src, e.reply.sport)));
+                let dnat = Some((e.reply.src, e.reply.sport));
+                rewrite(p, l, snat, dnat);
+                self.note_ct(id, Dir::Original, e.service, snat, dnat);
                 self.count_svc(Some(e.service), p.len);
                 Nat::Route {
                     external_reply: None,
@@ -334,12 +338,10 @@ impl Pipeline {
             }
             Dir::Reply => {
                 self.ct.touch(id, Dir::Reply, l.tcp_flags, now);
-                rewrite(
-                    p,
-                    l,
-                    Some((e.original.dst, e.original.dport)),
-                    Some((e.original.src, e.original.sport)),
-                );
+                let src = Some((e.original.dst, e.original.dport));
+                let dst = Some((e.original.src, e.original.sport));
+                rewrite(p, l, src, dst);
+                self.note_ct(id, Dir::Reply, e.service, src, dst);
                 self.count_svc(Some(e.service), p.len);
                 Nat::Route {
                     external_reply: (e.flags & F_EXTERNAL != 0)
@@ -415,6 +417,9 @@ impl Pipeline {
             }
             match self.ct.insert(entry, now) {
                 Ok(id) => {
+                    // Either key may be a plainly routed flow in the cache.
+                    self.flows.forget(&entry.original);
+                    self.flows.forget(&entry.reply);
                     inserted = Some(id);
                     break;
                 }
@@ -439,6 +444,27 @@ impl Pipeline {
             .or_insert(0) += 1;
         Nat::Route {
             external_reply: None,
+        }
+    }
+
+    /// Notes an established entry's translation for the flow cache, if its
+    /// state lets later packets skip the walk (`Conntrack::touch_established`).
+    fn note_ct(
+        &mut self,
+        id: u32,
+        dir: Dir,
+        svc: u32,
+        src: Option<(Ipv4Addr, u16)>,
+        dst: Option<(Ipv4Addr, u16)>,
+    ) {
+        if matches!(self.ct.get(id).tcp, TcpState::Established | TcpState::None) {
+            self.note_nat(super::fast::Nat::Ct {
+                id,
+                dir,
+                svc,
+                src,
+                dst,
+            });
         }
     }
 
@@ -583,7 +609,7 @@ impl Pipeline {
         ethernet::EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr()
     }
 
-    fn count_svc(&mut self, service: Option<u32>, len: usize) {
+    pub(super) fn count_svc(&mut self, service: Option<u32>, len: usize) {
         if let Some(s) = service {
             let c = self.nat.svc_at(s);
             c.packets += 1;
@@ -704,6 +730,7 @@ fn quoted_flow(p: &Packet<'_>) -> Option<(FlowKey, usize, usize)> {
 }
 
 impl NatState {
+    #[inline]
     fn svc_at(&mut self, id: u32) -> &mut SvcCounters {
         let i = id as usize;
         if self.svc.len() <= i {

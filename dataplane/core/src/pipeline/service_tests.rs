@@ -2982,3 +2982,117 @@ fn partial_checksums_from_pods_and_the_host_are_completed() {
     assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
     assert_eq!(&out.frame[at..at + 2], &[0, 0]);
 }
+
+// ---------------------------------------------------------------------------
+// The flow cache (fast.rs). Every batch of every test here also runs through
+// a twin pipeline without the cache (`Pipeline::process` in test builds),
+// which must decide and write the same; these tests make sure the cache is
+// used, and cover what could make it stale.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn established_flows_in_both_directions_take_the_flow_cache() {
+    for backend in [LOCAL_BE, REMOTE_BE] {
+        let t = with_backends(&[ready(backend)]);
+        let mut pl = pipeline();
+        let csrc = (P1_IP, 42000);
+        let peer = Peer::of(backend.0);
+        send(
+            &mut pl,
+            T0,
+            &t,
+            Peer::P1,
+            &tcp_from(Peer::P1, csrc, FRONTEND, SYN, 1, 0, b""),
+        );
+        send(
+            &mut pl,
+            T0,
+            &t,
+            peer,
+            &tcp_from(peer, backend, csrc, SYN | ACK, 1, 2, b""),
+        );
+        let before = pl.flow_cache().hits();
+        for i in 0..20u32 {
+            let f = tcp_from(Peer::P1, csrc, FRONTEND, ACK, 2 + i, 2, b"data");
+            let d = delivered(&send(&mut pl, T0 + u64::from(i), &t, Peer::P1, &f));
+            assert_to(&d, peer);
+            assert_eq!(d.ip, natted(Peer::P1.ip(&f), None, Some(backend), 1));
+            // The backend's replies take it where it is local (a remote
+            // backend's come back through the uplink: not cached).
+            let r = tcp_from(peer, backend, csrc, ACK, 2, 3 + i, b"reply");
+            let d = delivered(&send(&mut pl, T0 + u64::from(i), &t, peer, &r));
+            assert_to(&d, Peer::P1);
+            assert_eq!(d.ip, natted(peer.ip(&r), Some(FRONTEND), None, 1));
+        }
+        // The first ACK of each direction takes the walk and teaches the cache.
+        let want = if backend == LOCAL_BE { 2 * 19 } else { 19 };
+        assert_eq!(pl.flow_cache().hits() - before, want, "{backend:?}");
+        assert_eq!(
+            tcp_state(&pl, key(TCP, csrc, FRONTEND)),
+            TcpState::Established
+        );
+        // A FIN is not for the cache: it moves the state.
+        let fin = tcp_from(Peer::P1, csrc, FRONTEND, FIN | ACK, 30, 2, b"");
+        let hits = pl.flow_cache().hits();
+        send(&mut pl, T0 + 30, &t, Peer::P1, &fin);
+        assert_eq!(pl.flow_cache().hits(), hits);
+        assert_eq!(tcp_state(&pl, key(TCP, csrc, FRONTEND)), TcpState::FinWait);
+    }
+}
+
+#[test]
+fn a_plainly_routed_flow_that_becomes_a_service_reply_is_translated() {
+    // p2 (the backend) talks to p1:5555 directly; the cache learns that
+    // route. Then p1 opens a UDP flow from 5555 to the service: p2's next
+    // datagram to p1:5555 is that flow's reply and must come from the
+    // frontend, not be routed as learnt.
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    let direct = udp_from(Peer::P2, LOCAL_BE, (P1_IP, 5555), b"direct");
+    for _ in 0..3 {
+        let d = delivered(&send(&mut pl, T0, &t, Peer::P2, &direct));
+        assert_eq!(d.ip, natted(Peer::P2.ip(&direct), None, None, 1));
+    }
+    assert_eq!(pl.flow_cache().hits(), 2);
+    let req = udp_from(Peer::P1, (P1_IP, 5555), FRONTEND, b"request");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &req));
+    assert_to(&d, Peer::P2);
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P2, &direct));
+    assert_to(&d, Peer::P1);
+    assert_eq!(d.ip, natted(Peer::P2.ip(&direct), Some(FRONTEND), None, 1));
+}
+
+#[test]
+fn a_new_table_snapshot_is_not_served_from_the_flow_cache() {
+    // A UDP flow to a remote backend, cached; the next snapshot has only
+    // the local backend: the flow's next datagram is re-balanced to it.
+    let t1 = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let req = udp_from(Peer::P1, (P1_IP, 6000), FRONTEND, b"q");
+    for _ in 0..3 {
+        assert_to(
+            &delivered(&send(&mut pl, T0, &t1, Peer::P1, &req)),
+            Peer::Remote,
+        );
+    }
+    assert_eq!(pl.flow_cache().hits(), 1);
+    let t2 = with_backends(&[ready(LOCAL_BE)]);
+    let d = delivered(&send(&mut pl, T0, &t2, Peer::P1, &req));
+    assert_to(&d, Peer::P2);
+    assert_eq!(pl.flow_cache().hits(), 1);
+}
+
+#[test]
+fn an_expired_entry_is_not_served_from_the_flow_cache() {
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let req = udp_from(Peer::P1, (P1_IP, 6001), FRONTEND, b"q");
+    for _ in 0..3 {
+        send(&mut pl, T0, &t, Peer::P1, &req);
+    }
+    let udp = pl.conntrack().timeouts().udp_ns;
+    let inserts = pl.conntrack().stats().inserts;
+    // Past the UDP timeout the entry is dead: the datagram opens a new flow.
+    send(&mut pl, T0 + udp + 1, &t, Peer::P1, &req);
+    assert_eq!(pl.conntrack().stats().inserts, inserts + 1);
+}

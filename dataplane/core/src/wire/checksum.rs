@@ -27,7 +27,7 @@ pub fn sum(data: &[u8]) -> u32 {
 
 /// [`sum`] of exactly 20 bytes (an IPv4 header without options, a TCP
 /// header without options): five 32-bit loads, no loop.
-#[inline]
+#[inline(always)]
 pub fn sum20(h: &[u8; 20]) -> u32 {
     let w = |i: usize| u64::from(u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     // Five 32-bit words: < 2^35, no carry lost.

@@ -1,0 +1,558 @@
+//! The flow cache: later packets of a flow skip the walk.
+//!
+//! The full walk of a pod's (or the host's) TCP/UDP packet notes what it
+//! decided: the translation (none, or a conntrack entry's DNAT/SNAT or
+//! un-NAT), the output port, and the Ethernet or VXLAN headers it wrote.
+//! [`FlowCache`] keeps that per 5-tuple and ingress port, with checksum
+//! deltas and the outer IPv4 header's partial sum precomputed. A later
+//! packet of the flow is validated, looked up, and patched: a few stores,
+//! two RFC 1624 updates and a header copy, byte for byte what the walk
+//! would have written (in test builds every batch is also run through a
+//! cacheless twin and compared: `Pipeline::process`).
+//!
+//! Only packets the walk would forward unchanged in shape use it: no SYN,
+//! FIN or RST (they move the TCP state), an `Established` (or UDP) entry
+//! seen within the shortest conntrack timeout, TTL above 1, no options or
+//! fragments, a valid header checksum, within the MTU; anything else takes
+//! the walk, which drops or answers it as before.
+//!
+//! An entry is valid in the tables snapshot it was learnt in
+//! ([`Tables::epoch`]) and, for a service flow, while its conntrack entry
+//! lives with the same key. Each conntrack insert forgets its two keys here
+//! (a flow routed plainly may become a service reply). Memory: a set of 4
+//! keys per cache line, 128 bytes of action per entry, sized once.
+
+use core::net::Ipv4Addr;
+
+use super::{Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
+use crate::conntrack::{Dir, FlowKey};
+use crate::tables::{NodeInfo, Tables};
+use crate::wire::{checksum, ipv4, tcp};
+
+/// Ways per set.
+const WAYS: usize = 4;
+/// Most entries a cache gets (32k flows: 4.5 MiB per worker).
+pub const MAX_FLOW_CACHE: usize = 1 << 15;
+/// `Action::ct` of a flow without a conntrack entry.
+const NO_CT: u32 = u32::MAX;
+/// Bytes of the VXLAN action's header: outer Ethernet, IPv4, UDP, VXLAN,
+/// then the inner destination and source MACs.
+const HDR: usize = ENCAP_LEN + 12;
+/// `Action::rw` bits: the source / destination address and port change.
+const RW_SRC: u8 = 1;
+const RW_DST: u8 = 2;
+
+/// A flow as the cache matches it: addresses, ports, protocol, ingress port.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[repr(C, align(16))]
+struct Key {
+    addrs: u64,
+    rest: u64,
+}
+
+impl Key {
+    fn new(k: &FlowKey, in_port: u16) -> Key {
+        Key {
+            addrs: u64::from(u32::from(k.src)) << 32 | u64::from(u32::from(k.dst)),
+            // The protocol is never 0 here, so no real key is all zeros.
+            rest: u64::from(k.sport) << 48
+                | u64::from(k.dport) << 32
+                | u64::from(k.proto) << 16
+                | u64::from(in_port),
+        }
+    }
+
+    /// Same flow, any ingress port.
+    fn same_flow(&self, o: &Key) -> bool {
+        self.addrs == o.addrs && self.rest >> 16 == o.rest >> 16
+    }
+}
+
+/// One set: its keys share a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Set([Key; WAYS]);
+
+/// What happens to the L2 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(super) enum L2 {
+    /// Nothing learnt.
+    #[default]
+    None,
+    /// New MACs, to a pod or the host (`routed_local`).
+    Local,
+    /// New MACs, straight back out the uplink (an outside client's reply).
+    External,
+    /// VXLAN to a remote node (`encapsulated`).
+    Encap,
+}
+
+/// A flow's precomputed work.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Action {
+    /// `Encap`: the headers in front of the inner IPv4 header; else the
+    /// new destination and source MACs in the first 12 bytes.
+    hdr: [u8; HDR],
+    out_port: u16,
+    /// `Tables::epoch + 1` when learnt; 0: never.
+    stamp: u32,
+    /// Conntrack entry `id << 1 | reply`, or [`NO_CT`].
+    ct: u32,
+    svc: u32,
+    new_src: [u8; 4],
+    new_dst: [u8; 4],
+    new_sport: [u8; 2],
+    new_dport: [u8; 2],
+    /// Partial sum of the outer IPv4 header without its length (`Encap`).
+    outer_sum: u32,
+    /// Partial sum of the pseudo-header without its length, as received.
+    pseudo: u32,
+    /// RFC 1624 `~m + m'` of every word the walk changes, folded.
+    ip_delta: u16,
+    l4_delta: u16,
+    rw: u8,
+    l2: L2,
+}
+
+const EMPTY: Action = Action {
+    hdr: [0; HDR],
+    out_port: 0,
+    stamp: 0,
+    ct: NO_CT,
+    svc: 0,
+    new_src: [0; 4],
+    new_dst: [0; 4],
+    new_sport: [0; 2],
+    new_dport: [0; 2],
+    outer_sum: 0,
+    pseudo: 0,
+    ip_delta: 0,
+    l4_delta: 0,
+    rw: 0,
+    l2: L2::None,
+};
+
+/// What the walk decided about the translation, noted for [`FlowCache`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) enum Nat {
+    /// Not noted (new flow, reject, hand-off, ...): don't learn.
+    #[default]
+    None,
+    /// No translation: a plain route.
+    Plain,
+    /// An established entry's translation.
+    Ct {
+        id: u32,
+        dir: Dir,
+        svc: u32,
+        src: Option<(Ipv4Addr, u16)>,
+        dst: Option<(Ipv4Addr, u16)>,
+    },
+}
+
+/// The walk's notes on one packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Learn {
+    pub nat: Nat,
+    pub l2: L2,
+}
+
+/// A packet the fast path looked at: its flow and its set.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Probe {
+    hkey: Key,
+    set: usize,
+}
+
+impl Probe {
+    fn key(&self) -> FlowKey {
+        let (a, r) = (self.hkey.addrs, self.hkey.rest);
+        FlowKey {
+            proto: (r >> 16) as u8,
+            src: Ipv4Addr::from((a >> 32) as u32),
+            dst: Ipv4Addr::from(a as u32),
+            sport: (r >> 48) as u16,
+            dport: (r >> 32) as u16,
+        }
+    }
+}
+
+/// The per-worker flow cache.
+pub struct FlowCache {
+    sets: Box<[Set]>,
+    actions: Box<[Action]>,
+    mask: usize,
+    /// Picks the way to replace in a full set.
+    clock: usize,
+    enabled: bool,
+    hits: u64,
+}
+
+impl FlowCache {
+    /// A cache of `entries` flows, rounded up to a power of two of at least
+    /// 4 sets, at most [`MAX_FLOW_CACHE`].
+    pub fn new(entries: usize) -> FlowCache {
+        let n = entries.clamp(4 * WAYS, MAX_FLOW_CACHE).next_power_of_two();
+        FlowCache {
+            sets: vec![Set::default(); n / WAYS].into_boxed_slice(),
+            actions: vec![EMPTY; n].into_boxed_slice(),
+            mask: n / WAYS - 1,
+            clock: 0,
+            enabled: true,
+            hits: 0,
+        }
+    }
+
+    /// Packets that took the fast path.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    pub fn capacity(&self) -> usize {
+        if self.enabled {
+            self.actions.len()
+        } else {
+            0
+        }
+    }
+
+    /// The set of a flow, whatever its ingress port.
+    #[inline]
+    fn set_of(&self, k: &Key) -> usize {
+        super::mix(k.addrs, k.rest >> 16) as usize & self.mask
+    }
+
+    /// Forgets `k` (from any ingress port): it just became a conntrack key.
+    pub(super) fn forget(&mut self, k: &FlowKey) {
+        let key = Key::new(k, 0);
+        let s = self.set_of(&key);
+        for w in 0..WAYS {
+            if self.sets[s].0[w].same_flow(&key) {
+                self.sets[s].0[w] = Key::default();
+                self.actions[s * WAYS + w].stamp = 0;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// RFC 1624 `~m + m'` for a 32-bit field, as `checksum::update_u32` adds it.
+fn delta32(old: u32, new: u32) -> u32 {
+    u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xFFFF)
+}
+
+/// Applies a folded delta: `checksum::update_*` in one step. One's
+/// complement addition is associative, zeros included (a fold is 0 only if
+/// every term is), so this equals the walk's updates in sequence.
+#[inline(always)]
+fn apply(csum: u16, delta: u16) -> u16 {
+    !checksum::fold(u32::from(!csum) + u32::from(delta))
+}
+
+impl Pipeline {
+    /// The fast path for a frame from a pod (or the host) at `pod_ip`.
+    /// `Ok`: done. `Err(Some)`: a miss the walk may teach. `Err(None)`: not
+    /// for the cache (the walk decides everything).
+    #[inline]
+    pub(super) fn fast_path(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        pod_ip: Ipv4Addr,
+        p: &mut Packet<'_>,
+    ) -> Result<Verdict, Option<Probe>> {
+        if !self.flows.enabled {
+            return Err(None);
+        }
+        let ip_off = p.off + ETH;
+        let frame = &p.buf[p.off..p.off + p.len];
+        // Ethernet, IPv4 without options, the first 8 bytes of TCP/UDP.
+        let Some(h) = frame.first_chunk::<{ ETH + IPV4_MIN + 8 }>() else {
+            return Err(None);
+        };
+        let ip: &[u8; IPV4_MIN] = h[ETH..ETH + IPV4_MIN].try_into().expect("in h");
+        if [h[12], h[13], ip[0]] != [0x08, 0x00, 0x45] {
+            return Err(None);
+        }
+        let total = be16(ip, 2) as usize;
+        let proto = ip[9];
+        let (l4_min, csum_at) = match proto {
+            ipv4::protocol::TCP => (20, 16),
+            ipv4::protocol::UDP => (8, 6),
+            _ => return Err(None),
+        };
+        if total < IPV4_MIN + l4_min
+            || ETH + total > p.len
+            || be16(ip, 6) & 0x3FFF != 0
+            || ip[8] <= 1
+            || ip[12..16] != pod_ip.octets()
+            || checksum::sum20(ip) != 0xFFFF
+        {
+            return Err(None);
+        }
+        let l4 = &h[ETH + IPV4_MIN..];
+        if proto == ipv4::protocol::TCP
+            && frame[ETH + IPV4_MIN + 13] & (tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST)
+                != 0
+        {
+            return Err(None);
+        }
+        let hkey = Key {
+            addrs: u64::from_be_bytes(ip[12..20].try_into().expect("in ip")),
+            rest: u64::from(u32::from_be_bytes(l4[..4].try_into().expect("in l4"))) << 32
+                | u64::from(proto) << 16
+                | u64::from(p.port),
+        };
+        let set = self.flows.set_of(&hkey);
+        let probe = Probe { hkey, set };
+        let Some(way) = self.flows.sets[set].0.iter().position(|k| *k == hkey) else {
+            return Err(Some(probe));
+        };
+        let ai = set * WAYS + way;
+        let a = &self.flows.actions[ai];
+        if a.stamp != t.epoch.wrapping_add(1)
+            || (a.l2 == L2::Encap && (total > node.pod_mtu as usize || p.off < ENCAP_LEN))
+        {
+            return Err(Some(probe));
+        }
+        let (ct, svc) = (a.ct, a.svc);
+        if ct != NO_CT {
+            let dir = if ct & 1 == 0 {
+                Dir::Original
+            } else {
+                Dir::Reply
+            };
+            if !self.ct.touch_established(ct >> 1, dir, &probe.key(), now) {
+                return Err(Some(probe));
+            }
+        }
+        let a = &self.flows.actions[ai];
+        let in_len = p.len;
+        // A pod with TX checksum offload leaves the pseudo-header sum for
+        // "hardware" to finish: rare, and the walk's code does it.
+        let field = be16(&frame[ETH + IPV4_MIN..], csum_at);
+        let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
+        if field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP) {
+            super::complete_partial_checksum(p, ip_off);
+        }
+        // The datagram: IPv4 header, transport header up to its checksum.
+        let (iph, l4h) = p.buf[ip_off..].split_at_mut(IPV4_MIN);
+        let iph: &mut [u8; IPV4_MIN] = iph.try_into().expect("checked above");
+        if a.rw & RW_SRC != 0 {
+            iph[12..16].copy_from_slice(&a.new_src);
+            l4h[0..2].copy_from_slice(&a.new_sport);
+        }
+        if a.rw & RW_DST != 0 {
+            iph[16..20].copy_from_slice(&a.new_dst);
+            l4h[2..4].copy_from_slice(&a.new_dport);
+        }
+        iph[8] -= 1;
+        let ipc = apply(be16(iph, 10), a.ip_delta);
+        iph[10..12].copy_from_slice(&ipc.to_be_bytes());
+        let l4c = be16(l4h, csum_at);
+        // UDP checksum 0 means "none"; a computed 0 is sent as 0xFFFF.
+        if a.rw != 0 && (proto == ipv4::protocol::TCP || l4c != 0) {
+            let mut c = apply(l4c, a.l4_delta);
+            if proto == ipv4::protocol::UDP && c == 0 {
+                c = 0xFFFF;
+            }
+            l4h[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        // Ethernet padding is not part of the datagram.
+        p.len = ETH + total;
+        let (l2, out_port) = (a.l2, a.out_port);
+        if l2 == L2::Encap {
+            let o = p.off - ENCAP_LEN;
+            let hdr: &mut [u8; HDR] = (&mut p.buf[o..o + HDR]).try_into().expect("headroom");
+            *hdr = a.hdr;
+            let outer_total = (IPV4_MIN + 16 + ETH + total) as u16;
+            hdr[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
+            let c = checksum::finish(a.outer_sum + u32::from(outer_total));
+            hdr[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+            let udp_len = outer_total - IPV4_MIN as u16;
+            hdr[ETH + IPV4_MIN + 4..ETH + IPV4_MIN + 6].copy_from_slice(&udp_len.to_be_bytes());
+            p.off = o;
+            p.len += ENCAP_LEN;
+            self.counters.encapsulated += 1;
+        } else {
+            p.buf[p.off..p.off + 12].copy_from_slice(&a.hdr[..12]);
+            if l2 == L2::Local {
+                self.counters.routed_local += 1;
+            }
+        }
+        if ct != NO_CT {
+            // Sized by the walk that taught the entry (`count_svc`); the
+            // vector never shrinks.
+            if let Some(c) = self.nat.svc.get_mut(svc as usize) {
+                c.packets += 1;
+                c.bytes += in_len as u64;
+            }
+        }
+        self.flows.hits += 1;
+        Ok(Verdict::Tx(out_port))
+    }
+
+    /// After the walk forwarded a probed packet out of `out_port`: caches
+    /// what it did, if it noted enough (`self.learn`).
+    pub(super) fn learn(&mut self, t: &Tables, pr: &Probe, p: &Packet<'_>, out_port: u16) {
+        let l = core::mem::take(&mut self.learn);
+        let (ct, svc, src, dst) = match l.nat {
+            Nat::None => return,
+            Nat::Plain => (NO_CT, 0, None, None),
+            Nat::Ct {
+                id,
+                dir,
+                svc,
+                src,
+                dst,
+            } => (id << 1 | u32::from(dir == Dir::Reply), svc, src, dst),
+        };
+        let key = pr.key();
+        let mut a = Action {
+            out_port,
+            pseudo: checksum::pseudo_header(key.src, key.dst, key.proto, 0),
+            stamp: t.epoch.wrapping_add(1),
+            ct,
+            svc,
+            l2: l.l2,
+            // The TTL/protocol word drops by 0x0100: `~m + m'` = 0xFEFF.
+            ip_delta: 0,
+            ..EMPTY
+        };
+        let mut ip_sum: u32 = 0xFEFF;
+        let mut l4_sum: u32 = 0;
+        let mut field = |old: (Ipv4Addr, u16), new: (Ipv4Addr, u16)| {
+            let d = delta32(u32::from(old.0), u32::from(new.0));
+            ip_sum += d;
+            l4_sum += d + u32::from(!old.1) + u32::from(new.1);
+        };
+        if let Some(s) = src {
+            field((key.src, key.sport), s);
+            a.rw |= RW_SRC;
+            a.new_src = s.0.octets();
+            a.new_sport = s.1.to_be_bytes();
+        }
+        if let Some(d) = dst {
+            field((key.dst, key.dport), d);
+            a.rw |= RW_DST;
+            a.new_dst = d.0.octets();
+            a.new_dport = d.1.to_be_bytes();
+        }
+        a.ip_delta = checksum::fold(ip_sum);
+        a.l4_delta = checksum::fold(l4_sum);
+        let out = p.frame();
+        match l.l2 {
+            L2::None => return,
+            L2::Encap => {
+                let Some(h) = out.first_chunk::<HDR>() else {
+                    return;
+                };
+                a.hdr = *h;
+                // The outer header's sum without its length and checksum.
+                let mut ip: [u8; IPV4_MIN] = h[ETH..ETH + IPV4_MIN].try_into().expect("in h");
+                ip[2..4].fill(0);
+                ip[10..12].fill(0);
+                a.outer_sum = checksum::sum20(&ip);
+            }
+            L2::Local | L2::External => {
+                let Some(h) = out.first_chunk::<12>() else {
+                    return;
+                };
+                a.hdr[..12].copy_from_slice(h);
+            }
+        }
+        let set = &mut self.flows.sets[pr.set].0;
+        let way = match set.iter().position(|k| *k == pr.hkey) {
+            Some(w) => w,
+            None => match (0..WAYS).find(|&w| set[w] == Key::default()) {
+                Some(w) => w,
+                None => {
+                    self.flows.clock = self.flows.clock.wrapping_add(1);
+                    self.flows.clock % WAYS
+                }
+            },
+        };
+        set[way] = pr.hkey;
+        self.flows.actions[pr.set * WAYS + way] = a;
+    }
+
+    /// Notes for the cache; no-ops cost a store on the walk.
+    #[inline]
+    pub(super) fn note_l2(&mut self, l2: L2) {
+        self.learn.l2 = l2;
+    }
+
+    #[inline]
+    pub(super) fn note_nat(&mut self, nat: Nat) {
+        self.learn.nat = nat;
+    }
+
+    /// The flow cache (hits, capacity).
+    pub fn flow_cache(&self) -> &FlowCache {
+        &self.flows
+    }
+
+    /// Turns the flow cache off (`false`) or back on; either way it
+    /// starts empty.
+    pub fn set_flow_cache(&mut self, on: bool) {
+        self.flows.sets.fill(Set::default());
+        self.flows.enabled = on;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::vectors::XorShift;
+
+    /// One folded delta applied once equals the walk's updates one by one
+    /// (`rewrite_headers`: source then destination, address then port;
+    /// `decrement_ttl`), for every checksum value, 0x0000 and 0xFFFF too.
+    #[test]
+    fn one_delta_equals_the_updates_in_sequence() {
+        let mut rng = XorShift(0xFA57_0000_0000_0001);
+        for i in 0..200_000u32 {
+            let csum = match i % 4 {
+                0 => 0x0000,
+                1 => 0xFFFF,
+                _ => rng.next_u64() as u16,
+            };
+            let r = rng.next_u64();
+            let (old_a, new_a) = (r as u32, (r >> 32) as u32);
+            let r = rng.next_u64();
+            let (old_b, new_b) = (r as u32, (r >> 32) as u32);
+            let r = rng.next_u64();
+            let ports = [
+                r as u16,
+                (r >> 16) as u16,
+                (r >> 32) as u16,
+                (r >> 48) as u16,
+            ];
+            // Sometimes nothing changes: the walk still applies the update.
+            let new_a = if i % 7 == 0 { old_a } else { new_a };
+            let both = i % 3 != 0;
+
+            let mut ip = checksum::update_u32(csum, old_a, new_a);
+            let mut l4 = checksum::update_u32(csum, old_a, new_a);
+            l4 = checksum::update_u16(l4, ports[0], ports[1]);
+            let mut ip_sum = 0xFEFF + delta32(old_a, new_a);
+            let mut l4_sum = delta32(old_a, new_a) + u32::from(!ports[0]) + u32::from(ports[1]);
+            if both {
+                ip = checksum::update_u32(ip, old_b, new_b);
+                l4 = checksum::update_u32(l4, old_b, new_b);
+                l4 = checksum::update_u16(l4, ports[2], ports[3]);
+                ip_sum += delta32(old_b, new_b);
+                l4_sum += delta32(old_b, new_b) + u32::from(!ports[2]) + u32::from(ports[3]);
+            }
+            ip = !checksum::fold(u32::from(!ip) + 0xFEFF);
+            assert_eq!(apply(csum, checksum::fold(ip_sum)), ip, "ip {i}");
+            assert_eq!(apply(csum, checksum::fold(l4_sum)), l4, "l4 {i}");
+        }
+    }
+}
