@@ -25,6 +25,7 @@ BIN_DIR=$(abspath "${KXDP_BIN_DIR:-$ROOT/target/release}")
 KERNEL_NODES=${KXDP_KERNEL_NODES:-}
 CORES=${KXDP_LAB_CORES:-0 1}
 XDP_MODE=${KXDP_XDP_MODE:-}
+FLOW_CACHE=${KXDP_FLOW_CACHE:-1}
 QUEUES=${KXDP_LAB_QUEUES:-1}
 export RUST_LOG=${RUST_LOG:-info}
 
@@ -80,6 +81,8 @@ Environment:
                     order, reused round-robin (default "0 1"); an entry may be a
                     comma list, one core per worker (e.g. "0,1 1,0")
   KXDP_XDP_MODE     native|generic, passed to kxdp-dataplane --xdp-mode (default: its own)
+  KXDP_FLOW_CACHE=0 run the dataplanes with --no-flow-cache (every packet takes
+                    the full walk; for comparisons)
   KXDP_LAB_QUEUES   RX/TX queues of every veth, 1..8, and so workers per kxdp
                     dataplane (one per queue; default 1). With more than one,
                     either direction of a flow may arrive at any worker: the
@@ -494,6 +497,7 @@ make_kxdp_node() {
     make_host_interface "$n"
     args=(--socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core")
     [[ -n $XDP_MODE ]] && args+=(--xdp-mode "$XDP_MODE")
+    [[ $FLOW_CACHE == 0 ]] && args+=(--no-flow-cache)
     printf '%s\n' "${args[@]}" >"$RUN_DIR/$n.args"
     start_dataplane "$n"
 }

@@ -37,6 +37,8 @@ pub struct EngineConfig {
     pub cores: Vec<usize>,
     pub xdp_mode: XdpMode,
     pub copy_mode: bool,
+    /// The workers' flow caches (`kxdp_core::pipeline::FlowCache`).
+    pub flow_cache: bool,
 }
 
 /// Why a write was refused. Nothing was applied.
@@ -114,7 +116,7 @@ impl Engine {
                 .get(i)
                 .copied()
                 .or_else(|| (!cfg.cores.is_empty()).then(|| cfg.cores[i % cfg.cores.len()]));
-            workers.push(WorkerHandle::spawn(i, core, mesh.clone())?);
+            workers.push(WorkerHandle::spawn(i, core, cfg.flow_cache, mesh.clone())?);
         }
         Ok(Engine {
             cfg,

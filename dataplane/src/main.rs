@@ -33,6 +33,10 @@ struct Args {
     /// Force AF_XDP copy mode (veth is always copy mode anyway).
     #[arg(long)]
     copy: bool,
+    /// Turn off the per-worker flow cache: every packet takes the full walk
+    /// (same output, more work; for comparisons and debugging).
+    #[arg(long)]
+    no_flow_cache: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             cores: args.cores.clone(),
             xdp_mode: args.xdp_mode,
             copy_mode: args.copy,
+            flow_cache: !args.no_flow_cache,
         },
         boot_id.clone(),
     )

@@ -236,14 +236,20 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WorkerHandle {
     /// Starts worker `index` of `mesh` (socket queue = index), pinned to
-    /// `core`.
-    pub fn spawn(index: usize, core: Option<usize>, mesh: Arc<Mesh>) -> io::Result<WorkerHandle> {
+    /// `core`, with or without a flow cache.
+    pub fn spawn(
+        index: usize,
+        core: Option<usize>,
+        flow_cache: bool,
+        mesh: Arc<Mesh>,
+    ) -> io::Result<WorkerHandle> {
         let (tx, rx) = bounded(64);
         let wake = mesh.wakes[index].clone();
         let stats = Arc::new(SharedStats::new());
         let umem = Umem::new()?;
         let mut pipeline = Pipeline::new();
         pipeline.set_worker(index as u16, mesh.len() as u16);
+        pipeline.set_flow_cache(flow_cache);
         let w = Worker {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::new(),
