@@ -27,7 +27,7 @@ use core::net::Ipv4Addr;
 use super::{Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, FlowKey};
 use crate::tables::{NodeInfo, Tables};
-use crate::wire::{checksum, ipv4, tcp};
+use crate::wire::{checksum, ipv4, tcp, vxlan};
 
 /// Ways per set.
 const WAYS: usize = 4;
@@ -113,6 +113,8 @@ struct Action {
     l4_delta: u16,
     rw: u8,
     l2: L2,
+    /// Learnt from a VXLAN frame's inner frame.
+    decap: bool,
 }
 
 const EMPTY: Action = Action {
@@ -131,7 +133,50 @@ const EMPTY: Action = Action {
     l4_delta: 0,
     rw: 0,
     l2: L2::None,
+    decap: false,
 };
+
+/// Where a frame came from, for the fast path.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum From {
+    /// A pod (or the host), which may only send from this address.
+    Pod(Ipv4Addr),
+    /// The uplink: VXLAN from another node, or an outside client.
+    Uplink,
+}
+
+/// For a frame on the uplink: where the frame the cache is about starts and
+/// its length. VXLAN from another node (outer headers validated as the walk
+/// does): the inner frame. Anything else: the frame itself (an outside
+/// client's), validated like a pod's. `None`: let the walk decide.
+#[inline]
+fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize)> {
+    const UDP_AT: usize = ETH + IPV4_MIN;
+    const VX_AT: usize = UDP_AT + 8;
+    let h = f.first_chunk::<{ VX_AT + 8 }>()?;
+    let ip: &[u8; IPV4_MIN] = h[ETH..UDP_AT].try_into().expect("in h");
+    if [h[12], h[13], ip[0]] != [0x08, 0x00, 0x45] || ip[16..20] != node.underlay_ip.octets() {
+        return None;
+    }
+    if ip[9] != ipv4::protocol::UDP || be16(h, UDP_AT + 2) != node.vxlan_port {
+        return Some((0, f.len()));
+    }
+    let total = be16(ip, 2) as usize;
+    let ulen = be16(h, UDP_AT + 4) as usize;
+    let vx = &h[VX_AT..];
+    if total < IPV4_MIN
+        || ETH + total > f.len()
+        || be16(ip, 6) & 0x3FFF != 0
+        || checksum::sum20(ip) != 0xFFFF
+        || ulen < 16
+        || ulen > total - IPV4_MIN
+        || vx[0] & vxlan::FLAG_I == 0
+        || u32::from_be_bytes([0, vx[4], vx[5], vx[6]]) != node.vni
+    {
+        return None;
+    }
+    Some((VX_AT + 8, ulen - 16))
+}
 
 /// What the walk decided about the translation, noted for [`FlowCache`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -163,6 +208,7 @@ pub(super) struct Learn {
 pub(super) struct Probe {
     hkey: Key,
     set: usize,
+    decap: bool,
 }
 
 impl Probe {
@@ -255,23 +301,32 @@ fn apply(csum: u16, delta: u16) -> u16 {
 }
 
 impl Pipeline {
-    /// The fast path for a frame from a pod (or the host) at `pod_ip`.
-    /// `Ok`: done. `Err(Some)`: a miss the walk may teach. `Err(None)`: not
-    /// for the cache (the walk decides everything).
-    #[inline]
+    /// The fast path for a frame from `from`. `Ok`: done. `Err(Some)`: a
+    /// miss the walk may teach. `Err(None)`: not for the cache (the walk
+    /// decides everything).
+    #[inline(always)]
     pub(super) fn fast_path(
         &mut self,
         now: u64,
         t: &Tables,
         node: &NodeInfo,
-        pod_ip: Ipv4Addr,
+        from: From,
         p: &mut Packet<'_>,
     ) -> Result<Verdict, Option<Probe>> {
         if !self.flows.enabled {
             return Err(None);
         }
-        let ip_off = p.off + ETH;
-        let frame = &p.buf[p.off..p.off + p.len];
+        // Where the frame the cache is about starts, and its length: after
+        // the outer headers of VXLAN from another node.
+        let (off, len, decap) = match from {
+            From::Pod(_) => (p.off, p.len, false),
+            From::Uplink => match uplink_inner(node, &p.buf[p.off..p.off + p.len]) {
+                Some((at, len)) => (p.off + at, len, at != 0),
+                None => return Err(None),
+            },
+        };
+        let ip_off = off + ETH;
+        let frame = &p.buf[off..off + len];
         // Ethernet, IPv4 without options, the first 8 bytes of TCP/UDP.
         let Some(h) = frame.first_chunk::<{ ETH + IPV4_MIN + 8 }>() else {
             return Err(None);
@@ -287,11 +342,17 @@ impl Pipeline {
             ipv4::protocol::UDP => (8, 6),
             _ => return Err(None),
         };
+        // (Frames on the uplink: only keys the walk forwarded are cached,
+        // so an outside client's reach only this node's address.)
+        let src_ok = match from {
+            From::Pod(ip_) => ip[12..16] == ip_.octets(),
+            From::Uplink => true,
+        };
         if total < IPV4_MIN + l4_min
-            || ETH + total > p.len
+            || ETH + total > len
             || be16(ip, 6) & 0x3FFF != 0
             || ip[8] <= 1
-            || ip[12..16] != pod_ip.octets()
+            || !src_ok
             || checksum::sum20(ip) != 0xFFFF
         {
             return Err(None);
@@ -310,14 +371,15 @@ impl Pipeline {
                 | u64::from(p.port),
         };
         let set = self.flows.set_of(&hkey);
-        let probe = Probe { hkey, set };
+        let probe = Probe { hkey, set, decap };
         let Some(way) = self.flows.sets[set].0.iter().position(|k| *k == hkey) else {
             return Err(Some(probe));
         };
         let ai = set * WAYS + way;
         let a = &self.flows.actions[ai];
         if a.stamp != t.epoch.wrapping_add(1)
-            || (a.l2 == L2::Encap && (total > node.pod_mtu as usize || p.off < ENCAP_LEN))
+            || a.decap != decap
+            || (a.l2 == L2::Encap && (total > node.pod_mtu as usize || off < ENCAP_LEN))
         {
             return Err(Some(probe));
         }
@@ -333,13 +395,14 @@ impl Pipeline {
             }
         }
         let a = &self.flows.actions[ai];
-        let in_len = p.len;
         // A pod with TX checksum offload leaves the pseudo-header sum for
         // "hardware" to finish: rare, and the walk's code does it.
-        let field = be16(&frame[ETH + IPV4_MIN..], csum_at);
-        let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
-        if field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP) {
-            super::complete_partial_checksum(p, ip_off);
+        if let From::Pod(_) = from {
+            let field = be16(&frame[ETH + IPV4_MIN..], csum_at);
+            let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
+            if field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP) {
+                super::complete_partial_checksum(p, ip_off);
+            }
         }
         // The datagram: IPv4 header, transport header up to its checksum.
         let (iph, l4h) = p.buf[ip_off..].split_at_mut(IPV4_MIN);
@@ -364,11 +427,15 @@ impl Pipeline {
             }
             l4h[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
+        if decap {
+            self.counters.decapsulated += 1;
+        }
         // Ethernet padding is not part of the datagram.
+        p.off = off;
         p.len = ETH + total;
         let (l2, out_port) = (a.l2, a.out_port);
         if l2 == L2::Encap {
-            let o = p.off - ENCAP_LEN;
+            let o = off - ENCAP_LEN;
             let hdr: &mut [u8; HDR] = (&mut p.buf[o..o + HDR]).try_into().expect("headroom");
             *hdr = a.hdr;
             let outer_total = (IPV4_MIN + 16 + ETH + total) as u16;
@@ -381,7 +448,7 @@ impl Pipeline {
             p.len += ENCAP_LEN;
             self.counters.encapsulated += 1;
         } else {
-            p.buf[p.off..p.off + 12].copy_from_slice(&a.hdr[..12]);
+            p.buf[off..off + 12].copy_from_slice(&a.hdr[..12]);
             if l2 == L2::Local {
                 self.counters.routed_local += 1;
             }
@@ -391,7 +458,7 @@ impl Pipeline {
             // vector never shrinks.
             if let Some(c) = self.nat.svc.get_mut(svc as usize) {
                 c.packets += 1;
-                c.bytes += in_len as u64;
+                c.bytes += len as u64;
             }
         }
         self.flows.hits += 1;
@@ -421,6 +488,7 @@ impl Pipeline {
             ct,
             svc,
             l2: l.l2,
+            decap: pr.decap,
             // The TTL/protocol word drops by 0x0100: `~m + m'` = 0xFEFF.
             ip_delta: 0,
             ..EMPTY

@@ -479,24 +479,25 @@ impl Pipeline {
         if p.len < ETH || p.off.checked_add(p.len).is_none_or(|end| end > p.buf.len()) {
             return Verdict::Drop(DropReason::EthTruncated);
         }
-        let pod_ip = match port.kind {
-            PortKind::Pod { ip } => ip,
-            PortKind::Uplink => return self.on_uplink(now, t, node, p),
+        let from = match port.kind {
+            PortKind::Pod { ip } => fast::From::Pod(ip),
+            PortKind::Uplink => fast::From::Uplink,
             // The node's kernel sends from the gateway address.
-            PortKind::Host { .. } => node.gateway_ip,
+            PortKind::Host { .. } => fast::From::Pod(node.gateway_ip),
         };
-        match self.fast_path(now, t, node, pod_ip, p) {
-            Ok(v) => v,
-            Err(None) => self.on_pod(now, t, node, port, pod_ip, p),
-            Err(Some(probe)) => {
-                self.learn = fast::Learn::default();
-                let v = self.on_pod(now, t, node, port, pod_ip, p);
-                if let Verdict::Tx(out) = v {
-                    self.learn(t, &probe, p, out);
-                }
-                v
-            }
+        let probe = match self.fast_path(now, t, node, from, p) {
+            Ok(v) => return v,
+            Err(probe) => probe,
+        };
+        self.learn = fast::Learn::default();
+        let v = match from {
+            fast::From::Pod(ip) => self.on_pod(now, t, node, port, ip, p),
+            fast::From::Uplink => self.on_uplink(now, t, node, p),
+        };
+        if let (Some(probe), Verdict::Tx(out)) = (probe, v) {
+            self.learn(t, &probe, p, out);
         }
+        v
     }
 
     fn on_pod(
@@ -817,6 +818,7 @@ impl Pipeline {
                 if let Some(mac) = self.icmp_error_nat(p) {
                     return self.reply_external(t, p, mac);
                 }
+                self.note_nat(fast::Nat::Plain);
             }
             nat::Nat::Route {
                 external_reply: None,
