@@ -107,6 +107,8 @@ pub struct CountersView {
     pub resets_sent: u64,
     /// Service packets passed to the worker owning their flow.
     pub handed_off: u64,
+    /// Packets the flow caches forwarded without the full walk.
+    pub flow_cache_hits: u64,
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub routed_local: u64,
@@ -178,6 +180,7 @@ impl CountersView {
             icmp_rate_limited: c.icmp_rate_limited,
             resets_sent: c.resets_sent,
             handed_off: c.handed_off,
+            flow_cache_hits: c.flow_cache_hits,
             encapsulated: c.encapsulated,
             decapsulated: c.decapsulated,
             routed_local: c.routed_local,
@@ -695,6 +698,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             "ICMP RATE LIMITED",
             "RESETS SENT",
             "HANDED OFF",
+            "FLOW CACHE HITS",
         ],
         &[vec![
             c.encapsulated.to_string(),
@@ -705,6 +709,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             c.icmp_rate_limited.to_string(),
             c.resets_sent.to_string(),
             c.handed_off.to_string(),
+            c.flow_cache_hits.to_string(),
         ]],
     ));
     out.push('\n');

@@ -892,6 +892,7 @@ impl Engine {
             resets_sent: c.resets_sent,
             icmp_rate_limited: c.icmp_rate_limited,
             handed_off: c.handed_off,
+            flow_cache_hits: c.flow_cache_hits,
         }
     }
 }

@@ -169,7 +169,7 @@ pub struct PortCounters {
     pub tx_ring_full: u64,
 }
 
-const MISC: usize = 8;
+const MISC: usize = 9;
 
 /// Counters a worker publishes for the manager to read: single writer,
 /// relaxed stores of the worker's own plain counters.
@@ -205,6 +205,7 @@ impl SharedStats {
         c.routed_local = m[5];
         c.resets_sent = m[6];
         c.handed_off = m[7];
+        c.flow_cache_hits = m[8];
         c
     }
 
@@ -714,6 +715,7 @@ impl Worker {
             c.routed_local,
             c.resets_sent,
             c.handed_off,
+            c.flow_cache_hits,
         ];
         for (s, v) in self.stats.misc.iter().zip(m) {
             s.store(v, Ordering::Relaxed);

@@ -338,7 +338,7 @@ fn bench_established(c: &mut Criterion) {
         assert_eq!(pl.conntrack().len(), FLOWS as usize);
         let inserts = pl.conntrack().stats().inserts;
         let next = Cell::new(0usize);
-        let hits_before = pl.flow_cache().hits();
+        let hits_before = pl.counters().flow_cache_hits;
         BATCHES.store(0, Ordering::Relaxed);
         g.bench_with_input(BenchmarkId::from_parameter(nsvc), &nsvc, |b, _| {
             b.iter_batched_ref(
@@ -355,7 +355,7 @@ fn bench_established(c: &mut Criterion) {
         if std::env::var_os("KXDP_BENCH_COUNT").is_some() {
             eprintln!(
                 "KXDP_BENCH_COUNT established/{nsvc} flow_cache_hits={} of {} packets",
-                pl.flow_cache().hits() - hits_before,
+                pl.counters().flow_cache_hits - hits_before,
                 BATCHES.load(Ordering::Relaxed) * BATCH_SIZE as u64
             );
         }

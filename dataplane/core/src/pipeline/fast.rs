@@ -232,7 +232,6 @@ pub struct FlowCache {
     /// Picks the way to replace in a full set.
     clock: usize,
     enabled: bool,
-    hits: u64,
 }
 
 impl FlowCache {
@@ -246,13 +245,7 @@ impl FlowCache {
             mask: n / WAYS - 1,
             clock: 0,
             enabled: true,
-            hits: 0,
         }
-    }
-
-    /// Packets that took the fast path.
-    pub fn hits(&self) -> u64 {
-        self.hits
     }
 
     pub fn capacity(&self) -> usize {
@@ -461,7 +454,7 @@ impl Pipeline {
                 c.bytes += len as u64;
             }
         }
-        self.flows.hits += 1;
+        self.counters.flow_cache_hits += 1;
         Ok(Verdict::Tx(out_port))
     }
 

@@ -3011,7 +3011,7 @@ fn established_flows_in_both_directions_take_the_flow_cache() {
             peer,
             &tcp_from(peer, backend, csrc, SYN | ACK, 1, 2, b""),
         );
-        let before = pl.flow_cache().hits();
+        let before = pl.counters().flow_cache_hits;
         for i in 0..20u32 {
             let f = tcp_from(Peer::P1, csrc, FRONTEND, ACK, 2 + i, 2, b"data");
             let d = delivered(&send(&mut pl, T0 + u64::from(i), &t, Peer::P1, &f));
@@ -3024,16 +3024,20 @@ fn established_flows_in_both_directions_take_the_flow_cache() {
             assert_eq!(d.ip, natted(peer.ip(&r), Some(FRONTEND), None, 1));
         }
         // The first ACK of each direction takes the walk and teaches the cache.
-        assert_eq!(pl.flow_cache().hits() - before, 2 * 19, "{backend:?}");
+        assert_eq!(
+            pl.counters().flow_cache_hits - before,
+            2 * 19,
+            "{backend:?}"
+        );
         assert_eq!(
             tcp_state(&pl, key(TCP, csrc, FRONTEND)),
             TcpState::Established
         );
         // A FIN is not for the cache: it moves the state.
         let fin = tcp_from(Peer::P1, csrc, FRONTEND, FIN | ACK, 30, 2, b"");
-        let hits = pl.flow_cache().hits();
+        let hits = pl.counters().flow_cache_hits;
         send(&mut pl, T0 + 30, &t, Peer::P1, &fin);
-        assert_eq!(pl.flow_cache().hits(), hits);
+        assert_eq!(pl.counters().flow_cache_hits, hits);
         assert_eq!(tcp_state(&pl, key(TCP, csrc, FRONTEND)), TcpState::FinWait);
     }
 }
@@ -3051,7 +3055,7 @@ fn a_plainly_routed_flow_that_becomes_a_service_reply_is_translated() {
         let d = delivered(&send(&mut pl, T0, &t, Peer::P2, &direct));
         assert_eq!(d.ip, natted(Peer::P2.ip(&direct), None, None, 1));
     }
-    assert_eq!(pl.flow_cache().hits(), 2);
+    assert_eq!(pl.counters().flow_cache_hits, 2);
     let req = udp_from(Peer::P1, (P1_IP, 5555), FRONTEND, b"request");
     let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &req));
     assert_to(&d, Peer::P2);
@@ -3073,11 +3077,11 @@ fn a_new_table_snapshot_is_not_served_from_the_flow_cache() {
             Peer::Remote,
         );
     }
-    assert_eq!(pl.flow_cache().hits(), 1);
+    assert_eq!(pl.counters().flow_cache_hits, 1);
     let t2 = with_backends(&[ready(LOCAL_BE)]);
     let d = delivered(&send(&mut pl, T0, &t2, Peer::P1, &req));
     assert_to(&d, Peer::P2);
-    assert_eq!(pl.flow_cache().hits(), 1);
+    assert_eq!(pl.counters().flow_cache_hits, 1);
 }
 
 #[test]

@@ -1842,6 +1842,7 @@ fn counters_merge_sums_every_field() {
     a.routed_local = 6;
     a.resets_sent = 7;
     a.handed_off = 8;
+    a.flow_cache_hits = 9;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -1850,6 +1851,7 @@ fn counters_merge_sums_every_field() {
     b.routed_local = 60;
     b.resets_sent = 70;
     b.handed_off = 80;
+    b.flow_cache_hits = 90;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -1865,6 +1867,7 @@ fn counters_merge_sums_every_field() {
         routed_local,
         resets_sent,
         handed_off,
+        flow_cache_hits,
     } = m;
     assert_eq!(
         [
@@ -1875,9 +1878,10 @@ fn counters_merge_sums_every_field() {
             decapsulated,
             routed_local,
             resets_sent,
-            handed_off
+            handed_off,
+            flow_cache_hits
         ],
-        [11, 22, 33, 44, 55, 66, 77, 88]
+        [11, 22, 33, 44, 55, 66, 77, 88, 99]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
