@@ -1,8 +1,9 @@
 //! The flow cache: later packets of a flow skip the walk.
 //!
-//! The full walk of a pod's (or the host's) TCP/UDP packet notes what it
-//! decided: the translation (none, or a conntrack entry's DNAT/SNAT or
-//! un-NAT), the output port, and the Ethernet or VXLAN headers it wrote.
+//! The full walk of a TCP/UDP packet from a pod, the host or the uplink
+//! (VXLAN from another node, or an outside client's NodePort flow) notes
+//! what it decided: the translation (none, or a conntrack entry's DNAT/SNAT
+//! or un-NAT), the output port, and the Ethernet or VXLAN headers it wrote.
 //! [`FlowCache`] keeps that per 5-tuple and ingress port, with checksum
 //! deltas and the outer IPv4 header's partial sum precomputed. A later
 //! packet of the flow is validated, looked up, and patched: a few stores,
@@ -20,7 +21,8 @@
 //! ([`Tables::epoch`]) and, for a service flow, while its conntrack entry
 //! lives with the same key. Each conntrack insert forgets its two keys here
 //! (a flow routed plainly may become a service reply). Memory: a set of 4
-//! keys per cache line, 128 bytes of action per entry, sized once.
+//! keys per cache line, 128 bytes of action per entry, sized once. The set
+//! hash is not keyed: flows aimed at one set only miss (take the walk).
 
 use core::net::Ipv4Addr;
 
@@ -248,6 +250,7 @@ impl FlowCache {
         }
     }
 
+    /// Flows it holds; 0 when turned off.
     pub fn capacity(&self) -> usize {
         if self.enabled {
             self.actions.len()
@@ -482,10 +485,9 @@ impl Pipeline {
             svc,
             l2: l.l2,
             decap: pr.decap,
-            // The TTL/protocol word drops by 0x0100: `~m + m'` = 0xFEFF.
-            ip_delta: 0,
             ..EMPTY
         };
+        // The TTL/protocol word drops by 0x0100: `~m + m'` = 0xFEFF.
         let mut ip_sum: u32 = 0xFEFF;
         let mut l4_sum: u32 = 0;
         let mut field = |old: (Ipv4Addr, u16), new: (Ipv4Addr, u16)| {
@@ -554,7 +556,7 @@ impl Pipeline {
         self.learn.nat = nat;
     }
 
-    /// The flow cache (hits, capacity).
+    /// The flow cache (its capacity; hits are in [`super::Counters`]).
     pub fn flow_cache(&self) -> &FlowCache {
         &self.flows
     }
