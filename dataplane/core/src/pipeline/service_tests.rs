@@ -3098,3 +3098,112 @@ fn an_expired_entry_is_not_served_from_the_flow_cache() {
     send(&mut pl, T0 + udp + 1, &t, Peer::P1, &req);
     assert_eq!(pl.conntrack().stats().inserts, inserts + 1);
 }
+
+#[test]
+fn mutated_frames_of_cached_flows_get_what_the_walk_gives_them() {
+    // Flows of every cached kind are established in one snapshot; then
+    // 20,000 frames of them, unchanged or with a few bytes changed (in the
+    // outer and inner headers mostly), go through the same pipeline. The
+    // twin without the cache (`Pipeline::process` in test builds) must
+    // decide and write the same for every one: a check the fast path
+    // forgot would show here.
+    const CHUNK: usize = 2048;
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let csrc = (P1_IP, 43000);
+    send(
+        &mut pl,
+        T0,
+        &t,
+        Peer::P1,
+        &tcp_from(Peer::P1, csrc, FRONTEND, SYN, 1, 0, b""),
+    );
+    let synack = tcp_from(Peer::Remote, REMOTE_BE, csrc, SYN | ACK, 1, 2, b"");
+    send(&mut pl, T0, &t, Peer::Remote, &synack);
+    let ack = tcp_from(Peer::P1, csrc, FRONTEND, ACK, 2, 2, b"data");
+    send(&mut pl, T0, &t, Peer::P1, &ack);
+    let client = udp_from(Peer::Client, (CLIENT_IP, 50001), NODE_FRONTEND, b"q");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &client));
+    let snat = tuple(&d.ip);
+    let seeds: Vec<(Peer, Vec<u8>)> = vec![
+        (Peer::P1, ack),
+        (
+            Peer::Remote,
+            tcp_from(Peer::Remote, REMOTE_BE, csrc, ACK, 2, 6, b"reply"),
+        ),
+        (
+            Peer::P1,
+            udp_from(Peer::P1, (P1_IP, 7000), (P2_IP, 7001), b"local"),
+        ),
+        (
+            Peer::P1,
+            udp_from(Peer::P1, (P1_IP, 7002), (REMOTE_POD_IP, 7003), b"away"),
+        ),
+        (
+            Peer::Remote,
+            udp_from(Peer::Remote, (REMOTE_POD_IP, 7004), (P1_IP, 7005), b"in"),
+        ),
+        (Peer::Client, client),
+        (
+            Peer::Remote,
+            udp_from(
+                Peer::Remote,
+                REMOTE_BE,
+                (snat.src, snat.sport),
+                b"nodeport reply",
+            ),
+        ),
+    ];
+    let mut rng = crate::wire::vectors::XorShift(0x6b78_6470_0000_0006);
+    let mut now = T0;
+    let mut frames = 0;
+    let mut chunks: Vec<Vec<u8>> = (0..BATCH_SIZE).map(|_| vec![0u8; CHUNK]).collect();
+    while frames < 20_000 {
+        let n = 1 + rng.below(BATCH_SIZE);
+        let mut meta = Vec::with_capacity(n);
+        for c in chunks.iter_mut().take(n) {
+            let (peer, s) = &seeds[rng.below(seeds.len())];
+            let f = &mut c[RX_OFF..RX_OFF + s.len()];
+            f.copy_from_slice(s);
+            // Half unchanged (cache hits); the rest with 1-3 bytes changed
+            // in the first 80 bytes (all headers, outer and inner).
+            if rng.below(2) == 0 {
+                for _ in 0..1 + rng.below(3) {
+                    let i = rng.below(f.len().min(80));
+                    f[i] = match rng.below(3) {
+                        0 => f[i] ^ (1 << rng.below(8)),
+                        1 => [0, 1, 2, 0x10, 0x12, 0x14, 0x45, 0xff][rng.below(8)],
+                        _ => rng.next_u64() as u8,
+                    };
+                }
+                // Often with checksums made right again, so the change
+                // gets past the header check.
+                let ip = if *peer == Peer::Remote { INNER_IP } else { ETH };
+                if rng.below(3) != 0 {
+                    super::tests::fix_l4_checksum(f, ip);
+                    super::tests::fix_ipv4_checksum(f, ip);
+                    if ip != ETH {
+                        super::tests::fix_ipv4_checksum(f, ETH);
+                    }
+                }
+            }
+            let len = if rng.below(16) == 0 {
+                rng.below(s.len() + 1)
+            } else {
+                s.len()
+            };
+            meta.push((peer.port(), len));
+        }
+        let mut pkts: Vec<Packet<'_>> = chunks
+            .iter_mut()
+            .zip(&meta)
+            .map(|(c, &(port, len))| Packet::new(c, RX_OFF, len, port))
+            .collect();
+        now += rng.below(MS as usize) as u64;
+        pl.process(now, &t, &mut pkts);
+        frames += n;
+    }
+    let c = pl.counters();
+    assert!(c.flow_cache_hits > 5_000, "{c:?}");
+    assert!(super::tests::total_drops(c) > 1_000, "{c:?}");
+}
