@@ -9,6 +9,10 @@
 //! 64 `Packet`s (as a worker does from RX descriptors) and `process`. The
 //! `baseline/build_packets` bench times that first part alone.
 //!
+//! Group `walk` runs with the flow cache (the dataplane's default: the
+//! untimed check teaches it, so the timed batches are hits) and group
+//! `uncached` without it (every packet takes the full walk), side by side.
+//!
 //! Throughput is per frame: criterion's "thrpt" is packets per second, and
 //! the per-packet time is the median batch time / 64.
 //!
@@ -245,37 +249,11 @@ fn bench_walks(c: &mut Criterion) {
         ),
     ];
 
-    let mut g = c.benchmark_group("walk");
-    g.throughput(Throughput::Elements(BATCH_SIZE as u64));
-    for (name, want, frames) in &walks {
-        let template = Rx::new(frames);
-        let mut pl = Pipeline::new();
-        // Every frame takes the walk being measured (checked once, untimed).
-        let mut rx = Rx::new(frames);
-        let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
-        let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
-            .map(|_| {
-                let (k, c) = it.next().unwrap();
-                Packet::new(c, RX_OFF, template.lens[k], template.ports[k])
-            })
-            .collect();
-        pl.process(NOW, &t, &mut pkts);
-        assert!(
-            pkts.iter().all(|p| matches!(p.verdict, Verdict::Tx(_))),
-            "{name}: {:?}",
-            pkts.iter().map(|p| p.verdict).collect::<Vec<_>>()
-        );
-        assert_eq!(pkts[BATCH_SIZE - 1].verdict, *want, "{name}");
-
-        g.bench_function(*name, |b| {
-            b.iter_batched_ref(
-                || template.clone(),
-                |rx| black_box(run_batch(&mut pl, &t, rx)),
-                BatchSize::PerIteration,
-            )
-        });
+    // `walk`: with the flow cache (the dataplane's default; the untimed
+    // check below teaches it); `uncached`: every packet takes the full walk.
+    for (group, cached) in [("walk", true), ("uncached", false)] {
+        bench_group(c, &t, &walks, group, cached);
     }
-    g.finish();
 
     // What the timed closure costs without `process`: building 64 Packets.
     let mut g = c.benchmark_group("baseline");
@@ -296,6 +274,48 @@ fn bench_walks(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+}
+
+/// The walks in criterion group `group`, with the flow cache or without.
+fn bench_group(
+    c: &mut Criterion,
+    t: &Tables,
+    walks: &[(&str, Verdict, Frames)],
+    group: &str,
+    cached: bool,
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(BATCH_SIZE as u64));
+    for (name, want, frames) in walks {
+        let template = Rx::new(frames);
+        let mut pl = Pipeline::new();
+        pl.set_flow_cache(cached);
+        // Every frame takes the walk being measured (checked once, untimed).
+        let mut rx = Rx::new(frames);
+        let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
+        let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
+            .map(|_| {
+                let (k, c) = it.next().unwrap();
+                Packet::new(c, RX_OFF, template.lens[k], template.ports[k])
+            })
+            .collect();
+        pl.process(NOW, t, &mut pkts);
+        assert!(
+            pkts.iter().all(|p| matches!(p.verdict, Verdict::Tx(_))),
+            "{name}: {:?}",
+            pkts.iter().map(|p| p.verdict).collect::<Vec<_>>()
+        );
+        assert_eq!(pkts[BATCH_SIZE - 1].verdict, *want, "{name}");
+
+        g.bench_function(*name, |b| {
+            b.iter_batched_ref(
+                || template.clone(),
+                |rx| black_box(run_batch(&mut pl, t, rx)),
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -20,6 +20,8 @@
 //!   with N = 10,000 the 64 packets of a batch hit 64 different services,
 //!   and a service's frontend, backends and counters come back to a batch
 //!   only every 160 batches: a realistic cache footprint, not one hot entry.
+//! - `established_uncached/N`: the same with the flow cache turned off
+//!   (`Pipeline::set_flow_cache(false)`): every packet takes the full walk.
 //! - `new_flow/N`: TCP SYNs of flows never seen (lookup miss, frontend,
 //!   Maglev pick, conntrack insert of both keys, DNAT, encap). Frame `k` of
 //!   iteration `i` is flow `64 i + k`, to service `(64 i + k) % N`.
@@ -312,12 +314,21 @@ fn process_checked(pl: &mut Pipeline, now: u64, t: &Tables, rx: &mut Rx, what: &
     }
 }
 
+/// `established` with the flow cache (the dataplane's default), and
+/// `established_uncached` without it: every packet takes the full walk.
 fn bench_established(c: &mut Criterion) {
-    let mut g = c.benchmark_group("established");
+    for (group, cached) in [("established", true), ("established_uncached", false)] {
+        bench_established_group(c, group, cached);
+    }
+}
+
+fn bench_established_group(c: &mut Criterion, group: &str, cached: bool) {
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(BATCH_SIZE as u64));
     for nsvc in SIZES {
         let t = tables(nsvc);
         let mut pl = Pipeline::new();
+        pl.set_flow_cache(cached);
         let batches = FLOWS / BATCH_SIZE as u32;
         // Open every flow (SYN, then the client's ACK), untimed.
         for b in 0..batches {
@@ -351,10 +362,10 @@ fn bench_established(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
-        report_batches("established", nsvc);
+        report_batches(group, nsvc);
         if std::env::var_os("KXDP_BENCH_COUNT").is_some() {
             eprintln!(
-                "KXDP_BENCH_COUNT established/{nsvc} flow_cache_hits={} of {} packets",
+                "KXDP_BENCH_COUNT {group}/{nsvc} flow_cache_hits={} of {} packets",
                 pl.counters().flow_cache_hits - hits_before,
                 BATCHES.load(Ordering::Relaxed) * BATCH_SIZE as u64
             );
