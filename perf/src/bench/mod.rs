@@ -47,6 +47,9 @@ pub struct BenchConfig {
     pub kernel_rps: bool,
     pub switch_rps: SwitchRps,
     pub latency: bool,
+    /// `--offered`: rates (packets/s, ascending) at which every point is
+    /// also run, both datapaths, `runs` runs each; empty: none.
+    pub offered: Vec<u64>,
     pub command: String,
 }
 
@@ -63,7 +66,7 @@ pub enum SwitchRps {
 }
 
 /// The figures of one measurement run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct RunFigures {
     pub sent: u64,
     pub gen_pps: f64,
@@ -141,6 +144,92 @@ pub struct PointResult {
     /// Service scenarios: conntrack entries of the scenario's flows on the
     /// entry node after the point's flat-out runs.
     pub conntrack: Option<ConntrackCounts>,
+    /// `--offered`: the point at each offered rate (absent without it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<OfferedPoint>,
+}
+
+impl PointResult {
+    /// Replaces one datapath's figures, flat out and at every offered
+    /// rate, by the reason they do not measure what the point says.
+    fn discard(&mut self, kernel: bool, why: &str) {
+        let failed = Measurement {
+            errors: vec![why.to_string()],
+            ..Default::default()
+        };
+        let sides = std::iter::once((&mut self.kxdp, &mut self.kernel, &mut self.ratio)).chain(
+            self.offered
+                .iter_mut()
+                .map(|o| (&mut o.kxdp, &mut o.kernel, &mut o.ratio)),
+        );
+        for (k, l, ratio) in sides {
+            *if kernel { l } else { k } = failed.clone();
+            *ratio = None;
+        }
+    }
+}
+
+/// One point with the generator capped at `offered_pps` (`--offered`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OfferedPoint {
+    pub offered_pps: u64,
+    pub kxdp: Measurement,
+    pub kernel: Measurement,
+    /// kxdp / kernel, medians of delivered pps.
+    pub ratio: Option<f64>,
+}
+
+/// Each datapath's best median delivered pps at one point, over the
+/// flat-out runs and every offered rate, and the ratio of the two bests:
+/// capacity against capacity, whatever either does when overloaded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BestDelivered {
+    pub scenario: String,
+    pub size: usize,
+    pub flows: u16,
+    pub kxdp: Option<f64>,
+    /// The offered rate of kxdp's best (None: flat out, or no figure).
+    pub kxdp_at: Option<u64>,
+    pub kernel: Option<f64>,
+    /// The offered rate of the kernel's best (None: flat out, or no figure).
+    pub kernel_at: Option<u64>,
+    pub ratio: Option<f64>,
+}
+
+/// [`BestDelivered`] of every point of `r` that has an offered-load sweep.
+pub fn best_delivered(r: &Report) -> Vec<BestDelivered> {
+    // The highest median of (offered rate or None for flat out, median).
+    fn best<'a>(
+        flat: &'a Measurement,
+        sweep: impl Iterator<Item = (u64, &'a Measurement)>,
+    ) -> (Option<f64>, Option<u64>) {
+        std::iter::once((None, flat))
+            .chain(sweep.map(|(rate, m)| (Some(rate), m)))
+            .filter_map(|(at, m)| m.median().map(|v| (v, at)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or((None, None), |(v, at)| (Some(v), at))
+    }
+    r.points
+        .iter()
+        .filter(|p| !p.offered.is_empty())
+        .map(|p| {
+            let (kxdp, kxdp_at) = best(&p.kxdp, p.offered.iter().map(|o| (o.offered_pps, &o.kxdp)));
+            let (kernel, kernel_at) = best(
+                &p.kernel,
+                p.offered.iter().map(|o| (o.offered_pps, &o.kernel)),
+            );
+            BestDelivered {
+                scenario: p.scenario.clone(),
+                size: p.size,
+                flows: p.flows,
+                kxdp,
+                kxdp_at,
+                kernel,
+                kernel_at,
+                ratio: over(kxdp, kernel),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -219,6 +308,9 @@ pub struct Report {
     pub underlay_frames: Vec<SinkSaw>,
     /// One-hop scenarios against the testpmd ceiling of the same run.
     pub hop_vs_ceiling: Vec<HopVsCeiling>,
+    /// `--offered`: each point's best delivered rate per datapath.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub offered_best: Vec<BestDelivered>,
 }
 
 /// A one-hop scenario's point beside the AF_XDP ceiling at the same
@@ -274,29 +366,50 @@ pub struct ScaleSummary {
     pub kxdp_over_kernel_big: Option<f64>,
 }
 
-fn measure(
+/// One run of `p` (flat out, or capped at `p.rate`): its figures, printed.
+fn run_once(tools: &Tools, a: &Attach, p: Point, tag: &str) -> anyhow::Result<RunFigures> {
+    let r = run_point(tools, a, p, tag).map(|(g, s)| RunFigures::of(&g, &s));
+    match &r {
+        Ok(f) => eprintln!(
+            "    {tag}: {}sent {:.0} pps, delivered {:.0} pps, lost {:.2}%, p50 {:.0} us p99 {:.0} us",
+            p.rate.map(|x| format!("at {x} pps: ")).unwrap_or_default(),
+            f.gen_pps,
+            f.delivered_pps,
+            f.lost_pct,
+            f.p50_us,
+            f.p99_us
+        ),
+        Err(e) => eprintln!("    {tag}: error: {e:#}"),
+    }
+    r
+}
+
+/// One run of `p` into `m`'s runs (or its errors).
+fn measure(tools: &Tools, a: &Attach, p: Point, tag: &str, m: &mut Measurement) {
+    match run_once(tools, a, p, tag) {
+        Ok(f) => m.runs.push(f),
+        Err(e) => m.errors.push(format!("{e:#}")),
+    }
+}
+
+/// `cfg.runs` runs of `p` alternating kxdp and kernel, raw files tagged
+/// `<tag>-r<run>-<datapath>`; both measurements finished.
+fn alternate(
+    cfg: &BenchConfig,
     tools: &Tools,
-    a: &Attach,
+    (ak, al): (&Attach, &Attach),
     p: Point,
     tag: &str,
-    m: &mut Measurement,
-) -> Option<(GenResult, SinkResult)> {
-    match run_point(tools, a, p, tag) {
-        Ok((g, s)) => {
-            let f = RunFigures::of(&g, &s);
-            eprintln!(
-                "    {tag}: sent {:.0} pps, delivered {:.0} pps, lost {:.2}%, p99 {:.0} us",
-                f.gen_pps, f.delivered_pps, f.lost_pct, f.p99_us
-            );
-            m.runs.push(f);
-            Some((g, s))
-        }
-        Err(e) => {
-            eprintln!("    {tag}: error: {e:#}");
-            m.errors.push(format!("{e:#}"));
-            None
-        }
+) -> (Measurement, Measurement) {
+    let mut mk = Measurement::default();
+    let mut ml = Measurement::default();
+    for r in 0..cfg.runs {
+        measure(tools, ak, p, &format!("{tag}-r{r}-kxdp"), &mut mk);
+        measure(tools, al, p, &format!("{tag}-r{r}-kernel"), &mut ml);
     }
+    mk.finish();
+    ml.finish();
+    (mk, ml)
 }
 
 fn half_rate(tools: &Tools, a: &Attach, base: Point, tag: &str, m: &mut Measurement) {
@@ -307,15 +420,8 @@ fn half_rate(tools: &Tools, a: &Attach, base: Point, tag: &str, m: &mut Measurem
         duration_s: base.duration_s.min(2.0),
         ..base
     };
-    match run_point(tools, a, p, tag) {
-        Ok((g, s)) => {
-            let f = RunFigures::of(&g, &s);
-            eprintln!(
-                "    {tag}: at {rate} pps: delivered {:.0} pps, lost {:.2}%, p50 {:.0} us p99 {:.0} us",
-                f.delivered_pps, f.lost_pct, f.p50_us, f.p99_us
-            );
-            m.at_half_rate = Some((rate, f));
-        }
+    match run_once(tools, a, p, tag) {
+        Ok(f) => m.at_half_rate = Some((rate, f)),
         Err(e) => m.errors.push(format!("half-rate run: {e:#}")),
     }
 }
@@ -458,6 +564,7 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         tcp: Vec::new(),
         underlay_frames: Vec::new(),
         hop_vs_ceiling: Vec::new(),
+        offered_best: Vec::new(),
     };
     report.pinning.push(Pinning {
         process: "kxdp-pktgen gen and sink".into(),
@@ -496,6 +603,7 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
     report.load_after = loadavg();
     report.uptime_after = uptime();
     report.hop_vs_ceiling = hop_vs_ceiling(&report);
+    report.offered_best = best_delivered(&report);
     report::write(cfg, &report)?;
     Ok(report)
 }
@@ -785,7 +893,8 @@ fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Rep
 }
 
 /// One point: `--runs` flat-out runs alternating kxdp and kernel, the
-/// conntrack count (`services`), the half-rate latency runs.
+/// conntrack count (`services`), the half-rate latency runs, then `--runs`
+/// runs alternating at each `--offered` rate.
 /// `names`: (scenario as reported, tag prefix of the raw files, services).
 fn point(
     cfg: &BenchConfig,
@@ -803,15 +912,7 @@ fn point(
         rate: None,
         duration_s: cfg.duration_s,
     };
-    let mut mk = Measurement::default();
-    let mut ml = Measurement::default();
-    for r in 0..cfg.runs {
-        let base = format!("{tag}-{size}-{flows}-r{r}");
-        measure(tools, ak, p, &format!("{base}-kxdp"), &mut mk);
-        measure(tools, al, p, &format!("{base}-kernel"), &mut ml);
-    }
-    mk.finish();
-    ml.finish();
+    let (mut mk, mut ml) = alternate(cfg, tools, (ak, al), p, &format!("{tag}-{size}-{flows}"));
     let conntrack = services.then(|| {
         let node = scenarios::ENTRY_NODE;
         let mut c = ConntrackCounts {
@@ -835,18 +936,39 @@ fn point(
         half_rate(tools, ak, p, &format!("{base}-kxdp"), &mut mk);
         half_rate(tools, al, p, &format!("{base}-kernel"), &mut ml);
     }
-    let ratio = match (mk.median(), ml.median()) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
+    let offered = cfg
+        .offered
+        .iter()
+        .map(|&rate| {
+            eprintln!("==> {name} {size}B {flows} flows, offered {rate} pps");
+            let at = Point {
+                rate: Some(rate),
+                ..p
+            };
+            let (kxdp, kernel) = alternate(
+                cfg,
+                tools,
+                (ak, al),
+                at,
+                &format!("{tag}-{size}-{flows}-at{rate}"),
+            );
+            OfferedPoint {
+                offered_pps: rate,
+                ratio: over(kxdp.median(), kernel.median()),
+                kxdp,
+                kernel,
+            }
+        })
+        .collect();
     PointResult {
         scenario: name.into(),
         size,
         flows,
+        ratio: over(mk.median(), ml.median()),
         kxdp: mk,
         kernel: ml,
-        ratio,
         conntrack,
+        offered,
     }
 }
 
@@ -941,18 +1063,10 @@ fn run_svc_scale(
             );
             // A datapath that did not get the big table measured the small one.
             if let Err(e) = &big_kx {
-                p.kxdp = Measurement {
-                    errors: vec![e.clone()],
-                    ..Default::default()
-                };
-                p.ratio = None;
+                p.discard(false, e);
             }
             if let Err(e) = &big_kl {
-                p.kernel = Measurement {
-                    errors: vec![e.clone()],
-                    ..Default::default()
-                };
-                p.ratio = None;
+                p.discard(true, e);
             }
             big.push(p);
         }
@@ -1179,6 +1293,7 @@ mod tests {
             tcp: Vec::new(),
             underlay_frames: Vec::new(),
             hop_vs_ceiling: Vec::new(),
+            offered_best: Vec::new(),
         }
     }
 
@@ -1191,6 +1306,7 @@ mod tests {
             kernel: measured(&[kernel]),
             ratio: Some(kxdp / kernel),
             conntrack: None,
+            offered: Vec::new(),
         }
     }
 
@@ -1225,6 +1341,153 @@ mod tests {
         ));
         assert!(md.contains("| pod-svc-hop | 1400 B | 1000 | 150 k | 100 k | 1.50x | – | – | – |"));
         assert!(report::hop_section(&report()).is_empty());
+    }
+
+    /// Runs of a datapath that all got `sent` pps offered and delivered
+    /// `delivered`, finished.
+    fn ran(sent: f64, delivered: &[f64]) -> Measurement {
+        let mut m = Measurement {
+            runs: delivered
+                .iter()
+                .map(|&d| RunFigures {
+                    gen_pps: sent,
+                    delivered_pps: d,
+                    lost_pct: (sent - d) * 100.0 / sent,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        m.finish();
+        m
+    }
+
+    fn at(rate: u64, kxdp: Measurement, kernel: Measurement) -> OfferedPoint {
+        OfferedPoint {
+            offered_pps: rate,
+            ratio: over(kxdp.median(), kernel.median()),
+            kxdp,
+            kernel,
+        }
+    }
+
+    /// ext-nodeport as in 2026-11-26T0436Z: the kernel collapses flat out,
+    /// its best is at 200 k offered.
+    fn swept() -> PointResult {
+        let kxdp = ran(990e3, &[280e3, 275e3, 292e3]);
+        let kernel = ran(990e3, &[40e3, 38e3, 41e3]);
+        PointResult {
+            scenario: "ext-nodeport".into(),
+            size: 64,
+            flows: 1,
+            ratio: over(kxdp.median(), kernel.median()),
+            kxdp,
+            kernel,
+            conntrack: None,
+            offered: vec![
+                at(
+                    100_000,
+                    ran(100e3, &[100e3, 100e3, 99e3]),
+                    ran(100e3, &[100e3, 99e3, 100e3]),
+                ),
+                at(
+                    200_000,
+                    ran(200e3, &[200e3, 199e3, 200e3]),
+                    ran(200e3, &[120e3, 118e3, 121e3]),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_sweep_compares_best_delivered_not_the_collapse() {
+        let mut r = report();
+        r.points.push(point("pod-svc", 64, 1, 300e3, 100e3));
+        r.points.push(swept());
+        let mut failed = point("pod-svc-hop", 1400, 1000, 600e3, 300e3);
+        failed.offered.push(at(
+            100_000,
+            ran(100e3, &[100e3]),
+            Measurement {
+                errors: vec!["boom".into()],
+                ..Default::default()
+            },
+        ));
+        failed.kernel = Measurement::default();
+        r.points.push(failed);
+        let best = best_delivered(&r);
+        assert_eq!(best.len(), 2, "only the swept points: {best:?}");
+        let b = &best[0];
+        assert_eq!((b.kxdp, b.kxdp_at), (Some(280e3), None), "kxdp: flat out");
+        assert_eq!(
+            (b.kernel, b.kernel_at),
+            (Some(120e3), Some(200_000)),
+            "kernel: at 200 k"
+        );
+        assert!((b.ratio.unwrap() - 280.0 / 120.0).abs() < 1e-9);
+        assert_eq!((best[1].kxdp, best[1].kxdp_at), (Some(600e3), None));
+        assert_eq!((best[1].kernel, best[1].ratio), (None, None));
+        r.offered_best = best;
+
+        let md = report::offered_section(&r);
+        assert!(md.starts_with("## Offered load sweep\n"));
+        assert!(md.contains(
+            "the capacity comparison that does not depend on either datapath's overload behaviour"
+        ));
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            rows[1..],
+            [
+                "| ext-nodeport | 64 B | 1 | 100 k | 100 k | 100 k [99 k – 100 k] | 0.0% | \
+                 100 k | 100 k [99 k – 100 k] | 0.0% | 1.00x |",
+                "| ext-nodeport | 64 B | 1 | 200 k | 200 k | 200 k [199 k – 200 k] | 0.0% | \
+                 200 k | 120 k [118 k – 121 k] | 40.0% | 1.67x |",
+                "| ext-nodeport | 64 B | 1 | flat out | 990 k | 280 k [275 k – 292 k] | 71.7% | \
+                 990 k | 40 k [38 k – 41 k] | 96.0% | 7.00x |",
+                "| pod-svc-hop | 1400 B | 1000 | 100 k | 100 k | 100 k [100 k – 100 k] | 0.0% | \
+                 – | failed | – | – |",
+                "| pod-svc-hop | 1400 B | 1000 | flat out | – | 600 k [600 k – 600 k] | – | \
+                 – | – | – | 2.00x |",
+            ]
+        );
+        assert!(md.contains(
+            "- ext-nodeport 64 B 1 flows: best delivered, kxdp 280 k (flat out) / \
+             kernel 120 k (offered 200 k): **2.33x**\n"
+        ));
+        assert!(md.contains(
+            "- pod-svc-hop 1400 B 1000 flows: best delivered, kxdp 600 k (flat out) / kernel –: –\n"
+        ));
+        assert!(!md.contains("pod-svc |"), "no sweep, no rows");
+        assert_eq!(
+            report::errors(&r),
+            ["pod-svc-hop 1400B 1000 flows at 100000 pps offered kernel: boom"]
+        );
+    }
+
+    #[test]
+    fn without_a_sweep_nothing_changes() {
+        let mut r = report();
+        r.points.push(point("ext-nodeport", 64, 1, 280e3, 40e3));
+        assert!(best_delivered(&r).is_empty());
+        assert!(report::offered_section(&r).is_empty());
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("offered_best").is_none());
+        assert!(json["points"][0].get("offered").is_none());
+        assert!(json["points"][0].get("ratio").is_some());
+    }
+
+    #[test]
+    fn discarding_a_datapath_takes_its_sweep_too() {
+        let mut p = swept();
+        p.discard(true, "kernel: no big table");
+        assert_eq!(p.ratio, None);
+        assert_eq!(p.kernel.errors, ["kernel: no big table"]);
+        assert_eq!(p.kxdp.median(), Some(280e3), "kxdp kept");
+        for o in &p.offered {
+            assert_eq!((o.ratio, o.kernel.median()), (None, None));
+            assert_eq!(o.kernel.errors, ["kernel: no big table"]);
+            assert!(o.kxdp.median().is_some());
+        }
     }
 
     fn steered(kernel_rps: bool, switch_rps: SwitchRps) -> Steered {

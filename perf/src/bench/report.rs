@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::tcp::TcpMeasurement;
-use super::{BenchConfig, Measurement, Report};
+use super::{BenchConfig, Measurement, PointResult, Report};
 
 /// `median [min – max]` Gbit/s of a tcp-svc measurement, or why there is none.
 pub fn gbps_cell(m: &TcpMeasurement) -> String {
@@ -124,6 +124,81 @@ pub fn headline(r: &Report) -> String {
 
 fn pps_or_dash(v: Option<f64>) -> String {
     v.map(pps).unwrap_or_else(|| "–".into())
+}
+
+/// The generator's median sent rate of a measurement.
+fn sent(m: &Measurement) -> String {
+    pps_or_dash(m.gen_pps.map(|g| g.median))
+}
+
+/// `--offered`: per point, a row per offered rate and one flat out (sent,
+/// delivered, loss of both datapaths, the ratio), then each point's best
+/// delivered rates and their ratio.
+pub fn offered_section(r: &Report) -> String {
+    let mut s = String::new();
+    let swept: Vec<&PointResult> = r.points.iter().filter(|p| !p.offered.is_empty()).collect();
+    if swept.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "## Offered load sweep\n\n\
+         Flat out, a datapath past its knee can collapse (receive livelock), and a ratio taken \
+         there says more about overload than about capacity; so every point also ran with the \
+         generator capped at each offered rate, runs alternating kxdp and kernel as flat out. \
+         \"Best delivered, kxdp / kernel\" takes each datapath's best median delivered pps over \
+         flat out and all offered rates, and the ratio of the two bests: the capacity \
+         comparison that does not depend on either datapath's overload behaviour.\n\n\
+         | scenario | frame | flows | offered | kxdp sent (median) | kxdp delivered | kxdp loss | kernel sent (median) | kernel delivered | kernel loss | kxdp / kernel |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for p in swept {
+        let rows = p
+            .offered
+            .iter()
+            .map(|o| (pps(o.offered_pps as f64), &o.kxdp, &o.kernel, o.ratio))
+            .chain(std::iter::once((
+                "flat out".to_string(),
+                &p.kxdp,
+                &p.kernel,
+                p.ratio,
+            )));
+        for (offered, k, l, ratio) in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} B | {} | {offered} | {} | {} | {} | {} | {} | {} | {} |",
+                p.scenario,
+                p.size,
+                p.flows,
+                sent(k),
+                cell(k),
+                loss(k),
+                sent(l),
+                cell(l),
+                loss(l),
+                plain_ratio(ratio)
+            );
+        }
+    }
+    s.push('\n');
+    let at = |v: Option<f64>, at: Option<u64>| match (v, at) {
+        (None, _) => "–".to_string(),
+        (Some(v), None) => format!("{} (flat out)", pps(v)),
+        (Some(v), Some(a)) => format!("{} (offered {})", pps(v), pps(a as f64)),
+    };
+    for b in &r.offered_best {
+        let _ = writeln!(
+            s,
+            "- {} {} B {} flows: best delivered, kxdp {} / kernel {}: {}",
+            b.scenario,
+            b.size,
+            b.flows,
+            at(b.kxdp, b.kxdp_at),
+            at(b.kernel, b.kernel_at),
+            ratio_cell(b.ratio)
+        );
+    }
+    s.push('\n');
+    s
 }
 
 /// One-hop scenarios (pod-svc-hop) beside the testpmd ceiling of the same
@@ -295,6 +370,36 @@ pub fn tcp_section(r: &Report) -> String {
     s
 }
 
+/// Every error of the runs, flat out, offered and ceiling, one line each.
+pub fn errors(r: &Report) -> Vec<String> {
+    r.points
+        .iter()
+        .flat_map(|p| {
+            let swept = p.offered.iter().flat_map(|o| {
+                let at = format!(" at {} pps offered", o.offered_pps);
+                [(at.clone(), "kxdp", &o.kxdp), (at, "kernel", &o.kernel)]
+            });
+            [
+                (String::new(), "kxdp", &p.kxdp),
+                (String::new(), "kernel", &p.kernel),
+            ]
+            .into_iter()
+            .chain(swept)
+            .flat_map(move |(at, dp, m)| {
+                m.errors.iter().map(move |e| {
+                    format!("{} {}B {} flows{at} {dp}: {e}", p.scenario, p.size, p.flows)
+                })
+            })
+        })
+        .chain(r.ceiling.iter().flat_map(|c| {
+            c.testpmd
+                .errors
+                .iter()
+                .map(move |e| format!("ceiling {}B {} flows: {e}", c.size, c.flows))
+        }))
+        .collect()
+}
+
 pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# kxdp benchmark report — {}\n", r.date);
@@ -347,9 +452,7 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
                 p.scenario,
                 p.size,
                 p.flows,
-                m.gen_pps
-                    .map(|g| pps(g.median))
-                    .unwrap_or_else(|| "–".into()),
+                sent(m),
                 loss(m),
                 half(m)
             );
@@ -362,14 +465,13 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
             "| ceiling | {} B | {} | testpmd | {} | {} | {} |",
             c.size,
             c.flows,
-            m.gen_pps
-                .map(|g| pps(g.median))
-                .unwrap_or_else(|| "–".into()),
+            sent(m),
             loss(m),
             half(m)
         );
     }
     s.push('\n');
+    s.push_str(&offered_section(r));
 
     s.push_str("## Cores\n\n| process | core(s) | how |\n|---|---|---|\n");
     for p in &r.pinning {
@@ -419,25 +521,7 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
         }
     }
 
-    let errors: Vec<String> = r
-        .points
-        .iter()
-        .flat_map(|p| {
-            [("kxdp", &p.kxdp), ("kernel", &p.kernel)]
-                .into_iter()
-                .flat_map(move |(dp, m)| {
-                    m.errors.iter().map(move |e| {
-                        format!("{} {}B {} flows {dp}: {e}", p.scenario, p.size, p.flows)
-                    })
-                })
-        })
-        .chain(r.ceiling.iter().flat_map(|c| {
-            c.testpmd
-                .errors
-                .iter()
-                .map(move |e| format!("ceiling {}B {} flows: {e}", c.size, c.flows))
-        }))
-        .collect();
+    let errors = errors(r);
     if !errors.is_empty() {
         s.push_str("\n## Errors\n\n");
         for e in errors {

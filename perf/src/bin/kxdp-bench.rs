@@ -69,6 +69,12 @@ enum Cmd {
         /// Skip the latency runs at half the maximum rate.
         #[arg(long)]
         no_latency: bool,
+        /// Also run every point at each of these offered rates (packets/s,
+        /// comma-separated, e.g. 100000,200000): both datapaths, --runs runs
+        /// each, the generator capped at the rate. The report adds an
+        /// "Offered load sweep" section with each datapath's best delivered rate.
+        #[arg(long, value_name = "PPS", value_delimiter = ',', value_parser = positive_pps)]
+        offered: Vec<u64>,
         /// Where kxdp-dataplane, kxdp-control and kxdpctl are (passed to
         /// scripts/lab.sh as KXDP_BIN_DIR). Default: $KXDP_BIN_DIR, else
         /// the directory of this kxdp-bench binary.
@@ -77,6 +83,15 @@ enum Cmd {
     },
     /// List the scenarios.
     List,
+}
+
+/// An `--offered` rate: a whole, positive number of packets/s.
+fn positive_pps(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("an offered rate must be positive (packets/s)".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err("not a whole number of packets/s (e.g. 100000)".into()),
+    }
 }
 
 fn find_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -127,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             no_kernel_rps,
             switch_rps,
             no_latency,
+            mut offered,
             bin_dir,
         } => {
             if !nix::unistd::geteuid().is_root() {
@@ -138,6 +154,8 @@ fn main() -> anyhow::Result<()> {
             if runs == 0 || runs > 20 {
                 bail!("--runs must be 1..=20");
             }
+            offered.sort_unstable();
+            offered.dedup();
             let root = find_root(root)?;
             let mut list = Vec::new();
             for n in &names {
@@ -191,6 +209,7 @@ fn main() -> anyhow::Result<()> {
                 kernel_rps: !no_kernel_rps,
                 switch_rps,
                 latency: !no_latency,
+                offered,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
             let r = run_bench(&cfg)?;
@@ -206,12 +225,72 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    fn switch_rps(args: &[&str]) -> Result<SwitchRps, clap::Error> {
+    /// `kxdp-bench run ARGS`, parsed.
+    fn run(args: &[&str]) -> Result<Cmd, clap::Error> {
         let argv = ["kxdp-bench", "run"].iter().chain(args);
-        match Cli::try_parse_from(argv)?.cmd {
+        Ok(Cli::try_parse_from(argv)?.cmd)
+    }
+
+    fn switch_rps(args: &[&str]) -> Result<SwitchRps, clap::Error> {
+        match run(args)? {
             Cmd::Run { switch_rps, .. } => Ok(switch_rps),
             Cmd::List => unreachable!("parsed `run`"),
         }
+    }
+
+    fn offered(args: &[&str]) -> Result<Vec<u64>, clap::Error> {
+        match run(args)? {
+            Cmd::Run { offered, .. } => Ok(offered),
+            Cmd::List => unreachable!("parsed `run`"),
+        }
+    }
+
+    #[test]
+    fn offered_takes_positive_rates_and_nothing_else() {
+        assert_eq!(offered(&[]).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            offered(&["--offered", "100000,200000,400000"]).unwrap(),
+            [100_000, 200_000, 400_000]
+        );
+        assert_eq!(
+            offered(&["--offered", "300000", "--offered=5"]).unwrap(),
+            [300_000, 5]
+        );
+        for bad in [
+            "0",
+            "100000,0",
+            "-5",
+            "1e5",
+            "100k",
+            "abc",
+            "100000,,200000",
+            "",
+        ] {
+            let e = offered(&[&format!("--offered={bad}")]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            let text = e.to_string();
+            assert!(text.contains("--offered <PPS>"), "{bad}: {text}");
+            assert!(
+                text.contains("must be positive") || text.contains("not a whole number"),
+                "{bad}: {text}"
+            );
+        }
+        assert!(offered(&["--offered", "0"])
+            .unwrap_err()
+            .to_string()
+            .contains("invalid value '0' for '--offered <PPS>': an offered rate must be positive"));
+        assert!(
+            offered(&["--offered", "-5"]).is_err(),
+            "taken for an option, still refused"
+        );
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--offered <PPS>"), "{help}");
+        assert!(help.contains("Offered load sweep"), "{help}");
     }
 
     #[test]
