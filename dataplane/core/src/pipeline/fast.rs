@@ -250,15 +250,6 @@ impl FlowCache {
         }
     }
 
-    /// Flows it holds; 0 when turned off.
-    pub fn capacity(&self) -> usize {
-        if self.enabled {
-            self.actions.len()
-        } else {
-            0
-        }
-    }
-
     /// The set of a flow, whatever its ingress port.
     #[inline]
     fn set_of(&self, k: &Key) -> usize {
@@ -554,11 +545,6 @@ impl Pipeline {
     #[inline]
     pub(super) fn note_nat(&mut self, nat: Nat) {
         self.learn.nat = nat;
-    }
-
-    /// The flow cache (its capacity; hits are in [`super::Counters`]).
-    pub fn flow_cache(&self) -> &FlowCache {
-        &self.flows
     }
 
     /// Turns the flow cache off (`false`) or back on; either way it
