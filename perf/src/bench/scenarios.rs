@@ -181,23 +181,17 @@ pub const TCP_PORT: u16 = 5201;
 /// tcp-svc: iperf3 client in n1/p1, server in n2/p1 (the generator and
 /// sink fields say where the client and the server run).
 fn tcp_svc(lab: &Lab) -> anyhow::Result<Attach> {
-    let s = lab.pod(ENTRY_NODE, "p1").context("tcp-svc")?;
-    let d = lab.pod(SVC_ENDPOINT.0, SVC_ENDPOINT.1).context("tcp-svc")?;
+    // pod-svc's client and endpoint, the TCP service instead of the UDP one.
+    let a = pod_svc(lab).context("tcp-svc")?;
     Ok(Attach {
-        gen_ns: lab.pod_ns(s),
-        gen_iface: "eth0".into(),
-        src_mac: s.mac.clone(),
-        dst_mac: lab.gateway_mac(s)?,
-        src_ip: s.ip.clone(),
         dst_ip: TCP_CLUSTER_IP.into(),
         dst_port: TCP_PORT,
-        sink_ns: lab.pod_ns(d),
-        sink_iface: "eth0".into(),
         note: if lab.kernel {
             "iperf3 -c / -s; kernel: kube-proxy nftables rule set on n1 and n2".into()
         } else {
             "iperf3 -c / -s".into()
         },
+        ..a
     })
 }
 
