@@ -26,11 +26,12 @@ use etherparse::{
 };
 
 use super::tests::{
-    assert_ipv4_checksum, assert_l4_checksum, node, parse_encapped, parse_icmp_error,
-    process_batch, process_one, quote_of, tables, total_drops, Out, ARP_REQUEST_FOR_GATEWAY,
-    ARP_SPA, ARP_TPA, CHUNK, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP, P1_MAC, P1_PORT, P2_IP,
-    P2_MAC, P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP, REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC,
-    RX_OFF, T0, UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI, VTEP_MAC, VXLAN_PORT,
+    assert_ipv4_checksum, assert_l4_checksum, mutated, node, packets, parse_encapped,
+    parse_icmp_error, process_batch, process_one, quote_of, tables, total_drops, Out,
+    ARP_REQUEST_FOR_GATEWAY, ARP_SPA, ARP_TPA, CHUNK, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP,
+    P1_MAC, P1_PORT, P2_IP, P2_MAC, P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP,
+    REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC, RX_OFF, T0, UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI,
+    VTEP_MAC, VXLAN_PORT,
 };
 use super::*;
 use crate::conntrack::{Entry, FlowKey, TcpState, Timeouts};
@@ -2570,11 +2571,7 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
                 } else {
                     ip + 12 + rng.below(f.len() - ip - 12)
                 };
-                f[i] = match rng.below(3) {
-                    0 => f[i] ^ (1 << rng.below(8)),
-                    1 => [0, 1, 2, 0x10, 0x12, 0x14, 0x50, 0xff][rng.below(8)],
-                    _ => rng.next_u64() as u8,
-                };
+                f[i] = mutated(&mut rng, f[i], &[0, 1, 2, 0x10, 0x12, 0x14, 0x50, 0xff]);
             }
             if f.len() >= ip + 20 && rng.below(4) != 0 {
                 super::tests::fix_l4_checksum(f, ip);
@@ -2587,11 +2584,7 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             };
             meta.push((peer.port(), len));
         }
-        let mut pkts: Vec<Packet<'_>> = chunks
-            .iter_mut()
-            .zip(&meta)
-            .map(|(c, &(port, len))| Packet::new(c, RX_OFF, len, port))
-            .collect();
+        let mut pkts = packets(&mut chunks, &meta);
         now += rng.below(200 * MS as usize) as u64;
         pl.process(now, t, &mut pkts);
         for (p, &(in_port, _)) in pkts.iter().zip(&meta) {
@@ -3178,11 +3171,7 @@ fn mutated_frames_of_cached_flows_get_what_the_walk_gives_them() {
             if rng.below(2) == 0 {
                 for _ in 0..1 + rng.below(3) {
                     let i = rng.below(f.len().min(80));
-                    f[i] = match rng.below(3) {
-                        0 => f[i] ^ (1 << rng.below(8)),
-                        1 => [0, 1, 2, 0x10, 0x12, 0x14, 0x45, 0xff][rng.below(8)],
-                        _ => rng.next_u64() as u8,
-                    };
+                    f[i] = mutated(&mut rng, f[i], &[0, 1, 2, 0x10, 0x12, 0x14, 0x45, 0xff]);
                 }
                 // Often with checksums made right again, so the change
                 // gets past the header check.
@@ -3202,11 +3191,7 @@ fn mutated_frames_of_cached_flows_get_what_the_walk_gives_them() {
             };
             meta.push((peer.port(), len));
         }
-        let mut pkts: Vec<Packet<'_>> = chunks
-            .iter_mut()
-            .zip(&meta)
-            .map(|(c, &(port, len))| Packet::new(c, RX_OFF, len, port))
-            .collect();
+        let mut pkts = packets(&mut chunks, &meta);
         now += rng.below(MS as usize) as u64;
         pl.process(now, &t, &mut pkts);
         frames += n;

@@ -390,6 +390,26 @@ pub(super) fn process_batch(
         .collect()
 }
 
+/// Packets over `chunks`, each frame at [`RX_OFF`]: `(port, len)` per chunk
+/// (the randomised tests' batches).
+pub(super) fn packets<'a>(chunks: &'a mut [Vec<u8>], meta: &[(PortId, usize)]) -> Vec<Packet<'a>> {
+    chunks
+        .iter_mut()
+        .zip(meta)
+        .map(|(c, &(port, len))| Packet::new(c, RX_OFF, len, port))
+        .collect()
+}
+
+/// `b` changed the way the randomised tests change bytes: a flipped bit, a
+/// value from `interesting`, or any value.
+pub(super) fn mutated(rng: &mut XorShift, b: u8, interesting: &[u8]) -> u8 {
+    match rng.below(3) {
+        0 => b ^ (1 << rng.below(8)),
+        1 => interesting[rng.below(interesting.len())],
+        _ => rng.next_u64() as u8,
+    }
+}
+
 pub(super) fn process_one(
     pl: &mut Pipeline,
     now: u64,
@@ -2087,11 +2107,7 @@ fn random_and_mutated_frames_never_panic_and_stay_sane() {
                     f.copy_from_slice(s);
                     for _ in 0..1 + rng.below(6) {
                         let i = rng.below(f.len());
-                        f[i] = match rng.below(3) {
-                            0 => f[i] ^ (1 << rng.below(8)),
-                            1 => [0, 1, 5, 0x40, 0x45, 0x80, 0xff][rng.below(7)],
-                            _ => rng.next_u64() as u8,
-                        };
+                        f[i] = mutated(&mut rng, f[i], &[0, 1, 5, 0x40, 0x45, 0x80, 0xff]);
                     }
                     // Often make the headers' checksums valid again, so the
                     // mutation reaches the deeper checks.
