@@ -165,7 +165,9 @@ pub struct Tables {
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
     /// Different in every snapshot the engine publishes: conntrack entries
-    /// remember the epoch in which their backend was last found serving.
+    /// remember the epoch in which their backend was last found serving,
+    /// and flow cache entries the epoch they were learnt in: a snapshot
+    /// must never change without a new epoch.
     pub epoch: u32,
 }
 
