@@ -6,17 +6,21 @@
 # shell, and never prompts.
 
 # Build: clang/llvm (the XDP program), libelf/zlib/m4/pkg-config/make
-# (libbpf and libxdp through libbpf-sys and libxdp-sys), protobuf-compiler (gRPC code).
+# (libbpf and libxdp through libbpf-sys and libxdp-sys), protobuf-compiler (gRPC
+# code) and libprotobuf-dev (google/protobuf/*.proto, which etcd-client's build
+# script imports; only a Recommends of protobuf-compiler, so named here).
 # Lab and tests: iproute2 (namespaces, veth, vxlan, bridge), ethtool (offloads),
 # iperf3, tcpdump (underlay captures), jq (kxdpctl JSON), nftables, python3
 # (raw AF_PACKET frames in the e2e tests, from /usr/bin/python3), libbpf-dev
 # (bpf_helpers.h for the XDP program), etcd-server (the control plane's etcd
 # store tests run a real etcd on loopback), containernetworking-plugins (the
-# CNI plugin delegates IPAM to host-local), util-linux (nsenter).
+# CNI plugin delegates IPAM to host-local), util-linux (nsenter), procps and
+# coreutils (ps, timeout), shellcheck (test.sh lints the scripts).
 KXDP_DEB_PACKAGES=(
-    clang llvm libelf-dev zlib1g-dev m4 pkg-config make protobuf-compiler libbpf-dev
-    iproute2 ethtool iperf3 tcpdump jq nftables python3
-    etcd-server containernetworking-plugins util-linux
+    clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
+    protobuf-compiler libprotobuf-dev libbpf-dev
+    iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
+    etcd-server containernetworking-plugins util-linux shellcheck
 )
 
 kxdp_apt_updated=0
@@ -51,6 +55,26 @@ kxdp_install_deps() {
         kxdp_apt_updated=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    kxdp_quiet_etcd "${missing[@]}"
+}
+
+# kxdp_quiet_etcd PKG...: when PKG... (what was just installed) holds
+# etcd-server, stops and disables the system etcd that Debian's package
+# enables and starts (127.0.0.1:2379, data in /var/lib/etcd). kxdp needs only
+# the etcd binary: its tests start their own members on free loopback ports,
+# and a cluster's etcd is the operator's to set up. An etcd that was installed
+# before is left as it was.
+kxdp_quiet_etcd() {
+    local pkg
+    for pkg in "$@"; do
+        [[ $pkg == etcd-server ]] || continue
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            systemctl disable --now etcd.service >/dev/null 2>&1 || true
+        elif [[ -x /etc/init.d/etcd ]]; then
+            /etc/init.d/etcd stop >/dev/null 2>&1 || true
+        fi
+        echo "==> etcd-server installed for its binary; the system etcd service it ships is left stopped and disabled"
+    done
 }
 
 # kxdp_find_cargo: sets KXDP_CARGO to the cargo to use. Under `sudo`, root's

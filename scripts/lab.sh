@@ -372,15 +372,20 @@ build() {
         die "cargo build --release --workspace failed (KXDP_NO_BUILD=1 uses the binaries already in $BIN_DIR)"
 }
 
+# preflight: what can be checked before anything is installed or built.
 preflight() {
     [[ $(id -u) -eq 0 ]] || die "lab.sh needs root (namespaces, veths, XDP)"
     [[ $P =~ ^[A-Za-z0-9_]{1,32}$ ]] || die "KXDP_LAB_PREFIX '$P': use 1-32 letters, digits or _"
     [[ $QUEUES =~ ^[1-8]$ ]] || die "KXDP_LAB_QUEUES '$QUEUES': use 1 to 8"
+    [[ -f $CLUSTER ]] || die "cluster file $CLUSTER not found"
+}
+
+# check_tools: the commands the lab runs; after build(), which installs them.
+check_tools() {
     local t
     for t in ip ethtool jq timeout setsid awk; do
-        command -v "$t" >/dev/null || die "'$t' not found (scripts/lab.sh up without KXDP_NO_BUILD installs it)"
+        command -v "$t" >/dev/null || die "'$t' not found (scripts/lab.sh up without KXDP_NO_BUILD=1 installs it)"
     done
-    [[ -f $CLUSTER ]] || die "cluster file $CLUSTER not found"
 }
 
 check_bins() {
@@ -575,6 +580,7 @@ summary() {
 lab_up() {
     preflight
     build
+    check_tools
     if lab_exists; then
         log "lab '$P' exists: tearing it down first"
         lab_down
