@@ -27,6 +27,10 @@ esac
     exit 1
 }
 
+# shellcheck source=deps.sh
+source "$ROOT/scripts/deps.sh"
+kxdp_in_mounted_root "$ROOT/scripts/demo.sh" "$@"
+
 section() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if ! "$ROOT/scripts/lab.sh" status >/dev/null 2>&1; then

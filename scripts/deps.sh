@@ -15,13 +15,18 @@
 # (bpf_helpers.h for the XDP program), etcd-server (the control plane's etcd
 # store tests run a real etcd on loopback), containernetworking-plugins (the
 # CNI plugin delegates IPAM to host-local), util-linux (nsenter), procps and
-# coreutils (ps, timeout), shellcheck (test.sh lints the scripts).
+# coreutils (ps, timeout).
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
-    etcd-server containernetworking-plugins util-linux shellcheck
+    etcd-server containernetworking-plugins util-linux
 )
+# What test.sh needs beyond those: shellcheck (lints every script), vagrant
+# and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its
+# provider), systemd (systemd-analyze verifies the units).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+KXDP_TEST_PACKAGES=(shellcheck vagrant vagrant-libvirt systemd)
 
 kxdp_apt_updated=0
 
@@ -94,4 +99,33 @@ kxdp_find_cargo() {
     done
     echo "error: cargo not found (install Rust with rustup, or put cargo on PATH)" >&2
     return 1
+}
+
+# kxdp_in_mounted_root SCRIPT [ARG...]: makes sure / is a mount point, which
+# `ip netns exec` and `ip -n` need (they make / a slave mount in a new mount
+# namespace, and the kernel refuses that for a directory that is not the
+# root of a mount: "mount --make-rslave /" failed: Invalid argument). It is
+# on any booted system; in a plain chroot (a build root, or a fresh-machine
+# check) it is not. There, the chroot's root is bound recursively at
+# KXDP_MOUNTED_ROOT (once; later scripts reuse it, so the lab's namespaces
+# stay visible to `lab.sh down`) and SCRIPT is run again chrooted into it,
+# in the same directory. Returns when nothing needs doing.
+kxdp_in_mounted_root() {
+    local script=$1 root=${KXDP_MOUNTED_ROOT:-/run/kxdp-root}
+    shift
+    command -v mountpoint >/dev/null || return 0
+    mountpoint -q / && return 0
+    if [[ -n ${KXDP_REROOTED:-} ]]; then
+        echo "error: / is not a mount point even in $root" >&2
+        exit 1
+    fi
+    if ! mountpoint -q "$root"; then
+        mkdir -p "$root"
+        mount --rbind / "$root"
+        mount --make-rslave "$root"
+    fi
+    echo "==> / is not a mount point (a chroot?): running $script in $root, a bind mount of it"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    exec env KXDP_REROOTED=1 chroot "$root" /bin/bash -c 'cd "$1" && shift && exec "$@"' \
+        _ "$PWD" "$script" "$@"
 }

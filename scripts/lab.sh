@@ -722,6 +722,7 @@ restart_control() {
 
 # ---------------------------------------------------------------- main
 
+[[ $(id -u) -ne 0 ]] || kxdp_in_mounted_root "$ROOT/scripts/lab.sh" "$@"
 case ${1:-help} in
     up) lab_up ;;
     down)

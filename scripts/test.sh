@@ -25,6 +25,7 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "error: scripts/test.sh needs root (network namespaces, XDP): sudo scripts/test.sh" >&2
     exit 1
 fi
+kxdp_in_mounted_root "$ROOT/scripts/test.sh" "$@"
 
 STEPS=() RESULTS=() TIMES=()
 FAILED=0 LAST_RC=0
@@ -63,7 +64,7 @@ summary() {
     echo "steps: $passed passed, $FAILED failed"
 }
 
-"$ROOT/scripts/provision/packages.sh" shellcheck
+"$ROOT/scripts/provision/packages.sh" "${KXDP_TEST_PACKAGES[@]}"
 kxdp_find_cargo
 cargo() { "$KXDP_CARGO" "$@"; }
 

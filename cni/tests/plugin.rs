@@ -70,9 +70,7 @@ fn unknown_or_missing_command_is_code_4() {
 
 #[test]
 fn add_check_del_del() {
-    if !can_run("add_check_del_del") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -169,9 +167,7 @@ fn add_check_del_del() {
 
 #[test]
 fn two_pods_get_their_own_address_veth_and_registration() {
-    if !can_run("two_pods") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let (pa, pb) = (
@@ -202,9 +198,7 @@ fn two_pods_get_their_own_address_veth_and_registration() {
 
 #[test]
 fn a_second_add_of_the_same_attachment_fails_and_leaves_the_first_alone() {
-    if !can_run("second_add") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (_control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -222,9 +216,7 @@ fn a_second_add_of_the_same_attachment_fails_and_leaves_the_first_alone() {
 
 #[test]
 fn del_of_something_never_added_succeeds() {
-    if !can_run("del_never_added") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -244,9 +236,7 @@ fn del_of_something_never_added_succeeds() {
 
 #[test]
 fn del_after_the_netns_is_gone_cleans_up() {
-    if !can_run("del_netns_gone") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -261,9 +251,7 @@ fn del_after_the_netns_is_gone_cleans_up() {
 
 #[test]
 fn bad_configuration_and_environment_give_the_spec_codes() {
-    if !can_run("bad_config") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -321,9 +309,7 @@ fn bad_configuration_and_environment_give_the_spec_codes() {
 
 #[test]
 fn control_unreachable_fails_add_and_leaves_nothing_behind() {
-    if !can_run("control_unreachable") {
-        return;
-    }
+    require_env();
     let world = World::new("cn"); // nothing listens on world.socket
     let pod = NetNs::new(&unique_name("cp"));
     let v = world.add(&cid("u"), &pod).err(11);
@@ -344,9 +330,7 @@ fn control_unreachable_fails_add_and_leaves_nothing_behind() {
 
 #[test]
 fn control_refusing_the_pod_fails_add_and_rolls_back() {
-    if !can_run("control_refuses") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     *control.refuse_add.lock().unwrap() = Some(tonic::Status::invalid_argument(
@@ -370,9 +354,7 @@ fn control_refusing_the_pod_fails_add_and_rolls_back() {
 
 #[test]
 fn control_unimplemented_is_a_clean_error_with_rollback() {
-    if !can_run("control_unimplemented") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     *control.refuse_add.lock().unwrap() = Some(tonic::Status::unimplemented(
@@ -389,9 +371,7 @@ fn control_unimplemented_is_a_clean_error_with_rollback() {
 
 #[test]
 fn check_reports_what_changed() {
-    if !can_run("check_reports") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -423,9 +403,7 @@ fn pod_traffic_reaches_the_node_end() {
     // The pod's frames come out of the node's veth end: an ARP for the
     // gateway from eth0 shows up there (the dataplane's XDP program would
     // answer it). Kernel only: no dataplane in this test.
-    if !can_run("pod_traffic") {
-        return;
-    }
+    require_env();
     let world = World::new("cn");
     let (_control, _served) = FakeControl::serve(&world.socket);
     let pod = NetNs::new(&unique_name("cp"));
@@ -460,9 +438,7 @@ fn pod_traffic_reaches_the_node_end() {
 
 #[test]
 fn the_shipped_conflist_works_as_a_runtime_reads_it() {
-    if !can_run("shipped_conflist") {
-        return;
-    }
+    require_env();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/10-kxdp.conflist");
     let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(list["cniVersion"], "1.0.0");

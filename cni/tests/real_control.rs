@@ -17,17 +17,12 @@ const IP1: &str = "10.244.1.2";
 const HOST1: &str = "kx0af40102";
 const MAC1: &str = "0a:58:0a:f4:01:02";
 
-fn control_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    if !can_run(test) {
-        return None;
-    }
-    let bin = control_binary();
-    if bin.is_none() {
-        eprintln!(
-            "{test}: skipped: no kxdp-control binary (cargo build -p kxdp-control, or set KXDP_CONTROL_BIN)"
-        );
-    }
-    bin
+/// The kxdp-control binary; fails the test when it is not built.
+fn control_or_fail() -> std::path::PathBuf {
+    require_env();
+    control_binary().expect(
+        "no kxdp-control binary: cargo build --release -p kxdp-control (scripts/test.sh builds it first), or set KXDP_CONTROL_BIN",
+    )
 }
 
 /// True when this kxdp-control implements AddPod (the stub answers UNIMPLEMENTED).
@@ -40,9 +35,7 @@ fn implements_add_pod(v: &serde_json::Value) -> bool {
 
 #[test]
 fn real_control_with_a_dataplane_add_check_del() {
-    let Some(bin) = control_or_skip("real_control_with_a_dataplane") else {
-        return;
-    };
+    let bin = control_or_fail();
     let world = World::new("cn");
     let dp_socket = world.dir.path().join("n1.sock");
     let (dataplane, _dp) = FakeDataplane::serve(&dp_socket);
@@ -91,9 +84,7 @@ fn real_control_with_a_dataplane_add_check_del() {
 
 #[test]
 fn real_control_with_an_unreachable_dataplane() {
-    let Some(bin) = control_or_skip("real_control_unreachable_dataplane") else {
-        return;
-    };
+    let bin = control_or_fail();
     let world = World::new("cn");
     let nowhere = world.dir.path().join("nowhere.sock");
     let control = RealControl::start(&bin, &world, &nowhere);

@@ -988,12 +988,12 @@ mod tests {
     }
 
     impl Etcd {
-        /// `None` (and a note on stderr) when etcd is not installed.
-        fn start(n: usize) -> Option<Etcd> {
-            if !std::path::Path::new(ETCD).exists() {
-                eprintln!("SKIPPED: {ETCD} missing (apt-get install etcd-server)");
-                return None;
-            }
+        /// Fails the test when etcd is not installed (it never skips itself).
+        fn start(n: usize) -> Etcd {
+            assert!(
+                std::path::Path::new(ETCD).exists(),
+                "{ETCD} missing: install Debian's etcd-server (scripts/deps.sh does)"
+            );
             let dir = TempDir::new("etcd");
             let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
             let initial: Vec<String> = ports
@@ -1039,11 +1039,11 @@ mod tests {
                 .iter()
                 .map(|(c, _)| format!("http://127.0.0.1:{c}"))
                 .collect();
-            Some(Etcd {
+            Etcd {
                 members,
                 endpoints,
                 _dir: dir,
-            })
+            }
         }
 
         async fn ready(&self) {
@@ -1149,7 +1149,7 @@ mod tests {
 
     #[tokio::test]
     async fn etcd_nodes_register_share_state_restart_and_expire() {
-        let Some(etcd) = Etcd::start(1) else { return };
+        let etcd = Etcd::start(1);
         etcd.ready().await;
         let _ = env_logger::builder().is_test(true).try_init();
         let tmp = TempDir::new("etcd-nodes");
@@ -1293,7 +1293,7 @@ mod tests {
 
     #[tokio::test]
     async fn etcd_concurrent_leases_never_overlap() {
-        let Some(etcd) = Etcd::start(1) else { return };
+        let etcd = Etcd::start(1);
         etcd.ready().await;
         let mut client = etcd::connect(&etcd.endpoints).await.unwrap();
         let mut config = lab_config();
@@ -1329,9 +1329,7 @@ mod tests {
 
     #[tokio::test]
     async fn etcd_member_death_keeps_the_cluster_working() {
-        let Some(mut etcd) = Etcd::start(3) else {
-            return;
-        };
+        let mut etcd = Etcd::start(3);
         etcd.ready().await;
         let tmp = TempDir::new("etcd-3");
         let fake_a = FakeDataplane::new("a-1");

@@ -767,18 +767,15 @@ fn parse_link(msg: &RawMessage, what: &str) -> Result<Link, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kxdp_testkit::{is_root, unique_name, veth, NetNs};
+    use kxdp_testkit::{require_root, unique_name, veth, NetNs};
 
     const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
     /// Two namespaces joined by veth `x` (192.0.2.1/24, in `a`) <-> `y`
-    /// (192.0.2.2/24, in `b`); `None` (test skipped) unless root.
+    /// (192.0.2.2/24, in `b`); fails the test unless root.
     fn pair() -> Option<(NetNs, NetNs)> {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
+        require_root();
         let a = NetNs::new(&unique_name("nl"));
         let b = NetNs::new(&unique_name("nl"));
         veth(&a, "x", &b, "y");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kxdp_proto::dataplane as pb;
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
-use kxdp_testkit::{is_root, unique_name, veth, NetNs};
+use kxdp_testkit::{require_root, unique_name, veth, NetNs};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -122,10 +122,7 @@ async fn update(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_validated_atomic_and_read_back() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root();
     let tag = unique_name("dp");
     let node_ns = NetNs::new(&format!("{tag}-n"));
     let peer_ns = NetNs::new(&format!("{tag}-p"));

@@ -30,16 +30,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use kxdp_testkit::{is_root, unique_name, NetNs};
+pub use kxdp_testkit::{is_root, require_root, unique_name, NetNs};
 
-/// Returns from the test with a message when not running as root.
+/// Fails the test unless it runs as root (it never skips itself).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!("skipped: needs root (network namespaces)");
-            return;
-        }
+        $crate::require_root()
     };
 }
 

@@ -1,10 +1,10 @@
 //! Root-only: kxdp-pktgen gen -> sink over a veth pair between two
-//! namespaces this test creates. Skipped (passes) when not root.
+//! namespaces this test creates. Fails when not root.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kxdp_perf::pktgen::{GenResult, SinkResult};
-use kxdp_testkit::{is_root, unique_name, veth, NetNs};
+use kxdp_testkit::{require_root, unique_name, veth, NetNs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kxdp-pktgen");
 
@@ -16,10 +16,7 @@ fn mac(ns: &NetNs, ifname: &str) -> String {
 
 #[test]
 fn gen_to_sink_over_veth_delivers_every_packet() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root();
     let tag = unique_name("pg");
     let a = NetNs::new(&format!("{tag}-a"));
     let b = NetNs::new(&format!("{tag}-b"));

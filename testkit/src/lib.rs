@@ -32,6 +32,16 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Fails the calling test unless it runs as root: a namespace test that
+/// cannot run fails, it does not pass by skipping itself.
+#[track_caller]
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, XDP): run it with sudo scripts/test.sh"
+    );
+}
+
 /// Runs a command, returning its output; panics with stderr if it fails.
 pub fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
@@ -163,10 +173,7 @@ mod tests {
 
     #[test]
     fn namespace_is_removed_on_drop() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        require_root();
         let name = unique_name("kt");
         {
             let ns = NetNs::new(&name);

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kxdp_proto::control::control_server::{Control, ControlServer};
@@ -24,7 +24,7 @@ use kxdp_proto::dataplane::{
     GetStateRequest, ListConntrackReply, ListConntrackRequest, PodStatus, SyncRequest,
     UpdateRequest, WriteReply,
 };
-use kxdp_testkit::{is_root, unique_name, NetNs};
+use kxdp_testkit::{unique_name, NetNs};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
@@ -34,32 +34,18 @@ pub const SUBNET: &str = "10.244.1.0/24";
 pub const GATEWAY: &str = "10.244.1.1";
 pub const NODE: &str = "n1";
 
-/// True when namespace tests can run here: root, and host-local present
-/// (installed from Debian's containernetworking-plugins if missing). Prints
-/// why not otherwise.
-pub fn can_run(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped: needs root (network namespaces)");
-        return false;
-    }
-    static HOST_LOCAL: OnceLock<bool> = OnceLock::new();
-    let ok = *HOST_LOCAL.get_or_init(|| {
-        let path = Path::new(CNI_BIN_DIR).join("host-local");
-        if !path.exists() {
-            eprintln!("host-local missing: apt-get install -y containernetworking-plugins");
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "containernetworking-plugins"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-        }
-        path.exists()
-    });
-    if !ok {
-        eprintln!(
-            "{test}: skipped: no {CNI_BIN_DIR}/host-local (Debian package containernetworking-plugins)"
-        );
-    }
-    ok
+/// Fails the test unless namespace tests can run here: root, and host-local
+/// (Debian's containernetworking-plugins, which scripts/deps.sh installs).
+/// A test that cannot run fails; it never passes by skipping itself.
+#[track_caller]
+pub fn require_env() {
+    kxdp_testkit::require_root();
+    let path = Path::new(CNI_BIN_DIR).join("host-local");
+    assert!(
+        path.exists(),
+        "no {}: install Debian's containernetworking-plugins (scripts/deps.sh does)",
+        path.display()
+    );
 }
 
 /// A directory removed on drop.
