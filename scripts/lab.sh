@@ -500,7 +500,7 @@ make_kxdp_node() {
     log "node $n: kxdp (dataplane: $QUEUES worker(s) on core $core${XDP_MODE:+, xdp mode $XDP_MODE})"
     ns_sysctl "$ns" net.ipv4.ip_forward 0
     make_host_interface "$n"
-    args=(--socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core")
+    args=(--node "$n" --socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core")
     [[ -n $XDP_MODE ]] && args+=(--xdp-mode "$XDP_MODE")
     [[ $FLOW_CACHE == 0 ]] && args+=(--no-flow-cache)
     printf '%s\n' "${args[@]}" >"$RUN_DIR/$n.args"

@@ -28,8 +28,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Uplink used when a node does not name one.
 pub const DEFAULT_UPLINK: &str = "eth0";
 
-/// Directory holding the dataplane sockets when `--dataplane-dir` is not given.
-pub const DEFAULT_DATAPLANE_DIR: &str = "/run/kxdp";
+/// Directory holding the dataplane sockets when `--dataplane-dir` is not
+/// given: where `kxdp-dataplane` listens by default.
+pub const DEFAULT_DATAPLANE_DIR: &str = kxdp_proto::DEFAULT_RUN_DIR;
 
 /// A MAC address. Displays as lowercase colon-separated hex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,7 +118,7 @@ pub fn pod_mtu(underlay_mtu: u32) -> u32 {
 
 /// A node's dataplane socket when the file does not give one.
 pub fn default_socket(dataplane_dir: &Path, node: &str) -> PathBuf {
-    dataplane_dir.join(format!("{node}.sock"))
+    kxdp_proto::dataplane_socket(dataplane_dir, node)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
 //! - [`reconcile`]: one push loop per kxdp node.
 //! - [`api`]: the Control gRPC service.
+//! - [`cli`]: `kxdp-control`'s flags and their environment variables.
 //! - [`etcd`]: the etcd store: node registration, pod CIDR leases, watch.
 //! - [`daemon`]: the process: socket, server, reconcilers, shutdown.
 //! - [`uds`]: tonic over Unix sockets (client channel, root-only listener).
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod conventions;
 pub mod daemon;

@@ -2,103 +2,39 @@
 //! node's dataplane at it. See the library docs for the parts.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kxdp_control::api::DEFAULT_APPLY_TIMEOUT;
+use kxdp_control::cli::Args;
 use kxdp_control::cluster::{Cluster, LAB_CLUSTER_YAML};
-use kxdp_control::conventions::DEFAULT_DATAPLANE_DIR;
 use kxdp_control::daemon::{self, Config};
-use kxdp_proto::DEFAULT_CONTROL_SOCKET;
-
-/// The kxdp control process.
-///
-/// Reads a cluster file (nodes, pods), validates it, computes what each kxdp
-/// node's dataplane must hold and pushes it over the dataplane gRPC API. Every
-/// resync interval it reads each dataplane's state and pushes the full state
-/// again after a dataplane restart (new boot_id), on first contact, or when
-/// the generation differs. Serves the Control API (kxdpctl, orchestration) on
-/// a root-only Unix socket. Stops cleanly on SIGTERM/SIGINT.
-///
-/// Exit status: 0 after a clean stop, 2 if the cluster file is invalid, 1 on
-/// other errors. Logging: RUST_LOG (default "info").
-#[derive(Parser, Debug)]
-#[command(name = "kxdp-control", version, verbatim_doc_comment)]
-struct Args {
-    /// Cluster file (YAML). Default: the embedded two-node lab file
-    /// (config/lab-cluster.yaml in the source tree).
-    #[arg(long, value_name = "FILE")]
-    cluster: Option<PathBuf>,
-
-    /// Unix socket to serve the Control API on (parent dir created 0700, socket 0600).
-    #[arg(long, value_name = "SOCK", default_value = DEFAULT_CONTROL_SOCKET)]
-    listen: PathBuf,
-
-    /// Directory of the nodes' dataplane sockets: a node without `socket:` in
-    /// the cluster file is reached at DIR/<node name>.sock.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATAPLANE_DIR)]
-    dataplane_dir: PathBuf,
-
-    /// How often each node's dataplane is checked (and re-pushed if needed).
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
-    resync_interval_ms: u64,
-
-    /// How long ApplyCluster waits for the reachable nodes to take a new state.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_APPLY_TIMEOUT.as_millis() as u64)]
-    apply_timeout_ms: u64,
-
-    /// Shared store: etcd://host:2379[,host:port...]. This process then
-    /// registers --node, takes a pod CIDR lease and programs only that
-    /// node's dataplane. With --cluster too, the file's cluster settings
-    /// become the cluster config if etcd has none (its nodes and pods are
-    /// not used: nodes register themselves).
-    #[arg(long, value_name = "URL", requires_all = ["node", "underlay_ip"])]
-    store: Option<String>,
-
-    /// Etcd mode: this node's name (a DNS label).
-    #[arg(long, value_name = "NAME")]
-    node: Option<String>,
-
-    /// Etcd mode: this node's underlay address (VTEP, NodePorts).
-    #[arg(long, value_name = "IP")]
-    underlay_ip: Option<std::net::Ipv4Addr>,
-
-    /// Etcd mode: the underlay interface.
-    #[arg(long, value_name = "IF", default_value = kxdp_control::conventions::DEFAULT_UPLINK)]
-    uplink: String,
-
-    /// Etcd mode: VTEP MAC; default 0e:58 + the underlay IP bytes.
-    #[arg(long, value_name = "MAC")]
-    vtep_mac: Option<kxdp_control::conventions::Mac>,
-
-    /// Etcd mode: TTL of this node's lease; a vanished node's routes go after it.
-    #[arg(long, value_name = "S", default_value_t = kxdp_control::etcd::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(i64).range(2..))]
-    lease_ttl_s: i64,
-
-    /// Etcd mode, with --cluster: prefix length of each node's pod CIDR.
-    #[arg(long, value_name = "LEN", default_value_t = kxdp_control::etcd::DEFAULT_SUBNET_LEN)]
-    subnet_len: u8,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = args.check() {
+        eprintln!("kxdp-control: {e}");
+        return ExitCode::from(2);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if args.store.is_some() {
         return main_etcd(args);
     }
 
+    // check() required one of --cluster, --store, --lab: without --cluster here, --lab.
     let (source, text) = match &args.cluster {
         None => (
-            "the embedded lab cluster file".to_string(),
+            "the built-in lab cluster file (--lab)".to_string(),
             LAB_CLUSTER_YAML.to_string(),
         ),
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => (path.display().to_string(), text),
             Err(e) => {
-                eprintln!("kxdp-control: cannot read {}: {e}", path.display());
-                return ExitCode::from(1);
+                eprintln!(
+                    "kxdp-control: cannot read the cluster file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
             }
         },
     };
@@ -194,7 +130,7 @@ fn main_etcd(args: Args) -> ExitCode {
         node: kxdp_control::etcd::Registration {
             name,
             underlay_ip: args.underlay_ip.expect("clap requires it"),
-            uplink: args.uplink.clone(),
+            uplink: args.uplink.clone().expect("clap requires it"),
             vtep_mac: args.vtep_mac,
             lease_ttl_s: args.lease_ttl_s,
         },

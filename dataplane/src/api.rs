@@ -13,11 +13,31 @@ use crate::state::{changes_from_proto, State};
 
 pub struct Service {
     engine: Sender<engine::Request>,
+    /// `--node`: when given, a Sync for any other node is refused.
+    node: Option<String>,
 }
 
 impl Service {
-    pub fn new(engine: Sender<engine::Request>) -> Service {
-        Service { engine }
+    pub fn new(engine: Sender<engine::Request>, node: Option<String>) -> Service {
+        Service { engine, node }
+    }
+
+    /// A Sync names the node it is for; a dataplane told which node it is
+    /// takes no other node's state (a control process dialing the wrong
+    /// socket, or two dataplanes sharing one, would otherwise swap identities).
+    fn check_node(&self, st: &pb::DataplaneState) -> Result<(), Status> {
+        let (Some(mine), Some(cfg)) = (&self.node, &st.node) else {
+            return Ok(());
+        };
+        if cfg.name == *mine {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "this dataplane serves node {mine:?} (--node / KXDP_NODE) but was sent node {:?}'s \
+             state: point kxdp-control's node {:?} at its own dataplane's socket, or start \
+             this dataplane with --node {:?}",
+            cfg.name, cfg.name, cfg.name
+        )))
     }
 
     async fn ask<T>(
@@ -50,6 +70,7 @@ impl Dataplane for Service {
             .into_inner()
             .state
             .ok_or_else(|| Status::invalid_argument("state: missing"))?;
+        self.check_node(&st)?;
         let st = State::try_from(&st).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let generation = self
             .ask(|tx| engine::Request::Sync(st, tx))

@@ -6,11 +6,13 @@
 //! - [`engine`]: the state manager thread; tables reach workers from here.
 //! - [`netlink`]: next-hop MACs from the kernel's neighbour table.
 //! - [`state`], [`api`]: the API edge (proto -> validated domain types).
+//! - [`cli`]: the command line (flags, their environment variables).
 //!
 //! ARCHITECTURE.md at the repository root has the packet walks and threads.
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod engine;
 pub mod netlink;
 pub mod state;

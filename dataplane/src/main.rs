@@ -1,50 +1,17 @@
 //! `kxdp-dataplane`: runs one node's engine and serves its gRPC API.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use kxdp_dataplane::cli::Args;
 use kxdp_dataplane::engine::{Engine, EngineConfig};
-use kxdp_dataplane::xdp::XdpMode;
 use kxdp_proto::dataplane::dataplane_server::DataplaneServer;
-
-/// kxdp's per-node fast path: VXLAN overlay and pod routing over AF_XDP.
-///
-/// Run it inside the node's network namespace. It serves its gRPC API at
-/// once with an empty state and attaches to interfaces only when the control
-/// process syncs it (the node config names the uplink, pods name their veth).
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Unix socket for the gRPC API (root-only).
-    #[arg(long, default_value = kxdp_proto::DEFAULT_DATAPLANE_SOCKET)]
-    socket: PathBuf,
-    /// Worker threads; worker i binds queue i of every interface, so use at
-    /// most as many as the interfaces have queues (the lab's veths have 1).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
-    /// Cores to pin workers to, comma-separated (worker i -> i-th core).
-    #[arg(long, value_delimiter = ',')]
-    cores: Vec<usize>,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    xdp_mode: XdpMode,
-    /// Force AF_XDP copy mode (veth is always copy mode anyway).
-    #[arg(long)]
-    copy: bool,
-    /// Turn off the per-worker flow cache: every packet takes the full walk
-    /// (same output, more work; for comparisons and debugging).
-    #[arg(long)]
-    no_flow_cache: bool,
-}
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    if args.workers == 0 || args.workers > 64 {
-        anyhow::bail!("--workers must be 1..=64");
-    }
+    let (node, socket) = args.identity()?;
     let boot_id = format!(
         "{:016x}",
         std::time::SystemTime::now()
@@ -54,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     );
     let engine = Engine::new(
         EngineConfig {
-            workers: args.workers,
+            workers: usize::from(args.workers),
             cores: args.cores.clone(),
             xdp_mode: args.xdp_mode,
             copy_mode: args.copy,
@@ -72,12 +39,12 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let socket = args.socket.clone();
+    let explicit_node = args.node.clone();
     rt.block_on(async move {
         // The socket file goes when `_socket_file` drops, after serving.
         let (listener, _socket_file) = bind(&socket)?;
         log::info!(
-            "kxdp-dataplane {} serving on {} (boot id {boot_id}, {} worker(s))",
+            "kxdp-dataplane {} for node {node} serving on {} (boot id {boot_id}, {} worker(s))",
             env!("CARGO_PKG_VERSION"),
             socket.display(),
             args.workers
@@ -85,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         tonic::transport::Server::builder()
             .add_service(
-                DataplaneServer::new(kxdp_dataplane::api::Service::new(tx))
+                DataplaneServer::new(kxdp_dataplane::api::Service::new(tx, explicit_node))
                     .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE),
             )

@@ -26,6 +26,8 @@ impl Dataplane {
                 "exec",
                 ns.name(),
                 env!("CARGO_BIN_EXE_kxdp-dataplane"),
+                "--node",
+                "n1",
                 "--socket",
             ])
             .arg(&socket)
@@ -156,6 +158,19 @@ async fn writes_are_validated_atomic_and_read_back() {
     assert!(e.message().contains("pods[p1].ip"), "{}", e.message());
     let e = c.sync(pb::SyncRequest { state: None }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // Another node's state: this dataplane was started as --node n1.
+    let mut other = state(5, vec![pod("p1", "10.244.1.2", "kxa")]);
+    other.node.as_mut().unwrap().name = "n7".into();
+    let e = c
+        .sync(pb::SyncRequest { state: Some(other) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("serves node \"n1\"") && e.message().contains("node \"n7\""),
+        "{}",
+        e.message()
+    );
     assert_eq!(
         get(&mut c).await.state,
         empty.state,

@@ -24,10 +24,17 @@ pub mod uds;
 pub use kxdp::control::v1 as control;
 pub use kxdp::dataplane::v1 as dataplane;
 
-/// Default Unix socket of a node's dataplane API.
-pub const DEFAULT_DATAPLANE_SOCKET: &str = "/run/kxdp/dataplane.sock";
+/// Where the daemons' sockets live by default.
+pub const DEFAULT_RUN_DIR: &str = "/run/kxdp";
 /// Default Unix socket of the control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kxdp/control.sock";
+
+/// The socket of node `node`'s dataplane API in `dir`: `kxdp-dataplane`
+/// listens there by default and `kxdp-control` dials it, so the two meet
+/// without either being told.
+pub fn dataplane_socket(dir: impl AsRef<std::path::Path>, node: &str) -> std::path::PathBuf {
+    dir.as_ref().join(format!("{node}.sock"))
+}
 
 /// Largest gRPC message either side accepts: a full state of 10,000
 /// services with 100,000 endpoints and Kubernetes-length names is ~7 MiB,
