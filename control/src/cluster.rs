@@ -118,19 +118,6 @@ pub struct Pod {
     pub ifname: String,
 }
 
-impl Pod {
-    /// A cluster-file pod: MAC and veth name derived from its IP.
-    pub fn conventional(name: String, node: String, ip: Ipv4Addr) -> Pod {
-        Pod {
-            name,
-            node,
-            mac: conventions::pod_mac(ip),
-            ifname: conventions::pod_ifname(ip),
-            ip,
-        }
-    }
-}
-
 impl Cluster {
     /// Parses and validates a cluster file's text.
     pub fn from_yaml(text: &str) -> Result<Cluster, Problems> {
@@ -335,6 +322,12 @@ struct RawPod {
     name: String,
     node: String,
     ip: String,
+    /// The pod's eth0 MAC, for a pod that exists already; default 0a:58 + IP.
+    #[serde(default)]
+    mac: Option<String>,
+    /// Its node-side veth, for a pod that exists already; default kx + hex IP.
+    #[serde(default)]
+    ifname: Option<String>,
 }
 
 // ---- validation ----
@@ -543,22 +536,10 @@ fn validate_nodes(
         }
 
         let vtep_mac = match &node.vtep_mac {
-            Some(text) => match text.parse::<Mac>() {
-                Ok(mac) => Some(mac),
-                Err(e) => {
-                    p.push(Problem::new(at("vtep_mac"), format!("{text:?} is {e}")));
-                    None
-                }
-            },
+            Some(text) => parse_unicast_mac(&at("vtep_mac"), text, p),
             None => underlay_ip.map(conventions::default_vtep_mac),
         };
         if let Some(mac) = vtep_mac {
-            if mac.is_multicast() || mac.is_zero() {
-                p.push(Problem::new(
-                    at("vtep_mac"),
-                    format!("{mac} is not a unicast MAC"),
-                ));
-            }
             if let Some(&j) = macs.get(&mac) {
                 p.push(Problem::new(
                     at("vtep_mac"),
@@ -618,6 +599,9 @@ fn validate_pods(
 ) -> Vec<Pod> {
     let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
     let mut names: HashMap<(&str, &str), usize> = HashMap::new();
+    // Per node: a veth name or a MAC given twice would make two pods one.
+    let mut ifnames: HashMap<(&str, String), usize> = HashMap::new();
+    let mut macs: HashMap<(&str, Mac), usize> = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
 
     for (i, pod) in raw.iter().enumerate() {
@@ -696,8 +680,57 @@ fn validate_pods(
             }
         }
 
-        if let (true, Some(ip), Some(_)) = (p.len() == before, ip, pod_cidr) {
-            out.push(Pod::conventional(pod.name.clone(), pod.node.clone(), ip));
+        let mac = match (&pod.mac, ip) {
+            (Some(text), _) => parse_unicast_mac(&at("mac"), text, p),
+            (None, ip) => ip.map(conventions::pod_mac),
+        };
+        let ifname = match (&pod.ifname, ip) {
+            (Some(name), _) => {
+                let before = p.len();
+                check_ifname(&at("ifname"), name, p);
+                (p.len() == before).then(|| name.clone())
+            }
+            (None, ip) => ip.map(conventions::pod_ifname),
+        };
+        if let (Some(name), Some(j)) = (&ifname, node_index) {
+            let node = &raw_nodes[j];
+            if Some(name) == node.uplink.as_ref()
+                || (node.uplink.is_none() && name == conventions::DEFAULT_UPLINK)
+            {
+                p.push(Problem::new(
+                    at("ifname"),
+                    format!("{name} is node {}'s uplink", node.name),
+                ));
+            } else if let Some(&k) = ifnames.get(&(pod.node.as_str(), name.clone())) {
+                p.push(Problem::new(
+                    at("ifname"),
+                    format!("{name} is also pods[{k}]'s interface on node {}", pod.node),
+                ));
+            } else {
+                ifnames.insert((pod.node.as_str(), name.clone()), i);
+            }
+        }
+        if let (Some(mac), Some(_)) = (mac, node_index) {
+            if let Some(&k) = macs.get(&(pod.node.as_str(), mac)) {
+                p.push(Problem::new(
+                    at("mac"),
+                    format!("{mac} is also pods[{k}]'s MAC on node {}", pod.node),
+                ));
+            } else {
+                macs.insert((pod.node.as_str(), mac), i);
+            }
+        }
+
+        if let (true, Some(ip), Some(_), Some(mac), Some(ifname)) =
+            (p.len() == before, ip, pod_cidr, mac, ifname)
+        {
+            out.push(Pod {
+                name: pod.name.clone(),
+                node: pod.node.clone(),
+                ip,
+                mac,
+                ifname,
+            });
         }
     }
     out
@@ -750,6 +783,21 @@ pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
                 "{name:?} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"
             ),
         ));
+    }
+}
+
+/// A unicast MAC (an interface's own address), or a problem at `path`.
+pub(crate) fn parse_unicast_mac(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Mac> {
+    match text.parse::<Mac>() {
+        Ok(mac) if mac.is_multicast() || mac.is_zero() => {
+            p.push(Problem::new(path, format!("{mac} is not a unicast MAC")));
+            None
+        }
+        Ok(mac) => Some(mac),
+        Err(e) => {
+            p.push(Problem::new(path, format!("{text:?} is {e}")));
+            None
+        }
     }
 }
 
@@ -1240,6 +1288,61 @@ nodes:
             "pods[3].node",
             "unknown node n3 (nodes are: n1, n2)",
         );
+    }
+
+    #[test]
+    fn an_existing_pod_keeps_its_own_mac_and_veth() {
+        let c = Cluster::from_yaml(&replaced(
+            "ip: 10.244.2.3 }",
+            "ip: 10.244.2.3, mac: \"02:aa:bb:cc:dd:ee\", ifname: veth9f3a }",
+        ))
+        .unwrap();
+        let p = c
+            .pods
+            .iter()
+            .find(|p| p.ip.to_string() == "10.244.2.3")
+            .unwrap();
+        assert_eq!(p.mac.to_string(), "02:aa:bb:cc:dd:ee");
+        assert_eq!(p.ifname, "veth9f3a");
+        // The others keep the conventions.
+        let q = c
+            .pods
+            .iter()
+            .find(|p| p.ip.to_string() == "10.244.2.2")
+            .unwrap();
+        assert_eq!(q.mac.to_string(), "0a:58:0a:f4:02:02");
+        assert_eq!(q.ifname, "kx0af40202");
+    }
+
+    #[test]
+    fn pod_mac_and_ifname_are_checked() {
+        let with =
+            |extra: &str| replaced("ip: 10.244.2.3 }", &format!("ip: 10.244.2.3, {extra} }}"));
+        assert_problem(
+            &with("mac: \"01:00:5e:00:00:01\""),
+            "pods[3].mac",
+            "not a unicast MAC",
+        );
+        assert_problem(&with("mac: nope"), "pods[3].mac", "not a MAC address");
+        // Another pod's conventional MAC on the same node.
+        assert_problem(
+            &with("mac: \"0a:58:0a:f4:02:02\""),
+            "pods[3].mac",
+            "also pods[2]'s MAC on node n2",
+        );
+        assert_problem(
+            &with("ifname: \"a/b\""),
+            "pods[3].ifname",
+            "not a Linux interface name",
+        );
+        assert_problem(
+            &with("ifname: kx0af40202"),
+            "pods[3].ifname",
+            "also pods[2]'s interface on node n2",
+        );
+        assert_problem(&with("ifname: eth0"), "pods[3].ifname", "node n2's uplink");
+        // The same name on another node is another interface.
+        assert!(Cluster::from_yaml(&with("ifname: kx0af40102")).is_ok());
     }
 
     #[test]

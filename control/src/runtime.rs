@@ -30,7 +30,7 @@ use kxdp_proto::control::AddPodRequest;
 
 use kxdp_proto::dataplane as pb;
 
-use crate::cluster::{check_ifname, parse_ip, Cluster, Pod, Problem, Problems};
+use crate::cluster::{check_ifname, parse_ip, parse_unicast_mac, Cluster, Pod, Problem, Problems};
 use crate::conventions::{self, Mac};
 use crate::service::{self, RawService, Service, Taken};
 
@@ -329,17 +329,7 @@ pub fn check_pod(
     }
 
     // mac
-    let mac = match req.mac.parse::<Mac>() {
-        Ok(mac) if mac.is_multicast() || mac.is_zero() => {
-            p.push(Problem::new("mac", format!("{mac} is not a unicast MAC")));
-            None
-        }
-        Ok(mac) => Some(mac),
-        Err(e) => {
-            p.push(Problem::new("mac", format!("{:?} is {e}", req.mac)));
-            None
-        }
-    };
+    let mac = parse_unicast_mac("mac", &req.mac, &mut p);
 
     // ifname
     let before = p.len();
