@@ -21,16 +21,7 @@ UNITS=$SRC/vagrant/systemd
 install -d -m 0755 /usr/local/lib/kxdp /etc/kxdp
 install -m 0755 "$SRC/scripts/provision/uplink.sh" /usr/local/lib/kxdp/uplink.sh
 install -m 0755 "$SRC/scripts/provision/cni-pod.sh" /usr/local/bin/kxdp-pod
-cat >/etc/default/kxdp <<CONF
-# Written by kxdp's vagrant/provision/kxdp.sh; read by kxdp-dataplane.service
-# and kxdp-control.service.
-KXDP_NODE=$NODE
-KXDP_UNDERLAY_IP=${KXDP_UNDERLAY_IP:?}
-KXDP_UPLINK=${KXDP_UPLINK:-eth1}
-KXDP_ETCD=${KXDP_ETCD:?}
-KXDP_WORKERS=1
-RUST_LOG=info
-CONF
+"$SRC/vagrant/provision/kxdp-env.sh" >/etc/default/kxdp
 
 install -m 0644 "$UNITS/kxdp-dataplane.service" "$UNITS/kxdp-control.service" /etc/systemd/system/
 rm -rf /etc/systemd/system/kxdp-control.service.d
