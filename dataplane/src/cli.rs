@@ -110,18 +110,4 @@ mod tests {
             assert!(e.to_string().contains("--workers"), "{e}");
         }
     }
-
-    #[test]
-    fn help_names_the_environment_variables() {
-        use clap::CommandFactory;
-        let help = Args::command().render_long_help().to_string();
-        for v in [
-            "KXDP_NODE",
-            "KXDP_DATAPLANE_SOCKET",
-            "KXDP_WORKERS",
-            "KXDP_CORES",
-        ] {
-            assert!(help.contains(v), "{v} missing from --help");
-        }
-    }
 }
