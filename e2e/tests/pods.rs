@@ -89,3 +89,45 @@ fn tcp_and_udp_with_tx_checksum_offload_on_in_the_pods() {
     check_udp(&lab, "n2-p1", "n1-p2", 6004, 1000);
     assert!(lab.dataplane_alive("n1") && lab.dataplane_alive("n2"));
 }
+
+/// An operator adopting pods whose veths exist already gives their MAC and
+/// node-side veth name in the cluster file; the lab plumbs them so, and
+/// kxdp routes to them and back (TCP echo across nodes and on one node).
+#[test]
+fn a_pod_with_its_own_mac_and_veth_name_in_the_cluster_file() {
+    require_root!();
+    let text =
+        std::fs::read_to_string(kxdp_e2e::repo_root().join("config/lab-cluster.yaml")).unwrap();
+    let own =
+        "{ name: p2, node: n2, ip: 10.244.2.3, mac: \"02:6b:78:00:00:03\", ifname: adopted0 }";
+    let changed = text.replacen("{ name: p2, node: n2, ip: 10.244.2.3 }", own, 1);
+    assert_ne!(changed, text, "config/lab-cluster.yaml lacks n2/p2");
+    let file = std::env::temp_dir().join(format!("{}-cluster.yaml", kxdp_e2e::unique_name("kc")));
+    std::fs::write(&file, changed).unwrap();
+    let lab = Lab::up(LabOpts {
+        cluster: Some(file.clone()),
+        ..LabOpts::default()
+    });
+    let _ = std::fs::remove_file(&file);
+
+    let link = check(
+        "ip link show adopted0 (node n2)",
+        ns_exec(&lab.ns("n2"), 5, "ip", &["-br", "link", "show", "adopted0"]),
+    );
+    assert!(link.starts_with("adopted0"), "{link}");
+    let eth0 = check(
+        "ip link show eth0 (pod n2-p2)",
+        ns_exec(&lab.ns("n2-p2"), 5, "ip", &["-br", "link", "show", "eth0"]),
+    );
+    assert!(eth0.contains("02:6b:78:00:00:03"), "{eth0}");
+    let pod = lab
+        .pod_infos()
+        .into_iter()
+        .find(|p| p["ip"] == "10.244.2.3")
+        .expect("kxdpctl pods lists 10.244.2.3");
+    assert_eq!(pod["ifname"], "adopted0", "{pod}");
+    assert_eq!(pod["mac"], "02:6b:78:00:00:03", "{pod}");
+
+    check_tcp(&lab, "n1-p1", "n2-p2", 5001, 4 << 20);
+    check_tcp(&lab, "n2-p1", "n2-p2", 5002, 4 << 20);
+}
