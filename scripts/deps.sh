@@ -85,20 +85,41 @@ kxdp_quiet_etcd() {
 # kxdp_find_cargo: sets KXDP_CARGO to the cargo to use. Under `sudo`, root's
 # PATH rarely holds the invoking user's ~/.cargo/bin: fall back to it, and
 # point rustup at that user's toolchain (exports CARGO_HOME and RUSTUP_HOME).
-# Call it directly, not in $(...), so the exports stay.
+# Call it directly, not in $(...), so the exports stay. Fails, saying how to
+# fix it, when that toolchain is older than the workspace's rust-version.
 kxdp_find_cargo() {
     KXDP_CARGO=$(command -v cargo || true)
-    [[ -n $KXDP_CARGO ]] && return 0
+    [[ -n $KXDP_CARGO ]] && { kxdp_check_rust; return; }
     local home
     for home in "${HOME:-/root}" "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)"; do
         if [[ -n $home && -x $home/.cargo/bin/cargo ]]; then
             export CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup"
             KXDP_CARGO=$home/.cargo/bin/cargo
-            return 0
+            kxdp_check_rust
+            return
         fi
     done
-    echo "error: cargo not found (install Rust with rustup, or put cargo on PATH)" >&2
+    echo "error: cargo not found: install Rust $(kxdp_rust_min) or newer with rustup (https://rustup.rs), or put cargo on PATH" >&2
     return 1
+}
+
+# kxdp_rust_min: the workspace's rust-version (Cargo.toml).
+kxdp_rust_min() {
+    sed -n 's/^rust-version = "\([0-9.]*\)".*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml"
+}
+
+# kxdp_check_rust: fails with the fix when the toolchain of KXDP_CARGO is
+# older than the workspace's rust-version (Debian 12's own rustc is 1.63).
+kxdp_check_rust() {
+    local min have rustc
+    min=$(kxdp_rust_min)
+    rustc=$(dirname "$KXDP_CARGO")/rustc
+    [[ -x $rustc ]] || rustc=rustc
+    have=$("$rustc" --version 2>/dev/null | awk '{print $2}')
+    if [[ -z $have ]] || [[ $(printf '%s\n%s\n' "$min" "${have%%-*}" | sort -V | head -1) != "$min" ]]; then
+        echo "error: kxdp needs Rust $min or newer; $rustc is ${have:-missing}: rustup update stable (or install rustup: https://rustup.rs)" >&2
+        return 1
+    fi
 }
 
 # kxdp_in_mounted_root SCRIPT [ARG...]: makes sure / is a mount point, which
