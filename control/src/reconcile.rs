@@ -527,10 +527,13 @@ impl NodeReconciler {
         }
         match phase {
             Phase::Unreachable(e) => log::warn!(
-                "{}: dataplane at {} unreachable ({e}); retrying every {:?}",
+                "{}: dataplane at {} unreachable ({e}); retrying every {:?} \
+                 (kxdp-dataplane --node {} listens at {} unless given --socket)",
                 self.name,
                 socket.display(),
-                self.shared.resync_interval
+                self.shared.resync_interval,
+                self.name,
+                kxdp_proto::dataplane_socket(kxdp_proto::DEFAULT_RUN_DIR, &self.name).display()
             ),
             Phase::Failed(e) => log::error!("{}: dataplane refused the state: {e}", self.name),
             Phase::Synced => log::info!("{}: in sync", self.name),
