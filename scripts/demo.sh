@@ -31,7 +31,12 @@ esac
 source "$ROOT/scripts/deps.sh"
 kxdp_in_mounted_root "$ROOT/scripts/demo.sh" "$@"
 
-section() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Section titles in bold on a terminal, plain in a log.
+if [[ -t 1 ]]; then
+    section() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    section() { printf '\n== %s\n' "$*"; }
+fi
 
 if ! "$ROOT/scripts/lab.sh" status >/dev/null 2>&1; then
     section "bringing the lab up: scripts/lab.sh up"
