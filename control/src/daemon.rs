@@ -283,7 +283,10 @@ mod tests {
                     reason: "no_route".into(),
                     packets: 3,
                 }],
-                encapsulated: 42,
+                counters: vec![kxdp_proto::dataplane::Counter {
+                    name: "encapsulated".into(),
+                    value: 42,
+                }],
                 ..Default::default()
             }))
         }
@@ -526,7 +529,14 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(counters.encapsulated, 42);
+        assert_eq!(
+            counters
+                .counters
+                .iter()
+                .find(|c| c.name == "encapsulated")
+                .map(|c| c.value),
+            Some(42)
+        );
         let err = client
             .get_node_counters(GetNodeCountersRequest { node: "n9".into() })
             .await

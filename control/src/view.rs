@@ -101,21 +101,39 @@ pub struct CountersView {
     pub interfaces: Vec<InterfaceView>,
     /// Every reason, zero or not.
     pub drops: Vec<DropView>,
-    pub arp_replies: u64,
-    pub icmp_errors_sent: u64,
-    pub icmp_rate_limited: u64,
-    pub resets_sent: u64,
-    /// Service packets passed to the worker owning their flow.
-    pub handed_off: u64,
-    /// Packets the flow caches forwarded without the full walk.
-    pub flow_cache_hits: u64,
-    pub encapsulated: u64,
-    pub decapsulated: u64,
-    pub routed_local: u64,
+    /// Every event counter (encapsulated, routed_local, ...): top-level keys
+    /// in JSON, columns in the table, as the dataplane declares them.
+    #[serde(flatten)]
+    pub events: EventCounters,
     /// Per-service counters; empty when the dataplane has none.
     pub services: Vec<ServiceCountersView>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
+}
+
+/// Event counters by name, in the dataplane's order; a map when serialized.
+#[derive(Debug, Default)]
+pub struct EventCounters(pub Vec<(String, u64)>);
+
+impl EventCounters {
+    /// The counter called `name`; 0 when the dataplane does not send it.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+impl Serialize for EventCounters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            m.serialize_entry(name, value)?;
+        }
+        m.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -175,15 +193,7 @@ impl CountersView {
                     packets: d.packets,
                 })
                 .collect(),
-            arp_replies: c.arp_replies,
-            icmp_errors_sent: c.icmp_errors_sent,
-            icmp_rate_limited: c.icmp_rate_limited,
-            resets_sent: c.resets_sent,
-            handed_off: c.handed_off,
-            flow_cache_hits: c.flow_cache_hits,
-            encapsulated: c.encapsulated,
-            decapsulated: c.decapsulated,
-            routed_local: c.routed_local,
+            events: EventCounters(c.counters.into_iter().map(|c| (c.name, c.value)).collect()),
             services: c
                 .services
                 .into_iter()
@@ -688,30 +698,15 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
         &rows,
     ));
     out.push('\n');
-    out.push_str(&table(
-        &[
-            "ENCAPSULATED",
-            "DECAPSULATED",
-            "ROUTED LOCAL",
-            "ARP REPLIES",
-            "ICMP ERRORS SENT",
-            "ICMP RATE LIMITED",
-            "RESETS SENT",
-            "HANDED OFF",
-            "FLOW CACHE HITS",
-        ],
-        &[vec![
-            c.encapsulated.to_string(),
-            c.decapsulated.to_string(),
-            c.routed_local.to_string(),
-            c.arp_replies.to_string(),
-            c.icmp_errors_sent.to_string(),
-            c.icmp_rate_limited.to_string(),
-            c.resets_sent.to_string(),
-            c.handed_off.to_string(),
-            c.flow_cache_hits.to_string(),
-        ]],
-    ));
+    let headers: Vec<String> = c
+        .events
+        .0
+        .iter()
+        .map(|(name, _)| name.replace('_', " ").to_uppercase())
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let values: Vec<String> = c.events.0.iter().map(|(_, v)| v.to_string()).collect();
+    out.push_str(&table(&headers, &[values]));
     out.push('\n');
     let drops: Vec<Vec<String>> = c
         .drops
@@ -769,7 +764,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kxdp_proto::dataplane::{DropCounter, InterfaceCounters};
+    use kxdp_proto::dataplane::{Counter, DropCounter, InterfaceCounters};
 
     #[test]
     fn table_aligns_columns() {
@@ -805,7 +800,16 @@ mod tests {
                         packets: 0,
                     },
                 ],
-                encapsulated: 7,
+                counters: vec![
+                    Counter {
+                        name: "encapsulated".into(),
+                        value: 7,
+                    },
+                    Counter {
+                        name: "flow_cache_hits".into(),
+                        value: 5,
+                    },
+                ],
                 ..Default::default()
             },
         )
@@ -820,6 +824,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("eth0"));
+        assert!(text.contains("FLOW CACHE HITS"), "{text}");
         let text = counters_text(&c, true);
         assert!(
             text.contains("no_route") && text.contains("bad_vni"),
@@ -833,6 +838,7 @@ mod tests {
         assert_eq!(json["drops"].as_array().unwrap().len(), 2);
         assert_eq!(json["interfaces"][0]["rx_packets"], 10);
         assert_eq!(json["encapsulated"], 7);
+        assert_eq!(json["flow_cache_hits"], 5);
     }
 
     #[test]

@@ -881,18 +881,17 @@ impl Engine {
                 })
                 .chain(kernel)
                 .collect(),
-            arp_replies: c.arp_replies,
-            icmp_errors_sent: c.icmp_errors_sent,
-            encapsulated: c.encapsulated,
-            decapsulated: c.decapsulated,
-            routed_local: c.routed_local,
+            counters: Counters::EVENT_NAMES
+                .iter()
+                .zip(c.events())
+                .map(|(name, value)| pb::Counter {
+                    name: name.to_string(),
+                    value,
+                })
+                .collect(),
             services,
             conntrack_entries,
             conntrack_capacity,
-            resets_sent: c.resets_sent,
-            icmp_rate_limited: c.icmp_rate_limited,
-            handed_off: c.handed_off,
-            flow_cache_hits: c.flow_cache_hits,
         }
     }
 }

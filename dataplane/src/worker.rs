@@ -169,13 +169,11 @@ pub struct PortCounters {
     pub tx_ring_full: u64,
 }
 
-const MISC: usize = 9;
-
 /// Counters a worker publishes for the manager to read: single writer,
 /// relaxed stores of the worker's own plain counters.
 pub struct SharedStats {
     drops: [AtomicU64; DropReason::COUNT],
-    misc: [AtomicU64; MISC],
+    events: [AtomicU64; Counters::EVENTS],
     ports: Box<[[AtomicU64; 5]]>,
 }
 
@@ -183,7 +181,7 @@ impl SharedStats {
     fn new() -> SharedStats {
         SharedStats {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            misc: std::array::from_fn(|_| AtomicU64::new(0)),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
             ports: (0..MAX_PORTS)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
@@ -196,16 +194,9 @@ impl SharedStats {
         for (d, s) in c.drops.iter_mut().zip(self.drops.iter()) {
             *d = s.load(Ordering::Relaxed);
         }
-        let m: [u64; MISC] = std::array::from_fn(|i| self.misc[i].load(Ordering::Relaxed));
-        c.arp_replies = m[0];
-        c.icmp_errors_sent = m[1];
-        c.icmp_rate_limited = m[2];
-        c.encapsulated = m[3];
-        c.decapsulated = m[4];
-        c.routed_local = m[5];
-        c.resets_sent = m[6];
-        c.handed_off = m[7];
-        c.flow_cache_hits = m[8];
+        c.set_events(std::array::from_fn(|i| {
+            self.events[i].load(Ordering::Relaxed)
+        }));
         c
     }
 
@@ -706,18 +697,7 @@ impl Worker {
         for (s, v) in self.stats.drops.iter().zip(c.drops.iter()) {
             s.store(*v, Ordering::Relaxed);
         }
-        let m = [
-            c.arp_replies,
-            c.icmp_errors_sent,
-            c.icmp_rate_limited,
-            c.encapsulated,
-            c.decapsulated,
-            c.routed_local,
-            c.resets_sent,
-            c.handed_off,
-            c.flow_cache_hits,
-        ];
-        for (s, v) in self.stats.misc.iter().zip(m) {
+        for (s, v) in self.stats.events.iter().zip(c.events()) {
             s.store(v, Ordering::Relaxed);
         }
         for &p in &self.active {

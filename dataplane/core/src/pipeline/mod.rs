@@ -23,9 +23,11 @@
 
 use core::net::Ipv4Addr;
 
+mod counters;
 mod fast;
 mod nat;
 
+pub use counters::{Counters, DropReason};
 pub use fast::{FlowCache, MAX_FLOW_CACHE};
 pub use nat::{SvcCounters, SNAT_PORTS};
 
@@ -58,136 +60,6 @@ const OUTER_TTL: u8 = 64;
 /// (routers rate-limit them; RFC 1812 4.3.2.8).
 const ICMP_RATE_PER_SEC: u64 = 1000;
 const ICMP_BURST: u64 = 100;
-
-/// Why a frame was dropped. Indexes the per-worker drop counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DropReason {
-    /// No node config yet (before the first sync).
-    NotConfigured,
-    /// Received on a port the tables do not know (being detached).
-    UnknownPort,
-    EthTruncated,
-    /// Neither IPv4 nor ARP (IPv6, VLAN tags, ...).
-    UnsupportedEthertype,
-    ArpMalformed,
-    /// Not a request, or not for an address this node answers for.
-    ArpIgnored,
-    Ipv4Truncated,
-    Ipv4BadVersion,
-    Ipv4BadIhl,
-    /// Total length shorter than the header.
-    Ipv4BadLength,
-    Ipv4BadChecksum,
-    Ipv4Options,
-    Ipv4Fragment,
-    /// Broadcast, multicast or unspecified addresses: not routed.
-    Ipv4Martian,
-    /// A pod sent from an address that is not its own.
-    SourceMismatch,
-    TtlExceeded,
-    NoRoute,
-    /// Addressed to the node itself: the host interface comes later.
-    ToGateway,
-    /// Larger than the pod MTU (would not fit after encap).
-    TooBig,
-    /// The underlay next hop's MAC is not resolved yet.
-    NeighbourUnresolved,
-    /// A remote route but no uplink attached.
-    NoUplink,
-    /// On the uplink but not VXLAN to this node (the XDP filter passed it).
-    NotOurs,
-    UdpMalformed,
-    VxlanMalformed,
-    VxlanBadVni,
-    /// Not enough headroom in the chunk to prepend headers.
-    NoHeadroom,
-    /// A service with no ready endpoint (answered with a reset/unreachable).
-    NoEndpoint,
-    /// A tracked flow's backend is gone (TCP answered with a reset).
-    BackendGone,
-    /// A non-SYN TCP segment to a service with no tracked flow.
-    NoConntrack,
-    /// The conntrack table is full and nothing could be evicted.
-    ConntrackFull,
-    /// A service packet for another worker's flow could not be handed over
-    /// (that worker's queue full, or no free buffer on either side).
-    HandoffFull,
-}
-
-impl DropReason {
-    pub const COUNT: usize = DropReason::HandoffFull as usize + 1;
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::NotConfigured,
-        DropReason::UnknownPort,
-        DropReason::EthTruncated,
-        DropReason::UnsupportedEthertype,
-        DropReason::ArpMalformed,
-        DropReason::ArpIgnored,
-        DropReason::Ipv4Truncated,
-        DropReason::Ipv4BadVersion,
-        DropReason::Ipv4BadIhl,
-        DropReason::Ipv4BadLength,
-        DropReason::Ipv4BadChecksum,
-        DropReason::Ipv4Options,
-        DropReason::Ipv4Fragment,
-        DropReason::Ipv4Martian,
-        DropReason::SourceMismatch,
-        DropReason::TtlExceeded,
-        DropReason::NoRoute,
-        DropReason::ToGateway,
-        DropReason::TooBig,
-        DropReason::NeighbourUnresolved,
-        DropReason::NoUplink,
-        DropReason::NotOurs,
-        DropReason::UdpMalformed,
-        DropReason::VxlanMalformed,
-        DropReason::VxlanBadVni,
-        DropReason::NoHeadroom,
-        DropReason::NoEndpoint,
-        DropReason::BackendGone,
-        DropReason::NoConntrack,
-        DropReason::ConntrackFull,
-        DropReason::HandoffFull,
-    ];
-
-    /// The snake_case name used in the API and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::NotConfigured => "not_configured",
-            DropReason::UnknownPort => "unknown_port",
-            DropReason::EthTruncated => "eth_truncated",
-            DropReason::UnsupportedEthertype => "unsupported_ethertype",
-            DropReason::ArpMalformed => "arp_malformed",
-            DropReason::ArpIgnored => "arp_ignored",
-            DropReason::Ipv4Truncated => "ipv4_truncated",
-            DropReason::Ipv4BadVersion => "ipv4_bad_version",
-            DropReason::Ipv4BadIhl => "ipv4_bad_ihl",
-            DropReason::Ipv4BadLength => "ipv4_bad_length",
-            DropReason::Ipv4BadChecksum => "ipv4_bad_checksum",
-            DropReason::Ipv4Options => "ipv4_options",
-            DropReason::Ipv4Fragment => "ipv4_fragment",
-            DropReason::Ipv4Martian => "ipv4_martian",
-            DropReason::SourceMismatch => "source_mismatch",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::NoRoute => "no_route",
-            DropReason::ToGateway => "to_gateway",
-            DropReason::TooBig => "too_big",
-            DropReason::NeighbourUnresolved => "neighbour_unresolved",
-            DropReason::NoUplink => "no_uplink",
-            DropReason::NotOurs => "not_ours",
-            DropReason::UdpMalformed => "udp_malformed",
-            DropReason::VxlanMalformed => "vxlan_malformed",
-            DropReason::VxlanBadVni => "vxlan_bad_vni",
-            DropReason::NoHeadroom => "no_headroom",
-            DropReason::NoEndpoint => "no_endpoint",
-            DropReason::BackendGone => "backend_gone",
-            DropReason::NoConntrack => "no_conntrack",
-            DropReason::ConntrackFull => "conntrack_full",
-            DropReason::HandoffFull => "handoff_full",
-        }
-    }
-}
 
 /// What to do with a frame once the batch is processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,63 +98,6 @@ impl<'a> Packet<'a> {
     /// The frame bytes.
     pub fn frame(&self) -> &[u8] {
         &self.buf[self.off..self.off + self.len]
-    }
-}
-
-/// Per-worker counters: plain integers (one writer), merged off the hot path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counters {
-    pub drops: [u64; DropReason::COUNT],
-    pub arp_replies: u64,
-    pub icmp_errors_sent: u64,
-    pub icmp_rate_limited: u64,
-    pub encapsulated: u64,
-    pub decapsulated: u64,
-    pub routed_local: u64,
-    /// TCP resets sent for services (no endpoint, backend gone).
-    pub resets_sent: u64,
-    /// Service packets passed to the worker that owns their flow.
-    pub handed_off: u64,
-    /// Packets the flow cache forwarded without the full walk.
-    pub flow_cache_hits: u64,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            drops: [0; DropReason::COUNT],
-            arp_replies: 0,
-            icmp_errors_sent: 0,
-            icmp_rate_limited: 0,
-            encapsulated: 0,
-            decapsulated: 0,
-            routed_local: 0,
-            resets_sent: 0,
-            handed_off: 0,
-            flow_cache_hits: 0,
-        }
-    }
-}
-
-impl Counters {
-    pub fn drop_count(&self, r: DropReason) -> u64 {
-        self.drops[r as usize]
-    }
-
-    /// Adds `other` into `self` (merging workers).
-    pub fn merge(&mut self, other: &Counters) {
-        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
-            *a += b;
-        }
-        self.arp_replies += other.arp_replies;
-        self.icmp_errors_sent += other.icmp_errors_sent;
-        self.icmp_rate_limited += other.icmp_rate_limited;
-        self.encapsulated += other.encapsulated;
-        self.decapsulated += other.decapsulated;
-        self.routed_local += other.routed_local;
-        self.resets_sent += other.resets_sent;
-        self.handed_off += other.handed_off;
-        self.flow_cache_hits += other.flow_cache_hits;
     }
 }
 
