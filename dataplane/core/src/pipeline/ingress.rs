@@ -1,0 +1,112 @@
+//! Walk entry for frames from pods: the IPv4 checks a router makes, partial
+//! checksums finished, the anti-spoofing check, then services or routing.
+
+use super::*;
+
+impl Pipeline {
+    pub(super) fn on_pod(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        port: &PortInfo,
+        pod_ip: Ipv4Addr,
+        p: &mut Packet<'_>,
+    ) -> Verdict {
+        let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        match eth.ethertype() {
+            ethernet::ethertype::IPV4 => {}
+            ethernet::ethertype::ARP => return self.arp(t, node, port, p),
+            _ => return Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+        if let Err(r) = check_ipv4(p, p.off + ETH) {
+            return Verdict::Drop(r);
+        }
+        let ip = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]);
+        if ip.src_addr() != pod_ip {
+            return Verdict::Drop(DropReason::SourceMismatch);
+        }
+        let ing = nat::Ingress {
+            external: false,
+            in_port: p.port,
+            src_mac: eth.src_addr(),
+        };
+        complete_partial_checksum(p, p.off + ETH);
+        self.service_then_route(now, t, node, p, ing)
+    }
+}
+
+/// Validates the IPv4 header at `ip_off` of a frame: the checks a router
+/// makes before forwarding. Options and fragments are not forwarded.
+pub(super) fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason> {
+    let end = p.off + p.len;
+    let b = &p.buf[ip_off.min(end)..end];
+    if b.len() < IPV4_MIN {
+        return Err(DropReason::Ipv4Truncated);
+    }
+    if b[0] >> 4 != 4 {
+        return Err(DropReason::Ipv4BadVersion);
+    }
+    if b[0] & 0xf < 5 {
+        return Err(DropReason::Ipv4BadIhl);
+    }
+    let ip = match Ipv4Packet::new_checked(b) {
+        Ok(ip) => ip,
+        Err(crate::wire::Error::Truncated) => return Err(DropReason::Ipv4Truncated),
+        Err(crate::wire::Error::Malformed) => return Err(DropReason::Ipv4BadLength),
+    };
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    if ip.has_options() {
+        return Err(DropReason::Ipv4Options);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::Ipv4Fragment);
+    }
+    Ok(())
+}
+
+/// Finishes a TCP/UDP checksum the sender left to "hardware": a pod or the
+/// host with TX checksum offload on its veth sends the folded pseudo-header
+/// sum in the checksum field, for the NIC to finish over the segment. An
+/// AF_XDP frame carries no CHECKSUM_PARTIAL mark and nothing downstream
+/// would finish it, so kxdp does, as the NIC would. (A complete checksum
+/// that happens to equal that value is recomputed to itself.) Costs a
+/// pseudo-header sum per packet, and a pass over the segment only for such
+/// frames. Needs a validated IPv4 header without options at `ip_off`.
+pub(super) fn complete_partial_checksum(p: &mut Packet<'_>, ip_off: usize) {
+    let h: &[u8; 20] = p.buf[ip_off..ip_off + IPV4_MIN]
+        .try_into()
+        .expect("validated by check_ipv4");
+    let proto = h[9];
+    let at = match proto {
+        ipv4::protocol::TCP => 16,
+        ipv4::protocol::UDP => 6,
+        _ => return,
+    };
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let l4_len = total - IPV4_MIN;
+    if l4_len < at + 2 {
+        return;
+    }
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    let c = ip_off + IPV4_MIN + at;
+    let field = u16::from_be_bytes([p.buf[c], p.buf[c + 1]]);
+    let pseudo = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len as u16));
+    // One's complement has two zeros; the sender's fold may pick either.
+    let partial =
+        field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP);
+    if !partial {
+        return;
+    }
+    // The field holds the pseudo-header sum: summing the segment with it
+    // in place gives the whole sum.
+    let seg = &p.buf[ip_off + IPV4_MIN..ip_off + total];
+    let mut sum = checksum::finish(checksum::sum(seg));
+    if proto == ipv4::protocol::UDP && sum == 0 {
+        sum = 0xFFFF;
+    }
+    p.buf[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+}

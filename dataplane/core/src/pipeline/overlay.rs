@@ -1,0 +1,157 @@
+//! Walk 2's two ends on the uplink: VXLAN frames from other nodes checked
+//! and decapsulated (and outside clients' NodePort frames, walk 4), and the
+//! encapsulation in front of frames for other nodes (RFC 7348).
+
+use super::*;
+
+impl Pipeline {
+    pub(super) fn on_uplink(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+    ) -> Verdict {
+        let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        if eth.ethertype() != ethernet::ethertype::IPV4 {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let ip_off = p.off + ETH;
+        if let Err(r) = check_ipv4(p, ip_off) {
+            return Verdict::Drop(r);
+        }
+        let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+        if ip.dst_addr() != node.underlay_ip {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let proto = ip.protocol();
+        let ip_payload_off = ip_off + ip.header_len();
+        let ip_end = ip_off + ip.total_len() as usize;
+        let vxlan_port = proto == ipv4::protocol::UDP
+            && p.buf[ip_payload_off..ip_end].len() >= 4
+            && u16::from_be_bytes([p.buf[ip_payload_off + 2], p.buf[ip_payload_off + 3]])
+                == node.vxlan_port;
+        if !vxlan_port {
+            if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
+                return Verdict::Drop(DropReason::NotOurs);
+            }
+            // Walk 4: an outside client to NodeIP:NodePort.
+            let ing = nat::Ingress {
+                external: true,
+                in_port: p.port,
+                src_mac: eth.src_addr(),
+            };
+            return self.service_then_route(now, t, node, p, ing);
+        }
+        let Ok(u) = udp::UdpPacket::new_checked(&p.buf[ip_payload_off..ip_end]) else {
+            return Verdict::Drop(DropReason::UdpMalformed);
+        };
+        let vx_off = ip_payload_off + udp::HEADER_LEN;
+        let vx_end = ip_payload_off + u.len() as usize;
+        let Ok(vx) = vxlan::VxlanPacket::new_checked(&p.buf[vx_off..vx_end]) else {
+            return Verdict::Drop(DropReason::VxlanMalformed);
+        };
+        if vx.vni() != node.vni {
+            return Verdict::Drop(DropReason::VxlanBadVni);
+        }
+        // Decap: the inner frame becomes the packet, in place.
+        p.off = vx_off + vxlan::HEADER_LEN;
+        p.len = vx_end - p.off;
+        if p.len < ETH {
+            return Verdict::Drop(DropReason::EthTruncated);
+        }
+        let inner = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
+        if inner.ethertype() != ethernet::ethertype::IPV4 {
+            return Verdict::Drop(DropReason::UnsupportedEthertype);
+        }
+        if let Err(r) = check_ipv4(p, p.off + ETH) {
+            return Verdict::Drop(r);
+        }
+        self.counters.decapsulated += 1;
+        // Replies from remote backends come back to this node's gateway
+        // address (SNAT) or to a local client: translate before routing.
+        let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
+        let ing = nat::Ingress {
+            external: false,
+            in_port: p.port,
+            src_mac,
+        };
+        match self.services(now, t, node, p, ing) {
+            nat::Nat::Pass => {
+                if let Some(mac) = self.icmp_error_nat(p) {
+                    return self.reply_external(t, p, mac);
+                }
+                self.note_nat(fast::Nat::Plain);
+            }
+            nat::Nat::Route {
+                external_reply: None,
+            } => return self.route(now, t, node, p, true),
+            nat::Nat::Route {
+                external_reply: Some(mac),
+            } => return self.reply_external(t, p, mac),
+            nat::Nat::Done(v) => {
+                if let Verdict::Handoff(_) = v {
+                    // The owner decapsulates (and counts) it again.
+                    self.counters.decapsulated -= 1;
+                }
+                return v;
+            }
+        }
+        // An ICMP error may have been translated: read the destination again.
+        let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
+        // Only local pods and this node (its gateway address, the host
+        // interface) are reached through the overlay; no transit.
+        if !t.local.contains_key(&dst) && dst != node.gateway_ip {
+            self.counters.decapsulated -= 1;
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
+                DropReason::NoRoute,
+            );
+        }
+        self.route(now, t, node, p, true)
+    }
+}
+
+/// Writes the outer Ethernet/IPv4/UDP/VXLAN headers in front of the frame
+/// and moves `p.off` back over them (RFC 7348 section 5).
+pub(super) fn encap(
+    p: &mut Packet<'_>,
+    node: &NodeInfo,
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    vtep: Ipv4Addr,
+    hash: u32,
+) {
+    let inner_len = p.len;
+    let o = p.off - ENCAP_LEN;
+    let b = &mut p.buf[o..o + ENCAP_LEN];
+    ethernet::emit(b, dst_mac, src_mac, ethernet::ethertype::IPV4);
+    let udp_len = (udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
+    ipv4::emit_header(
+        &mut b[ETH..],
+        node.underlay_ip,
+        vtep,
+        ipv4::protocol::UDP,
+        udp_len,
+        OUTER_TTL,
+        0,
+        true,
+    );
+    // Source port from the inner flow's hash, in the dynamic range, so
+    // underlay ECMP/RSS spreads flows; checksum zero (allowed over IPv4).
+    let sport = 0xC000 | (hash as u16 & 0x3FFF);
+    udp::emit_header(
+        &mut b[ETH + IPV4_MIN..],
+        sport,
+        node.vxlan_port,
+        udp_len - 8,
+        0,
+    );
+    vxlan::emit_header(&mut b[ETH + IPV4_MIN + udp::HEADER_LEN..], node.vni);
+    p.off = o;
+    p.len = inner_len + ENCAP_LEN;
+}

@@ -1,0 +1,229 @@
+//! Walks 1, 2 and 5: a validated IPv4 datagram routed to a local pod or the
+//! host port (MACs rewritten, TTL decremented), or towards another node's
+//! VTEP; services first where the destination is one (walk 3).
+
+use super::*;
+
+impl Pipeline {
+    /// Service translation (walks 3-4 and their replies), then routing.
+    pub(super) fn service_then_route(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        ing: nat::Ingress,
+    ) -> Verdict {
+        match self.services(now, t, node, p, ing) {
+            nat::Nat::Pass => {
+                if let Some(mac) = self.icmp_error_nat(p) {
+                    return self.reply_external(t, p, mac);
+                }
+                self.note_nat(fast::Nat::Plain);
+            }
+            nat::Nat::Route {
+                external_reply: None,
+            } => {}
+            nat::Nat::Route {
+                external_reply: Some(mac),
+            } => return self.reply_external(t, p, mac),
+            nat::Nat::Done(v) => return v,
+        }
+        if ing.external {
+            // An outside client reaches only service frontends.
+            let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
+            if !t.local.contains_key(&dst) && t.routes.lookup(dst).is_none() {
+                return Verdict::Drop(DropReason::NotOurs);
+            }
+        }
+        self.route(now, t, node, p, true)
+    }
+
+    /// Sends a translated reply straight back out the uplink to the outside
+    /// client's (or its router's) MAC, as a router one hop away would.
+    pub(super) fn reply_external(
+        &mut self,
+        t: &Tables,
+        p: &mut Packet<'_>,
+        mac: EthernetAddress,
+    ) -> Verdict {
+        let Some((uplink, info)) = t.uplink.and_then(|u| t.port(u).map(|i| (u, *i))) else {
+            return Verdict::Drop(DropReason::NoUplink);
+        };
+        let ip_off = p.off + ETH;
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
+            if ip.ttl() <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            ip.decrement_ttl();
+        }
+        let total = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]).total_len() as usize;
+        p.len = ETH + total;
+        let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+        eth.set_dst_addr(mac);
+        eth.set_src_addr(info.mac);
+        self.note_l2(fast::L2::External);
+        Verdict::Tx(uplink)
+    }
+
+    /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
+    /// or a remote node. `forwarded`: decrement TTL (false for errors we made).
+    pub(super) fn route(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+    ) -> Verdict {
+        let ip_off = p.off + ETH;
+        let (dst, ttl, total_len, df) = {
+            let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+            (
+                ip.dst_addr(),
+                ip.ttl(),
+                ip.total_len() as usize,
+                ip.dont_frag(),
+            )
+        };
+        // Ethernet padding is not part of the datagram; don't carry it on.
+        p.len = ETH + total_len;
+        if dst == node.gateway_ip {
+            // Walk 5: to the node itself, through the host interface.
+            let host = t.host.and_then(|h| t.port(h).map(|i| (h, *i)));
+            let Some((
+                h,
+                PortInfo {
+                    kind: PortKind::Host { peer_mac },
+                    mac,
+                },
+            )) = host
+            else {
+                return Verdict::Drop(DropReason::ToGateway);
+            };
+            return self.deliver(now, t, node, p, forwarded, (h, peer_mac, mac));
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+            return Verdict::Drop(DropReason::Ipv4Martian);
+        }
+        // Local pods are in this node's pod CIDR (the state checks it): skip
+        // the map lookup for anything else.
+        let local = node.pod_cidr.contains(dst).then(|| t.local.get(&dst));
+        if let Some(lp) = local.flatten() {
+            let Some(out) = t.port(lp.port) else {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
+                    DropReason::NoRoute,
+                );
+            };
+            return self.deliver(now, t, node, p, forwarded, (lp.port, lp.mac, out.mac));
+        }
+        let Some(r) = t.routes.lookup(dst) else {
+            let code = if node.cluster_cidr.contains(dst) {
+                icmp::code::HOST_UNREACHABLE
+            } else {
+                icmp::code::NET_UNREACHABLE
+            };
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::Unreachable(code),
+                DropReason::NoRoute,
+            );
+        };
+        if forwarded && ttl <= 1 {
+            return self.icmp_error(
+                now,
+                t,
+                node,
+                p,
+                IcmpError::TimeExceeded,
+                DropReason::TtlExceeded,
+            );
+        }
+        if total_len > node.pod_mtu as usize {
+            if df {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::FragNeeded(node.pod_mtu),
+                    DropReason::TooBig,
+                );
+            }
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        let uplink = t.uplink.and_then(|u| t.port(u).map(|i| (u, i)));
+        let (Some(uplink), Some(nh)) = (uplink, r.next_hop_mac) else {
+            // An uplink id whose port info is gone (detached) is no uplink.
+            return Verdict::Drop(if uplink.is_none() {
+                DropReason::NoUplink
+            } else {
+                DropReason::NeighbourUnresolved
+            });
+        };
+        if p.off < ENCAP_LEN {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        if forwarded {
+            Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
+        }
+        let hash = flow_hash(&p.buf[ip_off..p.off + p.len]);
+        {
+            let mut inner = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+            inner.set_dst_addr(r.vtep_mac);
+            inner.set_src_addr(node.vtep_mac);
+        }
+        encap(p, node, uplink.1.mac, nh, r.vtep_ip, hash);
+        self.counters.encapsulated += 1;
+        if forwarded {
+            self.note_l2(fast::L2::Encap);
+        }
+        Verdict::Tx(uplink.0)
+    }
+
+    /// Delivers the datagram at `p.off` on a port of this node (a pod, the
+    /// host): `(port, destination MAC, our port MAC)`. A router hop: TTL
+    /// decremented (time exceeded at 1) unless we made the packet ourselves.
+    pub(super) fn deliver(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        node: &NodeInfo,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+        (port, dst_mac, src_mac): (PortId, EthernetAddress, EthernetAddress),
+    ) -> Verdict {
+        let ip_off = p.off + ETH;
+        if forwarded {
+            let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
+            if ip.ttl() <= 1 {
+                return self.icmp_error(
+                    now,
+                    t,
+                    node,
+                    p,
+                    IcmpError::TimeExceeded,
+                    DropReason::TtlExceeded,
+                );
+            }
+            ip.decrement_ttl();
+        }
+        let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+        eth.set_dst_addr(dst_mac);
+        eth.set_src_addr(src_mac);
+        self.counters.routed_local += 1;
+        if forwarded {
+            self.note_l2(fast::L2::Local);
+        }
+        Verdict::Tx(port)
+    }
+}
