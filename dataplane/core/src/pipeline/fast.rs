@@ -26,7 +26,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::{Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
+use super::{Ctx, Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, FlowKey};
 use crate::tables::{NodeInfo, Tables};
 use crate::wire::{checksum, ipv4, tcp, vxlan};
@@ -294,12 +294,11 @@ impl Pipeline {
     #[inline(always)]
     pub(super) fn fast_path(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         from: From,
         p: &mut Packet<'_>,
     ) -> Result<Verdict, Option<Probe>> {
+        let Ctx { now, t, node } = *cx;
         if !self.flows.enabled {
             return Err(None);
         }

@@ -9,31 +9,27 @@ impl Pipeline {
     /// and routes that; the original counts as dropped for `reason`.
     pub(super) fn icmp_error(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         kind: IcmpError,
         reason: DropReason,
     ) -> Verdict {
-        self.icmp_error_to(now, t, node, p, kind, reason, None)
+        self.icmp_error_to(cx, p, kind, reason, None)
     }
 
     /// As [`Pipeline::icmp_error`]; with `outside`, the frame came from
     /// outside the cluster (a NodePort client, or its router, at that MAC):
     /// the error comes from the address it was sent to and goes straight
     /// back out the uplink.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn icmp_error_to(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         kind: IcmpError,
         reason: DropReason,
         outside: Option<EthernetAddress>,
     ) -> Verdict {
+        let Ctx { now, t, node } = *cx;
         // An error is not what the flow's next packet gets.
         self.note_nat(fast::Nat::None);
         let ip_off = p.off + ETH;
@@ -125,7 +121,7 @@ impl Pipeline {
         // client sent it, or the client cannot match the error to its flow.
         let sent = match outside.or_else(|| self.icmp_error_nat(p)) {
             Some(mac) => self.reply_external(t, p, mac),
-            None => self.route(now, t, node, p, false),
+            None => self.route(cx, p, false),
         };
         match sent {
             v @ Verdict::Tx(_) => v,

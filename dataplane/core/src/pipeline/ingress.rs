@@ -6,13 +6,12 @@ use super::*;
 impl Pipeline {
     pub(super) fn on_pod(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         port: &PortInfo,
         pod_ip: Ipv4Addr,
         p: &mut Packet<'_>,
     ) -> Verdict {
+        let Ctx { t, node, .. } = *cx;
         let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
         match eth.ethertype() {
             ethernet::ethertype::IPV4 => {}
@@ -32,7 +31,7 @@ impl Pipeline {
             src_mac: eth.src_addr(),
         };
         complete_partial_checksum(p, p.off + ETH);
-        self.service_then_route(now, t, node, p, ing)
+        self.service_then_route(cx, p, ing)
     }
 }
 

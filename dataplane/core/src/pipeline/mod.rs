@@ -132,6 +132,15 @@ const GC_BUDGET: usize = 64;
 /// the default table is swept in about 3 s of idleness.
 const IDLE_GC_BUDGET: usize = 8192;
 
+/// What every step of a walk reads, passed as one value: the time, the
+/// tables of this batch and this node's config (from the tables).
+#[derive(Clone, Copy)]
+struct Ctx<'t> {
+    now: u64,
+    t: &'t Tables,
+    node: &'t NodeInfo,
+}
+
 /// The per-worker pipeline state: counters, the ICMP token bucket, the
 /// connection-tracking table and service affinity.
 pub struct Pipeline {
@@ -323,20 +332,21 @@ impl Pipeline {
         if p.len < ETH || p.off.checked_add(p.len).is_none_or(|end| end > p.buf.len()) {
             return Verdict::Drop(DropReason::EthTruncated);
         }
+        let cx = &Ctx { now, t, node };
         let from = match port.kind {
             PortKind::Pod { ip } => fast::From::Pod(ip),
             PortKind::Uplink => fast::From::Uplink,
             // The node's kernel sends from the gateway address.
             PortKind::Host { .. } => fast::From::Pod(node.gateway_ip),
         };
-        let probe = match self.fast_path(now, t, node, from, p) {
+        let probe = match self.fast_path(cx, from, p) {
             Ok(v) => return v,
             Err(probe) => probe,
         };
         self.learn = fast::Learn::default();
         let v = match from {
-            fast::From::Pod(ip) => self.on_pod(now, t, node, port, ip, p),
-            fast::From::Uplink => self.on_uplink(now, t, node, p),
+            fast::From::Pod(ip) => self.on_pod(cx, port, ip, p),
+            fast::From::Uplink => self.on_uplink(cx, p),
         };
         if let (Some(probe), Verdict::Tx(out)) = (probe, v) {
             self.learn(t, &probe, p, out);

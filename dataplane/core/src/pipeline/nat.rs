@@ -16,7 +16,7 @@ use core::net::Ipv4Addr;
 
 use hashbrown::HashMap;
 
-use super::{DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
+use super::{Ctx, DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
 use crate::services::{Frontend, FrontendKey};
 use crate::tables::{NodeInfo, Tables};
@@ -217,14 +217,8 @@ pub(super) enum Nat {
 
 impl Pipeline {
     /// Walks 3 and 4 for a validated IPv4 frame at `p.off`.
-    pub(super) fn services(
-        &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
-        p: &mut Packet<'_>,
-        ing: Ingress,
-    ) -> Nat {
+    pub(super) fn services(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, ing: Ingress) -> Nat {
+        let Ctx { now, t, node } = *cx;
         let Some(l) = l4(p) else {
             return self.steer_icmp_error(t, node, p);
         };
@@ -234,7 +228,7 @@ impl Pipeline {
                 if self.ct.expired(id, now) {
                     self.ct.remove(id);
                 } else {
-                    return self.existing(now, t, node, p, &l, id, dir);
+                    return self.existing(cx, p, &l, id, dir);
                 }
             }
         }
@@ -255,20 +249,11 @@ impl Pipeline {
         if fe.node_port && ing.external && !fe.local_only && l.dst != node.underlay_ip {
             return Nat::Pass;
         }
-        self.new_flow(now, t, node, p, &l, fe, ing)
+        self.new_flow(cx, p, &l, fe, ing)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn existing(
-        &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
-        p: &mut Packet<'_>,
-        l: &L4,
-        id: u32,
-        dir: Dir,
-    ) -> Nat {
+    fn existing(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, l: &L4, id: u32, dir: Dir) -> Nat {
+        let Ctx { now, t, .. } = *cx;
         let e = *self.ct.get(id);
         match dir {
             Dir::Original => {
@@ -310,16 +295,14 @@ impl Pipeline {
                                 in_port: e.in_port,
                                 src_mac: EthernetAddress(e.client_mac),
                             };
-                            return self.new_flow(now, t, node, p, l, fe, ing);
+                            return self.new_flow(cx, p, l, fe, ing);
                         }
                     }
                     if l.proto == ipv4::protocol::UDP {
                         return Nat::Pass;
                     }
                     return self.reject(
-                        now,
-                        t,
-                        node,
+                        cx,
                         p,
                         l,
                         e.flags & F_EXTERNAL != 0,
@@ -351,26 +334,24 @@ impl Pipeline {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new_flow(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         l: &L4,
         fe: &Frontend,
         ing: Ingress,
     ) -> Nat {
+        let Ctx { now, t, node } = *cx;
         // Only a SYN may open a TCP flow; anything else is stale.
         if let Some(f) = l.tcp_flags {
             if f & tcp::flags::SYN == 0 || f & tcp::flags::ACK != 0 {
-                return self.reject(now, t, node, p, l, ing.external, DropReason::NoConntrack);
+                return self.reject(cx, p, l, ing.external, DropReason::NoConntrack);
             }
         }
         let Some(backend) = self.choose(now, fe, l) else {
             self.nat.svc_at(fe.service).no_endpoint += 1;
-            return self.reject(now, t, node, p, l, ing.external, DropReason::NoEndpoint);
+            return self.reject(cx, p, l, ing.external, DropReason::NoEndpoint);
         };
         // SNAT: NodePort with externalTrafficPolicy Cluster (replies must come
         // back through this node), and hairpin (a backend calling itself).
@@ -569,12 +550,9 @@ impl Pipeline {
 
     /// Refuses a service packet the way a host would: TCP reset for TCP,
     /// ICMP port unreachable otherwise; counted as `reason`.
-    #[allow(clippy::too_many_arguments)]
     fn reject(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         l: &L4,
         external: bool,
@@ -601,7 +579,7 @@ impl Pipeline {
         let unreachable = super::IcmpError::Unreachable(icmp::code::PORT_UNREACHABLE);
         // An outside client gets it from the NodeIP, back out the uplink.
         let outside = external.then(|| self.sender_mac(p));
-        Nat::Done(self.icmp_error_to(now, t, node, p, unreachable, reason, outside))
+        Nat::Done(self.icmp_error_to(cx, p, unreachable, reason, outside))
     }
 
     /// The frame's Ethernet source: where a reply to an outside client goes.

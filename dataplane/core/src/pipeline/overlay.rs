@@ -5,13 +5,8 @@
 use super::*;
 
 impl Pipeline {
-    pub(super) fn on_uplink(
-        &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
-        p: &mut Packet<'_>,
-    ) -> Verdict {
+    pub(super) fn on_uplink(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+        let Ctx { t, node, .. } = *cx;
         let eth = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + p.len]);
         if eth.ethertype() != ethernet::ethertype::IPV4 {
             return Verdict::Drop(DropReason::NotOurs);
@@ -41,7 +36,7 @@ impl Pipeline {
                 in_port: p.port,
                 src_mac: eth.src_addr(),
             };
-            return self.service_then_route(now, t, node, p, ing);
+            return self.service_then_route(cx, p, ing);
         }
         let Ok(u) = udp::UdpPacket::new_checked(&p.buf[ip_payload_off..ip_end]) else {
             return Verdict::Drop(DropReason::UdpMalformed);
@@ -76,7 +71,7 @@ impl Pipeline {
             in_port: p.port,
             src_mac,
         };
-        match self.services(now, t, node, p, ing) {
+        match self.services(cx, p, ing) {
             nat::Nat::Pass => {
                 if let Some(mac) = self.icmp_error_nat(p) {
                     return self.reply_external(t, p, mac);
@@ -85,7 +80,7 @@ impl Pipeline {
             }
             nat::Nat::Route {
                 external_reply: None,
-            } => return self.route(now, t, node, p, true),
+            } => return self.route(cx, p, true),
             nat::Nat::Route {
                 external_reply: Some(mac),
             } => return self.reply_external(t, p, mac),
@@ -104,15 +99,13 @@ impl Pipeline {
         if !t.local.contains_key(&dst) && dst != node.gateway_ip {
             self.counters.decapsulated -= 1;
             return self.icmp_error(
-                now,
-                t,
-                node,
+                cx,
                 p,
                 IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
                 DropReason::NoRoute,
             );
         }
-        self.route(now, t, node, p, true)
+        self.route(cx, p, true)
     }
 }
 

@@ -8,13 +8,12 @@ impl Pipeline {
     /// Service translation (walks 3-4 and their replies), then routing.
     pub(super) fn service_then_route(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         ing: nat::Ingress,
     ) -> Verdict {
-        match self.services(now, t, node, p, ing) {
+        let Ctx { t, .. } = *cx;
+        match self.services(cx, p, ing) {
             nat::Nat::Pass => {
                 if let Some(mac) = self.icmp_error_nat(p) {
                     return self.reply_external(t, p, mac);
@@ -36,7 +35,7 @@ impl Pipeline {
                 return Verdict::Drop(DropReason::NotOurs);
             }
         }
-        self.route(now, t, node, p, true)
+        self.route(cx, p, true)
     }
 
     /// Sends a translated reply straight back out the uplink to the outside
@@ -69,14 +68,8 @@ impl Pipeline {
 
     /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
     /// or a remote node. `forwarded`: decrement TTL (false for errors we made).
-    pub(super) fn route(
-        &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
-        p: &mut Packet<'_>,
-        forwarded: bool,
-    ) -> Verdict {
+    pub(super) fn route(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, forwarded: bool) -> Verdict {
+        let Ctx { t, node, .. } = *cx;
         let ip_off = p.off + ETH;
         let (dst, ttl, total_len, df) = {
             let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
@@ -102,7 +95,7 @@ impl Pipeline {
             else {
                 return Verdict::Drop(DropReason::ToGateway);
             };
-            return self.deliver(now, t, node, p, forwarded, (h, peer_mac, mac));
+            return self.deliver(cx, p, forwarded, (h, peer_mac, mac));
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::Ipv4Martian);
@@ -113,15 +106,13 @@ impl Pipeline {
         if let Some(lp) = local.flatten() {
             let Some(out) = t.port(lp.port) else {
                 return self.icmp_error(
-                    now,
-                    t,
-                    node,
+                    cx,
                     p,
                     IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
                     DropReason::NoRoute,
                 );
             };
-            return self.deliver(now, t, node, p, forwarded, (lp.port, lp.mac, out.mac));
+            return self.deliver(cx, p, forwarded, (lp.port, lp.mac, out.mac));
         }
         let Some(r) = t.routes.lookup(dst) else {
             let code = if node.cluster_cidr.contains(dst) {
@@ -129,31 +120,15 @@ impl Pipeline {
             } else {
                 icmp::code::NET_UNREACHABLE
             };
-            return self.icmp_error(
-                now,
-                t,
-                node,
-                p,
-                IcmpError::Unreachable(code),
-                DropReason::NoRoute,
-            );
+            return self.icmp_error(cx, p, IcmpError::Unreachable(code), DropReason::NoRoute);
         };
         if forwarded && ttl <= 1 {
-            return self.icmp_error(
-                now,
-                t,
-                node,
-                p,
-                IcmpError::TimeExceeded,
-                DropReason::TtlExceeded,
-            );
+            return self.icmp_error(cx, p, IcmpError::TimeExceeded, DropReason::TtlExceeded);
         }
         if total_len > node.pod_mtu as usize {
             if df {
                 return self.icmp_error(
-                    now,
-                    t,
-                    node,
+                    cx,
                     p,
                     IcmpError::FragNeeded(node.pod_mtu),
                     DropReason::TooBig,
@@ -195,9 +170,7 @@ impl Pipeline {
     /// decremented (time exceeded at 1) unless we made the packet ourselves.
     pub(super) fn deliver(
         &mut self,
-        now: u64,
-        t: &Tables,
-        node: &NodeInfo,
+        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         forwarded: bool,
         (port, dst_mac, src_mac): (PortId, EthernetAddress, EthernetAddress),
@@ -206,14 +179,7 @@ impl Pipeline {
         if forwarded {
             let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
             if ip.ttl() <= 1 {
-                return self.icmp_error(
-                    now,
-                    t,
-                    node,
-                    p,
-                    IcmpError::TimeExceeded,
-                    DropReason::TtlExceeded,
-                );
+                return self.icmp_error(cx, p, IcmpError::TimeExceeded, DropReason::TtlExceeded);
             }
             ip.decrement_ttl();
         }
