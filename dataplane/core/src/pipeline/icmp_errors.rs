@@ -67,7 +67,6 @@ impl Pipeline {
             self.counters.icmp_rate_limited += 1;
             return Verdict::Drop(reason);
         }
-        self.counters.drops[reason as usize] += 1;
         let quote = total_len.min(header_len + 8);
         // The quoted datagram stays where it is; the new headers go in front.
         let new_off = p.off - ICMP_ERR_HDR;
@@ -116,7 +115,6 @@ impl Pipeline {
         p.buf[new_off + 12..new_off + 14].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
         p.off = new_off;
         p.len = ETH + IPV4_MIN + icmp_len;
-        self.counters.icmp_errors_sent += 1;
         // About a translated packet (DNATed, SNATed): quote it as the
         // client sent it, or the client cannot match the error to its flow.
         let sent = match outside.or_else(|| self.icmp_error_nat(p)) {
@@ -124,15 +122,17 @@ impl Pipeline {
             None => self.route(cx, p, false),
         };
         match sent {
-            v @ Verdict::Tx(_) => v,
-            // The error itself could not be delivered: the original's drop
-            // is already counted; don't count this one twice. (Routing never
-            // hands off.)
-            Verdict::Drop(_) | Verdict::Handoff(_) => {
-                self.counters.icmp_errors_sent -= 1;
-                self.counters.drops[reason as usize] -= 1;
-                Verdict::Drop(reason)
+            // The error is sent and the original counts as dropped here: the
+            // verdict is the error's.
+            v @ Verdict::Tx(_) => {
+                self.counters.icmp_errors_sent += 1;
+                self.counters.drops[reason as usize] += 1;
+                v
             }
+            // The error itself could not be delivered: only the original's
+            // drop counts, once, through the verdict. (Routing never hands
+            // off.)
+            Verdict::Drop(_) | Verdict::Handoff(_) => Verdict::Drop(reason),
         }
     }
 

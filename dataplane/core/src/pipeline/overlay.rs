@@ -62,7 +62,6 @@ impl Pipeline {
         if let Err(r) = check_ipv4(p, p.off + ETH) {
             return Verdict::Drop(r);
         }
-        self.counters.decapsulated += 1;
         // Replies from remote backends come back to this node's gateway
         // address (SNAT) or to a local client: translate before routing.
         let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
@@ -71,41 +70,30 @@ impl Pipeline {
             in_port: p.port,
             src_mac,
         };
-        match self.services(cx, p, ing) {
-            nat::Nat::Pass => {
-                if let Some(mac) = self.icmp_error_nat(p) {
-                    return self.reply_external(t, p, mac);
+        let v = match self.translate(cx, p, ing) {
+            // The owner decapsulates (and counts) it again.
+            Err(v @ Verdict::Handoff(_)) => return v,
+            Err(v) => v,
+            Ok(true) => self.route(cx, p, true),
+            Ok(false) => {
+                // An ICMP error may have been translated: read the destination again.
+                let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
+                // Only local pods and this node (its gateway address, the host
+                // interface) are reached through the overlay; no transit, and
+                // such a frame does not count as decapsulated.
+                if !t.local.contains_key(&dst) && dst != node.gateway_ip {
+                    return self.icmp_error(
+                        cx,
+                        p,
+                        IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
+                        DropReason::NoRoute,
+                    );
                 }
-                self.note_nat(fast::Nat::Plain);
+                self.route(cx, p, true)
             }
-            nat::Nat::Route {
-                external_reply: None,
-            } => return self.route(cx, p, true),
-            nat::Nat::Route {
-                external_reply: Some(mac),
-            } => return self.reply_external(t, p, mac),
-            nat::Nat::Done(v) => {
-                if let Verdict::Handoff(_) = v {
-                    // The owner decapsulates (and counts) it again.
-                    self.counters.decapsulated -= 1;
-                }
-                return v;
-            }
-        }
-        // An ICMP error may have been translated: read the destination again.
-        let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
-        // Only local pods and this node (its gateway address, the host
-        // interface) are reached through the overlay; no transit.
-        if !t.local.contains_key(&dst) && dst != node.gateway_ip {
-            self.counters.decapsulated -= 1;
-            return self.icmp_error(
-                cx,
-                p,
-                IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
-                DropReason::NoRoute,
-            );
-        }
-        self.route(cx, p, true)
+        };
+        self.counters.decapsulated += 1;
+        v
     }
 }
 

@@ -5,6 +5,35 @@
 use super::*;
 
 impl Pipeline {
+    /// Service translation (walks 3-4 and their replies), as every ingress
+    /// does it before routing: `Err(verdict)` when it decided the frame's
+    /// fate (a reply sent straight out, a reset, a hand-off, a drop);
+    /// `Ok(true)` to route a frame it translated, `Ok(false)` to route one
+    /// that is no service's.
+    pub(super) fn translate(
+        &mut self,
+        cx: &Ctx<'_>,
+        p: &mut Packet<'_>,
+        ing: nat::Ingress,
+    ) -> Result<bool, Verdict> {
+        match self.services(cx, p, ing) {
+            nat::Nat::Pass => {
+                if let Some(mac) = self.icmp_error_nat(p) {
+                    return Err(self.reply_external(cx.t, p, mac));
+                }
+                self.note_nat(fast::Nat::Plain);
+                Ok(false)
+            }
+            nat::Nat::Route {
+                external_reply: None,
+            } => Ok(true),
+            nat::Nat::Route {
+                external_reply: Some(mac),
+            } => Err(self.reply_external(cx.t, p, mac)),
+            nat::Nat::Done(v) => Err(v),
+        }
+    }
+
     /// Service translation (walks 3-4 and their replies), then routing.
     pub(super) fn service_then_route(
         &mut self,
@@ -13,20 +42,8 @@ impl Pipeline {
         ing: nat::Ingress,
     ) -> Verdict {
         let Ctx { t, .. } = *cx;
-        match self.services(cx, p, ing) {
-            nat::Nat::Pass => {
-                if let Some(mac) = self.icmp_error_nat(p) {
-                    return self.reply_external(t, p, mac);
-                }
-                self.note_nat(fast::Nat::Plain);
-            }
-            nat::Nat::Route {
-                external_reply: None,
-            } => {}
-            nat::Nat::Route {
-                external_reply: Some(mac),
-            } => return self.reply_external(t, p, mac),
-            nat::Nat::Done(v) => return v,
+        if let Err(v) = self.translate(cx, p, ing) {
+            return v;
         }
         if ing.external {
             // An outside client reaches only service frontends.

@@ -2770,6 +2770,10 @@ fn with_several_workers_every_packet_of_a_flow_is_translated_wherever_it_arrives
         );
         let handed: u64 = mesh.pls.iter().map(|p| p.counters().handed_off).sum();
         assert_eq!(handed, mesh.handoffs, "each hand-off counted once");
+        // A VXLAN frame handed off is decapsulated (and counted) by its owner only.
+        let decap: u64 = mesh.pls.iter().map(|p| p.counters().decapsulated).sum();
+        assert!(one.counters().decapsulated > 0);
+        assert_eq!(decap, one.counters().decapsulated, "{n} workers");
     }
 }
 
