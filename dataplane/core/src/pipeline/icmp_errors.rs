@@ -86,12 +86,11 @@ impl Pipeline {
                     mtu as u32,
                 ),
             };
-            let b = &mut p.buf[icmp_off..icmp_off + icmp_len];
-            b[0] = ty;
-            b[1] = code;
-            b[2..4].fill(0);
-            b[4..8].copy_from_slice(&rest.to_be_bytes());
-            Icmpv4Packet::new_unchecked(b).fill_checksum();
+            let mut icmp = Icmpv4Packet::new_unchecked(&mut p.buf[icmp_off..icmp_off + icmp_len]);
+            icmp.set_msg_type(ty);
+            icmp.set_code(code);
+            icmp.set_rest_of_header(rest);
+            icmp.fill_checksum();
         }
         // Port unreachable is what the addressed host says, so it comes from
         // the address the client sent to (a ClusterIP, the NodeIP): the node's
@@ -112,7 +111,8 @@ impl Pipeline {
             0,
             false,
         );
-        p.buf[new_off + 12..new_off + 14].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
+        EthernetFrame::new_unchecked(&mut p.buf[new_off..new_off + ETH])
+            .set_ethertype(ethernet::ethertype::IPV4);
         p.off = new_off;
         p.len = ETH + IPV4_MIN + icmp_len;
         // About a translated packet (DNATed, SNATed): quote it as the

@@ -20,7 +20,7 @@ use super::{Ctx, DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
 use crate::services::{Frontend, FrontendKey};
 use crate::tables::{NodeInfo, Tables};
-use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, EthernetAddress};
+use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, udp, EthernetAddress};
 
 /// SNAT source ports: above Linux's default ephemeral range (32768-60999),
 /// so they never collide with the node kernel's own connections from the
@@ -603,7 +603,6 @@ impl Pipeline {
     pub(super) fn icmp_error_nat(&mut self, p: &mut Packet<'_>) -> Option<EthernetAddress> {
         let ip_off = p.off + ETH;
         let end = p.off + p.len;
-        let icmp_off = ip_off + ((p.buf[ip_off] & 0xf) as usize) * 4;
         // The quoted datagram is what the backend got: client -> backend, so
         // its reverse is the entry's reply key.
         let (quoted, q, qhl) = quoted_flow(p)?;
@@ -617,9 +616,10 @@ impl Pipeline {
         // (quoted as the client got it, from the frontend): the backend's
         // reply; the error goes to the backend, from the SNAT address if the
         // client sent it, else from the router that did (Linux's NAT).
-        let outer_src = Ipv4Addr::from(u32::from_be_bytes(
-            p.buf[ip_off + 12..ip_off + 16].try_into().unwrap(),
-        ));
+        let (outer_src, icmp_off) = {
+            let ip = ipv4::Ipv4Packet::new_unchecked(&p.buf[ip_off..end]);
+            (ip.src_addr(), ip_off + ip.header_len())
+        };
         let (qsrc, qdst, from, to) = match dir {
             Dir::Reply => (
                 (e.original.src, e.original.sport),
@@ -638,30 +638,22 @@ impl Pipeline {
                 e.reply.src,
             ),
         };
-        let mut qsum = u16::from_be_bytes([p.buf[q + 10], p.buf[q + 11]]);
-        for (off, new) in [(q + 12, qsrc.0), (q + 16, qdst.0)] {
-            let old =
-                u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
-            qsum = checksum::update_u32(qsum, old, u32::from(new));
-            p.buf[off..off + 4].copy_from_slice(&new.octets());
+        ipv4::Ipv4Packet::new_unchecked(&mut p.buf[q..end]).rewrite_addrs(qsrc.0, qdst.0);
+        {
+            // TCP and UDP both start with the two ports.
+            let mut ports = udp::UdpPacket::new_unchecked(&mut p.buf[q + qhl..end]);
+            ports.set_src_port(qsrc.1);
+            ports.set_dst_port(qdst.1);
         }
-        p.buf[q + 10..q + 12].copy_from_slice(&qsum.to_be_bytes());
-        p.buf[q + qhl..q + qhl + 2].copy_from_slice(&qsrc.1.to_be_bytes());
-        p.buf[q + qhl + 2..q + qhl + 4].copy_from_slice(&qdst.1.to_be_bytes());
-        let mut ipc = u16::from_be_bytes([p.buf[ip_off + 10], p.buf[ip_off + 11]]);
-        for (off, new) in [(ip_off + 12, from), (ip_off + 16, to)] {
-            let old =
-                u32::from_be_bytes([p.buf[off], p.buf[off + 1], p.buf[off + 2], p.buf[off + 3]]);
-            ipc = checksum::update_u32(ipc, old, u32::from(new));
-            p.buf[off..off + 4].copy_from_slice(&new.octets());
-        }
-        p.buf[ip_off + 10..ip_off + 12].copy_from_slice(&ipc.to_be_bytes());
+        let tot = {
+            let mut ip = ipv4::Ipv4Packet::new_unchecked(&mut p.buf[ip_off..end]);
+            ip.rewrite_addrs(from, to);
+            ip.total_len() as usize
+        };
         // The quoted transport checksum is stale now; the ICMP checksum
         // covers everything, so recompute it whole (errors are rare).
-        let tot = u16::from_be_bytes([p.buf[ip_off + 2], p.buf[ip_off + 3]]) as usize;
         let icmp_end = (ip_off + tot).min(end);
-        let b = &mut p.buf[icmp_off..icmp_end];
-        icmp::Icmpv4Packet::new_unchecked(b).fill_checksum();
+        icmp::Icmpv4Packet::new_unchecked(&mut p.buf[icmp_off..icmp_end]).fill_checksum();
         (dir == Dir::Reply && e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
     }
 }
@@ -677,32 +669,33 @@ fn is_snat_port(port: u16) -> bool {
 fn quoted_flow(p: &Packet<'_>) -> Option<(FlowKey, usize, usize)> {
     let ip_off = p.off + ETH;
     let end = p.off + p.len;
-    let hl = ((p.buf[ip_off] & 0xf) as usize) * 4;
-    let icmp_off = ip_off + hl;
-    if p.buf[ip_off + 9] != ipv4::protocol::ICMP || end < icmp_off + 8 + IPV4_MIN + 8 {
+    let ip = ipv4::Ipv4Packet::new_unchecked(&p.buf[ip_off..end]);
+    let icmp_off = ip_off + ip.header_len();
+    if ip.protocol() != ipv4::protocol::ICMP || end < icmp_off + icmp::HEADER_LEN + IPV4_MIN + 8 {
         return None;
     }
-    let ty = p.buf[icmp_off];
+    let ty = icmp::Icmpv4Packet::new_unchecked(&p.buf[icmp_off..end]).msg_type();
     if ty != icmp::msg_type::DEST_UNREACHABLE && ty != icmp::msg_type::TIME_EXCEEDED {
         return None;
     }
-    let q = icmp_off + 8;
-    let qhl = ((p.buf[q] & 0xf) as usize) * 4;
-    if p.buf[q] >> 4 != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
+    let q = icmp_off + icmp::HEADER_LEN;
+    let quoted = ipv4::Ipv4Packet::new_unchecked(&p.buf[q..end]);
+    let qhl = quoted.header_len();
+    if quoted.version() != 4 || qhl < IPV4_MIN || end < q + qhl + 8 {
         return None;
     }
-    let qproto = p.buf[q + 9];
+    let qproto = quoted.protocol();
     if qproto != ipv4::protocol::TCP && qproto != ipv4::protocol::UDP {
         return None;
     }
-    let rd = |o: usize| Ipv4Addr::new(p.buf[o], p.buf[o + 1], p.buf[o + 2], p.buf[o + 3]);
-    let rp = |o: usize| u16::from_be_bytes([p.buf[o], p.buf[o + 1]]);
+    // TCP and UDP both start with the two ports.
+    let ports = udp::UdpPacket::new_unchecked(&p.buf[q + qhl..end]);
     let key = FlowKey {
         proto: qproto,
-        src: rd(q + 12),
-        dst: rd(q + 16),
-        sport: rp(q + qhl),
-        dport: rp(q + qhl + 2),
+        src: quoted.src_addr(),
+        dst: quoted.dst_addr(),
+        sport: ports.src_port(),
+        dport: ports.dst_port(),
     };
     Some((key, q, qhl))
 }
@@ -724,11 +717,16 @@ impl NatState {
 fn tcp_reset(p: &mut Packet<'_>, l: &L4) {
     let ip_off = p.off + ETH;
     let t = l.l4_off;
-    let seq = u32::from_be_bytes(p.buf[t + 4..t + 8].try_into().unwrap());
-    let ack = u32::from_be_bytes(p.buf[t + 8..t + 12].try_into().unwrap());
-    let flags = p.buf[t + 13];
-    let data_off = ((p.buf[t + 12] >> 4) as usize) * 4;
-    let tot = u16::from_be_bytes([p.buf[ip_off + 2], p.buf[ip_off + 3]]) as usize;
+    let (seq, ack, flags, data_off) = {
+        let seg = tcp::TcpPacket::new_unchecked(&p.buf[t..t + tcp::HEADER_LEN]);
+        (
+            seg.seq_number(),
+            seg.ack_number(),
+            seg.flags(),
+            seg.header_len(),
+        )
+    };
+    let tot = ipv4::Ipv4Packet::new_unchecked(&p.buf[ip_off..t]).total_len() as usize;
     let seg_len = tot.saturating_sub(t - ip_off + data_off) as u32
         + u32::from(flags & tcp::flags::SYN != 0)
         + u32::from(flags & tcp::flags::FIN != 0);
@@ -754,13 +752,15 @@ fn tcp_reset(p: &mut Packet<'_>, l: &L4) {
         0,
         true,
     );
-    p.buf[t..t + 2].copy_from_slice(&l.dport.to_be_bytes());
-    p.buf[t + 2..t + 4].copy_from_slice(&l.sport.to_be_bytes());
-    p.buf[t + 4..t + 8].copy_from_slice(&rseq.to_be_bytes());
-    p.buf[t + 8..t + 12].copy_from_slice(&rack.to_be_bytes());
-    p.buf[t + 12] = 5 << 4;
-    p.buf[t + 13] = rflags;
-    p.buf[t + 14..t + 20].fill(0);
-    p.len = ETH + IPV4_MIN + 20;
-    tcp::TcpPacket::new_unchecked(&mut p.buf[t..t + 20]).fill_checksum(l.dst, l.src);
+    let mut seg = tcp::TcpPacket::new_unchecked(&mut p.buf[t..t + tcp::HEADER_LEN]);
+    seg.set_src_port(l.dport);
+    seg.set_dst_port(l.sport);
+    seg.set_seq_number(rseq);
+    seg.set_ack_number(rack);
+    seg.set_header_len(tcp::HEADER_LEN);
+    seg.set_flags(rflags);
+    seg.set_window(0);
+    seg.set_urgent(0);
+    seg.fill_checksum(l.dst, l.src);
+    p.len = ETH + IPV4_MIN + tcp::HEADER_LEN;
 }

@@ -22,10 +22,12 @@ impl Pipeline {
         let proto = ip.protocol();
         let ip_payload_off = ip_off + ip.header_len();
         let ip_end = ip_off + ip.total_len() as usize;
+        // The destination port decides; a datagram too short for a whole
+        // UDP header still goes the VXLAN way, to be dropped as malformed.
+        let l4 = &p.buf[ip_payload_off..ip_end];
         let vxlan_port = proto == ipv4::protocol::UDP
-            && p.buf[ip_payload_off..ip_end].len() >= 4
-            && u16::from_be_bytes([p.buf[ip_payload_off + 2], p.buf[ip_payload_off + 3]])
-                == node.vxlan_port;
+            && l4.len() >= 4
+            && udp::UdpPacket::new_unchecked(l4).dst_port() == node.vxlan_port;
         if !vxlan_port {
             if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
                 return Verdict::Drop(DropReason::NotOurs);

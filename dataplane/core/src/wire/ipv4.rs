@@ -217,6 +217,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         write_ipv4(&mut self.buffer.as_mut()[field::DST_ADDR], addr);
     }
 
+    /// Rewrites both addresses and patches the header checksum incrementally
+    /// (RFC 1624), as a NAT does.
+    pub fn rewrite_addrs(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        let mut c = self.checksum();
+        c = checksum::update_u32(c, u32::from(self.src_addr()), u32::from(src));
+        c = checksum::update_u32(c, u32::from(self.dst_addr()), u32::from(dst));
+        self.set_src_addr(src);
+        self.set_dst_addr(dst);
+        self.set_checksum(c);
+    }
+
     /// Recomputes the header checksum from scratch (options included).
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
@@ -473,6 +484,24 @@ mod tests {
         let before = p.as_slice().to_vec();
         assert_eq!(p.decrement_ttl(), 0);
         assert_eq!(p.as_slice(), &before[..], "TTL 0 is left untouched");
+    }
+
+    #[test]
+    fn rewrite_addrs_matches_fill_checksum() {
+        let mut buf = UDP_FRAME;
+        let mut p = Ipv4Packet::new_checked(&mut buf[ethernet::HEADER_LEN..]).unwrap();
+        let mut rng = XorShift(0x5eed);
+        for _ in 0..1000 {
+            let (src, dst) = (
+                Ipv4Addr::from(rng.next_u64() as u32),
+                Ipv4Addr::from(rng.next_u64() as u32),
+            );
+            p.rewrite_addrs(src, dst);
+            assert_eq!((p.src_addr(), p.dst_addr()), (src, dst));
+            let incremental = p.checksum();
+            p.fill_checksum();
+            assert_eq!(p.checksum(), incremental, "{src} -> {dst}");
+        }
     }
 
     /// Random headers, with and without options: incremental TTL update ==

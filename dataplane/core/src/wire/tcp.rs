@@ -162,6 +162,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         write_u16(&mut self.buffer.as_mut()[field::WINDOW], value);
     }
 
+    /// Sets the data offset from a header length in bytes (a multiple of 4,
+    /// 20..=60), and clears the reserved bits beside it.
+    pub fn set_header_len(&mut self, len: usize) {
+        debug_assert!(len.is_multiple_of(4) && (HEADER_LEN..=60).contains(&len));
+        self.buffer.as_mut()[field::DATA_OFF] = ((len / 4) as u8) << 4;
+    }
+
+    pub fn set_urgent(&mut self, value: u16) {
+        write_u16(&mut self.buffer.as_mut()[field::URGENT], value);
+    }
+
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(&mut self.buffer.as_mut()[field::CHECKSUM], value);
     }
