@@ -4,7 +4,7 @@
 //! Validation reports every problem it finds, each naming its path in the file
 //! (`nodes[1].pod_cidr: ...`), and yields a [`Cluster`] only when there are none:
 //! a file with any problem is never partly applied. Structural errors (YAML
-//! syntax, unknown or missing fields, wrong types) come from serde_yaml, with
+//! syntax, unknown or missing fields, wrong types) come from serde_yaml_ng, with
 //! a line and column, and stop at the first one.
 
 use std::collections::HashMap;
@@ -121,7 +121,7 @@ pub struct Pod {
 impl Cluster {
     /// Parses and validates a cluster file's text.
     pub fn from_yaml(text: &str) -> Result<Cluster, Problems> {
-        let raw: RawFile = serde_yaml::from_str(text).map_err(|e| {
+        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| {
             Problems(vec![Problem {
                 path: String::new(),
                 message: format!("YAML: {e}"),

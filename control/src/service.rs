@@ -160,7 +160,7 @@ pub struct RawEndpoint {
 impl RawService {
     /// Reads one service's YAML (`kxdpctl service apply FILE`).
     pub fn from_yaml(text: &str) -> Result<RawService, Problems> {
-        serde_yaml::from_str(text)
+        serde_yaml_ng::from_str(text)
             .map_err(|e| Problems(vec![Problem::new(String::new(), format!("YAML: {e}"))]))
     }
 

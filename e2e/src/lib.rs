@@ -1392,8 +1392,11 @@ impl Lab {
     /// `kxdpctl service apply FILE`.
     pub fn service_apply_raw(&self, svc: &Value) -> Output {
         let path = std::env::temp_dir().join(format!("{}.yaml", unique_name("kxsvc")));
-        std::fs::write(&path, serde_yaml::to_string(svc).expect("service as YAML"))
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(
+            &path,
+            serde_yaml_ng::to_string(svc).expect("service as YAML"),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let out = self.kxdpctl_raw(&["service", "apply", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(&path);
         out

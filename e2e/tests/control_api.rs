@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kxdp_e2e::{require_root, tcp_echo, unique_name, wait_until, Lab, LabOpts};
-use serde_yaml::Value as Yaml;
+use serde_yaml_ng::Value as Yaml;
 
 struct TempFile(PathBuf);
 
 impl TempFile {
     fn yaml(doc: &Yaml) -> TempFile {
         let path = std::env::temp_dir().join(format!("{}.yaml", unique_name("kxcl")));
-        std::fs::write(&path, serde_yaml::to_string(doc).unwrap()).unwrap();
+        std::fs::write(&path, serde_yaml_ng::to_string(doc).unwrap()).unwrap();
         TempFile(path)
     }
 }
@@ -58,7 +58,7 @@ fn invalid_apply_changes_nothing_and_valid_apply_adds_a_pod() {
     require_root!();
     let lab = Lab::up(LabOpts::default());
     let text = std::fs::read_to_string(lab.cluster_file()).unwrap();
-    let base: Yaml = serde_yaml::from_str(&text).unwrap();
+    let base: Yaml = serde_yaml_ng::from_str(&text).unwrap();
     let gens = generations(&lab);
     let pods = pod_set(&lab);
 
@@ -95,7 +95,7 @@ fn invalid_apply_changes_nothing_and_valid_apply_adds_a_pod() {
     let ip = Ipv4Addr::new(10, 244, 1, 4);
     let _ns = lab.add_pod_netns("n1", "p3", ip);
     let mut added = base.clone();
-    let mut pod = serde_yaml::Mapping::new();
+    let mut pod = serde_yaml_ng::Mapping::new();
     pod.insert("name".into(), "p3".into());
     pod.insert("node".into(), "n1".into());
     pod.insert("ip".into(), ip.to_string().into());
