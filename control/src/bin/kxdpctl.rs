@@ -189,6 +189,18 @@ impl Failure {
 
 type Result<T> = std::result::Result<T, Failure>;
 
+/// One Control API call: `rpc!(client, "what", method(request))` gives the
+/// reply, or returns the CLI's error naming `what`.
+macro_rules! rpc {
+    ($client:expr, $what:expr, $method:ident($request:expr)) => {
+        $client
+            .$method($request)
+            .await
+            .map_err(|s| rpc_failure($what, &s))?
+            .into_inner()
+    };
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -314,12 +326,11 @@ async fn run(args: Args) -> Result<()> {
                 node: node.clone(),
                 name: name.clone(),
             };
-            let reply = connect(&args.control)
-                .await?
-                .delete_pod(request)
-                .await
-                .map_err(|s| rpc_failure("pod del", &s))?
-                .into_inner();
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "pod del",
+                delete_pod(request)
+            );
             if json {
                 print_json(&serde_json::json!({
                     "generation": reply.generation,
@@ -361,22 +372,16 @@ async fn run(args: Args) -> Result<()> {
         }
         Cmd::Services => {
             let services = list_services(&mut connect(&args.control).await?).await?;
-            if json {
-                print_json(&ServicesView { services })
-            } else {
-                out(&view::services_table(&services))
-            }
+            show(json, &ServicesView { services }, |v| {
+                view::services_table(&v.services)
+            })
         }
         Cmd::Backends { service } => {
             let services = list_services(&mut connect(&args.control).await?).await?;
             let Some(s) = services.into_iter().find(|s| s.name == service) else {
                 return Err(Failure::Other(format!("no service named {service:?}")));
             };
-            if json {
-                print_json(&s)
-            } else {
-                out(&view::backends_text(&s))
-            }
+            show(json, &s, view::backends_text)
         }
         Cmd::Conntrack {
             node,
@@ -388,17 +393,12 @@ async fn run(args: Args) -> Result<()> {
                 service: service.unwrap_or_default(),
                 limit: limit.unwrap_or(0),
             };
-            let reply = connect(&args.control)
-                .await?
-                .list_conntrack(request)
-                .await
-                .map_err(|s| rpc_failure("conntrack", &s))?;
-            let v = ConntrackView::new(node, reply.into_inner());
-            if json {
-                print_json(&v)
-            } else {
-                out(&view::conntrack_text(&v))
-            }
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "conntrack",
+                list_conntrack(request)
+            );
+            show(json, &ConntrackView::new(node, reply), view::conntrack_text)
         }
         Cmd::Service(ServiceCmd::Apply { file }) => {
             let name = file.display().to_string();
@@ -431,12 +431,11 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Service(ServiceCmd::Del { name }) => {
-            let reply = connect(&args.control)
-                .await?
-                .delete_service(DeleteServiceRequest { name: name.clone() })
-                .await
-                .map_err(|s| rpc_failure("service del", &s))?
-                .into_inner();
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "service del",
+                delete_service(DeleteServiceRequest { name: name.clone() })
+            );
             if json {
                 print_json(&serde_json::json!({
                     "generation": reply.generation,
@@ -453,67 +452,44 @@ async fn run(args: Args) -> Result<()> {
         }
         Cmd::Nodes => {
             let nodes = list_nodes(&mut connect(&args.control).await?).await?;
-            if json {
-                print_json(&NodesView { nodes })
-            } else {
-                out(&view::nodes_table(&nodes))
-            }
+            show(json, &NodesView { nodes }, |v| view::nodes_table(&v.nodes))
         }
         Cmd::Pods { node } => {
             let request = ListPodsRequest {
                 node: node.unwrap_or_default(),
             };
-            let reply = connect(&args.control)
-                .await?
-                .list_pods(request)
-                .await
-                .map_err(|s| rpc_failure("list pods", &s))?;
-            let pods: Vec<PodView> = reply
-                .into_inner()
-                .pods
-                .into_iter()
-                .map(PodView::from)
-                .collect();
-            if json {
-                print_json(&PodsView { pods })
-            } else {
-                out(&view::pods_table(&pods))
-            }
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "list pods",
+                list_pods(request)
+            );
+            let pods = reply.pods.into_iter().map(PodView::from).collect();
+            show(json, &PodsView { pods }, |v| view::pods_table(&v.pods))
         }
         Cmd::Routes { node } => {
             let request = ListRoutesRequest {
                 node: node.unwrap_or_default(),
             };
-            let reply = connect(&args.control)
-                .await?
-                .list_routes(request)
-                .await
-                .map_err(|s| rpc_failure("list routes", &s))?;
-            let routes: Vec<RouteView> = reply
-                .into_inner()
-                .routes
-                .into_iter()
-                .map(RouteView::from)
-                .collect();
-            if json {
-                print_json(&RoutesView { routes })
-            } else {
-                out(&view::routes_table(&routes))
-            }
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "list routes",
+                list_routes(request)
+            );
+            let routes = reply.routes.into_iter().map(RouteView::from).collect();
+            show(json, &RoutesView { routes }, |v| {
+                view::routes_table(&v.routes)
+            })
         }
         Cmd::Counters { node, all } => {
             let request = GetNodeCountersRequest { node: node.clone() };
-            let reply = connect(&args.control)
-                .await?
-                .get_node_counters(request)
-                .await
-                .map_err(|s| rpc_failure("counters", &s))?;
-            let counters = CountersView::new(node, reply.into_inner());
-            if json {
-                print_json(&counters)
-            } else {
-                out(&view::counters_text(&counters, all))
-            }
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "counters",
+                get_node_counters(request)
+            );
+            show(json, &CountersView::new(node, reply), |v| {
+                view::counters_text(v, all)
+            })
         }
     }
 }
@@ -583,25 +559,19 @@ async fn connect(socket: &Path) -> Result<ControlClient<Channel>> {
 }
 
 async fn list_services(client: &mut ControlClient<Channel>) -> Result<Vec<ServiceView>> {
-    let reply = client
-        .list_services(ListServicesRequest {})
-        .await
-        .map_err(|s| rpc_failure("list services", &s))?;
-    Ok(reply
-        .into_inner()
-        .services
-        .into_iter()
-        .map(ServiceView::from)
-        .collect())
+    Ok(rpc!(
+        client,
+        "list services",
+        list_services(ListServicesRequest {})
+    )
+    .services
+    .into_iter()
+    .map(ServiceView::from)
+    .collect())
 }
 
 async fn list_nodes(client: &mut ControlClient<Channel>) -> Result<Vec<NodeView>> {
-    let reply = client
-        .list_nodes(ListNodesRequest {})
-        .await
-        .map_err(|s| rpc_failure("list nodes", &s))?;
-    Ok(reply
-        .into_inner()
+    Ok(rpc!(client, "list nodes", list_nodes(ListNodesRequest {}))
         .nodes
         .into_iter()
         .map(NodeView::from)
@@ -614,6 +584,15 @@ fn rpc_failure(what: &str, status: &Status) -> Failure {
         code_name(status.code()),
         status.message()
     ))
+}
+
+/// Prints `view` as JSON with --json, else as `text` renders it.
+fn show<V: Serialize>(json: bool, view: &V, text: impl FnOnce(&V) -> String) -> Result<()> {
+    if json {
+        print_json(view)
+    } else {
+        out(&text(view))
+    }
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
