@@ -446,28 +446,12 @@ impl Lab {
         let mac = format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
         let node_ns = self.ns(node);
         let mtu = n.mtu.to_string();
-        kxdp_testkit::ip(&[
-            "-n",
+        kxdp_testkit::ip(&kxdp_testkit::veth_add_args(
             &node_ns,
-            "link",
-            "add",
             &ifname,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
             ns.name(),
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-        ]);
+            "eth0",
+        ));
         kxdp_testkit::ip(&["-n", &node_ns, "link", "set", &ifname, "mtu", &mtu, "up"]);
         check(
             "ethtool",

@@ -132,10 +132,13 @@ impl Drop for NetNs {
     }
 }
 
-/// Creates a veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), one queue each
-/// (an AF_XDP socket bound to queue 0 then sees all traffic), and sets both up.
-pub fn veth(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) {
-    ns_a.ip(&[
+/// The `ip` arguments that create a veth pair `a` (in namespace `ns_a`) <->
+/// `b` (in `ns_b`) with one queue each: an AF_XDP socket bound to queue 0
+/// then sees all traffic. Every test and lab tool makes its veths so.
+pub fn veth_add_args<'a>(ns_a: &'a str, a: &'a str, ns_b: &'a str, b: &'a str) -> [&'a str; 20] {
+    [
+        "-n",
+        ns_a,
         "link",
         "add",
         a,
@@ -149,12 +152,18 @@ pub fn veth(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) {
         "name",
         b,
         "netns",
-        ns_b.name(),
+        ns_b,
         "numtxqueues",
         "1",
         "numrxqueues",
         "1",
-    ]);
+    ]
+}
+
+/// Creates a veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`) as
+/// [`veth_add_args`] says, and sets both up.
+pub fn veth(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) {
+    ip(&veth_add_args(ns_a.name(), a, ns_b.name(), b));
     ns_a.ip(&["link", "set", a, "up"]);
     ns_b.ip(&["link", "set", b, "up"]);
 }

@@ -27,31 +27,7 @@ pub struct Testpmd {
 }
 
 fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> anyhow::Result<()> {
-    sh(
-        "ip",
-        &[
-            "-n",
-            ns_a,
-            "link",
-            "add",
-            a,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b,
-            "netns",
-            ns_b,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-        ],
-    )?;
+    sh("ip", &kxdp_testkit::veth_add_args(ns_a, a, ns_b, b))?;
     sh("ip", &["-n", ns_a, "link", "set", a, "up"])?;
     sh("ip", &["-n", ns_b, "link", "set", b, "up"])?;
     Ok(())
