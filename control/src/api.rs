@@ -23,12 +23,13 @@ use kxdp_proto::dataplane::{
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, DataplaneKind, Problems};
+use crate::cluster::{Cluster, DataplaneKind};
 use crate::etcd::{Store, WriteError};
 use crate::plan;
 use crate::reconcile::{Edit, Phase, Shared, StatusMap};
 use crate::runtime::{self, PodCheck};
 use crate::uds;
+use crate::validate::Problems;
 
 /// How long `ApplyCluster` waits for the reachable nodes to take the new state.
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,6 +17,10 @@ use serde::Deserialize;
 
 use crate::conventions::{self, Mac};
 use crate::service::{self, RawService, Service};
+use crate::validate::{
+    check_ifname, check_name, in_range, parse_cidr, parse_ip, parse_unicast_mac, PORT_RANGE,
+};
+use crate::validate::{Problem, Problems};
 
 /// The two-node namespace lab's cluster file, the default desired state.
 pub const LAB_CLUSTER_YAML: &str = include_str!("../../config/lab-cluster.yaml");
@@ -26,7 +30,6 @@ pub const LAB_CLUSTER_YAML: &str = include_str!("../../config/lab-cluster.yaml")
 pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9216;
 /// VNI 0 is reserved by flannel and Linux treats it as "unset"; 24 bits wide.
 pub const VNI_RANGE: std::ops::RangeInclusive<i64> = 1..=16_777_215;
-pub const PORT_RANGE: std::ops::RangeInclusive<i64> = 1..=65_535;
 /// Longest pod CIDR prefix: a /30 still holds the gateway and one pod.
 pub const MAX_POD_PREFIX: u8 = 30;
 /// Longest service CIDR prefix: a /30 still holds two ClusterIPs.
@@ -193,61 +196,6 @@ impl Cluster {
         Problems::result(problems)
     }
 }
-
-/// One thing wrong with a cluster file, at a path such as `nodes[1].pod_cidr`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Empty for whole-file (YAML structure) errors.
-    pub path: String,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found in a cluster file; displays one per line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    pub fn result(problems: Vec<Problem>) -> Result<(), Problems> {
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Problems(problems))
-        }
-    }
-}
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problems {}
 
 // ---- raw file model: what serde reads, before any checking ----
 
@@ -734,128 +682,6 @@ fn validate_pods(
         }
     }
     out
-}
-
-/// Names become socket file names, pod keys and log fields: keep them DNS
-/// labels (RFC 1123), as Kubernetes does for node and pod names.
-fn check_name(path: &str, name: &str, p: &mut Vec<Problem>) -> bool {
-    if name.is_empty() {
-        p.push(Problem::new(path, "must not be empty"));
-        return false;
-    }
-    if !is_dns_label(name) {
-        p.push(Problem::new(
-            path,
-            format!(
-                "{name:?} is not a DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63 characters)"
-            ),
-        ));
-        return false;
-    }
-    true
-}
-
-pub fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
-/// Linux's rules for interface names (dev_valid_name): 1..=15 bytes, not "."
-/// or "..", no '/', ':' or whitespace.
-pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if !ok {
-        p.push(Problem::new(
-            path,
-            format!(
-                "{name:?} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"
-            ),
-        ));
-    }
-}
-
-/// A unicast MAC (an interface's own address), or a problem at `path`.
-pub(crate) fn parse_unicast_mac(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Mac> {
-    match text.parse::<Mac>() {
-        Ok(mac) if mac.is_multicast() || mac.is_zero() => {
-            p.push(Problem::new(path, format!("{mac} is not a unicast MAC")));
-            None
-        }
-        Ok(mac) => Some(mac),
-        Err(e) => {
-            p.push(Problem::new(path, format!("{text:?} is {e}")));
-            None
-        }
-    }
-}
-
-pub(crate) fn parse_ip(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Addr> {
-    match text.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            p.push(Problem::new(
-                path,
-                format!("{text:?} is not an IPv4 address"),
-            ));
-            None
-        }
-    }
-}
-
-/// Parses `a.b.c.d/len` and insists on the canonical form: host bits set
-/// usually mean a typo, and silently truncating would hide it.
-pub(crate) fn parse_cidr(path: &str, text: &str, p: &mut Vec<Problem>) -> Option<Ipv4Net> {
-    let net: Ipv4Net = match text.parse() {
-        Ok(net) => net,
-        Err(_) => {
-            p.push(Problem::new(
-                path,
-                format!("{text:?} is not an IPv4 CIDR (a.b.c.d/len)"),
-            ));
-            return None;
-        }
-    };
-    if net.trunc() != net {
-        p.push(Problem::new(
-            path,
-            format!("{net} has host bits set; did you mean {}?", net.trunc()),
-        ));
-        return None;
-    }
-    Some(net)
-}
-
-pub(crate) fn in_range(
-    path: &str,
-    value: i64,
-    range: std::ops::RangeInclusive<i64>,
-    p: &mut Vec<Problem>,
-) -> Option<i64> {
-    if range.contains(&value) {
-        Some(value)
-    } else {
-        p.push(Problem::new(
-            path,
-            format!(
-                "{value} is out of range {}..={}",
-                range.start(),
-                range.end()
-            ),
-        ));
-        None
-    }
 }
 
 #[cfg(test)]
@@ -1435,8 +1261,8 @@ nodes:
             "pods[3].name",
             "not a DNS label",
         );
-        assert!(is_dns_label(&"a".repeat(63)));
-        assert!(is_dns_label("node-1"));
+        assert!(crate::validate::is_dns_label(&"a".repeat(63)));
+        assert!(crate::validate::is_dns_label("node-1"));
     }
 
     #[test]

@@ -44,10 +44,11 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::cluster::{Cluster, DataplaneKind, Node, Problems};
+use crate::cluster::{Cluster, DataplaneKind, Node};
 use crate::conventions::{self, Mac};
 use crate::reconcile::Shared;
 use crate::runtime::{self, Runtime};
+use crate::validate::Problems;
 
 pub const PREFIX: &str = "/kxdp/";
 pub const CONFIG_KEY: &str = "/kxdp/config";

@@ -16,6 +16,7 @@
 //! - [`etcd`]: the etcd store: node registration, pod CIDR leases, watch.
 //! - [`daemon`]: the process: socket, server, reconcilers, shutdown.
 //! - [`uds`]: tonic over Unix sockets (client channel, root-only listener).
+//! - [`validate`]: problems by field path, and the checks every input shares.
 //! - [`view`]: what `kxdpctl` prints (JSON mirrors of the replies, tables).
 #![forbid(unsafe_code)]
 
@@ -30,4 +31,5 @@ pub mod reconcile;
 pub mod runtime;
 pub mod service;
 pub mod uds;
+pub mod validate;
 pub mod view;

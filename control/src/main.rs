@@ -102,7 +102,7 @@ fn main_etcd(args: Args) -> ExitCode {
         }
     };
     let name = args.node.clone().unwrap_or_default();
-    if !kxdp_control::cluster::is_dns_label(&name) {
+    if !kxdp_control::validate::is_dns_label(&name) {
         eprintln!("kxdp-control: --node {name:?} is not a DNS label");
         return ExitCode::from(2);
     }

@@ -24,10 +24,11 @@ use tokio::task::{AbortHandle, JoinSet};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::cluster::{Cluster, Problems};
+use crate::cluster::Cluster;
 use crate::plan;
 use crate::runtime::Runtime;
 use crate::uds;
+use crate::validate::Problems;
 
 /// A dataplane that does not answer a read within this is unreachable.
 pub const GET_STATE_TIMEOUT: Duration = Duration::from_secs(3);

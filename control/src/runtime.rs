@@ -30,9 +30,10 @@ use kxdp_proto::control::AddPodRequest;
 
 use kxdp_proto::dataplane as pb;
 
-use crate::cluster::{check_ifname, parse_ip, parse_unicast_mac, Cluster, Pod, Problem, Problems};
+use crate::cluster::{Cluster, Pod};
 use crate::conventions::{self, Mac};
 use crate::service::{self, RawService, Service, Taken};
+use crate::validate::{check_ifname, parse_ip, parse_unicast_mac, Problem, Problems};
 
 /// (node, name): a pod's identity.
 pub type PodKey = (String, String);

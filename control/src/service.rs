@@ -26,7 +26,7 @@ use ipnet::Ipv4Net;
 use kxdp_proto::dataplane as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
+use crate::validate::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
 
 /// Kubernetes' default and maximum ClientIP affinity timeouts.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kxdp_control::cluster::{Cluster, Problems, LAB_CLUSTER_YAML};
+use kxdp_control::cluster::{Cluster, LAB_CLUSTER_YAML};
 use kxdp_control::reconcile::code_name;
 use kxdp_control::runtime::Runtime;
 use kxdp_control::service::RawService;
+use kxdp_control::validate::Problems;
 use kxdp_control::view::{
     self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView,
     RouteView, RoutesView, ServiceView, ServicesView,
