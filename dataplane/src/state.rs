@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use kxdp_core::tables::Prefix;
+use kxdp_core::prefix::Prefix;
 use kxdp_core::wire::EthernetAddress;
 use kxdp_proto::dataplane as pb;
 

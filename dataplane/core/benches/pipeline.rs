@@ -24,9 +24,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict, BATCH_SIZE};
-use kxdp_core::tables::{
-    LocalPod, NodeInfo, PortId, PortInfo, PortKind, Prefix, RemoteRoute, Tables,
-};
+use kxdp_core::prefix::Prefix;
+use kxdp_core::tables::{LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables};
 use kxdp_core::wire::{arp, ethernet, vxlan, EthernetAddress};
 
 /// UMEM chunk size, as the dataplane configures it.

@@ -55,10 +55,9 @@ use etherparse::PacketBuilder;
 use kxdp_core::conntrack::Timeouts;
 use kxdp_core::maglev::Maglev;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict, BATCH_SIZE};
+use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache, Services};
-use kxdp_core::tables::{
-    LocalPod, NodeInfo, PortId, PortInfo, PortKind, Prefix, RemoteRoute, Tables,
-};
+use kxdp_core::tables::{LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables};
 use kxdp_core::wire::{tcp, vxlan, EthernetAddress};
 
 /// UMEM chunk size, as the dataplane configures it.

@@ -5,13 +5,15 @@
 //! and benchmarks feed it byte vectors.
 //!
 //! - [`wire`]: typed views over header bytes (one file per header).
-//! - [`tables`]: what a worker looks up per packet (routes, pods, ports).
+//! - [`tables`]: what a worker looks up per packet (routes, pods, ports);
+//!   [`prefix`]: IPv4 prefixes and the longest-prefix match they use.
 //! - [`pipeline`]: the walks, verdicts and drop reasons.
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
 pub mod maglev;
 pub mod pipeline;
+pub mod prefix;
 pub mod services;
 pub mod tables;
 pub mod wire;

@@ -208,7 +208,7 @@ pub struct Services {
     /// Service names by index (counters, listing).
     pub names: Vec<String>,
     /// The service CIDR: ClusterIPs live here.
-    pub cidr: Option<crate::tables::Prefix>,
+    pub cidr: Option<crate::prefix::Prefix>,
     /// Every backend (address, port, protocol) -> steer its flows by the
     /// client's address alone. Only packets from these can be replies of a
     /// service flow without SNAT, so only these are steered by destination.

@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 
 use kxdp_core::conntrack::Timeouts;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict};
-use kxdp_core::tables::{LocalPod, NodeInfo, PortInfo, PortKind, Prefix, RemoteRoute, Tables};
+use kxdp_core::prefix::Prefix;
+use kxdp_core::tables::{LocalPod, NodeInfo, PortInfo, PortKind, RemoteRoute, Tables};
 use kxdp_core::wire::{checksum, EthernetAddress};
 use libfuzzer_sys::fuzz_target;
 

@@ -35,8 +35,8 @@ use super::tests::{
 };
 use super::*;
 use crate::conntrack::{Entry, FlowKey, TcpState, Timeouts};
+use crate::prefix::Prefix;
 use crate::services::{Backend, Frontend, FrontendKey};
-use crate::tables::Prefix;
 use crate::wire::tcp::flags::{ACK, FIN, PSH, RST, SYN};
 
 // ---------------------------------------------------------------------------

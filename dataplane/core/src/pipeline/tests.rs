@@ -22,7 +22,8 @@ use etherparse::{
 };
 
 use super::*;
-use crate::tables::{LocalPod, Prefix, RemoteRoute};
+use crate::prefix::Prefix;
+use crate::tables::{LocalPod, RemoteRoute};
 use crate::wire::{checksum, vectors::XorShift};
 
 // ---------------------------------------------------------------------------
