@@ -155,10 +155,6 @@ pub struct Pipeline {
     flows: FlowCache,
     /// What the walk of the current packet noted for `flows`.
     learn: fast::Learn,
-    /// Test builds: a twin without the flow cache that runs every batch
-    /// too; `process` asserts both did the same.
-    #[cfg(test)]
-    twin: Option<Box<Pipeline>>,
 }
 
 impl core::fmt::Debug for Pipeline {
@@ -191,18 +187,6 @@ impl Pipeline {
 
     /// A pipeline whose conntrack holds `capacity` flows.
     pub fn with_conntrack(capacity: usize, timeouts: Timeouts) -> Pipeline {
-        #[allow(unused_mut)]
-        let mut pl = Pipeline::bare(capacity, timeouts);
-        #[cfg(test)]
-        {
-            let mut twin = Pipeline::bare(capacity, timeouts);
-            twin.set_flow_cache(false);
-            pl.twin = Some(Box::new(twin));
-        }
-        pl
-    }
-
-    fn bare(capacity: usize, timeouts: Timeouts) -> Pipeline {
         Pipeline {
             counters: Counters::default(),
             icmp_tokens: ICMP_BURST,
@@ -214,8 +198,6 @@ impl Pipeline {
             // An eighth of the conntrack: the flows that are busy.
             flows: FlowCache::new(capacity / 8),
             learn: fast::Learn::default(),
-            #[cfg(test)]
-            twin: None,
         }
     }
 
@@ -228,19 +210,11 @@ impl Pipeline {
         assert!(count >= 1 && index < count, "worker {index} of {count}");
         self.worker = index;
         self.workers = count;
-        #[cfg(test)]
-        if let Some(t) = self.twin.as_mut() {
-            t.set_worker(index, count);
-        }
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).
     pub fn count_drop(&mut self, r: DropReason) {
         self.counters.drops[r as usize] += 1;
-        #[cfg(test)]
-        if let Some(t) = self.twin.as_mut() {
-            t.count_drop(r);
-        }
     }
 
     pub fn counters(&self) -> &Counters {
@@ -270,10 +244,6 @@ impl Pipeline {
         if !self.ct.is_empty() {
             self.ct.gc(now_ns, IDLE_GC_BUDGET);
         }
-        #[cfg(test)]
-        if let Some(t) = self.twin.as_mut() {
-            t.maintain(now_ns);
-        }
     }
 
     /// Makes room for `n` services' counters (called when tables change,
@@ -282,28 +252,10 @@ impl Pipeline {
         if self.nat.svc.len() < n {
             self.nat.svc.resize(n, SvcCounters::default());
         }
-        #[cfg(test)]
-        if let Some(t) = self.twin.as_mut() {
-            t.reserve_services(n);
-        }
     }
 
     /// Runs every packet of the batch and sets its verdict.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        #[cfg(test)]
-        let twin = self.twin.take().map(|mut tw| {
-            let out = tw.run_copy(now_ns, t, pkts);
-            (tw, out)
-        });
-        self.run(now_ns, t, pkts);
-        #[cfg(test)]
-        if let Some((tw, out)) = twin {
-            self.same_as(&tw, &out, pkts);
-            self.twin = Some(tw);
-        }
-    }
-
-    fn run(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
         for p in pkts.iter_mut() {
             p.verdict = self.one(now_ns, t, p);
             match p.verdict {

@@ -34,6 +34,8 @@ use super::tests::{
     VTEP_MAC, VXLAN_PORT,
 };
 use super::*;
+// Every batch of these tests also runs through a twin without the flow cache.
+use super::twin::Checked as Pipeline;
 use crate::conntrack::{Entry, FlowKey, TcpState, Timeouts};
 use crate::prefix::Prefix;
 use crate::services::{Backend, Frontend, FrontendKey};

@@ -22,6 +22,8 @@ use etherparse::{
 };
 
 use super::*;
+// Every batch of these tests also runs through a twin without the flow cache.
+use super::twin::Checked as Pipeline;
 use crate::prefix::Prefix;
 use crate::tables::{LocalPod, RemoteRoute};
 use crate::wire::{checksum, vectors::XorShift};
