@@ -119,7 +119,10 @@ impl Pipeline {
         // client sent it, or the client cannot match the error to its flow.
         let sent = match outside.or_else(|| self.icmp_error_nat(p)) {
             Some(mac) => self.reply_external(t, p, mac),
-            None => self.route(cx, p, false),
+            // An error about our own error is never sent: just a drop.
+            None => self
+                .route_to(cx, p, false)
+                .unwrap_or_else(|(_, r)| Verdict::Drop(r)),
         };
         match sent {
             // The error is sent and the original counts as dropped here: the

@@ -76,7 +76,7 @@ impl Pipeline {
             // The owner decapsulates (and counts) it again.
             Err(v @ Verdict::Handoff(_)) => return v,
             Err(v) => v,
-            Ok(true) => self.route(cx, p, true),
+            Ok(true) => self.route(cx, p),
             Ok(false) => {
                 // An ICMP error may have been translated: read the destination again.
                 let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
@@ -91,7 +91,7 @@ impl Pipeline {
                         DropReason::NoRoute,
                     );
                 }
-                self.route(cx, p, true)
+                self.route(cx, p)
             }
         };
         self.counters.decapsulated += 1;

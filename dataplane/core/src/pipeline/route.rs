@@ -52,7 +52,7 @@ impl Pipeline {
                 return Verdict::Drop(DropReason::NotOurs);
             }
         }
-        self.route(cx, p, true)
+        self.route(cx, p)
     }
 
     /// Sends a translated reply straight back out the uplink to the outside
@@ -83,9 +83,25 @@ impl Pipeline {
         Verdict::Tx(uplink)
     }
 
+    /// Routes a forwarded datagram (a router hop: TTL decremented); where
+    /// a router would answer with an ICMP error, it does.
+    pub(super) fn route(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+        match self.route_to(cx, p, true) {
+            Ok(v) => v,
+            Err((kind, reason)) => self.icmp_error(cx, p, kind, reason),
+        }
+    }
+
     /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
-    /// or a remote node. `forwarded`: decrement TTL (false for errors we made).
-    pub(super) fn route(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, forwarded: bool) -> Verdict {
+    /// or a remote node. `forwarded`: decrement TTL (false for errors we
+    /// made). `Err` where a router would send an ICMP error: the caller
+    /// decides (an error about our own error is never sent).
+    pub(super) fn route_to(
+        &mut self,
+        cx: &Ctx<'_>,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+    ) -> Result<Verdict, (IcmpError, DropReason)> {
         let Ctx { t, node, .. } = *cx;
         let ip_off = p.off + ETH;
         let (dst, ttl, total_len, df) = {
@@ -110,26 +126,24 @@ impl Pipeline {
                 },
             )) = host
             else {
-                return Verdict::Drop(DropReason::ToGateway);
+                return Ok(Verdict::Drop(DropReason::ToGateway));
             };
-            return self.deliver(cx, p, forwarded, (h, peer_mac, mac));
+            return self.deliver(p, forwarded, (h, peer_mac, mac));
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
-            return Verdict::Drop(DropReason::Ipv4Martian);
+            return Ok(Verdict::Drop(DropReason::Ipv4Martian));
         }
         // Local pods are in this node's pod CIDR (the state checks it): skip
         // the map lookup for anything else.
         let local = node.pod_cidr.contains(dst).then(|| t.local.get(&dst));
         if let Some(lp) = local.flatten() {
             let Some(out) = t.port(lp.port) else {
-                return self.icmp_error(
-                    cx,
-                    p,
+                return Err((
                     IcmpError::Unreachable(icmp::code::HOST_UNREACHABLE),
                     DropReason::NoRoute,
-                );
+                ));
             };
-            return self.deliver(cx, p, forwarded, (lp.port, lp.mac, out.mac));
+            return self.deliver(p, forwarded, (lp.port, lp.mac, out.mac));
         }
         let Some(r) = t.routes.lookup(dst) else {
             let code = if node.cluster_cidr.contains(dst) {
@@ -137,33 +151,28 @@ impl Pipeline {
             } else {
                 icmp::code::NET_UNREACHABLE
             };
-            return self.icmp_error(cx, p, IcmpError::Unreachable(code), DropReason::NoRoute);
+            return Err((IcmpError::Unreachable(code), DropReason::NoRoute));
         };
         if forwarded && ttl <= 1 {
-            return self.icmp_error(cx, p, IcmpError::TimeExceeded, DropReason::TtlExceeded);
+            return Err((IcmpError::TimeExceeded, DropReason::TtlExceeded));
         }
         if total_len > node.pod_mtu as usize {
             if df {
-                return self.icmp_error(
-                    cx,
-                    p,
-                    IcmpError::FragNeeded(node.pod_mtu),
-                    DropReason::TooBig,
-                );
+                return Err((IcmpError::FragNeeded(node.pod_mtu), DropReason::TooBig));
             }
-            return Verdict::Drop(DropReason::TooBig);
+            return Ok(Verdict::Drop(DropReason::TooBig));
         }
         let uplink = t.uplink.and_then(|u| t.port(u).map(|i| (u, i)));
         let (Some(uplink), Some(nh)) = (uplink, r.next_hop_mac) else {
             // An uplink id whose port info is gone (detached) is no uplink.
-            return Verdict::Drop(if uplink.is_none() {
+            return Ok(Verdict::Drop(if uplink.is_none() {
                 DropReason::NoUplink
             } else {
                 DropReason::NeighbourUnresolved
-            });
+            }));
         };
         if p.off < ENCAP_LEN {
-            return Verdict::Drop(DropReason::NoHeadroom);
+            return Ok(Verdict::Drop(DropReason::NoHeadroom));
         }
         if forwarded {
             Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
@@ -179,7 +188,7 @@ impl Pipeline {
         if forwarded {
             self.note_l2(fast::L2::Encap);
         }
-        Verdict::Tx(uplink.0)
+        Ok(Verdict::Tx(uplink.0))
     }
 
     /// Delivers the datagram at `p.off` on a port of this node (a pod, the
@@ -187,16 +196,15 @@ impl Pipeline {
     /// decremented (time exceeded at 1) unless we made the packet ourselves.
     pub(super) fn deliver(
         &mut self,
-        cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         forwarded: bool,
         (port, dst_mac, src_mac): (PortId, EthernetAddress, EthernetAddress),
-    ) -> Verdict {
+    ) -> Result<Verdict, (IcmpError, DropReason)> {
         let ip_off = p.off + ETH;
         if forwarded {
             let mut ip = Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]);
             if ip.ttl() <= 1 {
-                return self.icmp_error(cx, p, IcmpError::TimeExceeded, DropReason::TtlExceeded);
+                return Err((IcmpError::TimeExceeded, DropReason::TtlExceeded));
             }
             ip.decrement_ttl();
         }
@@ -207,6 +215,6 @@ impl Pipeline {
         if forwarded {
             self.note_l2(fast::L2::Local);
         }
-        Verdict::Tx(port)
+        Ok(Verdict::Tx(port))
     }
 }
