@@ -116,17 +116,9 @@ impl CniEnv {
     }
 }
 
-/// A Linux interface name: 1-15 bytes, not "." or "..", no '/', ':' or
-/// whitespace (the kernel's `dev_valid_name`).
+/// A Linux interface name ([`kxdp_proto::is_ifname`]).
 pub fn check_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if ok {
+    if kxdp_proto::is_ifname(name) {
         Ok(())
     } else {
         Err(CniError::new(

@@ -97,17 +97,9 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// Linux's rules for interface names (dev_valid_name): 1..=15 bytes, not "."
-/// or "..", no '/', ':' or whitespace.
+/// An interface name by Linux's rules ([`kxdp_proto::is_ifname`]).
 pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if !ok {
+    if !kxdp_proto::is_ifname(name) {
         p.push(Problem::new(
             path,
             format!(

@@ -24,6 +24,19 @@ pub mod uds;
 pub use kxdp::control::v1 as control;
 pub use kxdp::dataplane::v1 as dataplane;
 
+/// Linux's rules for an interface name (the kernel's `dev_valid_name`):
+/// 1-15 bytes, not "." or "..", no '/', ':' or whitespace. A pod's `ifname`
+/// in either API follows them.
+pub fn is_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
 /// Where the daemons' sockets live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/kxdp";
 /// Default Unix socket of the control API.
