@@ -67,7 +67,7 @@ impl Args {
             None => host_name()?,
         };
         if node.is_empty() || node.contains('/') {
-            anyhow::bail!("--node {node:?}: a node name is a non-empty DNS label");
+            anyhow::bail!("--node {node:?}: a node name is not empty and has no '/' (it names the socket file)");
         }
         let socket = self
             .socket
