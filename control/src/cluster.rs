@@ -18,9 +18,9 @@ use serde::Deserialize;
 use crate::conventions::{self, Mac};
 use crate::service::{self, RawService, Service};
 use crate::validate::{
-    check_ifname, check_name, in_range, parse_cidr, parse_ip, parse_unicast_mac, PORT_RANGE,
+    check_ifname, check_name, in_range, parse_cidr, parse_ip, parse_unicast_mac, Problem, Problems,
+    PORT_RANGE,
 };
-use crate::validate::{Problem, Problems};
 
 /// The two-node namespace lab's cluster file, the default desired state.
 pub const LAB_CLUSTER_YAML: &str = include_str!("../../config/lab-cluster.yaml");
@@ -633,17 +633,16 @@ fn validate_pods(
             (None, ip) => ip.map(conventions::pod_mac),
         };
         let ifname = match (&pod.ifname, ip) {
-            (Some(name), _) => {
-                let before = p.len();
-                check_ifname(&at("ifname"), name, p);
-                (p.len() == before).then(|| name.clone())
-            }
+            (Some(name), _) => check_ifname(&at("ifname"), name, p).then(|| name.clone()),
             (None, ip) => ip.map(conventions::pod_ifname),
         };
         if let (Some(name), Some(j)) = (&ifname, node_index) {
             let node = &raw_nodes[j];
-            if Some(name) == node.uplink.as_ref()
-                || (node.uplink.is_none() && name == conventions::DEFAULT_UPLINK)
+            if name
+                == node
+                    .uplink
+                    .as_deref()
+                    .unwrap_or(conventions::DEFAULT_UPLINK)
             {
                 p.push(Problem::new(
                     at("ifname"),

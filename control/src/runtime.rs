@@ -333,9 +333,7 @@ pub fn check_pod(
     let mac = parse_unicast_mac("mac", &req.mac, &mut p);
 
     // ifname
-    let before = p.len();
-    check_ifname("ifname", &req.ifname, &mut p);
-    if p.len() == before {
+    if check_ifname("ifname", &req.ifname, &mut p) {
         if let Some(n) = node {
             if req.ifname == n.uplink {
                 p.push(Problem::new(

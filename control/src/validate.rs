@@ -97,9 +97,11 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// An interface name by Linux's rules ([`kxdp_proto::is_ifname`]).
-pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
-    if !kxdp_proto::is_ifname(name) {
+/// An interface name by Linux's rules ([`kxdp_proto::is_ifname`]); false
+/// (and a problem at `path`) when it is not one.
+pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) -> bool {
+    let ok = kxdp_proto::is_ifname(name);
+    if !ok {
         p.push(Problem::new(
             path,
             format!(
@@ -107,6 +109,7 @@ pub(crate) fn check_ifname(path: &str, name: &str, p: &mut Vec<Problem>) {
             ),
         ));
     }
+    ok
 }
 
 /// A unicast MAC (an interface's own address), or a problem at `path`.

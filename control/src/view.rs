@@ -115,16 +115,6 @@ pub struct CountersView {
 #[derive(Debug, Default)]
 pub struct EventCounters(pub Vec<(String, u64)>);
 
-impl EventCounters {
-    /// The counter called `name`; 0 when the dataplane does not send it.
-    pub fn get(&self, name: &str) -> u64 {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, v)| *v)
-    }
-}
-
 impl Serialize for EventCounters {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
