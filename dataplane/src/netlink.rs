@@ -12,13 +12,11 @@
 //! [`Netlink`] talks to the network namespace it was created in, whatever
 //! namespace the calling thread is in later.
 //!
-//! Wire format: framing, `NLMSG_ERROR`/`NLMSG_DONE` handling and attribute
-//! encoding use `netlink-packet-core` 0.8; the fixed rtnetlink headers
-//! (`rtmsg`, `ndmsg`, `ifinfomsg`) are encoded here by hand.
-//! `netlink-packet-route` 0.24 is built on `netlink-packet-core` 0.7 and its
-//! `Emitable`/`Parseable` traits come from `netlink-packet-utils`, neither of
-//! which this crate depends on, so its message types cannot be serialized or
-//! parsed from here.
+//! Wire format: `netlink-packet-route` builds and parses the rtnetlink
+//! messages (`rtmsg`, `ndmsg`, `ifinfomsg` and their attributes, including
+//! `NDA_FLAGS_EXT`/`NTF_EXT_MANAGED`); `netlink-packet-core` frames them and
+//! decodes `NLMSG_ERROR`/`NLMSG_DONE`. Only the extended-ack error string
+//! is read by hand (core 0.8 keeps it as bytes).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -26,10 +24,16 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
-    DefaultNla, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, NlasIterator, NLA_HEADER_SIZE, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART,
+    NLM_F_REQUEST,
 };
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// How long one request waits for the kernel's next reply message.
@@ -38,19 +42,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const DUMP_ATTEMPTS: usize = 3;
 
 const NLMSG_HDR_LEN: usize = 16;
-/// `struct rtmsg`.
-const RTMSG_LEN: usize = 12;
-/// `struct ndmsg`.
-const NDMSG_LEN: usize = 12;
-/// `struct ifinfomsg`.
-const IFINFOMSG_LEN: usize = 16;
-
-const AF_INET: u8 = libc::AF_INET as u8;
-/// `IFLA_EXT_MASK` (libc only defines it for Android).
-const IFLA_EXT_MASK: u16 = 29;
-/// `NDA_FLAGS_EXT` and its `NTF_EXT_MANAGED` bit (kernel >= 5.16).
-const NDA_FLAGS_EXT: u16 = 15;
-const NTF_EXT_MANAGED: u32 = 1;
 /// `NLMSGERR_ATTR_MSG`: the extended-ack error string.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
@@ -167,11 +158,7 @@ impl Netlink {
     /// next hop is IPv6 (`RTA_VIA`) is an `Error::Protocol`.
     pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<RouteInfo, Error> {
         let what = format!("RTM_GETROUTE {dst}");
-        let mut rtm = [0u8; RTMSG_LEN];
-        rtm[0] = AF_INET; // rtm_family
-        rtm[1] = 32; // rtm_dst_len
-        let nlas = [DefaultNla::new(libc::RTA_DST, dst.octets().to_vec())];
-        let reply = self.transact(libc::RTM_GETROUTE, 0, &rtm, &nlas, &what)?;
+        let reply = self.transact(route_request(dst), 0, &what)?;
         let msg = reply
             .messages
             .first()
@@ -254,19 +241,12 @@ impl Netlink {
             return Ok(None);
         }
         let what = format!("RTM_GETLINK {name}");
-        let ifi = [0u8; IFINFOMSG_LEN];
-        let mut ifname = name.as_bytes().to_vec();
-        ifname.push(0);
-        let nlas = [
-            DefaultNla::new(libc::IFLA_IFNAME, ifname),
-            DefaultNla::new(
-                IFLA_EXT_MASK,
-                (libc::RTEXT_FILTER_SKIP_STATS as u32)
-                    .to_ne_bytes()
-                    .to_vec(),
-            ),
+        let mut ifi = LinkMessage::default();
+        ifi.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]),
         ];
-        let reply = match self.transact(libc::RTM_GETLINK, 0, &ifi, &nlas, &what) {
+        let reply = match self.transact(RouteNetlinkMessage::GetLink(ifi), 0, &what) {
             Ok(reply) => reply,
             Err(Error::Kernel { code, .. }) if code == libc::ENODEV => return Ok(None),
             Err(e) => return Err(e),
@@ -285,21 +265,15 @@ impl Netlink {
             "RTM_NEWNEIGH {ip} ifindex {ifindex} ({})",
             if managed { "managed" } else { "use" }
         );
-        let mut ndm = ndmsg(ifindex);
-        ndm[8..10].copy_from_slice(&libc::NUD_NONE.to_ne_bytes()); // ndm_state
-        ndm[10] = libc::NTF_USE; // ndm_flags
-        let mut nlas = vec![DefaultNla::new(libc::NDA_DST, ip.octets().to_vec())];
+        // State NUD_NONE (the default), like `ip neigh add ... use`.
+        let mut ndm = ndmsg(ifindex, Some(ip));
+        ndm.header.flags = NeighbourFlags::Use;
         if managed {
-            let ext = NTF_EXT_MANAGED.to_ne_bytes().to_vec();
-            nlas.push(DefaultNla::new(NDA_FLAGS_EXT, ext));
+            let ext = NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed);
+            ndm.attributes.push(ext);
         }
-        self.transact(
-            libc::RTM_NEWNEIGH,
-            NLM_F_CREATE | NLM_F_ACK,
-            &ndm,
-            &nlas,
-            &what,
-        )?;
+        let request = RouteNetlinkMessage::NewNeighbour(ndm);
+        self.transact(request, NLM_F_CREATE | NLM_F_ACK, &what)?;
         Ok(())
     }
 
@@ -325,9 +299,8 @@ impl Netlink {
     /// 5.0), or a filtered dump if the kernel cannot answer that.
     fn neighbour(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<NeighEntry>, Error> {
         let what = format!("RTM_GETNEIGH {ip} ifindex {ifindex}");
-        let ndm = ndmsg(ifindex);
-        let nlas = [DefaultNla::new(libc::NDA_DST, ip.octets().to_vec())];
-        match self.transact(libc::RTM_GETNEIGH, 0, &ndm, &nlas, &what) {
+        let request = RouteNetlinkMessage::GetNeighbour(ndmsg(ifindex, Some(ip)));
+        match self.transact(request, 0, &what) {
             Ok(reply) => {
                 for msg in &reply.messages {
                     if let Some(entry) = parse_neigh(msg, &what)? {
@@ -353,11 +326,10 @@ impl Netlink {
 
     fn neighbour_dump(&mut self) -> Result<Vec<NeighEntry>, Error> {
         let what = "RTM_GETNEIGH dump";
-        let mut ndm = [0u8; NDMSG_LEN];
-        ndm[0] = AF_INET;
         let mut attempt = 1;
         loop {
-            let reply = self.transact(libc::RTM_GETNEIGH, NLM_F_DUMP, &ndm, &[], what)?;
+            let request = RouteNetlinkMessage::GetNeighbour(ndmsg(0, None));
+            let reply = self.transact(request, NLM_F_DUMP, what)?;
             if reply.interrupted && attempt < DUMP_ATTEMPTS {
                 attempt += 1;
                 continue;
@@ -388,14 +360,12 @@ impl Netlink {
     /// or failed half-way) are skipped.
     fn transact(
         &mut self,
-        kind: u16,
+        request: RouteNetlinkMessage,
         flags: u16,
-        fixed: &[u8],
-        nlas: &[DefaultNla],
         what: &str,
     ) -> Result<Reply, Error> {
         let seq = self.next_seq();
-        let packet = encode(kind, flags, seq, fixed, nlas);
+        let packet = encode(request, flags, seq);
         let sent = self.socket.send(&packet, 0)?;
         if sent != packet.len() {
             return Err(Error::Protocol(format!(
@@ -411,25 +381,25 @@ impl Netlink {
             let datagram = self.recv_datagram(what)?;
             let mut rest = &datagram[..];
             while rest.len() >= NLMSG_HDR_LEN {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < NLMSG_HDR_LEN || len > rest.len() {
-                    return Err(Error::Protocol(format!(
-                        "{what}: bad message length {len} ({} bytes left)",
-                        rest.len()
-                    )));
-                }
+                let header = NetlinkBuffer::new_checked(rest)
+                    .map_err(|e| Error::Protocol(format!("{what}: {e}")))?;
+                let (len, kind, msg_seq) = (
+                    header.length() as usize,
+                    header.message_type(),
+                    header.sequence_number(),
+                );
                 let (raw, tail) = rest.split_at(len);
                 rest = tail.get(align4(len) - len..).unwrap_or(&[]);
-                let msg = NetlinkMessage::<RawMessage>::deserialize(raw)
-                    .map_err(|e| Error::Protocol(format!("{what}: {e}")))?;
-                if msg.header.sequence_number != seq {
+                // Checked before parsing: a stale reply is skipped even if
+                // it would not parse.
+                if msg_seq != seq {
                     log::debug!(
-                        "netlink: skipping message type {} seq {} (waiting for {seq})",
-                        msg.header.message_type,
-                        msg.header.sequence_number
+                        "netlink: skipping message type {kind} seq {msg_seq} (waiting for {seq})"
                     );
                     continue;
                 }
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+                    .map_err(|e| Error::Protocol(format!("{what}: {e}")))?;
                 deadline = Instant::now() + self.timeout;
                 if msg.header.flags & NLM_F_DUMP_INTR != 0 {
                     reply.interrupted = true;
@@ -459,7 +429,7 @@ impl Netlink {
                         return Ok(reply);
                     }
                     NetlinkPayload::InnerMessage(inner) => {
-                        let multi = inner.flags & NLM_F_MULTIPART != 0;
+                        let multi = msg.header.flags & NLM_F_MULTIPART != 0;
                         reply.messages.push(inner);
                         if !dump && !want_ack && !multi {
                             return Ok(reply);
@@ -524,44 +494,9 @@ fn timed_out(what: &str, timeout: Duration) -> Error {
     ))
 }
 
-/// A rtnetlink message kept as bytes: the fixed header plus attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RawMessage {
-    kind: u16,
-    /// `nlmsg_flags` of a received message (unused when sending).
-    flags: u16,
-    body: Vec<u8>,
-}
-
-impl NetlinkSerializable for RawMessage {
-    fn message_type(&self) -> u16 {
-        self.kind
-    }
-
-    fn buffer_len(&self) -> usize {
-        self.body.len()
-    }
-
-    fn serialize(&self, buffer: &mut [u8]) {
-        buffer.copy_from_slice(&self.body);
-    }
-}
-
-impl NetlinkDeserializable for RawMessage {
-    type Error = std::convert::Infallible;
-
-    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, Self::Error> {
-        Ok(RawMessage {
-            kind: header.message_type,
-            flags: header.flags,
-            body: payload.to_vec(),
-        })
-    }
-}
-
 #[derive(Debug, Default)]
 struct Reply {
-    messages: Vec<RawMessage>,
+    messages: Vec<RouteNetlinkMessage>,
     /// The kernel flagged the dump as inconsistent (`NLM_F_DUMP_INTR`).
     interrupted: bool,
 }
@@ -571,41 +506,45 @@ struct Reply {
 struct NeighEntry {
     neighbour: Neighbour,
     /// `NDA_FLAGS_EXT`.
-    flags_ext: u32,
+    flags_ext: NeighbourExtFlags,
 }
 
 impl NeighEntry {
     fn is_managed(&self) -> bool {
-        self.flags_ext & NTF_EXT_MANAGED != 0
+        self.flags_ext.contains(NeighbourExtFlags::Managed)
     }
 }
 
-fn encode(kind: u16, flags: u16, seq: u32, fixed: &[u8], nlas: &[DefaultNla]) -> Vec<u8> {
-    let mut body = vec![0u8; fixed.len() + Emitable::buffer_len(&nlas)];
-    body[..fixed.len()].copy_from_slice(fixed);
-    Emitable::emit(&nlas, &mut body[fixed.len()..]);
+fn encode(request: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RawMessage {
-            kind,
-            flags: 0,
-            body,
-        }),
-    );
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
     msg.finalize();
     let mut packet = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut packet);
     packet
 }
 
-/// `struct ndmsg` for `AF_INET` on `ifindex`, everything else zero.
-fn ndmsg(ifindex: u32) -> [u8; NDMSG_LEN] {
-    let mut ndm = [0u8; NDMSG_LEN];
-    ndm[0] = AF_INET;
-    ndm[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+/// `RTM_GETROUTE` for the host route to `dst`.
+fn route_request(dst: Ipv4Addr) -> RouteNetlinkMessage {
+    let mut rtm = RouteMessage::default();
+    rtm.header.address_family = AddressFamily::Inet;
+    rtm.header.destination_prefix_length = 32;
+    rtm.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(dst))];
+    RouteNetlinkMessage::GetRoute(rtm)
+}
+
+/// An IPv4 `ndmsg` on `ifindex` (0: any), for `ip` if given; state and
+/// flags zero.
+fn ndmsg(ifindex: u32, ip: Option<Ipv4Addr>) -> NeighbourMessage {
+    let mut ndm = NeighbourMessage::default();
+    ndm.header.family = AddressFamily::Inet;
+    ndm.header.ifindex = ifindex;
+    if let Some(ip) = ip {
+        let dst = NeighbourAttribute::Destination(NeighbourAddress::Inet(ip));
+        ndm.attributes.push(dst);
+    }
     ndm
 }
 
@@ -623,8 +562,7 @@ fn extack_message(nlmsg_flags: u16, payload: &[u8]) -> Option<String> {
     let echoed = if nlmsg_flags & NLM_F_CAPPED != 0 {
         NLMSG_HDR_LEN
     } else {
-        let len = payload.get(..4)?;
-        align4(u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize)
+        align4(NetlinkBuffer::new_checked(payload).ok()?.length() as usize)
     };
     for nla in NlasIterator::new(payload.get(echoed..)?) {
         let nla = nla.ok()?;
@@ -636,50 +574,21 @@ fn extack_message(nlmsg_flags: u16, payload: &[u8]) -> Option<String> {
     None
 }
 
-/// The attributes after a fixed header of `fixed` bytes.
-fn attributes<'a>(body: &'a [u8], fixed: usize, what: &str) -> Result<Vec<(u16, &'a [u8])>, Error> {
-    let rest = body.get(fixed..).ok_or_else(|| {
-        Error::Protocol(format!(
-            "{what}: message of {} bytes is shorter than its {fixed}-byte header",
-            body.len()
-        ))
-    })?;
-    NlasIterator::new(rest)
-        .map(|nla| {
-            let nla = nla.map_err(|e| Error::Protocol(format!("{what}: {e}")))?;
-            let (kind, len) = (nla.kind(), usize::from(nla.length()));
-            // `value()` borrows the NlaBuffer; slice the underlying bytes.
-            Ok((kind, &nla.into_inner()[NLA_HEADER_SIZE..len]))
-        })
-        .collect()
-}
-
-fn ipv4(value: &[u8]) -> Option<Ipv4Addr> {
-    <[u8; 4]>::try_from(value).ok().map(Ipv4Addr::from)
-}
-
-fn ne_u32(value: &[u8]) -> Option<u32> {
-    <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
-}
-
-fn parse_route(msg: &RawMessage, what: &str) -> Result<RouteInfo, Error> {
-    if msg.kind != libc::RTM_NEWROUTE {
-        return Err(Error::Protocol(format!(
-            "{what}: message type {} instead of RTM_NEWROUTE",
-            msg.kind
-        )));
-    }
-    let attrs = attributes(&msg.body, RTMSG_LEN, what)?;
-    if msg.body[0] != AF_INET {
-        return Err(Error::Protocol(format!("{what}: family {}", msg.body[0])));
+fn parse_route(msg: &RouteNetlinkMessage, what: &str) -> Result<RouteInfo, Error> {
+    let RouteNetlinkMessage::NewRoute(rtm) = msg else {
+        return Err(unexpected(msg, "RTM_NEWROUTE", what));
+    };
+    if rtm.header.address_family != AddressFamily::Inet {
+        let family = u8::from(rtm.header.address_family);
+        return Err(Error::Protocol(format!("{what}: family {family}")));
     }
     let (mut oif, mut gateway, mut prefsrc, mut via) = (None, None, None, false);
-    for (kind, value) in attrs {
-        match kind {
-            libc::RTA_OIF => oif = ne_u32(value),
-            libc::RTA_GATEWAY => gateway = ipv4(value),
-            libc::RTA_PREFSRC => prefsrc = ipv4(value),
-            libc::RTA_VIA => via = true,
+    for attr in &rtm.attributes {
+        match attr {
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => prefsrc = Some(*ip),
+            RouteAttribute::Via(_) => via = true,
             _ => {}
         }
     }
@@ -697,71 +606,68 @@ fn parse_route(msg: &RawMessage, what: &str) -> Result<RouteInfo, Error> {
 }
 
 /// `None` for entries that are not IPv4 neighbours.
-fn parse_neigh(msg: &RawMessage, what: &str) -> Result<Option<NeighEntry>, Error> {
-    if msg.kind != libc::RTM_NEWNEIGH {
-        return Err(Error::Protocol(format!(
-            "{what}: message type {} instead of RTM_NEWNEIGH",
-            msg.kind
-        )));
-    }
-    let attrs = attributes(&msg.body, NDMSG_LEN, what)?;
-    let b = &msg.body;
-    if b[0] != AF_INET || b[10] & libc::NTF_PROXY != 0 {
+fn parse_neigh(msg: &RouteNetlinkMessage, what: &str) -> Result<Option<NeighEntry>, Error> {
+    let RouteNetlinkMessage::NewNeighbour(ndm) = msg else {
+        return Err(unexpected(msg, "RTM_NEWNEIGH", what));
+    };
+    let h = &ndm.header;
+    if h.family != AddressFamily::Inet || h.flags.contains(NeighbourFlags::Proxy) {
         return Ok(None);
     }
-    let ifindex = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-    let state = u16::from_ne_bytes([b[8], b[9]]);
-    let (mut ip, mut mac, mut flags_ext) = (None, None, 0);
-    for (kind, value) in attrs {
-        match kind {
-            libc::NDA_DST => ip = ipv4(value),
-            libc::NDA_LLADDR => mac = <[u8; 6]>::try_from(value).ok(),
-            NDA_FLAGS_EXT => flags_ext = ne_u32(value).unwrap_or(0),
+    let (mut ip, mut mac, mut flags_ext) = (None, None, NeighbourExtFlags::empty());
+    for attr in &ndm.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)) => ip = Some(*dst),
+            NeighbourAttribute::LinkLayerAddress(lladdr) => {
+                mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok()
+            }
+            NeighbourAttribute::ExtFlags(ext) => flags_ext = *ext,
             _ => {}
         }
     }
     Ok(ip.map(|ip| NeighEntry {
         neighbour: Neighbour {
-            ifindex,
+            ifindex: h.ifindex,
             ip,
             mac,
-            state,
+            state: h.state.into(),
         },
         flags_ext,
     }))
 }
 
-fn parse_link(msg: &RawMessage, what: &str) -> Result<Link, Error> {
-    if msg.kind != libc::RTM_NEWLINK {
-        return Err(Error::Protocol(format!(
-            "{what}: message type {} instead of RTM_NEWLINK",
-            msg.kind
-        )));
-    }
-    let attrs = attributes(&msg.body, IFINFOMSG_LEN, what)?;
-    let b = &msg.body;
-    let ifindex = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-    let flags = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+fn parse_link(msg: &RouteNetlinkMessage, what: &str) -> Result<Link, Error> {
+    let RouteNetlinkMessage::NewLink(ifi) = msg else {
+        return Err(unexpected(msg, "RTM_NEWLINK", what));
+    };
     let (mut name, mut mac, mut mtu) = (String::new(), [0u8; 6], 0);
-    for (kind, value) in attrs {
-        match kind {
-            libc::IFLA_IFNAME => {
-                let text = value.split(|&c| c == 0).next().unwrap_or_default();
-                name = String::from_utf8_lossy(text).into_owned();
+    for attr in &ifi.attributes {
+        match attr {
+            LinkAttribute::IfName(ifname) => name.clone_from(ifname),
+            LinkAttribute::Address(lladdr) => {
+                mac = <[u8; 6]>::try_from(lladdr.as_slice()).unwrap_or([0; 6])
             }
-            libc::IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).unwrap_or([0; 6]),
-            libc::IFLA_MTU => mtu = ne_u32(value).unwrap_or(0),
+            LinkAttribute::Mtu(value) => mtu = *value,
             _ => {}
         }
     }
-    let running = (libc::IFF_UP | libc::IFF_RUNNING) as u32;
     Ok(Link {
-        ifindex,
+        ifindex: ifi.header.index,
         name,
         mac,
         mtu,
-        up: flags & running == running,
+        up: ifi
+            .header
+            .flags
+            .contains(LinkFlags::Up | LinkFlags::Running),
     })
+}
+
+fn unexpected(msg: &RouteNetlinkMessage, expected: &str, what: &str) -> Error {
+    Error::Protocol(format!(
+        "{what}: message type {} instead of {expected}",
+        msg.message_type()
+    ))
 }
 
 #[cfg(test)]
@@ -883,16 +789,12 @@ mod tests {
         // Two requests whose replies are never read, as if they had timed
         // out: an error (no such link) and a route.
         let seq = nl.next_seq();
-        let ifi = [0u8; IFINFOMSG_LEN];
-        let name = [DefaultNla::new(libc::IFLA_IFNAME, b"nope\0".to_vec())];
-        let packet = encode(libc::RTM_GETLINK, 0, seq, &ifi, &name);
+        let mut ifi = LinkMessage::default();
+        ifi.attributes = vec![LinkAttribute::IfName("nope".into())];
+        let packet = encode(RouteNetlinkMessage::GetLink(ifi), 0, seq);
         nl.socket.send(&packet, 0).unwrap();
         let seq = nl.next_seq();
-        let mut rtm = [0u8; RTMSG_LEN];
-        rtm[0] = AF_INET;
-        rtm[1] = 32;
-        let dst = [DefaultNla::new(libc::RTA_DST, vec![127, 0, 0, 1])];
-        let packet = encode(libc::RTM_GETROUTE, 0, seq, &rtm, &dst);
+        let packet = encode(route_request(Ipv4Addr::LOCALHOST), 0, seq);
         nl.socket.send(&packet, 0).unwrap();
 
         let lo = nl.link("lo").unwrap().expect("lo exists");
