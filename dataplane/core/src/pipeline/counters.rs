@@ -128,6 +128,9 @@ counter_table! {
         /// A service packet for another worker's flow could not be handed over
         /// (that worker's queue full, or no free buffer on either side).
         HandoffFull => "handoff_full",
+        /// A new service flow found every source port it tried taken on the
+        /// reply side (SNAT, or a client port clash).
+        NatPortsExhausted => "nat_ports_exhausted",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.
@@ -146,6 +149,9 @@ counter_table! {
         handed_off,
         /// Packets the flow cache forwarded without the full walk.
         flow_cache_hits,
+        /// New service flows given another source port because their reply
+        /// key was taken (one client port to two frontends of one backend).
+        source_ports_remapped,
     }
 }
 
@@ -179,7 +185,7 @@ mod tests {
         a.set_events(values);
         assert_eq!(a.events(), values);
         assert_eq!(a.encapsulated, 1);
-        assert_eq!(a.flow_cache_hits, Counters::EVENTS as u64);
+        assert_eq!(a.source_ports_remapped, Counters::EVENTS as u64);
         let mut b = a.clone();
         b.drops[DropReason::NoRoute as usize] = 3;
         b.merge(&a);

@@ -28,7 +28,8 @@ use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, udp, EthernetAddress};
 pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// Ports tried for one SNAT before giving up.
 const SNAT_TRIES: u16 = 16;
-/// Entry flag: source was translated too.
+/// Entry flag: source was translated too (address and port, or only the
+/// port when the client's reply key was taken).
 const F_SNAT: u8 = 1;
 /// Entry flag: the client is outside the cluster (arrived on the uplink).
 const F_EXTERNAL: u8 = 2;
@@ -383,19 +384,35 @@ impl Pipeline {
             flags,
         };
         let mut inserted = None;
-        let tries = if needs_snat { SNAT_TRIES } else { 1 };
-        for i in 0..tries {
+        let mut full = false;
+        let mut remapped = false;
+        for i in 0..SNAT_TRIES {
+            // Each try draws another port (the first keeps the client's).
+            let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
             if needs_snat {
                 flags |= F_SNAT;
                 // A port of this worker's class, so the reply is steered
                 // back here (see `side`).
                 let per = (SNAT_PORTS.1 - SNAT_PORTS.0 + 1) / self.workers;
-                let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
                 reply.dst = node.gateway_ip;
                 reply.dport = SNAT_PORTS.0 + (h % per) * self.workers + self.worker;
-                entry.reply = reply;
-                entry.flags = flags;
+            } else if i > 0 {
+                // The reply key is taken: the client reused its port towards
+                // another frontend with the same backend. Give this flow
+                // another source port, as the kernel's NAT does, one whose
+                // replies are steered to this worker.
+                flags |= F_SNAT;
+                reply.dport = SNAT_PORTS.0 + h % (SNAT_PORTS.1 - SNAT_PORTS.0 + 1);
+                if self
+                    .owner(t, node, &reply, None)
+                    .is_some_and(|w| w != self.worker)
+                {
+                    continue;
+                }
+                remapped = true;
             }
+            entry.reply = reply;
+            entry.flags = flags;
             match self.ct.insert(entry, now) {
                 Ok(id) => {
                     // Either key may be a plainly routed flow in the cache.
@@ -405,14 +422,25 @@ impl Pipeline {
                     break;
                 }
                 Err(InsertError::Exists) => continue,
-                Err(InsertError::Full) => break,
+                Err(InsertError::Full) => {
+                    full = true;
+                    break;
+                }
             }
         }
         let Some(id) = inserted else {
-            return Nat::Done(Verdict::Drop(DropReason::ConntrackFull));
+            let reason = if full {
+                DropReason::ConntrackFull
+            } else {
+                DropReason::NatPortsExhausted
+            };
+            return Nat::Done(Verdict::Drop(reason));
         };
+        if remapped {
+            self.counters.source_ports_remapped += 1;
+        }
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
-        let snat = needs_snat.then_some((reply.dst, reply.dport));
+        let snat = (flags & F_SNAT != 0).then_some((reply.dst, reply.dport));
         rewrite(p, l, snat, Some(backend));
         let c = self.nat.svc_at(fe.service);
         c.new_flows += 1;

@@ -67,6 +67,8 @@ const REMOTE_BE: (Ipv4Addr, u16) = (REMOTE_POD_IP, TARGET_PORT);
 const WEB: usize = 0;
 const EMPTY: usize = 1;
 const EMPTY_FRONTEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 20), 80);
+/// `default/web2` (with `Svc::second_cluster_ip`): web's backends again.
+const SECOND_FRONTEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 21), 80);
 
 /// A client outside the cluster, on the underlay segment.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 100);
@@ -102,6 +104,8 @@ struct Svc {
     backends: Vec<Backend>,
     affinity_ns: Option<u64>,
     local_only: bool,
+    /// Also `default/web2`: ClusterIP 10.96.0.21:80 with the same backends.
+    second_cluster_ip: bool,
 }
 
 impl Svc {
@@ -110,6 +114,7 @@ impl Svc {
             backends: backends.to_vec(),
             affinity_ns: None,
             local_only: false,
+            second_cluster_ip: false,
         }
     }
 }
@@ -157,6 +162,23 @@ fn svc_tables(s: &Svc) -> Tables {
             false,
             false,
         ));
+    }
+    if s.second_cluster_ip {
+        let web2 = t.services.add_name("default/web2");
+        for proto in [TCP, UDP] {
+            t.services.insert(Frontend::new(
+                web2,
+                FrontendKey {
+                    addr: SECOND_FRONTEND.0,
+                    proto,
+                    port: SECOND_FRONTEND.1,
+                },
+                s.backends.clone(),
+                None,
+                false,
+                false,
+            ));
+        }
     }
     t.services.finish();
     t
@@ -1459,6 +1481,7 @@ fn affinity_tables(backends: &[Backend], timeout: u64) -> Tables {
         backends: backends.to_vec(),
         affinity_ns: Some(timeout),
         local_only: false,
+        second_cluster_ip: false,
     })
 }
 
@@ -1719,6 +1742,7 @@ fn walk4_node_port_local_policy_keeps_the_client_address() {
         backends: vec![ready(LOCAL_BE), ready(REMOTE_BE)],
         affinity_ns: None,
         local_only: true,
+        second_cluster_ip: false,
     });
     let mut pl = pipeline();
     for sport in 52000..52050 {
@@ -1761,6 +1785,7 @@ fn walk4_local_policy_falls_back_to_a_serving_terminating_local_endpoint() {
         backends: vec![ready(REMOTE_BE), terminating(LOCAL_BE)],
         affinity_ns: None,
         local_only: true,
+        second_cluster_ip: false,
     });
     let mut pl = pipeline();
     let out = send(&mut pl, T0, &t, Peer::Client, &SYN_CLIENT_TO_NODE_PORT);
@@ -1778,6 +1803,7 @@ fn walk4_local_policy_without_a_local_endpoint_resets_out_the_uplink() {
         backends: vec![ready(REMOTE_BE)],
         affinity_ns: None,
         local_only: true,
+        second_cluster_ip: false,
     });
     let mut pl = pipeline();
     let out = send(&mut pl, T0, &t, Peer::Client, &SYN_CLIENT_TO_NODE_PORT);
@@ -1892,6 +1918,102 @@ fn hairpin_a_backend_calling_its_own_service_is_snated() {
     // p1 is no backend: no SNAT for it.
     exchange(&mut pl, T0, &t, Peer::P1, (P1_IP, 45002), FRONTEND, false);
     assert_eq!(total_drops(pl.counters()), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Source-port clashes
+// ---------------------------------------------------------------------------
+
+fn two_cluster_ips(backend: (Ipv4Addr, u16)) -> Tables {
+    svc_tables(&Svc {
+        second_cluster_ip: true,
+        ..Svc::new(&[ready(backend)])
+    })
+}
+
+/// p1 reuses one source port towards 10.96.0.10 and 10.96.0.21, whose only
+/// backend is the same: the second flow's reply key is the first's, so the
+/// second gets another source port (in the SNAT range, as the kernel's NAT
+/// would pick one) and both connections carry data both ways.
+#[test]
+fn a_client_port_reused_towards_two_cluster_ips_of_one_backend_gets_another_port() {
+    for backend in [LOCAL_BE, REMOTE_BE] {
+        let t = two_cluster_ips(backend);
+        let peer = Peer::of(backend.0);
+        let mut pl = pipeline();
+        let csrc = (P1_IP, 40001);
+        let mut seen = Vec::new();
+        for (i, fe) in [FRONTEND, SECOND_FRONTEND].into_iter().enumerate() {
+            let syn = tcp_from(Peer::P1, csrc, fe, SYN, 0x1000, 0, b"");
+            let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &syn));
+            assert_to(&d, peer);
+            let k = tuple(&d.ip);
+            assert_eq!((k.dst, k.dport), backend);
+            assert_eq!(k.src, P1_IP, "the backend still sees the client");
+            if i == 0 {
+                assert_eq!(k.sport, csrc.1, "the first flow keeps its port");
+            } else {
+                assert!(
+                    (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&k.sport),
+                    "another port: {}",
+                    k.sport
+                );
+            }
+            let src = (k.src, k.sport);
+            assert_eq!(d.ip, natted(Peer::P1.ip(&syn), Some(src), Some(backend), 1));
+            seen.push((fe, src));
+        }
+        // Each backend reply reaches p1 from its own ClusterIP, on p1's port.
+        for (fe, src) in seen.iter().rev().copied() {
+            let f = tcp_from(peer, backend, src, SYN | ACK, 9, 0x1001, b"");
+            let d = delivered(&send(&mut pl, T0, &t, peer, &f));
+            assert_to(&d, Peer::P1);
+            assert_eq!(d.ip, natted(peer.ip(&f), Some(fe), Some(csrc), 1));
+            let ack = tcp_from(Peer::P1, csrc, fe, ACK, 0x1001, 10, b"x");
+            let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &ack));
+            assert_eq!(d.ip, natted(Peer::P1.ip(&ack), Some(src), Some(backend), 1));
+            assert_eq!(tcp_state(&pl, key(TCP, csrc, fe)), TcpState::Established);
+        }
+        let c = pl.counters();
+        assert_eq!(c.source_ports_remapped, 1);
+        assert_eq!(total_drops(c), 0);
+    }
+}
+
+/// With several workers the new port is one whose replies are steered to
+/// the worker holding the flow.
+#[test]
+fn with_several_workers_a_remapped_port_brings_replies_to_the_flows_worker() {
+    let t = two_cluster_ips(REMOTE_BE);
+    let peer = Peer::of(REMOTE_BE.0);
+    let mut mesh = Mesh::new(3);
+    for cport in 40000..40030u16 {
+        let csrc = (P1_IP, cport);
+        let mut owners = Vec::new();
+        for fe in [FRONTEND, SECOND_FRONTEND] {
+            let syn = tcp_from(Peer::P1, csrc, fe, SYN, 1, 0, b"");
+            let (out, owner) = mesh.send(cport as usize, T0, &t, Peer::P1, &syn);
+            let k = tuple(&delivered(&out).ip);
+            owners.push((fe, (k.src, k.sport), owner));
+        }
+        assert_ne!(owners[0].1, owners[1].1, "port {cport}: distinct sources");
+        for (fe, src, owner) in owners {
+            let f = tcp_from(peer, REMOTE_BE, src, SYN | ACK, 9, 2, b"");
+            let (out, w) = mesh.send(cport as usize + 1, T0, &t, peer, &f);
+            assert_eq!(
+                w, owner,
+                "port {cport}: the reply reaches the flow's worker"
+            );
+            let d = delivered(&out);
+            assert_eq!(d.ip, natted(peer.ip(&f), Some(fe), Some(csrc), 1));
+        }
+    }
+    let remapped: u64 = mesh
+        .pls
+        .iter()
+        .map(|p| p.counters().source_ports_remapped)
+        .sum();
+    assert_eq!(remapped, 30);
 }
 
 // ---------------------------------------------------------------------------
@@ -2528,6 +2650,7 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             backends: vec![ready(LOCAL_BE), ready(REMOTE_BE)],
             affinity_ns: Some(10 * SEC),
             local_only: true,
+            second_cluster_ip: true,
         }),
     ];
     let seeds: Vec<(Peer, Vec<u8>)> = vec![

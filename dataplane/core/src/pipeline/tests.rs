@@ -1866,6 +1866,7 @@ fn counters_merge_sums_every_field() {
     a.resets_sent = 7;
     a.handed_off = 8;
     a.flow_cache_hits = 9;
+    a.source_ports_remapped = 10;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -1875,6 +1876,7 @@ fn counters_merge_sums_every_field() {
     b.resets_sent = 70;
     b.handed_off = 80;
     b.flow_cache_hits = 90;
+    b.source_ports_remapped = 100;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -1891,6 +1893,7 @@ fn counters_merge_sums_every_field() {
         resets_sent,
         handed_off,
         flow_cache_hits,
+        source_ports_remapped,
     } = m;
     assert_eq!(
         [
@@ -1902,9 +1905,10 @@ fn counters_merge_sums_every_field() {
             routed_local,
             resets_sent,
             handed_off,
-            flow_cache_hits
+            flow_cache_hits,
+            source_ports_remapped
         ],
-        [11, 22, 33, 44, 55, 66, 77, 88, 99]
+        [11, 22, 33, 44, 55, 66, 77, 88, 99, 110]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
@@ -1948,6 +1952,7 @@ fn variant_index(r: DropReason) -> usize {
         NoConntrack => 28,
         ConntrackFull => 29,
         HandoffFull => 30,
+        NatPortsExhausted => 31,
     }
 }
 
@@ -1955,7 +1960,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 31);
+    assert_eq!(DropReason::COUNT, 32);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
