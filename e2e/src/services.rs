@@ -316,9 +316,15 @@ fn parse_answer(answer: &str, hello: &str, local: SocketAddr) -> Result<Hello, S
 /// connect attempt (3 s), the hello `HELLO <tag>`, half-close, the answer
 /// read to EOF (5 s). Call it inside [`in_netns`].
 pub fn hello_once(to: SocketAddr, tag: &str) -> Result<Hello, String> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
         .map_err(|e| format!("connect {to}: {e}"))?;
+    hello_on(s, tag)
+}
+
+/// The hello exchange of [`hello_once`] on a connected stream.
+pub fn hello_on(mut s: TcpStream, tag: &str) -> Result<Hello, String> {
     let local = s.local_addr().map_err(|e| e.to_string())?;
+    let to = s.peer_addr().map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(5)))

@@ -1,5 +1,7 @@
 //! Traffic with checked data: TCP and UDP echo inside pod namespaces.
 
+use std::os::fd::AsRawFd;
+
 use super::*;
 
 /// A deterministic pseudo-random byte stream (xorshift64*): the sender and the
@@ -59,6 +61,39 @@ pub fn tcp_connect(ns: &str, to: SocketAddr, limit: Duration) -> Result<TcpStrea
                 Err(_) => thread::sleep(Duration::from_millis(200)),
             }
         }
+    })
+}
+
+/// Connects from inside `ns` from the fixed address `local` (bound with
+/// SO_REUSEADDR, so several connections may share it towards different
+/// destinations), waiting at most `limit` (Linux bounds a blocking connect
+/// by the send timeout).
+pub fn tcp_connect_from(
+    ns: &str,
+    local: SocketAddr,
+    to: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, String> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let (SocketAddr::V4(l), SocketAddr::V4(t)) = (local, to) else {
+        return Err(format!("{local} -> {to}: IPv4 only"));
+    };
+    in_netns(ns, move || {
+        let err = |what: &str, e: nix::Error| format!("{local} -> {to}: {what}: {e}");
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .map_err(|e| err("socket", e))?;
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| err("SO_REUSEADDR", e))?;
+        let s = TcpStream::from(fd);
+        s.set_write_timeout(Some(limit))
+            .map_err(|e| format!("{local} -> {to}: SO_SNDTIMEO: {e}"))?;
+        socket::bind(s.as_raw_fd(), &SockaddrIn::from(l)).map_err(|e| err("bind", e))?;
+        socket::connect(s.as_raw_fd(), &SockaddrIn::from(t)).map_err(|e| err("connect", e))?;
+        Ok(s)
     })
 }
 

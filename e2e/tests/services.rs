@@ -1340,6 +1340,62 @@ fn per_service_backend_counters_count_only_their_own_flows() {
     );
 }
 
+/// One client port towards two ClusterIPs that share their backend: both
+/// flows would have the same reply key, so kxdp gives the second another
+/// source port (as the kernel's NAT does) and both connections complete,
+/// open at the same time.
+#[test]
+fn one_client_port_to_two_cluster_ips_of_one_backend_completes_both() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    let _tcp = tcp_servers(&lab, &["n2-p1"], TCP_PORT);
+    let vips = ["10.96.1.22", "10.96.1.23"];
+    for (name, vip) in [("test/a", vips[0]), ("test/b", vips[1])] {
+        lab.service_apply(&service(
+            name,
+            vip,
+            vec![tcp_port(80, None)],
+            vec![ep(&lab, "n2-p1")],
+        ));
+    }
+    let before = lab.counters("n1");
+    let client = lab.pod("n1-p1").ip;
+    let local = sa(client, 40001);
+    let streams: Vec<TcpStream> = vips
+        .iter()
+        .map(|vip| {
+            let to = sa(ip(vip), 80);
+            kxdp_e2e::tcp_connect_from(&lab.ns("n1-p1"), local, to, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let h = kxdp_e2e::hello_on(s, &format!("clash-{i}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(h.backend, "n2-p1");
+        assert_eq!(h.local, local);
+        assert_eq!(
+            h.seen_as.ip(),
+            std::net::IpAddr::V4(client),
+            "no address SNAT"
+        );
+        if i == 0 {
+            assert_eq!(h.seen_as.port(), 40001, "the first keeps its port");
+        } else {
+            assert!(h.seen_as.port() >= 61000, "another port: {}", h.seen_as);
+        }
+    }
+    let after = lab.counters("n1");
+    assert_eq!(
+        after.get("source_ports_remapped") - before.get("source_ports_remapped"),
+        1
+    );
+    assert_eq!(
+        after.drops_since(&before),
+        BTreeMap::new(),
+        "no drops on n1"
+    );
+}
+
 /// Conntrack entries past their timeout (closed TCP: 10 s) leave the table
 /// and the listing even when no more packets come.
 ///
