@@ -23,7 +23,7 @@ use kxdp_core::wire::EthernetAddress;
 use tokio::sync::oneshot;
 
 use crate::netlink::{self, Netlink};
-use crate::state::{Change, FieldError, State};
+use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
 use crate::worker::{Command, PortCounters, WorkerHandle};
 use crate::xdp::{Attachment, Role, XdpMode};
@@ -328,7 +328,7 @@ impl Engine {
             .flat_map(|s| {
                 s.ports
                     .iter()
-                    .filter_map(|(_, p)| p.node_port.map(|np| (p.proto, np)))
+                    .filter_map(|p| p.node_port.map(|np| (p.protocol.ip_proto(), np)))
             })
             .collect();
         if let Err(e) = up.xdp.set_node_ports(&ports) {
@@ -644,8 +644,9 @@ impl Engine {
         let cache = &mut self.maglev;
         for sv in self.state.services.values() {
             let id = self.service_ids[&sv.name];
-            let affinity = sv.affinity_s.map(|s| s as u64 * 1_000_000_000);
-            for (_, port) in &sv.ports {
+            let affinity = sv.affinity().map(|s| s as u64 * 1_000_000_000);
+            let local = sv.external_traffic_policy == TrafficPolicy::Local;
+            for port in &sv.ports {
                 let backends: Vec<Backend> = sv
                     .endpoints
                     .iter()
@@ -659,7 +660,7 @@ impl Engine {
                     .collect();
                 let key = FrontendKey {
                     addr: sv.cluster_ip,
-                    proto: port.proto,
+                    proto: port.protocol.ip_proto(),
                     port: port.port,
                 };
                 t.services.insert(Frontend::with_cache(
@@ -674,11 +675,11 @@ impl Engine {
                 if let Some(np) = port.node_port {
                     let key = FrontendKey {
                         addr: n.underlay_ip,
-                        proto: port.proto,
+                        proto: port.protocol.ip_proto(),
                         port: np,
                     };
                     t.services.insert(Frontend::with_cache(
-                        id, key, backends, affinity, true, sv.local, cache,
+                        id, key, backends, affinity, true, local, cache,
                     ));
                 }
             }
@@ -746,7 +747,7 @@ impl Engine {
                     c.totals.no_endpoint += x.no_endpoint;
                 }
                 for e in &sv.endpoints {
-                    for (_, p) in &sv.ports {
+                    for p in &sv.ports {
                         let n = flows.get(&(id, e.ip, p.target_port)).copied();
                         c.backends.push((e.ip, p.target_port, n.unwrap_or(0)));
                     }
