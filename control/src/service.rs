@@ -27,15 +27,14 @@ use serde::Deserialize;
 
 use crate::validate::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
 
-/// Kubernetes' default and maximum ClientIP affinity timeouts.
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
-pub const AFFINITY_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 1..=86_400;
-
 /// The validated service and its enums are kxdp-proto's, shared with the
 /// dataplane (which writes the same proto back).
 pub use kxdp_proto::service::{
     Endpoint, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S,
 };
+
+pub const AFFINITY_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 1..=MAX_AFFINITY_TIMEOUT_S as i64;
 
 // ---- raw model: the YAML shape, and what a proto request is read into ----
 

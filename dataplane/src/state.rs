@@ -122,10 +122,9 @@ pub struct Pod {
 /// to the proto the same way.
 pub use kxdp_proto::service::{
     Endpoint, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S,
 };
 
-/// Default ClientIP affinity timeout (Kubernetes' default).
-pub const DEFAULT_AFFINITY_S: u32 = 10800;
 pub const DEFAULT_NODE_PORTS: (u16, u16) = (30000, 32767);
 
 /// One change of an Update.
@@ -278,12 +277,12 @@ fn service_from_proto(f: &str, sv: &pb::Service) -> Result<Service, FieldError> 
     // Without affinity the timeout is not kept (read back as 0).
     let affinity_timeout_s = match (session_affinity, sv.affinity_timeout_s) {
         (SessionAffinity::None, _) => 0,
-        (SessionAffinity::ClientIp, 0) => DEFAULT_AFFINITY_S,
-        (SessionAffinity::ClientIp, t @ 1..=86400) => t,
+        (SessionAffinity::ClientIp, 0) => DEFAULT_AFFINITY_TIMEOUT_S,
+        (SessionAffinity::ClientIp, t @ 1..=MAX_AFFINITY_TIMEOUT_S) => t,
         (SessionAffinity::ClientIp, t) => {
             return Err(err(
                 at("affinity_timeout_s"),
-                format!("{t} is not in 1..=86400"),
+                format!("{t} is not in 1..={MAX_AFFINITY_TIMEOUT_S}"),
             ))
         }
     };

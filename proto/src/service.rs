@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane as pb;
 
+/// Kubernetes' default and maximum ClientIP affinity timeouts; the proto's
+/// `affinity_timeout_s: 0` means the default.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
 )]
