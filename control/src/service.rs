@@ -19,84 +19,22 @@
 //!   need not be a known pod's IP (pods can come and go before endpoints do).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use kxdp_proto::dataplane as pb;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::validate::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
 
-/// Kubernetes' default and maximum ClientIP affinity timeouts.
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
-pub const AFFINITY_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 1..=86_400;
+/// The validated service and its enums are kxdp-proto's, shared with the
+/// dataplane (which writes the same proto back).
+pub use kxdp_proto::service::{
+    Endpoint, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S,
+};
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
-)]
-pub enum Protocol {
-    #[default]
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum SessionAffinity {
-    #[default]
-    None,
-    #[serde(rename = "ClientIP")]
-    ClientIp,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum TrafficPolicy {
-    #[default]
-    Cluster,
-    Local,
-}
-
-/// A validated service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub cluster_ip: Ipv4Addr,
-    pub ports: Vec<ServicePort>,
-    pub session_affinity: SessionAffinity,
-    pub affinity_timeout_s: u32,
-    pub external_traffic_policy: TrafficPolicy,
-    pub endpoints: Vec<Endpoint>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePort {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    pub target_port: u16,
-    pub node_port: Option<u16>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub ip: Ipv4Addr,
-    /// The node whose pod CIDR holds `ip`.
-    pub node: String,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-}
+pub const AFFINITY_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 1..=MAX_AFFINITY_TIMEOUT_S as i64;
 
 // ---- raw model: the YAML shape, and what a proto request is read into ----
 
@@ -175,9 +113,8 @@ impl RawService {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                let protocol = match pb::Protocol::try_from(port.protocol) {
-                    Ok(pb::Protocol::Unspecified | pb::Protocol::Tcp) => Protocol::Tcp,
-                    Ok(pb::Protocol::Udp) => Protocol::Udp,
+                let protocol = match Protocol::from_proto(port.protocol) {
+                    Ok(p) => p.unwrap_or_default(),
                     Err(_) => {
                         p.push(Problem::new(
                             format!("{path}.ports[{i}].protocol"),
@@ -195,10 +132,9 @@ impl RawService {
                 }
             })
             .collect();
-        let session_affinity = match pb::SessionAffinity::try_from(s.session_affinity) {
-            Ok(pb::SessionAffinity::None) => SessionAffinity::None,
-            Ok(pb::SessionAffinity::ClientIp) => SessionAffinity::ClientIp,
-            Err(_) => {
+        let session_affinity = match SessionAffinity::from_proto(s.session_affinity) {
+            Some(a) => a,
+            None => {
                 p.push(Problem::new(
                     format!("{path}.session_affinity"),
                     format!("{} is not a session affinity", s.session_affinity),
@@ -206,10 +142,9 @@ impl RawService {
                 SessionAffinity::None
             }
         };
-        let external_traffic_policy = match pb::TrafficPolicy::try_from(s.external_traffic_policy) {
-            Ok(pb::TrafficPolicy::Cluster) => TrafficPolicy::Cluster,
-            Ok(pb::TrafficPolicy::Local) => TrafficPolicy::Local,
-            Err(_) => {
+        let external_traffic_policy = match TrafficPolicy::from_proto(s.external_traffic_policy) {
+            Some(t) => t,
+            None => {
                 p.push(Problem::new(
                     format!("{path}.external_traffic_policy"),
                     format!("{} is not a traffic policy", s.external_traffic_policy),
@@ -259,7 +194,7 @@ impl RawService {
             .enumerate()
             .map(|(i, port)| pb::ServicePort {
                 name: port.name.clone(),
-                protocol: proto_protocol(port.protocol) as i32,
+                protocol: pb::Protocol::from(port.protocol) as i32,
                 port: num(format!("ports[{i}].port"), port.port),
                 target_port: port
                     .target_port
@@ -274,9 +209,9 @@ impl RawService {
             name: self.name.clone(),
             cluster_ip: self.cluster_ip.clone(),
             ports,
-            session_affinity: proto_affinity(self.session_affinity) as i32,
+            session_affinity: pb::SessionAffinity::from(self.session_affinity) as i32,
             affinity_timeout_s,
-            external_traffic_policy: proto_policy(self.external_traffic_policy) as i32,
+            external_traffic_policy: pb::TrafficPolicy::from(self.external_traffic_policy) as i32,
             endpoints: self
                 .endpoints
                 .iter()
@@ -290,62 +225,6 @@ impl RawService {
                 .collect(),
         };
         Problems::result(p).map(|()| service)
-    }
-}
-
-fn proto_protocol(p: Protocol) -> pb::Protocol {
-    match p {
-        Protocol::Tcp => pb::Protocol::Tcp,
-        Protocol::Udp => pb::Protocol::Udp,
-    }
-}
-
-fn proto_affinity(a: SessionAffinity) -> pb::SessionAffinity {
-    match a {
-        SessionAffinity::None => pb::SessionAffinity::None,
-        SessionAffinity::ClientIp => pb::SessionAffinity::ClientIp,
-    }
-}
-
-fn proto_policy(p: TrafficPolicy) -> pb::TrafficPolicy {
-    match p {
-        TrafficPolicy::Cluster => pb::TrafficPolicy::Cluster,
-        TrafficPolicy::Local => pb::TrafficPolicy::Local,
-    }
-}
-
-impl Service {
-    /// The dataplane's form: every default spelled out.
-    pub fn to_proto(&self) -> pb::Service {
-        pb::Service {
-            name: self.name.clone(),
-            cluster_ip: self.cluster_ip.to_string(),
-            ports: self
-                .ports
-                .iter()
-                .map(|p| pb::ServicePort {
-                    name: p.name.clone(),
-                    protocol: proto_protocol(p.protocol) as i32,
-                    port: u32::from(p.port),
-                    target_port: u32::from(p.target_port),
-                    node_port: p.node_port.map_or(0, u32::from),
-                })
-                .collect(),
-            session_affinity: proto_affinity(self.session_affinity) as i32,
-            affinity_timeout_s: self.affinity_timeout_s,
-            external_traffic_policy: proto_policy(self.external_traffic_policy) as i32,
-            endpoints: self
-                .endpoints
-                .iter()
-                .map(|e| pb::Endpoint {
-                    ip: e.ip.to_string(),
-                    node: e.node.clone(),
-                    ready: e.ready,
-                    serving: e.serving,
-                    terminating: e.terminating,
-                })
-                .collect(),
-        }
     }
 }
 

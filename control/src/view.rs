@@ -3,6 +3,7 @@
 
 use kxdp_proto::control::{NodeInfo, PodInfo, RouteInfo};
 use kxdp_proto::dataplane::{self as pb, DataplaneState, GetCountersReply, ListConntrackReply};
+use kxdp_proto::service::{Protocol, SessionAffinity, TrafficPolicy};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -249,10 +250,10 @@ pub struct EndpointView {
     pub terminating: bool,
 }
 
+/// Unspecified reads as TCP, as Kubernetes defaults it.
 fn protocol_word(p: i32) -> String {
-    match pb::Protocol::try_from(p) {
-        Ok(pb::Protocol::Udp) => "UDP".into(),
-        Ok(_) => "TCP".into(),
+    match Protocol::from_proto(p) {
+        Ok(p) => p.unwrap_or_default().to_string(),
         Err(_) => format!("protocol {p}"),
     }
 }
@@ -288,15 +289,13 @@ impl From<pb::Service> for ServiceView {
                     node_port: p.node_port,
                 })
                 .collect(),
-            session_affinity: match pb::SessionAffinity::try_from(s.session_affinity) {
-                Ok(pb::SessionAffinity::ClientIp) => "ClientIP".into(),
-                _ => "None".into(),
-            },
+            session_affinity: SessionAffinity::from_proto(s.session_affinity)
+                .unwrap_or_default()
+                .to_string(),
             affinity_timeout_s: s.affinity_timeout_s,
-            external_traffic_policy: match pb::TrafficPolicy::try_from(s.external_traffic_policy) {
-                Ok(pb::TrafficPolicy::Local) => "Local".into(),
-                _ => "Cluster".into(),
-            },
+            external_traffic_policy: TrafficPolicy::from_proto(s.external_traffic_policy)
+                .unwrap_or_default()
+                .to_string(),
             ready_endpoints: endpoints.iter().filter(|e| e.ready).count(),
             endpoints,
         }

@@ -1,6 +1,7 @@
 //! The dataplane's gRPC service: converts proto requests into domain types
 //! (bad input -> INVALID_ARGUMENT naming the field, nothing applied) and
-//! hands them to the engine thread, replying when it has applied them.
+//! hands them to the engine thread, replying when it has applied them. The
+//! engine answers reads with domain snapshots, rendered to proto here.
 
 use crossbeam_channel::Sender;
 use kxdp_proto::dataplane as pb;
@@ -8,7 +9,9 @@ use kxdp_proto::dataplane::dataplane_server::Dataplane;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{self, WriteError};
+use crate::engine::{
+    self, AttachState, ConntrackList, CountersSnapshot, StateSnapshot, WriteError,
+};
 use crate::state::{changes_from_proto, State};
 
 pub struct Service {
@@ -98,10 +101,8 @@ impl Dataplane for Service {
         req: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateReply>, Status> {
         let summary = req.into_inner().summary;
-        Ok(Response::new(
-            self.ask(|tx| engine::Request::GetState(summary, tx))
-                .await?,
-        ))
+        let snap = self.ask(engine::Request::GetState).await?;
+        Ok(Response::new(state_reply(snap, summary)))
     }
 
     async fn list_conntrack(
@@ -115,16 +116,151 @@ impl Dataplane for Service {
         } else {
             req.limit.min(100_000)
         } as usize;
-        Ok(Response::new(
-            self.ask(|tx| engine::Request::ListConntrack(service, limit, tx))
-                .await?,
-        ))
+        let list = self
+            .ask(|tx| engine::Request::ListConntrack(service, limit, tx))
+            .await?;
+        Ok(Response::new(conntrack_reply(list)))
     }
 
     async fn get_counters(
         &self,
         _: Request<pb::GetCountersRequest>,
     ) -> Result<Response<pb::GetCountersReply>, Status> {
-        Ok(Response::new(self.ask(engine::Request::GetCounters).await?))
+        let counters = self.ask(engine::Request::GetCounters).await?;
+        Ok(Response::new(counters_reply(counters)))
+    }
+}
+
+/// `summary`: the state's generation only, not its contents.
+fn state_reply(s: StateSnapshot, summary: bool) -> pb::GetStateReply {
+    let uplink = s.state.node.as_ref().map(|n| n.uplink.clone());
+    let state = if summary {
+        pb::DataplaneState {
+            generation: s.state.generation,
+            ..Default::default()
+        }
+    } else {
+        s.state.to_proto()
+    };
+    pb::GetStateReply {
+        state: Some(state),
+        boot_id: s.boot_id,
+        pods: s
+            .pods
+            .into_iter()
+            .map(|(name, st)| pb::PodStatus {
+                name,
+                state: match st.state {
+                    AttachState::Attached => pb::AttachState::Attached,
+                    AttachState::Pending => pb::AttachState::Pending,
+                    AttachState::Failed => pb::AttachState::Failed,
+                } as i32,
+                detail: st.detail,
+            })
+            .collect(),
+        neighbours: s
+            .neighbours
+            .iter()
+            .map(|n| pb::NeighbourStatus {
+                ip: n.next_hop.to_string(),
+                mac: n.mac.map(|m| m.to_string()).unwrap_or_default(),
+                ifname: uplink.clone().unwrap_or_default(),
+            })
+            .collect(),
+        workers: s.workers as u32,
+        uplink_status: s.uplink_status,
+    }
+}
+
+fn counters_reply(c: CountersSnapshot) -> pb::GetCountersReply {
+    pb::GetCountersReply {
+        interfaces: c
+            .interfaces
+            .into_iter()
+            .map(|(ifname, s)| pb::InterfaceCounters {
+                ifname,
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                tx_ring_full: s.tx_ring_full,
+            })
+            .collect(),
+        drops: c
+            .drops
+            .into_iter()
+            .map(|(reason, packets)| pb::DropCounter {
+                reason: reason.to_string(),
+                packets,
+            })
+            .collect(),
+        counters: c
+            .events
+            .into_iter()
+            .map(|(name, value)| pb::Counter {
+                name: name.to_string(),
+                value,
+            })
+            .collect(),
+        services: c
+            .services
+            .into_iter()
+            .map(|sv| pb::ServiceCounters {
+                name: sv.name,
+                packets: sv.totals.packets,
+                bytes: sv.totals.bytes,
+                new_flows: sv.totals.new_flows,
+                no_endpoint: sv.totals.no_endpoint,
+                backends: sv
+                    .backends
+                    .into_iter()
+                    .map(|(ip, port, new_flows)| pb::BackendCounters {
+                        ip: ip.to_string(),
+                        port: port as u32,
+                        new_flows,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        conntrack_entries: c.conntrack_entries,
+        conntrack_capacity: c.conntrack_capacity,
+    }
+}
+
+fn conntrack_reply(l: ConntrackList) -> pb::ListConntrackReply {
+    let ap = |ip: std::net::Ipv4Addr, port: u16| format!("{ip}:{port}");
+    let entries = l
+        .entries
+        .into_iter()
+        .map(|(e, idle_ns, service_name)| {
+            let tcp = e.original.proto == 6;
+            let snat = e.reply.dst != e.original.src || e.reply.dport != e.original.sport;
+            pb::ConntrackEntry {
+                protocol: if tcp {
+                    pb::Protocol::Tcp
+                } else {
+                    pb::Protocol::Udp
+                } as i32,
+                client: ap(e.original.src, e.original.sport),
+                service: ap(e.original.dst, e.original.dport),
+                backend: ap(e.reply.src, e.reply.sport),
+                snat: if snat {
+                    ap(e.reply.dst, e.reply.dport)
+                } else {
+                    String::new()
+                },
+                state: if tcp {
+                    format!("{:?}", e.tcp).to_lowercase()
+                } else {
+                    "udp".into()
+                },
+                idle_ms: idle_ns / 1_000_000,
+                service_name,
+            }
+        })
+        .collect();
+    pb::ListConntrackReply {
+        entries,
+        total: l.total,
     }
 }

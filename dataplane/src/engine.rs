@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use kxdp_core::pipeline::{Counters, DropReason};
-use kxdp_core::services::{Backend, Frontend, FrontendKey};
+use kxdp_core::conntrack::Entry;
+use kxdp_core::pipeline::{Counters, DropReason, SvcCounters};
+use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache};
 use kxdp_core::tables::{
     LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
 };
 use kxdp_core::wire::EthernetAddress;
-use kxdp_proto::dataplane as pb;
 use tokio::sync::oneshot;
 
 use crate::netlink::{self, Netlink};
-use crate::state::{Change, FieldError, State};
+use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
 use crate::worker::{Command, PortCounters, WorkerHandle};
 use crate::xdp::{Attachment, Role, XdpMode};
@@ -53,14 +53,76 @@ pub enum WriteError {
 pub enum Request {
     Sync(State, oneshot::Sender<Result<u64, WriteError>>),
     Update(u64, Vec<Change>, oneshot::Sender<Result<u64, WriteError>>),
-    /// `true`: the state's generation only (`GetStateRequest.summary`).
-    GetState(bool, oneshot::Sender<pb::GetStateReply>),
-    GetCounters(oneshot::Sender<pb::GetCountersReply>),
-    ListConntrack(
-        Option<String>,
-        usize,
-        oneshot::Sender<pb::ListConntrackReply>,
-    ),
+    GetState(oneshot::Sender<StateSnapshot>),
+    GetCounters(oneshot::Sender<CountersSnapshot>),
+    /// Of one service if named; at most `limit` entries.
+    ListConntrack(Option<String>, usize, oneshot::Sender<ConntrackList>),
+}
+
+/// The state as applied, and how far its interfaces are attached.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    /// Shared with the engine: taking it copies nothing.
+    pub state: Arc<State>,
+    pub boot_id: String,
+    /// Every pod of the state, by name.
+    pub pods: Vec<(String, AttachStatus)>,
+    /// Underlay next hops of the remote VTEPs, all on the uplink.
+    pub neighbours: Vec<Neigh>,
+    pub workers: usize,
+    pub uplink_status: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachState {
+    Attached,
+    /// The interface does not exist (yet); retried every tick.
+    Pending,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachStatus {
+    pub state: AttachState,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neigh {
+    pub next_hop: Ipv4Addr,
+    /// `None` while the kernel has not resolved it.
+    pub mac: Option<EthernetAddress>,
+}
+
+/// Every counter, summed over workers.
+#[derive(Debug, Clone, Default)]
+pub struct CountersSnapshot {
+    /// By attached interface name.
+    pub interfaces: Vec<(String, PortCounters)>,
+    /// Every drop reason of the counter table, then the kernel's, zero or not.
+    pub drops: Vec<(&'static str, u64)>,
+    /// Every event counter, in the counter table's order.
+    pub events: Vec<(&'static str, u64)>,
+    pub services: Vec<ServiceCounters>,
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServiceCounters {
+    pub name: String,
+    pub totals: SvcCounters,
+    /// New flows per (endpoint, target port), every pair of the service.
+    pub backends: Vec<(Ipv4Addr, u16, u64)>,
+}
+
+/// Conntrack entries, with the service names they refer to.
+#[derive(Debug, Clone, Default)]
+pub struct ConntrackList {
+    /// (entry, idle ns, service name or "").
+    pub entries: Vec<(Entry, u64, String)>,
+    /// Entries matching, listed or not.
+    pub total: u64,
 }
 
 struct Port {
@@ -72,36 +134,24 @@ struct Port {
     xdp: Attachment,
 }
 
-#[derive(Debug, Clone)]
-struct Status {
-    state: pb::AttachState,
-    detail: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Neigh {
-    next_hop: Ipv4Addr,
-    mac: Option<EthernetAddress>,
-}
-
 pub struct Engine {
     cfg: EngineConfig,
     boot_id: String,
-    state: State,
+    state: Arc<State>,
     netlink: Netlink,
     // Ports before workers: XDP detaches before the sockets close.
     ports: BTreeMap<String, Port>,
     free_ids: Vec<PortId>,
-    pod_status: BTreeMap<String, Status>,
+    pod_status: BTreeMap<String, AttachStatus>,
     uplink_status: String,
     neigh: HashMap<Ipv4Addr, Neigh>,
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
     service_ids: BTreeMap<String, u32>,
     /// Numbers the published snapshots (`Tables::epoch`).
-    epoch: std::cell::Cell<u32>,
+    epoch: u32,
     /// The last snapshot's Maglev tables, reused while their backends stay.
-    maglev: std::cell::RefCell<kxdp_core::services::MaglevCache>,
+    maglev: MaglevCache,
     workers: Vec<WorkerHandle>,
 }
 
@@ -121,7 +171,7 @@ impl Engine {
         Ok(Engine {
             cfg,
             boot_id,
-            state: State::default(),
+            state: Arc::default(),
             netlink,
             ports: BTreeMap::new(),
             free_ids: (0..MAX_PORTS as PortId).rev().collect(),
@@ -129,7 +179,7 @@ impl Engine {
             uplink_status: "not configured".into(),
             neigh: HashMap::new(),
             service_ids: BTreeMap::new(),
-            epoch: std::cell::Cell::new(0),
+            epoch: 0,
             maglev: Default::default(),
             workers,
         })
@@ -163,8 +213,8 @@ impl Engine {
                 let r = self.update(generation, &changes);
                 let _ = reply.send(r);
             }
-            Request::GetState(summary, reply) => {
-                let _ = reply.send(self.read_state(summary));
+            Request::GetState(reply) => {
+                let _ = reply.send(self.read_state());
             }
             Request::GetCounters(reply) => {
                 let _ = reply.send(self.counters());
@@ -254,7 +304,7 @@ impl Engine {
         }
         self.pod_status
             .retain(|name, _| next.pods.contains_key(name));
-        self.state = next;
+        self.state = Arc::new(next);
         for name in self.state.services.keys() {
             let next_id = self.service_ids.len() as u32;
             self.service_ids.entry(name.clone()).or_insert(next_id);
@@ -278,7 +328,7 @@ impl Engine {
             .flat_map(|s| {
                 s.ports
                     .iter()
-                    .filter_map(|(_, p)| p.node_port.map(|np| (p.proto, np)))
+                    .filter_map(|p| p.node_port.map(|np| (p.protocol.ip_proto(), np)))
             })
             .collect();
         if let Err(e) = up.xdp.set_node_ports(&ports) {
@@ -328,22 +378,21 @@ impl Engine {
                 continue;
             }
             let st = match self.attach(&p.ifname, PortKind::Pod { ip: p.ip }, Role::Pod) {
-                Ok(Some(mode)) => Status {
-                    state: pb::AttachState::Attached,
+                Ok(Some(mode)) => AttachStatus {
+                    state: AttachState::Attached,
                     detail: format!("{mode} XDP"),
                 },
-                Ok(None) => Status {
-                    state: pb::AttachState::Pending,
+                Ok(None) => AttachStatus {
+                    state: AttachState::Pending,
                     detail: format!("interface {} not found", p.ifname),
                 },
-                Err(e) => Status {
-                    state: pb::AttachState::Failed,
+                Err(e) => AttachStatus {
+                    state: AttachState::Failed,
                     detail: e,
                 },
             };
-            let prev = self.pod_status.get(&p.name);
-            if prev.map(|s| (s.state, &s.detail)) != Some((st.state, &st.detail)) {
-                if st.state == pb::AttachState::Attached {
+            if self.pod_status.get(&p.name) != Some(&st) {
+                if st.state == AttachState::Attached {
                     log::info!("pod {} attached on {}", p.name, p.ifname);
                 } else {
                     log::warn!("pod {}: {}", p.name, st.detail);
@@ -532,7 +581,7 @@ impl Engine {
         changed
     }
 
-    fn build_tables(&self, without: Option<PortId>) -> Tables {
+    fn build_tables(&mut self, without: Option<PortId>) -> Tables {
         let mut t = Tables::default();
         let Some(n) = &self.state.node else { return t };
         t.node = Some(NodeInfo {
@@ -570,7 +619,6 @@ impl Engine {
                 }
             }
         }
-        self.build_services(&mut t, n);
         for r in self.state.remotes.values() {
             t.routes.insert(
                 r.pod_cidr,
@@ -581,22 +629,24 @@ impl Engine {
                 },
             );
         }
+        self.build_services(&mut t);
         t
     }
 
-    fn build_services(&self, t: &mut Tables, n: &crate::state::NodeCfg) {
+    fn build_services(&mut self, t: &mut Tables) {
+        let Some(n) = &self.state.node else { return };
         t.services.cidr = n.service_cidr;
         let max_id = self.service_ids.values().max().map_or(0, |m| m + 1);
         t.services.names = vec![String::new(); max_id as usize];
         for (name, id) in &self.service_ids {
             t.services.names[*id as usize] = name.clone();
         }
-        let mut cache = self.maglev.borrow_mut();
-        let cache = &mut *cache;
+        let cache = &mut self.maglev;
         for sv in self.state.services.values() {
             let id = self.service_ids[&sv.name];
-            let affinity = sv.affinity_s.map(|s| s as u64 * 1_000_000_000);
-            for (_, port) in &sv.ports {
+            let affinity = sv.affinity().map(|s| s as u64 * 1_000_000_000);
+            let local = sv.external_traffic_policy == TrafficPolicy::Local;
+            for port in &sv.ports {
                 let backends: Vec<Backend> = sv
                     .endpoints
                     .iter()
@@ -610,7 +660,7 @@ impl Engine {
                     .collect();
                 let key = FrontendKey {
                     addr: sv.cluster_ip,
-                    proto: port.proto,
+                    proto: port.protocol.ip_proto(),
                     port: port.port,
                 };
                 t.services.insert(Frontend::with_cache(
@@ -625,11 +675,11 @@ impl Engine {
                 if let Some(np) = port.node_port {
                     let key = FrontendKey {
                         addr: n.underlay_ip,
-                        proto: port.proto,
+                        proto: port.protocol.ip_proto(),
                         port: np,
                     };
                     t.services.insert(Frontend::with_cache(
-                        id, key, backends, affinity, true, sv.local, cache,
+                        id, key, backends, affinity, true, local, cache,
                     ));
                 }
             }
@@ -638,18 +688,20 @@ impl Engine {
         cache.finish();
     }
 
-    fn publish(&self) {
-        self.push(self.build_tables(None));
+    fn publish(&mut self) {
+        let t = self.build_tables(None);
+        self.push(t);
     }
 
-    fn publish_without(&self, port: PortId) {
-        self.push(self.build_tables(Some(port)));
+    fn publish_without(&mut self, port: PortId) {
+        let t = self.build_tables(Some(port));
+        self.push(t);
     }
 
     /// Sends the snapshot to every worker and waits for each to swap it in.
-    fn push(&self, mut t: Tables) {
-        self.epoch.set(self.epoch.get().wrapping_add(1));
-        t.epoch = self.epoch.get();
+    fn push(&mut self, mut t: Tables) {
+        self.epoch = self.epoch.wrapping_add(1);
+        t.epoch = self.epoch;
         let t = Arc::new(t);
         for w in &self.workers {
             let acked = w.call(|reply| Command::Tables {
@@ -663,7 +715,7 @@ impl Engine {
     }
 
     /// Per-service counters merged over workers, and conntrack fill.
-    fn service_counters(&self) -> (Vec<pb::ServiceCounters>, u64, u64) {
+    fn service_counters(&self) -> (Vec<ServiceCounters>, u64, u64) {
         let stats: Vec<_> = self
             .workers
             .iter()
@@ -683,29 +735,21 @@ impl Engine {
             .services
             .values()
             .map(|sv| {
-                let id = self.service_ids[&sv.name] as usize;
-                let mut c = pb::ServiceCounters {
+                let id = self.service_ids[&sv.name];
+                let mut c = ServiceCounters {
                     name: sv.name.clone(),
                     ..Default::default()
                 };
-                for s in &stats {
-                    if let Some(x) = s.services.get(id) {
-                        c.packets += x.packets;
-                        c.bytes += x.bytes;
-                        c.new_flows += x.new_flows;
-                        c.no_endpoint += x.no_endpoint;
-                    }
+                for x in stats.iter().filter_map(|s| s.services.get(id as usize)) {
+                    c.totals.packets += x.packets;
+                    c.totals.bytes += x.bytes;
+                    c.totals.new_flows += x.new_flows;
+                    c.totals.no_endpoint += x.no_endpoint;
                 }
                 for e in &sv.endpoints {
-                    for (_, p) in &sv.ports {
-                        c.backends.push(pb::BackendCounters {
-                            ip: e.ip.to_string(),
-                            port: p.target_port as u32,
-                            new_flows: flows
-                                .get(&(id as u32, e.ip, p.target_port))
-                                .copied()
-                                .unwrap_or(0),
-                        });
+                    for p in &sv.ports {
+                        let n = flows.get(&(id, e.ip, p.target_port)).copied();
+                        c.backends.push((e.ip, p.target_port, n.unwrap_or(0)));
                     }
                 }
                 c
@@ -714,17 +758,17 @@ impl Engine {
         (services, entries, cap)
     }
 
-    fn conntrack(&self, service: Option<String>, limit: usize) -> pb::ListConntrackReply {
+    fn conntrack(&self, service: Option<String>, limit: usize) -> ConntrackList {
         let names: HashMap<u32, &String> =
             self.service_ids.iter().map(|(n, id)| (*id, n)).collect();
         let sid = match &service {
             Some(name) => match self.service_ids.get(name) {
                 Some(id) => Some(*id),
-                None => return pb::ListConntrackReply::default(),
+                None => return ConntrackList::default(),
             },
             None => None,
         };
-        let mut out = pb::ListConntrackReply::default();
+        let mut out = ConntrackList::default();
         for w in &self.workers {
             let Some((entries, total)) = w.call(|reply| Command::Conntrack {
                 service: sid,
@@ -738,86 +782,37 @@ impl Engine {
                 if out.entries.len() >= limit {
                     break;
                 }
-                let ap = |ip: Ipv4Addr, port: u16| format!("{ip}:{port}");
-                let snat = e.reply.dst != e.original.src || e.reply.dport != e.original.sport;
-                out.entries.push(pb::ConntrackEntry {
-                    protocol: if e.original.proto == 6 {
-                        pb::Protocol::Tcp
-                    } else {
-                        pb::Protocol::Udp
-                    } as i32,
-                    client: ap(e.original.src, e.original.sport),
-                    service: ap(e.original.dst, e.original.dport),
-                    backend: ap(e.reply.src, e.reply.sport),
-                    snat: if snat {
-                        ap(e.reply.dst, e.reply.dport)
-                    } else {
-                        String::new()
-                    },
-                    state: if e.original.proto == 6 {
-                        format!("{:?}", e.tcp).to_lowercase()
-                    } else {
-                        "udp".into()
-                    },
-                    idle_ms: idle_ns / 1_000_000,
-                    service_name: names
-                        .get(&e.service)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                });
+                let name = names.get(&e.service).map(|s| s.to_string());
+                out.entries.push((e, idle_ns, name.unwrap_or_default()));
             }
         }
         out
     }
 
-    fn read_state(&self, summary: bool) -> pb::GetStateReply {
-        let pods = self
-            .state
-            .pods
-            .keys()
-            .map(|name| {
-                let st = self.pod_status.get(name);
-                pb::PodStatus {
-                    name: name.clone(),
-                    state: st.map_or(pb::AttachState::Pending, |s| s.state) as i32,
-                    detail: st.map(|s| s.detail.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        let uplink = self
-            .state
-            .node
-            .as_ref()
-            .map(|n| n.uplink.clone())
-            .unwrap_or_default();
-        let neighbours = self
-            .neigh
-            .values()
-            .map(|n| pb::NeighbourStatus {
-                ip: n.next_hop.to_string(),
-                mac: n.mac.map(|m| m.to_string()).unwrap_or_default(),
-                ifname: uplink.clone(),
-            })
-            .collect();
-        let state = if summary {
-            pb::DataplaneState {
-                generation: self.state.generation,
-                ..Default::default()
-            }
-        } else {
-            self.state.to_proto()
+    fn read_state(&self) -> StateSnapshot {
+        let pending = AttachStatus {
+            state: AttachState::Pending,
+            detail: String::new(),
         };
-        pb::GetStateReply {
-            state: Some(state),
+        StateSnapshot {
+            state: self.state.clone(),
             boot_id: self.boot_id.clone(),
-            pods,
-            neighbours,
-            workers: self.workers.len() as u32,
+            pods: self
+                .state
+                .pods
+                .keys()
+                .map(|name| {
+                    let st = self.pod_status.get(name).unwrap_or(&pending);
+                    (name.clone(), st.clone())
+                })
+                .collect(),
+            neighbours: self.neigh.values().copied().collect(),
+            workers: self.workers.len(),
             uplink_status: self.uplink_status.clone(),
         }
     }
 
-    fn counters(&self) -> pb::GetCountersReply {
+    fn counters(&self) -> CountersSnapshot {
         let mut c = Counters::default();
         for w in &self.workers {
             c.merge(&w.stats.counters());
@@ -835,14 +830,7 @@ impl Engine {
                     s.tx_bytes += x.tx_bytes;
                     s.tx_ring_full += x.tx_ring_full;
                 }
-                pb::InterfaceCounters {
-                    ifname: p.ifname.clone(),
-                    rx_packets: s.rx_packets,
-                    rx_bytes: s.rx_bytes,
-                    tx_packets: s.tx_packets,
-                    tx_bytes: s.tx_bytes,
-                    tx_ring_full: s.tx_ring_full,
-                }
+                (p.ifname.clone(), s)
             })
             .collect();
         let (services, conntrack_entries, conntrack_capacity) = self.service_counters();
@@ -865,30 +853,16 @@ impl Engine {
             "xsk_fill_ring_empty",
             "xsk_tx_invalid",
         ]
-        .iter()
-        .zip(k)
-        .map(|(r, n)| pb::DropCounter {
-            reason: r.to_string(),
-            packets: n,
-        });
-        pb::GetCountersReply {
+        .into_iter()
+        .zip(k);
+        CountersSnapshot {
             interfaces,
             drops: DropReason::ALL
                 .iter()
-                .map(|r| pb::DropCounter {
-                    reason: r.name().to_string(),
-                    packets: c.drop_count(*r),
-                })
+                .map(|r| (r.name(), c.drop_count(*r)))
                 .chain(kernel)
                 .collect(),
-            counters: Counters::EVENT_NAMES
-                .iter()
-                .zip(c.events())
-                .map(|(name, value)| pb::Counter {
-                    name: name.to_string(),
-                    value,
-                })
-                .collect(),
+            events: Counters::EVENT_NAMES.into_iter().zip(c.events()).collect(),
             services,
             conntrack_entries,
             conntrack_capacity,

@@ -118,38 +118,13 @@ pub struct Pod {
     pub ifname: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SvcPort {
-    /// IP protocol number (6 TCP, 17 UDP).
-    pub proto: u8,
-    pub port: u16,
-    pub target_port: u16,
-    pub node_port: Option<u16>,
-}
+/// A service is the type the control process holds too: both write it back
+/// to the proto the same way.
+pub use kxdp_proto::service::{
+    Endpoint, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S,
+};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub ip: Ipv4Addr,
-    pub node: String,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub cluster_ip: Ipv4Addr,
-    pub ports: Vec<(String, SvcPort)>,
-    /// ClientIP affinity timeout in seconds; `None`: no affinity.
-    pub affinity_s: Option<u32>,
-    /// externalTrafficPolicy: Local.
-    pub local: bool,
-    pub endpoints: Vec<Endpoint>,
-}
-
-/// Default ClientIP affinity timeout (Kubernetes' default).
-pub const DEFAULT_AFFINITY_S: u32 = 10800;
 pub const DEFAULT_NODE_PORTS: (u16, u16) = (30000, 32767);
 
 /// One change of an Update.
@@ -253,98 +228,90 @@ impl TryFrom<(&str, &pb::Pod)> for Pod {
     }
 }
 
-impl TryFrom<(&str, &pb::Service)> for Service {
-    type Error = FieldError;
-    fn try_from((f, sv): (&str, &pb::Service)) -> Result<Self, FieldError> {
-        let at = |x: &str| format!("{f}.{x}");
-        let mut ports = Vec::new();
-        for (i, p) in sv.ports.iter().enumerate() {
-            let pf = |x: &str| format!("{f}.ports[{i}].{x}");
-            let proto = match pb::Protocol::try_from(p.protocol) {
-                Ok(pb::Protocol::Tcp) => 6,
-                Ok(pb::Protocol::Udp) => 17,
-                _ => return Err(err(pf("protocol"), "must be TCP or UDP")),
-            };
-            let port16 = |field: &str, v: u32| -> Result<u16, FieldError> {
-                if (1..=65535).contains(&v) {
-                    Ok(v as u16)
-                } else {
-                    Err(err(pf(field), format!("{v} is not in 1..=65535")))
-                }
-            };
-            let port = port16("port", p.port)?;
-            let target_port = if p.target_port == 0 {
-                port
+/// As the `TryFrom`s above (`Service` is kxdp-proto's, so no `TryFrom` here).
+fn service_from_proto(f: &str, sv: &pb::Service) -> Result<Service, FieldError> {
+    let at = |x: &str| format!("{f}.{x}");
+    let mut ports = Vec::new();
+    for (i, p) in sv.ports.iter().enumerate() {
+        let pf = |x: &str| format!("{f}.ports[{i}].{x}");
+        let Ok(Some(protocol)) = Protocol::from_proto(p.protocol) else {
+            return Err(err(pf("protocol"), "must be TCP or UDP"));
+        };
+        let port16 = |field: &str, v: u32| -> Result<u16, FieldError> {
+            if (1..=65535).contains(&v) {
+                Ok(v as u16)
             } else {
-                port16("target_port", p.target_port)?
-            };
-            let node_port = if p.node_port == 0 {
-                None
-            } else {
-                Some(port16("node_port", p.node_port)?)
-            };
-            if ports
-                .iter()
-                .any(|(_, q): &(String, SvcPort)| q.proto == proto && q.port == port)
-            {
-                return Err(err(
-                    pf("port"),
-                    format!("{port}/{} is listed twice", p.protocol().as_str_name()),
-                ));
+                Err(err(pf(field), format!("{v} is not in 1..=65535")))
             }
-            ports.push((
-                p.name.clone(),
-                SvcPort {
-                    proto,
-                    port,
-                    target_port,
-                    node_port,
-                },
+        };
+        let port = port16("port", p.port)?;
+        let target_port = if p.target_port == 0 {
+            port
+        } else {
+            port16("target_port", p.target_port)?
+        };
+        let node_port = if p.node_port == 0 {
+            None
+        } else {
+            Some(port16("node_port", p.node_port)?)
+        };
+        if ports
+            .iter()
+            .any(|q: &ServicePort| q.protocol == protocol && q.port == port)
+        {
+            return Err(err(
+                pf("port"),
+                format!("{port}/{protocol} is listed twice"),
             ));
         }
-        let affinity_s = match pb::SessionAffinity::try_from(sv.session_affinity) {
-            Ok(pb::SessionAffinity::None) => None,
-            Ok(pb::SessionAffinity::ClientIp) => Some(match sv.affinity_timeout_s {
-                0 => DEFAULT_AFFINITY_S,
-                t @ 1..=86400 => t,
-                t => {
-                    return Err(err(
-                        at("affinity_timeout_s"),
-                        format!("{t} is not in 1..=86400"),
-                    ))
-                }
-            }),
-            Err(_) => return Err(err(at("session_affinity"), "unknown value")),
-        };
-        let local = match pb::TrafficPolicy::try_from(sv.external_traffic_policy) {
-            Ok(pb::TrafficPolicy::Cluster) => false,
-            Ok(pb::TrafficPolicy::Local) => true,
-            Err(_) => return Err(err(at("external_traffic_policy"), "unknown value")),
-        };
-        let mut endpoints = Vec::new();
-        for (i, e) in sv.endpoints.iter().enumerate() {
-            let ef = format!("{f}.endpoints[{i}]");
-            let eip = ip(&format!("{ef}.ip"), &e.ip)?;
-            if endpoints.iter().any(|x: &Endpoint| x.ip == eip) {
-                return Err(err(format!("{ef}.ip"), format!("{eip} is listed twice")));
-            }
-            endpoints.push(Endpoint {
-                ip: eip,
-                node: e.node.clone(),
-                ready: e.ready,
-                serving: e.serving || e.ready,
-                terminating: e.terminating,
-            });
-        }
-        Ok(Service {
-            name: name(&at("name"), &sv.name)?,
-            cluster_ip: ip(&at("cluster_ip"), &sv.cluster_ip)?,
-            ports,
-            affinity_s,
-            local,
-            endpoints,
-        })
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            protocol,
+            port,
+            target_port,
+            node_port,
+        });
     }
+    let session_affinity = SessionAffinity::from_proto(sv.session_affinity)
+        .ok_or_else(|| err(at("session_affinity"), "unknown value"))?;
+    // Without affinity the timeout is not kept (read back as 0).
+    let affinity_timeout_s = match (session_affinity, sv.affinity_timeout_s) {
+        (SessionAffinity::None, _) => 0,
+        (SessionAffinity::ClientIp, 0) => DEFAULT_AFFINITY_TIMEOUT_S,
+        (SessionAffinity::ClientIp, t @ 1..=MAX_AFFINITY_TIMEOUT_S) => t,
+        (SessionAffinity::ClientIp, t) => {
+            return Err(err(
+                at("affinity_timeout_s"),
+                format!("{t} is not in 1..={MAX_AFFINITY_TIMEOUT_S}"),
+            ))
+        }
+    };
+    let external_traffic_policy = TrafficPolicy::from_proto(sv.external_traffic_policy)
+        .ok_or_else(|| err(at("external_traffic_policy"), "unknown value"))?;
+    let mut endpoints = Vec::new();
+    for (i, e) in sv.endpoints.iter().enumerate() {
+        let ef = format!("{f}.endpoints[{i}]");
+        let eip = ip(&format!("{ef}.ip"), &e.ip)?;
+        if endpoints.iter().any(|x: &Endpoint| x.ip == eip) {
+            return Err(err(format!("{ef}.ip"), format!("{eip} is listed twice")));
+        }
+        endpoints.push(Endpoint {
+            ip: eip,
+            node: e.node.clone(),
+            ready: e.ready,
+            serving: e.serving || e.ready,
+            terminating: e.terminating,
+        });
+    }
+    Ok(Service {
+        name: name(&at("name"), &sv.name)?,
+        cluster_ip: ip(&at("cluster_ip"), &sv.cluster_ip)?,
+        ports,
+        session_affinity,
+        affinity_timeout_s,
+        external_traffic_policy,
+        endpoints,
+    })
 }
 
 impl TryFrom<&pb::DataplaneState> for State {
@@ -383,7 +350,7 @@ impl TryFrom<&pb::DataplaneState> for State {
         }
         for (i, sv) in s.services.iter().enumerate() {
             let f = format!("state.services[{i}]");
-            let sv = Service::try_from((f.as_str(), sv))?;
+            let sv = service_from_proto(&f, sv)?;
             if st.services.contains_key(&sv.name) {
                 return Err(err(
                     format!("{f}.name"),
@@ -420,10 +387,10 @@ pub fn changes_from_proto(cs: &[pb::Change]) -> Result<Vec<Change>, FieldError> 
                 Some(Op::DeletePod(n)) => {
                     Ok(Change::DeletePod(name(&format!("{f}.delete_pod"), n)?))
                 }
-                Some(Op::UpsertService(sv)) => Ok(Change::UpsertService(Service::try_from((
-                    format!("{f}.upsert_service").as_str(),
+                Some(Op::UpsertService(sv)) => Ok(Change::UpsertService(service_from_proto(
+                    &format!("{f}.upsert_service"),
                     sv,
-                ))?)),
+                )?)),
                 Some(Op::DeleteService(n)) => Ok(Change::DeleteService(name(
                     &format!("{f}.delete_service"),
                     n,
@@ -608,7 +575,7 @@ impl State {
                     format!("{} is also service {o}'s ClusterIP", sv.cluster_ip),
                 ));
             }
-            for (i, (_, p)) in sv.ports.iter().enumerate() {
+            for (i, p) in sv.ports.iter().enumerate() {
                 if let Some(np) = p.node_port {
                     if np < n.node_ports.0 || np > n.node_ports.1 {
                         return Err(err(
@@ -619,7 +586,7 @@ impl State {
                             ),
                         ));
                     }
-                    if let Some(o) = node_ports.insert((p.proto, np), &sv.name) {
+                    if let Some(o) = node_ports.insert((p.protocol, np), &sv.name) {
                         return Err(err(
                             format!("{f}.ports[{i}].node_port"),
                             format!("{np} is already taken by service {o}"),
@@ -679,52 +646,8 @@ impl State {
                     ifname: p.ifname.clone(),
                 })
                 .collect(),
-            services: self.services.values().map(service_to_proto).collect(),
+            services: self.services.values().map(Service::to_proto).collect(),
         }
-    }
-}
-
-fn service_to_proto(sv: &Service) -> pb::Service {
-    pb::Service {
-        name: sv.name.clone(),
-        cluster_ip: sv.cluster_ip.to_string(),
-        ports: sv
-            .ports
-            .iter()
-            .map(|(name, p)| pb::ServicePort {
-                name: name.clone(),
-                protocol: if p.proto == 6 {
-                    pb::Protocol::Tcp
-                } else {
-                    pb::Protocol::Udp
-                } as i32,
-                port: p.port as u32,
-                target_port: p.target_port as u32,
-                node_port: p.node_port.unwrap_or(0) as u32,
-            })
-            .collect(),
-        session_affinity: if sv.affinity_s.is_some() {
-            pb::SessionAffinity::ClientIp
-        } else {
-            pb::SessionAffinity::None
-        } as i32,
-        affinity_timeout_s: sv.affinity_s.unwrap_or(0),
-        external_traffic_policy: if sv.local {
-            pb::TrafficPolicy::Local
-        } else {
-            pb::TrafficPolicy::Cluster
-        } as i32,
-        endpoints: sv
-            .endpoints
-            .iter()
-            .map(|e| pb::Endpoint {
-                ip: e.ip.to_string(),
-                node: e.node.clone(),
-                ready: e.ready,
-                serving: e.serving,
-                terminating: e.terminating,
-            })
-            .collect(),
     }
 }
 
@@ -903,7 +826,7 @@ mod tests {
         s.services.push(web("default/web", "10.96.0.10", 30080));
         let st = check(&s).unwrap();
         assert_eq!(st.to_proto(), s);
-        assert_eq!(st.services["default/web"].ports[0].1.target_port, 8080);
+        assert_eq!(st.services["default/web"].ports[0].target_port, 8080);
 
         type Mutation = fn(&mut pb::DataplaneState);
         let cases: Vec<(Mutation, &str)> = vec![

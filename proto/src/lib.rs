@@ -3,6 +3,8 @@
 //!
 //! Nothing here validates: each server converts these types into its own
 //! domain types with `TryFrom` at the API edge. The pipeline never sees them.
+//! The one domain type both servers share, [`service::Service`], is here
+//! with its conversion back to the proto.
 #![forbid(unsafe_code)]
 
 /// Generated code, nested as the proto packages are (cross-package paths rely on it).
@@ -19,6 +21,7 @@ pub mod kxdp {
     }
 }
 
+pub mod service;
 pub mod uds;
 
 pub use kxdp::control::v1 as control;
