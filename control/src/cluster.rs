@@ -25,9 +25,10 @@ use crate::validate::{
 /// The two-node namespace lab's cluster file, the default desired state.
 pub const LAB_CLUSTER_YAML: &str = include_str!("../../config/lab-cluster.yaml");
 
-/// Underlay MTU bounds: 576 is the IPv4 minimum every host must accept, 9216
-/// the largest jumbo frame common switches carry.
-pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9216;
+/// Underlay MTU bounds: 576 is the IPv4 minimum every host must accept; the
+/// largest is what one of kxdp's frames holds (`kxdp_proto::MAX_UNDERLAY_MTU`).
+pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<i64> =
+    576..=kxdp_proto::MAX_UNDERLAY_MTU as i64;
 /// VNI 0 is reserved by flannel and Linux treats it as "unset"; 24 bits wide.
 pub const VNI_RANGE: std::ops::RangeInclusive<i64> = 1..=16_777_215;
 /// Longest pod CIDR prefix: a /30 still holds the gateway and one pod.
@@ -280,17 +281,30 @@ struct RawPod {
 
 // ---- validation ----
 
+fn check_underlay_mtu(mtu: i64, p: &mut Vec<Problem>) -> Option<i64> {
+    if mtu > *UNDERLAY_MTU_RANGE.end() && mtu <= 9216 {
+        p.push(Problem::new(
+            "cluster.underlay_mtu",
+            format!(
+                "{mtu} is out of range {}..={}: a kxdp frame holds one 2048-byte buffer \
+                 less the kernel's 256-byte headroom, so jumbo frames are not carried; \
+                 set the underlay MTU to {} or less",
+                UNDERLAY_MTU_RANGE.start(),
+                UNDERLAY_MTU_RANGE.end(),
+                UNDERLAY_MTU_RANGE.end()
+            ),
+        ));
+        return None;
+    }
+    in_range("cluster.underlay_mtu", mtu, UNDERLAY_MTU_RANGE, p)
+}
+
 fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     let mut problems = Vec::new();
     let p = &mut problems;
 
     let cidr = parse_cidr("cluster.cidr", &raw.cluster.cidr, p);
-    let underlay_mtu = in_range(
-        "cluster.underlay_mtu",
-        raw.cluster.underlay_mtu,
-        UNDERLAY_MTU_RANGE,
-        p,
-    );
+    let underlay_mtu = check_underlay_mtu(raw.cluster.underlay_mtu, p);
     let vni = in_range("cluster.vxlan.vni", raw.cluster.vxlan.vni, VNI_RANGE, p);
     let port = in_range("cluster.vxlan.port", raw.cluster.vxlan.port, PORT_RANGE, p);
 
@@ -775,7 +789,7 @@ nodes:
     #[test]
     fn explicit_fields_are_kept() {
         let text = "
-cluster: { cidr: 10.200.0.0/16, underlay_mtu: 9000, vxlan: { vni: 42, port: 8472 } }
+cluster: { cidr: 10.200.0.0/16, underlay_mtu: 1700, vxlan: { vni: 42, port: 8472 } }
 nodes:
   - name: a
     underlay_ip: 192.168.0.1
@@ -788,7 +802,7 @@ nodes:
         let c = Cluster::from_yaml(text).unwrap();
         assert_eq!(
             (c.underlay_mtu, c.vni, c.vxlan_port, c.pod_mtu()),
-            (9000, 42, 8472, 8950)
+            (1700, 42, 8472, 1650)
         );
         let a = c.node("a").unwrap();
         assert_eq!(a.uplink, "ens3");
@@ -1086,12 +1100,24 @@ nodes:
         assert_problem(
             &replaced("underlay_mtu: 1500", "underlay_mtu: 575"),
             "cluster.underlay_mtu",
-            "576..=9216",
+            "576..=1778",
         );
         assert_problem(
-            &replaced("underlay_mtu: 1500", "underlay_mtu: 9217"),
+            &replaced("underlay_mtu: 1500", "underlay_mtu: 1779"),
             "cluster.underlay_mtu",
-            "576..=9216",
+            "576..=1778",
+        );
+        // A jumbo MTU says why it cannot be carried.
+        assert_problem(
+            &replaced("underlay_mtu: 1500", "underlay_mtu: 9000"),
+            "cluster.underlay_mtu",
+            "jumbo frames are not carried; set the underlay MTU to 1778 or less",
+        );
+        assert_eq!(
+            Cluster::from_yaml(&replaced("underlay_mtu: 1500", "underlay_mtu: 1778"))
+                .unwrap()
+                .pod_mtu(),
+            1728
         );
         assert_eq!(
             Cluster::from_yaml(&replaced("underlay_mtu: 1500", "underlay_mtu: 576"))

@@ -20,10 +20,8 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
-/// Bytes a VXLAN encapsulation adds in front of the inner Ethernet frame
-/// (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8); the inner IP packet must fit
-/// in the underlay MTU minus this.
-pub const VXLAN_OVERHEAD: u32 = 50;
+/// What the pod MTU loses to VXLAN inside the underlay MTU.
+pub use kxdp_proto::VXLAN_OVERHEAD;
 
 /// Uplink used when a node does not name one.
 pub const DEFAULT_UPLINK: &str = "eth0";

@@ -161,10 +161,14 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
                 format!("{} is not in 1..=65535", n.vxlan_port),
             ));
         }
-        if !(68..=9000).contains(&n.pod_mtu) {
+        if !(68..=kxdp_proto::MAX_POD_MTU).contains(&n.pod_mtu) {
             return Err(err(
                 at("pod_mtu"),
-                format!("{} is not in 68..=9000", n.pod_mtu),
+                format!(
+                    "{} is not in 68..={}: a frame must fit one UMEM chunk (no jumbo frames)",
+                    n.pod_mtu,
+                    kxdp_proto::MAX_POD_MTU
+                ),
             ));
         }
         Ok(NodeCfg {
@@ -712,6 +716,14 @@ mod tests {
                 "state.node.underlay_ip",
             ),
             (|s| s.node.as_mut().unwrap().vni = 0, "state.node.vni"),
+            (
+                |s| s.node.as_mut().unwrap().pod_mtu = 8950,
+                "state.node.pod_mtu",
+            ),
+            (
+                |s| s.node.as_mut().unwrap().pod_mtu = kxdp_proto::MAX_POD_MTU + 1,
+                "state.node.pod_mtu",
+            ),
             (|s| s.node.as_mut().unwrap().vni = 1 << 24, "state.node.vni"),
             (
                 |s| s.node.as_mut().unwrap().vxlan_port = 70000,

@@ -40,6 +40,18 @@ pub fn is_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
+/// VXLAN's overhead inside the underlay MTU: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Largest underlay MTU kxdp carries. A frame must fit in one 2048-byte UMEM
+/// chunk after the kernel's 256-byte receive headroom: 1792 bytes, an
+/// Ethernet header and 1778 of IPv4. kxdp has no multi-buffer frames, so a
+/// larger (jumbo) MTU is refused where it is configured instead of being
+/// dropped at the socket (the dataplane asserts its chunk layout matches).
+pub const MAX_UNDERLAY_MTU: u32 = 1778;
+/// Largest pod MTU: [`MAX_UNDERLAY_MTU`] less the VXLAN headers.
+pub const MAX_POD_MTU: u32 = MAX_UNDERLAY_MTU - VXLAN_OVERHEAD;
+
 /// Where the daemons' sockets live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/kxdp";
 /// Default Unix socket of the control API.

@@ -39,6 +39,8 @@ pub const RING_SIZE: u32 = 2048;
 /// Where the kernel puts a received frame inside its chunk (copy mode, no
 /// UMEM headroom): `XDP_PACKET_HEADROOM`.
 pub const RX_OFFSET: usize = 256;
+// The largest MTU control accepts is what a chunk holds after the headroom.
+const _: () = assert!(FRAME_SIZE - RX_OFFSET == 14 + kxdp_proto::MAX_UNDERLAY_MTU as usize);
 
 const OWNER_FREE: u16 = 0;
 const OWNER_USER: u16 = 1;
