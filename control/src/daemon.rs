@@ -191,7 +191,7 @@ mod tests {
     use tonic::{Code, Request, Response, Status};
 
     use super::*;
-    use crate::uds::tests::TempDir;
+    use kxdp_testkit::TempDir;
 
     const TICK: Duration = Duration::from_millis(50);
 
