@@ -24,12 +24,10 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, DataplaneKind};
-use crate::etcd::{Store, WriteError};
 use crate::plan;
-use crate::reconcile::{Edit, Phase, Shared, StatusMap};
-use crate::runtime::{self, PodCheck};
+use crate::reconcile::{Phase, Shared, StatusMap};
+use crate::store::DesiredStore;
 use crate::uds;
-use crate::validate::Problems;
 
 /// How long `ApplyCluster` waits for the reachable nodes to take the new state.
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,24 +36,25 @@ pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct ControlService {
+    /// The desired state (read) and the reconcilers' status (waited on).
     shared: Arc<Shared>,
+    /// Where writes go: the file's state in memory, or etcd.
+    store: Arc<dyn DesiredStore>,
     apply_timeout: Duration,
-    /// Etcd mode: writes go to the store, not straight to the desired state.
-    store: Option<Arc<Store>>,
 }
 
 impl ControlService {
-    pub fn new(shared: Arc<Shared>, apply_timeout: Duration) -> ControlService {
+    /// `store` feeds `shared`.
+    pub fn new(
+        shared: Arc<Shared>,
+        store: Arc<dyn DesiredStore>,
+        apply_timeout: Duration,
+    ) -> ControlService {
         ControlService {
             shared,
+            store,
             apply_timeout,
-            store: None,
         }
-    }
-
-    pub fn with_store(mut self, store: Option<Arc<Store>>) -> ControlService {
-        self.store = store;
-        self
     }
 
     /// Waits until every kxdp node of `generation` has had an attempt at it;
@@ -147,11 +146,16 @@ impl ControlService {
         }
     }
 
-    /// Like [`Self::wait_for_nodes`] for every kxdp node: unreachable nodes
-    /// are logged and get the state when they answer.
+    /// Like [`Self::wait_for_nodes`] for every kxdp node.
     async fn wait_for_all(&self, generation: u64) -> Result<(), Status> {
         let nodes: Vec<String> = self.shared.current().states.keys().cloned().collect();
-        let unreachable = self.wait_for_nodes(generation, &nodes).await?;
+        self.wait_for_reachable(generation, &nodes).await
+    }
+
+    /// [`Self::wait_for_nodes`], unreachable nodes logged: they get the
+    /// state when they answer.
+    async fn wait_for_reachable(&self, generation: u64, nodes: &[String]) -> Result<(), Status> {
+        let unreachable = self.wait_for_nodes(generation, nodes).await?;
         if !unreachable.is_empty() {
             log::warn!(
                 "generation {generation}: unreachable nodes will be synced when they answer: {}",
@@ -195,18 +199,6 @@ impl ControlService {
     }
 }
 
-fn write_error(e: WriteError) -> Status {
-    match e {
-        WriteError::Invalid(p) => invalid_argument(&p),
-        WriteError::Status(s) => s,
-    }
-}
-
-/// The status message of an invalid cluster file: one problem per line.
-pub fn invalid_argument(problems: &Problems) -> Status {
-    Status::invalid_argument(problems.to_string())
-}
-
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn add_pod(
@@ -214,43 +206,7 @@ impl Control for ControlService {
         request: Request<AddPodRequest>,
     ) -> Result<Response<AddPodReply>, Status> {
         let req = request.into_inner();
-        if let Some(store) = &self.store {
-            let (generation, new) = store
-                .add_pod(&self.shared, &req)
-                .await
-                .map_err(write_error)?;
-            if new {
-                log::info!(
-                    "pod {}/{} ({}) added to etcd: generation {generation}",
-                    req.node,
-                    req.name,
-                    req.ip
-                );
-            }
-            self.wait_for_node(generation, &req.node).await?;
-            return Ok(Response::new(AddPodReply { generation }));
-        }
-        let (generation, new) = self
-            .shared
-            .edit_runtime(
-                |cluster, runtime| match runtime::check_add(cluster, runtime, &req)? {
-                    PodCheck::Same(_) => Ok(Edit::Unchanged(false)),
-                    PodCheck::New(pod) => {
-                        let mut next = runtime.clone();
-                        next.pods.insert((pod.node.clone(), pod.name.clone()), pod);
-                        Ok(Edit::Changed(next, true))
-                    }
-                },
-            )
-            .map_err(|p: Problems| invalid_argument(&p))?;
-        if new {
-            log::info!(
-                "pod {}/{} ({}) added: generation {generation}",
-                req.node,
-                req.name,
-                req.ip
-            );
-        }
+        let generation = self.store.add_pod(&req).await?;
         self.wait_for_node(generation, &req.node).await?;
         Ok(Response::new(AddPodReply { generation }))
     }
@@ -260,44 +216,8 @@ impl Control for ControlService {
         request: Request<DeletePodRequest>,
     ) -> Result<Response<DeletePodReply>, Status> {
         let req = request.into_inner();
-        if let Some(store) = &self.store {
-            let (generation, existed) = store
-                .delete_pod(&self.shared, &req.node, &req.name)
-                .await
-                .map_err(write_error)?;
-            if existed {
-                self.wait_for_node(generation, &req.node).await?;
-            }
-            return Ok(Response::new(DeletePodReply {
-                generation,
-                existed,
-            }));
-        }
-        let key = (req.node.clone(), req.name.clone());
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.pods.contains_key(&key) {
-                let mut next = runtime.clone();
-                next.pods.remove(&key);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster
-                .pods
-                .iter()
-                .any(|p| p.node == req.node && p.name == req.name)
-            {
-                return Err(Status::failed_precondition(format!(
-                    "pod {}/{} comes from the cluster file: remove it there and apply the file",
-                    req.node, req.name
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
+        let (generation, existed) = self.store.delete_pod(&req.node, &req.name).await?;
         if existed {
-            log::info!(
-                "pod {}/{} deleted: generation {generation}",
-                req.node,
-                req.name
-            );
             self.wait_for_node(generation, &req.node).await?;
         }
         Ok(Response::new(DeletePodReply {
@@ -305,6 +225,7 @@ impl Control for ControlService {
             existed,
         }))
     }
+
     async fn upsert_service(
         &self,
         request: Request<UpsertServiceRequest>,
@@ -313,28 +234,7 @@ impl Control for ControlService {
             .into_inner()
             .service
             .ok_or_else(|| Status::invalid_argument("service: missing"))?;
-        if let Some(store) = &self.store {
-            let generation = store
-                .upsert_service(&self.shared, &proto)
-                .await
-                .map_err(write_error)?;
-            self.wait_for_all(generation).await?;
-            return Ok(Response::new(UpsertServiceReply { generation }));
-        }
-        let (generation, name) = self
-            .shared
-            .edit_runtime(|cluster, runtime| {
-                let service = runtime::check_service(cluster, runtime, &proto)?;
-                let name = service.name.clone();
-                if runtime.services.get(&name) == Some(&service) {
-                    return Ok(Edit::Unchanged(name));
-                }
-                let mut next = runtime.clone();
-                next.services.insert(name.clone(), service);
-                Ok(Edit::Changed(next, name))
-            })
-            .map_err(|p: Problems| invalid_argument(&p))?;
-        log::info!("service {name} upserted: generation {generation}");
+        let generation = self.store.upsert_service(&proto).await?;
         self.wait_for_all(generation).await?;
         Ok(Response::new(UpsertServiceReply { generation }))
     }
@@ -344,34 +244,8 @@ impl Control for ControlService {
         request: Request<DeleteServiceRequest>,
     ) -> Result<Response<DeleteServiceReply>, Status> {
         let name = request.into_inner().name;
-        if let Some(store) = &self.store {
-            let (generation, existed) = store
-                .delete_service(&self.shared, &name)
-                .await
-                .map_err(write_error)?;
-            if existed {
-                self.wait_for_all(generation).await?;
-            }
-            return Ok(Response::new(DeleteServiceReply {
-                generation,
-                existed,
-            }));
-        }
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.services.contains_key(&name) {
-                let mut next = runtime.clone();
-                next.services.remove(&name);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.service(&name).is_some() {
-                return Err(Status::failed_precondition(format!(
-                    "service {name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
+        let (generation, existed) = self.store.delete_service(&name).await?;
         if existed {
-            log::info!("service {name} deleted: generation {generation}");
             self.wait_for_all(generation).await?;
         }
         Ok(Response::new(DeleteServiceReply {
@@ -410,41 +284,13 @@ impl Control for ControlService {
         &self,
         request: Request<ApplyClusterRequest>,
     ) -> Result<Response<ApplyClusterReply>, Status> {
-        if self.store.is_some() {
-            return Err(Status::failed_precondition(
-                "this control process follows an etcd store: nodes register themselves, and pods and services are written with AddPod/UpsertService",
-            ));
-        }
-        let yaml = request.into_inner().yaml;
-        let cluster = Cluster::from_yaml(&yaml).map_err(|p| invalid_argument(&p))?;
-        cluster
-            .check_sockets(&self.shared.dataplane_dir)
-            .map_err(|p| invalid_argument(&p))?;
-        let (nodes, pods) = (cluster.nodes.len() as u32, cluster.pods.len() as u32);
-        let kxdp: Vec<String> = cluster
-            .nodes
-            .iter()
-            .filter(|n| n.is_kxdp())
-            .map(|n| n.name.clone())
-            .collect();
-
-        let generation = self
-            .shared
-            .set_cluster(cluster)
-            .map_err(|p| invalid_argument(&p))?;
-        log::info!("applied cluster file: generation {generation}, {nodes} nodes, {pods} pods");
-
-        let unreachable = self.wait_for_nodes(generation, &kxdp).await?;
-        if !unreachable.is_empty() {
-            log::warn!(
-                "generation {generation}: unreachable nodes will be synced when they answer: {}",
-                unreachable.join(", ")
-            );
-        }
+        let applied = self.store.apply_cluster(&request.into_inner().yaml).await?;
+        self.wait_for_reachable(applied.generation, &applied.kxdp)
+            .await?;
         Ok(Response::new(ApplyClusterReply {
-            generation,
-            nodes,
-            pods,
+            generation: applied.generation,
+            nodes: applied.nodes,
+            pods: applied.pods,
         }))
     }
 

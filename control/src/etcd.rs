@@ -43,12 +43,14 @@ use kxdp_proto::dataplane as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tonic::Status;
 
 use crate::cluster::{Cluster, DataplaneKind, Node};
 use crate::conventions::{self, Mac};
+use crate::daemon;
 use crate::reconcile::Shared;
 use crate::runtime::{self, Runtime};
-use crate::validate::Problems;
+use crate::store::{Applied, DesiredStore, Opened};
 
 pub const PREFIX: &str = "/kxdp/";
 pub const CONFIG_KEY: &str = "/kxdp/config";
@@ -514,49 +516,93 @@ fn node_of(value: &[u8]) -> anyhow::Result<Node> {
     })
 }
 
-/// The Control API's writes in etcd mode: checked against this process's
-/// view, written to etcd, and awaited until the view (fed by the watch)
-/// holds them.
+/// How a control process joins an etcd-backed cluster.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub node: Registration,
+    /// Written as the cluster config if etcd has none (`--cluster` given).
+    pub bootstrap: Option<ClusterConfig>,
+}
+
+/// The desired state in etcd: the Control API's writes are checked against
+/// this process's view, written to etcd, and awaited until the view (fed by
+/// the watch) holds them.
 pub struct Store {
     client: Client,
+    shared: Arc<Shared>,
     /// How long to wait for our own write to come back through the watch.
     pub echo_timeout: Duration,
 }
 
-/// Why a store write failed.
-pub enum WriteError {
-    Invalid(Problems),
-    /// Refused for a reason that is not the request's content.
-    Status(tonic::Status),
-}
-
-impl From<anyhow::Error> for WriteError {
-    fn from(e: anyhow::Error) -> Self {
-        WriteError::Status(tonic::Status::unavailable(format!("etcd: {e:#}")))
-    }
-}
-
-impl From<etcd_client::Error> for WriteError {
-    fn from(e: etcd_client::Error) -> Self {
-        WriteError::Status(tonic::Status::unavailable(format!("etcd: {e}")))
-    }
+/// An etcd call that failed: the store is out of reach.
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("etcd: {e}"))
 }
 
 impl Store {
-    pub fn new(client: Client) -> Store {
-        Store {
+    /// Registers this node, keeps its lease and follows the store, to
+    /// program this node's dataplane only. The lease is not revoked when the
+    /// daemon stops: a restart within the TTL takes the same pod CIDR back,
+    /// and a node that stays away is dropped by everyone when it expires.
+    pub async fn join(etcd: EtcdConfig, config: &daemon::Config) -> anyhow::Result<Opened> {
+        let mut client = connect(&etcd.endpoints).await?;
+        let cluster_config = match &etcd.bootstrap {
+            Some(bootstrap) => {
+                let (cfg, written) = init_config(&mut client, bootstrap).await?;
+                if written {
+                    log::info!("wrote the cluster config to etcd");
+                } else if cfg != *bootstrap {
+                    log::warn!("etcd already holds a different cluster config; using etcd's");
+                }
+                cfg
+            }
+            None => read_config(&mut client).await?.with_context(|| {
+                format!(
+                    "etcd has no cluster config ({CONFIG_KEY}): start one control process with --cluster FILE, or run kxdpctl --store ... init FILE"
+                )
+            })?,
+        };
+        let held = acquire(&mut client, &cluster_config, &etcd.node).await?;
+        log::info!(
+            "{}: registered, pod CIDR {} (lease TTL {} s)",
+            etcd.node.name,
+            held.pod_cidr,
+            etcd.node.lease_ttl_s
+        );
+        let held = Arc::new(Mutex::new(held));
+        let empty =
+            build(&[(CONFIG_KEY.to_string(), serde_json::to_vec(&cluster_config)?)].into())?
+                .context("cluster config")?
+                .0;
+        let shared = Shared::scoped(
+            empty,
+            config.dataplane_dir.clone(),
+            config.resync_interval,
+            Some(etcd.node.name.clone()),
+        );
+        let keeper = tokio::spawn(keep_alive(
+            client.clone(),
+            cluster_config,
+            etcd.node.clone(),
+            held,
+        ));
+        let follower = tokio::spawn(follow(client.clone(), shared.clone()));
+        let store = Store {
             client,
+            shared: shared.clone(),
             echo_timeout: Duration::from_secs(5),
-        }
+        };
+        Ok(Opened {
+            shared,
+            store: Arc::new(store),
+            tasks: vec![keeper, follower],
+        })
     }
 
-    /// Waits until `shared`'s view satisfies `seen`; returns its generation.
-    async fn echo(
-        &self,
-        shared: &Shared,
-        seen: impl Fn(&Cluster, &Runtime) -> bool,
-    ) -> Result<u64, WriteError> {
-        let mut rx = shared.desired.subscribe();
+    /// Waits until our view satisfies `seen`; returns its generation.
+    async fn echo(&self, seen: impl Fn(&Cluster, &Runtime) -> bool) -> Result<u64, Status> {
+        let mut rx = self.shared.desired.subscribe();
         let waited = tokio::time::timeout(
             self.echo_timeout,
             rx.wait_for(|d| seen(&d.cluster, &d.runtime)),
@@ -565,26 +611,20 @@ impl Store {
         .map(|r| r.map(|d| d.generation));
         match waited {
             Ok(Ok(generation)) => Ok(generation),
-            _ => Err(WriteError::Status(tonic::Status::deadline_exceeded(
-                format!(
-                    "written to etcd, but the watch did not bring it back within {:?}",
-                    self.echo_timeout
-                ),
+            _ => Err(Status::deadline_exceeded(format!(
+                "written to etcd, but the watch did not bring it back within {:?}",
+                self.echo_timeout
             ))),
         }
     }
+}
 
-    /// AddPod: returns (generation, new).
-    pub async fn add_pod(
-        &self,
-        shared: &Shared,
-        req: &AddPodRequest,
-    ) -> Result<(u64, bool), WriteError> {
-        let desired = shared.current();
-        let pod = match runtime::check_add(&desired.cluster, &desired.runtime, req)
-            .map_err(WriteError::Invalid)?
-        {
-            runtime::PodCheck::Same(_) => return Ok((desired.generation, false)),
+#[tonic::async_trait]
+impl DesiredStore for Store {
+    async fn add_pod(&self, req: &AddPodRequest) -> Result<u64, Status> {
+        let desired = self.shared.current();
+        let pod = match runtime::check_add(&desired.cluster, &desired.runtime, req)? {
+            runtime::PodCheck::Same(_) => return Ok(desired.generation),
             runtime::PodCheck::New(pod) => pod,
         };
         let key = pod_key(&pod.node, &pod.name);
@@ -592,48 +632,48 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)]);
-        if !self.client.clone().txn(txn).await?.succeeded() {
-            return Err(WriteError::Status(tonic::Status::aborted(format!(
+        if !self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(unavailable)?
+            .succeeded()
+        {
+            return Err(Status::aborted(format!(
                 "pod {}/{} was registered meanwhile by another writer; retry",
                 pod.node, pod.name
-            ))));
+            )));
         }
         let k = (pod.node.clone(), pod.name.clone());
-        let generation = self
-            .echo(shared, |_, rt| rt.pods.get(&k) == Some(&pod))
-            .await?;
-        Ok((generation, true))
+        let generation = self.echo(|_, rt| rt.pods.get(&k) == Some(&pod)).await?;
+        log::info!(
+            "pod {}/{} ({}) added to etcd: generation {generation}",
+            req.node,
+            req.name,
+            req.ip
+        );
+        Ok(generation)
     }
 
-    /// DeletePod: returns (generation, existed).
-    pub async fn delete_pod(
-        &self,
-        shared: &Shared,
-        node: &str,
-        name: &str,
-    ) -> Result<(u64, bool), WriteError> {
+    async fn delete_pod(&self, node: &str, name: &str) -> Result<(u64, bool), Status> {
         let resp = self
             .client
             .clone()
             .delete(pod_key(node, name), None)
-            .await?;
+            .await
+            .map_err(unavailable)?;
         if resp.deleted() == 0 {
-            return Ok((shared.current().generation, false));
+            return Ok((self.shared.current().generation, false));
         }
         let k = (node.to_string(), name.to_string());
-        let generation = self.echo(shared, |_, rt| !rt.pods.contains_key(&k)).await?;
+        let generation = self.echo(|_, rt| !rt.pods.contains_key(&k)).await?;
         Ok((generation, true))
     }
 
-    /// UpsertService: returns the generation.
-    pub async fn upsert_service(
-        &self,
-        shared: &Shared,
-        proto: &pb::Service,
-    ) -> Result<u64, WriteError> {
-        let desired = shared.current();
-        let service = runtime::check_service(&desired.cluster, &desired.runtime, proto)
-            .map_err(WriteError::Invalid)?;
+    async fn upsert_service(&self, proto: &pb::Service) -> Result<u64, Status> {
+        let desired = self.shared.current();
+        let service = runtime::check_service(&desired.cluster, &desired.runtime, proto)?;
         if desired.runtime.services.get(&service.name) == Some(&service) {
             return Ok(desired.generation);
         }
@@ -644,26 +684,29 @@ impl Store {
                 service.to_proto().encode_to_vec(),
                 None,
             )
-            .await?;
-        self.echo(shared, |_, rt| {
-            rt.services.get(&service.name) == Some(&service)
-        })
-        .await
+            .await
+            .map_err(unavailable)?;
+        self.echo(|_, rt| rt.services.get(&service.name) == Some(&service))
+            .await
     }
 
-    /// DeleteService: returns (generation, existed).
-    pub async fn delete_service(
-        &self,
-        shared: &Shared,
-        name: &str,
-    ) -> Result<(u64, bool), WriteError> {
-        let resp = self.client.clone().delete(service_key(name), None).await?;
+    async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status> {
+        let resp = self
+            .client
+            .clone()
+            .delete(service_key(name), None)
+            .await
+            .map_err(unavailable)?;
         if resp.deleted() == 0 {
-            return Ok((shared.current().generation, false));
+            return Ok((self.shared.current().generation, false));
         }
-        let generation = self
-            .echo(shared, |_, rt| !rt.services.contains_key(name))
-            .await?;
+        let generation = self.echo(|_, rt| !rt.services.contains_key(name)).await?;
         Ok((generation, true))
+    }
+
+    async fn apply_cluster(&self, _yaml: &str) -> Result<Applied, Status> {
+        Err(Status::failed_precondition(
+            "this control process follows an etcd store: nodes register themselves, and pods and services are written with AddPod/UpsertService",
+        ))
     }
 }

@@ -10,6 +10,8 @@
 //! - [`plan`]: per-node dataplane state, routes, and the lab's pod plumbing plan.
 //! - [`service`]: services and endpoints: YAML/proto shapes, validation.
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
+//! - [`store`]: where the desired state lives: the `DesiredStore` trait, the
+//!   file store, and which one the flags chose.
 //! - [`reconcile`]: one push loop per kxdp node.
 //! - [`api`]: the Control gRPC service.
 //! - [`cli`]: `kxdp-control`'s flags and their environment variables.
@@ -30,6 +32,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod runtime;
 pub mod service;
+pub mod store;
 pub mod uds;
 pub mod validate;
 pub mod view;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use kxdp_control::cli::Args;
-use kxdp_control::cluster::{Cluster, LAB_CLUSTER_YAML};
 use kxdp_control::daemon::{self, Config};
+use kxdp_control::store::Source;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -17,49 +17,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if args.store.is_some() {
-        return main_etcd(args);
-    }
-
-    // check() required one of --cluster, --store, --lab: without --cluster here, --lab.
-    let (source, text) = match &args.cluster {
-        None => (
-            "the built-in lab cluster file (--lab)".to_string(),
-            LAB_CLUSTER_YAML.to_string(),
-        ),
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => (path.display().to_string(), text),
-            Err(e) => {
-                eprintln!(
-                    "kxdp-control: cannot read the cluster file {}: {e}",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let cluster = match Cluster::from_yaml(&text)
-        .and_then(|c| c.check_sockets(&args.dataplane_dir).map(|()| c))
-    {
-        Ok(c) => c,
-        Err(problems) => {
-            eprintln!(
-                "kxdp-control: invalid cluster file {source} ({} problems):",
-                problems.0.len()
-            );
-            for p in &problems.0 {
-                eprintln!("  {p}");
-            }
+    let source = match Source::from_args(&args) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("kxdp-control: {e}");
             return ExitCode::from(2);
         }
     };
-
-    let config = config(&args);
-    log::info!("cluster file: {source}");
-    serve(daemon::run(config, cluster, shutdown_signal()))
+    serve(daemon::run(config(&args), source, shutdown_signal()))
 }
 
-/// The daemon settings both store modes share.
+/// The daemon settings both stores share.
 fn config(args: &Args) -> Config {
     Config {
         listen: args.listen.clone(),
@@ -90,55 +58,6 @@ fn serve(daemon: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
             ExitCode::from(1)
         }
     }
-}
-
-fn main_etcd(args: Args) -> ExitCode {
-    let url = args.store.clone().unwrap_or_default();
-    let endpoints = match kxdp_control::etcd::parse_store_url(&url) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("kxdp-control: --store: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let name = args.node.clone().unwrap_or_default();
-    if !kxdp_control::validate::is_dns_label(&name) {
-        eprintln!("kxdp-control: --node {name:?} is not a DNS label");
-        return ExitCode::from(2);
-    }
-    let bootstrap = match &args.cluster {
-        None => None,
-        Some(path) => match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Cluster::from_yaml(&t).map_err(|p| p.to_string()))
-        {
-            Ok(c) => Some(kxdp_control::etcd::ClusterConfig::from_cluster(
-                &c,
-                args.subnet_len,
-            )),
-            Err(e) => {
-                eprintln!(
-                    "kxdp-control: invalid cluster file {}:\n{e}",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let etcd = daemon::EtcdConfig {
-        endpoints,
-        node: kxdp_control::etcd::Registration {
-            name,
-            underlay_ip: args.underlay_ip.expect("clap requires it"),
-            uplink: args.uplink.clone().expect("clap requires it"),
-            vtep_mac: args.vtep_mac,
-            lease_ttl_s: args.lease_ttl_s,
-        },
-        bootstrap,
-    };
-    let config = config(&args);
-    log::info!("store: {url}");
-    serve(daemon::run_etcd(config, etcd, shutdown_signal()))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -239,34 +239,8 @@ mod tests {
     fn n1_state_from_the_lab_file() {
         let state = node_state(&Cluster::lab(), &Runtime::default(), "n1", 7).unwrap();
         assert_eq!(state.generation, 7);
-        assert_eq!(
-            state.node.unwrap(),
-            NodeConfig {
-                name: "n1".into(),
-                uplink: "eth0".into(),
-                underlay_ip: "172.30.0.11".into(),
-                vtep_mac: "0e:58:ac:1e:00:0b".into(),
-                vni: 1,
-                vxlan_port: 4789,
-                cluster_cidr: "10.244.0.0/16".into(),
-                pod_cidr: "10.244.1.0/24".into(),
-                gateway_ip: "10.244.1.1".into(),
-                pod_mtu: 1450,
-                service_cidr: "10.96.0.0/12".into(),
-                host_interface: "kxhost".into(),
-                node_port_min: 30000,
-                node_port_max: 32767,
-            }
-        );
-        assert_eq!(
-            state.remote_nodes,
-            vec![RemoteNode {
-                name: "n2".into(),
-                pod_cidr: "10.244.2.0/24".into(),
-                vtep_ip: "172.30.0.12".into(),
-                vtep_mac: "0e:58:ac:1e:00:0c".into(),
-            }]
-        );
+        assert_eq!(state.node.unwrap(), kxdp_testkit::lab::n1());
+        assert_eq!(state.remote_nodes, vec![kxdp_testkit::lab::n2_remote()]);
         assert_eq!(
             state.pods,
             vec![

@@ -67,6 +67,13 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// Invalid input at the API edge: one INVALID_ARGUMENT, one problem per line.
+impl From<Problems> for tonic::Status {
+    fn from(problems: Problems) -> tonic::Status {
+        tonic::Status::invalid_argument(problems.to_string())
+    }
+}
+
 /// Names become socket file names, pod keys and log fields: keep them DNS
 /// labels (RFC 1123), as Kubernetes does for node and pod names.
 pub(crate) fn check_name(path: &str, name: &str, p: &mut Vec<Problem>) -> bool {

@@ -50,22 +50,17 @@ impl Drop for Dataplane {
     }
 }
 
+/// The lab's n1 on this test's TEST-NET underlay, without a host interface
+/// or services (its NodePort range stays explicit: read-back reports the
+/// effective one).
 fn node(uplink: &str) -> pb::NodeConfig {
     pb::NodeConfig {
-        name: "n1".into(),
         uplink: uplink.into(),
         underlay_ip: "192.0.2.11".into(),
         vtep_mac: "0e:58:c0:00:02:0b".into(),
-        vni: 1,
-        vxlan_port: 4789,
-        cluster_cidr: "10.244.0.0/16".into(),
-        pod_cidr: "10.244.1.0/24".into(),
-        gateway_ip: "10.244.1.1".into(),
-        pod_mtu: 1450,
-        // Read-back reports the effective range, so ask for it explicitly.
-        node_port_min: 30000,
-        node_port_max: 32767,
-        ..Default::default()
+        service_cidr: String::new(),
+        host_interface: String::new(),
+        ..kxdp_testkit::lab::n1()
     }
 }
 
@@ -83,10 +78,9 @@ fn state(generation: u64, pods: Vec<pb::Pod>) -> pb::DataplaneState {
         generation,
         node: Some(node("eth0")),
         remote_nodes: vec![pb::RemoteNode {
-            name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".into(),
             vtep_ip: "192.0.2.12".into(),
             vtep_mac: "0e:58:c0:00:02:0c".into(),
+            ..kxdp_testkit::lab::n2_remote()
         }],
         pods,
         services: Vec::new(),

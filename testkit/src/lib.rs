@@ -3,10 +3,15 @@
 //! Every namespace a test makes has a name unique to the test run
 //! ([`unique_name`]) and is deleted when its guard drops, so a failing or
 //! crashed test leaves nothing behind that breaks the next run. Tests only
-//! send traffic to addresses inside namespaces they created.
+//! send traffic to addresses inside namespaces they created. [`TempDir`]
+//! does the same for files; [`lab`] holds the lab's node n1 as the
+//! dataplane API carries it.
 #![forbid(unsafe_code)]
 
+pub mod lab;
+
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -132,6 +137,37 @@ impl Drop for NetNs {
     }
 }
 
+/// A unique, empty directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `<temp>/kxdp-<tag>-<pid>-<n>`: unique within and across test runs.
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kxdp-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A crashed run with the same pid may have left it.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The `ip` arguments that create a veth pair `a` (in namespace `ns_a`) <->
 /// `b` (in `ns_b`) with one queue each: an AF_XDP socket bound to queue 0
 /// then sees all traffic. Every test and lab tool makes its veths so.
@@ -178,6 +214,17 @@ mod tests {
         let b = unique_name("kt");
         assert_ne!(a, b);
         assert_eq!(a.len(), 8);
+    }
+
+    #[test]
+    fn temp_dirs_are_distinct_and_removed_on_drop() {
+        let a = TempDir::new("kt");
+        let b = TempDir::new("kt");
+        assert_ne!(a.path(), b.path());
+        let path = a.path().to_path_buf();
+        std::fs::write(path.join("f"), b"x").unwrap();
+        drop(a);
+        assert!(!path.exists());
     }
 
     #[test]

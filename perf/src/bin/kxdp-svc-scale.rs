@@ -207,27 +207,10 @@ fn lab_like_base() -> pb::DataplaneState {
     pb::DataplaneState {
         generation: 1,
         node: Some(pb::NodeConfig {
-            name: "n1".into(),
-            uplink: "eth0".into(),
-            underlay_ip: "172.30.0.11".into(),
-            vtep_mac: "0e:58:ac:1e:00:0b".into(),
-            vni: 1,
-            vxlan_port: 4789,
-            cluster_cidr: "10.244.0.0/16".into(),
-            pod_cidr: "10.244.1.0/24".into(),
-            gateway_ip: "10.244.1.1".into(),
-            pod_mtu: 1450,
-            service_cidr: "10.96.0.0/12".into(),
-            node_port_min: 30000,
-            node_port_max: 32767,
             host_interface: String::new(),
+            ..kxdp_testkit::lab::n1()
         }),
-        remote_nodes: vec![pb::RemoteNode {
-            name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".into(),
-            vtep_ip: "172.30.0.12".into(),
-            vtep_mac: "0e:58:ac:1e:00:0c".into(),
-        }],
+        remote_nodes: vec![kxdp_testkit::lab::n2_remote()],
         pods: Vec::new(),
         services: Vec::new(),
     }
