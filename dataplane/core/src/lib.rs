@@ -4,7 +4,8 @@
 //! crate owns all I/O and feeds this crate UMEM chunks; unit tests, fuzzers
 //! and benchmarks feed it byte vectors.
 //!
-//! - [`wire`]: typed views over header bytes (one file per header).
+//! - [`wire`]: typed views over header bytes (one file per header; `l4` for
+//!   what TCP and UDP share).
 //! - [`tables`]: what a worker looks up per packet (routes, pods, ports);
 //!   [`prefix`]: IPv4 prefixes and the longest-prefix match they use.
 //! - [`pipeline`]: the walks, verdicts and drop reasons.

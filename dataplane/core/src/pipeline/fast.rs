@@ -29,7 +29,13 @@ use core::net::Ipv4Addr;
 use super::{Ctx, Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, FlowKey};
 use crate::tables::{NodeInfo, Tables};
-use crate::wire::{checksum, ipv4, tcp, vxlan};
+use crate::wire::checksum;
+use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::ipv4::{self, Ipv4Header};
+use crate::wire::l4::{L4Header, Ports, PORTS_LEN};
+use crate::wire::tcp::{self, TcpHeader};
+use crate::wire::udp::{self, UdpHeader};
+use crate::wire::vxlan::{self, OuterHeaders};
 
 /// Ways per set.
 const WAYS: usize = 4;
@@ -39,7 +45,7 @@ pub const MAX_FLOW_CACHE: usize = 1 << 15;
 const NO_CT: u32 = u32::MAX;
 /// Bytes of the VXLAN action's header: outer Ethernet, IPv4, UDP, VXLAN,
 /// then the inner destination and source MACs.
-const HDR: usize = ENCAP_LEN + 12;
+const HDR: usize = ENCAP_LEN + ethernet::ADDRS_LEN;
 /// `Action::rw` bits: the source / destination address and port change.
 const RW_SRC: u8 = 1;
 const RW_DST: u8 = 2;
@@ -102,10 +108,10 @@ struct Action {
     /// Conntrack entry `id << 1 | reply`, or [`NO_CT`].
     ct: u32,
     svc: u32,
-    new_src: [u8; 4],
-    new_dst: [u8; 4],
-    new_sport: [u8; 2],
-    new_dport: [u8; 2],
+    new_src: Ipv4Addr,
+    new_dst: Ipv4Addr,
+    new_sport: u16,
+    new_dport: u16,
     /// Partial sum of the outer IPv4 header without its length (`Encap`).
     outer_sum: u32,
     /// Partial sum of the pseudo-header without its length, as received.
@@ -125,10 +131,10 @@ const EMPTY: Action = Action {
     stamp: 0,
     ct: NO_CT,
     svc: 0,
-    new_src: [0; 4],
-    new_dst: [0; 4],
-    new_sport: [0; 2],
-    new_dport: [0; 2],
+    new_src: Ipv4Addr::UNSPECIFIED,
+    new_dst: Ipv4Addr::UNSPECIFIED,
+    new_sport: 0,
+    new_dport: 0,
     outer_sum: 0,
     pseudo: 0,
     ip_delta: 0,
@@ -153,31 +159,33 @@ pub(super) enum From {
 /// client's), validated like a pod's. `None`: let the walk decide.
 #[inline]
 fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize)> {
-    const UDP_AT: usize = ETH + IPV4_MIN;
-    const VX_AT: usize = UDP_AT + 8;
-    let h = f.first_chunk::<{ VX_AT + 8 }>()?;
-    let ip: &[u8; IPV4_MIN] = h[ETH..UDP_AT].try_into().expect("in h");
-    if [h[12], h[13], ip[0]] != [0x08, 0x00, 0x45] || ip[16..20] != node.underlay_ip.octets() {
-        return None;
-    }
-    if ip[9] != ipv4::protocol::UDP || be16(h, UDP_AT + 2) != node.vxlan_port {
-        return Some((0, f.len()));
-    }
-    let total = be16(ip, 2) as usize;
-    let ulen = be16(h, UDP_AT + 4) as usize;
-    let vx = &h[VX_AT..];
-    if total < IPV4_MIN
-        || ETH + total > f.len()
-        || be16(ip, 6) & 0x3FFF != 0
-        || checksum::sum20(ip) != 0xFFFF
-        || ulen < 16
-        || ulen > total - IPV4_MIN
-        || vx[0] & vxlan::FLAG_I == 0
-        || u32::from_be_bytes([0, vx[4], vx[5], vx[6]]) != node.vni
+    let outer = OuterHeaders::new(f.first_chunk::<ENCAP_LEN>()?);
+    let ip = outer.ipv4();
+    if outer.ethernet().ethertype() != ethernet::ethertype::IPV4
+        || !ip.is_v4_without_options()
+        || ip.dst_addr() != node.underlay_ip
     {
         return None;
     }
-    Some((VX_AT + 8, ulen - 16))
+    let udp = outer.udp();
+    if ip.protocol() != ipv4::protocol::UDP || udp.ports().dst() != node.vxlan_port {
+        return Some((0, f.len()));
+    }
+    let total = ip.total_len() as usize;
+    let ulen = udp.len() as usize;
+    let vx = outer.vxlan();
+    if total < IPV4_MIN
+        || ETH + total > f.len()
+        || ip.is_fragment()
+        || !ip.verify_checksum()
+        || ulen < udp::HEADER_LEN + vxlan::HEADER_LEN
+        || ulen > total - IPV4_MIN
+        || vx.flags() & vxlan::FLAG_I == 0
+        || vx.vni() != node.vni
+    {
+        return None;
+    }
+    Some((ENCAP_LEN, ulen - udp::HEADER_LEN - vxlan::HEADER_LEN))
 }
 
 /// What the walk decided about the translation, noted for [`FlowCache`].
@@ -269,9 +277,22 @@ impl FlowCache {
     }
 }
 
+const TOTAL: &str = "within the datagram's total length";
+
+/// Rewrites the ports a flow's action changes and patches the transport
+/// checksum with its folded delta.
 #[inline(always)]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+fn patch_l4(mut l4: impl L4Header, a: &Action) {
+    let mut ports = l4.ports_mut();
+    if a.rw & RW_SRC != 0 {
+        ports.set_src(a.new_sport);
+    }
+    if a.rw & RW_DST != 0 {
+        ports.set_dst(a.new_dport);
+    }
+    if let Some(c) = l4.checksum_to_patch() {
+        l4.set_patched_checksum(apply(c, a.l4_delta));
+    }
 }
 
 /// RFC 1624 `~m + m'` for a 32-bit field, as `checksum::update_u32` adds it.
@@ -314,47 +335,58 @@ impl Pipeline {
         let ip_off = off + ETH;
         let frame = &p.buf[off..off + len];
         // Ethernet, IPv4 without options, the first 8 bytes of TCP/UDP.
-        let Some(h) = frame.first_chunk::<{ ETH + IPV4_MIN + 8 }>() else {
+        let Some(h) = frame.first_chunk::<{ ETH + IPV4_MIN + udp::HEADER_LEN }>() else {
             return Err(None);
         };
-        let ip: &[u8; IPV4_MIN] = h[ETH..ETH + IPV4_MIN].try_into().expect("in h");
-        if [h[12], h[13], ip[0]] != [0x08, 0x00, 0x45] {
+        let (eth, rest) = h.split_first_chunk::<ETH>().expect("in h");
+        let (ip, l4) = rest.split_first_chunk::<IPV4_MIN>().expect("in h");
+        let l4: &[u8; udp::HEADER_LEN] = l4.try_into().expect("in h");
+        let ip = Ipv4Header::new(ip);
+        if EthernetFrame::new_unchecked(eth).ethertype() != ethernet::ethertype::IPV4
+            || !ip.is_v4_without_options()
+        {
             return Err(None);
         }
-        let total = be16(ip, 2) as usize;
-        let proto = ip[9];
-        let (l4_min, csum_at) = match proto {
-            ipv4::protocol::TCP => (20, 16),
-            ipv4::protocol::UDP => (8, 6),
+        let total = ip.total_len() as usize;
+        let proto = ip.protocol();
+        let l4_min = match proto {
+            ipv4::protocol::TCP => tcp::HEADER_LEN,
+            ipv4::protocol::UDP => udp::HEADER_LEN,
             _ => return Err(None),
         };
         // (Frames on the uplink: only keys the walk forwarded are cached,
         // so an outside client's reach only this node's address.)
         let src_ok = match from {
-            From::Pod(ip_) => ip[12..16] == ip_.octets(),
+            From::Pod(ip_) => ip.src_addr() == ip_,
             From::Uplink => true,
         };
         if total < IPV4_MIN + l4_min
             || ETH + total > len
-            || be16(ip, 6) & 0x3FFF != 0
-            || ip[8] <= 1
+            || ip.is_fragment()
+            || ip.ttl() <= 1
             || !src_ok
-            || checksum::sum20(ip) != 0xFFFF
+            || !ip.verify_checksum()
         {
             return Err(None);
         }
-        let l4 = &h[ETH + IPV4_MIN..];
-        if proto == ipv4::protocol::TCP
-            && frame[ETH + IPV4_MIN + 13] & (tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST)
-                != 0
-        {
-            return Err(None);
-        }
+        // The transport checksum as received; TCP's header is whole (the
+        // length was checked above).
+        let l4_csum = if proto == ipv4::protocol::TCP {
+            let Some(t) = frame[ETH + IPV4_MIN..].first_chunk::<{ tcp::HEADER_LEN }>() else {
+                return Err(None);
+            };
+            let t = TcpHeader::new(t);
+            if t.flags() & (tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST) != 0 {
+                return Err(None);
+            }
+            t.checksum()
+        } else {
+            UdpHeader::new(l4).checksum()
+        };
+        let ports = Ports::new(l4.first_chunk::<PORTS_LEN>().expect("in l4"));
         let hkey = Key {
-            addrs: u64::from_be_bytes(ip[12..20].try_into().expect("in ip")),
-            rest: u64::from(u32::from_be_bytes(l4[..4].try_into().expect("in l4"))) << 32
-                | u64::from(proto) << 16
-                | u64::from(p.port),
+            addrs: ip.addrs(),
+            rest: u64::from(ports.both()) << 32 | u64::from(proto) << 16 | u64::from(p.port),
         };
         let set = self.flows.set_of(&hkey);
         let probe = Probe { hkey, set, decap };
@@ -384,34 +416,30 @@ impl Pipeline {
         // A pod with TX checksum offload leaves the pseudo-header sum for
         // "hardware" to finish: rare, and the walk's code does it.
         if let From::Pod(_) = from {
-            let field = be16(&frame[ETH + IPV4_MIN..], csum_at);
             let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
-            if field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP) {
+            if l4_csum == pseudo
+                || (l4_csum == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP)
+            {
                 super::complete_partial_checksum(p, ip_off);
             }
         }
-        // The datagram: IPv4 header, transport header up to its checksum.
+        // The datagram: IPv4 header, transport header (lengths checked above).
         let (iph, l4h) = p.buf[ip_off..].split_at_mut(IPV4_MIN);
-        let iph: &mut [u8; IPV4_MIN] = iph.try_into().expect("checked above");
+        let mut ip = Ipv4Header::new(<&mut [u8; IPV4_MIN]>::try_from(iph).expect("checked above"));
         if a.rw & RW_SRC != 0 {
-            iph[12..16].copy_from_slice(&a.new_src);
-            l4h[0..2].copy_from_slice(&a.new_sport);
+            ip.set_src_addr(a.new_src);
         }
         if a.rw & RW_DST != 0 {
-            iph[16..20].copy_from_slice(&a.new_dst);
-            l4h[2..4].copy_from_slice(&a.new_dport);
+            ip.set_dst_addr(a.new_dst);
         }
-        iph[8] -= 1;
-        let ipc = apply(be16(iph, 10), a.ip_delta);
-        iph[10..12].copy_from_slice(&ipc.to_be_bytes());
-        let l4c = be16(l4h, csum_at);
-        // UDP checksum 0 means "none"; a computed 0 is sent as 0xFFFF.
-        if a.rw != 0 && (proto == ipv4::protocol::TCP || l4c != 0) {
-            let mut c = apply(l4c, a.l4_delta);
-            if proto == ipv4::protocol::UDP && c == 0 {
-                c = 0xFFFF;
+        ip.set_ttl(ip.ttl() - 1);
+        ip.set_checksum(apply(ip.checksum(), a.ip_delta));
+        if a.rw != 0 {
+            if proto == ipv4::protocol::TCP {
+                patch_l4(TcpHeader::new(l4h.first_chunk_mut().expect(TOTAL)), a);
+            } else {
+                patch_l4(UdpHeader::new(l4h.first_chunk_mut().expect(TOTAL)), a);
             }
-            l4h[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
         if decap {
             self.counters.decapsulated += 1;
@@ -424,17 +452,18 @@ impl Pipeline {
             let o = off - ENCAP_LEN;
             let hdr: &mut [u8; HDR] = (&mut p.buf[o..o + HDR]).try_into().expect("headroom");
             *hdr = a.hdr;
-            let outer_total = (IPV4_MIN + 16 + ETH + total) as u16;
-            hdr[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
-            let c = checksum::finish(a.outer_sum + u32::from(outer_total));
-            hdr[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-            let udp_len = outer_total - IPV4_MIN as u16;
-            hdr[ETH + IPV4_MIN + 4..ETH + IPV4_MIN + 6].copy_from_slice(&udp_len.to_be_bytes());
+            let outer = hdr.first_chunk_mut::<ENCAP_LEN>().expect("in hdr");
+            OuterHeaders::new(outer).set_inner_len((ETH + total) as u16, a.outer_sum);
             p.off = o;
             p.len += ENCAP_LEN;
             self.counters.encapsulated += 1;
         } else {
-            p.buf[off..off + 12].copy_from_slice(&a.hdr[..12]);
+            let eth = p.buf[off..].first_chunk_mut::<ETH>().expect("in frame");
+            let macs = a
+                .hdr
+                .first_chunk::<{ ethernet::ADDRS_LEN }>()
+                .expect("in hdr");
+            EthernetFrame::new_unchecked(eth).set_addrs(macs);
             if l2 == L2::Local {
                 self.counters.routed_local += 1;
             }
@@ -488,14 +517,12 @@ impl Pipeline {
         if let Some(s) = src {
             field((key.src, key.sport), s);
             a.rw |= RW_SRC;
-            a.new_src = s.0.octets();
-            a.new_sport = s.1.to_be_bytes();
+            (a.new_src, a.new_sport) = s;
         }
         if let Some(d) = dst {
             field((key.dst, key.dport), d);
             a.rw |= RW_DST;
-            a.new_dst = d.0.octets();
-            a.new_dport = d.1.to_be_bytes();
+            (a.new_dst, a.new_dport) = d;
         }
         a.ip_delta = checksum::fold(ip_sum);
         a.l4_delta = checksum::fold(l4_sum);
@@ -507,17 +534,18 @@ impl Pipeline {
                     return;
                 };
                 a.hdr = *h;
-                // The outer header's sum without its length and checksum.
-                let mut ip: [u8; IPV4_MIN] = h[ETH..ETH + IPV4_MIN].try_into().expect("in h");
-                ip[2..4].fill(0);
-                ip[10..12].fill(0);
-                a.outer_sum = checksum::sum20(&ip);
+                let outer = h.first_chunk::<ENCAP_LEN>().expect("in h");
+                a.outer_sum = OuterHeaders::new(outer).ipv4().sum_without_length();
             }
             L2::Local | L2::External => {
-                let Some(h) = out.first_chunk::<12>() else {
+                let Some(eth) = out.first_chunk::<ETH>() else {
                     return;
                 };
-                a.hdr[..12].copy_from_slice(h);
+                let macs = a
+                    .hdr
+                    .first_chunk_mut::<{ ethernet::ADDRS_LEN }>()
+                    .expect("in hdr");
+                *macs = EthernetFrame::new_unchecked(eth).addrs();
             }
         }
         let set = &mut self.flows.sets[pr.set].0;

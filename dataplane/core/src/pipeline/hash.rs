@@ -2,23 +2,26 @@
 //! flow cache's sets.
 
 use super::*;
+use crate::wire::ipv4::Ipv4Header;
+use crate::wire::l4::{Ports, PORTS_LEN};
 
 /// Hash of the inner flow (addresses, protocol, ports) of an IPv4 datagram
 /// without options. Symmetric flows need not hash alike: each direction is
 /// encapsulated by a different node.
 #[inline]
 pub fn flow_hash(ip: &[u8]) -> u32 {
-    let h: &[u8; 20] = ip[..20].try_into().expect("a validated IPv4 header");
-    let src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]) as u64;
-    let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]) as u64;
-    let proto = h[9];
-    let ports = match ip.get(20..24) {
+    let (h, l4) = ip
+        .split_first_chunk::<IPV4_MIN>()
+        .expect("a validated IPv4 header");
+    let h = Ipv4Header::new(h);
+    let proto = h.protocol();
+    let ports = match l4.first_chunk::<PORTS_LEN>() {
         Some(p) if proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP => {
-            u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as u64
+            Ports::new(p).both() as u64
         }
         _ => 0,
     };
-    mix(src << 32 | dst, (proto as u64) << 32 | ports) as u32
+    mix(h.addrs(), (proto as u64) << 32 | ports) as u32
 }
 
 /// The same hash over a conntrack key (backend selection).

@@ -47,11 +47,12 @@ impl Pipeline {
         // The ICMP type is read inside the datagram only, never from the
         // chunk bytes after it; one too short to have a type counts as an
         // error.
-        let icmp_type = p.buf[..ip_off + total_len].get(ip_off + header_len);
+        let msg = p.buf[..ip_off + total_len].get(ip_off + header_len..);
+        let icmp_type = icmp::msg_type_of(msg.unwrap_or_default());
         let about_icmp_error = proto == ipv4::protocol::ICMP
             && icmp_type.is_none_or(|ty| {
                 !matches!(
-                    *ty,
+                    ty,
                     icmp::msg_type::ECHO_REQUEST | icmp::msg_type::ECHO_REPLY
                 )
             });

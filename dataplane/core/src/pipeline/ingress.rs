@@ -2,6 +2,8 @@
 //! checksums finished, the anti-spoofing check, then services or routing.
 
 use super::*;
+use crate::wire::ipv4::Ipv4Header;
+use crate::wire::l4;
 
 impl Pipeline {
     pub(super) fn on_pod(
@@ -40,13 +42,14 @@ impl Pipeline {
 pub(super) fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason> {
     let end = p.off + p.len;
     let b = &p.buf[ip_off.min(end)..end];
-    if b.len() < IPV4_MIN {
+    let Some(h) = b.first_chunk::<IPV4_MIN>() else {
         return Err(DropReason::Ipv4Truncated);
-    }
-    if b[0] >> 4 != 4 {
+    };
+    let h = Ipv4Header::new(h);
+    if h.version() != 4 {
         return Err(DropReason::Ipv4BadVersion);
     }
-    if b[0] & 0xf < 5 {
+    if h.ihl() < 5 {
         return Err(DropReason::Ipv4BadIhl);
     }
     let ip = match Ipv4Packet::new_checked(b) {
@@ -75,25 +78,20 @@ pub(super) fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason
 /// pseudo-header sum per packet, and a pass over the segment only for such
 /// frames. Needs a validated IPv4 header without options at `ip_off`.
 pub(super) fn complete_partial_checksum(p: &mut Packet<'_>, ip_off: usize) {
-    let h: &[u8; 20] = p.buf[ip_off..ip_off + IPV4_MIN]
-        .try_into()
-        .expect("validated by check_ipv4");
-    let proto = h[9];
-    let at = match proto {
-        ipv4::protocol::TCP => 16,
-        ipv4::protocol::UDP => 6,
-        _ => return,
-    };
-    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-    let l4_len = total - IPV4_MIN;
-    if l4_len < at + 2 {
+    let h = Ipv4Header::new(
+        p.buf[ip_off..]
+            .first_chunk::<IPV4_MIN>()
+            .expect("validated by check_ipv4"),
+    );
+    let proto = h.protocol();
+    let total = h.total_len() as usize;
+    let (src, dst) = (h.src_addr(), h.dst_addr());
+    let seg = &mut p.buf[ip_off + IPV4_MIN..ip_off + total];
+    // TCP or UDP, long enough to hold its checksum.
+    let Some(field) = l4::checksum(seg, proto) else {
         return;
-    }
-    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-    let c = ip_off + IPV4_MIN + at;
-    let field = u16::from_be_bytes([p.buf[c], p.buf[c + 1]]);
-    let pseudo = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len as u16));
+    };
+    let pseudo = checksum::fold(checksum::pseudo_header(src, dst, proto, seg.len() as u16));
     // One's complement has two zeros; the sender's fold may pick either.
     let partial =
         field == pseudo || (field == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP);
@@ -102,10 +100,9 @@ pub(super) fn complete_partial_checksum(p: &mut Packet<'_>, ip_off: usize) {
     }
     // The field holds the pseudo-header sum: summing the segment with it
     // in place gives the whole sum.
-    let seg = &p.buf[ip_off + IPV4_MIN..ip_off + total];
     let mut sum = checksum::finish(checksum::sum(seg));
     if proto == ipv4::protocol::UDP && sum == 0 {
         sum = 0xFFFF;
     }
-    p.buf[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+    l4::set_checksum(seg, proto, sum);
 }

@@ -20,6 +20,7 @@ use super::{Ctx, DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
 use crate::services::{Frontend, FrontendKey};
 use crate::tables::{NodeInfo, Tables};
+use crate::wire::l4::{L4Header, Ports, PORTS_LEN};
 use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, udp, EthernetAddress};
 
 /// SNAT source ports: above Linux's default ephemeral range (32768-60999),
@@ -100,27 +101,31 @@ impl L4 {
 pub(super) fn l4(p: &Packet<'_>) -> Option<L4> {
     let ip_off = p.off + ETH;
     let b = &p.buf[ip_off..p.off + p.len];
-    let hl = ((b[0] & 0xf) as usize) * 4;
-    let proto = b[9];
+    // Fixed-size views: one bounds check each, constant offsets after.
+    let h = ipv4::Ipv4Header::new(b.first_chunk::<IPV4_MIN>()?);
+    let hl = h.header_len();
+    let proto = h.protocol();
     let min = match proto {
-        ipv4::protocol::TCP => 20,
-        ipv4::protocol::UDP => 8,
+        ipv4::protocol::TCP => tcp::HEADER_LEN,
+        ipv4::protocol::UDP => udp::HEADER_LEN,
         _ => return None,
     };
     if b.len() < hl + min {
         return None;
     }
-    // Fixed-size views: one bounds check each, constant offsets after.
-    let h: &[u8; 20] = b[..20].try_into().ok()?;
-    let l4h: &[u8; 8] = b[hl..hl + 8].try_into().ok()?;
+    let l4h = b[hl..].first_chunk::<PORTS_LEN>()?;
+    let ports = Ports::new(l4h);
     Some(L4 {
         proto,
-        src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-        dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
-        sport: u16::from_be_bytes([l4h[0], l4h[1]]),
-        dport: u16::from_be_bytes([l4h[2], l4h[3]]),
+        src: h.src_addr(),
+        dst: h.dst_addr(),
+        sport: ports.src(),
+        dport: ports.dst(),
         l4_off: ip_off + hl,
-        tcp_flags: (proto == ipv4::protocol::TCP).then(|| b[hl + 13]),
+        tcp_flags: match proto {
+            ipv4::protocol::TCP => Some(tcp::TcpHeader::new(b[hl..].first_chunk()?).flags()),
+            _ => None,
+        },
     })
 }
 
@@ -132,55 +137,53 @@ pub(super) fn rewrite(
     src: Option<(Ipv4Addr, u16)>,
     dst: Option<(Ipv4Addr, u16)>,
 ) {
+    const CHECKED: &str = "checked by l4()";
     let ip_off = p.off + ETH;
     let (iph, rest) = p.buf[ip_off..].split_at_mut(l.l4_off - ip_off);
-    let iph: &mut [u8; 20] = (&mut iph[..20]).try_into().expect("checked by l4()");
-    // The transport header up to its checksum (`l4()` checked its length).
+    let ip = ipv4::Ipv4Header::new(iph.first_chunk_mut::<IPV4_MIN>().expect(CHECKED));
     if l.proto == ipv4::protocol::TCP {
-        let l4h: &mut [u8; 18] = (&mut rest[..18]).try_into().expect("checked by l4()");
-        rewrite_headers(iph, l4h, true, src, dst);
+        let l4h = tcp::TcpHeader::new(rest.first_chunk_mut().expect(CHECKED));
+        rewrite_headers(ip, l4h, src, dst);
     } else {
-        let l4h: &mut [u8; 8] = (&mut rest[..8]).try_into().expect("checked by l4()");
-        rewrite_headers(iph, l4h, false, src, dst);
+        let l4h = udp::UdpHeader::new(rest.first_chunk_mut().expect(CHECKED));
+        rewrite_headers(ip, l4h, src, dst);
     }
 }
 
 /// [`rewrite`] over fixed-size views: the IPv4 header and the transport
-/// header, whose last two bytes are its checksum.
+/// header.
 #[inline(always)]
-fn rewrite_headers<const N: usize>(
-    iph: &mut [u8; 20],
-    l4h: &mut [u8; N],
-    tcp: bool,
+fn rewrite_headers(
+    mut ip: ipv4::Ipv4Header<&mut [u8; IPV4_MIN]>,
+    mut l4h: impl L4Header,
     src: Option<(Ipv4Addr, u16)>,
     dst: Option<(Ipv4Addr, u16)>,
 ) {
-    let mut ipc = u16::from_be_bytes([iph[10], iph[11]]);
-    let mut l4c = u16::from_be_bytes([l4h[N - 2], l4h[N - 1]]);
+    let mut ipc = ip.checksum();
     // UDP checksum 0 means "none": leave it so.
-    let has_l4c = tcp || l4c != 0;
-    let mut apply = |a: usize, pt: usize, (ip, port): (Ipv4Addr, u16)| {
-        let old_ip = u32::from_be_bytes([iph[a], iph[a + 1], iph[a + 2], iph[a + 3]]);
-        let new_ip = u32::from(ip);
-        let old_port = u16::from_be_bytes([l4h[pt], l4h[pt + 1]]);
-        ipc = checksum::update_u32(ipc, old_ip, new_ip);
-        if has_l4c {
-            l4c = checksum::update_u32(l4c, old_ip, new_ip);
-            l4c = checksum::update_u16(l4c, old_port, port);
+    let mut l4c = l4h.checksum_to_patch();
+    let mut patch = |old: (Ipv4Addr, u16), (new_ip, new_port): (Ipv4Addr, u16)| {
+        let (old_ip, new_ip32) = (u32::from(old.0), u32::from(new_ip));
+        ipc = checksum::update_u32(ipc, old_ip, new_ip32);
+        if let Some(c) = &mut l4c {
+            *c = checksum::update_u32(*c, old_ip, new_ip32);
+            *c = checksum::update_u16(*c, old.1, new_port);
         }
-        iph[a..a + 4].copy_from_slice(&ip.octets());
-        l4h[pt..pt + 2].copy_from_slice(&port.to_be_bytes());
     };
+    let mut ports = l4h.ports_mut();
     if let Some(s) = src {
-        apply(12, 0, s);
+        patch((ip.src_addr(), ports.src()), s);
+        ip.set_src_addr(s.0);
+        ports.set_src(s.1);
     }
     if let Some(d) = dst {
-        apply(16, 2, d);
+        patch((ip.dst_addr(), ports.dst()), d);
+        ip.set_dst_addr(d.0);
+        ports.set_dst(d.1);
     }
-    iph[10..12].copy_from_slice(&ipc.to_be_bytes());
-    if has_l4c {
-        let l4c = if !tcp && l4c == 0 { 0xFFFF } else { l4c };
-        l4h[N - 2..].copy_from_slice(&l4c.to_be_bytes());
+    ip.set_checksum(ipc);
+    if let Some(c) = l4c {
+        l4h.set_patched_checksum(c);
     }
 }
 

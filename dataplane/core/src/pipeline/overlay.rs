@@ -3,6 +3,7 @@
 //! encapsulation in front of frames for other nodes (RFC 7348).
 
 use super::*;
+use crate::wire::l4::{Ports, PORTS_LEN};
 
 impl Pipeline {
     pub(super) fn on_uplink(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
@@ -26,8 +27,9 @@ impl Pipeline {
         // UDP header still goes the VXLAN way, to be dropped as malformed.
         let l4 = &p.buf[ip_payload_off..ip_end];
         let vxlan_port = proto == ipv4::protocol::UDP
-            && l4.len() >= 4
-            && udp::UdpPacket::new_unchecked(l4).dst_port() == node.vxlan_port;
+            && l4
+                .first_chunk::<PORTS_LEN>()
+                .is_some_and(|b| Ports::new(b).dst() == node.vxlan_port);
         if !vxlan_port {
             if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
                 return Verdict::Drop(DropReason::NotOurs);
@@ -111,11 +113,13 @@ pub(super) fn encap(
 ) {
     let inner_len = p.len;
     let o = p.off - ENCAP_LEN;
-    let b = &mut p.buf[o..o + ENCAP_LEN];
-    ethernet::emit(b, dst_mac, src_mac, ethernet::ethertype::IPV4);
+    let b = p.buf[o..].first_chunk_mut::<ENCAP_LEN>().expect("headroom");
+    let mut outer = vxlan::OuterHeaders::new(b);
+    let (eth, ip, udp, vx) = outer.split_mut();
+    ethernet::emit(eth, dst_mac, src_mac, ethernet::ethertype::IPV4);
     let udp_len = (udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
     ipv4::emit_header(
-        &mut b[ETH..],
+        ip,
         node.underlay_ip,
         vtep,
         ipv4::protocol::UDP,
@@ -128,13 +132,13 @@ pub(super) fn encap(
     // underlay ECMP/RSS spreads flows; checksum zero (allowed over IPv4).
     let sport = 0xC000 | (hash as u16 & 0x3FFF);
     udp::emit_header(
-        &mut b[ETH + IPV4_MIN..],
+        udp,
         sport,
         node.vxlan_port,
-        udp_len - 8,
+        udp_len - udp::HEADER_LEN as u16,
         0,
     );
-    vxlan::emit_header(&mut b[ETH + IPV4_MIN + udp::HEADER_LEN..], node.vni);
+    vxlan::emit_header(vx, node.vni);
     p.off = o;
     p.len = inner_len + ENCAP_LEN;
 }

@@ -99,12 +99,17 @@ mod field {
     use core::ops::{Range, RangeFrom};
     pub const DESTINATION: Range<usize> = 0..6;
     pub const SOURCE: Range<usize> = 6..12;
+    /// Destination and source, copied as one.
+    pub const ADDRS: Range<usize> = 0..12;
     pub const ETHERTYPE: Range<usize> = 12..14;
     pub const PAYLOAD: RangeFrom<usize> = 14..;
 }
 
 /// Ethernet II header length (no 802.1Q tag, no FCS).
 pub const HEADER_LEN: usize = field::PAYLOAD.start;
+
+/// Bytes of the destination and source addresses together.
+pub const ADDRS_LEN: usize = field::ADDRS.end;
 
 /// A view over an Ethernet II frame (without FCS). 802.1Q tags are not
 /// parsed: a tagged frame reports `ethertype::VLAN`.
@@ -152,6 +157,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         read_u16(&self.buffer.as_ref()[field::ETHERTYPE])
     }
 
+    /// Destination then source address, as one copy.
+    pub fn addrs(&self) -> [u8; ADDRS_LEN] {
+        self.buffer.as_ref()[field::ADDRS]
+            .try_into()
+            .expect("12 bytes")
+    }
+
     /// Everything after the 14-byte header (may include Ethernet padding).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
@@ -165,6 +177,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 
     pub fn set_src_addr(&mut self, addr: EthernetAddress) {
         self.buffer.as_mut()[field::SOURCE].copy_from_slice(&addr.0);
+    }
+
+    /// Both addresses from [`EthernetFrame::addrs`], as one copy.
+    pub fn set_addrs(&mut self, addrs: &[u8; ADDRS_LEN]) {
+        self.buffer.as_mut()[field::ADDRS].copy_from_slice(addrs);
     }
 
     pub fn set_ethertype(&mut self, value: u16) {

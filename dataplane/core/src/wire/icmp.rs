@@ -39,6 +39,12 @@ mod field {
 
 pub const HEADER_LEN: usize = field::PAYLOAD.start;
 
+/// The type of a message that may be too short for a whole header: `None`
+/// if it has not even that byte.
+pub fn msg_type_of(msg: &[u8]) -> Option<u8> {
+    msg.get(field::TYPE).copied()
+}
+
 /// A view over one ICMPv4 message.
 ///
 /// The buffer must be exactly the message (the IPv4 payload): the checksum

@@ -1,5 +1,6 @@
 //! IPv4 (RFC 791) headers.
 
+use core::borrow::{Borrow, BorrowMut};
 use core::net::Ipv4Addr;
 
 use super::checksum;
@@ -23,6 +24,8 @@ mod field {
     pub const PROTOCOL: usize = 9;
     pub const CHECKSUM: Range<usize> = 10..12;
     pub const SRC_ADDR: Range<usize> = 12..16;
+    /// Source and destination, read as one.
+    pub const ADDRS: Range<usize> = 12..20;
     pub const DST_ADDR: Range<usize> = 16..20;
 }
 
@@ -35,7 +38,8 @@ const OFFSET_MASK: u16 = 0x1FFF;
 
 /// A view over an IPv4 packet: the header (with any options) and its
 /// payload. The buffer may run past `total_len` (Ethernet padding); those
-/// bytes are excluded from [`Ipv4Packet::payload`].
+/// bytes are excluded from [`Ipv4Packet::payload`]. Its fixed fields are
+/// read and written through [`Ipv4Header`] over the first 20 bytes.
 #[derive(Debug, Clone)]
 pub struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,
@@ -85,78 +89,80 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()
     }
 
+    /// The fixed 20 bytes of the header (one bounds check).
+    #[inline]
+    pub fn header(&self) -> Ipv4Header<&[u8; HEADER_LEN]> {
+        Ipv4Header::new(self.buffer.as_ref().first_chunk().expect(SHORT))
+    }
+
     pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_IHL] >> 4
+        self.header().version()
     }
 
     /// Header length in 32-bit words.
     pub fn ihl(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_IHL] & 0x0F
+        self.header().ihl()
     }
 
     /// Header length in bytes (20..=60).
     pub fn header_len(&self) -> usize {
-        usize::from(self.ihl()) * 4
+        self.header().header_len()
     }
 
     pub fn dscp_ecn(&self) -> u8 {
-        self.buffer.as_ref()[field::DSCP_ECN]
+        self.header().dscp_ecn()
     }
 
     /// Header plus payload, in bytes.
     pub fn total_len(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::LENGTH])
+        self.header().total_len()
     }
 
     pub fn ident(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::IDENT])
-    }
-
-    fn flags_and_offset(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::FLG_OFF])
+        self.header().ident()
     }
 
     pub fn dont_frag(&self) -> bool {
-        self.flags_and_offset() & FLAG_DF != 0
+        self.header().dont_frag()
     }
 
     pub fn more_frags(&self) -> bool {
-        self.flags_and_offset() & FLAG_MF != 0
+        self.header().more_frags()
     }
 
     /// Fragment offset in **bytes** (the 13-bit field times 8).
     pub fn frag_offset(&self) -> u16 {
-        (self.flags_and_offset() & OFFSET_MASK) << 3
+        self.header().frag_offset()
     }
 
     /// True for any fragment, first or later (MF set or offset != 0).
     pub fn is_fragment(&self) -> bool {
-        self.flags_and_offset() & (FLAG_MF | OFFSET_MASK) != 0
+        self.header().is_fragment()
     }
 
     pub fn has_options(&self) -> bool {
-        self.ihl() > 5
+        self.header().has_options()
     }
 
     pub fn ttl(&self) -> u8 {
-        self.buffer.as_ref()[field::TTL]
+        self.header().ttl()
     }
 
     /// See [`protocol`].
     pub fn protocol(&self) -> u8 {
-        self.buffer.as_ref()[field::PROTOCOL]
+        self.header().protocol()
     }
 
     pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
+        self.header().checksum()
     }
 
     pub fn src_addr(&self) -> Ipv4Addr {
-        read_ipv4(&self.buffer.as_ref()[field::SRC_ADDR])
+        self.header().src_addr()
     }
 
     pub fn dst_addr(&self) -> Ipv4Addr {
-        read_ipv4(&self.buffer.as_ref()[field::DST_ADDR])
+        self.header().dst_addr()
     }
 
     /// Bytes `header_len..total_len`: excludes Ethernet padding.
@@ -173,8 +179,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    /// The fixed 20 bytes of the header, writable (one bounds check).
+    #[inline]
+    pub fn header_mut(&mut self) -> Ipv4Header<&mut [u8; HEADER_LEN]> {
+        Ipv4Header::new(self.buffer.as_mut().first_chunk_mut().expect(SHORT))
+    }
+
     pub fn set_dscp_ecn(&mut self, value: u8) {
-        self.buffer.as_mut()[field::DSCP_ECN] = value;
+        self.header_mut().set_dscp_ecn(value);
     }
 
     /// Sets the total length.
@@ -188,33 +200,252 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
             len_usize >= self.header_len() && len_usize <= self.buffer.as_ref().len(),
             "IPv4 total_len {len} outside header_len..=buffer length"
         );
-        write_u16(&mut self.buffer.as_mut()[field::LENGTH], len);
+        self.header_mut().set_total_len(len);
     }
 
     pub fn set_ident(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::IDENT], value);
+        self.header_mut().set_ident(value);
     }
 
     pub fn set_ttl(&mut self, value: u8) {
-        self.buffer.as_mut()[field::TTL] = value;
+        self.header_mut().set_ttl(value);
     }
 
     pub fn set_protocol(&mut self, value: u8) {
-        self.buffer.as_mut()[field::PROTOCOL] = value;
+        self.header_mut().set_protocol(value);
     }
 
     pub fn set_checksum(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::CHECKSUM], value);
+        self.header_mut().set_checksum(value);
     }
 
     /// Sets the source address without touching the checksum.
     pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
-        write_ipv4(&mut self.buffer.as_mut()[field::SRC_ADDR], addr);
+        self.header_mut().set_src_addr(addr);
     }
 
     /// Sets the destination address without touching the checksum.
     pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
-        write_ipv4(&mut self.buffer.as_mut()[field::DST_ADDR], addr);
+        self.header_mut().set_dst_addr(addr);
+    }
+
+    /// Rewrites both addresses and patches the header checksum incrementally
+    /// (RFC 1624), as a NAT does.
+    pub fn rewrite_addrs(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.header_mut().rewrite_addrs(src, dst);
+    }
+
+    /// Recomputes the header checksum from scratch (options included).
+    pub fn fill_checksum(&mut self) {
+        self.set_checksum(0);
+        let header_len = self.header_len();
+        let c = checksum::finish(checksum::sum(&self.buffer.as_ref()[..header_len]));
+        self.set_checksum(c);
+    }
+
+    /// See [`Ipv4Header::decrement_ttl`].
+    pub fn decrement_ttl(&mut self) -> u8 {
+        self.header_mut().decrement_ttl()
+    }
+
+    /// Bytes `header_len..total_len`.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let start = self.header_len();
+        let end = usize::from(self.total_len());
+        &mut self.buffer.as_mut()[start..end]
+    }
+}
+
+const SHORT: &str = "IPv4 buffer shorter than a header";
+
+/// A fixed-size view over the first 20 bytes of an IPv4 header, for the
+/// hot path: the length is the array's, so no field access is
+/// bounds-checked. Options, the payload and whether `total_len` fits a
+/// buffer are [`Ipv4Packet`]'s business; a header with options has only
+/// its first 20 bytes here.
+#[derive(Debug, Clone)]
+pub struct Ipv4Header<T: Borrow<[u8; HEADER_LEN]>> {
+    buffer: T,
+}
+
+impl<T: Borrow<[u8; HEADER_LEN]>> Ipv4Header<T> {
+    #[inline(always)]
+    pub const fn new(buffer: T) -> Self {
+        Ipv4Header { buffer }
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; HEADER_LEN] {
+        self.buffer.borrow()
+    }
+
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.bytes()[field::VER_IHL] >> 4
+    }
+
+    /// Header length in 32-bit words.
+    #[inline(always)]
+    pub fn ihl(&self) -> u8 {
+        self.bytes()[field::VER_IHL] & 0x0F
+    }
+
+    /// Version 4 and no options: the only header the fast path takes.
+    #[inline(always)]
+    pub fn is_v4_without_options(&self) -> bool {
+        self.bytes()[field::VER_IHL] == 0x45
+    }
+
+    /// Header length in bytes (20..=60).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.ihl()) * 4
+    }
+
+    #[inline(always)]
+    pub fn dscp_ecn(&self) -> u8 {
+        self.bytes()[field::DSCP_ECN]
+    }
+
+    /// Header plus payload, in bytes.
+    #[inline(always)]
+    pub fn total_len(&self) -> u16 {
+        read_u16(&self.bytes()[field::LENGTH])
+    }
+
+    #[inline(always)]
+    pub fn ident(&self) -> u16 {
+        read_u16(&self.bytes()[field::IDENT])
+    }
+
+    #[inline(always)]
+    fn flags_and_offset(&self) -> u16 {
+        read_u16(&self.bytes()[field::FLG_OFF])
+    }
+
+    #[inline(always)]
+    pub fn dont_frag(&self) -> bool {
+        self.flags_and_offset() & FLAG_DF != 0
+    }
+
+    #[inline(always)]
+    pub fn more_frags(&self) -> bool {
+        self.flags_and_offset() & FLAG_MF != 0
+    }
+
+    /// Fragment offset in **bytes** (the 13-bit field times 8).
+    #[inline(always)]
+    pub fn frag_offset(&self) -> u16 {
+        (self.flags_and_offset() & OFFSET_MASK) << 3
+    }
+
+    /// True for any fragment, first or later (MF set or offset != 0).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        self.flags_and_offset() & (FLAG_MF | OFFSET_MASK) != 0
+    }
+
+    #[inline(always)]
+    pub fn has_options(&self) -> bool {
+        self.ihl() > 5
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        self.bytes()[field::TTL]
+    }
+
+    /// See [`protocol`].
+    #[inline(always)]
+    pub fn protocol(&self) -> u8 {
+        self.bytes()[field::PROTOCOL]
+    }
+
+    #[inline(always)]
+    pub fn checksum(&self) -> u16 {
+        read_u16(&self.bytes()[field::CHECKSUM])
+    }
+
+    #[inline(always)]
+    pub fn src_addr(&self) -> Ipv4Addr {
+        read_ipv4(&self.bytes()[field::SRC_ADDR])
+    }
+
+    #[inline(always)]
+    pub fn dst_addr(&self) -> Ipv4Addr {
+        read_ipv4(&self.bytes()[field::DST_ADDR])
+    }
+
+    /// Both addresses in one load: the source in the high half.
+    #[inline(always)]
+    pub fn addrs(&self) -> u64 {
+        u64::from_be_bytes(self.bytes()[field::ADDRS].try_into().expect("8 bytes"))
+    }
+
+    /// Whether the checksum over these 20 bytes is correct (the header's,
+    /// if it has no options).
+    #[inline(always)]
+    pub fn verify_checksum(&self) -> bool {
+        checksum::sum20(self.bytes()) == 0xFFFF
+    }
+
+    /// The partial sum of the header with its length and checksum taken as
+    /// zero: what a header template's checksum needs besides its length.
+    pub fn sum_without_length(&self) -> u32 {
+        let mut h = *self.bytes();
+        h[field::LENGTH].fill(0);
+        h[field::CHECKSUM].fill(0);
+        checksum::sum20(&h)
+    }
+}
+
+impl<T: BorrowMut<[u8; HEADER_LEN]>> Ipv4Header<T> {
+    #[inline(always)]
+    fn bytes_mut(&mut self) -> &mut [u8; HEADER_LEN] {
+        self.buffer.borrow_mut()
+    }
+
+    #[inline(always)]
+    pub fn set_dscp_ecn(&mut self, value: u8) {
+        self.bytes_mut()[field::DSCP_ECN] = value;
+    }
+
+    /// Sets the total length; nothing here knows the buffer it describes.
+    #[inline(always)]
+    pub fn set_total_len(&mut self, len: u16) {
+        write_u16(&mut self.bytes_mut()[field::LENGTH], len);
+    }
+
+    #[inline(always)]
+    pub fn set_ident(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::IDENT], value);
+    }
+
+    #[inline(always)]
+    pub fn set_ttl(&mut self, value: u8) {
+        self.bytes_mut()[field::TTL] = value;
+    }
+
+    #[inline(always)]
+    pub fn set_protocol(&mut self, value: u8) {
+        self.bytes_mut()[field::PROTOCOL] = value;
+    }
+
+    #[inline(always)]
+    pub fn set_checksum(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::CHECKSUM], value);
+    }
+
+    /// Sets the source address without touching the checksum.
+    #[inline(always)]
+    pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
+        write_ipv4(&mut self.bytes_mut()[field::SRC_ADDR], addr);
+    }
+
+    /// Sets the destination address without touching the checksum.
+    #[inline(always)]
+    pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
+        write_ipv4(&mut self.bytes_mut()[field::DST_ADDR], addr);
     }
 
     /// Rewrites both addresses and patches the header checksum incrementally
@@ -228,39 +459,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_checksum(c);
     }
 
-    /// Recomputes the header checksum from scratch (options included).
-    pub fn fill_checksum(&mut self) {
-        self.set_checksum(0);
-        let header_len = self.header_len();
-        let c = checksum::finish(checksum::sum(&self.buffer.as_ref()[..header_len]));
-        self.set_checksum(c);
-    }
-
     /// Decrements the TTL and patches the checksum incrementally (RFC 1624),
     /// returning the new TTL. A TTL of 0 is left as is and 0 is returned;
     /// callers drop (and may send Time Exceeded) when this returns 0.
+    #[inline]
     pub fn decrement_ttl(&mut self) -> u8 {
-        // One bounds check for the whole header, not one per field.
-        let h = &mut self.buffer.as_mut()[..HEADER_LEN];
-        let ttl = h[field::TTL];
+        let ttl = self.ttl();
         if ttl == 0 {
             return 0;
         }
         // TTL is the high byte of the word it shares with the protocol, so
         // that word drops by 0x0100 whatever the protocol: RFC 1624's
         // `~m + m'` is the constant 0xFEFF (what `update_u16` would add).
-        let c = !read_u16(&h[field::CHECKSUM]);
-        let c = !checksum::fold(u32::from(c) + 0xFEFF);
-        h[field::TTL] = ttl - 1;
-        write_u16(&mut h[field::CHECKSUM], c);
+        let c = !checksum::fold(u32::from(!self.checksum()) + 0xFEFF);
+        self.set_ttl(ttl - 1);
+        self.set_checksum(c);
         ttl - 1
-    }
-
-    /// Bytes `header_len..total_len`.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        let end = usize::from(self.total_len());
-        &mut self.buffer.as_mut()[start..end]
     }
 }
 
@@ -324,6 +538,27 @@ mod tests {
 
     fn ip_of(frame: &[u8]) -> &[u8] {
         &frame[ethernet::HEADER_LEN..]
+    }
+
+    /// The fixed-size view reads what the packet view reads, and its
+    /// length setter knows nothing of a buffer.
+    #[test]
+    fn header_view() {
+        let ip = Ipv4Packet::new_checked(ip_of(&UDP_FRAME)).unwrap();
+        let h = Ipv4Header::new(ip_of(&UDP_FRAME).first_chunk().unwrap());
+        assert_eq!(h.src_addr(), ip.src_addr());
+        assert_eq!(h.dst_addr(), ip.dst_addr());
+        assert_eq!(h.addrs(), u64::from(u32::from(POD_IP)) << 32 | 0x0a60_000a);
+        assert_eq!(
+            (h.total_len(), h.ttl(), h.protocol()),
+            (32, 64, protocol::UDP)
+        );
+        assert!(h.is_v4_without_options() && h.verify_checksum() && !h.is_fragment());
+        let mut b = *h.bytes();
+        let mut m = Ipv4Header::new(&mut b);
+        m.set_total_len(1500);
+        assert_eq!(m.total_len(), 1500);
+        assert_eq!(m.sum_without_length(), h.sum_without_length());
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! and writes fields at fixed offsets (listed once, in that file's `field`
 //! module). Nothing here allocates, casts bytes to structs, or uses `unsafe`.
 //!
+//! The hot path uses fixed-size views over arrays instead: `Ipv4Header`,
+//! `UdpHeader`, `TcpHeader`, `VxlanHeader`, [`l4::Ports`],
+//! [`vxlan::OuterHeaders`] (and `EthernetFrame` over a `[u8; 14]`). The
+//! caller takes the array once (`first_chunk`, `try_into` on a slice of
+//! known length) and every field after that is read at a constant offset
+//! into it: no bounds checks, no panics. An `XPacket`'s fixed fields are
+//! read through its `header()`. [`l4`] holds what TCP and UDP share.
+//!
 //! # Which calls can panic
 //!
 //! - `new_checked` never panics. After it returns `Ok`, every getter,
@@ -30,6 +38,7 @@ pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
+pub mod l4;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;

@@ -3,8 +3,11 @@
 
 use core::net::Ipv4Addr;
 
+use core::borrow::{Borrow, BorrowMut};
+
 use super::checksum;
 use super::ipv4::protocol;
+use super::l4::{L4Header, Ports, PORTS_LEN};
 use super::{read_u16, read_u32, write_u16, write_u32, Error, Result};
 
 /// Bits of the flags byte (byte 13). NS, in byte 12, is not exposed.
@@ -19,10 +22,10 @@ pub mod flags {
     pub const CWR: u8 = 0x80;
 }
 
-mod field {
+pub(super) mod field {
     use core::ops::Range;
-    pub const SRC_PORT: Range<usize> = 0..2;
-    pub const DST_PORT: Range<usize> = 2..4;
+    /// Source and destination ports: [`super::super::l4::Ports`].
+    pub const PORTS: Range<usize> = 0..4;
     pub const SEQ_NUM: Range<usize> = 4..8;
     pub const ACK_NUM: Range<usize> = 8..12;
     pub const DATA_OFF: usize = 12;
@@ -79,38 +82,44 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         self.buffer.as_ref()
     }
 
+    /// The fixed 20-byte header (one bounds check).
+    #[inline]
+    pub fn header(&self) -> TcpHeader<&[u8; HEADER_LEN]> {
+        TcpHeader::new(self.buffer.as_ref().first_chunk().expect(SHORT))
+    }
+
     pub fn src_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::SRC_PORT])
+        self.header().ports().src()
     }
 
     pub fn dst_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::DST_PORT])
+        self.header().ports().dst()
     }
 
     pub fn seq_number(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::SEQ_NUM])
+        self.header().seq_number()
     }
 
     pub fn ack_number(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::ACK_NUM])
+        self.header().ack_number()
     }
 
     /// Header length in bytes, options included (data offset * 4).
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
+        self.header().header_len()
     }
 
     /// The flags byte; test bits with [`flags`].
     pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
+        self.header().flags()
     }
 
     pub fn window(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::WINDOW])
+        self.header().window()
     }
 
     pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
+        self.header().checksum()
     }
 
     /// Options, if any (bytes `20..header_len`).
@@ -137,44 +146,48 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// The fixed 20-byte header, writable (one bounds check).
+    #[inline]
+    pub fn header_mut(&mut self) -> TcpHeader<&mut [u8; HEADER_LEN]> {
+        TcpHeader::new(self.buffer.as_mut().first_chunk_mut().expect(SHORT))
+    }
+
     pub fn set_src_port(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::SRC_PORT], value);
+        self.header_mut().ports_mut().set_src(value);
     }
 
     pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::DST_PORT], value);
+        self.header_mut().ports_mut().set_dst(value);
     }
 
     pub fn set_seq_number(&mut self, value: u32) {
-        write_u32(&mut self.buffer.as_mut()[field::SEQ_NUM], value);
+        self.header_mut().set_seq_number(value);
     }
 
     pub fn set_ack_number(&mut self, value: u32) {
-        write_u32(&mut self.buffer.as_mut()[field::ACK_NUM], value);
+        self.header_mut().set_ack_number(value);
     }
 
     /// Replaces the whole flags byte (see [`flags`]).
     pub fn set_flags(&mut self, value: u8) {
-        self.buffer.as_mut()[field::FLAGS] = value;
+        self.header_mut().set_flags(value);
     }
 
     pub fn set_window(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::WINDOW], value);
+        self.header_mut().set_window(value);
     }
 
-    /// Sets the data offset from a header length in bytes (a multiple of 4,
-    /// 20..=60), and clears the reserved bits beside it.
+    /// See [`TcpHeader::set_header_len`].
     pub fn set_header_len(&mut self, len: usize) {
-        debug_assert!(len.is_multiple_of(4) && (HEADER_LEN..=60).contains(&len));
-        self.buffer.as_mut()[field::DATA_OFF] = ((len / 4) as u8) << 4;
+        self.header_mut().set_header_len(len);
     }
 
     pub fn set_urgent(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::URGENT], value);
+        self.header_mut().set_urgent(value);
     }
 
     pub fn set_checksum(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::CHECKSUM], value);
+        self.header_mut().set_checksum(value);
     }
 
     /// Computes the checksum over the pseudo-header and the whole buffer.
@@ -187,6 +200,133 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]
+    }
+}
+
+const SHORT: &str = "TCP buffer shorter than a header";
+
+/// A fixed-size view over the 20-byte TCP header without options, for the
+/// hot path: the length is the array's, so no field access is
+/// bounds-checked. Options and the payload are [`TcpPacket`]'s.
+#[derive(Debug, Clone)]
+pub struct TcpHeader<T: Borrow<[u8; HEADER_LEN]>> {
+    buffer: T,
+}
+
+impl<T: Borrow<[u8; HEADER_LEN]>> TcpHeader<T> {
+    #[inline(always)]
+    pub const fn new(buffer: T) -> Self {
+        TcpHeader { buffer }
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; HEADER_LEN] {
+        self.buffer.borrow()
+    }
+
+    /// The source and destination ports ([`L4Header::ports_mut`] to write).
+    #[inline(always)]
+    pub fn ports(&self) -> Ports<&[u8; PORTS_LEN]> {
+        Ports::new(self.bytes()[field::PORTS].try_into().expect("4 bytes"))
+    }
+
+    #[inline(always)]
+    pub fn seq_number(&self) -> u32 {
+        read_u32(&self.bytes()[field::SEQ_NUM])
+    }
+
+    #[inline(always)]
+    pub fn ack_number(&self) -> u32 {
+        read_u32(&self.bytes()[field::ACK_NUM])
+    }
+
+    /// Header length in bytes, options included (data offset * 4).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.bytes()[field::DATA_OFF] >> 4) * 4
+    }
+
+    /// The flags byte; test bits with [`flags`].
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.bytes()[field::FLAGS]
+    }
+
+    #[inline(always)]
+    pub fn window(&self) -> u16 {
+        read_u16(&self.bytes()[field::WINDOW])
+    }
+
+    #[inline(always)]
+    pub fn checksum(&self) -> u16 {
+        read_u16(&self.bytes()[field::CHECKSUM])
+    }
+}
+
+impl<T: BorrowMut<[u8; HEADER_LEN]>> TcpHeader<T> {
+    #[inline(always)]
+    fn bytes_mut(&mut self) -> &mut [u8; HEADER_LEN] {
+        self.buffer.borrow_mut()
+    }
+
+    #[inline(always)]
+    pub fn set_seq_number(&mut self, value: u32) {
+        write_u32(&mut self.bytes_mut()[field::SEQ_NUM], value);
+    }
+
+    #[inline(always)]
+    pub fn set_ack_number(&mut self, value: u32) {
+        write_u32(&mut self.bytes_mut()[field::ACK_NUM], value);
+    }
+
+    /// Replaces the whole flags byte (see [`flags`]).
+    #[inline(always)]
+    pub fn set_flags(&mut self, value: u8) {
+        self.bytes_mut()[field::FLAGS] = value;
+    }
+
+    #[inline(always)]
+    pub fn set_window(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::WINDOW], value);
+    }
+
+    /// Sets the data offset from a header length in bytes (a multiple of 4,
+    /// 20..=60), and clears the reserved bits beside it.
+    #[inline(always)]
+    pub fn set_header_len(&mut self, len: usize) {
+        debug_assert!(len.is_multiple_of(4) && (HEADER_LEN..=60).contains(&len));
+        self.bytes_mut()[field::DATA_OFF] = ((len / 4) as u8) << 4;
+    }
+
+    #[inline(always)]
+    pub fn set_urgent(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::URGENT], value);
+    }
+
+    #[inline(always)]
+    pub fn set_checksum(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::CHECKSUM], value);
+    }
+}
+
+impl<T: BorrowMut<[u8; HEADER_LEN]>> L4Header for TcpHeader<T> {
+    #[inline(always)]
+    fn ports_mut(&mut self) -> Ports<&mut [u8; PORTS_LEN]> {
+        Ports::new(
+            (&mut self.bytes_mut()[field::PORTS])
+                .try_into()
+                .expect("4 bytes"),
+        )
+    }
+
+    #[inline(always)]
+    fn checksum_to_patch(&self) -> Option<u16> {
+        Some(self.checksum())
+    }
+
+    #[inline(always)]
+    fn set_patched_checksum(&mut self, c: u16) {
+        self.set_checksum(c);
     }
 }
 

@@ -2,14 +2,19 @@
 
 use core::net::Ipv4Addr;
 
+use core::borrow::{Borrow, BorrowMut};
+
 use super::checksum;
 use super::ipv4::protocol;
+use super::l4::{L4Header, Ports, PORTS_LEN};
 use super::{read_u16, write_u16, Error, Result};
 
-mod field {
+pub(super) mod field {
     use core::ops::Range;
     pub const SRC_PORT: Range<usize> = 0..2;
     pub const DST_PORT: Range<usize> = 2..4;
+    /// Both: [`super::super::l4::Ports`].
+    pub const PORTS: Range<usize> = 0..4;
     pub const LENGTH: Range<usize> = 4..6;
     pub const CHECKSUM: Range<usize> = 6..8;
 }
@@ -56,22 +61,28 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         self.buffer.as_ref()
     }
 
+    /// The fixed 8-byte header (one bounds check).
+    #[inline]
+    pub fn header(&self) -> UdpHeader<&[u8; HEADER_LEN]> {
+        UdpHeader::new(self.buffer.as_ref().first_chunk().expect(SHORT))
+    }
+
     pub fn src_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::SRC_PORT])
+        self.header().ports().src()
     }
 
     pub fn dst_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::DST_PORT])
+        self.header().ports().dst()
     }
 
     /// Header plus payload, in bytes.
     pub fn len(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::LENGTH])
+        self.header().len()
     }
 
     /// 0 means the sender did not compute a checksum.
     pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
+        self.header().checksum()
     }
 
     /// Bytes `8..len`.
@@ -93,12 +104,18 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    /// The fixed 8-byte header, writable (one bounds check).
+    #[inline]
+    pub fn header_mut(&mut self) -> UdpHeader<&mut [u8; HEADER_LEN]> {
+        UdpHeader::new(self.buffer.as_mut().first_chunk_mut().expect(SHORT))
+    }
+
     pub fn set_src_port(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::SRC_PORT], value);
+        self.header_mut().ports_mut().set_src(value);
     }
 
     pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::DST_PORT], value);
+        self.header_mut().ports_mut().set_dst(value);
     }
 
     /// Sets the length field.
@@ -111,11 +128,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
             len_usize >= HEADER_LEN && len_usize <= self.buffer.as_ref().len(),
             "UDP len {len} outside 8..=buffer length"
         );
-        write_u16(&mut self.buffer.as_mut()[field::LENGTH], len);
+        self.header_mut().set_len(len);
     }
 
     pub fn set_checksum(&mut self, value: u16) {
-        write_u16(&mut self.buffer.as_mut()[field::CHECKSUM], value);
+        self.header_mut().set_checksum(value);
     }
 
     /// Computes the checksum over the pseudo-header and `len` bytes. A
@@ -130,6 +147,89 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = usize::from(self.len());
         &mut self.buffer.as_mut()[HEADER_LEN..end]
+    }
+}
+
+const SHORT: &str = "UDP buffer shorter than a header";
+
+/// A fixed-size view over an 8-byte UDP header, for the hot path: the
+/// length is the array's, so no field access is bounds-checked. The
+/// payload and whether the length fits a buffer are [`UdpPacket`]'s.
+#[derive(Debug, Clone)]
+pub struct UdpHeader<T: Borrow<[u8; HEADER_LEN]>> {
+    buffer: T,
+}
+
+// `len` is the UDP length field, not a container size.
+#[allow(clippy::len_without_is_empty)]
+impl<T: Borrow<[u8; HEADER_LEN]>> UdpHeader<T> {
+    #[inline(always)]
+    pub const fn new(buffer: T) -> Self {
+        UdpHeader { buffer }
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; HEADER_LEN] {
+        self.buffer.borrow()
+    }
+
+    /// The source and destination ports ([`L4Header::ports_mut`] to write).
+    #[inline(always)]
+    pub fn ports(&self) -> Ports<&[u8; PORTS_LEN]> {
+        Ports::new(self.bytes()[field::PORTS].try_into().expect("4 bytes"))
+    }
+
+    /// Header plus payload, in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> u16 {
+        read_u16(&self.bytes()[field::LENGTH])
+    }
+
+    /// 0 means the sender did not compute a checksum.
+    #[inline(always)]
+    pub fn checksum(&self) -> u16 {
+        read_u16(&self.bytes()[field::CHECKSUM])
+    }
+}
+
+impl<T: BorrowMut<[u8; HEADER_LEN]>> UdpHeader<T> {
+    #[inline(always)]
+    fn bytes_mut(&mut self) -> &mut [u8; HEADER_LEN] {
+        self.buffer.borrow_mut()
+    }
+
+    /// Sets the length field; nothing here knows the buffer it describes.
+    #[inline(always)]
+    pub fn set_len(&mut self, len: u16) {
+        write_u16(&mut self.bytes_mut()[field::LENGTH], len);
+    }
+
+    #[inline(always)]
+    pub fn set_checksum(&mut self, value: u16) {
+        write_u16(&mut self.bytes_mut()[field::CHECKSUM], value);
+    }
+}
+
+impl<T: BorrowMut<[u8; HEADER_LEN]>> L4Header for UdpHeader<T> {
+    #[inline(always)]
+    fn ports_mut(&mut self) -> Ports<&mut [u8; PORTS_LEN]> {
+        Ports::new(
+            (&mut self.bytes_mut()[field::PORTS])
+                .try_into()
+                .expect("4 bytes"),
+        )
+    }
+
+    /// 0 means "no checksum": nothing to patch.
+    #[inline(always)]
+    fn checksum_to_patch(&self) -> Option<u16> {
+        Some(self.checksum()).filter(|&c| c != 0)
+    }
+
+    /// A computed 0 is sent as 0xFFFF (0 would mean "none").
+    #[inline(always)]
+    fn set_patched_checksum(&mut self, c: u16) {
+        self.set_checksum(if c == 0 { 0xFFFF } else { c });
     }
 }
 

@@ -1,6 +1,11 @@
 //! VXLAN (RFC 7348) headers.
 
-use super::{read_u32, write_u32, Error, Result};
+use core::borrow::{Borrow, BorrowMut};
+
+use super::ethernet::{self, EthernetFrame};
+use super::ipv4::{self, Ipv4Header};
+use super::udp::{self, UdpHeader};
+use super::{checksum, read_u32, write_u32, Error, Result};
 
 /// IANA-assigned VXLAN UDP destination port.
 pub const UDP_PORT: u16 = 4789;
@@ -61,13 +66,19 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
         self.buffer.as_ref()
     }
 
+    /// The fixed 8-byte header (one bounds check).
+    #[inline]
+    pub fn header(&self) -> VxlanHeader<&[u8; HEADER_LEN]> {
+        VxlanHeader::new(self.buffer.as_ref().first_chunk().expect(SHORT))
+    }
+
     pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
+        self.header().flags()
     }
 
     /// The 24-bit VXLAN network identifier.
     pub fn vni(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::VNI_RESERVED1]) >> 8
+        self.header().vni()
     }
 
     /// The inner Ethernet frame.
@@ -83,7 +94,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
     /// enter kxdp (control plane). Debug builds assert `vni <= MAX_VNI`.
     pub fn set_vni(&mut self, vni: u32) {
         debug_assert!(vni <= MAX_VNI, "VNI {vni} exceeds 24 bits");
-        let f = &mut self.buffer.as_mut()[field::VNI_RESERVED1];
+        let h: &mut [u8; HEADER_LEN] = self.buffer.as_mut().first_chunk_mut().expect(SHORT);
+        let f = &mut h[field::VNI_RESERVED1];
         let reserved = f[3];
         write_u32(f, (vni << 8) | u32::from(reserved));
     }
@@ -92,6 +104,117 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
 }
+
+const SHORT: &str = "VXLAN buffer shorter than a header";
+
+/// A fixed-size view over an 8-byte VXLAN header, for the hot path: the
+/// length is the array's, so no field access is bounds-checked.
+#[derive(Debug, Clone)]
+pub struct VxlanHeader<T: Borrow<[u8; HEADER_LEN]>> {
+    buffer: T,
+}
+
+impl<T: Borrow<[u8; HEADER_LEN]>> VxlanHeader<T> {
+    #[inline(always)]
+    pub const fn new(buffer: T) -> Self {
+        VxlanHeader { buffer }
+    }
+
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.buffer.borrow()[field::FLAGS]
+    }
+
+    /// The 24-bit VXLAN network identifier.
+    #[inline(always)]
+    pub fn vni(&self) -> u32 {
+        read_u32(&self.buffer.borrow()[field::VNI_RESERVED1]) >> 8
+    }
+}
+
+mod outer {
+    use core::ops::Range;
+    pub const ETHERNET: Range<usize> = 0..14;
+    pub const IPV4: Range<usize> = 14..34;
+    pub const UDP: Range<usize> = 34..42;
+    pub const VXLAN: Range<usize> = 42..50;
+}
+
+/// A fixed-size view over the [`OVERHEAD`] bytes of outer headers in front
+/// of an encapsulated frame: Ethernet, IPv4 without options, UDP, VXLAN.
+/// Each comes as its own fixed-size view, with no bounds checks.
+#[derive(Debug, Clone)]
+pub struct OuterHeaders<T: Borrow<[u8; OVERHEAD]>> {
+    buffer: T,
+}
+
+impl<T: Borrow<[u8; OVERHEAD]>> OuterHeaders<T> {
+    #[inline(always)]
+    pub const fn new(buffer: T) -> Self {
+        OuterHeaders { buffer }
+    }
+
+    #[inline(always)]
+    pub fn ethernet(&self) -> EthernetFrame<&[u8; ethernet::HEADER_LEN]> {
+        EthernetFrame::new_unchecked(self.buffer.borrow()[outer::ETHERNET].try_into().expect(IN))
+    }
+
+    #[inline(always)]
+    pub fn ipv4(&self) -> Ipv4Header<&[u8; ipv4::HEADER_LEN]> {
+        Ipv4Header::new(self.buffer.borrow()[outer::IPV4].try_into().expect(IN))
+    }
+
+    #[inline(always)]
+    pub fn udp(&self) -> UdpHeader<&[u8; udp::HEADER_LEN]> {
+        UdpHeader::new(self.buffer.borrow()[outer::UDP].try_into().expect(IN))
+    }
+
+    #[inline(always)]
+    pub fn vxlan(&self) -> VxlanHeader<&[u8; HEADER_LEN]> {
+        VxlanHeader::new(self.buffer.borrow()[outer::VXLAN].try_into().expect(IN))
+    }
+}
+
+impl<T: BorrowMut<[u8; OVERHEAD]>> OuterHeaders<T> {
+    /// The four headers' bytes, writable, for their `emit` functions.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    pub fn split_mut(
+        &mut self,
+    ) -> (
+        &mut [u8; ethernet::HEADER_LEN],
+        &mut [u8; ipv4::HEADER_LEN],
+        &mut [u8; udp::HEADER_LEN],
+        &mut [u8; HEADER_LEN],
+    ) {
+        let b = self.buffer.borrow_mut();
+        let (eth, rest) = b.split_at_mut(outer::IPV4.start);
+        let (ip, rest) = rest.split_at_mut(outer::UDP.start - outer::IPV4.start);
+        let (udp, vx) = rest.split_at_mut(outer::VXLAN.start - outer::UDP.start);
+        (
+            eth.try_into().expect(IN),
+            ip.try_into().expect(IN),
+            udp.try_into().expect(IN),
+            vx.try_into().expect(IN),
+        )
+    }
+
+    /// Sets the outer IPv4 and UDP lengths for an inner frame of
+    /// `inner_len` bytes, and the IPv4 checksum from `sum`, the header's
+    /// [`Ipv4Header::sum_without_length`].
+    #[inline(always)]
+    pub fn set_inner_len(&mut self, inner_len: u16, sum: u32) {
+        let udp_len = (udp::HEADER_LEN + HEADER_LEN) as u16 + inner_len;
+        let ip_len = ipv4::HEADER_LEN as u16 + udp_len;
+        let (_, ip, udp, _) = self.split_mut();
+        let mut ip = Ipv4Header::new(ip);
+        ip.set_total_len(ip_len);
+        ip.set_checksum(checksum::finish(sum + u32::from(ip_len)));
+        UdpHeader::new(udp).set_len(udp_len);
+    }
+}
+
+const IN: &str = "a constant range of the outer headers";
 
 /// Writes an 8-byte VXLAN header (flags = I, reserved bits zero) at the
 /// start of `buf`. Only the low 24 bits of `vni` are used (see
@@ -196,6 +319,33 @@ mod tests {
         udp::emit_header(&mut frame[34..], 54321, UDP_PORT, udp_len - 8, 0);
         emit_header(&mut frame[VXLAN_AT..], 1);
         assert_eq!(frame, VXLAN_FRAME);
+    }
+
+    /// The fixed-size views read the vector's outer headers, and a
+    /// template's lengths and checksum come back from its length-free sum.
+    #[test]
+    fn outer_headers() {
+        let outer: &[u8; OVERHEAD] = VXLAN_FRAME.first_chunk().unwrap();
+        let o = OuterHeaders::new(outer);
+        assert_eq!(o.ethernet().ethertype(), ethertype::IPV4);
+        assert_eq!(o.ethernet().addrs()[..6], NODE2_MAC.0);
+        assert_eq!(
+            o.ipv4().addrs(),
+            u64::from(u32::from(NODE1_IP)) << 32 | 0xc0a8_010b
+        );
+        assert!(o.ipv4().verify_checksum());
+        assert_eq!((o.udp().ports().dst(), o.udp().len()), (UDP_PORT, 62));
+        assert_eq!((o.vxlan().flags(), o.vxlan().vni()), (FLAG_I, 1));
+
+        let sum = o.ipv4().sum_without_length();
+        let mut template = *outer;
+        let mut t = OuterHeaders::new(&mut template);
+        let (_, ip, udp, _) = t.split_mut();
+        ip[2..4].fill(0xee);
+        ip[10..12].fill(0xee);
+        udp[4..6].fill(0xee);
+        t.set_inner_len((VXLAN_FRAME.len() - OVERHEAD) as u16, sum);
+        assert_eq!(template, *outer);
     }
 
     #[test]
