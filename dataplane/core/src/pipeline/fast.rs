@@ -413,9 +413,11 @@ impl Pipeline {
             }
         }
         let a = &self.flows.actions[ai];
-        // A pod with TX checksum offload leaves the pseudo-header sum for
-        // "hardware" to finish: rare, and the walk's code does it.
-        if let From::Pod(_) = from {
+        // A pod, or an outside client on a veth of this host, with TX
+        // checksum offload leaves the pseudo-header sum for "hardware" to
+        // finish: rare, and the walk's code does it. (Decapsulated frames
+        // were finished by the sending node.)
+        if !decap {
             let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
             if l4_csum == pseudo
                 || (l4_csum == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP)

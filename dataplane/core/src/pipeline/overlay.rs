@@ -34,11 +34,14 @@ impl Pipeline {
             if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
                 return Verdict::Drop(DropReason::NotOurs);
             }
-            // Walk 4: an outside client to NodeIP:NodePort.
+            // Walk 4: an outside client to NodeIP:NodePort. One on a veth
+            // of this host may offload its checksums, as a pod does.
+            let src_mac = eth.src_addr();
+            complete_partial_checksum(p, ip_off);
             let ing = nat::Ingress {
                 external: true,
                 in_port: p.port,
-                src_mac: eth.src_addr(),
+                src_mac,
             };
             return self.service_then_route(cx, p, ing);
         }

@@ -3113,6 +3113,53 @@ fn partial_checksums_from_pods_and_the_host_are_completed() {
     assert_eq!(&out.frame[at..at + 2], &[0, 0]);
 }
 
+/// An outside client on a veth of this host with TX checksum offload: its
+/// NodePort frames are completed as pods' are, by the walk and by the flow
+/// cache, so the backend gets the same bytes as from a client without it.
+#[test]
+fn partial_checksums_from_outside_clients_are_completed() {
+    for backend in [LOCAL_BE, REMOTE_BE] {
+        let t = with_backends(&[ready(backend)]);
+        let peer = Peer::of(backend.0);
+        let (mut whole, mut offloaded) = (pipeline(), pipeline());
+        let csrc = (CLIENT_IP, 50000);
+        let steps: [(u8, &[u8]); 4] = [(SYN, b""), (ACK, b"x"), (PSH | ACK, b"odd"), (ACK, b"yz")];
+        for (i, (flags, payload)) in steps.into_iter().enumerate() {
+            let full = tcp_from(
+                Peer::Client,
+                csrc,
+                NODE_FRONTEND,
+                flags,
+                1 + i as u32,
+                7,
+                payload,
+            );
+            let partial = with_partial_checksum(Peer::Client, &full);
+            assert_ne!(partial, full);
+            let want = delivered(&send(&mut whole, T0, &t, Peer::Client, &full));
+            let got = delivered(&send(&mut offloaded, T0, &t, Peer::Client, &partial));
+            assert_eq!((got.port, &got.ip), (want.port, &want.ip), "step {i}");
+            if i == 0 {
+                let k = tuple(&want.ip);
+                let synack = tcp_from(peer, backend, (k.src, k.sport), SYN | ACK, 9, 2, b"");
+                for pl in [&mut whole, &mut offloaded] {
+                    assert_eq!(send(pl, T0, &t, peer, &synack).verdict, Verdict::Tx(UPLINK));
+                }
+            }
+        }
+        let full = udp_from(Peer::Client, (CLIENT_IP, 50001), NODE_FRONTEND, b"udp, odd");
+        let partial = with_partial_checksum(Peer::Client, &full);
+        let want = delivered(&send(&mut whole, T0, &t, Peer::Client, &full));
+        let got = delivered(&send(&mut offloaded, T0, &t, Peer::Client, &partial));
+        assert_eq!((got.port, &got.ip), (want.port, &want.ip), "udp");
+        assert!(
+            offloaded.counters().flow_cache_hits > 0,
+            "the cache saw some"
+        );
+        assert_eq!(total_drops(offloaded.counters()), 0);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The flow cache (fast.rs). Every batch of every test here also runs through
 // a twin pipeline without the cache (`Pipeline::process` in test builds),
