@@ -281,7 +281,7 @@ struct RawPod {
 
 // ---- validation ----
 
-fn check_underlay_mtu(mtu: i64, p: &mut Vec<Problem>) -> Option<i64> {
+pub(crate) fn check_underlay_mtu(mtu: i64, p: &mut Vec<Problem>) -> Option<i64> {
     if mtu > *UNDERLAY_MTU_RANGE.end() && mtu <= 9216 {
         p.push(Problem::new(
             "cluster.underlay_mtu",

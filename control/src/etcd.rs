@@ -110,6 +110,11 @@ impl ClusterConfig {
     }
 
     fn nets(&self) -> anyhow::Result<(Ipv4Net, Ipv4Net)> {
+        // A config written before the limit held may carry a jumbo MTU.
+        let mut problems = Vec::new();
+        if crate::cluster::check_underlay_mtu(self.underlay_mtu.into(), &mut problems).is_none() {
+            bail!("etcd cluster config: {}", problems[0]);
+        }
         let cidr: Ipv4Net = self.cidr.parse().context("config cidr")?;
         let svc: Ipv4Net = self.service_cidr.parse().context("config service_cidr")?;
         if self.subnet_len < cidr.prefix_len() || self.subnet_len > 30 {
@@ -708,5 +713,24 @@ impl DesiredStore for Store {
         Err(Status::failed_precondition(
             "this control process follows an etcd store: nodes register themselves, and pods and services are written with AddPod/UpsertService",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_config_with_a_jumbo_mtu_is_refused_with_why() {
+        let lab = Cluster::from_yaml(crate::cluster::LAB_CLUSTER_YAML).unwrap();
+        let mut config = ClusterConfig::from_cluster(&lab, 24);
+        assert!(config.cluster().is_ok());
+        config.underlay_mtu = 9000;
+        let e = config.cluster().unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.underlay_mtu: 9000 is out of range 576..=1778")
+                && e.contains("jumbo frames are not carried"),
+            "{e}"
+        );
     }
 }

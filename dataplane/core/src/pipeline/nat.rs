@@ -29,6 +29,9 @@ use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, udp, EthernetAddress};
 pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// Ports tried for one SNAT before giving up.
 const SNAT_TRIES: u16 = 16;
+/// Candidates drawn per worker to find one remapped client port that is
+/// this worker's: (1 - 1/n)^(8n) < e^-8 that a scan finds none.
+const REMAP_SCAN: u16 = 8;
 /// Entry flag: source was translated too (address and port, or only the
 /// port when the client's reply key was taken).
 const F_SNAT: u8 = 1;
@@ -402,16 +405,12 @@ impl Pipeline {
             } else if i > 0 {
                 // The reply key is taken: the client reused its port towards
                 // another frontend with the same backend. Give this flow
-                // another source port, as the kernel's NAT does, one whose
-                // replies are steered to this worker.
-                flags |= F_SNAT;
-                reply.dport = SNAT_PORTS.0 + h % (SNAT_PORTS.1 - SNAT_PORTS.0 + 1);
-                if self
-                    .owner(t, node, &reply, None)
-                    .is_some_and(|w| w != self.worker)
-                {
+                // another source port, as the kernel's NAT does.
+                let Some(port) = self.remap_port(t, node, reply, h) else {
                     continue;
-                }
+                };
+                flags |= F_SNAT;
+                reply.dport = port;
                 remapped = true;
             }
             entry.reply = reply;
@@ -457,6 +456,27 @@ impl Pipeline {
         Nat::Route {
             external_reply: None,
         }
+    }
+
+    /// A port in [`SNAT_PORTS`] for the client side of `reply` whose replies
+    /// are steered to this worker: drawn from `seed` on, skipping ports of
+    /// other workers (one in `workers` is ours, so the scan almost never
+    /// runs out). Only the client's port changes, not its address.
+    fn remap_port(
+        &self,
+        t: &Tables,
+        node: &NodeInfo,
+        mut reply: FlowKey,
+        seed: u16,
+    ) -> Option<u16> {
+        let range = SNAT_PORTS.1 - SNAT_PORTS.0 + 1;
+        (0..REMAP_SCAN * self.workers).find_map(|k| {
+            reply.dport = SNAT_PORTS.0 + seed.wrapping_add(k.wrapping_mul(613)) % range;
+            let owner = self.owner(t, node, &reply, None);
+            owner
+                .is_none_or(|w| w == self.worker)
+                .then_some(reply.dport)
+        })
     }
 
     /// Notes an established entry's translation for the flow cache, if its

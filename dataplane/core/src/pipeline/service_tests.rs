@@ -1986,34 +1986,36 @@ fn a_client_port_reused_towards_two_cluster_ips_of_one_backend_gets_another_port
 fn with_several_workers_a_remapped_port_brings_replies_to_the_flows_worker() {
     let t = two_cluster_ips(REMOTE_BE);
     let peer = Peer::of(REMOTE_BE.0);
-    let mut mesh = Mesh::new(3);
-    for cport in 40000..40030u16 {
-        let csrc = (P1_IP, cport);
-        let mut owners = Vec::new();
-        for fe in [FRONTEND, SECOND_FRONTEND] {
-            let syn = tcp_from(Peer::P1, csrc, fe, SYN, 1, 0, b"");
-            let (out, owner) = mesh.send(cport as usize, T0, &t, Peer::P1, &syn);
-            let k = tuple(&delivered(&out).ip);
-            owners.push((fe, (k.src, k.sport), owner));
+    for workers in [3, 8, 16] {
+        let mut mesh = Mesh::new(workers);
+        for cport in 40000..40030u16 {
+            let csrc = (P1_IP, cport);
+            let mut owners = Vec::new();
+            for fe in [FRONTEND, SECOND_FRONTEND] {
+                let syn = tcp_from(Peer::P1, csrc, fe, SYN, 1, 0, b"");
+                let (out, owner) = mesh.send(cport as usize, T0, &t, Peer::P1, &syn);
+                let k = tuple(&delivered(&out).ip);
+                owners.push((fe, (k.src, k.sport), owner));
+            }
+            assert_ne!(owners[0].1, owners[1].1, "port {cport}: distinct sources");
+            for (fe, src, owner) in owners {
+                let f = tcp_from(peer, REMOTE_BE, src, SYN | ACK, 9, 2, b"");
+                let (out, w) = mesh.send(cport as usize + 1, T0, &t, peer, &f);
+                assert_eq!(
+                    w, owner,
+                    "port {cport}: the reply reaches the flow's worker"
+                );
+                let d = delivered(&out);
+                assert_eq!(d.ip, natted(peer.ip(&f), Some(fe), Some(csrc), 1));
+            }
         }
-        assert_ne!(owners[0].1, owners[1].1, "port {cport}: distinct sources");
-        for (fe, src, owner) in owners {
-            let f = tcp_from(peer, REMOTE_BE, src, SYN | ACK, 9, 2, b"");
-            let (out, w) = mesh.send(cport as usize + 1, T0, &t, peer, &f);
-            assert_eq!(
-                w, owner,
-                "port {cport}: the reply reaches the flow's worker"
-            );
-            let d = delivered(&out);
-            assert_eq!(d.ip, natted(peer.ip(&f), Some(fe), Some(csrc), 1));
-        }
+        let remapped: u64 = mesh
+            .pls
+            .iter()
+            .map(|p| p.counters().source_ports_remapped)
+            .sum();
+        assert_eq!(remapped, 30, "{workers} workers");
     }
-    let remapped: u64 = mesh
-        .pls
-        .iter()
-        .map(|p| p.counters().source_ports_remapped)
-        .sum();
-    assert_eq!(remapped, 30);
 }
 
 // ---------------------------------------------------------------------------
