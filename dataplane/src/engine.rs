@@ -99,9 +99,11 @@ pub struct Neigh {
 pub struct CountersSnapshot {
     /// By attached interface name.
     pub interfaces: Vec<(String, PortCounters)>,
-    /// Every drop reason of the counter table, then the kernel's, zero or not.
+    /// Every drop reason of the counter table, then the kernel's and the
+    /// AF_XDP layer's (`xsk_...`), zero or not.
     pub drops: Vec<(&'static str, u64)>,
-    /// Every event counter, in the counter table's order.
+    /// Every event counter, in the counter table's order, then the AF_XDP
+    /// layer's refused completions (not a lost frame).
     pub events: Vec<(&'static str, u64)>,
     pub services: Vec<ServiceCounters>,
     pub conntrack_entries: u64,
@@ -834,9 +836,14 @@ impl Engine {
             })
             .collect();
         let (services, conntrack_entries, conntrack_capacity) = self.service_counters();
-        // Drops the kernel counts before a frame reaches a worker.
+        // Drops the kernel counts before a frame reaches a worker, and the
+        // descriptors it returned that the AF_XDP layer refused.
         let mut k = [0u64; 4];
+        let (mut bad_rx, mut bad_completion) = (0, 0);
         for w in &self.workers {
+            let e = w.stats.desc_errors();
+            bad_rx += e.bad_rx;
+            bad_completion += e.bad_completion;
             for (_, s) in w
                 .call(|reply| Command::KernelStats { reply })
                 .unwrap_or_default()
@@ -854,7 +861,8 @@ impl Engine {
             "xsk_tx_invalid",
         ]
         .into_iter()
-        .zip(k);
+        .zip(k)
+        .chain([("xsk_bad_rx_desc", bad_rx)]);
         CountersSnapshot {
             interfaces,
             drops: DropReason::ALL
@@ -862,7 +870,11 @@ impl Engine {
                 .map(|r| (r.name(), c.drop_count(*r)))
                 .chain(kernel)
                 .collect(),
-            events: Counters::EVENT_NAMES.into_iter().zip(c.events()).collect(),
+            events: Counters::EVENT_NAMES
+                .into_iter()
+                .zip(c.events())
+                .chain([("xsk_bad_completion", bad_completion)])
+                .collect(),
             services,
             conntrack_entries,
             conntrack_capacity,

@@ -38,7 +38,7 @@ use kxdp_core::pipeline::{
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 
 use crate::sys::xsk::{
-    self, BindMode, Desc, EventFd, KernelStats, Socket, Umem, FRAME_SIZE, RX_OFFSET,
+    self, BindMode, Desc, DescErrors, EventFd, KernelStats, Socket, Umem, FRAME_SIZE, RX_OFFSET,
 };
 
 /// Empty passes before sleeping: about 100 us of spinning with a few
@@ -175,6 +175,8 @@ pub struct SharedStats {
     drops: [AtomicU64; DropReason::COUNT],
     events: [AtomicU64; Counters::EVENTS],
     ports: Box<[[AtomicU64; 5]]>,
+    /// The UMEM's bad descriptors: RX, completions.
+    xsk: [AtomicU64; 2],
 }
 
 impl SharedStats {
@@ -185,6 +187,15 @@ impl SharedStats {
             ports: (0..MAX_PORTS)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
+            xsk: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Descriptors from the kernel that failed the AF_XDP layer's checks.
+    pub fn desc_errors(&self) -> DescErrors {
+        DescErrors {
+            bad_rx: self.xsk[0].load(Ordering::Relaxed),
+            bad_completion: self.xsk[1].load(Ordering::Relaxed),
         }
     }
 
@@ -371,6 +382,9 @@ impl Worker {
             } else {
                 idle += 1;
                 if idle >= IDLE_SPINS {
+                    // A pass of only bad descriptors does no work: publish
+                    // what it counted before sleeping.
+                    self.publish();
                     let socks: ArrayVec<&Socket, 256> = self
                         .active
                         .iter()
@@ -698,6 +712,10 @@ impl Worker {
             s.store(*v, Ordering::Relaxed);
         }
         for (s, v) in self.stats.events.iter().zip(c.events()) {
+            s.store(v, Ordering::Relaxed);
+        }
+        let e = self.umem.desc_errors();
+        for (s, v) in self.stats.xsk.iter().zip([e.bad_rx, e.bad_completion]) {
             s.store(v, Ordering::Relaxed);
         }
         for &p in &self.active {

@@ -275,10 +275,16 @@ async fn writes_are_validated_atomic_and_read_back() {
         .unwrap()
         .into_inner();
     assert!(counters.drops.iter().any(|d| d.reason == "no_route"));
+    for reason in ["xsk_rx_ring_full", "xsk_bad_rx_desc"] {
+        assert!(
+            counters.drops.iter().any(|d| d.reason == reason),
+            "{reason}"
+        );
+    }
     assert!(counters
-        .drops
+        .counters
         .iter()
-        .any(|d| d.reason == "xsk_rx_ring_full"));
+        .any(|c| c.name == "xsk_bad_completion"));
     assert!(counters.interfaces.iter().any(|i| i.ifname == "kxb"));
     assert!(
         counters.interfaces.iter().all(|i| i.ifname != "kxa"),

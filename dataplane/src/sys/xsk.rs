@@ -21,6 +21,14 @@
 //! its rings held (the kernel never returns those). Chunk addresses are chunk
 //! indexes times `FRAME_SIZE`; received frames start at `XDP_PACKET_HEADROOM`
 //! (256 bytes) into their chunk, which leaves room for encap headers.
+//!
+//! # What the kernel hands back is checked
+//! Descriptors on the RX and completion rings are input, not facts: an RX
+//! descriptor is taken only if its frame lies inside one chunk of the UMEM
+//! and that chunk is in this socket's fill ring; a completion frees a chunk
+//! only if it is in this socket's TX ring. Anything else (out of range,
+//! straddling a chunk, a chunk of another ring, a duplicate) is counted in
+//! [`DescErrors`] and skipped: no panic, no chunk handed out or freed twice.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -68,12 +76,23 @@ impl Desc {
     }
 }
 
+/// Descriptors the kernel handed back that failed the checks, per UMEM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DescErrors {
+    /// RX descriptors skipped (the frame is lost).
+    pub bad_rx: u64,
+    /// Completions ignored (no chunk freed).
+    pub bad_completion: u64,
+}
+
 /// The UMEM area of one worker and its free list.
 pub struct Umem {
     area: NonNull<u8>,
     len: usize,
     free: Vec<u64>,
+    /// Exactly `FRAME_COUNT` entries: indexing it bounds-checks a chunk.
     owner: Vec<u16>,
+    errors: DescErrors,
 }
 
 // SAFETY: the area is plain memory owned by this struct; the worker that owns
@@ -106,12 +125,47 @@ impl Umem {
             len,
             free,
             owner: vec![OWNER_FREE; FRAME_COUNT],
+            errors: DescErrors::default(),
         })
     }
 
     /// Free chunks.
     pub fn free_frames(&self) -> usize {
         self.free.len()
+    }
+
+    /// Bad descriptors seen so far (never reset).
+    pub fn desc_errors(&self) -> DescErrors {
+        self.errors
+    }
+
+    /// Takes a received frame for userspace if it lies inside one chunk that
+    /// `slot`'s fill ring holds; anything else is counted and refused. A
+    /// duplicate finds its chunk already held and is refused too.
+    #[inline]
+    fn claim_rx(&mut self, slot: u16, addr: u64, len: u32) -> Option<Desc> {
+        let d = Desc { addr, len };
+        let (c, off) = (d.chunk(), d.offset());
+        if off + len as usize > FRAME_SIZE || self.owner.get(c) != Some(&(FILL_BASE + slot)) {
+            self.errors.bad_rx += 1;
+            return None;
+        }
+        self.owner[c] = OWNER_USER;
+        Some(d)
+    }
+
+    /// Frees a completed chunk if `slot`'s TX ring holds it; anything else
+    /// (a chunk never sent here, or completed already) is counted and left.
+    #[inline]
+    fn claim_completion(&mut self, slot: u16, addr: u64) -> bool {
+        let c = Desc { addr, len: 0 }.chunk();
+        if self.owner.get(c) != Some(&(TX_BASE + slot)) {
+            self.errors.bad_completion += 1;
+            return false;
+        }
+        self.owner[c] = OWNER_FREE;
+        self.free.push((c * FRAME_SIZE) as u64);
+        true
     }
 
     /// Takes a free chunk for userspace (e.g. to build a frame).
@@ -134,7 +188,8 @@ impl Umem {
     /// Mutable views of several distinct held chunks at once.
     ///
     /// Panics if two descriptors name the same chunk or a chunk is not held
-    /// by userspace: both would be ownership bugs.
+    /// by userspace: both would be ownership bugs of this process, never the
+    /// kernel's doing ([`Socket::recv`] returns only chunks it claimed).
     pub fn chunks_mut<'a, const N: usize>(
         &'a mut self,
         descs: &[Desc],
@@ -213,8 +268,8 @@ struct Ring {
 
 impl Ring {
     /// # Safety
-    /// `fd` is an AF_XDP socket whose ring at `pgoff` was sized to `size`
-    /// entries of `entry` bytes, and `off` are that ring's offsets.
+    /// `fd` at `pgoff` maps a ring of `size` entries of `entry` bytes laid out
+    /// as `off` says: an AF_XDP socket's ring (or /dev/zero in tests).
     unsafe fn map(
         fd: RawFd,
         off: &libc::xdp_ring_offset,
@@ -239,8 +294,8 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         let base = p.cast::<u8>();
-        // SAFETY: the offsets come from XDP_MMAP_OFFSETS for this ring and lie
-        // inside the mapping; the indexes are 4-byte aligned u32s.
+        // SAFETY: the offsets lie inside the mapping (caller); the indexes
+        // are 4-byte aligned u32s.
         unsafe {
             let producer = base.add(off.producer as usize) as *const AtomicU32;
             let consumer = base.add(off.consumer as usize) as *const AtomicU32;
@@ -519,6 +574,8 @@ impl Socket {
     }
 
     /// Takes up to `out.len()` received frames; they become held by userspace.
+    /// Descriptors that fail [`Umem::claim_rx`] are consumed, counted and
+    /// left out, so `out[..n]` holds only frames this socket's fill ring gave.
     #[inline]
     pub fn recv(&mut self, umem: &mut Umem, out: &mut [Desc]) -> usize {
         let n = self.rx.cons_avail(out.len() as u32).min(out.len() as u32);
@@ -526,22 +583,23 @@ impl Socket {
             return 0;
         }
         let base = self.rx.cached_cons;
-        for (i, slot) in out.iter_mut().enumerate().take(n as usize) {
+        let mut got = 0;
+        for i in 0..n {
             // SAFETY: entries base..base+n were published by the kernel
             // (acquire load in cons_avail).
-            let d = unsafe { *self.rx.entry::<libc::xdp_desc>(base.wrapping_add(i as u32)) };
-            *slot = Desc {
-                addr: d.addr,
-                len: d.len,
-            };
-            umem.owner[d.addr as usize / FRAME_SIZE] = OWNER_USER;
+            let d = unsafe { *self.rx.entry::<libc::xdp_desc>(base.wrapping_add(i)) };
+            if let Some(d) = umem.claim_rx(self.slot, d.addr, d.len) {
+                out[got] = d;
+                got += 1;
+            }
         }
         self.rx.cached_cons = base.wrapping_add(n);
         self.rx
             .consumer()
             .store(self.rx.cached_cons, Ordering::Release);
+        // Each descriptor used up one fill entry, even a bad one.
         self.in_fill = self.in_fill.saturating_sub(n);
-        n as usize
+        got
     }
 
     /// Queues frames for transmission; returns how many fit. Frames that did
@@ -617,6 +675,7 @@ impl Socket {
     }
 
     /// Returns completed TX chunks to the free list; returns how many.
+    /// Completions that fail [`Umem::claim_completion`] are counted and skipped.
     #[inline]
     pub fn complete(&mut self, umem: &mut Umem) -> u32 {
         let n = self.comp.cons_avail(RING_SIZE);
@@ -624,18 +683,17 @@ impl Socket {
             return 0;
         }
         let base = self.comp.cached_cons;
+        let mut freed = 0;
         for i in 0..n {
             // SAFETY: published by the kernel (acquire in cons_avail).
             let a = unsafe { *self.comp.entry::<u64>(base.wrapping_add(i)) };
-            let c = a as usize / FRAME_SIZE;
-            umem.owner[c] = OWNER_FREE;
-            umem.free.push((c * FRAME_SIZE) as u64);
+            freed += umem.claim_completion(self.slot, a) as u32;
         }
         self.comp.cached_cons = base.wrapping_add(n);
         self.comp
             .consumer()
             .store(self.comp.cached_cons, Ordering::Release);
-        n
+        freed
     }
 
     /// The kernel's drop counters for this socket.
@@ -741,4 +799,276 @@ pub fn wait(sockets: &[&Socket], wake: &EventFd, timeout_ms: i32) {
         libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
     }
     wake.drain();
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rings over anonymous memory, with the test playing the kernel:
+    //! it takes fill and TX entries and writes RX descriptors and
+    //! completions, good and bad.
+    use super::*;
+
+    const SLOT: u16 = 3;
+    /// Where a fake ring keeps its indexes and entries.
+    const FAKE_OFF: libc::xdp_ring_offset = libc::xdp_ring_offset {
+        producer: 0,
+        consumer: 64,
+        flags: 128,
+        desc: 192,
+    };
+
+    /// A ring in zeroed shared memory (a mapping of /dev/zero).
+    fn fake_ring(entry: usize, producer_side: bool) -> Ring {
+        let zero = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        // SAFETY: /dev/zero maps zeroed memory of any length, laid out as
+        // FAKE_OFF says once the ring uses it so.
+        unsafe {
+            Ring::map(
+                zero.as_raw_fd(),
+                &FAKE_OFF,
+                RING_SIZE,
+                entry,
+                0,
+                producer_side,
+            )
+            .unwrap()
+        }
+    }
+
+    fn fake_socket(slot: u16) -> Socket {
+        let dsz = std::mem::size_of::<libc::xdp_desc>();
+        Socket {
+            rx: fake_ring(dsz, false),
+            tx: fake_ring(dsz, true),
+            fill: fake_ring(8, true),
+            comp: fake_ring(8, false),
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            slot,
+            in_fill: 0,
+        }
+    }
+
+    /// The kernel producing on `r` (RX, completion).
+    fn produce<T: Copy>(r: &Ring, items: &[T]) {
+        let prod = r.producer().load(Ordering::Relaxed);
+        for (i, it) in items.iter().enumerate() {
+            // SAFETY: inside the ring; the test never has more than a ring
+            // of entries outstanding.
+            unsafe { *r.entry::<T>(prod.wrapping_add(i as u32)) = *it };
+        }
+        r.producer()
+            .store(prod.wrapping_add(items.len() as u32), Ordering::Release);
+    }
+
+    /// The kernel consuming up to `max` entries of `r` (fill, TX).
+    fn consume<T: Copy>(r: &Ring, max: u32) -> Vec<T> {
+        let cons = r.consumer().load(Ordering::Relaxed);
+        let n = r
+            .producer()
+            .load(Ordering::Acquire)
+            .wrapping_sub(cons)
+            .min(max);
+        // SAFETY: entries cons..cons+n were published by userspace.
+        let v = (0..n)
+            .map(|i| unsafe { *r.entry::<T>(cons.wrapping_add(i)) })
+            .collect();
+        r.consumer().store(cons.wrapping_add(n), Ordering::Release);
+        v
+    }
+
+    fn rx(addr: u64, len: u32) -> libc::xdp_desc {
+        libc::xdp_desc {
+            addr,
+            len,
+            options: 0,
+        }
+    }
+
+    /// A UMEM and a socket whose fill ring the kernel took `n` chunks from.
+    fn setup(n: u32) -> (Umem, Socket, Vec<u64>) {
+        let mut umem = Umem::new().unwrap();
+        let mut s = fake_socket(SLOT);
+        assert_eq!(s.refill(&mut umem, n), n);
+        let filled = consume(&s.fill, n);
+        (umem, s, filled)
+    }
+
+    /// What `recv` takes of `descs`; the RX ring is drained either way.
+    fn recv_all(umem: &mut Umem, s: &mut Socket, descs: &[libc::xdp_desc]) -> Vec<Desc> {
+        produce(&s.rx, descs);
+        let mut out = [Desc::default(); 64];
+        let n = s.recv(umem, &mut out);
+        assert_eq!(s.recv(umem, &mut out[n..]), 0, "RX ring left undrained");
+        out[..n].to_vec()
+    }
+
+    /// Sends `descs` and lets the kernel take them off the TX ring.
+    fn transmit(umem: &mut Umem, s: &mut Socket, descs: &[Desc]) -> Vec<u64> {
+        assert_eq!(s.send(umem, descs), descs.len());
+        let sent: Vec<libc::xdp_desc> = consume(&s.tx, RING_SIZE);
+        sent.iter().map(|d| d.addr).collect()
+    }
+
+    #[test]
+    fn good_frames_go_round_the_rings() {
+        let (mut umem, mut s, filled) = setup(4);
+        let free = umem.free_frames();
+        let max = (FRAME_SIZE - RX_OFFSET) as u32;
+        let got = recv_all(
+            &mut umem,
+            &mut s,
+            &[rx(filled[0] + 256, 60), rx(filled[1] + 256, max)],
+        );
+        let want = [
+            Desc {
+                addr: filled[0] + 256,
+                len: 60,
+            },
+            Desc {
+                addr: filled[1] + 256,
+                len: max,
+            },
+        ];
+        assert_eq!(got, want);
+        assert_eq!(s.in_fill, 2);
+        let mut views: arrayvec::ArrayVec<&mut [u8], 2> = arrayvec::ArrayVec::new();
+        umem.chunks_mut(&got, &mut views);
+        drop(views);
+        let sent = transmit(&mut umem, &mut s, &got);
+        produce(&s.comp, &sent);
+        assert_eq!(s.complete(&mut umem), 2);
+        assert_eq!(umem.free_frames(), free + 2);
+        assert_eq!(umem.desc_errors(), DescErrors::default());
+    }
+
+    #[test]
+    fn rx_outside_the_umem_is_skipped() {
+        let (mut umem, mut s, filled) = setup(1);
+        let end = (FRAME_COUNT * FRAME_SIZE) as u64;
+        let got = recv_all(
+            &mut umem,
+            &mut s,
+            &[rx(end + 256, 60), rx(u64::MAX, 60), rx(filled[0] + 256, 60)],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].addr, filled[0] + 256);
+        assert_eq!(umem.desc_errors().bad_rx, 2);
+        // Every descriptor used up a fill entry, the bad ones too.
+        assert_eq!(s.in_fill, 0);
+    }
+
+    #[test]
+    fn rx_straddling_its_chunk_is_skipped() {
+        let (mut umem, mut s, filled) = setup(1);
+        let a = filled[0];
+        let got = recv_all(
+            &mut umem,
+            &mut s,
+            &[
+                // Runs past the end of the chunk into the next one.
+                rx(a + 2000, 100),
+                rx(a + FRAME_SIZE as u64 - 1, 2),
+                // An unaligned-mode address (offset in bits 48..).
+                rx((256 << 48) | a, 60),
+            ],
+        );
+        assert!(got.is_empty());
+        assert_eq!(umem.desc_errors().bad_rx, 3);
+        assert_eq!(umem.owner[a as usize / FRAME_SIZE], FILL_BASE + SLOT);
+    }
+
+    #[test]
+    fn rx_longer_than_its_chunk_is_skipped() {
+        let (mut umem, mut s, filled) = setup(1);
+        let a = filled[0] + RX_OFFSET as u64;
+        let max = (FRAME_SIZE - RX_OFFSET) as u32;
+        let got = recv_all(
+            &mut umem,
+            &mut s,
+            &[rx(a, max + 1), rx(a, u32::MAX), rx(a, max)],
+        );
+        assert_eq!(got, [Desc { addr: a, len: max }]);
+        assert_eq!(umem.desc_errors().bad_rx, 2);
+    }
+
+    #[test]
+    fn rx_of_a_chunk_this_fill_ring_does_not_hold_is_skipped() {
+        let (mut umem, mut s, filled) = setup(1);
+        let mut other = fake_socket(SLOT + 1);
+        other.refill(&mut umem, 1);
+        let theirs = consume::<u64>(&other.fill, 1)[0];
+        let held = umem.alloc().unwrap();
+        let free = *umem.free.last().unwrap();
+        let got = recv_all(
+            &mut umem,
+            &mut s,
+            &[
+                rx(theirs + 256, 60),
+                rx(free + 256, 60),
+                rx(held + 256, 60),
+                rx(filled[0] + 256, 60),
+                // The same chunk again: it is held now.
+                rx(filled[0] + 256, 60),
+            ],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].addr, filled[0] + 256);
+        assert_eq!(umem.desc_errors().bad_rx, 4);
+        assert_eq!(
+            umem.owner[theirs as usize / FRAME_SIZE],
+            FILL_BASE + SLOT + 1
+        );
+        assert_eq!(umem.owner[free as usize / FRAME_SIZE], OWNER_FREE);
+    }
+
+    #[test]
+    fn a_duplicated_completion_frees_once() {
+        let (mut umem, mut s, filled) = setup(1);
+        let got = recv_all(&mut umem, &mut s, &[rx(filled[0] + 256, 60)]);
+        let sent = transmit(&mut umem, &mut s, &got);
+        let free = umem.free_frames();
+        produce(&s.comp, &[sent[0], sent[0]]);
+        assert_eq!(s.complete(&mut umem), 1);
+        assert_eq!(umem.free_frames(), free + 1);
+        assert_eq!(umem.desc_errors().bad_completion, 1);
+        assert_eq!(umem.free.iter().filter(|&&a| a == filled[0]).count(), 1);
+    }
+
+    #[test]
+    fn a_completion_of_a_chunk_not_sent_here_is_skipped() {
+        let (mut umem, mut s, filled) = setup(2);
+        let mut other = fake_socket(SLOT + 1);
+        let theirs = umem.alloc().unwrap();
+        transmit(
+            &mut umem,
+            &mut other,
+            &[Desc {
+                addr: theirs,
+                len: 60,
+            }],
+        );
+        let free = umem.free_frames();
+        produce(
+            &s.comp,
+            &[
+                filled[1],
+                theirs,
+                *umem.free.last().unwrap(),
+                (FRAME_COUNT * FRAME_SIZE) as u64,
+                u64::MAX,
+            ],
+        );
+        assert_eq!(s.complete(&mut umem), 0);
+        assert_eq!(umem.free_frames(), free);
+        assert_eq!(umem.desc_errors().bad_completion, 5);
+        assert_eq!(umem.owner[theirs as usize / FRAME_SIZE], TX_BASE + SLOT + 1);
+        assert_eq!(
+            umem.owner[filled[1] as usize / FRAME_SIZE],
+            FILL_BASE + SLOT
+        );
+    }
 }
