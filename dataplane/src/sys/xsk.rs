@@ -376,13 +376,40 @@ impl Drop for Ring {
     }
 }
 
-/// XDP socket statistics kept by the kernel (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default)]
+/// XDP socket statistics kept by the kernel (`XDP_STATISTICS`), made
+/// disjoint so that their sum counts each lost frame once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelStats {
+    /// Frames dropped for any other reason (larger than a chunk).
     pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// Copy mode: frames dropped because the fill ring was empty. Zero-copy:
+    /// the driver's failed refills (the NIC counts the frames it then loses).
     pub rx_fill_ring_empty: u64,
+    /// TX descriptors the kernel refused.
     pub tx_invalid: u64,
+}
+
+impl KernelStats {
+    /// In copy mode the kernel counts a frame lost to an empty fill ring
+    /// twice: `rx_dropped` (`__xsk_rcv`: `xsk_buff_alloc` failed) and the
+    /// fill queue's `rx_fill_ring_empty_descs` (`__xp_alloc`: nothing to
+    /// peek). Zero-copy drivers touch only the latter, per refill attempt.
+    fn from_kernel(s: &libc::xdp_statistics, zero_copy: bool) -> KernelStats {
+        let fill_empty = s.rx_fill_ring_empty_descs;
+        KernelStats {
+            rx_dropped: if zero_copy {
+                s.rx_dropped
+            } else {
+                // Read at slightly different moments: never below zero.
+                s.rx_dropped.saturating_sub(fill_empty)
+            },
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty: fill_empty,
+            tx_invalid: s.tx_invalid_descs,
+        }
+    }
 }
 
 /// One AF_XDP socket bound to an interface queue, with its four rings.
@@ -394,6 +421,8 @@ pub struct Socket {
     comp: Ring,
     fd: OwnedFd,
     slot: u16,
+    /// Bound in zero-copy mode (the kernel's choice under `BindMode::Auto`).
+    zero_copy: bool,
     /// Chunks in this socket's fill ring (to keep it stocked).
     pub in_fill: u32,
 }
@@ -447,22 +476,8 @@ impl Socket {
         setsockopt(raw, libc::XDP_UMEM_COMPLETION_RING, &RING_SIZE)?;
         setsockopt(raw, libc::XDP_RX_RING, &RING_SIZE)?;
         setsockopt(raw, libc::XDP_TX_RING, &RING_SIZE)?;
-        // SAFETY: zeroed POD struct filled by the kernel.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: off/optlen are valid for the kernel to write.
-        let rc = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                &mut optlen,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: the struct the kernel writes for XDP_MMAP_OFFSETS.
+        let off: libc::xdp_mmap_offsets = unsafe { getsockopt(raw, libc::XDP_MMAP_OFFSETS)? };
         let dsz = std::mem::size_of::<libc::xdp_desc>();
         // SAFETY: each ring was sized above and `off` describes it.
         let (rx, tx, fill, comp) = unsafe {
@@ -532,6 +547,8 @@ impl Socket {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: the struct the kernel writes for XDP_OPTIONS.
+        let opts: libc::xdp_options = unsafe { getsockopt(raw, libc::XDP_OPTIONS)? };
         Ok(Socket {
             rx,
             tx,
@@ -539,6 +556,7 @@ impl Socket {
             comp,
             fd,
             slot,
+            zero_copy: opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0,
             in_fill: 0,
         })
     }
@@ -698,28 +716,9 @@ impl Socket {
 
     /// The kernel's drop counters for this socket.
     pub fn kernel_stats(&self) -> io::Result<KernelStats> {
-        // SAFETY: zeroed POD, written by the kernel.
-        let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: s/len valid for writing.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut s as *mut libc::xdp_statistics).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(KernelStats {
-            rx_dropped: s.rx_dropped,
-            rx_ring_full: s.rx_ring_full,
-            rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
-            tx_invalid: s.tx_invalid_descs,
-        })
+        // SAFETY: the struct the kernel writes for XDP_STATISTICS.
+        let s: libc::xdp_statistics = unsafe { getsockopt(self.fd(), libc::XDP_STATISTICS)? };
+        Ok(KernelStats::from_kernel(&s, self.zero_copy))
     }
 
     /// Closes the socket and gives its rings' chunks back to `umem`.
@@ -727,6 +726,22 @@ impl Socket {
         let slot = self.slot;
         drop(self);
         umem.reclaim(slot);
+    }
+}
+
+/// # Safety
+/// `T` is the plain C struct the kernel writes for `opt` (all zeroes valid).
+unsafe fn getsockopt<T>(fd: RawFd, opt: libc::c_int) -> io::Result<T> {
+    // SAFETY: all-zero is a valid T (caller).
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: v/len are valid for the kernel to write.
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::SOL_XDP, opt, (&mut v as *mut T).cast(), &mut len) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v)
     }
 }
 
@@ -848,6 +863,7 @@ mod tests {
             comp: fake_ring(8, false),
             fd: std::fs::File::open("/dev/null").unwrap().into(),
             slot,
+            zero_copy: false,
             in_fill: 0,
         }
     }
@@ -1070,5 +1086,26 @@ mod tests {
             umem.owner[filled[1] as usize / FRAME_SIZE],
             FILL_BASE + SLOT
         );
+    }
+
+    #[test]
+    fn a_frame_lost_to_an_empty_fill_ring_counts_once() {
+        // SAFETY: zeroed POD.
+        let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        // Copy mode: 5 frames lost to an empty fill ring, 2 too large.
+        s.rx_dropped = 7;
+        s.rx_fill_ring_empty_descs = 5;
+        s.rx_ring_full = 3;
+        let k = KernelStats::from_kernel(&s, false);
+        assert_eq!(
+            (k.rx_dropped, k.rx_fill_ring_empty, k.rx_ring_full),
+            (2, 5, 3)
+        );
+        // Zero-copy: the driver's failed refills are not in rx_dropped.
+        let k = KernelStats::from_kernel(&s, true);
+        assert_eq!((k.rx_dropped, k.rx_fill_ring_empty), (7, 5));
+        // Read a moment apart: never below zero.
+        s.rx_dropped = 4;
+        assert_eq!(KernelStats::from_kernel(&s, false).rx_dropped, 0);
     }
 }
