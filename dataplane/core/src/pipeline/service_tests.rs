@@ -27,7 +27,7 @@ use etherparse::{
 
 use super::tests::{
     assert_ipv4_checksum, assert_l4_checksum, mutated, node, packets, parse_encapped,
-    parse_icmp_error, process_batch, process_one, quote_of, tables, total_drops, Out,
+    parse_icmp_error, process_batch, process_one, quote_of, sent, tables, total_drops, Out,
     ARP_REQUEST_FOR_GATEWAY, ARP_SPA, ARP_TPA, CHUNK, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP,
     P1_MAC, P1_PORT, P2_IP, P2_MAC, P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP,
     REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC, RX_OFF, T0, UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI,
@@ -2265,11 +2265,6 @@ fn icmp_budgets_are_the_translated_addressees() {
     let mut batch = vec![(UPLINK, &flood[..]); 30];
     batch.push((UPLINK, &other));
     let outs = process_batch(&mut pl, T0, &t, &batch);
-    let sent = |outs: &[Out]| {
-        outs.iter()
-            .filter(|o| o.verdict == Verdict::Tx(UPLINK))
-            .count()
-    };
     assert_eq!(sent(&outs[..30]), 10, "the flooding client's burst");
     let e = parse_icmp_error(&outs[30].frame);
     assert_eq!((e.eth_dst, e.eth_src), (CLIENT_MAC.0, UPLINK_MAC.0));

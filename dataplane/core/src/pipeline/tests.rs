@@ -1563,7 +1563,7 @@ fn walk6_icmp_errors_are_rate_limited_per_destination() {
 }
 
 /// How many of `outs` were sent.
-fn sent(outs: &[Out]) -> usize {
+pub(super) fn sent(outs: &[Out]) -> usize {
     outs.iter()
         .filter(|o| matches!(o.verdict, Verdict::Tx(_)))
         .count()
