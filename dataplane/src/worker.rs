@@ -22,6 +22,8 @@
 //! empty passes sleeps in poll(2) on its sockets and an eventfd (commands
 //! wake it at once), so an idle dataplane costs nothing.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -253,6 +255,8 @@ impl WorkerHandle {
         let mut pipeline = Pipeline::new();
         pipeline.set_worker(index as u16, mesh.len() as u16);
         pipeline.set_flow_cache(flow_cache);
+        // std's hasher keys come from the OS's random source.
+        pipeline.set_icmp_seed(RandomState::new().hash_one(index));
         let w = Worker {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::new(),

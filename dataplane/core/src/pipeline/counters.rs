@@ -141,8 +141,11 @@ counter_table! {
         routed_local,
         arp_replies,
         icmp_errors_sent,
-        /// ICMP errors not sent because of the per-worker rate limit.
+        /// ICMP errors not sent because their destination's budget was spent.
         icmp_rate_limited,
+        /// ICMP errors not sent because the worker's budget for all
+        /// destinations was spent.
+        icmp_global_limited,
         /// TCP resets sent for services (no endpoint, backend gone).
         resets_sent,
         /// Service packets passed to the worker that owns their flow.

@@ -75,10 +75,6 @@ const ICMP_ERR_HDR: usize = IPV4_MIN + 8;
 /// Minimum Ethernet frame without FCS; ARP replies are padded to it.
 const ETH_MIN_FRAME: usize = 60;
 const OUTER_TTL: u8 = 64;
-/// ICMP errors a worker may send per second, and the burst it may save up
-/// (routers rate-limit them; RFC 1812 4.3.2.8).
-const ICMP_RATE_PER_SEC: u64 = 1000;
-const ICMP_BURST: u64 = 100;
 
 /// What to do with a frame once the batch is processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +137,11 @@ struct Ctx<'t> {
     node: &'t NodeInfo,
 }
 
-/// The per-worker pipeline state: counters, the ICMP token bucket, the
+/// The per-worker pipeline state: counters, the ICMP error budgets, the
 /// connection-tracking table and service affinity.
 pub struct Pipeline {
     counters: Counters,
-    icmp_tokens: u64,
-    icmp_last_ns: u64,
+    icmp: icmp_errors::IcmpBudget,
     ct: Conntrack,
     nat: nat::NatState,
     /// This worker's index and the number of workers (flow steering).
@@ -189,8 +184,7 @@ impl Pipeline {
     pub fn with_conntrack(capacity: usize, timeouts: Timeouts) -> Pipeline {
         Pipeline {
             counters: Counters::default(),
-            icmp_tokens: ICMP_BURST,
-            icmp_last_ns: 0,
+            icmp: icmp_errors::IcmpBudget::new(),
             ct: Conntrack::new(capacity, timeouts),
             nat: nat::NatState::new(AFFINITY_CAPACITY),
             worker: 0,
@@ -210,6 +204,13 @@ impl Pipeline {
         assert!(count >= 1 && index < count, "worker {index} of {count}");
         self.worker = index;
         self.workers = count;
+    }
+
+    /// Keys the hash that picks an ICMP error's destination budget: pass a
+    /// random one on a dataplane, so that nobody can aim errors at the
+    /// bucket a given pod uses. Set once, before the first packet.
+    pub fn set_icmp_seed(&mut self, seed: u64) {
+        self.icmp.key = seed;
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).

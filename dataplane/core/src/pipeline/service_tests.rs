@@ -27,7 +27,7 @@ use etherparse::{
 
 use super::tests::{
     assert_ipv4_checksum, assert_l4_checksum, mutated, node, packets, parse_encapped,
-    parse_icmp_error, process_batch, process_one, quote_of, tables, total_drops, Out,
+    parse_icmp_error, process_batch, process_one, quote_of, sent, tables, total_drops, Out,
     ARP_REQUEST_FOR_GATEWAY, ARP_SPA, ARP_TPA, CHUNK, GATEWAY, INNER_IP, MS, NEXT_HOP_MAC, P1_IP,
     P1_MAC, P1_PORT, P2_IP, P2_MAC, P2_PORT, PORT1_MAC, PORT2_MAC, REMOTE_POD_IP,
     REMOTE_UNDERLAY_IP, REMOTE_VTEP_MAC, RX_OFF, T0, UNDERLAY_IP, UPLINK, UPLINK_MAC, VNI,
@@ -2247,6 +2247,33 @@ fn frag_needed_about_a_translated_packet_reaches_the_client() {
         (c.drop_count(DropReason::TooBig), c.icmp_errors_sent),
         (2, 2)
     );
+}
+
+#[test]
+fn icmp_budgets_are_the_translated_addressees() {
+    // Outside clients' datagrams to a NodePort expire here after SNAT, all
+    // from the SNAT address: each client's time exceeded still comes out
+    // of its own budget, so one client's flood spends only that.
+    let t = with_backends(&[ready(REMOTE_BE)]);
+    let mut pl = pipeline();
+    let expiring = |client: Ipv4Addr| {
+        Peer::Client.frame(&udp_datagram((client, 50000), NODE_FRONTEND, 1, b"q"))
+    };
+    let flood = expiring(CLIENT_IP);
+    let other_client = Ipv4Addr::new(172, 30, 0, 101);
+    let other = expiring(other_client);
+    let mut batch = vec![(UPLINK, &flood[..]); 30];
+    batch.push((UPLINK, &other));
+    let outs = process_batch(&mut pl, T0, &t, &batch);
+    assert_eq!(sent(&outs[..30]), 10, "the flooding client's burst");
+    let e = parse_icmp_error(&outs[30].frame);
+    assert_eq!((e.eth_dst, e.eth_src), (CLIENT_MAC.0, UPLINK_MAC.0));
+    assert_eq!((e.ty, e.code), (11, 0));
+    assert_eq!((e.ip_src, e.ip_dst), (UNDERLAY_IP, other_client));
+    let (q, _) = quoted_tuple(&e.quote);
+    assert_eq!(q, key(UDP, (other_client, 50000), NODE_FRONTEND));
+    let c = pl.counters();
+    assert_eq!((c.icmp_errors_sent, c.icmp_rate_limited), (11, 20));
 }
 
 // ---------------------------------------------------------------------------

@@ -529,6 +529,16 @@ fn with_ttl(frame: &[u8], ip_off: usize, ttl: u8) -> Vec<u8> {
     edited(frame, ip_off, |f| f[ip_off + 8] = ttl)
 }
 
+/// `frame` (p1 to p2) sent the other way, by p2, with TTL `ttl`.
+fn from_p2(frame: &[u8], ttl: u8) -> Vec<u8> {
+    edited(frame, ETH, |f| {
+        f[..12].copy_from_slice(&[PORT2_MAC.0, P2_MAC.0].concat());
+        put_ip(f, ETH + 12, P2_IP);
+        put_ip(f, ETH + 16, P1_IP);
+        f[ETH + 8] = ttl;
+    })
+}
+
 /// A UDP datagram from p1 to `dst` with a `total_len`-byte IPv4 packet.
 fn big_udp(dst: Ipv4Addr, total_len: usize, df: bool) -> Vec<u8> {
     let mut f = P1_TO_REMOTE_UDP[..ETH + 28].to_vec();
@@ -845,12 +855,7 @@ fn walk1_tcp_is_routed_to_p2_with_payload_untouched() {
 #[test]
 fn walk1_reply_p2_to_p1_and_ttl_2() {
     // The reverse direction, with TTL 2 (the last hop that still forwards).
-    let reply = edited(&P1_TO_P2_TCP, ETH, |f| {
-        f[..12].copy_from_slice(&[PORT2_MAC.0, P2_MAC.0].concat());
-        put_ip(f, ETH + 12, P2_IP);
-        put_ip(f, ETH + 16, P1_IP);
-        f[ETH + 8] = 2;
-    });
+    let reply = from_p2(&P1_TO_P2_TCP, 2);
     let (out, _) = run(&tables(), P2_PORT, &reply);
     assert_eq!(out.verdict, Verdict::Tx(P1_PORT));
     assert_eq!(out.frame, forwarded(&reply, P1_MAC, PORT1_MAC));
@@ -1527,63 +1532,164 @@ fn walk6_icmp_errors_need_headroom() {
 }
 
 #[test]
-fn walk6_icmp_errors_are_rate_limited() {
+fn walk6_icmp_errors_are_rate_limited_per_destination() {
     let t = tables();
     let f = with_ttl(&P1_TO_P2_UDP, ETH, 1);
     let mut pl = Pipeline::new();
-    // One burst: 100 errors, then drops counted as rate-limited.
+    // p1's burst: 10 errors, then drops counted as rate-limited.
     let batch: Vec<(PortId, &[u8])> = vec![(P1_PORT, &f[..]); 150];
     let outs = process_batch(&mut pl, T0, &t, &batch);
-    let sent = outs
-        .iter()
-        .filter(|o| o.verdict == Verdict::Tx(P1_PORT))
-        .count();
-    assert_eq!(sent, 100, "burst");
-    assert!(outs[100..]
+    assert!(
+        outs[..10].iter().all(|o| o.verdict == Verdict::Tx(P1_PORT)),
+        "burst"
+    );
+    assert!(outs[10..]
         .iter()
         .all(|o| o.verdict == Verdict::Drop(DropReason::TtlExceeded)));
     let c = pl.counters();
-    assert_eq!(c.icmp_errors_sent, 100);
-    assert_eq!(c.icmp_rate_limited, 50);
+    assert_eq!(
+        (
+            c.icmp_errors_sent,
+            c.icmp_rate_limited,
+            c.icmp_global_limited
+        ),
+        (10, 140, 0)
+    );
     assert_eq!(
         c.drop_count(DropReason::TtlExceeded),
         150,
         "every expiry counted once"
     );
-    // 10 ms later, 10 more tokens.
-    let outs = process_batch(&mut pl, T0 + 10 * MS, &t, &batch[..20]);
-    let sent = outs
-        .iter()
+}
+
+/// How many of `outs` were sent.
+pub(super) fn sent(outs: &[Out]) -> usize {
+    outs.iter()
         .filter(|o| matches!(o.verdict, Verdict::Tx(_)))
-        .count();
-    assert_eq!(sent, 10);
+        .count()
+}
+
+#[test]
+fn walk6_icmp_budgets_refill_with_time() {
+    let t = tables();
+    let f = with_ttl(&P1_TO_P2_UDP, ETH, 1);
+    let mut pl = Pipeline::new();
+    let batch: Vec<(PortId, &[u8])> = vec![(P1_PORT, &f[..]); 20];
+    assert_eq!(sent(&process_batch(&mut pl, T0, &t, &batch)), 10);
+    // A token every 100 ms: none after 99 ms, one at 100 ms, two more at
+    // 300 ms (the 99 ms were not lost).
+    assert_eq!(sent(&process_batch(&mut pl, T0 + 99 * MS, &t, &batch)), 0);
+    assert_eq!(sent(&process_batch(&mut pl, T0 + 100 * MS, &t, &batch)), 1);
+    assert_eq!(sent(&process_batch(&mut pl, T0 + 300 * MS, &t, &batch)), 2);
     // A long idle refills to the burst, no more.
-    let outs = process_batch(&mut pl, T0 + 3_600_000 * MS, &t, &batch);
-    let sent = outs
+    let later = T0 + 3_600_000 * MS;
+    assert_eq!(sent(&process_batch(&mut pl, later, &t, &batch)), 10);
+    assert_eq!(pl.counters().icmp_errors_sent, 23);
+    assert_eq!(pl.counters().icmp_rate_limited, 20 * 5 - 23);
+}
+
+#[test]
+fn walk6_one_pods_flood_spends_only_its_own_icmp_budget() {
+    let t = tables();
+    let flood = with_ttl(&P1_TO_P2_UDP, ETH, 1);
+    let p2 = from_p2(&P1_TO_P2_TCP, 1);
+    // Whatever the key, p1 and p2 have buckets of their own (one in 1024
+    // keys would give them one to share).
+    for seed in [0, 1, 0x6b78_6470_1c3b_0003] {
+        let mut pl = Pipeline::new();
+        pl.set_icmp_seed(seed);
+        // p1 floods expiring datagrams; p2's one expires after them, in
+        // the same batch.
+        let mut batch: Vec<(PortId, &[u8])> = vec![(P1_PORT, &flood[..]); 200];
+        batch.push((P2_PORT, &p2));
+        let outs = process_batch(&mut pl, T0, &t, &batch);
+        assert_eq!(sent(&outs[..200]), 10, "p1's burst only");
+        let out = &outs[200];
+        assert_eq!(out.verdict, Verdict::Tx(P2_PORT), "seed {seed:#x}");
+        let e = parse_icmp_error(&out.frame);
+        assert_eq!((e.eth_dst, e.eth_src), (P2_MAC.0, PORT2_MAC.0));
+        assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, P2_IP));
+        assert_eq!((e.ty, e.code), (11, 0));
+        assert_eq!(e.quote, quote_of(&p2, ETH));
+        let c = pl.counters();
+        assert_eq!((c.icmp_errors_sent, c.icmp_rate_limited), (11, 190));
+        assert_eq!(c.drop_count(DropReason::TtlExceeded), 201);
+    }
+}
+
+/// A datagram from `src`, a pod on n2, that expires here (TTL 1) on its way
+/// to p1: its time exceeded goes back to `src` over the overlay.
+fn expiring_from_remote(src: Ipv4Addr) -> Vec<u8> {
+    edited(&VXLAN_FROM_REMOTE, INNER_IP, |f| {
+        f[INNER_IP + 8] = 1;
+        put_ip(f, INNER_IP + 12, src);
+    })
+}
+
+#[test]
+fn walk6_frag_needed_is_never_rate_limited() {
+    let t = tables();
+    let mut pl = Pipeline::new();
+    let expiring = with_ttl(&P1_TO_P2_UDP, ETH, 1);
+    let too_big = big_udp(REMOTE_POD_IP, usize::from(POD_MTU) + 1, true);
+    let assert_frag_needed = |out: &Out| {
+        assert_eq!(out.verdict, Verdict::Tx(P1_PORT));
+        let e = parse_icmp_error(&out.frame);
+        assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, P1_IP));
+        assert_eq!((e.ty, e.code, e.rest), (3, 4, [0, 0, 0x05, 0xaa]));
+        assert_eq!(e.quote, quote_of(&too_big, ETH));
+    };
+    // p1's own flood of expiring datagrams spends its budget, not its
+    // path MTU discovery.
+    let batch: Vec<(PortId, &[u8])> =
+        [(P1_PORT, &expiring[..]), (P1_PORT, &too_big[..])].repeat(100);
+    let outs = process_batch(&mut pl, T0, &t, &batch);
+    outs.iter().skip(1).step_by(2).for_each(assert_frag_needed);
+    assert_eq!(sent(&outs), 10 + 100);
+    assert_eq!(pl.counters().icmp_rate_limited, 90);
+    // Many pods' errors spend the worker's budget (100, of which p1 took
+    // 10: Frag Needed took none); then p2's time exceeded is refused, and
+    // p1's Frag Needed still goes out.
+    let remotes: Vec<Vec<u8>> = (2..22)
+        .map(|i| expiring_from_remote(Ipv4Addr::new(10, 244, 2, i)))
+        .collect();
+    let batch: Vec<(PortId, &[u8])> = remotes
         .iter()
-        .filter(|o| matches!(o.verdict, Verdict::Tx(_)))
-        .count();
-    assert_eq!(sent, 100);
+        .flat_map(|f| [(UPLINK, &f[..]); 10])
+        .collect();
+    let outs = process_batch(&mut pl, T0, &t, &batch);
+    assert_eq!(sent(&outs), 90, "the worker's budget, spent");
+    let p2 = from_p2(&P1_TO_P2_TCP, 1);
+    let before = pl.counters().icmp_global_limited;
+    let outs = process_batch(&mut pl, T0, &t, &[(P2_PORT, &p2), (P1_PORT, &too_big)]);
+    assert_eq!(outs[0].verdict, Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(pl.counters().icmp_global_limited, before + 1);
+    assert_frag_needed(&outs[1]);
+    assert_eq!(pl.counters().drop_count(DropReason::TooBig), 101);
 }
 
 #[test]
 fn walk6_icmp_rate_is_kept_under_steady_demand() {
-    // Two expiries every 1.5 ms for 1.5 s after the burst is spent: the
-    // bucket allows 1000/s, so ~1500 errors, whatever the polling cadence.
+    // p1 and p2 spend their bursts, then each has two expiries every 1.5 ms
+    // for 3 s: each bucket allows 10/s, so ~30 errors each, whatever the
+    // polling cadence.
     let t = tables();
-    let f = with_ttl(&P1_TO_P2_UDP, ETH, 1);
+    let f1 = with_ttl(&P1_TO_P2_UDP, ETH, 1);
+    let f2 = from_p2(&P1_TO_P2_UDP, 1);
     let mut pl = Pipeline::new();
-    let burst: Vec<(PortId, &[u8])> = vec![(P1_PORT, &f[..]); 100];
-    process_batch(&mut pl, T0, &t, &burst);
-    let before = pl.counters().icmp_errors_sent;
-    for i in 1..=1000u64 {
-        process_batch(&mut pl, T0 + i * 1_500_000, &t, &burst[..2]);
+    let burst: Vec<(PortId, &[u8])> = [(P1_PORT, &f1[..]), (P2_PORT, &f2[..])].repeat(10);
+    assert_eq!(sent(&process_batch(&mut pl, T0, &t, &burst)), 20);
+    let mut to = [0, 0];
+    for i in 1..=2000u64 {
+        for o in process_batch(&mut pl, T0 + i * 1_500_000, &t, &burst[..4]) {
+            match o.verdict {
+                Verdict::Tx(P1_PORT) => to[0] += 1,
+                Verdict::Tx(P2_PORT) => to[1] += 1,
+                _ => {}
+            }
+        }
     }
-    let sent = pl.counters().icmp_errors_sent - before;
-    assert!(
-        (1490..=1501).contains(&sent),
-        "{sent} errors in 1.5 s at 1000/s"
-    );
+    assert_eq!(to, [30, 30], "errors to p1 and p2 in 3 s at 10/s each");
 }
 
 // ---------------------------------------------------------------------------
@@ -1860,6 +1966,7 @@ fn counters_merge_sums_every_field() {
     a.arp_replies = 1;
     a.icmp_errors_sent = 2;
     a.icmp_rate_limited = 3;
+    a.icmp_global_limited = 11;
     a.encapsulated = 4;
     a.decapsulated = 5;
     a.routed_local = 6;
@@ -1870,6 +1977,7 @@ fn counters_merge_sums_every_field() {
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
+    b.icmp_global_limited = 110;
     b.encapsulated = 40;
     b.decapsulated = 50;
     b.routed_local = 60;
@@ -1887,6 +1995,7 @@ fn counters_merge_sums_every_field() {
         arp_replies,
         icmp_errors_sent,
         icmp_rate_limited,
+        icmp_global_limited,
         encapsulated,
         decapsulated,
         routed_local,
@@ -1900,6 +2009,7 @@ fn counters_merge_sums_every_field() {
             arp_replies,
             icmp_errors_sent,
             icmp_rate_limited,
+            icmp_global_limited,
             encapsulated,
             decapsulated,
             routed_local,
@@ -1908,7 +2018,7 @@ fn counters_merge_sums_every_field() {
             flow_cache_hits,
             source_ports_remapped
         ],
-        [11, 22, 33, 44, 55, 66, 77, 88, 99, 110]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();

@@ -34,6 +34,11 @@ impl Checked {
         self.twin.set_worker(index, count);
     }
 
+    pub fn set_icmp_seed(&mut self, seed: u64) {
+        self.pl.set_icmp_seed(seed);
+        self.twin.set_icmp_seed(seed);
+    }
+
     /// Runs the batch through the twin (on a copy) and the pipeline, and
     /// asserts they agree.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
@@ -101,4 +106,6 @@ fn same(pl: &Pipeline, twin: &Pipeline, out: &[(Verdict, Vec<u8>)], pkts: &[Pack
     assert_eq!(mine, twin.counters, "counters");
     assert_eq!(pl.nat.svc, twin.nat.svc, "service counters");
     assert_eq!(pl.ct.stats(), twin.ct.stats(), "conntrack");
+    // The walk makes every ICMP error, so both spent the same budgets.
+    assert!(pl.icmp == twin.icmp, "ICMP budgets");
 }
