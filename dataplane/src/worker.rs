@@ -279,9 +279,11 @@ impl WorkerHandle {
         })
     }
 
-    /// Sends a command and wakes the worker if it sleeps.
+    /// Sends a command and wakes the worker if it sleeps. False if the
+    /// worker is gone, or its queue stayed full for `ACK_TIMEOUT` (a stuck
+    /// worker must not block the engine for good).
     pub fn send(&self, cmd: Command) -> bool {
-        let ok = self.tx.send(cmd).is_ok();
+        let ok = self.tx.send_timeout(cmd, ACK_TIMEOUT).is_ok();
         self.wake.notify();
         ok
     }
