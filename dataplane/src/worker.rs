@@ -412,6 +412,7 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Tables { tables, reply } => {
+                crate::fault::on_tables(self.index);
                 self.pipeline.reserve_services(tables.services.names.len());
                 let old = std::mem::replace(&mut self.tables, tables);
                 // The old snapshot goes back with the acknowledgement: freeing
