@@ -55,7 +55,7 @@ pub enum WriteError {
     /// Applied, but these workers did not acknowledge the new tables within
     /// `ACK_TIMEOUT`: they still have them queued and may swap them in late,
     /// or never. The engine keeps the written state but reports generation
-    /// 0 until a later snapshot is acknowledged by every worker, so control
+    /// 0 until a later write is acknowledged by every worker, so control
     /// sees a mismatch and syncs again rather than trusting a half-applied
     /// write.
     #[error("{} did not acknowledge generation {generation} within {ACK_TIMEOUT:?}", worker_list(.workers))]
@@ -725,7 +725,7 @@ impl Engine {
             workers,
             generation,
         };
-        log::error!("{e}: reporting generation 0 until every worker acknowledges");
+        log::error!("{e}: reporting generation 0 until a write reaches every worker");
         if generation != 0 {
             Arc::make_mut(&mut self.state).generation = 0;
         }
