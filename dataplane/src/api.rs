@@ -60,6 +60,9 @@ fn write_status(e: WriteError) -> Status {
     match e {
         WriteError::Invalid(f) => Status::invalid_argument(f.to_string()),
         WriteError::Precondition(m) => Status::failed_precondition(m),
+        // INTERNAL, not UNAVAILABLE: the dataplane answered (control reads
+        // UNAVAILABLE as "not there" and drops its connection).
+        e @ WriteError::Unacknowledged { .. } => Status::internal(e.to_string()),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::fault::Fault;
 use crate::xdp::XdpMode;
 
 /// kxdp's per-node fast path: VXLAN overlay, pod routing and service load
@@ -56,6 +57,10 @@ pub struct Args {
     /// (same output, more work; for comparisons and debugging).
     #[arg(long, env = "KXDP_NO_FLOW_CACHE")]
     pub no_flow_cache: bool,
+    /// For tests only (`fault.rs`): hidden, and deliberately without an
+    /// environment variable, so that nothing but an explicit argument arms it.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    pub test_fault: Option<Fault>,
 }
 
 impl Args {
@@ -101,6 +106,19 @@ mod tests {
         let a = Args::try_parse_from(["kxdp-dataplane", "--node", "n1", "--socket", "/tmp/x.sock"])
             .unwrap();
         assert_eq!(a.identity().unwrap().1, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn the_test_fault_flag_is_hidden_and_has_no_variable() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "test_fault")
+            .unwrap();
+        assert!(arg.is_hide_set() && arg.get_env().is_none());
+        let a = Args::try_parse_from(["kxdp-dataplane", "--test-fault", "panic:0"]).unwrap();
+        assert_eq!(a.test_fault, Some(Fault::Panic { worker: 0 }));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! attachments, the netlink socket and the workers' handles. gRPC handlers
 //! send it [`Request`]s; it validates, applies, builds a new `Tables`
 //! snapshot and waits until every worker has swapped it in before replying.
+//! A worker that does not acknowledge in time makes the write fail, naming
+//! it, and leaves the dataplane at generation 0 (see [`WriteError`]).
 //!
 //! A one-second tick retries pod interfaces that did not exist yet, notices
 //! ones that went away, and refreshes underlay next-hop MACs from the
@@ -12,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::Entry;
 use kxdp_core::pipeline::{Counters, DropReason, SvcCounters};
 use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache};
@@ -25,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::netlink::{self, Netlink};
 use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
-use crate::worker::{Command, PortCounters, WorkerHandle};
+use crate::worker::{Command, PortCounters, WorkerHandle, ACK_TIMEOUT};
 use crate::xdp::{Attachment, Role, XdpMode};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -41,13 +43,33 @@ pub struct EngineConfig {
     pub flow_cache: bool,
 }
 
-/// Why a write was refused. Nothing was applied.
+/// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// Refused: nothing was applied.
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Refused: nothing was applied.
     #[error("{0}")]
     Precondition(String),
+    /// Applied, but these workers did not acknowledge the new tables within
+    /// `ACK_TIMEOUT`: they still have them queued and may swap them in late,
+    /// or never. The engine keeps the written state but reports generation
+    /// 0 until a later write is acknowledged by every worker, so control
+    /// sees a mismatch and syncs again rather than trusting a half-applied
+    /// write.
+    #[error("{} did not acknowledge generation {generation} within {ACK_TIMEOUT:?}", worker_list(.workers))]
+    Unacknowledged {
+        workers: Vec<usize>,
+        generation: u64,
+    },
+}
+
+/// "worker 1", "workers 0, 2".
+fn worker_list(workers: &[usize]) -> String {
+    let ids: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+    let noun = if ids.len() == 1 { "worker" } else { "workers" };
+    format!("{noun} {}", ids.join(", "))
 }
 
 pub enum Request {
@@ -247,8 +269,7 @@ impl Engine {
                 )))
             }
         }
-        self.apply(st);
-        Ok(self.state.generation)
+        self.apply(st)
     }
 
     fn update(&mut self, generation: u64, changes: &[Change]) -> Result<u64, WriteError> {
@@ -268,13 +289,13 @@ impl Engine {
         }
         let next = self.state.with_changes(generation, changes)?;
         next.validate()?;
-        self.apply(next);
-        Ok(self.state.generation)
+        self.apply(next)
     }
 
     /// Makes `next` (already validated) the state: re-attaches what changed,
-    /// then publishes new tables to every worker.
-    fn apply(&mut self, next: State) {
+    /// then publishes new tables to every worker. Returns the generation
+    /// every worker has.
+    fn apply(&mut self, next: State) -> Result<u64, WriteError> {
         let old_node = self.state.node.clone();
         let uplink_changed = old_node
             .as_ref()
@@ -314,7 +335,8 @@ impl Engine {
         self.reconcile_ports();
         self.refresh_neighbours();
         self.sync_node_ports();
-        self.publish();
+        self.publish()?;
+        Ok(self.state.generation)
     }
 
     /// Tells the uplink's XDP program which NodePorts to redirect.
@@ -526,7 +548,8 @@ impl Engine {
         changed |= self.ports.len() != before;
         changed |= self.refresh_neighbours();
         if changed {
-            self.publish();
+            // A worker that missed it is logged and the generation reset there.
+            let _ = self.publish();
         }
     }
 
@@ -690,29 +713,73 @@ impl Engine {
         cache.finish();
     }
 
-    fn publish(&mut self) {
+    /// Publishes the state's tables. A worker that misses them makes the
+    /// state's generation 0 (see `WriteError::Unacknowledged`). Only this
+    /// last snapshot of a write decides: a worker handles commands in order,
+    /// so one that acknowledges it has handled every earlier one too.
+    fn publish(&mut self) -> Result<(), WriteError> {
         let t = self.build_tables(None);
-        self.push(t);
+        let Err(workers) = self.push(t) else {
+            return Ok(());
+        };
+        let generation = self.state.generation;
+        let e = WriteError::Unacknowledged {
+            workers,
+            generation,
+        };
+        log::error!("{e}: reporting generation 0 until a write reaches every worker");
+        if generation != 0 {
+            Arc::make_mut(&mut self.state).generation = 0;
+        }
+        Err(e)
     }
 
+    /// Tables without a port about to close; the `publish` that follows in
+    /// the same write or tick is the one whose acknowledgement counts.
     fn publish_without(&mut self, port: PortId) {
         let t = self.build_tables(Some(port));
-        self.push(t);
+        if let Err(workers) = self.push(t) {
+            log::warn!(
+                "{} did not acknowledge tables without port {port}",
+                worker_list(&workers)
+            );
+        }
     }
 
-    /// Sends the snapshot to every worker and waits for each to swap it in.
-    fn push(&mut self, mut t: Tables) {
+    /// Sends the snapshot to every worker, then waits up to `ACK_TIMEOUT` in
+    /// all for each to swap it in (a stuck worker delays no other's swap).
+    /// Err: the workers that did not acknowledge.
+    fn push(&mut self, mut t: Tables) -> Result<(), Vec<usize>> {
         self.epoch = self.epoch.wrapping_add(1);
         t.epoch = self.epoch;
         let t = Arc::new(t);
-        for w in &self.workers {
-            let acked = w.call(|reply| Command::Tables {
-                tables: t.clone(),
-                reply,
-            });
-            if acked.is_none() {
-                log::error!("worker {} did not acknowledge new tables", w.index);
-            }
+        let acks: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (reply, ack) = bounded(1);
+                let sent = w.send(Command::Tables {
+                    tables: t.clone(),
+                    reply,
+                });
+                (w.index, sent.then_some(ack))
+            })
+            .collect();
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        // An acknowledgement carries the worker's old snapshot: it is freed
+        // here, on the engine thread.
+        let missed: Vec<usize> = acks
+            .into_iter()
+            .filter(|(_, ack)| {
+                ack.as_ref()
+                    .is_none_or(|a| a.recv_deadline(deadline).is_err())
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(missed)
         }
     }
 

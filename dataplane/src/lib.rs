@@ -7,6 +7,7 @@
 //! - [`netlink`]: next-hop MACs from the kernel's neighbour table.
 //! - [`state`], [`api`]: the API edge (proto -> validated domain types).
 //! - [`cli`]: the command line (flags, their environment variables).
+//! - [`fault`]: test-only faults (`--test-fault`, hidden).
 //!
 //! ARCHITECTURE.md at the repository root has the packet walks and threads.
 #![deny(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod fault;
 pub mod netlink;
 pub mod state;
 pub mod sys;

@@ -294,9 +294,11 @@ impl WorkerHandle {
         })
     }
 
-    /// Sends a command and wakes the worker if it sleeps.
+    /// Sends a command and wakes the worker if it sleeps. False if the
+    /// worker is gone, or its queue stayed full for `ACK_TIMEOUT` (a stuck
+    /// worker must not block the engine for good).
     pub fn send(&self, cmd: Command) -> bool {
-        let ok = self.tx.send(cmd).is_ok();
+        let ok = self.tx.send_timeout(cmd, ACK_TIMEOUT).is_ok();
         self.wake.notify();
         ok
     }
@@ -428,6 +430,7 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Tables { tables, reply } => {
+                crate::fault::on_tables(self.index);
                 self.pipeline.reserve_services(tables.services.names.len());
                 let old = std::mem::replace(&mut self.tables, tables);
                 // The old snapshot goes back with the acknowledgement: freeing

@@ -2,90 +2,16 @@
 //! invalid writes are refused with the field named and change nothing;
 //! accepted writes are visible in the state read-back.
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{node_namespaces, pod, state, Dataplane};
 use kxdp_proto::dataplane as pb;
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
-use kxdp_testkit::{require_root, unique_name, veth, NetNs};
+use kxdp_testkit::{require_root, unique_name, veth};
 use tonic::transport::Channel;
 use tonic::Code;
-
-/// A dataplane process in a namespace, killed on drop.
-struct Dataplane {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Dataplane {
-    fn start(ns: &NetNs, socket: PathBuf) -> Dataplane {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                env!("CARGO_BIN_EXE_kxdp-dataplane"),
-                "--node",
-                "n1",
-                "--socket",
-            ])
-            .arg(&socket)
-            .spawn()
-            .expect("start kxdp-dataplane");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "dataplane socket never appeared");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Dataplane { child, socket }
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-/// The lab's n1 on this test's TEST-NET underlay, without a host interface
-/// or services (its NodePort range stays explicit: read-back reports the
-/// effective one).
-fn node(uplink: &str) -> pb::NodeConfig {
-    pb::NodeConfig {
-        uplink: uplink.into(),
-        underlay_ip: "192.0.2.11".into(),
-        vtep_mac: "0e:58:c0:00:02:0b".into(),
-        service_cidr: String::new(),
-        host_interface: String::new(),
-        ..kxdp_testkit::lab::n1()
-    }
-}
-
-fn pod(name: &str, ip: &str, ifname: &str) -> pb::Pod {
-    pb::Pod {
-        name: name.into(),
-        ip: ip.into(),
-        mac: "0a:58:0a:f4:01:02".into(),
-        ifname: ifname.into(),
-    }
-}
-
-fn state(generation: u64, pods: Vec<pb::Pod>) -> pb::DataplaneState {
-    pb::DataplaneState {
-        generation,
-        node: Some(node("eth0")),
-        remote_nodes: vec![pb::RemoteNode {
-            vtep_ip: "192.0.2.12".into(),
-            vtep_mac: "0e:58:c0:00:02:0c".into(),
-            ..kxdp_testkit::lab::n2_remote()
-        }],
-        pods,
-        services: Vec::new(),
-    }
-}
 
 async fn get(c: &mut DataplaneClient<Channel>) -> pb::GetStateReply {
     get_state(c, false).await
@@ -120,13 +46,10 @@ async fn update(
 async fn writes_are_validated_atomic_and_read_back() {
     require_root();
     let tag = unique_name("dp");
-    let node_ns = NetNs::new(&format!("{tag}-n"));
-    let peer_ns = NetNs::new(&format!("{tag}-p"));
-    veth(&node_ns, "eth0", &peer_ns, "peer0");
-    node_ns.ip(&["addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    let (node_ns, peer_ns) = node_namespaces(&tag);
     veth(&node_ns, "kxa", &peer_ns, "poda");
     let socket = std::env::temp_dir().join(format!("{tag}.sock"));
-    let _dp = Dataplane::start(&node_ns, socket.clone());
+    let _dp = Dataplane::start(&node_ns, socket.clone(), &[]);
     let mut c = DataplaneClient::new(kxdp_proto::connect_unix(&socket).await.unwrap());
 
     let empty = get(&mut c).await;
