@@ -13,14 +13,15 @@
 # iperf3, tcpdump (underlay captures), jq (kxdpctl JSON), nftables, python3
 # (raw AF_PACKET frames in the e2e tests, from /usr/bin/python3), libbpf-dev
 # (bpf_helpers.h for the XDP program), etcd-server (the control plane's etcd
-# store tests run a real etcd on loopback), containernetworking-plugins (the
-# CNI plugin delegates IPAM to host-local), util-linux (nsenter), procps and
-# coreutils (ps, timeout).
+# store tests run a real etcd on loopback), openssl (their TLS certificates
+# and the Vagrant lab's: scripts/provision/etcd-pki.sh),
+# containernetworking-plugins (the CNI plugin delegates IPAM to host-local),
+# util-linux (nsenter), procps and coreutils (ps, timeout).
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
-    etcd-server containernetworking-plugins util-linux
+    etcd-server openssl containernetworking-plugins util-linux
 )
 # What test.sh needs beyond those: shellcheck (lints every script), vagrant
 # and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its

@@ -70,14 +70,18 @@ pub struct Args {
           default_value_t = DEFAULT_APPLY_TIMEOUT.as_millis() as u64)]
     pub apply_timeout_ms: u64,
 
-    /// Shared store: etcd://host:2379[,host:port...]. This process then
-    /// registers --node, takes a pod CIDR lease and programs only that
-    /// node's dataplane. With --cluster too, the file's cluster settings
+    /// Shared store: https://host:2379[,host:port...] (etcd over TLS, with
+    /// --etcd-ca, --etcd-cert, --etcd-key), or http://... with
+    /// --etcd-insecure. This process then registers --node, takes a pod
+    /// CIDR lease and programs only that node's dataplane. With --cluster too, the file's cluster settings
     /// become the cluster config if etcd has none (its nodes and pods are
     /// not used: nodes register themselves).
     #[arg(long, value_name = "URL", env = "KXDP_STORE_URL",
           requires_all = ["node", "underlay_ip", "uplink"])]
     pub store: Option<String>,
+
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
 
     /// Etcd mode: this node's name (a DNS label), the name its dataplane
     /// serves (kxdp-dataplane --node).
@@ -117,12 +121,50 @@ impl Args {
         if self.cluster.is_none() && self.store.is_none() && !self.lab {
             return Err("no source of truth: give one of\n  \
                  --cluster FILE        a cluster file (nodes, pods, services)\n  \
-                 --store etcd://H:P    etcd, with --node, --underlay-ip and --uplink\n  \
+                 --store https://H:P   etcd, with --node, --underlay-ip and --uplink\n  \
                  --lab                 the built-in two-node lab cluster (scripts/lab.sh's)\n\
                  (or KXDP_CLUSTER, KXDP_STORE_URL, KXDP_LAB=true in the environment; see --help)"
                 .into());
         }
+        if self.store.is_none() && self.etcd.any() {
+            return Err(
+                "--etcd-ca, --etcd-cert, --etcd-key and --etcd-insecure need --store".into(),
+            );
+        }
         Ok(())
+    }
+}
+
+/// How to reach the etcd store (`--store`), for kxdp-control and kxdpctl.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EtcdFlags {
+    /// Etcd over TLS (an https:// store): the CA certificate (PEM) that
+    /// signed etcd's server certificate. Required with https://.
+    #[arg(long, global = true, value_name = "FILE", env = "KXDP_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+
+    /// Etcd over TLS: this client's certificate (PEM), for an etcd that
+    /// authenticates clients (--client-cert-auth). Needs --etcd-key.
+    #[arg(long, global = true, value_name = "FILE", env = "KXDP_ETCD_CERT")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+
+    /// Etcd over TLS: the private key (PEM) of --etcd-cert.
+    #[arg(long, global = true, value_name = "FILE", env = "KXDP_ETCD_KEY")]
+    pub etcd_key: Option<std::path::PathBuf>,
+
+    /// Accept an http:// store: plaintext and unauthenticated, so whoever
+    /// reaches etcd can register nodes and write pods and services. For a
+    /// lab on a private network; an http:// store is refused without it.
+    #[arg(long, global = true, env = "KXDP_ETCD_INSECURE")]
+    pub etcd_insecure: bool,
+}
+
+impl EtcdFlags {
+    fn any(&self) -> bool {
+        self.etcd_insecure
+            || self.etcd_ca.is_some()
+            || self.etcd_cert.is_some()
+            || self.etcd_key.is_some()
     }
 }
 
@@ -146,7 +188,7 @@ mod tests {
     fn etcd_mode_needs_the_node_its_address_and_its_uplink() {
         let full = [
             "--store",
-            "etcd://127.0.0.1:2379",
+            "https://127.0.0.1:2379",
             "--node",
             "n1",
             "--underlay-ip",
@@ -175,7 +217,7 @@ mod tests {
         assert!(parse(&[
             "--lab",
             "--store",
-            "etcd://h:1",
+            "https://h:1",
             "--node",
             "n",
             "--underlay-ip",

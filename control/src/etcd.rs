@@ -1,5 +1,7 @@
-//! The etcd store (`--store etcd://host:2379[,host:port...]`), after
-//! flannel's etcd backend and Calico's etcd datastore.
+//! The etcd store (`--store https://host:2379[,host:port...]`), after
+//! flannel's etcd backend and Calico's etcd datastore. Reached over TLS with
+//! a client certificate for an etcd that asks for one ([`Access`]); plaintext
+//! only when `--etcd-insecure` asks for it.
 //!
 //! Keys, all under `/kxdp/`:
 //!
@@ -30,12 +32,14 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, EventType, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use ipnet::Ipv4Net;
 use kxdp_proto::control::AddPodRequest;
@@ -45,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::Status;
 
+use crate::cli::EtcdFlags;
 use crate::cluster::{Cluster, DataplaneKind, Node};
 use crate::conventions::{self, Mac};
 use crate::daemon;
@@ -64,21 +69,133 @@ pub const DEFAULT_LEASE_TTL_S: i64 = 15;
 /// Pod CIDR prefix length taken out of the cluster CIDR by default.
 pub const DEFAULT_SUBNET_LEN: u8 = 24;
 
-/// `etcd://h1:2379,h2:2379` → `["http://h1:2379", "http://h2:2379"]`.
-pub fn parse_store_url(url: &str) -> anyhow::Result<Vec<String>> {
-    let Some(rest) = url.strip_prefix("etcd://") else {
-        bail!("{url:?} is not an etcd://host:port[,host:port...] store");
-    };
-    let endpoints: Vec<String> = rest
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| format!("http://{}", s.trim_end_matches('/')))
-        .collect();
-    if endpoints.is_empty() {
-        bail!("{url:?} names no etcd endpoint");
+/// How to reach etcd: its endpoints, and the TLS settings unless plaintext
+/// was asked for (`--etcd-insecure`).
+#[derive(Clone)]
+pub struct Access {
+    pub endpoints: Vec<String>,
+    /// Boxed: large, and held in every `store::Source`.
+    tls: Option<Box<TlsOptions>>,
+}
+
+/// Without the TLS settings: they hold the client's private key.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
-    Ok(endpoints)
+}
+
+impl Access {
+    /// The store URL with its flags, checked and the TLS files read, so that
+    /// a bad combination stops the process at startup:
+    /// `https://h1:2379,h2:2379` needs `--etcd-ca` (and `--etcd-cert` with
+    /// `--etcd-key` when etcd asks for client certificates); `http://...`
+    /// needs `--etcd-insecure` and takes no TLS file.
+    pub fn new(url: &str, flags: &EtcdFlags) -> anyhow::Result<Access> {
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s @ ("https" | "http"), rest)) => (s, rest),
+            _ => bail!(
+                "{url:?} is not an etcd store: https://host:port[,host:port...] (TLS), \
+                 or http://... with --etcd-insecure"
+            ),
+        };
+        let mut endpoints = Vec::new();
+        for host in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let host = host.strip_prefix(&format!("{scheme}://")).unwrap_or(host);
+            if host.contains("://") {
+                bail!("{url:?} mixes schemes: one scheme for every endpoint");
+            }
+            endpoints.push(format!("{scheme}://{}", host.trim_end_matches('/')));
+        }
+        if endpoints.is_empty() {
+            bail!("{url:?} names no etcd endpoint");
+        }
+        let files = [&flags.etcd_ca, &flags.etcd_cert, &flags.etcd_key];
+        if scheme == "http" {
+            if !flags.etcd_insecure {
+                bail!(
+                    "{url:?} is plaintext etcd, refused: whoever reaches it could register \
+                     nodes and write pods and services. Use https:// with --etcd-ca, \
+                     --etcd-cert and --etcd-key, or give --etcd-insecure to accept plaintext"
+                );
+            }
+            if files.iter().any(|f| f.is_some()) {
+                bail!(
+                    "--etcd-ca, --etcd-cert and --etcd-key are for an https:// store, not {url:?}"
+                );
+            }
+            return Ok(Access::insecure(endpoints));
+        }
+        if flags.etcd_insecure {
+            bail!("--etcd-insecure is for an http:// store; {url:?} is TLS");
+        }
+        let Some(ca) = &flags.etcd_ca else {
+            bail!("{url:?} needs --etcd-ca FILE: the CA that signed etcd's server certificate");
+        };
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem(
+            "--etcd-ca",
+            ca,
+            "CERTIFICATE",
+        )?));
+        match (&flags.etcd_cert, &flags.etcd_key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_pem("--etcd-cert", cert, "CERTIFICATE")?,
+                    read_pem("--etcd-key", key, "PRIVATE KEY")?,
+                ));
+            }
+            (None, None) => {}
+            (Some(_), None) => bail!("--etcd-cert needs --etcd-key (the client certificate's key)"),
+            (None, Some(_)) => bail!("--etcd-key needs --etcd-cert (the client certificate)"),
+        }
+        // Parses the PEM now, not at the first connection.
+        for e in &endpoints {
+            tonic::transport::Endpoint::from_shared(e.clone())
+                .and_then(|ep| ep.tls_config(tls.clone()))
+                .map_err(|err| anyhow::anyhow!("{e}: {err}: {}", source_of(&err)))?;
+        }
+        Ok(Access {
+            endpoints,
+            tls: Some(Box::new(tls)),
+        })
+    }
+
+    /// Plaintext access to `endpoints` (`http://...`), as `--etcd-insecure` gives.
+    pub fn insecure(endpoints: Vec<String>) -> Access {
+        Access {
+            endpoints,
+            tls: None,
+        }
+    }
+}
+
+/// The PEM file `path` given to `flag`; it must hold a `what` ("CERTIFICATE",
+/// "PRIVATE KEY") block, which tonic would otherwise skip silently.
+fn read_pem(flag: &str, path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))?;
+    let text = String::from_utf8_lossy(&pem);
+    if !text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.ends_with(&format!("{what}-----")))
+    {
+        bail!("{flag} {}: no PEM {what} in it", path.display());
+    }
+    Ok(pem)
+}
+
+/// The cause under a tonic error, which prints only its kind.
+fn source_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes = Vec::new();
+    let mut at = e.source();
+    while let Some(c) = at {
+        causes.push(c.to_string());
+        at = c.source();
+    }
+    causes.join(": ")
 }
 
 /// The cluster-wide parameters, written once.
@@ -176,13 +293,37 @@ fn service_key(name: &str) -> String {
 }
 
 /// Connects to the etcd cluster (any live member serves).
-pub async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
-    let opts = etcd_client::ConnectOptions::new()
+pub async fn connect(access: &Access) -> anyhow::Result<Client> {
+    let mut opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
-    Client::connect(endpoints, Some(opts))
+    if let Some(tls) = &access.tls {
+        opts = opts.with_tls((**tls).clone());
+    }
+    let at = || format!("cannot connect to etcd at {}", access.endpoints.join(","));
+    let mut client = Client::connect(&access.endpoints, Some(opts))
         .await
-        .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))
+        .with_context(at)?;
+    // The channel connects lazily: one request, so that an unreachable etcd
+    // or a refused certificate is reported here, as a connection failure.
+    if let Err(e) = client.status().await {
+        // TLS 1.3 refuses a client certificate after the handshake: the
+        // client sees an alert, or only the connection closing.
+        let text = e.to_string();
+        let closed = text.contains("closed") || text.contains("fatal alert");
+        let hint = match (&access.tls, closed) {
+            (Some(_), true) => {
+                " (etcd closed the connection, as an etcd with --client-cert-auth does \
+                 to a client without a certificate of its CA: check --etcd-cert)"
+            }
+            (None, true) => {
+                " (etcd closed the connection: if it serves TLS, use https:// with --etcd-ca)"
+            }
+            _ => "",
+        };
+        return Err(anyhow::Error::new(e).context(format!("{}{hint}", at())));
+    }
+    Ok(client)
 }
 
 /// Writes the cluster config if there is none; returns the one in force
@@ -524,7 +665,7 @@ fn node_of(value: &[u8]) -> anyhow::Result<Node> {
 /// How a control process joins an etcd-backed cluster.
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
+    pub access: Access,
     pub node: Registration,
     /// Written as the cluster config if etcd has none (`--cluster` given).
     pub bootstrap: Option<ClusterConfig>,
@@ -551,7 +692,7 @@ impl Store {
     /// daemon stops: a restart within the TTL takes the same pod CIDR back,
     /// and a node that stays away is dropped by everyone when it expires.
     pub async fn join(etcd: EtcdConfig, config: &daemon::Config) -> anyhow::Result<Opened> {
-        let mut client = connect(&etcd.endpoints).await?;
+        let mut client = connect(&etcd.access).await?;
         let cluster_config = match &etcd.bootstrap {
             Some(bootstrap) => {
                 let (cfg, written) = init_config(&mut client, bootstrap).await?;

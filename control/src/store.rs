@@ -114,7 +114,7 @@ fn cluster_file(path: Option<&Path>, dataplane_dir: &Path) -> Result<(String, Cl
 }
 
 fn etcd_source(args: &Args, url: &str) -> Result<Source, String> {
-    let endpoints = etcd::parse_store_url(url).map_err(|e| format!("--store: {e:#}"))?;
+    let access = etcd::Access::new(url, &args.etcd).map_err(|e| format!("--store: {e:#}"))?;
     let name = args.node.clone().unwrap_or_default();
     if !validate::is_dns_label(&name) {
         return Err(format!("--node {name:?} is not a DNS label"));
@@ -130,7 +130,7 @@ fn etcd_source(args: &Args, url: &str) -> Result<Source, String> {
         }
     };
     Ok(Source::Etcd(EtcdConfig {
-        endpoints,
+        access,
         node: Registration {
             name,
             underlay_ip: args.underlay_ip.expect("clap requires it"),

@@ -1,5 +1,7 @@
 //! The control process in etcd mode, against a real etcd (Debian's
-//! etcd-server) and dataplane doubles: registration, leases, the watch.
+//! etcd-server) and dataplane doubles: registration, leases, the watch; and
+//! etcd over TLS with client certificates (scripts/provision/etcd-pki.sh
+//! makes them with openssl), what it refuses, and the store flags' checks.
 
 mod common;
 
@@ -8,19 +10,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use kxdp_control::cli::EtcdFlags;
 use kxdp_control::cluster::Cluster;
-use kxdp_control::etcd::{self, ClusterConfig, EtcdConfig, Registration};
+use kxdp_control::etcd::{self, Access, ClusterConfig, EtcdConfig, Registration};
 use kxdp_control::store::Source;
-use kxdp_proto::control::{ApplyClusterRequest, ListServicesRequest, UpsertServiceRequest};
+use kxdp_proto::control::control_client::ControlClient;
+use kxdp_proto::control::{
+    AddPodRequest, ApplyClusterRequest, ListServicesRequest, UpsertServiceRequest,
+};
 use kxdp_proto::dataplane::DataplaneState;
 use kxdp_testkit::TempDir;
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// etcd members on loopback, random ports, data in a temp dir; killed
 /// (by PID, through their Child) on drop.
 struct Etcd {
     members: Vec<Option<std::process::Child>>,
-    endpoints: Vec<String>,
+    access: Access,
+    /// The client port of each member.
+    ports: Vec<u16>,
     _dir: TempDir,
 }
 
@@ -35,8 +44,19 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
-    /// Fails the test when etcd is not installed (it never skips itself).
+    /// `n` members serving plaintext.
     fn start(n: usize) -> Etcd {
+        Etcd::start_with(n, None)
+    }
+
+    /// One member serving clients over TLS with `pki`'s certificates
+    /// (etcd-pki.sh's), and only clients with a certificate of its CA.
+    fn start_tls(pki: &Path) -> Etcd {
+        Etcd::start_with(1, Some(pki))
+    }
+
+    /// Fails the test when etcd is not installed (it never skips itself).
+    fn start_with(n: usize, pki: Option<&Path>) -> Etcd {
         assert!(
             std::path::Path::new(ETCD).exists(),
             "{ETCD} missing: install Debian's etcd-server (scripts/deps.sh does)"
@@ -49,6 +69,22 @@ impl Etcd {
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
         let token = dir.0.file_name().unwrap().to_string_lossy().to_string();
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let tls: Vec<String> = match pki {
+            None => Vec::new(),
+            Some(pki) => {
+                let file = |f: &str| pki.join(f).to_string_lossy().to_string();
+                vec![
+                    "--client-cert-auth".into(),
+                    "--trusted-ca-file".into(),
+                    file("ca.pem"),
+                    "--cert-file".into(),
+                    file("server.pem"),
+                    "--key-file".into(),
+                    file("server-key.pem"),
+                ]
+            }
+        };
         let members = ports
             .iter()
             .enumerate()
@@ -61,9 +97,9 @@ impl Etcd {
                         .arg(dir.0.join(format!("m{i}")))
                         .args([
                             "--listen-client-urls",
-                            &format!("http://127.0.0.1:{client}"),
+                            &format!("{scheme}://127.0.0.1:{client}"),
                             "--advertise-client-urls",
-                            &format!("http://127.0.0.1:{client}"),
+                            &format!("{scheme}://127.0.0.1:{client}"),
                             "--listen-peer-urls",
                             &format!("http://127.0.0.1:{peer}"),
                             "--initial-advertise-peer-urls",
@@ -75,6 +111,7 @@ impl Etcd {
                             "--initial-cluster-token",
                             &token,
                         ])
+                        .args(&tls)
                         .stdout(std::process::Stdio::null())
                         .stderr(log)
                         .spawn()
@@ -82,13 +119,24 @@ impl Etcd {
                 )
             })
             .collect();
-        let endpoints = ports
-            .iter()
-            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
-            .collect();
+        let ports: Vec<u16> = ports.iter().map(|(c, _)| *c).collect();
+        let access = match pki {
+            None => Access::insecure(
+                ports
+                    .iter()
+                    .map(|c| format!("http://127.0.0.1:{c}"))
+                    .collect(),
+            ),
+            Some(pki) => Access::new(
+                &format!("https://127.0.0.1:{}", ports[0]),
+                &tls_flags(pki, pki),
+            )
+            .unwrap(),
+        };
         Etcd {
             members,
-            endpoints,
+            access,
+            ports,
             _dir: dir,
         }
     }
@@ -96,7 +144,7 @@ impl Etcd {
     async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut c) = etcd::connect(&self.endpoints).await {
+            if let Ok(mut c) = etcd::connect(&self.access).await {
                 if c.put("/kxdp-test/ready", "1", None).await.is_ok() {
                     return;
                 }
@@ -139,13 +187,13 @@ fn registration(name: &str, last: u8) -> Registration {
 /// A node's control process in etcd mode, its socket `<dir>/<name>-control.sock`.
 async fn start_etcd_control(
     dir: &Path,
-    endpoints: &[String],
+    access: &Access,
     node: Registration,
     bootstrap: bool,
 ) -> Control {
     let listen = dir.join(format!("{}-control.sock", node.name));
     let etcd = EtcdConfig {
-        endpoints: endpoints.to_vec(),
+        access: access.clone(),
         node,
         bootstrap: bootstrap.then(lab_config),
     };
@@ -160,14 +208,14 @@ async fn start_etcd_control(
 /// etcd-mode control process (underlay 172.30.0.<last>).
 async fn etcd_node(
     dir: &Path,
-    endpoints: &[String],
+    access: &Access,
     name: &str,
     last: u8,
     bootstrap: bool,
 ) -> (Arc<FakeDataplane>, Served<()>, Control) {
     let fake = FakeDataplane::new(&format!("{name}-1"));
     let served = serve_fake(fake.clone(), dir.join(format!("{name}.sock"))).await;
-    let control = start_etcd_control(dir, endpoints, registration(name, last), bootstrap).await;
+    let control = start_etcd_control(dir, access, registration(name, last), bootstrap).await;
     (fake, served, control)
 }
 
@@ -194,14 +242,74 @@ fn pod_cidr(s: &DataplaneState) -> String {
     s.node.as_ref().unwrap().pod_cidr.clone()
 }
 
+/// Host `host` of the pod CIDR the node holding `s` has.
+fn pod_ip(s: &DataplaneState, host: u32) -> String {
+    let net: ipnet::Ipv4Net = pod_cidr(s).parse().unwrap();
+    std::net::Ipv4Addr::from(u32::from(net.network()) + host).to_string()
+}
+
+/// Adds pod `cni/eth0` on the node holding `to` (`fake` serves it)
+/// through `client`, and waits until that dataplane holds it.
+async fn pod_through(
+    client: &mut ControlClient<Channel>,
+    to: &DataplaneState,
+    fake: &Arc<FakeDataplane>,
+) -> AddPodRequest {
+    let node = &to.node.as_ref().unwrap().name;
+    let ip = pod_ip(to, 9);
+    let mut req = add_pod_request(node, "cni/eth0", &ip, "veth9");
+    req.mac = "0a:58:0a:f4:02:09".into();
+    client.add_pod(req.clone()).await.unwrap();
+    wait_held(&format!("{node} holds the pod"), fake, |s| {
+        s.pods.iter().any(|p| p.ip == ip)
+    })
+    .await;
+    req
+}
+
+/// Writes `default/web` (one endpoint, `a_ip` on node a) through `client`
+/// and waits until both dataplanes hold it.
+async fn service_through(
+    client: &mut ControlClient<Channel>,
+    a_ip: &str,
+    fake_a: &Arc<FakeDataplane>,
+    fake_b: &Arc<FakeDataplane>,
+) {
+    let service = kxdp_proto::dataplane::Service {
+        name: "default/web".into(),
+        cluster_ip: "10.96.0.10".into(),
+        ports: vec![kxdp_proto::dataplane::ServicePort {
+            port: 80,
+            node_port: 30080,
+            ..Default::default()
+        }],
+        endpoints: vec![kxdp_proto::dataplane::Endpoint {
+            ip: a_ip.into(),
+            ready: true,
+            serving: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    client
+        .upsert_service(UpsertServiceRequest {
+            service: Some(service),
+        })
+        .await
+        .unwrap();
+    let a = wait_held("a holds the service", fake_a, |s| s.services.len() == 1).await;
+    assert_eq!(a.services[0].endpoints[0].node, "a");
+    wait_held("b holds the service", fake_b, |s| s.services.len() == 1).await;
+}
+
 #[tokio::test]
 async fn etcd_nodes_register_share_state_restart_and_expire() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
     let _ = env_logger::builder().is_test(true).try_init();
     let tmp = TempDir::new("etcd-nodes");
-    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.endpoints, "a", 11, true).await;
-    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.endpoints, "b", 12, false).await;
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
     let (mut ca, mut cb) = (control_a.client.clone(), control_b.client.clone());
 
     // Each dataplane gets its own pod CIDR and a route to the other's.
@@ -228,14 +336,7 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
 
     // A pod written through a's API reaches b's dataplane through etcd.
     let b_net: ipnet::Ipv4Net = pod_cidr(&b).parse().unwrap();
-    let b_ip = std::net::Ipv4Addr::from(u32::from(b_net.network()) + 9).to_string();
-    let mut req = add_pod_request("b", "cni/eth0", &b_ip, "veth9");
-    req.mac = "0a:58:0a:f4:02:09".into();
-    ca.add_pod(req.clone()).await.unwrap();
-    wait_held("b holds the pod", &fake_b, |s| {
-        s.pods.iter().any(|p| p.ip == b_ip)
-    })
-    .await;
+    let req = pod_through(&mut ca, &b, &fake_b).await;
     // Invalid through etcd is invalid too, and a retry is a no-op.
     let mut bad = req.clone();
     bad.name = "other".into();
@@ -243,8 +344,7 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     ca.add_pod(req.clone()).await.unwrap();
     // A pod on a, through a: the reply waits for a's dataplane.
-    let a_net: ipnet::Ipv4Net = pod_cidr(&a).parse().unwrap();
-    let a_ip = std::net::Ipv4Addr::from(u32::from(a_net.network()) + 9).to_string();
+    let a_ip = pod_ip(&a, 9);
     let reply = ca
         .add_pod(add_pod_request("a", "cni/eth0", &a_ip, "veth9"))
         .await
@@ -255,30 +355,7 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     assert!(now.pods.iter().any(|p| p.ip == a_ip));
 
     // A service written through b reaches both dataplanes.
-    let service = kxdp_proto::dataplane::Service {
-        name: "default/web".into(),
-        cluster_ip: "10.96.0.10".into(),
-        ports: vec![kxdp_proto::dataplane::ServicePort {
-            port: 80,
-            node_port: 30080,
-            ..Default::default()
-        }],
-        endpoints: vec![kxdp_proto::dataplane::Endpoint {
-            ip: a_ip.clone(),
-            ready: true,
-            serving: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    cb.upsert_service(UpsertServiceRequest {
-        service: Some(service),
-    })
-    .await
-    .unwrap();
-    let a = wait_held("a holds the service", &fake_a, |s| s.services.len() == 1).await;
-    assert_eq!(a.services[0].endpoints[0].node, "a");
-    wait_held("b holds the service", &fake_b, |s| s.services.len() == 1).await;
+    service_through(&mut cb, &a_ip, &fake_a, &fake_b).await;
     let listed = ca
         .list_services(ListServicesRequest {})
         .await
@@ -290,7 +367,7 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     // takes back the same pod CIDR and resyncs b once; a never changes.
     let b_syncs = fake_b.syncs().len();
     control_b.stop().await;
-    let control_b = start_etcd_control(&tmp.0, &etcd.endpoints, registration("b", 12), false).await;
+    let control_b = start_etcd_control(&tmp.0, &etcd.access, registration("b", 12), false).await;
     wait_until("b resynced", || async {
         (fake_b.syncs().len() > b_syncs).then_some(())
     })
@@ -324,17 +401,17 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
 async fn etcd_concurrent_leases_never_overlap() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
-    let mut client = etcd::connect(&etcd.endpoints).await.unwrap();
+    let mut client = etcd::connect(&etcd.access).await.unwrap();
     let mut config = lab_config();
     // A small cluster CIDR: 8 subnets for 8 nodes asking at once.
     config.cidr = "10.244.0.0/21".into();
     etcd::init_config(&mut client, &config).await.unwrap();
     let tasks: Vec<_> = (0..8u8)
         .map(|i| {
-            let endpoints = etcd.endpoints.clone();
+            let access = etcd.access.clone();
             let config = config.clone();
             tokio::spawn(async move {
-                let mut c = etcd::connect(&endpoints).await.unwrap();
+                let mut c = etcd::connect(&access).await.unwrap();
                 etcd::acquire(&mut c, &config, &registration(&format!("n{i}"), 20 + i))
                     .await
                     .unwrap()
@@ -361,8 +438,8 @@ async fn etcd_member_death_keeps_the_cluster_working() {
     let mut etcd = Etcd::start(3);
     etcd.ready().await;
     let tmp = TempDir::new("etcd-3");
-    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.endpoints, "a", 11, true).await;
-    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.endpoints, "b", 12, false).await;
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
     let mut ca = control_a.client.clone();
     wait_held("a sees b", &fake_a, |s| s.remote_nodes.len() == 1).await;
 
@@ -371,8 +448,7 @@ async fn etcd_member_death_keeps_the_cluster_working() {
     // Writes still go through, and both nodes still see each other after
     // several lease TTLs (keep-alives reach the other members).
     let a = fake_a.held().unwrap();
-    let net: ipnet::Ipv4Net = pod_cidr(&a).parse().unwrap();
-    let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + 5).to_string();
+    let ip = pod_ip(&a, 5);
     // A try that lands on the dead member costs the client's 5 s request
     // timeout; on a loaded 2-core machine several may in a row.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -398,4 +474,181 @@ async fn etcd_member_death_keeps_the_cluster_working() {
     control_b.stop().await;
     served_a.stop().await;
     served_b.stop().await;
+}
+
+/// A CA and etcd's and a client's certificates, made by
+/// scripts/provision/etcd-pki.sh in `dir`.
+fn pki(dir: &Path) -> std::path::PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/provision/etcd-pki.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcd-pki.sh: {out:?}");
+    dir.to_path_buf()
+}
+
+/// TLS flags trusting `ca`'s CA, with `client`'s client certificate.
+fn tls_flags(ca: &Path, client: &Path) -> EtcdFlags {
+    EtcdFlags {
+        etcd_ca: Some(ca.join("ca.pem")),
+        etcd_cert: Some(client.join("client.pem")),
+        etcd_key: Some(client.join("client-key.pem")),
+        etcd_insecure: false,
+    }
+}
+
+#[tokio::test]
+async fn etcd_over_tls_with_client_certificates_shares_state() {
+    let tmp = TempDir::new("etcd-tls");
+    let etcd = Etcd::start_tls(&pki(&tmp.0.join("pki")));
+    etcd.ready().await;
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
+    let a = wait_held("a sees b", &fake_a, |s| s.remote_nodes.len() == 1).await;
+    let b = wait_held("b sees a", &fake_b, |s| s.remote_nodes.len() == 1).await;
+    assert_eq!(b.remote_nodes[0].pod_cidr, pod_cidr(&a));
+    pod_through(&mut control_a.client.clone(), &b, &fake_b).await;
+    service_through(
+        &mut control_b.client.clone(),
+        &pod_ip(&a, 9),
+        &fake_a,
+        &fake_b,
+    )
+    .await;
+    control_a.stop().await;
+    control_b.stop().await;
+    served_a.stop().await;
+    served_b.stop().await;
+}
+
+/// What a control process joining through `access` fails with.
+async fn join_error(dir: &Path, access: &Access) -> String {
+    let etcd = EtcdConfig {
+        access: access.clone(),
+        node: registration("a", 11),
+        bootstrap: Some(lab_config()),
+    };
+    let listen = dir.join("refused-control.sock");
+    let config = config(dir, listen, Duration::from_secs(5));
+    let never = std::future::pending::<()>();
+    let run = kxdp_control::daemon::run(config, Source::Etcd(etcd), never);
+    let e = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the join neither failed nor finished")
+        .expect_err("joined");
+    format!("{e:#}")
+}
+
+#[tokio::test]
+async fn a_tls_etcd_refuses_other_cas_clients_and_plaintext() {
+    let tmp = TempDir::new("etcd-tls-refused");
+    let good = pki(&tmp.0.join("pki"));
+    let other = pki(&tmp.0.join("other"));
+    let etcd = Etcd::start_tls(&good);
+    etcd.ready().await;
+    let url = format!("https://127.0.0.1:{}", etcd.ports[0]);
+    let refused = format!("cannot connect to etcd at {url} (etcd closed the connection");
+
+    // A client certificate of another CA: etcd ends the connection.
+    let access = Access::new(&url, &tls_flags(&good, &other)).unwrap();
+    let e = join_error(&tmp.0, &access).await;
+    assert!(
+        e.contains(&refused) && e.contains("check --etcd-cert"),
+        "{e}"
+    );
+    // No client certificate at all.
+    let mut flags = tls_flags(&good, &good);
+    (flags.etcd_cert, flags.etcd_key) = (None, None);
+    let e = join_error(&tmp.0, &Access::new(&url, &flags).unwrap()).await;
+    assert!(e.contains(&refused), "{e}");
+    // Trusting another CA: etcd's own certificate is refused.
+    let access = Access::new(&url, &tls_flags(&other, &good)).unwrap();
+    let e = join_error(&tmp.0, &access).await;
+    assert!(
+        e.contains(&format!("cannot connect to etcd at {url}"))
+            && e.contains("invalid peer certificate: UnknownIssuer"),
+        "{e}"
+    );
+    // Plaintext to the TLS port.
+    let plain = format!("http://127.0.0.1:{}", etcd.ports[0]);
+    let e = join_error(&tmp.0, &Access::insecure(vec![plain.clone()])).await;
+    assert!(
+        e.contains(&format!("cannot connect to etcd at {plain}"))
+            && e.contains("if it serves TLS, use https://"),
+        "{e}"
+    );
+    // None of them wrote anything.
+    let mut client = etcd::connect(&etcd.access).await.unwrap();
+    assert!(etcd::read_config(&mut client).await.unwrap().is_none());
+}
+
+/// kxdp-control with these store flags (and nothing from the environment):
+/// its exit status and stderr.
+fn control_with(store_flags: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kxdp-control"))
+        .env_clear()
+        .args(store_flags)
+        .args("--node n1 --underlay-ip 192.0.2.1 --uplink eth1".split(' '))
+        .args(["--listen", "/nonexistent/control.sock"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_store_flags_stop_kxdp_control_at_startup_with_exit_2() {
+    let tmp = TempDir::new("etcd-flags");
+    let pki = pki(&tmp.0.join("pki"));
+    let file = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
+    let missing = file("missing.pem");
+    let https = "https://127.0.0.1:1";
+    for (flags, says) in [
+        (vec!["--store", "http://127.0.0.1:1"], "--etcd-insecure"),
+        (vec!["--store", "etcd://127.0.0.1:1"], "https://host:port"),
+        (vec!["--store", https], "needs --etcd-ca"),
+        (
+            vec!["--store", https, "--etcd-ca", &ca, "--etcd-cert", &cert],
+            "--etcd-cert needs --etcd-key",
+        ),
+        (
+            vec!["--store", https, "--etcd-ca", &ca, "--etcd-key", &key],
+            "--etcd-key needs --etcd-cert",
+        ),
+        (
+            vec!["--store", https, "--etcd-ca", &missing],
+            "cannot read --etcd-ca",
+        ),
+        (
+            vec!["--store", https, "--etcd-ca", &key],
+            "no PEM CERTIFICATE",
+        ),
+        (
+            vec!["--store", https, "--etcd-ca", &ca, "--etcd-insecure"],
+            "--etcd-insecure is for an http:// store",
+        ),
+        (
+            vec![
+                "--store",
+                "http://127.0.0.1:1",
+                "--etcd-insecure",
+                "--etcd-ca",
+                &ca,
+            ],
+            "are for an https:// store",
+        ),
+        (
+            vec!["--cluster", "x.yaml", "--etcd-insecure"],
+            "need --store",
+        ),
+    ] {
+        let (code, stderr) = control_with(&flags);
+        assert_eq!(code, Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
 }

@@ -175,6 +175,15 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
     let file_store = read("vagrant/systemd/kxdp-control.service.d/file-store.conf");
     let cluster = kxdp_control::cluster::Cluster::from_yaml(&read("vagrant/cluster.yaml")).unwrap();
 
+    let tmp = kxdp_testkit::TempDir::new("units-pki");
+    let pki = tmp.0.join("pki");
+    let made = Command::new("bash")
+        .arg(repo().join("scripts/provision/etcd-pki.sh"))
+        .arg(&pki)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
     let mut last_env = BTreeMap::new();
     for (node, ip) in vagrant_nodes(&vagrantfile) {
         let env = env_file(&node, &ip, &uplink, &etcd);
@@ -202,8 +211,8 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         assert_eq!(argv[0], "/usr/local/bin/kxdp-control");
         let c: kxdp_control::cli::Args = parse(&argv, &env, "kxdp-control.service");
         c.check().unwrap();
-        assert_eq!(c.store.as_deref(), Some(format!("etcd://{etcd}").as_str()));
-        kxdp_control::etcd::parse_store_url(c.store.as_deref().unwrap()).unwrap();
+        assert_eq!(c.store.as_deref(), Some(format!("https://{etcd}").as_str()));
+        etcd_tls_files_are_the_installed_ones(&c, &pki);
         assert_eq!(c.node.as_deref(), Some(node.as_str()));
         assert_eq!(c.underlay_ip.map(|a| a.to_string()), Some(ip.clone()));
         assert_eq!(c.uplink.as_deref(), Some(uplink.as_str()));
@@ -244,6 +253,30 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         last_env = env;
     }
     a_unit_without_a_required_flag_does_not_parse(&last_env);
+}
+
+/// Control's --etcd-* files are in /etc/kxdp/etcd, where
+/// vagrant/provision/kxdp.sh installs them from etcd-pki.sh's output; the
+/// store flags accept them (the same names in `pki`, one etcd-pki.sh made).
+fn etcd_tls_files_are_the_installed_ones(c: &kxdp_control::cli::Args, pki: &Path) {
+    let provision = read("vagrant/provision/kxdp.sh");
+    let [ca, cert, key] = [&c.etcd.etcd_ca, &c.etcd.etcd_cert, &c.etcd.etcd_key].map(|f| {
+        let f = f.as_deref().expect("an --etcd-* flag is missing");
+        assert_eq!(f.parent(), Some(Path::new("/etc/kxdp/etcd")), "{f:?}");
+        let name = f.file_name().unwrap().to_string_lossy();
+        assert!(
+            provision.contains(&format!("\"$pki/{name}\"")),
+            "kxdp.sh does not install {name}"
+        );
+        Some(pki.join(&*name))
+    });
+    let flags = kxdp_control::cli::EtcdFlags {
+        etcd_ca: ca,
+        etcd_cert: cert,
+        etcd_key: key,
+        etcd_insecure: c.etcd.etcd_insecure,
+    };
+    kxdp_control::etcd::Access::new(c.store.as_deref().unwrap(), &flags).unwrap();
 }
 
 /// The check above can fail: a unit that loses a flag the binary requires

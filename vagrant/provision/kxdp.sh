@@ -4,6 +4,8 @@
 #   1. scripts/provision/install-kxdp.sh: the binaries (synced from the host's
 #      target/release, or built here), kxdp-cni into /usr/lib/cni
 #   2. /etc/default/kxdp (node, uplink, etcd) and the units of vagrant/systemd;
+#      etcd store: the lab CA and client certificate (vagrant/.pki, made on
+#      the host) in /etc/kxdp/etcd, where the unit's --etcd-* flags read them;
 #      KXDP_STORE=file adds a drop-in that runs kxdp-control on
 #      /etc/kxdp/cluster.yaml (vagrant/cluster.yaml) instead of etcd
 #   3. systemctl enable --now kxdp-dataplane kxdp-control
@@ -25,6 +27,15 @@ install -m 0755 "$SRC/scripts/provision/cni-pod.sh" /usr/local/bin/kxdp-pod
 
 install -m 0644 "$UNITS/kxdp-dataplane.service" "$UNITS/kxdp-control.service" /etc/systemd/system/
 rm -rf /etc/systemd/system/kxdp-control.service.d
+if [[ $STORE == etcd ]]; then
+    pki=$SRC/vagrant/.pki
+    [[ -e $pki/client.pem ]] || {
+        echo "error: no $pki/client.pem: vagrant up makes it on the host (scripts/provision/etcd-pki.sh)" >&2
+        exit 1
+    }
+    install -d -m 0700 /etc/kxdp/etcd
+    install -m 0600 "$pki/ca.pem" "$pki/client.pem" "$pki/client-key.pem" /etc/kxdp/etcd/
+fi
 if [[ $STORE == file ]]; then
     install -m 0644 "$SRC/vagrant/cluster.yaml" /etc/kxdp/cluster.yaml
     install -d /etc/systemd/system/kxdp-control.service.d

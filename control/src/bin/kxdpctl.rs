@@ -43,9 +43,13 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
 
-    /// The etcd store, for `init`: etcd://host:2379[,host:port...].
+    /// The etcd store, for `init`: https://host:2379[,host:port...] with
+    /// --etcd-ca (--etcd-cert, --etcd-key), or http://... with --etcd-insecure.
     #[arg(long, global = true, value_name = "URL", env = "KXDP_STORE")]
     store: Option<String>,
+
+    #[command(flatten)]
+    etcd: kxdp_control::cli::EtcdFlags,
 
     #[command(subcommand)]
     cmd: Cmd,
@@ -350,11 +354,11 @@ async fn run(args: Args) -> Result<()> {
             let cluster = load(Some(&file))?;
             let url = args
                 .store
-                .ok_or_else(|| Failure::Other("init needs --store etcd://host:port".into()))?;
-            let endpoints = kxdp_control::etcd::parse_store_url(&url)
-                .map_err(|e| Failure::Other(format!("--store: {e:#}")))?;
+                .ok_or_else(|| Failure::Other("init needs --store https://host:port".into()))?;
+            let access = kxdp_control::etcd::Access::new(&url, &args.etcd)
+                .map_err(|e| Failure::Invalid(format!("kxdpctl: --store: {e:#}")))?;
             let config = kxdp_control::etcd::ClusterConfig::from_cluster(&cluster, subnet_len);
-            let mut client = kxdp_control::etcd::connect(&endpoints)
+            let mut client = kxdp_control::etcd::connect(&access)
                 .await
                 .map_err(|e| Failure::Other(format!("{e:#}")))?;
             let (held, written) = kxdp_control::etcd::init_config(&mut client, &config)
