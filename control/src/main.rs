@@ -17,6 +17,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panicked reconciler task would silently stop programming its node.
+    kxdp_proto::abort_on_panic("kxdp-control");
     let source = match Source::from_args(&args) {
         Ok(source) => source,
         Err(e) => {

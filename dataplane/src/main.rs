@@ -10,7 +10,7 @@ use kxdp_proto::dataplane::dataplane_server::DataplaneServer;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    abort_on_panic();
+    kxdp_proto::abort_on_panic("kxdp-dataplane");
     let args = Args::parse();
     if let Some(fault) = args.test_fault {
         log::warn!("--test-fault {fault} armed: this process is for tests only");
@@ -71,24 +71,6 @@ fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
     log::info!("stopped");
     Ok(())
-}
-
-/// A panic in any thread ends the process, as `panic = "abort"` would, but
-/// in every profile (so the debug-build tests see what production does) and
-/// without making `cargo test --release` build every dependency twice. A dead
-/// worker or engine would otherwise leave a process that still answers
-/// gRPC but forwards nothing, which no service manager restarts.
-fn abort_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        let thread = std::thread::current();
-        log::error!(
-            "thread {} panicked: aborting, so that the service manager restarts kxdp-dataplane",
-            thread.name().unwrap_or("<unnamed>")
-        );
-        std::process::abort();
-    }));
 }
 
 /// Binds the API socket with the shared root-only binder (0700 directory,

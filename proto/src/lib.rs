@@ -52,6 +52,24 @@ pub const MAX_UNDERLAY_MTU: u32 = 1778;
 /// Largest pod MTU: [`MAX_UNDERLAY_MTU`] less the VXLAN headers.
 pub const MAX_POD_MTU: u32 = MAX_UNDERLAY_MTU - VXLAN_OVERHEAD;
 
+/// A panic in any thread ends the process, as `panic = "abort"` would, but
+/// in every profile (so the debug-build tests see what production does) and
+/// without making `cargo test --release` build every dependency twice. A dead
+/// worker, engine or reconciler would otherwise leave a process that still
+/// answers gRPC but does nothing, which no service manager restarts.
+pub fn abort_on_panic(process: &'static str) {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        log::error!(
+            "thread {} panicked: aborting, so that the service manager restarts {process}",
+            thread.name().unwrap_or("<unnamed>")
+        );
+        std::process::abort();
+    }));
+}
+
 /// Where the daemons' sockets live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/kxdp";
 /// Default Unix socket of the control API.
