@@ -620,7 +620,7 @@ impl Engine {
             }
         }
         for r in self.state.remotes.values() {
-            t.routes.insert(
+            t.add_remote(
                 r.pod_cidr,
                 RemoteRoute {
                     vtep_ip: r.vtep_ip,
