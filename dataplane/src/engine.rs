@@ -144,6 +144,9 @@ pub struct Engine {
     free_ids: Vec<PortId>,
     pod_status: BTreeMap<String, AttachStatus>,
     uplink_status: String,
+    /// VXLAN from unknown VTEPs that detached XDP programs dropped (their
+    /// counts go with them): keeps `vxlan_unknown_vtep` from going back.
+    xdp_unknown_vtep_before: u64,
     neigh: HashMap<Ipv4Addr, Neigh>,
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
@@ -177,6 +180,7 @@ impl Engine {
             free_ids: (0..MAX_PORTS as PortId).rev().collect(),
             pod_status: BTreeMap::new(),
             uplink_status: "not configured".into(),
+            xdp_unknown_vtep_before: 0,
             neigh: HashMap::new(),
             service_ids: BTreeMap::new(),
             epoch: 0,
@@ -311,12 +315,13 @@ impl Engine {
         }
         self.reconcile_ports();
         self.refresh_neighbours();
-        self.sync_node_ports();
+        self.sync_uplink_maps();
         self.publish();
     }
 
-    /// Tells the uplink's XDP program which NodePorts to redirect.
-    fn sync_node_ports(&self) {
+    /// Tells the uplink's XDP program which NodePorts to redirect and
+    /// which VTEPs' VXLAN to take.
+    fn sync_uplink_maps(&self) {
         let Some(node) = &self.state.node else { return };
         let Some(up) = self.ports.get(&node.uplink) else {
             return;
@@ -334,6 +339,10 @@ impl Engine {
         if let Err(e) = up.xdp.set_node_ports(&ports) {
             log::error!("NodePorts on the uplink: {e}");
         }
+        let vteps: Vec<Ipv4Addr> = self.state.remotes.values().map(|r| r.vtep_ip).collect();
+        if let Err(e) = up.xdp.set_vteps(&vteps) {
+            log::error!("VTEPs on the uplink: {e}");
+        }
     }
 
     /// Attaches whatever the state names and is not attached yet.
@@ -348,7 +357,7 @@ impl Engine {
             };
             self.uplink_status = match self.attach(&node.uplink, PortKind::Uplink, role) {
                 Ok(Some(mode)) => {
-                    self.sync_node_ports();
+                    self.sync_uplink_maps();
                     format!("attached ({mode} XDP)")
                 }
                 Ok(None) => "pending: interface not found".into(),
@@ -498,6 +507,7 @@ impl Engine {
             });
         }
         self.free_ids.push(port.id);
+        self.xdp_unknown_vtep_before += port.xdp.unknown_vtep_drops();
         log::info!("detached {}", port.ifname);
     }
 
@@ -817,6 +827,14 @@ impl Engine {
         for w in &self.workers {
             c.merge(&w.stats.counters());
         }
+        // The uplink's XDP program drops strangers' VXLAN before a worker
+        // sees it: the same reason, counted earlier.
+        c.drops[DropReason::VxlanUnknownVtep as usize] += self.xdp_unknown_vtep_before
+            + self
+                .ports
+                .values()
+                .map(|p| p.xdp.unknown_vtep_drops())
+                .sum::<u64>();
         let interfaces = self
             .ports
             .values()
