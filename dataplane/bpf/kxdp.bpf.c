@@ -5,7 +5,9 @@
 //
 //   pod interface:  every frame is the dataplane's (the pod's only way out).
 //   uplink:         only IPv4/UDP to this node's VTEP address and VXLAN port
-//                   (and non-first UDP fragments to that address, so they are
+//                   from a remote node's VTEP in `vteps` (the same to the
+//                   port from any other source is dropped here, counted),
+//                   non-first UDP fragments to that address (so they are
 //                   counted as drops instead of vanishing), and TCP/UDP to a
 //                   NodePort in `nodeports`; everything else (ARP, SSH, the
 //                   node's own traffic) goes to the kernel.
@@ -54,10 +56,21 @@ struct {
 	__type(value, __u8);
 } nodeports SEC(".maps");
 
-// 0: redirected, 1: passed to the kernel.
+// Remote nodes' VTEP addresses (network order), value unused: the only
+// senders of VXLAN the uplink takes. The dataplane checks the inner source
+// against the sender's pod CIDR; this only sheds strangers' frames early.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __be32);
+	__type(value, __u8);
+} vteps SEC(".maps");
+
+// 0: redirected, 1: passed to the kernel, 2: VXLAN from an unknown VTEP,
+// dropped.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
@@ -76,18 +89,22 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
 
+#define NOT_OURS 0
+#define OURS 1
+#define STRANGER 2
+
 static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg *c)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return 0;
+		return NOT_OURS;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->daddr != c->vtep_ip)
-		return 0;
+		return NOT_OURS;
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
-		return 0;
+		return NOT_OURS;
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return ip->protocol == IPPROTO_UDP; // non-first fragment: no ports
 	__u32 ihl = ip->ihl * 4;
@@ -96,11 +113,13 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	// UDP and TCP both start with source and destination port.
 	struct udphdr *l4 = (void *)ip + ihl;
 	if ((void *)(l4 + 1) > end)
-		return 0;
-	if (ip->protocol == IPPROTO_UDP && l4->dest == c->vxlan_port)
-		return 1;
+		return NOT_OURS;
+	if (ip->protocol == IPPROTO_UDP && l4->dest == c->vxlan_port) {
+		__be32 src = ip->saddr;
+		return bpf_map_lookup_elem(&vteps, &src) ? OURS : STRANGER;
+	}
 	__u32 key = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest);
-	return bpf_map_lookup_elem(&nodeports, &key) != 0;
+	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
 }
 
 SEC("xdp")
@@ -112,8 +131,13 @@ int kxdp_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (c->mode == MODE_POD)
 		return to_xsk(ctx);
-	if (c->mode == MODE_UPLINK && uplink_owns(ctx, c))
-		return to_xsk(ctx);
+	if (c->mode == MODE_UPLINK) {
+		int own = uplink_owns(ctx, c);
+		if (own == OURS)
+			return to_xsk(ctx);
+		if (own == STRANGER)
+			return count(2, XDP_DROP);
+	}
 	return count(1, XDP_PASS);
 }
 

@@ -168,6 +168,9 @@ pub struct Engine {
     free_ids: Vec<PortId>,
     pod_status: BTreeMap<String, AttachStatus>,
     uplink_status: String,
+    /// VXLAN from unknown VTEPs that detached XDP programs dropped (their
+    /// counts go with them): keeps `vxlan_unknown_vtep` from going back.
+    xdp_unknown_vtep_before: u64,
     neigh: HashMap<Ipv4Addr, Neigh>,
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
@@ -201,6 +204,7 @@ impl Engine {
             free_ids: (0..MAX_PORTS as PortId).rev().collect(),
             pod_status: BTreeMap::new(),
             uplink_status: "not configured".into(),
+            xdp_unknown_vtep_before: 0,
             neigh: HashMap::new(),
             service_ids: BTreeMap::new(),
             epoch: 0,
@@ -334,13 +338,14 @@ impl Engine {
         }
         self.reconcile_ports();
         self.refresh_neighbours();
-        self.sync_node_ports();
+        self.sync_uplink_maps();
         self.publish()?;
         Ok(self.state.generation)
     }
 
-    /// Tells the uplink's XDP program which NodePorts to redirect.
-    fn sync_node_ports(&self) {
+    /// Tells the uplink's XDP program which NodePorts to redirect and
+    /// which VTEPs' VXLAN to take.
+    fn sync_uplink_maps(&self) {
         let Some(node) = &self.state.node else { return };
         let Some(up) = self.ports.get(&node.uplink) else {
             return;
@@ -358,6 +363,10 @@ impl Engine {
         if let Err(e) = up.xdp.set_node_ports(&ports) {
             log::error!("NodePorts on the uplink: {e}");
         }
+        let vteps: Vec<Ipv4Addr> = self.state.remotes.values().map(|r| r.vtep_ip).collect();
+        if let Err(e) = up.xdp.set_vteps(&vteps) {
+            log::error!("VTEPs on the uplink: {e}");
+        }
     }
 
     /// Attaches whatever the state names and is not attached yet.
@@ -372,7 +381,7 @@ impl Engine {
             };
             self.uplink_status = match self.attach(&node.uplink, PortKind::Uplink, role) {
                 Ok(Some(mode)) => {
-                    self.sync_node_ports();
+                    self.sync_uplink_maps();
                     format!("attached ({mode} XDP)")
                 }
                 Ok(None) => "pending: interface not found".into(),
@@ -522,6 +531,7 @@ impl Engine {
             });
         }
         self.free_ids.push(port.id);
+        self.xdp_unknown_vtep_before += port.xdp.unknown_vtep_drops();
         log::info!("detached {}", port.ifname);
     }
 
@@ -645,7 +655,7 @@ impl Engine {
             }
         }
         for r in self.state.remotes.values() {
-            t.routes.insert(
+            t.add_remote(
                 r.pod_cidr,
                 RemoteRoute {
                     vtep_ip: r.vtep_ip,
@@ -886,6 +896,14 @@ impl Engine {
         for w in &self.workers {
             c.merge(&w.stats.counters());
         }
+        // The uplink's XDP program drops strangers' VXLAN before a worker
+        // sees it: the same reason, counted earlier.
+        c.drops[DropReason::VxlanUnknownVtep as usize] += self.xdp_unknown_vtep_before
+            + self
+                .ports
+                .values()
+                .map(|p| p.xdp.unknown_vtep_drops())
+                .sum::<u64>();
         let interfaces = self
             .ports
             .values()

@@ -480,6 +480,7 @@ impl State {
             ));
         }
         let mut cidrs: Vec<(&str, Prefix)> = vec![(n.name.as_str(), n.pod_cidr)];
+        let mut vteps = BTreeMap::new();
         for r in self.remotes.values() {
             let f = format!("remote_nodes[{}]", r.name);
             if r.name == n.name {
@@ -489,6 +490,14 @@ impl State {
                 return Err(err(
                     format!("{f}.vtep_ip"),
                     format!("{} is this node's own underlay address", r.vtep_ip),
+                ));
+            }
+            // A VTEP address names one node: decapsulation checks its
+            // frames' sources against that node's pod CIDR.
+            if let Some(other) = vteps.insert(r.vtep_ip, r.name.as_str()) {
+                return Err(err(
+                    format!("{f}.vtep_ip"),
+                    format!("{} is also the VTEP of {other}", r.vtep_ip),
                 ));
             }
             if let Some((other, _)) = cidrs.iter().find(|(_, c)| c.overlaps(&r.pod_cidr)) {
@@ -743,6 +752,15 @@ mod tests {
             (
                 |s| s.remote_nodes[0].vtep_ip = "172.30.0.11".into(),
                 "remote_nodes[n2].vtep_ip",
+            ),
+            (
+                |s| {
+                    let mut r = s.remote_nodes[0].clone();
+                    r.name = "n3".into();
+                    r.pod_cidr = "10.244.3.0/24".into();
+                    s.remote_nodes.push(r);
+                },
+                "remote_nodes[n3].vtep_ip",
             ),
             (|s| s.pods[0].ip = "10.244.2.9".into(), "pods[p1].ip"),
             (|s| s.pods[0].ip = "10.244.1.1".into(), "pods[p1].ip"),

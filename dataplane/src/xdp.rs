@@ -6,6 +6,7 @@
 //! switch the interface to redirecting, so no frame is redirected to a queue
 //! without a socket (and bpf_redirect_map falls back to XDP_PASS anyway).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, RawFd};
 
@@ -16,6 +17,11 @@ static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"
 const MODE_OFF: u32 = 0;
 const MODE_POD: u32 = 1;
 const MODE_UPLINK: u32 = 2;
+
+/// Indexes of the program's `stats` map.
+const STAT_REDIRECTED: u32 = 0;
+const STAT_PASSED: u32 = 1;
+const STAT_UNKNOWN_VTEP: u32 = 2;
 
 /// Which XDP hook to attach at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,7 +39,8 @@ pub enum XdpMode {
 pub enum Role {
     /// Everything (a pod's veth).
     Pod,
-    /// Only VXLAN to this node's VTEP address and port.
+    /// Only VXLAN to this node's VTEP address and port from a known VTEP
+    /// (`set_vteps`), and NodePorts (`set_node_ports`).
     Uplink { vtep_ip: Ipv4Addr, vxlan_port: u16 },
 }
 
@@ -152,43 +159,56 @@ impl Attachment {
     /// Makes exactly `ports` ((protocol, port) pairs) the NodePorts the
     /// uplink program redirects.
     pub fn set_node_ports(&self, ports: &[(u8, u16)]) -> Result<(), XdpError> {
-        let m = self.map("nodeports");
-        let want: std::collections::BTreeSet<u32> = ports
+        let keys = ports
             .iter()
-            .map(|&(proto, port)| (proto as u32) << 16 | port as u32)
-            .collect();
+            .map(|&(proto, port)| ((proto as u32) << 16 | port as u32).to_ne_bytes());
+        self.set_keys("nodeports", keys.collect())
+    }
+
+    /// Makes exactly `vteps` the senders whose VXLAN the uplink program
+    /// redirects; VXLAN from any other address is dropped there.
+    pub fn set_vteps(&self, vteps: &[Ipv4Addr]) -> Result<(), XdpError> {
+        self.set_keys("vteps", vteps.iter().map(Ipv4Addr::octets).collect())
+    }
+
+    /// Makes exactly `want` the keys of the set `map` (values unused).
+    fn set_keys(&self, map: &'static str, want: BTreeSet<[u8; 4]>) -> Result<(), XdpError> {
+        let m = self.map(map);
         let have: Vec<Vec<u8>> = m.keys().collect();
         for k in have {
-            let key = u32::from_ne_bytes(k[..4].try_into().unwrap_or([0; 4]));
-            if !want.contains(&key) {
+            if !<[u8; 4]>::try_from(k.as_slice()).is_ok_and(|k| want.contains(&k)) {
                 let _ = m.delete(&k);
             }
         }
         for k in want {
-            m.update(&k.to_ne_bytes(), &[1], MapFlags::ANY)
-                .map_err(|err| XdpError::Map {
-                    map: "nodeports",
-                    err,
-                })?;
+            m.update(&k, &[1], MapFlags::ANY)
+                .map_err(|err| XdpError::Map { map, err })?;
         }
         Ok(())
     }
 
     /// Frames (redirected to AF_XDP, passed to the kernel), summed over CPUs.
     pub fn stats(&self) -> (u64, u64) {
-        let m = self.map("stats");
-        let sum = |k: u32| -> u64 {
-            m.lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-                .map(|cpus| {
-                    cpus.iter()
-                        .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
-                        .sum()
-                })
-                .unwrap_or(0)
-        };
-        (sum(0), sum(1))
+        (self.stat(STAT_REDIRECTED), self.stat(STAT_PASSED))
+    }
+
+    /// VXLAN frames from addresses that are no remote node's VTEP, dropped
+    /// by the program, summed over CPUs.
+    pub fn unknown_vtep_drops(&self) -> u64 {
+        self.stat(STAT_UNKNOWN_VTEP)
+    }
+
+    fn stat(&self, k: u32) -> u64 {
+        self.map("stats")
+            .lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|cpus| {
+                cpus.iter()
+                    .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -103,8 +103,9 @@ fn malformed_frames_are_dropped_by_reason_and_good_traffic_flows() {
         *expected.entry(reason).or_default() += COPIES as u64;
     }
 
-    // VXLAN from outside with a VNI that is not the cluster's, carrying an
-    // otherwise fine frame for n1-p1.
+    // VXLAN from outside (no node's VTEP) with a VNI that is not the
+    // cluster's, carrying an otherwise fine frame for n1-p1: the sender
+    // alone refuses it (the VNI check is the unit tests').
     let (n1, n2) = (lab.node("n1").clone(), lab.node("n2").clone());
     let inner = udp_frame(
         n2.vtep_mac,
@@ -118,7 +119,7 @@ fn malformed_frames_are_dropped_by_reason_and_good_traffic_flows() {
     let mut vxlan = vec![0x08, 0, 0, 0];
     vxlan.extend_from_slice(&(wrong_vni << 8).to_be_bytes());
     vxlan.extend_from_slice(&inner);
-    expected.insert("vxlan_bad_vni", COPIES as u64);
+    expected.insert("vxlan_unknown_vtep", COPIES as u64);
 
     let before = lab.counters("n1");
     let known = before.drops();

@@ -105,7 +105,7 @@ fn tables() -> Tables {
         );
     }
     for n in 2..2 + NODES {
-        t.routes.insert(
+        t.add_remote(
             Prefix::new(Ipv4Addr::new(10, 244, n, 0), 24),
             RemoteRoute {
                 vtep_ip: vtep_ip(n),

@@ -147,7 +147,7 @@ fn tables(nsvc: u32) -> Tables {
     }
     for n in 2..2 + NODES {
         let n = n as u8;
-        t.routes.insert(
+        t.add_remote(
             Prefix::new(Ipv4Addr::new(10, 244, n, 0), 24),
             RemoteRoute {
                 vtep_ip: Ipv4Addr::new(172, 31, 0, n),

@@ -77,6 +77,10 @@ pub struct Tables {
     pub ports: Vec<Option<PortInfo>>,
     pub local: HashMap<Ipv4Addr, LocalPod>,
     pub routes: Lpm<RemoteRoute>,
+    /// Remote nodes by VTEP (underlay) address, with the pod CIDR their
+    /// VXLAN frames may carry inner sources from: decapsulation accepts
+    /// nothing else. Kept with `routes` by [`Tables::add_remote`].
+    pub vteps: HashMap<Ipv4Addr, Prefix>,
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
     /// Different in every snapshot the engine publishes: conntrack entries
@@ -90,6 +94,13 @@ impl Tables {
     #[inline]
     pub fn port(&self, p: PortId) -> Option<&PortInfo> {
         self.ports.get(p as usize).and_then(Option::as_ref)
+    }
+
+    /// Adds a remote node: the route to its pod CIDR through its VTEP, and
+    /// the VTEP as the one sender of frames from that CIDR.
+    pub fn add_remote(&mut self, pod_cidr: Prefix, r: RemoteRoute) {
+        self.routes.insert(pod_cidr, r);
+        self.vteps.insert(r.vtep_ip, pod_cidr);
     }
 
     /// Records an attached port's info.

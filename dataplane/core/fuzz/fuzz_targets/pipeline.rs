@@ -70,7 +70,7 @@ fn fixture(next_hop: bool, uplink: bool) -> Tables {
             },
         );
     }
-    t.routes.insert(
+    t.add_remote(
         Prefix::new(Ipv4Addr::new(10, 244, 2, 0), 24),
         RemoteRoute {
             vtep_ip: Ipv4Addr::new(172, 30, 0, 12),

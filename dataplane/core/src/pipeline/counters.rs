@@ -115,6 +115,11 @@ counter_table! {
         UdpMalformed => "udp_malformed",
         VxlanMalformed => "vxlan_malformed",
         VxlanBadVni => "vxlan_bad_vni",
+        /// VXLAN from an underlay address that is no remote node's VTEP.
+        VxlanUnknownVtep => "vxlan_unknown_vtep",
+        /// VXLAN from a remote node's VTEP whose inner source is outside
+        /// that node's pod CIDR.
+        VxlanSpoofedSource => "vxlan_spoofed_source",
         /// Not enough headroom in the chunk to prepend headers.
         NoHeadroom => "no_headroom",
         /// A service with no ready endpoint (answered with a reset/unreachable).

@@ -121,8 +121,10 @@ struct Action {
     l4_delta: u16,
     rw: u8,
     l2: L2,
-    /// Learnt from a VXLAN frame's inner frame.
-    decap: bool,
+    /// Learnt from a VXLAN frame's inner frame: the VTEP that sent it. A
+    /// frame from another address misses (takes the walk, which checks
+    /// the sender against the inner source).
+    decap: Option<Ipv4Addr>,
 }
 
 const EMPTY: Action = Action {
@@ -141,7 +143,7 @@ const EMPTY: Action = Action {
     l4_delta: 0,
     rw: 0,
     l2: L2::None,
-    decap: false,
+    decap: None,
 };
 
 /// Where a frame came from, for the fast path.
@@ -153,12 +155,13 @@ pub(super) enum From {
     Uplink,
 }
 
-/// For a frame on the uplink: where the frame the cache is about starts and
-/// its length. VXLAN from another node (outer headers validated as the walk
-/// does): the inner frame. Anything else: the frame itself (an outside
-/// client's), validated like a pod's. `None`: let the walk decide.
+/// For a frame on the uplink: where the frame the cache is about starts, its
+/// length, and the sending VTEP if decapsulated. VXLAN from another node
+/// (outer headers validated as the walk does): the inner frame. Anything
+/// else: the frame itself (an outside client's), validated like a pod's.
+/// `None`: let the walk decide.
 #[inline]
-fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize)> {
+fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize, Option<Ipv4Addr>)> {
     let outer = OuterHeaders::new(f.first_chunk::<ENCAP_LEN>()?);
     let ip = outer.ipv4();
     if outer.ethernet().ethertype() != ethernet::ethertype::IPV4
@@ -169,7 +172,7 @@ fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize)> {
     }
     let udp = outer.udp();
     if ip.protocol() != ipv4::protocol::UDP || udp.ports().dst() != node.vxlan_port {
-        return Some((0, f.len()));
+        return Some((0, f.len(), None));
     }
     let total = ip.total_len() as usize;
     let ulen = udp.len() as usize;
@@ -185,7 +188,11 @@ fn uplink_inner(node: &NodeInfo, f: &[u8]) -> Option<(usize, usize)> {
     {
         return None;
     }
-    Some((ENCAP_LEN, ulen - udp::HEADER_LEN - vxlan::HEADER_LEN))
+    Some((
+        ENCAP_LEN,
+        ulen - udp::HEADER_LEN - vxlan::HEADER_LEN,
+        Some(ip.src_addr()),
+    ))
 }
 
 /// What the walk decided about the translation, noted for [`FlowCache`].
@@ -218,7 +225,7 @@ pub(super) struct Learn {
 pub(super) struct Probe {
     hkey: Key,
     set: usize,
-    decap: bool,
+    decap: Option<Ipv4Addr>,
 }
 
 impl Probe {
@@ -326,9 +333,9 @@ impl Pipeline {
         // Where the frame the cache is about starts, and its length: after
         // the outer headers of VXLAN from another node.
         let (off, len, decap) = match from {
-            From::Pod(_) => (p.off, p.len, false),
+            From::Pod(_) => (p.off, p.len, None),
             From::Uplink => match uplink_inner(node, &p.buf[p.off..p.off + p.len]) {
-                Some((at, len)) => (p.off + at, len, at != 0),
+                Some((at, len, vtep)) => (p.off + at, len, vtep),
                 None => return Err(None),
             },
         };
@@ -417,7 +424,7 @@ impl Pipeline {
         // checksum offload leaves the pseudo-header sum for "hardware" to
         // finish: rare, and the walk's code does it. (Decapsulated frames
         // were finished by the sending node.)
-        if !decap {
+        if decap.is_none() {
             let pseudo = checksum::fold(a.pseudo + (total - IPV4_MIN) as u32);
             if l4_csum == pseudo
                 || (l4_csum == 0 && pseudo == 0xFFFF && proto == ipv4::protocol::TCP)
@@ -443,7 +450,7 @@ impl Pipeline {
                 patch_l4(UdpHeader::new(l4h.first_chunk_mut().expect(TOTAL)), a);
             }
         }
-        if decap {
+        if decap.is_some() {
             self.counters.decapsulated += 1;
         }
         // Ethernet padding is not part of the datagram.

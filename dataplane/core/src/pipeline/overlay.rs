@@ -45,6 +45,11 @@ impl Pipeline {
             };
             return self.service_then_route(cx, p, ing);
         }
+        // Only a remote node's VTEP may send us VXLAN, and only from its
+        // pods (its gateway included): checked on the inner source below.
+        let Some(&sender_cidr) = t.vteps.get(&ip.src_addr()) else {
+            return Verdict::Drop(DropReason::VxlanUnknownVtep);
+        };
         let Ok(u) = udp::UdpPacket::new_checked(&p.buf[ip_payload_off..ip_end]) else {
             return Verdict::Drop(DropReason::UdpMalformed);
         };
@@ -68,6 +73,14 @@ impl Pipeline {
         }
         if let Err(r) = check_ipv4(p, p.off + ETH) {
             return Verdict::Drop(r);
+        }
+        // Whatever a node legitimately sends has a source of its own: its
+        // pods, its gateway (host traffic, ICMP errors, SNAT), its backends'
+        // replies. Service replies are translated back on the client's
+        // node, never before the overlay.
+        let inner_src = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).src_addr();
+        if !sender_cidr.contains(inner_src) {
+            return Verdict::Drop(DropReason::VxlanSpoofedSource);
         }
         // Replies from remote backends come back to this node's gateway
         // address (SNAT) or to a local client: translate before routing.

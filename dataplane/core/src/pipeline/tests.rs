@@ -130,7 +130,7 @@ pub(super) fn tables_with(next_hop: Option<EthernetAddress>) -> Tables {
             mac: P2_MAC,
         },
     );
-    t.routes.insert(
+    t.add_remote(
         Prefix::new(Ipv4Addr::new(10, 244, 2, 0), 24),
         RemoteRoute {
             vtep_ip: REMOTE_UNDERLAY_IP,
@@ -1070,29 +1070,48 @@ fn walk2_decap_ignores_outer_padding() {
     );
 }
 
-#[test]
-fn walk2_encap_then_decap_round_trip() {
-    // n1 encapsulates p1 -> 10.244.2.2; the mirror-image node n2 (same
-    // pipeline, its own tables) decapsulates it and delivers it.
-    let (out, _) = run(&tables(), P1_PORT, &P1_TO_REMOTE_UDP);
+/// n2's MAC of its pod 10.244.2.2 (on its port 2) in [`n2_tables`].
+const N2_POD_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02]);
+
+/// The mirror image of n1: node n2's tables, with its pod 10.244.2.2 on
+/// port 2 and n1 its one remote node.
+fn n2_tables() -> Tables {
     let mut n2 = tables();
-    let n2_node = NodeInfo {
+    n2.node = Some(NodeInfo {
         underlay_ip: REMOTE_UNDERLAY_IP,
         vtep_mac: REMOTE_VTEP_MAC,
         pod_cidr: Prefix::new(Ipv4Addr::new(10, 244, 2, 0), 24),
         gateway_ip: Ipv4Addr::new(10, 244, 2, 1),
         ..node()
-    };
-    n2.node = Some(n2_node);
+    });
     n2.local.clear();
-    let pod_mac = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02]);
     n2.local.insert(
         REMOTE_POD_IP,
         LocalPod {
             port: P2_PORT,
-            mac: pod_mac,
+            mac: N2_POD_MAC,
         },
     );
+    n2.routes = Default::default();
+    n2.vteps.clear();
+    n2.add_remote(
+        node().pod_cidr,
+        RemoteRoute {
+            vtep_ip: UNDERLAY_IP,
+            vtep_mac: VTEP_MAC,
+            next_hop_mac: Some(UPLINK_MAC),
+        },
+    );
+    n2
+}
+
+#[test]
+fn walk2_encap_then_decap_round_trip() {
+    // n1 encapsulates p1 -> 10.244.2.2; the mirror-image node n2 (same
+    // pipeline, its own tables) decapsulates it and delivers it.
+    let (out, _) = run(&tables(), P1_PORT, &P1_TO_REMOTE_UDP);
+    let n2 = n2_tables();
+    let pod_mac = N2_POD_MAC;
     let (back, c) = run(&n2, UPLINK, &out.frame);
     assert_eq!(back.verdict, Verdict::Tx(P2_PORT));
     assert_eq!(c.decapsulated, 1);
@@ -1197,14 +1216,7 @@ fn walk2_decap_never_forwards_into_the_overlay_again() {
     // this node's CIDR, a pod of n2 (would be re-encapsulated back), and a
     // third node's pod that the tables route.
     let mut t = tables();
-    t.routes.insert(
-        Prefix::new(Ipv4Addr::new(10, 244, 3, 0), 24),
-        RemoteRoute {
-            vtep_ip: Ipv4Addr::new(172, 30, 0, 13),
-            vtep_mac: EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0d]),
-            next_hop_mac: Some(EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0d])),
-        },
-    );
+    add_n3(&mut t);
     for dst in [
         Ipv4Addr::new(10, 244, 1, 99),
         Ipv4Addr::new(10, 244, 2, 7),
@@ -1232,6 +1244,129 @@ fn walk2_decap_never_forwards_into_the_overlay_again() {
             (1, 0)
         );
     }
+}
+
+/// n3, a third node: VTEP 172.30.0.13, pods 10.244.3.0/24.
+const N3_VTEP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 13);
+
+fn add_n3(t: &mut Tables) {
+    t.add_remote(
+        Prefix::new(Ipv4Addr::new(10, 244, 3, 0), 24),
+        RemoteRoute {
+            vtep_ip: N3_VTEP,
+            vtep_mac: EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0d]),
+            next_hop_mac: Some(EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0d])),
+        },
+    );
+}
+
+/// A VXLAN `frame` as if sent from underlay address `src`.
+fn from_underlay(frame: &[u8], src: Ipv4Addr) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    put_ip(&mut f, ETH + 12, src);
+    fix_ipv4_checksum(&mut f, ETH);
+    f
+}
+
+/// [`VXLAN_FROM_REMOTE`] from n2's VTEP with the inner source `src`.
+fn from_n2_with_inner_src(src: Ipv4Addr) -> Vec<u8> {
+    edited(&VXLAN_FROM_REMOTE, INNER_IP, |f| {
+        put_ip(f, INNER_IP + 12, src)
+    })
+}
+
+#[test]
+fn walk2_decap_only_from_known_vteps() {
+    let t = tables();
+    // An underlay host that is no node, this node itself, a pod address.
+    for src in [Ipv4Addr::new(172, 30, 0, 99), UNDERLAY_IP, REMOTE_POD_IP] {
+        let f = from_underlay(&VXLAN_FROM_REMOTE, src);
+        assert_dropped(&t, UPLINK, &f, DropReason::VxlanUnknownVtep);
+    }
+    // Before anything inside is looked at: a wrong VNI from a stranger.
+    let mut f = from_underlay(&VXLAN_FROM_REMOTE, Ipv4Addr::new(172, 30, 0, 99));
+    f[ETH + 20 + 8 + 6] = 2;
+    assert_dropped(&t, UPLINK, &f, DropReason::VxlanUnknownVtep);
+}
+
+#[test]
+fn walk2_decap_only_from_the_sending_nodes_pod_cidr() {
+    let mut t = tables();
+    add_n3(&mut t);
+    // n2 claiming this node's pods, gateway and CIDR, n3's pod, a
+    // ClusterIP, an outside address.
+    for src in [
+        P1_IP,
+        P2_IP,
+        GATEWAY,
+        Ipv4Addr::new(10, 244, 1, 0),
+        Ipv4Addr::new(10, 244, 3, 7),
+        Ipv4Addr::new(10, 96, 0, 10),
+        Ipv4Addr::new(192, 0, 2, 1),
+    ] {
+        let f = from_n2_with_inner_src(src);
+        assert_dropped(&t, UPLINK, &f, DropReason::VxlanSpoofedSource);
+    }
+    // n3 sending a pod of n2's.
+    let f = from_underlay(&VXLAN_FROM_REMOTE, N3_VTEP);
+    assert_dropped(&t, UPLINK, &f, DropReason::VxlanSpoofedSource);
+    // n2's own: a pod, its gateway (its host, its SNAT), its CIDR's first
+    // address (a flannel-style kernel node's flannel.1).
+    for src in [
+        REMOTE_POD_IP,
+        Ipv4Addr::new(10, 244, 2, 1),
+        Ipv4Addr::new(10, 244, 2, 0),
+    ] {
+        let (out, c) = run(&t, UPLINK, &from_n2_with_inner_src(src));
+        assert_eq!(out.verdict, Verdict::Tx(P1_PORT), "{src}");
+        assert_eq!((c.decapsulated, total_drops(&c)), (1, 0), "{src}");
+    }
+}
+
+#[test]
+fn walk2_decap_takes_icmp_errors_from_the_remote_gateway() {
+    // n1 answers n2's expiring datagram with time exceeded from its
+    // gateway, over VXLAN; n2 delivers that error to its pod.
+    let (err, _) = run(
+        &tables(),
+        UPLINK,
+        &with_ttl(&VXLAN_FROM_REMOTE, INNER_IP, 1),
+    );
+    assert_eq!(err.verdict, Verdict::Tx(UPLINK));
+    let (out, c) = run(&n2_tables(), UPLINK, &err.frame);
+    assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
+    assert_eq!((c.decapsulated, total_drops(&c)), (1, 0));
+    let e = parse_icmp_error(&out.frame);
+    assert_eq!((e.ip_src, e.ip_dst), (GATEWAY, REMOTE_POD_IP));
+    assert_eq!((e.ty, e.code), (11, 0));
+}
+
+#[test]
+fn walk2_flow_cache_entries_remember_their_vtep() {
+    let mut t = tables();
+    add_n3(&mut t);
+    let mut pl = Pipeline::new();
+    for _ in 0..2 {
+        let out = process_one(&mut pl, T0, &t, UPLINK, &VXLAN_FROM_REMOTE);
+        assert_eq!(out.verdict, Verdict::Tx(P1_PORT));
+    }
+    assert_eq!(pl.counters().flow_cache_hits, 1, "learnt, then hit");
+    // The same inner flow from another sender misses, and the walk drops it
+    // (the twin checks that the cache agrees).
+    let stranger = from_underlay(&VXLAN_FROM_REMOTE, Ipv4Addr::new(172, 30, 0, 99));
+    let out = process_one(&mut pl, T0, &t, UPLINK, &stranger);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::VxlanUnknownVtep));
+    let n3 = from_underlay(&VXLAN_FROM_REMOTE, N3_VTEP);
+    let out = process_one(&mut pl, T0, &t, UPLINK, &n3);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::VxlanSpoofedSource));
+    assert_eq!(pl.counters().flow_cache_hits, 1);
+    let out = process_one(&mut pl, T0, &t, UPLINK, &VXLAN_FROM_REMOTE);
+    assert_eq!(out.verdict, Verdict::Tx(P1_PORT));
+    assert_eq!(
+        pl.counters().flow_cache_hits,
+        2,
+        "the entry still serves n2"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2056,13 +2191,15 @@ fn variant_index(r: DropReason) -> usize {
         UdpMalformed => 22,
         VxlanMalformed => 23,
         VxlanBadVni => 24,
-        NoHeadroom => 25,
-        NoEndpoint => 26,
-        BackendGone => 27,
-        NoConntrack => 28,
-        ConntrackFull => 29,
-        HandoffFull => 30,
-        NatPortsExhausted => 31,
+        VxlanUnknownVtep => 25,
+        VxlanSpoofedSource => 26,
+        NoHeadroom => 27,
+        NoEndpoint => 28,
+        BackendGone => 29,
+        NoConntrack => 30,
+        ConntrackFull => 31,
+        HandoffFull => 32,
+        NatPortsExhausted => 33,
     }
 }
 
@@ -2070,7 +2207,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 32);
+    assert_eq!(DropReason::COUNT, 34);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
