@@ -12,6 +12,15 @@ fn check(mut cmd: clap::Command) {
         if id == "help" || id == "version" {
             continue;
         }
+        if arg.is_hide_set() {
+            // Test-only flags (`--test-fault`) are hidden and have no
+            // variable on purpose: an inherited environment cannot arm them.
+            assert!(
+                arg.get_env().is_none(),
+                "{name} --{id} is hidden but has a variable"
+            );
+            continue;
+        }
         let env = arg
             .get_env()
             .unwrap_or_else(|| panic!("{name} --{id} has no environment variable"))
