@@ -256,7 +256,7 @@ impl WorkerHandle {
         pipeline.set_worker(index as u16, mesh.len() as u16);
         pipeline.set_flow_cache(flow_cache);
         // std's hasher keys come from the OS's random source.
-        pipeline.set_icmp_seed(RandomState::new().hash_one(index));
+        pipeline.set_seed(RandomState::new().hash_one(index));
         let w = Worker {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::new(),

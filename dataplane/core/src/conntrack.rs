@@ -364,13 +364,7 @@ impl Conntrack {
             "conntrack capacity {capacity} > {MAX_CAPACITY}"
         );
         let nbuckets = (4 * capacity).next_power_of_two().max(8);
-        let mut s = seed;
-        let keys = [
-            splitmix64(&mut s),
-            splitmix64(&mut s),
-            splitmix64(&mut s),
-            splitmix64(&mut s),
-        ];
+        let (keys, rng) = derive_keys(seed);
         Conntrack {
             slots: vec![UNUSED; capacity].into_boxed_slice(),
             free: (0..capacity as u32).rev().collect(),
@@ -379,11 +373,22 @@ impl Conntrack {
             keys,
             len: 0,
             gc_cursor: 0,
-            rng: splitmix64(&mut s) | 1,
+            rng,
             timeouts,
             min_timeout: timeouts.min(),
             stats: CtStats::default(),
         }
+    }
+
+    /// Keys the index hash with `seed`, as [`Conntrack::with_seed`] does,
+    /// without allocating the table again.
+    ///
+    /// # Panics
+    ///
+    /// If the table holds entries (they were indexed with the old key).
+    pub fn rekey(&mut self, seed: u64) {
+        assert_eq!(self.len, 0, "rekey of a conntrack table in use");
+        (self.keys, self.rng) = derive_keys(seed);
     }
 
     /// The entry whose original or reply key is `key`: its id, and which
@@ -794,6 +799,18 @@ fn tcp_next(state: TcpState, fins: u8, dir: Dir, flags: u8) -> (TcpState, u8) {
 fn folded_mul(x: u64, y: u64) -> u64 {
     let p = u128::from(x) * u128::from(y);
     p as u64 ^ (p >> 64) as u64
+}
+
+/// The index hash keys and the eviction sampler's state for `seed`.
+fn derive_keys(seed: u64) -> ([u64; 4], u64) {
+    let mut s = seed;
+    let keys = [
+        splitmix64(&mut s),
+        splitmix64(&mut s),
+        splitmix64(&mut s),
+        splitmix64(&mut s),
+    ];
+    (keys, splitmix64(&mut s) | 1)
 }
 
 /// splitmix64 (Steele, Lea, Flood 2014): derives independent keys from a
@@ -1343,6 +1360,15 @@ mod tests {
         assert_eq!(ct.len(), 3);
         assert_eq!(ct.stats().evictions, 997);
         check_invariants(&ct);
+    }
+
+    #[test]
+    fn rekey_is_with_seed_without_the_allocation() {
+        let mut a = Conntrack::new(16, Timeouts::default());
+        a.rekey(7);
+        let b = Conntrack::with_seed(16, Timeouts::default(), 7);
+        assert_eq!((a.keys, a.rng), (b.keys, b.rng));
+        assert_ne!(a.keys, Conntrack::new(16, Timeouts::default()).keys);
     }
 
     #[test]

@@ -246,6 +246,8 @@ pub struct FlowCache {
     sets: Box<[Set]>,
     actions: Box<[Action]>,
     mask: usize,
+    /// Keys the set hash, so that nobody can aim flows at one set.
+    pub(super) key: u64,
     /// Picks the way to replace in a full set.
     clock: usize,
     enabled: bool,
@@ -260,6 +262,7 @@ impl FlowCache {
             sets: vec![Set::default(); n / WAYS].into_boxed_slice(),
             actions: vec![EMPTY; n].into_boxed_slice(),
             mask: n / WAYS - 1,
+            key: 0,
             clock: 0,
             enabled: true,
         }
@@ -268,7 +271,7 @@ impl FlowCache {
     /// The set of a flow, whatever its ingress port.
     #[inline]
     fn set_of(&self, k: &Key) -> usize {
-        super::mix(k.addrs, k.rest >> 16) as usize & self.mask
+        super::mix(k.addrs ^ self.key, k.rest >> 16) as usize & self.mask
     }
 
     /// Forgets `k` (from any ingress port): it just became a conntrack key.
@@ -595,6 +598,27 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::wire::vectors::XorShift;
+
+    /// Another key puts flows in other sets (with 1,024 sets, about one in
+    /// 1,024 stays by chance): a flood aimed at one set under one key is
+    /// spread under another.
+    #[test]
+    fn the_set_hash_is_keyed() {
+        let a = FlowCache::new(1 << 12);
+        let mut b = FlowCache::new(1 << 12);
+        b.key = 0x6b78_6470_5e7d_0001;
+        let mut rng = XorShift(0x6b78_6470_5e7d_0011);
+        let moved = (0..256)
+            .filter(|_| {
+                let k = Key {
+                    addrs: rng.next_u64(),
+                    rest: rng.next_u64(),
+                };
+                a.set_of(&k) != b.set_of(&k)
+            })
+            .count();
+        assert!(moved >= 250, "{moved} of 256 flows changed set");
+    }
 
     /// One folded delta applied once equals the walk's updates one by one
     /// (`rewrite_headers`: source then destination, address then port;

@@ -68,7 +68,7 @@ impl Bucket {
 /// all. Fixed size, allocated once: nothing is allocated per error.
 #[derive(PartialEq, Eq)]
 pub(super) struct IcmpBudget {
-    /// Keys the destination hash (see [`Pipeline::set_icmp_seed`]).
+    /// Keys the destination hash (see [`Pipeline::set_seed`]).
     pub(super) key: u64,
     all: Bucket,
     dests: Box<[Bucket]>,

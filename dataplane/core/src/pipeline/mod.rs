@@ -206,11 +206,20 @@ impl Pipeline {
         self.workers = count;
     }
 
-    /// Keys the hash that picks an ICMP error's destination budget: pass a
-    /// random one on a dataplane, so that nobody can aim errors at the
-    /// bucket a given pod uses. Set once, before the first packet.
-    pub fn set_icmp_seed(&mut self, seed: u64) {
-        self.icmp.key = seed;
+    /// Keys every hash that input could be aimed at: the conntrack index,
+    /// the flow cache's sets and the ICMP destination budgets. Pass a random
+    /// seed on a dataplane, so that nobody can make flows collide in one
+    /// probe run or set, or spend a given pod's ICMP budget. Set once,
+    /// before the first packet (tests keep the fixed default).
+    pub fn set_seed(&mut self, seed: u64) {
+        let mut s = seed;
+        let mut next = || {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            mix64(s)
+        };
+        self.ct.rekey(next());
+        self.flows.key = next();
+        self.icmp.key = next();
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).

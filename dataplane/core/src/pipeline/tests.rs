@@ -1732,7 +1732,7 @@ fn walk6_one_pods_flood_spends_only_its_own_icmp_budget() {
     // keys would give them one to share).
     for seed in [0, 1, 0x6b78_6470_1c3b_0003] {
         let mut pl = Pipeline::new();
-        pl.set_icmp_seed(seed);
+        pl.set_seed(seed);
         // p1 floods expiring datagrams; p2's one expires after them, in
         // the same batch.
         let mut batch: Vec<(PortId, &[u8])> = vec![(P1_PORT, &flood[..]); 200];

@@ -34,9 +34,9 @@ impl Checked {
         self.twin.set_worker(index, count);
     }
 
-    pub fn set_icmp_seed(&mut self, seed: u64) {
-        self.pl.set_icmp_seed(seed);
-        self.twin.set_icmp_seed(seed);
+    pub fn set_seed(&mut self, seed: u64) {
+        self.pl.set_seed(seed);
+        self.twin.set_seed(seed);
     }
 
     /// Runs the batch through the twin (on a copy) and the pipeline, and
