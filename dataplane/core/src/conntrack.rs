@@ -815,7 +815,7 @@ fn derive_keys(seed: u64) -> ([u64; 4], u64) {
 
 /// splitmix64 (Steele, Lea, Flood 2014): derives independent keys from a
 /// seed.
-fn splitmix64(s: &mut u64) -> u64 {
+pub(crate) fn splitmix64(s: &mut u64) -> u64 {
     *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *s;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -50,7 +50,7 @@ use ingress::{check_ipv4, complete_partial_checksum};
 pub use nat::{SvcCounters, SNAT_PORTS};
 use overlay::encap;
 
-use crate::conntrack::{Conntrack, FlowKey, Timeouts};
+use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
 use crate::tables::{NodeInfo, PortId, PortInfo, PortKind, Tables};
 use crate::wire::{
     arp::{self, ArpPacket},
@@ -213,13 +213,9 @@ impl Pipeline {
     /// before the first packet (tests keep the fixed default).
     pub fn set_seed(&mut self, seed: u64) {
         let mut s = seed;
-        let mut next = || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            mix64(s)
-        };
-        self.ct.rekey(next());
-        self.flows.key = next();
-        self.icmp.key = next();
+        self.ct.rekey(splitmix64(&mut s));
+        self.flows.key = splitmix64(&mut s);
+        self.icmp.key = splitmix64(&mut s);
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).
