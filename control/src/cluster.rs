@@ -38,6 +38,8 @@ pub const MAX_SERVICE_PREFIX: u8 = 30;
 /// Kubernetes' defaults.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
+/// Most `non_masquerade_cidrs` (the dataplane's limit).
+pub const MAX_NON_MASQUERADE: usize = 64;
 
 /// A validated cluster: every invariant in the module docs holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,11 @@ pub struct Cluster {
     pub node_ports: (u16, u16),
     /// In file order.
     pub services: Vec<Service>,
+    /// Pod egress is SNATed to the node's address (flannel's `ipMasq`).
+    pub ip_masq: bool,
+    /// Egress destinations that keep the pod's address (ip-masq-agent's
+    /// `nonMasqueradeCIDRs`).
+    pub non_masquerade_cidrs: Vec<Ipv4Net>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -222,6 +229,8 @@ struct RawCluster {
     vxlan: RawVxlan,
     service_cidr: String,
     node_port_range: String,
+    ip_masq: bool,
+    non_masquerade_cidrs: Vec<String>,
 }
 
 impl Default for RawCluster {
@@ -232,6 +241,8 @@ impl Default for RawCluster {
             vxlan: RawVxlan::default(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
             node_port_range: DEFAULT_NODE_PORT_RANGE.into(),
+            ip_masq: true,
+            non_masquerade_cidrs: Vec::new(),
         }
     }
 }
@@ -345,6 +356,22 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     }
     let node_ports =
         service::parse_port_range("cluster.node_port_range", &raw.cluster.node_port_range, p);
+    if raw.cluster.non_masquerade_cidrs.len() > MAX_NON_MASQUERADE {
+        p.push(Problem::new(
+            "cluster.non_masquerade_cidrs",
+            format!(
+                "{} entries; at most {MAX_NON_MASQUERADE}",
+                raw.cluster.non_masquerade_cidrs.len()
+            ),
+        ));
+    }
+    let non_masquerade_cidrs: Vec<Ipv4Net> = raw
+        .cluster
+        .non_masquerade_cidrs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| parse_cidr(&format!("cluster.non_masquerade_cidrs[{i}]"), c, p))
+        .collect();
     let services = match (cidr, service_cidr, node_ports, port) {
         (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
             let ctx = service::Context {
@@ -400,6 +427,8 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             service_cidr,
             node_ports,
             services,
+            ip_masq: raw.cluster.ip_masq,
+            non_masquerade_cidrs,
         }),
         _ => Err(Problems(problems)),
     }
@@ -1092,6 +1121,42 @@ nodes:
             &replaced("port: 4789", "port: -1"),
             "cluster.vxlan.port",
             "out of range",
+        );
+    }
+
+    #[test]
+    fn masquerade_is_on_by_default_and_its_exceptions_are_checked() {
+        let c = Cluster::from_yaml(LAB_CLUSTER_YAML).unwrap();
+        assert!(c.ip_masq && c.non_masquerade_cidrs.is_empty());
+        let c = Cluster::from_yaml(&replaced(
+            "underlay_mtu: 1500",
+            "underlay_mtu: 1500\n  ip_masq: false\n  non_masquerade_cidrs: [198.51.100.0/24]",
+        ))
+        .unwrap();
+        assert!(!c.ip_masq);
+        assert_eq!(
+            c.non_masquerade_cidrs,
+            vec!["198.51.100.0/24".parse().unwrap()]
+        );
+        assert_problem(
+            &replaced(
+                "underlay_mtu: 1500",
+                "underlay_mtu: 1500\n  non_masquerade_cidrs: [198.51.100.0/33]",
+            ),
+            "cluster.non_masquerade_cidrs[0]",
+            "198.51.100.0/33",
+        );
+        let many: Vec<String> = (0..65).map(|i| format!("10.{i}.0.0/16")).collect();
+        assert_problem(
+            &replaced(
+                "underlay_mtu: 1500",
+                &format!(
+                    "underlay_mtu: 1500\n  non_masquerade_cidrs: [{}]",
+                    many.join(", ")
+                ),
+            ),
+            "cluster.non_masquerade_cidrs",
+            "65 entries; at most 64",
         );
     }
 

@@ -210,6 +210,15 @@ pub struct ClusterConfig {
     pub node_port_max: u16,
     /// Prefix length of each node's pod CIDR.
     pub subnet_len: u8,
+    /// Pod egress masqueraded; on in a config written before it existed.
+    #[serde(default = "masquerade_by_default")]
+    pub ip_masq: bool,
+    #[serde(default)]
+    pub non_masquerade_cidrs: Vec<String>,
+}
+
+fn masquerade_by_default() -> bool {
+    true
 }
 
 impl ClusterConfig {
@@ -223,6 +232,12 @@ impl ClusterConfig {
             node_port_min: c.node_ports.0,
             node_port_max: c.node_ports.1,
             subnet_len,
+            ip_masq: c.ip_masq,
+            non_masquerade_cidrs: c
+                .non_masquerade_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -256,6 +271,15 @@ impl ClusterConfig {
             service_cidr,
             node_ports: (self.node_port_min, self.node_port_max),
             services: Vec::new(),
+            ip_masq: self.ip_masq,
+            non_masquerade_cidrs: self
+                .non_masquerade_cidrs
+                .iter()
+                .map(|c| {
+                    c.parse()
+                        .with_context(|| format!("config non_masquerade_cidrs {c}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }

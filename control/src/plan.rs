@@ -37,6 +37,12 @@ pub fn node_state(
         node_port_min: u32::from(cluster.node_ports.0),
         node_port_max: u32::from(cluster.node_ports.1),
         host_interface: conventions::HOST_INTERFACE.to_string(),
+        masquerade: cluster.ip_masq,
+        non_masquerade_cidrs: cluster
+            .non_masquerade_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     };
     // Every other node, whatever forwards for it: kernel nodes are reached
     // through their Linux vxlan device just the same.
@@ -177,6 +183,9 @@ pub struct NodePlan {
     /// The host veth pair (walk 5): the dataplane's end and the kernel's.
     pub host_interface: String,
     pub host_peer: String,
+    /// Pod egress masqueraded (kernel nodes get flannel's rules for it).
+    pub ip_masq: bool,
+    pub non_masquerade_cidrs: Vec<String>,
 }
 
 pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
@@ -199,6 +208,12 @@ pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
             service_cidr: cluster.service_cidr.to_string(),
             host_interface: conventions::HOST_INTERFACE.to_string(),
             host_peer: conventions::HOST_PEER.to_string(),
+            ip_masq: cluster.ip_masq,
+            non_masquerade_cidrs: cluster
+                .non_masquerade_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         })
         .collect()
 }

@@ -8,9 +8,14 @@
 //                   from a remote node's VTEP in `vteps` (the same to the
 //                   port from any other source is dropped here, counted),
 //                   non-first UDP fragments to that address (so they are
-//                   counted as drops instead of vanishing), and TCP/UDP to a
-//                   NodePort in `nodeports`; everything else (ARP, SSH, the
-//                   node's own traffic) goes to the kernel.
+//                   counted as drops instead of vanishing), TCP/UDP to a
+//                   NodePort in `nodeports`, and egress's way back: TCP/UDP
+//                   to the address's SNAT ports (61000-65535, which the
+//                   node's own connections never use), ICMP errors quoting
+//                   them, and anything to the node's pod CIDR (replies from
+//                   non-masquerade destinations; the dataplane checks the
+//                   source). Everything else (ARP, SSH, the node's own
+//                   traffic) goes to the kernel.
 //
 // With no socket in `xsks` for the receive queue, bpf_redirect_map falls back
 // to XDP_PASS, so an attached-but-idle interface still reaches the kernel.
@@ -31,7 +36,22 @@ struct kxdp_cfg {
 	__be32 vtep_ip;
 	__be16 vxlan_port;
 	__u16 pad;
+	__be32 pod_net;
+	__be32 pod_mask;
 };
+
+// The dataplane's SNAT source ports (nat.rs SNAT_PORTS), host order.
+#define SNAT_MIN 61000
+
+// ICMP's fixed header (<linux/icmp.h> drags in libc headers).
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 rest;
+};
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -93,6 +113,27 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 #define OURS 1
 #define STRANGER 2
 
+// An ICMP error (unreachable, time exceeded) about a datagram this node's
+// address sent from an SNAT port: an egress flow's, the dataplane's.
+static __always_inline int icmp_error_ours(struct iphdr *ip, void *end,
+					   const struct kxdp_cfg *c)
+{
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return NOT_OURS;
+	struct icmp_head *icmp = (void *)(ip + 1);
+	if ((void *)(icmp + 1) > end ||
+	    (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED))
+		return NOT_OURS;
+	struct iphdr *q = (void *)(icmp + 1);
+	if ((void *)(q + 1) > end || q->ihl != 5 || q->saddr != c->vtep_ip ||
+	    (q->protocol != IPPROTO_UDP && q->protocol != IPPROTO_TCP))
+		return NOT_OURS;
+	struct udphdr *ql4 = (void *)(q + 1);
+	if ((void *)(ql4 + 1) > end)
+		return NOT_OURS;
+	return bpf_ntohs(ql4->source) >= SNAT_MIN ? OURS : NOT_OURS;
+}
+
 static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg *c)
 {
 	void *data = (void *)(long)ctx->data;
@@ -101,8 +142,14 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return NOT_OURS;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->daddr != c->vtep_ip)
+	if ((void *)(ip + 1) > end)
 		return NOT_OURS;
+	if (c->pod_mask && (ip->daddr & c->pod_mask) == c->pod_net)
+		return OURS;
+	if (ip->daddr != c->vtep_ip)
+		return NOT_OURS;
+	if (ip->protocol == IPPROTO_ICMP)
+		return icmp_error_ours(ip, end, c);
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OURS;
 	if (ip->frag_off & bpf_htons(0x1fff))
@@ -118,6 +165,8 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 		__be32 src = ip->saddr;
 		return bpf_map_lookup_elem(&vteps, &src) ? OURS : STRANGER;
 	}
+	if (bpf_ntohs(l4->dest) >= SNAT_MIN)
+		return OURS;
 	__u32 key = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest);
 	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
 }

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::Entry;
 use kxdp_core::pipeline::{Counters, DropReason, SvcCounters};
+use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache};
 use kxdp_core::tables::{
-    LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
+    EgressHop, LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
 };
 use kxdp_core::wire::EthernetAddress;
 use tokio::sync::oneshot;
@@ -116,6 +117,15 @@ pub struct Neigh {
     pub mac: Option<EthernetAddress>,
 }
 
+/// What egress (walk 7) takes from the kernel: its main-table routes over
+/// the uplink, and the uplink's resolved neighbours (gateways, on-link
+/// destinations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Egress {
+    routes: Vec<(Prefix, Option<Ipv4Addr>)>,
+    neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+}
+
 /// Every counter, summed over workers.
 #[derive(Debug, Clone, Default)]
 pub struct CountersSnapshot {
@@ -172,6 +182,8 @@ pub struct Engine {
     /// counts go with them): keeps `vxlan_unknown_vtep` from going back.
     xdp_unknown_vtep_before: u64,
     neigh: HashMap<Ipv4Addr, Neigh>,
+    /// The kernel's routes and neighbours over the uplink, for egress.
+    egress: Egress,
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
     service_ids: BTreeMap<String, u32>,
@@ -206,6 +218,7 @@ impl Engine {
             uplink_status: "not configured".into(),
             xdp_unknown_vtep_before: 0,
             neigh: HashMap::new(),
+            egress: Egress::default(),
             service_ids: BTreeMap::new(),
             epoch: 0,
             maglev: Default::default(),
@@ -378,6 +391,7 @@ impl Engine {
             let role = Role::Uplink {
                 vtep_ip: node.underlay_ip,
                 vxlan_port: node.vxlan_port,
+                pod_cidr: node.pod_cidr,
             };
             self.uplink_status = match self.attach(&node.uplink, PortKind::Uplink, role) {
                 Ok(Some(mode)) => {
@@ -578,6 +592,41 @@ impl Engine {
                 return false;
             }
         };
+        let mut egress = Egress {
+            routes: Vec::new(),
+            neighbours: table
+                .iter()
+                .filter(|n| n.ifindex == uplink && netlink::state_usable(n.state))
+                .filter_map(|n| Some((n.ip, EthernetAddress(n.mac?))))
+                .collect(),
+        };
+        match self.netlink.routes() {
+            Ok(routes) => {
+                for r in routes.into_iter().filter(|r| r.oif == uplink) {
+                    egress
+                        .routes
+                        .push((Prefix::new(r.dst, r.prefix_len), r.gateway));
+                    if let Some(gw) = r.gateway.filter(|g| !egress.neighbours.contains_key(g)) {
+                        if let Err(e) = self.netlink.resolve(uplink, gw) {
+                            log::warn!("resolving gateway {gw}: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("route dump: {e}"),
+        }
+        egress
+            .routes
+            .sort_unstable_by_key(|(p, g)| (u32::from(p.addr), p.len, *g));
+        let mut changed = egress != self.egress;
+        if changed {
+            log::info!(
+                "egress: {} routes over the uplink, {} neighbours",
+                egress.routes.len(),
+                egress.neighbours.len()
+            );
+        }
+        self.egress = egress;
         let mut next = HashMap::new();
         for r in self.state.remotes.values() {
             let next_hop = match self.netlink.route_get(r.vtep_ip) {
@@ -608,7 +657,7 @@ impl Engine {
             }
             next.insert(r.vtep_ip, Neigh { next_hop, mac });
         }
-        let changed = next.len() != self.neigh.len()
+        changed |= next.len() != self.neigh.len()
             || next.iter().any(|(k, v)| {
                 self.neigh.get(k).map(|o| (o.next_hop, o.mac)) != Some((v.next_hop, v.mac))
             });
@@ -628,6 +677,8 @@ impl Engine {
             cluster_cidr: n.cluster_cidr,
             gateway_ip: n.gateway_ip,
             pod_mtu: n.pod_mtu,
+            service_cidr: n.service_cidr,
+            masquerade: n.masquerade,
         });
         for p in self.ports.values().filter(|p| Some(p.id) != without) {
             t.set_port(
@@ -664,6 +715,20 @@ impl Engine {
                 },
             );
         }
+        for (prefix, gateway) in &self.egress.routes {
+            let hop = match gateway {
+                Some(g) => EgressHop::Gateway(self.egress.neighbours.get(g).copied()),
+                None => EgressHop::OnLink,
+            };
+            t.egress.insert(*prefix, hop);
+        }
+        t.neighbours = self
+            .egress
+            .neighbours
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        t.non_masquerade = n.non_masquerade.clone();
         self.build_services(&mut t);
         t
     }

@@ -32,7 +32,9 @@ use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkM
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -74,6 +76,16 @@ pub struct RouteInfo {
     pub gateway: Option<Ipv4Addr>,
     /// The source address the kernel would use.
     pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// One unicast IPv4 route of the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub oif: u32,
+    /// `None`: on-link.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// One IPv4 neighbour entry.
@@ -164,6 +176,49 @@ impl Netlink {
             .first()
             .ok_or_else(|| Error::Protocol(format!("{what}: no route in reply")))?;
         parse_route(msg, &what)
+    }
+
+    /// The main table's unicast IPv4 routes with an output interface (an
+    /// `RTM_GETROUTE` dump, like `ip route show`). Multipath routes are
+    /// skipped: their next hops are nested, and a node's egress has one.
+    pub fn routes(&mut self) -> Result<Vec<Route>, Error> {
+        let what = "RTM_GETROUTE dump";
+        let mut rtm = RouteMessage::default();
+        rtm.header.address_family = AddressFamily::Inet;
+        let reply = self.transact(RouteNetlinkMessage::GetRoute(rtm), NLM_F_DUMP, what)?;
+        let mut out = Vec::new();
+        for msg in &reply.messages {
+            let RouteNetlinkMessage::NewRoute(m) = msg else {
+                continue;
+            };
+            let h = &m.header;
+            let mut table = u32::from(h.table);
+            let (mut dst, mut oif, mut gateway) = (Ipv4Addr::UNSPECIFIED, None, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    _ => {}
+                }
+            }
+            if h.address_family != AddressFamily::Inet
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || h.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            if let Some(oif) = oif {
+                out.push(Route {
+                    dst,
+                    prefix_len: h.destination_prefix_length,
+                    oif,
+                    gateway,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// All IPv4 neighbours (RTM_GETNEIGH dump).
@@ -833,6 +888,42 @@ mod tests {
         b.ip(&["link", "set", "y", "down"]);
         let x = a.run(|| Netlink::new().unwrap().link("x").unwrap().unwrap());
         assert!(!x.up);
+    }
+
+    /// The main table's unicast routes, as `ip route` has them: on-link
+    /// and via a gateway, with their interface; nothing of other tables.
+    #[test]
+    fn route_dump() {
+        let Some((a, _b)) = pair() else { return };
+        let (x, _) = ip_link(&a, "x");
+        a.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        a.ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.2"]);
+        a.ip(&["route", "add", "blackhole", "203.0.113.0/24"]);
+        a.ip(&[
+            "route",
+            "add",
+            "10.9.0.0/16",
+            "via",
+            "192.0.2.2",
+            "table",
+            "7",
+        ]);
+        let mut routes = a.run(|| Netlink::new().unwrap().routes().unwrap());
+        routes.sort_by_key(|r| (u32::from(r.dst), r.prefix_len));
+        let r = |dst: [u8; 4], len, gateway| Route {
+            dst: Ipv4Addr::from(dst),
+            prefix_len: len,
+            oif: x,
+            gateway,
+        };
+        assert_eq!(
+            routes,
+            vec![
+                r([0, 0, 0, 0], 0, Some(B)),
+                r([192, 0, 2, 0], 24, None),
+                r([198, 51, 100, 0], 24, Some(B)),
+            ]
+        );
     }
 
     #[test]

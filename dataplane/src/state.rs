@@ -100,6 +100,10 @@ pub struct NodeCfg {
     pub node_ports: (u16, u16),
     /// The dataplane's end of the host veth pair (walk 5).
     pub host_interface: Option<String>,
+    /// Pod egress is SNATed to the underlay address (walk 7).
+    pub masquerade: bool,
+    /// Egress destinations that keep the pod's address.
+    pub non_masquerade: Vec<Prefix>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +130,8 @@ pub use kxdp_proto::service::{
 };
 
 pub const DEFAULT_NODE_PORTS: (u16, u16) = (30000, 32767);
+/// Most non-masquerade CIDRs a node takes: new egress flows scan them.
+pub const MAX_NON_MASQUERADE: usize = 64;
 
 /// One change of an Update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +177,15 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
                 ),
             ));
         }
+        if n.non_masquerade_cidrs.len() > MAX_NON_MASQUERADE {
+            return Err(err(
+                at("non_masquerade_cidrs"),
+                format!(
+                    "{} entries; at most {MAX_NON_MASQUERADE}",
+                    n.non_masquerade_cidrs.len()
+                ),
+            ));
+        }
         Ok(NodeCfg {
             name: name(&at("name"), &n.name)?,
             uplink: ifname(&at("uplink"), &n.uplink)?,
@@ -202,6 +217,13 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
             } else {
                 Some(ifname(&at("host_interface"), &n.host_interface)?)
             },
+            masquerade: n.masquerade,
+            non_masquerade: n
+                .non_masquerade_cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cidr(&at(&format!("non_masquerade_cidrs[{i}]")), c))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -638,6 +660,8 @@ impl State {
                 node_port_min: n.node_ports.0 as u32,
                 node_port_max: n.node_ports.1 as u32,
                 host_interface: n.host_interface.clone().unwrap_or_default(),
+                masquerade: n.masquerade,
+                non_masquerade_cidrs: n.non_masquerade.iter().map(|p| p.to_string()).collect(),
             }),
             remote_nodes: self
                 .remotes
@@ -703,6 +727,20 @@ mod tests {
             (
                 |s| s.node.as_mut().unwrap().underlay_ip = "300.1.1.1".into(),
                 "state.node.underlay_ip",
+            ),
+            (
+                |s| {
+                    s.node.as_mut().unwrap().non_masquerade_cidrs =
+                        vec!["198.51.100.0/24".into(), "198.51.100.1/24".into()]
+                },
+                "state.node.non_masquerade_cidrs[1]",
+            ),
+            (
+                |s| {
+                    s.node.as_mut().unwrap().non_masquerade_cidrs =
+                        vec!["10.0.0.0/8".into(); MAX_NON_MASQUERADE + 1]
+                },
+                "state.node.non_masquerade_cidrs",
             ),
             (|s| s.node.as_mut().unwrap().vni = 0, "state.node.vni"),
             (

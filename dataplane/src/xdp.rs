@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, RawFd};
 
+use kxdp_core::prefix::Prefix;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, Xdp, XdpFlags};
 
 static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"));
@@ -41,7 +42,13 @@ pub enum Role {
     Pod,
     /// Only VXLAN to this node's VTEP address and port from a known VTEP
     /// (`set_vteps`), and NodePorts (`set_node_ports`).
-    Uplink { vtep_ip: Ipv4Addr, vxlan_port: u16 },
+    /// Also egress's way back: the SNAT ports, ICMP errors quoting them,
+    /// and anything to `pod_cidr`.
+    Uplink {
+        vtep_ip: Ipv4Addr,
+        vxlan_port: u16,
+        pod_cidr: Prefix,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,19 +145,25 @@ impl Attachment {
 
     /// Switches the program to redirect per `role` (or back to pass-all).
     pub fn set_role(&self, role: Option<Role>) -> Result<(), XdpError> {
-        let (mode, ip, port) = match role {
-            None => (MODE_OFF, [0; 4], 0u16),
-            Some(Role::Pod) => (MODE_POD, [0; 4], 0),
+        let none = Prefix::new(Ipv4Addr::UNSPECIFIED, 0);
+        let (mode, ip, port, pods) = match role {
+            None => (MODE_OFF, [0; 4], 0u16, none),
+            Some(Role::Pod) => (MODE_POD, [0; 4], 0, none),
             Some(Role::Uplink {
                 vtep_ip,
                 vxlan_port,
-            }) => (MODE_UPLINK, vtep_ip.octets(), vxlan_port),
+                pod_cidr,
+            }) => (MODE_UPLINK, vtep_ip.octets(), vxlan_port, pod_cidr),
         };
-        // struct kxdp_cfg { u32 mode; be32 vtep_ip; be16 vxlan_port; u16 pad; }
-        let mut v = [0u8; 12];
+        // struct kxdp_cfg { u32 mode; be32 vtep_ip; be16 vxlan_port; u16 pad;
+        //                   be32 pod_net; be32 pod_mask; }
+        let mask = u32::MAX.checked_shl(32 - u32::from(pods.len)).unwrap_or(0);
+        let mut v = [0u8; 20];
         v[0..4].copy_from_slice(&mode.to_ne_bytes());
         v[4..8].copy_from_slice(&ip);
         v[8..10].copy_from_slice(&port.to_be_bytes());
+        v[12..16].copy_from_slice(&pods.addr.octets());
+        v[16..20].copy_from_slice(&mask.to_be_bytes());
         self.map("cfg")
             .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
             .map_err(|err| XdpError::Map { map: "cfg", err })

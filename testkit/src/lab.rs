@@ -21,6 +21,8 @@ pub fn n1() -> pb::NodeConfig {
         host_interface: "kxhost".into(),
         node_port_min: 30000,
         node_port_max: 32767,
+        masquerade: true,
+        non_masquerade_cidrs: Vec::new(),
     }
 }
 

@@ -119,6 +119,8 @@ fn tables(nsvc: u32) -> Tables {
             cluster_cidr: Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
             gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
             pod_mtu: 1450,
+            service_cidr: None,
+            masquerade: false,
         }),
         ..Tables::default()
     };

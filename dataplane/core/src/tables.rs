@@ -26,6 +26,10 @@ pub struct NodeInfo {
     pub cluster_cidr: Prefix,
     pub gateway_ip: Ipv4Addr,
     pub pod_mtu: u16,
+    /// ClusterIPs: never egress, even without a frontend.
+    pub service_cidr: Option<Prefix>,
+    /// Pod egress is SNATed to `underlay_ip` (walk 7).
+    pub masquerade: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,16 @@ pub struct RemoteRoute {
     pub next_hop_mac: Option<EthernetAddress>,
 }
 
+/// How the kernel reaches a destination outside the cluster over the
+/// uplink (walk 7): through a gateway, or on the uplink's own subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressHop {
+    /// Its MAC; `None` until the kernel resolved it.
+    Gateway(Option<EthernetAddress>),
+    /// On-link: the destination's own MAC, from [`Tables::neighbours`].
+    OnLink,
+}
+
 /// Everything a worker consults per packet.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -81,6 +95,13 @@ pub struct Tables {
     /// VXLAN frames may carry inner sources from: decapsulation accepts
     /// nothing else. Kept with `routes` by [`Tables::add_remote`].
     pub vteps: HashMap<Ipv4Addr, Prefix>,
+    /// The kernel's routes over the uplink, for egress (walk 7).
+    pub egress: Lpm<EgressHop>,
+    /// The kernel's resolved neighbours on the uplink, for on-link egress.
+    pub neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Egress destinations that keep the pod's address (with masquerade);
+    /// the only outside sources the uplink takes for a pod.
+    pub non_masquerade: Vec<Prefix>,
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
     /// Different in every snapshot the engine publishes: conntrack entries
@@ -101,6 +122,30 @@ impl Tables {
     pub fn add_remote(&mut self, pod_cidr: Prefix, r: RemoteRoute) {
         self.routes.insert(pod_cidr, r);
         self.vteps.insert(r.vtep_ip, pod_cidr);
+    }
+
+    /// Whether a pod's packet to `dst` leaves through the uplink SNATed to
+    /// this node's address: outside the cluster and service CIDRs, not
+    /// this node's own address, not exempt, and routed over the uplink.
+    pub fn masquerades(&self, node: &NodeInfo, dst: Ipv4Addr) -> bool {
+        node.masquerade
+            && self.is_egress(node, dst)
+            && !self.non_masquerade.iter().any(|p| p.contains(dst))
+    }
+
+    /// Whether an outside `src` may reach a pod by its own address through
+    /// the uplink: only a destination whose egress keeps pod addresses.
+    pub fn unmasqueraded_source(&self, node: &NodeInfo, src: Ipv4Addr) -> bool {
+        self.is_egress(node, src)
+            && (!node.masquerade || self.non_masquerade.iter().any(|p| p.contains(src)))
+    }
+
+    /// Whether `dst` is outside the cluster, reached over the uplink.
+    pub fn is_egress(&self, node: &NodeInfo, dst: Ipv4Addr) -> bool {
+        !node.cluster_cidr.contains(dst)
+            && !node.service_cidr.is_some_and(|c| c.contains(dst))
+            && dst != node.underlay_ip
+            && self.egress.lookup(dst).is_some()
     }
 
     /// Records an attached port's info.

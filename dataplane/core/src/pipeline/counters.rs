@@ -136,6 +136,10 @@ counter_table! {
         /// A new service flow found every source port it tried taken on the
         /// reply side (SNAT, or a client port clash).
         NatPortsExhausted => "nat_ports_exhausted",
+        /// A pod's packet to the outside that masquerade cannot translate
+        /// (neither TCP nor UDP, e.g. ICMP echo): never leaves with a pod
+        /// address.
+        EgressUntranslatable => "egress_untranslatable",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.
@@ -155,6 +159,10 @@ counter_table! {
         resets_sent,
         /// Service packets passed to the worker that owns their flow.
         handed_off,
+        /// New pod flows to the outside, masqueraded (walk 7).
+        egress_flows,
+        /// Packets sent out the uplink to the outside (walk 7).
+        egress_routed,
         /// Packets the flow cache forwarded without the full walk.
         flow_cache_hits,
         /// New service flows given another source port because their reply

@@ -93,6 +93,8 @@ pub(super) enum L2 {
     External,
     /// VXLAN to a remote node (`encapsulated`).
     Encap,
+    /// New MACs, out the uplink to the outside (`egress_routed`).
+    Egress,
 }
 
 /// A flow's precomputed work.
@@ -476,8 +478,10 @@ impl Pipeline {
                 .first_chunk::<{ ethernet::ADDRS_LEN }>()
                 .expect("in hdr");
             EthernetFrame::new_unchecked(eth).set_addrs(macs);
-            if l2 == L2::Local {
-                self.counters.routed_local += 1;
+            match l2 {
+                L2::Local => self.counters.routed_local += 1,
+                L2::Egress => self.counters.egress_routed += 1,
+                _ => {}
             }
         }
         if ct != NO_CT {
@@ -549,7 +553,7 @@ impl Pipeline {
                 let outer = h.first_chunk::<ENCAP_LEN>().expect("in h");
                 a.outer_sum = OuterHeaders::new(outer).ipv4().sum_without_length();
             }
-            L2::Local | L2::External => {
+            L2::Local | L2::External | L2::Egress => {
                 let Some(eth) = out.first_chunk::<ETH>() else {
                     return;
                 };

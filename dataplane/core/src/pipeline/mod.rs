@@ -47,11 +47,11 @@ pub use fast::{FlowCache, MAX_FLOW_CACHE};
 pub use hash::flow_hash;
 use hash::{flow_hash_key, mix, mix64};
 use ingress::{check_ipv4, complete_partial_checksum};
-pub use nat::{SvcCounters, SNAT_PORTS};
+pub use nat::{SvcCounters, NO_SERVICE, SNAT_PORTS};
 use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
-use crate::tables::{NodeInfo, PortId, PortInfo, PortKind, Tables};
+use crate::tables::{EgressHop, NodeInfo, PortId, PortInfo, PortKind, Tables};
 use crate::wire::{
     arp::{self, ArpPacket},
     checksum,
@@ -313,6 +313,8 @@ impl Pipeline {
     }
 }
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]

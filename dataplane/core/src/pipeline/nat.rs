@@ -37,6 +37,11 @@ const REMAP_SCAN: u16 = 8;
 const F_SNAT: u8 = 1;
 /// Entry flag: the client is outside the cluster (arrived on the uplink).
 const F_EXTERNAL: u8 = 2;
+/// Entry flag: pod egress masqueraded to the node's address (walk 7): no
+/// service, no DNAT.
+const F_MASQ: u8 = 4;
+/// `Entry::service` of a flow that is no service's (egress).
+pub const NO_SERVICE: u32 = u32::MAX;
 
 /// ClientIP session affinity: the last backend a client used per frontend.
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +256,9 @@ impl Pipeline {
             }
         }
         let Some(fe) = fe else {
+            if !ing.external && t.masquerades(node, l.dst) {
+                return self.new_masq_flow(cx, p, &l, ing);
+            }
             return Nat::Pass;
         };
         if fe.node_port && ing.external && !fe.local_only && l.dst != node.underlay_ip {
@@ -262,6 +270,19 @@ impl Pipeline {
     fn existing(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, l: &L4, id: u32, dir: Dir) -> Nat {
         let Ctx { now, t, .. } = *cx;
         let e = *self.ct.get(id);
+        if e.flags & F_MASQ != 0 {
+            // No backend to check: the address translation is the flow.
+            self.ct.touch(id, dir, l.tcp_flags, now);
+            let (src, dst) = match dir {
+                Dir::Original => (Some((e.reply.dst, e.reply.dport)), None),
+                Dir::Reply => (None, Some((e.original.src, e.original.sport))),
+            };
+            rewrite(p, l, src, dst);
+            self.note_ct(id, dir, NO_SERVICE, src, dst);
+            return Nat::Route {
+                external_reply: None,
+            };
+        }
         match dir {
             Dir::Original => {
                 // A SYN on a closed entry is a new connection (the client
@@ -363,15 +384,14 @@ impl Pipeline {
         // SNAT: NodePort with externalTrafficPolicy Cluster (replies must come
         // back through this node), and hairpin (a backend calling itself).
         let needs_snat = (fe.node_port && !fe.local_only && ing.external) || backend.0 == l.src;
-        let mut flags = if ing.external { F_EXTERNAL } else { 0 };
-        let mut reply = FlowKey {
+        let reply = FlowKey {
             proto: l.proto,
             src: backend.0,
             dst: l.src,
             sport: backend.1,
             dport: l.sport,
         };
-        let mut entry = Entry {
+        let entry = Entry {
             original: l.key(),
             reply,
             service: fe.service,
@@ -387,57 +407,32 @@ impl Pipeline {
             last_seen_ns: now,
             client_mac: ing.src_mac.0,
             in_port: ing.in_port,
-            flags,
+            flags: if ing.external { F_EXTERNAL } else { 0 },
         };
-        let mut inserted = None;
-        let mut full = false;
-        let mut remapped = false;
-        for i in 0..SNAT_TRIES {
-            // Each try draws another port (the first keeps the client's).
-            let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
+        let inserted = self.insert_flow(now, l, entry, |pl, i, h, e| {
             if needs_snat {
-                flags |= F_SNAT;
-                // A port of this worker's class, so the reply is steered
-                // back here (see `side`).
-                let per = (SNAT_PORTS.1 - SNAT_PORTS.0 + 1) / self.workers;
-                reply.dst = node.gateway_ip;
-                reply.dport = SNAT_PORTS.0 + (h % per) * self.workers + self.worker;
+                e.flags |= F_SNAT;
+                e.reply.dst = node.gateway_ip;
+                e.reply.dport = pl.snat_port(h);
             } else if i > 0 {
                 // The reply key is taken: the client reused its port towards
                 // another frontend with the same backend. Give this flow
                 // another source port, as the kernel's NAT does.
-                let Some(port) = self.remap_port(t, node, reply, h) else {
-                    continue;
+                let Some(port) = pl.remap_port(t, node, reply, h) else {
+                    return false;
                 };
-                flags |= F_SNAT;
-                reply.dport = port;
-                remapped = true;
+                e.flags |= F_SNAT;
+                e.reply.dport = port;
             }
-            entry.reply = reply;
-            entry.flags = flags;
-            match self.ct.insert(entry, now) {
-                Ok(id) => {
-                    // Either key may be a plainly routed flow in the cache.
-                    self.flows.forget(&entry.original);
-                    self.flows.forget(&entry.reply);
-                    inserted = Some(id);
-                    break;
-                }
-                Err(InsertError::Exists) => continue,
-                Err(InsertError::Full) => {
-                    full = true;
-                    break;
-                }
-            }
-        }
-        let Some(id) = inserted else {
-            let reason = if full {
-                DropReason::ConntrackFull
-            } else {
-                DropReason::NatPortsExhausted
-            };
-            return Nat::Done(Verdict::Drop(reason));
+            true
+        });
+        let (id, entry) = match inserted {
+            Ok(x) => x,
+            Err(reason) => return Nat::Done(Verdict::Drop(reason)),
         };
+        let flags = entry.flags;
+        let reply = entry.reply;
+        let remapped = !needs_snat && flags & F_SNAT != 0;
         if remapped {
             self.counters.source_ports_remapped += 1;
         }
@@ -456,6 +451,93 @@ impl Pipeline {
         Nat::Route {
             external_reply: None,
         }
+    }
+
+    /// Walk 7: a pod's new flow to an address outside the cluster, SNATed
+    /// to this node's underlay address with a port of this worker's class
+    /// in [`SNAT_PORTS`] (never one of the node kernel's own). Replies come
+    /// back on the uplink to that port and are translated back.
+    fn new_masq_flow(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, l: &L4, ing: Ingress) -> Nat {
+        let Ctx { now, node, .. } = *cx;
+        if let Some(f) = l.tcp_flags {
+            if f & tcp::flags::SYN == 0 || f & tcp::flags::ACK != 0 {
+                return self.reject(cx, p, l, false, DropReason::NoConntrack);
+            }
+        }
+        let entry = Entry {
+            original: l.key(),
+            reply: FlowKey {
+                proto: l.proto,
+                src: l.dst,
+                dst: node.underlay_ip,
+                sport: l.dport,
+                dport: 0,
+            },
+            service: NO_SERVICE,
+            backend: 0,
+            tcp: if l.proto == ipv4::protocol::TCP {
+                TcpState::SynSent
+            } else {
+                TcpState::None
+            },
+            created_ns: now,
+            last_seen_ns: now,
+            client_mac: ing.src_mac.0,
+            in_port: ing.in_port,
+            flags: F_SNAT | F_MASQ,
+        };
+        let inserted = self.insert_flow(now, l, entry, |pl, _, h, e| {
+            e.reply.dport = pl.snat_port(h);
+            true
+        });
+        let (id, entry) = match inserted {
+            Ok(x) => x,
+            Err(reason) => return Nat::Done(Verdict::Drop(reason)),
+        };
+        self.counters.egress_flows += 1;
+        self.ct.touch(id, Dir::Original, l.tcp_flags, now);
+        rewrite(p, l, Some((node.underlay_ip, entry.reply.dport)), None);
+        Nat::Route {
+            external_reply: None,
+        }
+    }
+
+    /// Inserts a new flow's `entry`, trying up to [`SNAT_TRIES`] reply
+    /// keys: `pick(self, try, hash, entry)` sets the reply side of each
+    /// try from a hash that differs per try (false: skip the try). Forgets
+    /// both keys in the flow cache (either may be a plainly routed flow).
+    fn insert_flow(
+        &mut self,
+        now: u64,
+        l: &L4,
+        mut entry: Entry,
+        pick: impl Fn(&Self, u16, u16, &mut Entry) -> bool,
+    ) -> Result<(u32, Entry), DropReason> {
+        let first = entry;
+        for i in 0..SNAT_TRIES {
+            entry = first;
+            let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
+            if !pick(self, i, h, &mut entry) {
+                continue;
+            }
+            match self.ct.insert(entry, now) {
+                Ok(id) => {
+                    self.flows.forget(&entry.original);
+                    self.flows.forget(&entry.reply);
+                    return Ok((id, entry));
+                }
+                Err(InsertError::Exists) => continue,
+                Err(InsertError::Full) => return Err(DropReason::ConntrackFull),
+            }
+        }
+        Err(DropReason::NatPortsExhausted)
+    }
+
+    /// An SNAT port of this worker's class, so that its replies are
+    /// steered back here (see `side`), drawn from `h`.
+    fn snat_port(&self, h: u16) -> u16 {
+        let per = (SNAT_PORTS.1 - SNAT_PORTS.0 + 1) / self.workers;
+        SNAT_PORTS.0 + (h % per) * self.workers + self.worker
     }
 
     /// A port in [`SNAT_PORTS`] for the client side of `reply` whose replies
@@ -514,8 +596,11 @@ impl Pipeline {
         if let Some(fe) = fe {
             return Some(self.side(node, l.src, l.sport, fe.steer_by_ip));
         }
-        if l.dst == node.gateway_ip && is_snat_port(l.dport) {
+        if (l.dst == node.gateway_ip || l.dst == node.underlay_ip) && is_snat_port(l.dport) {
             return Some(self.side(node, l.dst, l.dport, false));
+        }
+        if t.masquerades(node, l.dst) {
+            return Some(self.side(node, l.src, l.sport, false));
         }
         let by_ip = *t.services.steer.get(&(l.src, l.sport, l.proto))?;
         Some(self.side(node, l.dst, l.dport, by_ip))
@@ -525,7 +610,7 @@ impl Pipeline {
     /// worker in its class (`new_flow` picks it so); any other client hashes
     /// by address and port, or by address alone (`Services::finish`).
     fn side(&self, node: &NodeInfo, ip: Ipv4Addr, port: u16, by_ip: bool) -> u16 {
-        if ip == node.gateway_ip && is_snat_port(port) {
+        if (ip == node.gateway_ip || ip == node.underlay_ip) && is_snat_port(port) {
             return (port - SNAT_PORTS.0) % self.workers;
         }
         let x = if by_ip {
@@ -639,7 +724,7 @@ impl Pipeline {
     }
 
     pub(super) fn count_svc(&mut self, service: Option<u32>, len: usize) {
-        if let Some(s) = service {
+        if let Some(s) = service.filter(|&s| s != NO_SERVICE) {
             let c = self.nat.svc_at(s);
             c.packets += 1;
             c.bytes += len as u64;
@@ -675,7 +760,13 @@ impl Pipeline {
             Dir::Reply => (
                 (e.original.src, e.original.sport),
                 (e.original.dst, e.original.dport),
-                e.original.dst,
+                // Egress: a router on the way says so itself, as Linux's
+                // masquerade leaves it.
+                if e.flags & F_MASQ != 0 {
+                    outer_src
+                } else {
+                    e.original.dst
+                },
                 e.original.src,
             ),
             Dir::Original => (

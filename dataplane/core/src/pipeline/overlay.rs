@@ -17,10 +17,21 @@ impl Pipeline {
             return Verdict::Drop(r);
         }
         let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
-        if ip.dst_addr() != node.underlay_ip {
-            return Verdict::Drop(DropReason::NotOurs);
-        }
         let proto = ip.protocol();
+        if ip.dst_addr() != node.underlay_ip {
+            // Walk 7's way back from a non-masquerade destination: the one
+            // outside source that may reach a pod by its own address.
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            if !node.pod_cidr.contains(dst) || !t.unmasqueraded_source(node, src) {
+                return Verdict::Drop(DropReason::NotOurs);
+            }
+            return self.on_outside(cx, p);
+        }
+        if proto == ipv4::protocol::ICMP {
+            // Walk 7: an error about a masqueraded flow, quoting our
+            // address and SNAT port (the uplink redirects only those).
+            return self.on_outside(cx, p);
+        }
         let ip_payload_off = ip_off + ip.header_len();
         let ip_end = ip_off + ip.total_len() as usize;
         // The destination port decides; a datagram too short for a whole
@@ -34,16 +45,9 @@ impl Pipeline {
             if proto != ipv4::protocol::TCP && proto != ipv4::protocol::UDP {
                 return Verdict::Drop(DropReason::NotOurs);
             }
-            // Walk 4: an outside client to NodeIP:NodePort. One on a veth
-            // of this host may offload its checksums, as a pod does.
-            let src_mac = eth.src_addr();
-            complete_partial_checksum(p, ip_off);
-            let ing = nat::Ingress {
-                external: true,
-                in_port: p.port,
-                src_mac,
-            };
-            return self.service_then_route(cx, p, ing);
+            // Walk 4: an outside client to NodeIP:NodePort; walk 7: a
+            // reply to a masqueraded flow.
+            return self.on_outside(cx, p);
         }
         // Only a remote node's VTEP may send us VXLAN, and only from its
         // pods (its gateway included): checked on the inner source below.
@@ -114,6 +118,22 @@ impl Pipeline {
         };
         self.counters.decapsulated += 1;
         v
+    }
+}
+
+impl Pipeline {
+    /// A validated IPv4 frame from outside the cluster on the uplink: a
+    /// NodePort client (walk 4), or walk 7's replies and errors. A sender
+    /// on a veth of this host may offload its checksums, as a pod does.
+    fn on_outside(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+        let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
+        complete_partial_checksum(p, p.off + ETH);
+        let ing = nat::Ingress {
+            external: true,
+            in_port: p.port,
+            src_mac,
+        };
+        self.service_then_route(cx, p, ing)
     }
 }
 

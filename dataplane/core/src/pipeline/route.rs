@@ -115,8 +115,9 @@ impl Pipeline {
         };
         // Ethernet padding is not part of the datagram; don't carry it on.
         p.len = ETH + total_len;
-        if dst == node.gateway_ip {
-            // Walk 5: to the node itself, through the host interface.
+        if dst == node.gateway_ip || dst == node.underlay_ip {
+            // Walk 5: to the node itself, through the host interface (its
+            // underlay address too: the kernel owns it, not the uplink).
             let host = t.host.and_then(|h| t.port(h).map(|i| (h, *i)));
             let Some((
                 h,
@@ -146,6 +147,9 @@ impl Pipeline {
             return self.deliver(p, forwarded, (lp.port, lp.mac, out.mac));
         }
         let Some(r) = t.routes.lookup(dst) else {
+            if t.is_egress(node, dst) {
+                return self.egress(cx, p, forwarded, dst);
+            }
             let code = if node.cluster_cidr.contains(dst) {
                 icmp::code::HOST_UNREACHABLE
             } else {
@@ -189,6 +193,57 @@ impl Pipeline {
             self.note_l2(fast::L2::Encap);
         }
         Ok(Verdict::Tx(uplink.0))
+    }
+
+    /// Walk 7: a datagram for outside the cluster, out the uplink to the
+    /// kernel's next hop for `dst` (a gateway, or `dst` itself on-link). A
+    /// pod's own address leaves only to non-masquerade destinations: a
+    /// masqueraded destination gets only what `new_masq_flow` translated.
+    fn egress(
+        &mut self,
+        cx: &Ctx<'_>,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+        dst: Ipv4Addr,
+    ) -> Result<Verdict, (IcmpError, DropReason)> {
+        let Ctx { t, node, .. } = *cx;
+        let ip_off = p.off + ETH;
+        let (src, ttl, total_len) = {
+            let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
+            (ip.src_addr(), ip.ttl(), ip.total_len() as usize)
+        };
+        if node.cluster_cidr.contains(src) && t.masquerades(node, dst) {
+            return Ok(Verdict::Drop(DropReason::EgressUntranslatable));
+        }
+        if forwarded && ttl <= 1 {
+            return Err((IcmpError::TimeExceeded, DropReason::TtlExceeded));
+        }
+        // Not encapsulated: the underlay MTU is what the uplink carries.
+        if total_len > node.pod_mtu as usize + ENCAP_LEN - ETH {
+            return Ok(Verdict::Drop(DropReason::TooBig));
+        }
+        let Some((uplink, info)) = t.uplink.and_then(|u| t.port(u).map(|i| (u, *i))) else {
+            return Ok(Verdict::Drop(DropReason::NoUplink));
+        };
+        let mac = match t.egress.lookup(dst) {
+            Some(EgressHop::Gateway(mac)) => *mac,
+            Some(EgressHop::OnLink) => t.neighbours.get(&dst).copied(),
+            None => None,
+        };
+        let Some(mac) = mac else {
+            return Ok(Verdict::Drop(DropReason::NeighbourUnresolved));
+        };
+        if forwarded {
+            Ipv4Packet::new_unchecked(&mut p.buf[ip_off..p.off + p.len]).decrement_ttl();
+        }
+        let mut eth = EthernetFrame::new_unchecked(&mut p.buf[p.off..p.off + p.len]);
+        eth.set_dst_addr(mac);
+        eth.set_src_addr(info.mac);
+        self.counters.egress_routed += 1;
+        if forwarded {
+            self.note_l2(fast::L2::Egress);
+        }
+        Ok(Verdict::Tx(uplink))
     }
 
     /// Delivers the datagram at `p.off` on a port of this node (a pod, the

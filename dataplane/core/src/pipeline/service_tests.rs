@@ -45,13 +45,15 @@ use crate::wire::tcp::flags::{ACK, FIN, PSH, RST, SYN};
 // Fixture: n1 with the host interface and two services
 // ---------------------------------------------------------------------------
 
-const SEC: u64 = 1_000_000_000;
+pub(super) const SEC: u64 = 1_000_000_000;
 
-const HOST_PORT: PortId = 3;
+pub(super) const HOST_PORT: PortId = 3;
 /// kxdp's end of the host veth pair.
-const HOST_PORT_MAC: EthernetAddress = EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0xfe]);
+pub(super) const HOST_PORT_MAC: EthernetAddress =
+    EthernetAddress([0x02, 0x6b, 0x78, 0x64, 0x70, 0xfe]);
 /// The node kernel's end of the host veth (it has the gateway address).
-const HOST_PEER_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01]);
+pub(super) const HOST_PEER_MAC: EthernetAddress =
+    EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01]);
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SVC_PORT: u16 = 80;
@@ -61,7 +63,7 @@ const NODE_PORT: u16 = 30080;
 const FRONTEND: (Ipv4Addr, u16) = (CLUSTER_IP, SVC_PORT);
 /// What outside clients address: NodeIP:NodePort.
 const NODE_FRONTEND: (Ipv4Addr, u16) = (UNDERLAY_IP, NODE_PORT);
-const LOCAL_BE: (Ipv4Addr, u16) = (P2_IP, TARGET_PORT);
+pub(super) const LOCAL_BE: (Ipv4Addr, u16) = (P2_IP, TARGET_PORT);
 const REMOTE_BE: (Ipv4Addr, u16) = (REMOTE_POD_IP, TARGET_PORT);
 /// `default/web`'s service id, and `default/empty`'s (no endpoints).
 const WEB: usize = 0;
@@ -76,8 +78,8 @@ const CLIENT_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x0
 /// n2's gateway address (it sends n2's ICMP errors).
 const REMOTE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
 
-const TCP: u8 = ipv4::protocol::TCP;
-const UDP: u8 = ipv4::protocol::UDP;
+pub(super) const TCP: u8 = ipv4::protocol::TCP;
+pub(super) const UDP: u8 = ipv4::protocol::UDP;
 
 fn be(addr: (Ipv4Addr, u16), ready: bool, serving: bool) -> Backend {
     Backend {
@@ -89,7 +91,7 @@ fn be(addr: (Ipv4Addr, u16), ready: bool, serving: bool) -> Backend {
     }
 }
 
-fn ready(addr: (Ipv4Addr, u16)) -> Backend {
+pub(super) fn ready(addr: (Ipv4Addr, u16)) -> Backend {
     be(addr, true, true)
 }
 
@@ -100,7 +102,7 @@ fn terminating(addr: (Ipv4Addr, u16)) -> Backend {
 
 /// `default/web` as a test wants it.
 #[derive(Debug, Clone)]
-struct Svc {
+pub(super) struct Svc {
     backends: Vec<Backend>,
     affinity_ns: Option<u64>,
     local_only: bool,
@@ -109,7 +111,7 @@ struct Svc {
 }
 
 impl Svc {
-    fn new(backends: &[Backend]) -> Svc {
+    pub(super) fn new(backends: &[Backend]) -> Svc {
         Svc {
             backends: backends.to_vec(),
             affinity_ns: None,
@@ -121,7 +123,7 @@ impl Svc {
 
 /// n1's tables with the host port and the services, as the engine builds
 /// them (`build_services`): one frontend per ClusterIP port and per NodePort.
-fn svc_tables(s: &Svc) -> Tables {
+pub(super) fn svc_tables(s: &Svc) -> Tables {
     let mut t = tables();
     t.set_port(
         HOST_PORT,
@@ -189,7 +191,7 @@ fn with_backends(b: &[Backend]) -> Tables {
 }
 
 /// A pipeline with a small conntrack (the default one is 30 MiB).
-fn pipeline() -> Pipeline {
+pub(super) fn pipeline() -> Pipeline {
     Pipeline::with_conntrack(4096, Timeouts::default())
 }
 
@@ -357,7 +359,7 @@ static SYN_CLIENT_TO_NODE_PORT: [u8; 58] = [
 ];
 
 /// Offset of the quoted datagram in an ICMP error frame.
-const QUOTE: usize = ETH + 20 + 8;
+pub(super) const QUOTE: usize = ETH + 20 + 8;
 
 /// The backend p2 answers the DNATed "kxdp" datagram (as it received it:
 /// 10.244.1.2:40000 -> 10.244.1.3:8080, TTL 63) with port unreachable,
@@ -396,7 +398,7 @@ static PORT_UNREACHABLE_P2_TO_P1: [u8; 74] = [
 // ---------------------------------------------------------------------------
 
 /// RFC 1071 checksum of `data` (a plain reference, not `wire::checksum`).
-fn rfc1071(data: &[u8]) -> u16 {
+pub(super) fn rfc1071(data: &[u8]) -> u16 {
     let mut s: u64 = 0;
     for pair in data.chunks(2) {
         s += u64::from(pair[0]) << 8 | pair.get(1).copied().map_or(0, u64::from);
@@ -409,7 +411,7 @@ fn rfc1071(data: &[u8]) -> u16 {
 
 /// Who sends a frame: the port it arrives on and its Ethernet addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Peer {
+pub(super) enum Peer {
     P1,
     P2,
     /// The node's kernel, through the host interface.
@@ -451,7 +453,7 @@ impl Peer {
     }
 
     /// An Ethernet frame carrying `datagram` from this peer.
-    fn frame(self, datagram: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(self, datagram: &[u8]) -> Vec<u8> {
         let (src, dst) = self.macs();
         let mut f = Vec::with_capacity(ETH + datagram.len());
         f.extend_from_slice(&dst.0);
@@ -527,7 +529,7 @@ fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: IpNumber, len: usize, ttl: u
 
 /// A TCP segment (IPv4 datagram) with `flags` (wire::tcp::flags bits).
 #[allow(clippy::too_many_arguments)]
-fn tcp_datagram(
+pub(super) fn tcp_datagram(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
     ttl: u8,
@@ -558,7 +560,12 @@ fn tcp_datagram(
 }
 
 /// A UDP datagram with its checksum.
-fn udp_datagram(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), ttl: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp_datagram(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut u = UdpHeader {
         source_port: src.1,
         destination_port: dst.1,
@@ -575,7 +582,7 @@ fn udp_datagram(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), ttl: u8, payload: &[
 
 /// A TCP segment as `peer` sends it.
 #[allow(clippy::too_many_arguments)]
-fn tcp_from(
+pub(super) fn tcp_from(
     peer: Peer,
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
@@ -595,12 +602,23 @@ fn tcp_from(
     ))
 }
 
-fn udp_from(peer: Peer, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp_from(
+    peer: Peer,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
     peer.frame(&udp_datagram(src, dst, peer.ttl(), payload))
 }
 
 /// An ICMP error (type, code) from `src` to `dst` quoting `quote`.
-fn icmp_error_datagram(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+pub(super) fn icmp_error_datagram(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ty: u8,
+    code: u8,
+    quote: &[u8],
+) -> Vec<u8> {
     let mut icmp = vec![ty, code, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(quote);
     let c = rfc1071(&icmp);
@@ -617,14 +635,14 @@ fn icmp_error_datagram(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, quote: &[
 // Running and checking outputs from scratch
 // ---------------------------------------------------------------------------
 
-fn send(pl: &mut Pipeline, now: u64, t: &Tables, peer: Peer, frame: &[u8]) -> Out {
+pub(super) fn send(pl: &mut Pipeline, now: u64, t: &Tables, peer: Peer, frame: &[u8]) -> Out {
     process_one(pl, now, t, peer.port(), frame)
 }
 
 /// `datagram` as it must leave after NAT: the given source and destination
 /// (address, port) put in, TTL lowered by `hops`, every checksum computed
 /// afresh by etherparse (a zero UDP checksum stays zero: "none").
-fn natted(
+pub(super) fn natted(
     datagram: &[u8],
     src: Option<(Ipv4Addr, u16)>,
     dst: Option<(Ipv4Addr, u16)>,
@@ -676,22 +694,22 @@ fn natted(
 
 /// A frame the pipeline sent, taken apart.
 #[derive(Debug)]
-struct Delivered {
-    port: PortId,
+pub(super) struct Delivered {
+    pub(super) port: PortId,
     /// Sent VXLAN-encapsulated to n2 (outer headers checked).
-    encapped: bool,
+    pub(super) encapped: bool,
     /// The (inner) Ethernet addresses.
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
+    pub(super) eth_dst: [u8; 6],
+    pub(super) eth_src: [u8; 6],
     /// The (inner) IPv4 datagram.
-    ip: Vec<u8>,
+    pub(super) ip: Vec<u8>,
 }
 
 /// Takes a `Tx` output apart (decapsulating VXLAN to n2) and checks, from
 /// scratch, its IPv4 header checksum and length and its TCP/UDP/ICMP
 /// checksum (a zero UDP checksum is "none" and left to the caller).
 #[track_caller]
-fn delivered(out: &Out) -> Delivered {
+pub(super) fn delivered(out: &Out) -> Delivered {
     let Verdict::Tx(port) = out.verdict else {
         panic!("not sent: {:?}", out.verdict)
     };
@@ -728,7 +746,7 @@ fn delivered(out: &Out) -> Delivered {
 
 /// `d` reached `peer`: on its port, with the MACs a router uses towards it.
 #[track_caller]
-fn assert_to(d: &Delivered, peer: Peer) {
+pub(super) fn assert_to(d: &Delivered, peer: Peer) {
     let (port, dst, src, encapped) = match peer {
         Peer::P1 => (P1_PORT, P1_MAC, PORT1_MAC, false),
         Peer::P2 => (P2_PORT, P2_MAC, PORT2_MAC, false),
@@ -746,7 +764,7 @@ fn assert_to(d: &Delivered, peer: Peer) {
 }
 
 /// The 5-tuple of a TCP/UDP datagram.
-fn tuple(ip: &[u8]) -> FlowKey {
+pub(super) fn tuple(ip: &[u8]) -> FlowKey {
     let (h, rest) = Ipv4Header::from_slice(ip).unwrap();
     FlowKey {
         proto: h.protocol.0,
@@ -757,7 +775,7 @@ fn tuple(ip: &[u8]) -> FlowKey {
     }
 }
 
-fn key(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
+pub(super) fn key(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
     FlowKey {
         proto,
         src: src.0,
@@ -768,7 +786,7 @@ fn key(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
 }
 
 /// The conntrack entry `k` (either direction) names.
-fn entry(pl: &Pipeline, k: FlowKey) -> Option<Entry> {
+pub(super) fn entry(pl: &Pipeline, k: FlowKey) -> Option<Entry> {
     let ct = pl.conntrack();
     ct.lookup(&k).map(|(id, _)| *ct.get(id))
 }
@@ -782,7 +800,7 @@ fn tcp_state(pl: &Pipeline, k: FlowKey) -> TcpState {
 /// `to`: RST with `seq` and no ACK, or (`ack` given) RST|ACK with sequence
 /// number zero, no payload, checksums verified from scratch.
 #[track_caller]
-fn assert_rst(
+pub(super) fn assert_rst(
     d: &Delivered,
     from: (Ipv4Addr, u16),
     to: (Ipv4Addr, u16),

@@ -82,6 +82,8 @@ pub(super) fn node() -> NodeInfo {
         cluster_cidr: Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
         gateway_ip: GATEWAY,
         pod_mtu: POD_MTU,
+        service_cidr: Some(Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12)),
+        masquerade: false,
     }
 }
 
@@ -2109,6 +2111,8 @@ fn counters_merge_sums_every_field() {
     a.handed_off = 8;
     a.flow_cache_hits = 9;
     a.source_ports_remapped = 10;
+    a.egress_flows = 12;
+    a.egress_routed = 13;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -2120,6 +2124,8 @@ fn counters_merge_sums_every_field() {
     b.handed_off = 80;
     b.flow_cache_hits = 90;
     b.source_ports_remapped = 100;
+    b.egress_flows = 120;
+    b.egress_routed = 130;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -2138,6 +2144,8 @@ fn counters_merge_sums_every_field() {
         handed_off,
         flow_cache_hits,
         source_ports_remapped,
+        egress_flows,
+        egress_routed,
     } = m;
     assert_eq!(
         [
@@ -2151,9 +2159,11 @@ fn counters_merge_sums_every_field() {
             resets_sent,
             handed_off,
             flow_cache_hits,
-            source_ports_remapped
+            source_ports_remapped,
+            egress_flows,
+            egress_routed
         ],
-        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
@@ -2200,6 +2210,7 @@ fn variant_index(r: DropReason) -> usize {
         ConntrackFull => 31,
         HandoffFull => 32,
         NatPortsExhausted => 33,
+        EgressUntranslatable => 34,
     }
 }
 
@@ -2207,7 +2218,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 34);
+    assert_eq!(DropReason::COUNT, 35);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
