@@ -14,9 +14,12 @@
 //!   underlay address, so any two collide — and a UDP NodePort must not be
 //!   the VXLAN port;
 //! - `affinity_timeout_s` in 1..=86400 (default 10800);
-//! - endpoints are inside the cluster CIDR and inside some node's pod CIDR
-//!   (which fills `Endpoint.node`), unique within the service. An endpoint
-//!   need not be a known pod's IP (pods can come and go before endpoints do).
+//! - endpoints inside the cluster CIDR are inside some node's pod CIDR
+//!   (which fills `Endpoint.node`); endpoints outside it (a node's address
+//!   for hostNetwork pods and the API server, or anything reachable, as an
+//!   EndpointSlice may say) are routable and no ClusterIP, their `node` as
+//!   given; all unique within the service. An endpoint need not be a known
+//!   pod's IP (pods can come and go before endpoints do).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -230,6 +233,16 @@ impl RawService {
 
 // ---- validation ----
 
+/// Why `ip` cannot be an endpoint outside the pod network, if it cannot.
+pub fn unroutable(ip: Ipv4Addr, service_cidr: Ipv4Net) -> Option<String> {
+    if let Some(why) = kxdp_proto::service::unroutable_endpoint(ip) {
+        return Some(why.into());
+    }
+    service_cidr.contains(&ip).then(|| {
+        format!("inside the service CIDR {service_cidr}: an endpoint cannot be a ClusterIP")
+    })
+}
+
 /// What a service is checked against: the cluster's addressing.
 #[derive(Clone, Debug)]
 pub struct Context<'a> {
@@ -427,10 +440,19 @@ pub fn check(
             continue;
         }
         if !ctx.cluster_cidr.contains(&ip) {
-            p.push(Problem::new(
-                at("ip"),
-                format!("{ip} is outside the cluster CIDR {}", ctx.cluster_cidr),
-            ));
+            // Outside the pod network: a node's address (hostNetwork pods,
+            // the API server) or anything reachable, as EndpointSlices allow.
+            if let Some(why) = unroutable(ip, ctx.service_cidr) {
+                p.push(Problem::new(at("ip"), format!("{ip} is {why}")));
+                continue;
+            }
+            endpoints.push(Endpoint {
+                ip,
+                node: e.node.clone().unwrap_or_default(),
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            });
             continue;
         }
         let Some(&(node, net)) = ctx.nodes.iter().find(|(_, net)| net.contains(&ip)) else {
@@ -547,6 +569,31 @@ services:
     fn web(from: &str, to: &str) -> String {
         assert!(WEB.contains(from), "{from}");
         lab_with_services(&WEB.replacen(from, to, 1))
+    }
+
+    /// The `kubernetes` service: its endpoint is the API server on a
+    /// node's address, outside the pod network.
+    #[test]
+    fn an_endpoint_may_be_a_node_address_or_outside_the_cluster() {
+        let c = Cluster::from_yaml(&lab_with_services(
+            "services:\n  - name: default/kubernetes\n    cluster_ip: 10.96.0.1\n    \
+             ports: [{ name: https, protocol: TCP, port: 443, target_port: 6443 }]\n    \
+             endpoints: [{ ip: 172.30.0.11, node: n1 }, { ip: 203.0.113.10 }]\n",
+        ))
+        .unwrap();
+        let s = c.service("default/kubernetes").unwrap();
+        let got: Vec<(Ipv4Addr, &str)> = s
+            .endpoints
+            .iter()
+            .map(|e| (e.ip, e.node.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Ipv4Addr::new(172, 30, 0, 11), "n1"),
+                (Ipv4Addr::new(203, 0, 113, 10), "")
+            ]
+        );
     }
 
     #[test]
@@ -797,10 +844,23 @@ services:
             "1..=86400",
         );
         assert_problem(
-            &web("{ ip: 10.244.1.2 }", "{ ip: 10.245.1.2 }"),
+            &web("{ ip: 10.244.1.2 }", "{ ip: 10.96.5.5 }"),
             &at("endpoints[0].ip"),
-            "outside the cluster CIDR 10.244.0.0/16",
+            "inside the service CIDR 10.96.0.0/12",
         );
+        for bad in [
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.5",
+            "0.0.0.0",
+            "255.255.255.255",
+        ] {
+            assert_problem(
+                &web("{ ip: 10.244.1.2 }", &format!("{{ ip: {bad} }}")),
+                &at("endpoints[0].ip"),
+                "not a routable endpoint address",
+            );
+        }
         assert_problem(
             &web("{ ip: 10.244.1.2 }", "{ ip: 10.244.9.2 }"),
             &at("endpoints[0].ip"),
@@ -878,7 +938,7 @@ services:
     fn all_service_problems_at_once() {
         let text = web("cluster_ip: 10.96.0.10", "cluster_ip: 10.1.0.1")
             .replacen("node_port: 30080", "node_port: 1", 1)
-            .replacen("{ ip: 10.244.1.2 }", "{ ip: 1.2.3.4 }", 1);
+            .replacen("{ ip: 10.244.1.2 }", "{ ip: 127.0.0.1 }", 1);
         let p = problems_of(&text);
         let paths: Vec<&str> = p.0.iter().map(|x| x.path.as_str()).collect();
         for want in [

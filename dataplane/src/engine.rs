@@ -755,7 +755,7 @@ impl Engine {
                         port: port.target_port,
                         ready: e.ready && !e.terminating,
                         serving: e.serving || e.ready,
-                        local: n.pod_cidr.contains(e.ip),
+                        local: n.pod_cidr.contains(e.ip) || e.ip == n.underlay_ip,
                     })
                     .collect();
                 let key = FrontendKey {

@@ -630,12 +630,17 @@ impl State {
                 }
             }
             for (i, e) in sv.endpoints.iter().enumerate() {
-                if !n.cluster_cidr.contains(e.ip) {
-                    return Err(err(
-                        format!("{f}.endpoints[{i}].ip"),
-                        format!("{} is outside the cluster CIDR {}", e.ip, n.cluster_cidr),
-                    ));
-                }
+                // Outside the pod network (a node's address, anything
+                // reachable) is fine; unroutable addresses and ClusterIPs not.
+                let why = match kxdp_proto::service::unroutable_endpoint(e.ip) {
+                    Some(why) => why.to_string(),
+                    None if scidr.contains(e.ip) => format!("inside the service CIDR {scidr}"),
+                    None => continue,
+                };
+                return Err(err(
+                    format!("{f}.endpoints[{i}].ip"),
+                    format!("{} is {why}", e.ip),
+                ));
             }
         }
         Ok(())

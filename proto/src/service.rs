@@ -16,6 +16,20 @@ use crate::dataplane as pb;
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
+/// Why `ip` cannot be an endpoint outside the pod network, if it cannot:
+/// what the API server refuses for EndpointSlices. (Both daemons also
+/// refuse ClusterIPs.)
+pub fn unroutable_endpoint(ip: Ipv4Addr) -> Option<&'static str> {
+    (ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast())
+    .then_some(
+        "not a routable endpoint address (unspecified, loopback, link-local, multicast or broadcast)",
+    )
+}
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
 )]

@@ -17,7 +17,7 @@ use super::tests::{
     assert_ipv4_checksum, assert_l4_checksum, process_one, Out, NEXT_HOP_MAC, P1_IP, P1_MAC,
     P1_PORT, PORT1_MAC, T0,
 };
-use super::tests::{REMOTE_UNDERLAY_IP, UNDERLAY_IP, UPLINK, UPLINK_MAC, VXLAN_PORT};
+use super::tests::{GATEWAY, REMOTE_UNDERLAY_IP, UNDERLAY_IP, UPLINK, UPLINK_MAC, VXLAN_PORT};
 use super::twin::Checked as Pipeline;
 use super::*;
 use crate::prefix::Prefix;
@@ -388,4 +388,130 @@ fn with_two_workers_egress_flows_and_their_replies_meet_at_one_owner() {
         let got = to_p1(&send(&mut pls[owner], T0, &t, Peer::Client, &reply));
         assert_eq!(tuple(&got), key(TCP, WWW, (P1_IP, sport)));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints outside the pod network: the `kubernetes` service
+// ---------------------------------------------------------------------------
+
+/// `default/kubernetes`: ClusterIP 10.96.0.1:443 to the API server at
+/// `apiserver`:6443 (a node's address).
+const KUBERNETES: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 443);
+
+fn with_apiserver(apiserver: Ipv4Addr) -> Tables {
+    use crate::services::{Backend, Frontend, FrontendKey};
+    let mut t = world(true, &[]);
+    let id = t.services.add_name("default/kubernetes");
+    t.services.insert(Frontend::new(
+        id,
+        FrontendKey {
+            addr: KUBERNETES.0,
+            proto: TCP,
+            port: KUBERNETES.1,
+        },
+        vec![Backend {
+            ip: apiserver,
+            port: 6443,
+            ready: true,
+            serving: true,
+            local: apiserver == UNDERLAY_IP,
+        }],
+        None,
+        false,
+        false,
+    ));
+    t.services.finish();
+    t
+}
+
+/// A frame from the node's kernel on the host port.
+fn from_host(datagram: &[u8]) -> Vec<u8> {
+    Peer::Host.frame(datagram)
+}
+
+#[test]
+fn pods_reach_an_api_server_on_their_own_node_through_the_host() {
+    let t = with_apiserver(UNDERLAY_IP);
+    let mut pl = pipeline();
+    let client = (P1_IP, 40100);
+    let syn = tcp_from(Peer::P1, client, KUBERNETES, SYN, 1, 0, b"");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &syn));
+    assert_eq!(d.port, HOST_PORT, "to the kernel, which owns the address");
+    let api = (UNDERLAY_IP, 6443);
+    assert_eq!(d.ip, natted(&syn[ETH..], None, Some(api), 1), "DNAT only");
+    // The kernel answers from its underlay address through the host port.
+    let synack = from_host(&tcp_datagram(api, client, 64, SYN | ACK, 9, 2, b""));
+    let got = to_p1(&send(&mut pl, T0, &t, Peer::Host, &synack));
+    assert_eq!(got, natted(&synack[ETH..], Some(KUBERNETES), None, 1));
+    // Anything else from the host must still come from the gateway.
+    let spoof = from_host(&tcp_datagram((P1_IP, 1), client, 64, SYN, 9, 2, b""));
+    let out = send(&mut pl, T0, &t, Peer::Host, &spoof);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::SourceMismatch));
+}
+
+#[test]
+fn pods_reach_an_api_server_on_another_node_masqueraded() {
+    let t = with_apiserver(REMOTE_UNDERLAY_IP);
+    let mut pl = pipeline();
+    let client = (P1_IP, 40101);
+    let api = (REMOTE_UNDERLAY_IP, 6443);
+    let syn = tcp_from(Peer::P1, client, KUBERNETES, SYN, 1, 0, b"");
+    let ip = egressed(&send(&mut pl, T0, &t, Peer::P1, &syn), NEXT_HOP_MAC);
+    let k = tuple(&ip);
+    assert_eq!((k.dst, k.dport), api);
+    assert_eq!(
+        k.src, UNDERLAY_IP,
+        "the other node's kernel answers this node"
+    );
+    assert_snat_port(k.sport);
+    assert_eq!(
+        ip,
+        natted(&syn[ETH..], Some((k.src, k.sport)), Some(api), 1)
+    );
+    let synack = from_router(&tcp_datagram(
+        api,
+        (k.src, k.sport),
+        64,
+        SYN | ACK,
+        9,
+        2,
+        b"",
+    ));
+    let got = to_p1(&send(&mut pl, T0, &t, Peer::Client, &synack));
+    assert_eq!(
+        got,
+        natted(&synack[ETH..], Some(KUBERNETES), Some(client), 1)
+    );
+}
+
+#[test]
+fn the_node_reaches_the_api_server_on_its_own_address_through_the_service() {
+    let t = with_apiserver(UNDERLAY_IP);
+    let mut pl = pipeline();
+    // The kernel sends from the gateway address (its route to the service
+    // CIDR is the host veth); its own address would answer it locally, so
+    // the flow is SNATed to the frontend, which it routes back to us.
+    let client = (GATEWAY, 50000);
+    let api = (UNDERLAY_IP, 6443);
+    let syn = from_host(&tcp_datagram(client, KUBERNETES, 64, SYN, 1, 0, b""));
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Host, &syn));
+    assert_eq!(d.port, HOST_PORT);
+    let k = tuple(&d.ip);
+    assert_eq!((k.src, k.dst, k.dport), (KUBERNETES.0, api.0, api.1));
+    assert_snat_port(k.sport);
+    let synack = from_host(&tcp_datagram(
+        api,
+        (k.src, k.sport),
+        64,
+        SYN | ACK,
+        9,
+        2,
+        b"",
+    ));
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Host, &synack));
+    assert_eq!(d.port, HOST_PORT);
+    assert_eq!(
+        d.ip,
+        natted(&synack[ETH..], Some(KUBERNETES), Some(client), 1)
+    );
 }

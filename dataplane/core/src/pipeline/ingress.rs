@@ -24,7 +24,10 @@ impl Pipeline {
             return Verdict::Drop(r);
         }
         let ip = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]);
-        if ip.src_addr() != pod_ip {
+        // The host also answers from its underlay address (an endpoint on
+        // the node's address: the API server, hostNetwork pods).
+        let host = matches!(port.kind, PortKind::Host { .. });
+        if ip.src_addr() != pod_ip && !(host && ip.src_addr() == node.underlay_ip) {
             return Verdict::Drop(DropReason::SourceMismatch);
         }
         let ing = nat::Ingress {

@@ -382,8 +382,23 @@ impl Pipeline {
             return self.reject(cx, p, l, ing.external, DropReason::NoEndpoint);
         };
         // SNAT: NodePort with externalTrafficPolicy Cluster (replies must come
-        // back through this node), and hairpin (a backend calling itself).
-        let needs_snat = (fe.node_port && !fe.local_only && ing.external) || backend.0 == l.src;
+        // back through this node), hairpin (a backend calling itself, or
+        // the node kernel its own address: from the frontend, so that the
+        // kernel's reply comes back through the host port), and backends
+        // outside the cluster that egress masquerades (as walk 7 does).
+        let masq = t.masquerades(node, backend.0);
+        let kernel_hairpin = backend.0 == node.underlay_ip && l.src == node.gateway_ip;
+        let needs_snat = (fe.node_port && !fe.local_only && ing.external)
+            || backend.0 == l.src
+            || masq
+            || kernel_hairpin;
+        let snat_ip = if masq {
+            node.underlay_ip
+        } else if kernel_hairpin {
+            l.dst
+        } else {
+            node.gateway_ip
+        };
         let reply = FlowKey {
             proto: l.proto,
             src: backend.0,
@@ -412,7 +427,7 @@ impl Pipeline {
         let inserted = self.insert_flow(now, l, entry, |pl, i, h, e| {
             if needs_snat {
                 e.flags |= F_SNAT;
-                e.reply.dst = node.gateway_ip;
+                e.reply.dst = snat_ip;
                 e.reply.dport = pl.snat_port(h);
             } else if i > 0 {
                 // The reply key is taken: the client reused its port towards
@@ -596,7 +611,7 @@ impl Pipeline {
         if let Some(fe) = fe {
             return Some(self.side(node, l.src, l.sport, fe.steer_by_ip));
         }
-        if (l.dst == node.gateway_ip || l.dst == node.underlay_ip) && is_snat_port(l.dport) {
+        if is_snat_addr(node, l.dst) && is_snat_port(l.dport) {
             return Some(self.side(node, l.dst, l.dport, false));
         }
         if t.masquerades(node, l.dst) {
@@ -610,7 +625,7 @@ impl Pipeline {
     /// worker in its class (`new_flow` picks it so); any other client hashes
     /// by address and port, or by address alone (`Services::finish`).
     fn side(&self, node: &NodeInfo, ip: Ipv4Addr, port: u16, by_ip: bool) -> u16 {
-        if (ip == node.gateway_ip || ip == node.underlay_ip) && is_snat_port(port) {
+        if is_snat_addr(node, ip) && is_snat_port(port) {
             return (port - SNAT_PORTS.0) % self.workers;
         }
         let x = if by_ip {
@@ -798,6 +813,15 @@ impl Pipeline {
         icmp::Icmpv4Packet::new_unchecked(&mut p.buf[icmp_off..icmp_end]).fill_checksum();
         (dir == Dir::Reply && e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
     }
+}
+
+/// An address this node SNATs to: its gateway (NodePort, hairpin), its
+/// underlay address (masquerade) or a frontend (the kernel's hairpin).
+#[inline]
+fn is_snat_addr(node: &NodeInfo, ip: Ipv4Addr) -> bool {
+    ip == node.gateway_ip
+        || ip == node.underlay_ip
+        || node.service_cidr.is_some_and(|c| c.contains(ip))
 }
 
 /// An SNAT source port of ours.

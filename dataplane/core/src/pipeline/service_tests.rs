@@ -2339,10 +2339,11 @@ fn walk5_the_host_reaches_local_and_remote_pods() {
     let d = delivered(&send(&mut pl, T0, &t, Peer::Remote, &r));
     assert_to(&d, Peer::Host);
     assert_eq!(d.ip, natted(&r[INNER_IP..], None, None, 1));
-    // The host sends only from the gateway address.
+    // The host sends only from the gateway address (or its own underlay
+    // address, answering pods that reach the node there: egress_tests.rs).
     let f = tcp_from(
         Peer::Host,
-        (UNDERLAY_IP, 46002),
+        (REMOTE_UNDERLAY_IP, 46002),
         (P1_IP, 8080),
         SYN,
         1,
