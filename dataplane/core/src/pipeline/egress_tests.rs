@@ -515,3 +515,31 @@ fn the_node_reaches_the_api_server_on_its_own_address_through_the_service() {
         natted(&synack[ETH..], Some(KUBERNETES), Some(client), 1)
     );
 }
+
+#[test]
+fn the_node_reaches_an_api_server_on_another_node_masqueraded() {
+    let t = with_apiserver(REMOTE_UNDERLAY_IP);
+    let mut pl = pipeline();
+    let client = (GATEWAY, 50001);
+    let api = (REMOTE_UNDERLAY_IP, 6443);
+    let syn = from_host(&tcp_datagram(client, KUBERNETES, 64, SYN, 1, 0, b""));
+    let ip = egressed(&send(&mut pl, T0, &t, Peer::Host, &syn), NEXT_HOP_MAC);
+    let k = tuple(&ip);
+    assert_eq!((k.src, k.dst, k.dport), (UNDERLAY_IP, api.0, api.1));
+    // The answer comes back on the uplink and goes to the kernel.
+    let synack = from_router(&tcp_datagram(
+        api,
+        (k.src, k.sport),
+        64,
+        SYN | ACK,
+        9,
+        2,
+        b"",
+    ));
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &synack));
+    assert_eq!((d.port, d.eth_dst), (HOST_PORT, HOST_PEER_MAC.0));
+    assert_eq!(
+        d.ip,
+        natted(&synack[ETH..], Some(KUBERNETES), Some(client), 1)
+    );
+}

@@ -42,11 +42,14 @@ impl Pipeline {
         ing: nat::Ingress,
     ) -> Verdict {
         let Ctx { t, .. } = *cx;
-        if let Err(v) = self.translate(cx, p, ing) {
-            return v;
-        }
-        if ing.external {
-            // An outside client reaches only service frontends.
+        let translated = match self.translate(cx, p, ing) {
+            Ok(translated) => translated,
+            Err(v) => return v,
+        };
+        if ing.external && !translated {
+            // An outside sender reaches only service frontends and the
+            // clients of its tracked flows (the node kernel among them),
+            // untranslated only pods (from non-masquerade sources).
             let dst = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]).dst_addr();
             if !t.local.contains_key(&dst) && t.routes.lookup(dst).is_none() {
                 return Verdict::Drop(DropReason::NotOurs);
