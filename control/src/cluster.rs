@@ -56,6 +56,25 @@ pub struct Cluster {
     pub node_ports: (u16, u16),
     /// In file order.
     pub services: Vec<Service>,
+    /// Pod egress to addresses outside `cidr` is masqueraded (flannel's
+    /// `ipMasq`), except towards `non_masquerade_cidrs` (ip-masq-agent's list).
+    pub egress: Egress,
+}
+
+/// `cluster.ip_masq` and `cluster.non_masquerade_cidrs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub ip_masq: bool,
+    pub non_masquerade_cidrs: Vec<Ipv4Net>,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Egress {
+            ip_masq: true,
+            non_masquerade_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// Who forwards a node's pod traffic.
@@ -222,6 +241,8 @@ struct RawCluster {
     vxlan: RawVxlan,
     service_cidr: String,
     node_port_range: String,
+    ip_masq: bool,
+    non_masquerade_cidrs: Vec<String>,
 }
 
 impl Default for RawCluster {
@@ -232,6 +253,8 @@ impl Default for RawCluster {
             vxlan: RawVxlan::default(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
             node_port_range: DEFAULT_NODE_PORT_RANGE.into(),
+            ip_masq: true,
+            non_masquerade_cidrs: Vec::new(),
         }
     }
 }
@@ -345,6 +368,16 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     }
     let node_ports =
         service::parse_port_range("cluster.node_port_range", &raw.cluster.node_port_range, p);
+    let egress = Egress {
+        ip_masq: raw.cluster.ip_masq,
+        non_masquerade_cidrs: raw
+            .cluster
+            .non_masquerade_cidrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| parse_cidr(&format!("cluster.non_masquerade_cidrs[{i}]"), c, p))
+            .collect(),
+    };
     let services = match (cidr, service_cidr, node_ports, port) {
         (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
             let ctx = service::Context {
@@ -400,6 +433,7 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             service_cidr,
             node_ports,
             services,
+            egress,
         }),
         _ => Err(Problems(problems)),
     }
@@ -1303,5 +1337,32 @@ nodes:
         assert!(paths.contains(&"pods[3].ip"), "{problems}");
         // One per line, each "path: message".
         assert_eq!(problems.to_string().lines().count(), problems.0.len());
+    }
+
+    #[test]
+    fn egress_masquerades_by_default_and_takes_non_masquerade_cidrs() {
+        assert_eq!(Cluster::lab().egress, Egress::default());
+        assert!(Egress::default().ip_masq);
+        let c = Cluster::from_yaml(&replaced(
+            "underlay_mtu: 1500",
+            "underlay_mtu: 1500\n  ip_masq: false\n  non_masquerade_cidrs: [203.0.113.0/24, 198.51.100.0/25]",
+        ))
+        .unwrap();
+        assert!(!c.egress.ip_masq);
+        assert_eq!(
+            c.egress.non_masquerade_cidrs,
+            vec![
+                "203.0.113.0/24".parse::<Ipv4Net>().unwrap(),
+                "198.51.100.0/25".parse().unwrap()
+            ]
+        );
+        assert_problem(
+            &replaced(
+                "underlay_mtu: 1500",
+                "underlay_mtu: 1500\n  non_masquerade_cidrs: [203.0.113.0/24, 203.0.113.1/24]",
+            ),
+            "cluster.non_masquerade_cidrs[1]",
+            "host bits",
+        );
     }
 }

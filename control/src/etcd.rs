@@ -256,6 +256,7 @@ impl ClusterConfig {
             service_cidr,
             node_ports: (self.node_port_min, self.node_port_max),
             services: Vec::new(),
+            egress: Default::default(),
         })
     }
 }

@@ -177,6 +177,10 @@ pub struct NodePlan {
     /// The host veth pair (walk 5): the dataplane's end and the kernel's.
     pub host_interface: String,
     pub host_peer: String,
+    /// `cluster.ip_masq` and `cluster.non_masquerade_cidrs`: the lab writes
+    /// flannel's masquerade rules from them on kernel nodes.
+    pub ip_masq: bool,
+    pub non_masquerade_cidrs: Vec<String>,
 }
 
 pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
@@ -199,6 +203,13 @@ pub fn node_plans(cluster: &Cluster) -> Vec<NodePlan> {
             service_cidr: cluster.service_cidr.to_string(),
             host_interface: conventions::HOST_INTERFACE.to_string(),
             host_peer: conventions::HOST_PEER.to_string(),
+            ip_masq: cluster.egress.ip_masq,
+            non_masquerade_cidrs: cluster
+                .egress
+                .non_masquerade_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
         })
         .collect()
 }
@@ -230,9 +241,13 @@ mod tests {
             "underlay_mtu",
             "vni",
             "vxlan_port",
+            "ip_masq",
+            "non_masquerade_cidrs",
         ] {
             assert!(j.get(k).is_some(), "missing {k}");
         }
+        assert_eq!(j["ip_masq"], true);
+        assert_eq!(j["non_masquerade_cidrs"], serde_json::json!([]));
     }
 
     #[test]
