@@ -439,13 +439,20 @@ make_underlay() {
         # As a real node has: the way out is the underlay's router.
         ip -n "$P-$n" route add default via "$net.$RT_HOST" dev "${N_UPLINK[$n]}"
     done
-    ns_add "$P-ext"
-    veth "$P-sw" ext "$P-ext" eth0
-    ip -n "$P-sw" link set ext mtu "${N_UMTU[${NODES[0]}]}" master br0 up
-    tx_off "$P-sw" ext
-    ip -n "$P-ext" link set eth0 mtu "${N_UMTU[${NODES[0]}]}" up
-    ip -n "$P-ext" addr add "$net.$EXT_HOST/$UNDERLAY_PREFIX_LEN" dev eth0
-    tx_off "$P-ext" eth0
+    underlay_host ext "$net.$EXT_HOST"
+}
+
+# underlay_host NAME IP: namespace P-NAME on the switch's port NAME, eth0
+# with IP on the underlay, software checksums on both ends.
+underlay_host() {
+    local name=$1 ip=$2 mtu=${N_UMTU[${NODES[0]}]}
+    ns_add "$P-$name"
+    veth "$P-sw" "$name" "$P-$name" eth0
+    ip -n "$P-sw" link set "$name" mtu "$mtu" master br0 up
+    tx_off "$P-sw" "$name"
+    ip -n "$P-$name" link set eth0 mtu "$mtu" up
+    ip -n "$P-$name" addr add "$ip/$UNDERLAY_PREFIX_LEN" dev eth0
+    tx_off "$P-$name" eth0
 }
 
 # make_world: the router on the underlay and the outside world behind it.
@@ -454,13 +461,7 @@ make_underlay() {
 make_world() {
     local net=${N_UIP[${NODES[0]}]%.*} mtu=${N_UMTU[${NODES[0]}]}
     log "router $P-rt ($net.$RT_HOST, $WWW_NET.$WWW_RT) and outside world $P-www ($WWW_NET.$WWW_HOST)"
-    ns_add "$P-rt"
-    veth "$P-sw" rt "$P-rt" eth0
-    ip -n "$P-sw" link set rt mtu "$mtu" master br0 up
-    tx_off "$P-sw" rt
-    ip -n "$P-rt" link set eth0 mtu "$mtu" up
-    ip -n "$P-rt" addr add "$net.$RT_HOST/$UNDERLAY_PREFIX_LEN" dev eth0
-    tx_off "$P-rt" eth0
+    underlay_host rt "$net.$RT_HOST"
     ns_sysctl "$P-rt" net.ipv4.ip_forward 1
     ns_add "$P-www"
     veth "$P-rt" eth1 "$P-www" eth0

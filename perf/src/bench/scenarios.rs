@@ -256,18 +256,15 @@ pub const EGRESS_PORT: u16 = 5201;
 /// world's server through its gateway; the sink on the server's eth0,
 /// behind the router.
 fn egress_world(lab: &Lab) -> anyhow::Result<Attach> {
-    let s = lab.pod(ENTRY_NODE, "p1").context("egress")?;
+    // pod-svc's client and gateway, the outside world instead of the service.
+    let a = pod_svc(lab).context("egress")?;
     Ok(Attach {
-        gen_ns: lab.pod_ns(s),
-        gen_iface: "eth0".into(),
-        src_mac: s.mac.clone(),
-        dst_mac: lab.gateway_mac(s)?,
-        src_ip: s.ip.clone(),
         dst_ip: WWW_IP.into(),
         dst_port: EGRESS_PORT,
         sink_ns: lab.www_ns(),
         sink_iface: "eth0".into(),
         note: String::new(),
+        ..a
     })
 }
 
