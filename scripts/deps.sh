@@ -17,11 +17,17 @@
 # and the Vagrant lab's: scripts/provision/etcd-pki.sh),
 # containernetworking-plugins (the CNI plugin delegates IPAM to host-local),
 # util-linux (nsenter), procps and coreutils (ps, timeout).
+# The lab's outside world: dnsmasq-base (its DNS server; only the binary:
+# the `dnsmasq` package adds a system service, which kxdp_quiet_services
+# stops if it is installed anyway), curl (the egress tests' HTTP client in
+# pods; the HTTP server is python3) and bind9-dnsutils (dig, their DNS
+# client over UDP).
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
     etcd-server openssl containernetworking-plugins util-linux
+    dnsmasq-base curl bind9-dnsutils
 )
 # What test.sh needs beyond those: shellcheck (lints every script), vagrant
 # and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its
@@ -61,25 +67,35 @@ kxdp_install_deps() {
         kxdp_apt_updated=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    kxdp_quiet_etcd "${missing[@]}"
+    kxdp_quiet_services "${missing[@]}"
 }
 
-# kxdp_quiet_etcd PKG...: when PKG... (what was just installed) holds
-# etcd-server, stops and disables the system etcd that Debian's package
-# enables and starts (127.0.0.1:2379, data in /var/lib/etcd). kxdp needs only
-# the etcd binary: its tests start their own members on free loopback ports,
-# and a cluster's etcd is the operator's to set up. An etcd that was installed
-# before is left as it was.
-kxdp_quiet_etcd() {
-    local pkg
+# kxdp_quiet_services PKG...: stops and disables the system daemon that a
+# package just installed (PKG...) enables and starts, for the packages kxdp
+# needs only for their binary:
+# - etcd-server: etcd on 127.0.0.1:2379, data in /var/lib/etcd; kxdp's tests
+#   start their own members on free loopback ports, and a cluster's etcd is
+#   the operator's to set up;
+# - dnsmasq (if a list names it; kxdp's names dnsmasq-base, which has no
+#   service): a resolver on port 53 of every interface; the lab runs its
+#   own, in the outside world's namespace only.
+# Debian starts them under systemd, and through their init scripts
+# elsewhere. A service that was installed before is left as it was.
+kxdp_quiet_services() {
+    local pkg unit
     for pkg in "$@"; do
-        [[ $pkg == etcd-server ]] || continue
+        case $pkg in
+            etcd-server) unit=etcd ;;
+            dnsmasq) unit=dnsmasq ;;
+            *) continue ;;
+        esac
         if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-            systemctl disable --now etcd.service >/dev/null 2>&1 || true
-        elif [[ -x /etc/init.d/etcd ]]; then
-            /etc/init.d/etcd stop >/dev/null 2>&1 || true
+            systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
+        elif [[ -x /etc/init.d/$unit ]]; then
+            /etc/init.d/"$unit" stop >/dev/null 2>&1 || true
+            update-rc.d "$unit" disable >/dev/null 2>&1 || true
         fi
-        echo "==> etcd-server installed for its binary; the system etcd service it ships is left stopped and disabled"
+        echo "==> $pkg installed for its binary; the system $unit service it ships is left stopped and disabled"
     done
 }
 

@@ -29,9 +29,20 @@ FLOW_CACHE=${KXDP_FLOW_CACHE:-1}
 QUEUES=${KXDP_LAB_QUEUES:-1}
 export RUST_LOG=${RUST_LOG:-info}
 
-# The underlay is one /24; the outside client takes .100 of it.
+# The underlay is one /24; the outside client takes .100 of it, the router
+# to the outside world .254 (every node's default route).
 UNDERLAY_PREFIX_LEN=24
 EXT_HOST=100
+RT_HOST=254
+# The outside world behind the router: a documentation range (RFC 5737,
+# never routed on the Internet), router .1, the HTTP and DNS server .10.
+WWW_NET=203.0.113
+WWW_PREFIX_LEN=24
+WWW_RT=1
+WWW_HOST=10
+WWW_HTTP_PORT=80
+# The names the outside DNS server answers (A records).
+WWW_NAMES=(www.example.test files.example.test)
 # Seconds to wait for a dataplane's socket and for control to sync every node.
 SOCKET_TIMEOUT=20
 SYNC_TIMEOUT=30
@@ -43,7 +54,7 @@ usage() {
 Usage: lab.sh up|down|status|restart-node NODE [--kill]|restart-control [--kill]|help
 
 A kxdp cluster in network namespaces: a switch, one namespace per node, one
-per pod, and an outside client. Needs root.
+per pod, an outside client, and an outside world behind a router. Needs root.
 
   up            (re)create the lab from the cluster file and start the
                 dataplanes and kxdp-control; tears down an existing lab with
@@ -60,13 +71,22 @@ per pod, and an outside client. Needs root.
                 the dataplanes' established flows
 
 Topology (P = prefix):
-  netns P-sw        bridge br0; ports named after the nodes (n1, n2) and ext
-  netns P-NODE      uplink (eth0) with the node's underlay IP; pod veths kx<hex ip>
+  netns P-sw        bridge br0; ports named after the nodes (n1, n2), ext and rt
+  netns P-NODE      uplink (eth0) with the node's underlay IP, default route via
+                    the router (.$RT_HOST); pod veths kx<hex ip>
   netns P-NODE-POD  eth0 with the pod's IP, MAC and MTU; default route via the gateway
   netns P-ext       eth0 .$EXT_HOST of the underlay /$UNDERLAY_PREFIX_LEN (an outside client)
+  netns P-rt        the router: eth0 .$RT_HOST of the underlay (switch port rt), eth1
+                    $WWW_NET.$WWW_RT/$WWW_PREFIX_LEN; IP forwarding, no route to the pod CIDRs
+                    (pod egress is masqueraded by the nodes)
+  netns P-www       eth0 $WWW_NET.$WWW_HOST/$WWW_PREFIX_LEN (the outside world): HTTP :$WWW_HTTP_PORT
+                    (scripts/lab-www.py: RUN_DIR/www, /whoami answers the client's address)
+                    and DNS :53 (dnsmasq: ${WWW_NAMES[*]} -> $WWW_NET.$WWW_HOST)
 A kxdp node runs kxdp-dataplane in its namespace (IP forwarding off, no vxlan
 device). A kernel node is set up as flannel's VXLAN backend does it: flannel.1,
-bridge cni0, a route, neighbour and FDB entry per remote node.
+bridge cni0, a route, neighbour and FDB entry per remote node, and the rules
+flannel --ip-masq writes (nftables table flannel-ipv4) from the cluster file's
+ip_masq and non_masquerade_cidrs. Nothing leaves the lab's namespaces.
 
 Environment:
   KXDP_LAB_PREFIX   name prefix, letters/digits/_ only (default kxdp)
@@ -327,7 +347,8 @@ load_plan() {
     while IFS=$'\t' read -r name uip uplink cidr gw vmac dp mtu umtu vni port; do
         [[ $name =~ ^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$ ]] ||
             die "node name '$name': use a DNS label of at most 15 characters (it names a switch port)"
-        [[ $name == sw || $name == ext ]] && die "node name '$name' is reserved by the lab"
+        [[ $name == sw || $name == ext || $name == rt || $name == www ]] &&
+            die "node name '$name' is reserved by the lab"
         [[ -n ${N_UIP[$name]:-} ]] && die "node '$name' twice in the plan"
         NODES+=("$name")
         N_UIP[$name]=$uip N_UPLINK[$name]=$uplink N_CIDR[$name]=$cidr N_GW[$name]=$gw
@@ -415,14 +436,95 @@ make_underlay() {
         ip -n "$P-$n" addr add "${N_UIP[$n]}/$UNDERLAY_PREFIX_LEN" dev "${N_UPLINK[$n]}"
         # The same uplink preparation a VM or bare-metal node gets (Vagrant).
         ip netns exec "$P-$n" "$ROOT/scripts/provision/uplink.sh" "${N_UPLINK[$n]}" >/dev/null
+        # As a real node has: the way out is the underlay's router.
+        ip -n "$P-$n" route add default via "$net.$RT_HOST" dev "${N_UPLINK[$n]}"
     done
-    ns_add "$P-ext"
-    veth "$P-sw" ext "$P-ext" eth0
-    ip -n "$P-sw" link set ext mtu "${N_UMTU[${NODES[0]}]}" master br0 up
-    tx_off "$P-sw" ext
-    ip -n "$P-ext" link set eth0 mtu "${N_UMTU[${NODES[0]}]}" up
-    ip -n "$P-ext" addr add "$net.$EXT_HOST/$UNDERLAY_PREFIX_LEN" dev eth0
-    tx_off "$P-ext" eth0
+    underlay_host ext "$net.$EXT_HOST"
+}
+
+# underlay_host NAME IP: namespace P-NAME on the switch's port NAME, eth0
+# with IP on the underlay, software checksums on both ends.
+underlay_host() {
+    local name=$1 ip=$2 mtu=${N_UMTU[${NODES[0]}]}
+    ns_add "$P-$name"
+    veth "$P-sw" "$name" "$P-$name" eth0
+    ip -n "$P-sw" link set "$name" mtu "$mtu" master br0 up
+    tx_off "$P-sw" "$name"
+    ip -n "$P-$name" link set eth0 mtu "$mtu" up
+    ip -n "$P-$name" addr add "$ip/$UNDERLAY_PREFIX_LEN" dev eth0
+    tx_off "$P-$name" eth0
+}
+
+# make_world: the router on the underlay and the outside world behind it.
+# Every end gets software checksums (tx_off): frames the router forwards
+# from the world to a kxdp node must arrive complete, as from a real NIC.
+make_world() {
+    local net=${N_UIP[${NODES[0]}]%.*} mtu=${N_UMTU[${NODES[0]}]}
+    log "router $P-rt ($net.$RT_HOST, $WWW_NET.$WWW_RT) and outside world $P-www ($WWW_NET.$WWW_HOST)"
+    underlay_host rt "$net.$RT_HOST"
+    ns_sysctl "$P-rt" net.ipv4.ip_forward 1
+    ns_add "$P-www"
+    veth "$P-rt" eth1 "$P-www" eth0
+    ip -n "$P-rt" link set eth1 mtu "$mtu" up
+    ip -n "$P-rt" addr add "$WWW_NET.$WWW_RT/$WWW_PREFIX_LEN" dev eth1
+    tx_off "$P-rt" eth1
+    ip -n "$P-www" link set eth0 mtu "$mtu" up
+    ip -n "$P-www" addr add "$WWW_NET.$WWW_HOST/$WWW_PREFIX_LEN" dev eth0
+    ip -n "$P-www" route add default via "$WWW_NET.$WWW_RT" dev eth0
+    tx_off "$P-www" eth0
+}
+
+# start_world: the outside world's HTTP server (files from RUN_DIR/www) and
+# DNS server, each recorded in a PID file and logging every client.
+start_world() {
+    local www=$WWW_NET.$WWW_HOST name records=()
+    mkdir -p "$RUN_DIR/www"
+    echo "kxdp lab $P: the outside world" >"$RUN_DIR/www/index.html"
+    start_daemon www-http python3 ip netns exec "$P-www" /usr/bin/python3 \
+        "$ROOT/scripts/lab-www.py" "$www" "$WWW_HTTP_PORT" "$RUN_DIR/www"
+    for name in "${WWW_NAMES[@]}"; do
+        records+=("--host-record=$name,$www")
+    done
+    # No configuration file, no PID file, no upstream: only these names.
+    start_daemon www-dns dnsmasq ip netns exec "$P-www" dnsmasq --keep-in-foreground \
+        --conf-file=/dev/null --pid-file= --no-resolv --no-hosts --bind-interfaces \
+        --listen-address="$www" --user=nobody --group=nogroup --log-queries --log-facility=- \
+        "${records[@]}"
+}
+
+# kernel_masq NODE: what flannel --ip-masq writes (nftables mode: table
+# flannel-ipv4, chains forward and postrtg, pkg/trafficmngr/nftables), with
+# ip-masq-agent's non-masquerade destinations returned before the pods'
+# masquerade rule. ip_masq false: the forward chain only, as flannel
+# without --ip-masq.
+kernel_masq() {
+    local n=$1 cluster masq cidrs pod=${N_CIDR[$1]}
+    IFS=$'\t' read -r cluster masq cidrs < <(jq -r --arg n "$n" '.[] | select(.name == $n)
+        | [.cluster_cidr, (if .ip_masq == null then true else .ip_masq end),
+           ((.non_masquerade_cidrs // []) | join(", "))] | map(tostring) | @tsv' "$RUN_DIR/nodes.json")
+    log "node $n: flannel's rules (ip_masq $masq${cidrs:+, non-masquerade $cidrs})"
+    {
+        echo "table ip flannel-ipv4 {"
+        echo "  chain forward {"
+        echo "    type filter hook forward priority filter; policy accept;"
+        echo "    ip saddr $cluster accept"
+        echo "    ip daddr $cluster accept"
+        echo "  }"
+        if [[ $masq == true ]]; then
+            echo "  chain postrtg {"
+            echo "    type nat hook postrouting priority srcnat; policy accept;"
+            echo "    meta mark 0x4000 return"
+            echo "    ip saddr $pod ip daddr $cluster return"
+            echo "    ip saddr $cluster ip daddr $pod return"
+            echo "    ip saddr != $pod ip daddr $cluster return"
+            [[ -n $cidrs ]] && echo "    ip saddr $cluster ip daddr { $cidrs } return"
+            echo "    ip saddr $cluster ip daddr != 224.0.0.0/4 masquerade fully-random"
+            echo "    ip saddr != $cluster ip daddr $cluster masquerade fully-random"
+            echo "  }"
+        fi
+        echo "}"
+    } >"$RUN_DIR/$n-flannel.nft"
+    ip netns exec "$P-$n" nft -f "$RUN_DIR/$n-flannel.nft"
 }
 
 make_pods() {
@@ -464,6 +566,7 @@ make_kernel_node() {
         ip -n "$ns" neigh replace "${N_CIDR[$r]%/*}" lladdr "${N_VMAC[$r]}" dev flannel.1 nud permanent
         bridge -n "$ns" fdb append "${N_VMAC[$r]}" dev flannel.1 dst "${N_UIP[$r]}"
     done
+    kernel_masq "$n"
 }
 
 start_dataplane() {
@@ -536,8 +639,10 @@ summary() {
     local n i a b ctlcmd
     echo
     echo "kxdp lab '$P' is up (run dir $RUN_DIR)"
-    echo "  switch    netns $P-sw, bridge br0, ports: ${NODES[*]} ext"
+    echo "  switch    netns $P-sw, bridge br0, ports: ${NODES[*]} ext rt"
     echo "  outside   netns $P-ext, eth0 ${N_UIP[${NODES[0]}]%.*}.$EXT_HOST/$UNDERLAY_PREFIX_LEN"
+    echo "  router    netns $P-rt, eth0 ${N_UIP[${NODES[0]}]%.*}.$RT_HOST/$UNDERLAY_PREFIX_LEN (every node's default route), eth1 $WWW_NET.$WWW_RT/$WWW_PREFIX_LEN"
+    echo "  world     netns $P-www, eth0 $WWW_NET.$WWW_HOST/$WWW_PREFIX_LEN: http://$WWW_NET.$WWW_HOST/ (pid $(cat "$RUN_DIR/www-http.pid"), files $RUN_DIR/www), DNS :53 ${WWW_NAMES[*]} (dnsmasq pid $(cat "$RUN_DIR/www-dns.pid"))"
     for n in "${NODES[@]}"; do
         if [[ ${N_DP[$n]} == kxdp ]]; then
             printf '  node %-4s netns %s, %s %s/%s, pods %s (gw %s), kxdp: pid %s, socket %s, log %s\n' \
@@ -600,7 +705,10 @@ lab_up() {
     make_plan
     load_plan
     ((${#KXDP_NODES[@]} == 0)) || check_bins kxdp-dataplane kxdp-control kxdpctl
+    printf 'LAB_ROUTER=%q\nLAB_WWW=%q\n' "${N_UIP[${NODES[0]}]%.*}.$RT_HOST" "$WWW_NET.$WWW_HOST" >>"$RUN_DIR/lab.env"
     make_underlay
+    make_world
+    start_world
     make_pods
     local n k=0 cores
     read -ra cores <<<"$CORES"
@@ -627,6 +735,8 @@ lab_up() {
 lab_down() {
     local f ns names=()
     stop_pidfile "$RUN_DIR/control.pid" kxdp-control
+    stop_pidfile "$RUN_DIR/www-http.pid" python3
+    stop_pidfile "$RUN_DIR/www-dns.pid" dnsmasq
     for f in "$RUN_DIR"/*.pid; do
         [[ -f $f ]] && stop_pidfile "$f" kxdp-dataplane
     done
@@ -643,7 +753,8 @@ lab_down() {
         # Only the files the lab writes: KXDP_RUN_DIR may be any directory.
         rm -f "$RUN_DIR"/*.pid "$RUN_DIR"/*.sock "$RUN_DIR"/*.log "$RUN_DIR"/*.args \
             "$RUN_DIR"/nodes.json "$RUN_DIR"/pods.json "$RUN_DIR"/cluster.yaml \
-            "$RUN_DIR"/cluster-file "$RUN_DIR"/namespaces "$RUN_DIR"/lab.env
+            "$RUN_DIR"/cluster-file "$RUN_DIR"/namespaces "$RUN_DIR"/lab.env "$RUN_DIR"/*-flannel.nft
+        rm -rf "$RUN_DIR/www"
         rmdir "$RUN_DIR" 2>/dev/null || warn "$RUN_DIR not empty: left in place"
     fi
     rmdir "$(dirname "$RUN_DIR")" 2>/dev/null || true
@@ -664,6 +775,10 @@ lab_status() {
         source "$RUN_DIR/lab.env"
         BIN_DIR=$LAB_BIN_DIR
         echo "  cluster file: $LAB_CLUSTER${LAB_KERNEL_NODES:+, kernel nodes: $LAB_KERNEL_NODES}"
+        if [[ -n ${LAB_WWW:-} ]]; then
+            echo "  outside world: router $P-rt ${LAB_ROUTER:-} (every node's default route);" \
+                "$P-www $LAB_WWW: http://$LAB_WWW/ (files $RUN_DIR/www, /whoami), DNS $LAB_WWW:53 (${WWW_NAMES[*]})"
+        fi
     fi
     echo "  namespaces:"
     ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print "    " $1}' | sort

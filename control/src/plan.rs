@@ -245,9 +245,13 @@ mod tests {
             "underlay_mtu",
             "vni",
             "vxlan_port",
+            "ip_masq",
+            "non_masquerade_cidrs",
         ] {
             assert!(j.get(k).is_some(), "missing {k}");
         }
+        assert_eq!(j["ip_masq"], true);
+        assert_eq!(j["non_masquerade_cidrs"], serde_json::json!([]));
     }
 
     #[test]

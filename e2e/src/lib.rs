@@ -18,7 +18,7 @@
 //!
 //! One module per part, all re-exported here: `paths`, `commands`, `lab`
 //! (the guard), `counters`, `traffic`, `captures`, `frames`, `checks` (what
-//! most tests share), `services`.
+//! most tests share), `services`, `world` (the outside world and egress).
 #![forbid(unsafe_code)]
 
 // The modules' common imports: each module starts with `use super::*`.
@@ -55,6 +55,7 @@ mod lab;
 mod paths;
 mod services;
 mod traffic;
+mod world;
 
 pub use captures::*;
 pub use checks::*;
@@ -65,3 +66,4 @@ pub use lab::*;
 pub use paths::*;
 pub use services::*;
 pub use traffic::*;
+pub use world::*;

@@ -41,6 +41,11 @@ pub const KUBE_PROXY_NFT: &str = "perf/kernel/kube-proxy.nft";
 
 /// Host part of the outside client on the underlay /24 (lab.sh `EXT_HOST`).
 const EXT_HOST: u8 = 100;
+/// Host part of the router to the outside world on the underlay /24
+/// (lab.sh `RT_HOST`): every node's default route.
+const RT_HOST: u8 = 254;
+/// The outside world's server behind the router (lab.sh `WWW_NET.WWW_HOST`).
+pub const WWW_IP: &str = "203.0.113.10";
 
 #[derive(Debug)]
 pub struct Lab {
@@ -175,15 +180,14 @@ impl Lab {
         format!("{}-sw", self.prefix)
     }
 
-    /// `node`'s neighbour entry for `peer`'s underlay address on its
-    /// uplink: (lladdr, states), None if there is no entry.
+    /// `node`'s neighbour entry for underlay address `ip` on its uplink:
+    /// (lladdr, states), None if there is no entry.
     pub fn uplink_neighbour(
         &self,
         node: &str,
-        peer: &str,
+        ip: &str,
     ) -> anyhow::Result<Option<(Option<String>, Vec<String>)>> {
         let n = self.node(node)?;
-        let ip = &self.node(peer)?.underlay_ip;
         let out = sh(
             "ip",
             &[
@@ -215,15 +219,30 @@ impl Lab {
         }))
     }
 
-    /// Makes `node`'s resolved neighbour entry for `peer`'s underlay
-    /// address permanent (same MAC). A sink on the switch port takes the
-    /// node's ARP probes too, so a dynamic entry would go stale and then
-    /// fail during the runs. Fails if the entry is not resolved. Returns
-    /// what it did.
-    pub fn pin_uplink_neighbour(&self, node: &str, peer: &str) -> anyhow::Result<String> {
+    /// Makes `node`'s kernel resolve underlay address `ip` (one UDP
+    /// datagram to the discard port from the node's namespace) and waits up
+    /// to 3 s for the neighbour entry to hold a MAC.
+    pub fn resolve_uplink_neighbour(&self, node: &str, ip: &str) -> anyhow::Result<()> {
+        let ns = self.node_ns(node);
+        let send = format!("echo kxdp-bench >/dev/udp/{ip}/9");
+        sh("ip", &["netns", "exec", &ns, "bash", "-c", &send])?;
+        for _ in 0..30 {
+            if let Some((Some(_), _)) = self.uplink_neighbour(node, ip)? {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("{ns}: {ip} not resolved within 3 s")
+    }
+
+    /// Makes `node`'s resolved neighbour entry for underlay address `ip`
+    /// (its next hop: another node, the router) permanent (same MAC). A
+    /// sink on the switch port takes the node's ARP probes too, so a
+    /// dynamic entry would go stale and then fail during the runs. Fails
+    /// if the entry is not resolved. Returns what it did.
+    pub fn pin_uplink_neighbour(&self, node: &str, ip: &str) -> anyhow::Result<String> {
         let n = self.node(node)?;
-        let ip = self.node(peer)?.underlay_ip.clone();
-        let (mac, states) = match self.uplink_neighbour(node, peer)? {
+        let (mac, states) = match self.uplink_neighbour(node, ip)? {
             Some((Some(mac), states)) => (mac, states),
             Some((None, states)) => bail!(
                 "{node}: neighbour {ip} on {} not resolved ({})",
@@ -239,7 +258,7 @@ impl Lab {
                 &self.node_ns(node),
                 "neigh",
                 "replace",
-                &ip,
+                ip,
                 "lladdr",
                 &mac,
                 "dev",
@@ -270,6 +289,48 @@ impl Lab {
             .with_context(|| format!("underlay IP {}", first.underlay_ip))?;
         let [a, b, c, _] = ip.octets();
         Ok(std::net::Ipv4Addr::new(a, b, c, EXT_HOST).to_string())
+    }
+
+    /// The router to the outside world (lab.sh: `P-rt`, eth0 on the
+    /// switch, eth1 towards `P-www`).
+    pub fn router_ns(&self) -> String {
+        format!("{}-rt", self.prefix)
+    }
+
+    /// The router's underlay address: .254 of the underlay /24.
+    pub fn router_ip(&self) -> anyhow::Result<String> {
+        let ext: std::net::Ipv4Addr = self.ext_ip()?.parse()?;
+        let [a, b, c, _] = ext.octets();
+        Ok(std::net::Ipv4Addr::new(a, b, c, RT_HOST).to_string())
+    }
+
+    /// The outside world's namespace (lab.sh: `P-www`, eth0 [`WWW_IP`]).
+    pub fn www_ns(&self) -> String {
+        format!("{}-www", self.prefix)
+    }
+
+    /// A permanent neighbour entry on the router for the outside world's
+    /// server: a sink on its eth0 takes every frame, ARP included, so the
+    /// router could not resolve it otherwise.
+    pub fn pin_world_neighbour(&self) -> anyhow::Result<()> {
+        let mac = link_mac(&self.www_ns(), "eth0")?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.router_ns(),
+                "neigh",
+                "replace",
+                WWW_IP,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth1",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        Ok(())
     }
 
     /// MAC of a node's uplink (what an outside client sends to).

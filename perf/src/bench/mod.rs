@@ -788,12 +788,13 @@ impl Steered {
 }
 
 /// Before a [`Kind::Hop`] scenario: the warm-up of the same frames to
-/// their real destination (the sink on the endpoint pod), which makes the
-/// entry node resolve its next hop (n2's VTEP, through the kernel's
-/// neighbour table on both datapaths), while tcpdump on the switch port
-/// records one of the entry node's VXLAN frames; then that neighbour entry
-/// is made permanent, because the hop's sink takes the node's ARP probes
-/// and a dynamic entry would fail during the runs.
+/// their real destination (the sink on the endpoint pod, or on the outside
+/// world's server for egress), which makes the entry node resolve its next
+/// hop (n2's VTEP, or the router, through the kernel's neighbour table on
+/// both datapaths), while tcpdump on the switch port records one of the
+/// entry node's frames; then that neighbour entry is made permanent,
+/// because the hop's sink takes the node's ARP probes and a dynamic entry
+/// would fail during the runs.
 fn prepare_hop(
     tools: &Tools,
     s: &Scenario,
@@ -801,25 +802,25 @@ fn prepare_hop(
     kl: &Lab,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let resolve = scenarios::resolve_walk(s).context("no next-hop warm-up walk")?;
-    let rk = resolve(kx)?;
-    let rl = resolve(kl)?;
+    let prep = scenarios::hop_prep(s).context("no next-hop warm-up walk")?;
+    let rk = (prep.resolve)(kx)?;
+    let rl = (prep.resolve)(kl)?;
     if let Some(p) = scenarios::sink_pod(kl, &rl) {
         kl.pin_neighbour(p)?;
     }
+    for (lab, a) in [(kx, &rk), (kl, &rl)] {
+        if a.sink_ns == lab.www_ns() {
+            lab.pin_world_neighbour()?;
+        }
+        if prep.resolve_next_hop {
+            lab.resolve_uplink_neighbour(scenarios::ENTRY_NODE, &(prep.next_hop)(lab)?)?;
+        }
+    }
     let node = scenarios::ENTRY_NODE;
-    let peer = scenarios::SVC_ENDPOINT.0;
     let mut caps = Vec::new();
     for (lab, dp) in [(kx, "kxdp"), (kl, "kernel")] {
         let tag = format!("{}-{dp}-underlay", s.name);
-        match Capture::start(
-            &lab.switch_ns(),
-            node,
-            "udp dst port 4789",
-            10,
-            &tools.work,
-            &tag,
-        ) {
+        match Capture::start(&lab.switch_ns(), node, prep.capture, 10, &tools.work, &tag) {
             Ok(c) => caps.push((dp, lab, c)),
             Err(e) => report
                 .notes
@@ -840,9 +841,10 @@ fn prepare_hop(
         });
     }
     for (lab, dp) in [(kx, "kxdp"), (kl, "kernel")] {
+        let next_hop = (prep.next_hop)(lab)?;
         let done = lab
-            .pin_uplink_neighbour(node, peer)
-            .with_context(|| format!("{dp}: {node}'s next hop to {peer}"))?;
+            .pin_uplink_neighbour(node, &next_hop)
+            .with_context(|| format!("{dp}: {node}'s next hop {next_hop}"))?;
         eprintln!("    {dp}: {done}");
         report.notes.push(format!(
             "{} ({dp}): before the sink attached to the switch port, {done} (the sink takes \

@@ -201,7 +201,7 @@ pub fn offered_section(r: &Report) -> String {
     s
 }
 
-/// One-hop scenarios (pod-svc-hop) beside the testpmd ceiling of the same
+/// One-hop scenarios (pod-svc-hop, egress) beside the testpmd ceiling of the same
 /// run: a table, one line per point (kxdp / ceiling), the frames tcpdump
 /// saw on the switch port.
 pub fn hop_section(r: &Report) -> String {
@@ -212,11 +212,13 @@ pub fn hop_section(r: &Report) -> String {
     s.push_str(
         "\n### One hop against the AF_XDP ceiling\n\n\
          pod-svc-hop: a pod's frames to the ClusterIP, conntrack + DNAT + VXLAN encap on n1, \
-         counted by the sink on the switch end of n1's uplink veth (probes inside VXLAN): one \
+         counted by the sink on the switch end of n1's uplink veth (probes inside VXLAN); \
+         egress: a pod's frames to the outside world, masquerade (conntrack + SNAT to n1's \
+         underlay address) on n1, counted there too (plain UDP to the router's MAC): one \
          forwarding hop with the full work, against testpmd's io forward between two veths \
          (one AF_XDP hop, no header work) at the same frame size and flows, from the same run. \
          Medians of delivered pps (the frame size is the pod's frame; on the underlay it is \
-         50 B longer). Target: kxdp / ceiling >= 1.\n\n\
+         50 B longer for VXLAN). Target: kxdp / ceiling >= 1.\n\n\
          | scenario | frame | flows | kxdp | kernel | kxdp / kernel | testpmd ceiling | kxdp / ceiling | kernel / ceiling |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
@@ -255,8 +257,9 @@ pub fn hop_section(r: &Report) -> String {
     }
     if !r.underlay_frames.is_empty() {
         s.push_str(
-            "\nOne of n1's VXLAN frames as tcpdump saw it on the switch port during the \
-             next-hop warm-up (sink on n2/p1, before the hop's sink attached there): the outer \
+            "\nOne of n1's frames as tcpdump saw it on the switch port during the next-hop \
+             warm-up (sink at the real destination: n2/p1, or the outside world's server for \
+             egress, before the hop's sink attached to the switch port): for VXLAN the outer \
              headers, which the sink's first-probe record does not show.\n\n\
              | scenario | datapath | where | frame |\n|---|---|---|---|\n",
         );

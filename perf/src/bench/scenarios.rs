@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use super::lab::{link_mac, Lab, Plan};
+use super::lab::{link_mac, Lab, Plan, WWW_IP};
 
 /// Where the generator and the sink attach, and what the frames say.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -102,6 +102,18 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Pps,
+    },
+    Scenario {
+        name: "egress",
+        walk: "n1/p1 -> 203.0.113.10:5201/UDP, the lab's outside world behind the router \
+               (.254, n1's default route): masquerade on n1 (SNAT to its underlay address, \
+               conntrack), counted on the underlay right after n1's uplink (sink on the \
+               switch's port n1): one hop \
+               (kernel: flannel's --ip-masq rules, nftables masquerade fully-random)",
+        attach: Some(egress),
+        pending: "",
+        services: false,
+        kind: Kind::Hop,
     },
     Scenario {
         name: "svc-scale",
@@ -237,11 +249,76 @@ fn pod_svc_hop(lab: &Lab) -> anyhow::Result<Attach> {
     })
 }
 
-/// The walk whose warm-up resolves `s`'s next hop before the sink of a
-/// [`Kind::Hop`] scenario attaches (the sink on the destination pod).
-pub fn resolve_walk(s: &Scenario) -> Option<AttachFn> {
+/// The outside world's port the egress probes go to.
+pub const EGRESS_PORT: u16 = 5201;
+
+/// egress's frames to their real destination: n1/p1 to the outside
+/// world's server through its gateway; the sink on the server's eth0,
+/// behind the router.
+fn egress_world(lab: &Lab) -> anyhow::Result<Attach> {
+    // pod-svc's client and gateway, the outside world instead of the service.
+    let a = pod_svc(lab).context("egress")?;
+    Ok(Attach {
+        dst_ip: WWW_IP.into(),
+        dst_port: EGRESS_PORT,
+        sink_ns: lab.www_ns(),
+        sink_iface: "eth0".into(),
+        note: String::new(),
+        ..a
+    })
+}
+
+/// egress: the sink on the switch end of n1's uplink, so only n1's work is
+/// measured. A sink behind the router would add the router's kernel
+/// forwarding, which runs in the softirq of whoever sent into the switch
+/// (kxdp's worker, or the kernel node's forwarding core) and costs both
+/// datapaths the same fixed work that is not the node's.
+fn egress(lab: &Lab) -> anyhow::Result<Attach> {
+    let a = egress_world(lab)?;
+    Ok(Attach {
+        sink_ns: lab.switch_ns(),
+        sink_iface: ENTRY_NODE.into(),
+        note: if lab.kernel {
+            "kernel: flannel's masquerade rules (lab.sh kernel_masq, table flannel-ipv4) on n1; \
+             the sink takes n1's frames to the router on the switch port"
+                .into()
+        } else {
+            "the sink takes n1's masqueraded frames to the router on the switch port".into()
+        },
+        ..a
+    })
+}
+
+/// What a [`Kind::Hop`] scenario needs before its sink attaches to the
+/// switch port: the walk to the real destination, whose warm-up makes the
+/// entry node resolve its next hop; a tcpdump filter for one of the entry
+/// node's frames on the switch port; and that next hop's underlay address,
+/// whose neighbour entry is then pinned.
+#[derive(Clone, Copy)]
+pub struct HopPrep {
+    pub resolve: AttachFn,
+    pub capture: &'static str,
+    pub next_hop: fn(&Lab) -> anyhow::Result<String>,
+    /// Have the entry node's kernel resolve the next hop first: a node's
+    /// default router is resolved by its own traffic long before a pod
+    /// sends (a VTEP is left to the datapath).
+    pub resolve_next_hop: bool,
+}
+
+pub fn hop_prep(s: &Scenario) -> Option<HopPrep> {
     match (s.kind, s.name) {
-        (Kind::Hop, "pod-svc-hop") => Some(pod_svc),
+        (Kind::Hop, "pod-svc-hop") => Some(HopPrep {
+            resolve: pod_svc,
+            capture: "udp dst port 4789",
+            next_hop: |lab| Ok(lab.node(SVC_ENDPOINT.0)?.underlay_ip.clone()),
+            resolve_next_hop: false,
+        }),
+        (Kind::Hop, "egress") => Some(HopPrep {
+            resolve: egress_world,
+            capture: "udp and dst host 203.0.113.10",
+            next_hop: Lab::router_ip,
+            resolve_next_hop: true,
+        }),
         _ => None,
     }
 }
@@ -300,8 +377,12 @@ mod tests {
         assert_eq!(hop.kind, Kind::Hop);
         assert!(hop.services);
         for s in SCENARIOS {
-            assert_eq!(s.kind == Kind::Hop, resolve_walk(s).is_some(), "{}", s.name);
+            assert_eq!(s.kind == Kind::Hop, hop_prep(s).is_some(), "{}", s.name);
         }
+        let egress = find("egress").unwrap();
+        assert_eq!(egress.kind, Kind::Hop);
+        assert!(!egress.services);
+        assert!(hop_prep(egress).unwrap().capture.contains(WWW_IP));
         assert!(SCENARIOS.iter().all(|s| s.attach.is_some()));
         assert!(find("nope").is_none());
     }
