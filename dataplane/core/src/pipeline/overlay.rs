@@ -20,6 +20,9 @@ impl Pipeline {
         if ip.dst_addr() != node.underlay_ip {
             return Verdict::Drop(DropReason::NotOurs);
         }
+        if ip.frag_offset() != 0 {
+            return self.uplink_later_fragment(cx, p);
+        }
         let proto = ip.protocol();
         let ip_payload_off = ip_off + ip.header_len();
         let ip_end = ip_off + ip.total_len() as usize;
@@ -44,6 +47,10 @@ impl Pipeline {
                 src_mac,
             };
             return self.service_then_route(cx, p, ing);
+        }
+        // We send VXLAN with DF: it comes whole, or not at all.
+        if ip.more_frags() {
+            return Verdict::Drop(DropReason::Ipv4Fragment);
         }
         // Only a remote node's VTEP may send us VXLAN, and only from its
         // pods (its gateway included): checked on the inner source below.
@@ -114,6 +121,39 @@ impl Pipeline {
         };
         self.counters.decapsulated += 1;
         v
+    }
+}
+
+impl Pipeline {
+    /// A later fragment (no ports) to this node's address, which the XDP
+    /// program sends here whatever it belongs to: one of an outside
+    /// client's NodePort datagram gets its first fragment's translation;
+    /// any other is the node kernel's own (its first fragment went to the
+    /// kernel), delivered to it through the host port, where it is
+    /// reassembled with the rest.
+    fn uplink_later_fragment(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+        let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
+        let ing = nat::Ingress {
+            external: true,
+            in_port: p.port,
+            src_mac,
+        };
+        match self.translate(cx, p, ing) {
+            Err(v) => v,
+            Ok(true) => self.route(cx, p),
+            Ok(false) => {
+                let Some(host) = route::host_port(cx.t) else {
+                    return Verdict::Drop(DropReason::ToGateway);
+                };
+                let total = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len])
+                    .total_len() as usize;
+                p.len = ETH + total;
+                self.counters.fragments_to_host += 1;
+                // The kernel's own datagram, passing through: not a hop.
+                self.deliver(p, false, host)
+                    .unwrap_or_else(|(_, r)| Verdict::Drop(r))
+            }
+        }
     }
 }
 
