@@ -7,10 +7,13 @@
 //   uplink:         only IPv4/UDP to this node's VTEP address and VXLAN port
 //                   from a remote node's VTEP in `vteps` (the same to the
 //                   port from any other source is dropped here, counted),
-//                   non-first UDP fragments to that address (so they are
-//                   counted as drops instead of vanishing), and TCP/UDP to a
-//                   NodePort in `nodeports`; everything else (ARP, SSH, the
-//                   node's own traffic) goes to the kernel.
+//                   non-first UDP fragments to that address (they have no
+//                   ports to match: the dataplane gives those of its
+//                   NodePort flows their first fragment's translation and
+//                   the rest, the node's own, to the kernel through the host
+//                   interface), and TCP/UDP to a NodePort in `nodeports`;
+//                   everything else (ARP, SSH, the node's own traffic) goes
+//                   to the kernel.
 //
 // With no socket in `xsks` for the receive queue, bpf_redirect_map falls back
 // to XDP_PASS, so an attached-but-idle interface still reaches the kernel.
@@ -105,8 +108,11 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 		return NOT_OURS;
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OURS;
+	// A non-first fragment has no ports. UDP ones may be a NodePort flow's
+	// (the dataplane hands the node's own to the kernel); TCP never needs
+	// fragments (PMTU discovery), so the kernel keeps its own.
 	if (ip->frag_off & bpf_htons(0x1fff))
-		return ip->protocol == IPPROTO_UDP; // non-first fragment: no ports
+		return ip->protocol == IPPROTO_UDP;
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
 		return ip->protocol == IPPROTO_UDP; // malformed, ours to count
