@@ -326,6 +326,12 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_40_bytes() {
+        // FRAG_ENTRIES' memory figure.
+        assert_eq!(core::mem::size_of::<Slot>(), 40);
+    }
+
+    #[test]
     fn the_set_hash_is_keyed() {
         let mut a = FragTable::new(1 << 12);
         let mut b = FragTable::new(1 << 12);
