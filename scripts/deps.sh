@@ -16,12 +16,15 @@
 # store tests run a real etcd on loopback), openssl (their TLS certificates
 # and the Vagrant lab's: scripts/provision/etcd-pki.sh),
 # containernetworking-plugins (the CNI plugin delegates IPAM to host-local),
-# util-linux (nsenter), procps and coreutils (ps, timeout).
+# util-linux (nsenter), procps and coreutils (ps, timeout), dnsmasq and
+# bind9-dnsutils (a DNS server as a pod, and dig asking it for an answer
+# larger than the MTU: e2e/tests/fragments.rs).
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
     etcd-server openssl containernetworking-plugins util-linux
+    dnsmasq bind9-dnsutils
 )
 # What test.sh needs beyond those: shellcheck (lints every script), vagrant
 # and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its
