@@ -21,7 +21,8 @@
 # the `dnsmasq` package adds a system service, which kxdp_quiet_services
 # stops if it is installed anyway), curl (the egress tests' HTTP client in
 # pods; the HTTP server is python3) and bind9-dnsutils (dig, their DNS
-# client over UDP).
+# client over UDP). dnsmasq also serves as a pod in e2e/tests/fragments.rs,
+# where dig asks it for an answer larger than the MTU.
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev

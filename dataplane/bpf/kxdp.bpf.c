@@ -7,12 +7,15 @@
 //   uplink:         only IPv4/UDP to this node's VTEP address and VXLAN port
 //                   from a remote node's VTEP in `vteps` (the same to the
 //                   port from any other source is dropped here, counted),
-//                   non-first UDP fragments to that address (so they are
-//                   counted as drops instead of vanishing), TCP/UDP to a
-//                   NodePort in `nodeports`, and egress's way back: TCP/UDP
-//                   to the address's SNAT ports (61000-65535, which the
-//                   node's own connections never use), ICMP errors quoting
-//                   them, and anything to the node's pod CIDR (replies from
+//                   non-first UDP fragments to that address (they have no
+//                   ports to match: the dataplane gives those of its
+//                   NodePort and egress flows their first fragment's
+//                   translation and the rest, the node's own, to the kernel
+//                   through the host interface), TCP/UDP to a NodePort in
+//                   `nodeports`, and egress's way back: TCP/UDP to the
+//                   address's SNAT ports (61000-65535, which the node's own
+//                   connections never use), ICMP errors quoting them, and
+//                   anything to the node's pod CIDR (replies from
 //                   non-masquerade destinations; the dataplane checks the
 //                   source). Everything else (ARP, SSH, the node's own
 //                   traffic) goes to the kernel.
@@ -152,8 +155,11 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 		return icmp_error_ours(ip, end, c);
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OURS;
+	// A non-first fragment has no ports. UDP ones may be a NodePort flow's
+	// (the dataplane hands the node's own to the kernel); TCP never needs
+	// fragments (PMTU discovery), so the kernel keeps its own.
 	if (ip->frag_off & bpf_htons(0x1fff))
-		return ip->protocol == IPPROTO_UDP; // non-first fragment: no ports
+		return ip->protocol == IPPROTO_UDP;
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
 		return ip->protocol == IPPROTO_UDP; // malformed, ours to count

@@ -41,16 +41,20 @@ fn pod_frames(
     fix_ipv4_checksum(&mut f);
     cases.push(("ipv4_options", f));
 
-    // First fragment (MF set) and a later one (offset 1480).
+    // Fragments are forwarded, but not a TCP first fragment without the
+    // whole TCP header (RFC 1858), nor one reaching past 65,535 bytes.
     let mut f = good(remote);
     f[20] = 0x20;
     f[21] = 0;
+    f[23] = 6;
+    f[16..18].copy_from_slice(&(20u16 + 12).to_be_bytes());
+    f.truncate(14 + 32);
     fix_ipv4_checksum(&mut f);
-    cases.push(("ipv4_fragment", f));
+    cases.push(("fragment_malformed", f));
     let mut f = good(remote);
-    f[20..22].copy_from_slice(&185u16.to_be_bytes());
+    f[20..22].copy_from_slice(&0x1ffeu16.to_be_bytes());
     fix_ipv4_checksum(&mut f);
-    cases.push(("ipv4_fragment", f));
+    cases.push(("fragment_malformed", f));
 
     // Wrong header checksum.
     let mut f = good(remote);

@@ -95,6 +95,7 @@ counter_table! {
         Ipv4BadLength => "ipv4_bad_length",
         Ipv4BadChecksum => "ipv4_bad_checksum",
         Ipv4Options => "ipv4_options",
+        /// VXLAN in fragments (we send it with DF; never reassembled).
         Ipv4Fragment => "ipv4_fragment",
         /// Broadcast, multicast or unspecified addresses: not routed.
         Ipv4Martian => "ipv4_martian",
@@ -140,6 +141,12 @@ counter_table! {
         /// (neither TCP nor UDP, e.g. ICMP echo): never leaves with a pod
         /// address.
         EgressUntranslatable => "egress_untranslatable",
+        /// A later fragment to a ClusterIP whose first fragment's
+        /// translation this worker does not hold (out of order, expired).
+        FragmentWithoutFirst => "fragment_without_first",
+        /// A TCP/UDP first fragment without its whole transport header, a
+        /// later one overlapping it, or one past 65,535 bytes (RFC 1858).
+        FragmentMalformed => "fragment_malformed",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.
@@ -168,6 +175,13 @@ counter_table! {
         /// New service flows given another source port because their reply
         /// key was taken (one client port to two frontends of one backend).
         source_ports_remapped,
+        /// Later fragments given their first fragment's translation.
+        fragments_translated,
+        /// Fragment-table entries of live datagrams replaced (set full).
+        fragments_evicted,
+        /// Later fragments from the uplink with no entry, given to the
+        /// node's kernel through the host port (its own datagrams).
+        fragments_to_host,
     }
 }
 
@@ -201,7 +215,7 @@ mod tests {
         a.set_events(values);
         assert_eq!(a.events(), values);
         assert_eq!(a.encapsulated, 1);
-        assert_eq!(a.source_ports_remapped, Counters::EVENTS as u64);
+        assert_eq!(a.fragments_to_host, Counters::EVENTS as u64);
         let mut b = a.clone();
         b.drops[DropReason::NoRoute as usize] = 3;
         b.merge(&a);

@@ -7,7 +7,9 @@ use crate::wire::l4::{Ports, PORTS_LEN};
 
 /// Hash of the inner flow (addresses, protocol, ports) of an IPv4 datagram
 /// without options. Symmetric flows need not hash alike: each direction is
-/// encapsulated by a different node.
+/// encapsulated by a different node. Fragments hash without ports (a later
+/// one has none), as NICs' RSS hashes them: every fragment of a datagram
+/// gets one VXLAN source port, so one queue (one worker) on the receiver.
 #[inline]
 pub fn flow_hash(ip: &[u8]) -> u32 {
     let (h, l4) = ip
@@ -16,7 +18,10 @@ pub fn flow_hash(ip: &[u8]) -> u32 {
     let h = Ipv4Header::new(h);
     let proto = h.protocol();
     let ports = match l4.first_chunk::<PORTS_LEN>() {
-        Some(p) if proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP => {
+        Some(p)
+            if (proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP)
+                && !h.is_fragment() =>
+        {
             Ports::new(p).both() as u64
         }
         _ => 0,

@@ -131,7 +131,7 @@ impl Pipeline {
         // An error is not what the flow's next packet gets.
         self.note_nat(fast::Nat::None);
         let ip_off = p.off + ETH;
-        let (src, dst, header_len, total_len, proto) = {
+        let (src, dst, header_len, total_len, proto, later_fragment) = {
             let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
             (
                 ip.src_addr(),
@@ -139,9 +139,11 @@ impl Pipeline {
                 ip.header_len(),
                 ip.total_len() as usize,
                 ip.protocol(),
+                ip.frag_offset() != 0,
             )
         };
-        // Never about ICMP errors, martian sources, or from too little headroom.
+        // Never about ICMP errors, later fragments (RFC 1812 4.3.2.7: the
+        // first one gets it), martian sources, or from too little headroom.
         // The ICMP type is read inside the datagram only, never from the
         // chunk bytes after it; one too short to have a type counts as an
         // error.
@@ -155,6 +157,7 @@ impl Pipeline {
                 )
             });
         if about_icmp_error
+            || later_fragment
             || src.is_unspecified()
             || src.is_broadcast()
             || src.is_multicast()

@@ -41,7 +41,8 @@ impl Pipeline {
 }
 
 /// Validates the IPv4 header at `ip_off` of a frame: the checks a router
-/// makes before forwarding. Options and fragments are not forwarded.
+/// makes before forwarding. Options are not forwarded; fragments are, and
+/// `translate` looks at them (`frag.rs`).
 pub(super) fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason> {
     let end = p.off + p.len;
     let b = &p.buf[ip_off.min(end)..end];
@@ -66,9 +67,6 @@ pub(super) fn check_ipv4(p: &Packet<'_>, ip_off: usize) -> Result<(), DropReason
     if ip.has_options() {
         return Err(DropReason::Ipv4Options);
     }
-    if ip.is_fragment() {
-        return Err(DropReason::Ipv4Fragment);
-    }
     Ok(())
 }
 
@@ -86,6 +84,11 @@ pub(super) fn complete_partial_checksum(p: &mut Packet<'_>, ip_off: usize) {
             .first_chunk::<IPV4_MIN>()
             .expect("validated by check_ipv4"),
     );
+    // A fragment's checksum is whole: the sender finishes it before it
+    // fragments (Linux's `ip_do_fragment`), over the whole datagram.
+    if h.is_fragment() {
+        return;
+    }
     let proto = h.protocol();
     let total = h.total_len() as usize;
     let (src, dst) = (h.src_addr(), h.dst_addr());

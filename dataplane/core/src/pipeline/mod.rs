@@ -25,13 +25,15 @@
 //! kind of port it came in on. Before any walk, a TCP/UDP frame tries the
 //! worker's flow cache (`fast.rs`): a flow's later packets get what the walk
 //! gave its first one, precomputed, without walking. Counters are declared in
-//! `counters.rs`; flow hashes are in `hash.rs`; test builds check every batch
+//! `counters.rs`; flow hashes are in `hash.rs`; fragments of translated
+//! flows follow their first fragment (`frag.rs`); test builds check every batch
 //! against a twin without the cache (`twin.rs`).
 
 use core::net::Ipv4Addr;
 
 mod counters;
 mod fast;
+mod frag;
 mod hash;
 mod icmp_errors;
 mod ingress;
@@ -44,6 +46,7 @@ mod twin;
 
 pub use counters::{Counters, DropReason};
 pub use fast::{FlowCache, MAX_FLOW_CACHE};
+pub use frag::{FRAG_DONE_NS, FRAG_ENTRIES, FRAG_TIMEOUT_NS};
 pub use hash::flow_hash;
 use hash::{flow_hash_key, mix, mix64};
 use ingress::{check_ipv4, complete_partial_checksum};
@@ -148,6 +151,8 @@ pub struct Pipeline {
     worker: u16,
     workers: u16,
     flows: FlowCache,
+    /// First fragments' translations, for the later fragments (`frag.rs`).
+    frags: frag::FragTable,
     /// What the walk of the current packet noted for `flows`.
     learn: fast::Learn,
 }
@@ -191,6 +196,7 @@ impl Pipeline {
             workers: 1,
             // An eighth of the conntrack: the flows that are busy.
             flows: FlowCache::new(capacity / 8),
+            frags: frag::FragTable::new(FRAG_ENTRIES),
             learn: fast::Learn::default(),
         }
     }
@@ -207,7 +213,8 @@ impl Pipeline {
     }
 
     /// Keys every hash that input could be aimed at: the conntrack index,
-    /// the flow cache's sets and the ICMP destination budgets. Pass a random
+    /// the flow cache's sets, the ICMP destination budgets and the fragment
+    /// table's sets. Pass a random
     /// seed on a dataplane, so that nobody can make flows collide in one
     /// probe run or set, or spend a given pod's ICMP budget. Set once,
     /// before the first packet (tests keep the fixed default).
@@ -216,6 +223,7 @@ impl Pipeline {
         self.ct.rekey(splitmix64(&mut s));
         self.flows.key = splitmix64(&mut s);
         self.icmp.key = splitmix64(&mut s);
+        self.frags.key = splitmix64(&mut s);
     }
 
     /// Counts a drop the caller decided on (the worker's hand-off queue).

@@ -27,6 +27,9 @@ impl Pipeline {
             }
             return self.on_outside(cx, p);
         }
+        if ip.frag_offset() != 0 {
+            return self.uplink_later_fragment(cx, p);
+        }
         if proto == ipv4::protocol::ICMP {
             // Walk 7: an error about a masqueraded flow, quoting our
             // address and SNAT port (the uplink redirects only those).
@@ -48,6 +51,10 @@ impl Pipeline {
             // Walk 4: an outside client to NodeIP:NodePort; walk 7: a
             // reply to a masqueraded flow.
             return self.on_outside(cx, p);
+        }
+        // We send VXLAN with DF: it comes whole, or not at all.
+        if ip.more_frags() {
+            return Verdict::Drop(DropReason::Ipv4Fragment);
         }
         // Only a remote node's VTEP may send us VXLAN, and only from its
         // pods (its gateway included): checked on the inner source below.
@@ -134,6 +141,37 @@ impl Pipeline {
             src_mac,
         };
         self.service_then_route(cx, p, ing)
+    }
+
+    /// A later fragment (no ports) to this node's address, which the XDP
+    /// program sends here whatever it belongs to: one of a NodePort
+    /// client's or an egress reply's datagram gets its first fragment's
+    /// translation; any other is the node kernel's own (its first fragment
+    /// went to the kernel), delivered to it through the host port, where it
+    /// is reassembled with the rest.
+    fn uplink_later_fragment(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+        let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
+        let ing = nat::Ingress {
+            external: true,
+            in_port: p.port,
+            src_mac,
+        };
+        match self.translate(cx, p, ing) {
+            Err(v) => v,
+            Ok(true) => self.route(cx, p),
+            Ok(false) => {
+                let Some(host) = route::host_port(cx.t) else {
+                    return Verdict::Drop(DropReason::ToGateway);
+                };
+                let total = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len])
+                    .total_len() as usize;
+                p.len = ETH + total;
+                self.counters.fragments_to_host += 1;
+                // The kernel's own datagram, passing through: not a hop.
+                self.deliver(p, false, host)
+                    .unwrap_or_else(|(_, r)| Verdict::Drop(r))
+            }
+        }
     }
 }
 

@@ -9,28 +9,47 @@ impl Pipeline {
     /// does it before routing: `Err(verdict)` when it decided the frame's
     /// fate (a reply sent straight out, a reset, a hand-off, a drop);
     /// `Ok(true)` to route a frame it translated, `Ok(false)` to route one
-    /// that is no service's.
+    /// that is no service's. A later fragment gets what its first fragment
+    /// got here (`frag.rs`), whatever translated it.
     pub(super) fn translate(
         &mut self,
         cx: &Ctx<'_>,
         p: &mut Packet<'_>,
         ing: nat::Ingress,
     ) -> Result<bool, Verdict> {
+        let first = match frag::fragment_of(p) {
+            Ok(frag::Frag::Whole) => None,
+            Ok(frag::Frag::First(k)) => Some(k),
+            Ok(frag::Frag::Later(k, last)) => return self.replay_fragment(cx, p, k, last),
+            Err(r) => return Err(Verdict::Drop(r)),
+        };
         match self.services(cx, p, ing) {
             nat::Nat::Pass => {
-                if let Some(mac) = self.icmp_error_nat(p) {
-                    return Err(self.reply_external(cx.t, p, mac));
+                // A fragmented ICMP error is left alone: its checksum
+                // covers every fragment.
+                if first.is_none() {
+                    if let Some(mac) = self.icmp_error_nat(p) {
+                        return Err(self.reply_external(cx.t, p, mac));
+                    }
                 }
                 self.note_nat(fast::Nat::Plain);
                 Ok(false)
             }
-            nat::Nat::Route {
-                external_reply: None,
-            } => Ok(true),
-            nat::Nat::Route {
-                external_reply: Some(mac),
-            } => Err(self.reply_external(cx.t, p, mac)),
-            nat::Nat::Done(v) => Err(v),
+            nat::Nat::Route { external_reply } => {
+                if let Some(k) = first {
+                    self.record_fragment(cx.now, p, k, external_reply);
+                }
+                match external_reply {
+                    None => Ok(true),
+                    Some(mac) => Err(self.reply_external(cx.t, p, mac)),
+                }
+            }
+            nat::Nat::Done(v) => {
+                if let (Some(k), Verdict::Handoff(w)) = (first, v) {
+                    self.record(cx.now, k, frag::Replay::Handoff(w));
+                }
+                Err(v)
+            }
         }
     }
 
@@ -121,18 +140,10 @@ impl Pipeline {
         if dst == node.gateway_ip || dst == node.underlay_ip {
             // Walk 5: to the node itself, through the host interface (its
             // underlay address too: the kernel owns it, not the uplink).
-            let host = t.host.and_then(|h| t.port(h).map(|i| (h, *i)));
-            let Some((
-                h,
-                PortInfo {
-                    kind: PortKind::Host { peer_mac },
-                    mac,
-                },
-            )) = host
-            else {
+            let Some(host) = host_port(t) else {
                 return Ok(Verdict::Drop(DropReason::ToGateway));
             };
-            return self.deliver(p, forwarded, (h, peer_mac, mac));
+            return self.deliver(p, forwarded, host);
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Ok(Verdict::Drop(DropReason::Ipv4Martian));
@@ -274,5 +285,17 @@ impl Pipeline {
             self.note_l2(fast::L2::Local);
         }
         Ok(Verdict::Tx(port))
+    }
+}
+
+/// The host port: (port, the node kernel's MAC, our MAC), if attached.
+pub(super) fn host_port(t: &Tables) -> Option<(PortId, EthernetAddress, EthernetAddress)> {
+    let h = t.host?;
+    match t.port(h)? {
+        PortInfo {
+            kind: PortKind::Host { peer_mac },
+            mac,
+        } => Some((h, *peer_mac, *mac)),
+        _ => None,
     }
 }

@@ -732,7 +732,9 @@ pub(super) fn delivered(out: &Out) -> Delivered {
     assert_eq!(h.ihl(), 5);
     assert!(h.time_to_live >= 1);
     let zero_udp = h.protocol == IpNumber::UDP && ip[26..28] == [0, 0];
-    if !zero_udp {
+    // A fragment's transport checksum is the whole datagram's
+    // (`reassembled` checks it).
+    if !zero_udp && !h.is_fragmenting_payload() {
         assert_l4_checksum(&ip);
     }
     Delivered {
@@ -2722,6 +2724,20 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             udp_from(Peer::Client, (CLIENT_IP, 50000), NODE_FRONTEND, b"q"),
         ),
     ];
+    // Fragments: a datagram's first and later ones, to a frontend and back
+    // (some arrive in order within a batch, so later ones are translated).
+    let mut seeds = seeds;
+    let frag_seeds = [
+        (Peer::P1, (P1_IP, 40000), FRONTEND),
+        (Peer::P2, LOCAL_BE, (P1_IP, 40000)),
+        (Peer::Remote, REMOTE_BE, (P1_IP, 40000)),
+        (Peer::Client, (CLIENT_IP, 50000), NODE_FRONTEND),
+    ];
+    for (peer, src, dst) in frag_seeds {
+        for f in fragments(&big_datagram(src, dst, peer.ttl(), 0x7a7a, 1500)) {
+            seeds.push((peer, peer.frame(&f)));
+        }
+    }
     let mut rng = crate::wire::vectors::XorShift(0x6b78_6470_0000_0005);
     let mut pl = pipeline();
     let mut now = T0;
@@ -2744,7 +2760,11 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
                 } else {
                     ip + 12 + rng.below(f.len() - ip - 12)
                 };
-                f[i] = mutated(&mut rng, f[i], &[0, 1, 2, 0x10, 0x12, 0x14, 0x50, 0xff]);
+                f[i] = mutated(
+                    &mut rng,
+                    f[i],
+                    &[0, 1, 2, 0x10, 0x12, 0x14, 0x20, 0x50, 0xff],
+                );
             }
             if f.len() >= ip + 20 && rng.below(4) != 0 {
                 super::tests::fix_l4_checksum(f, ip);
@@ -2791,6 +2811,12 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
     assert!(
         txs > 1000 && c.resets_sent > 100 && c.icmp_errors_sent > 10,
         "{txs} {c:?}"
+    );
+    assert!(
+        c.fragments_translated > 10
+            && c.drop_count(DropReason::FragmentWithoutFirst) > 10
+            && c.drop_count(DropReason::FragmentMalformed) > 0,
+        "{c:?}"
     );
     assert!(!pl.backend_flows().is_empty());
 }
@@ -3395,7 +3421,11 @@ fn mutated_frames_of_cached_flows_get_what_the_walk_gives_them() {
             if rng.below(2) == 0 {
                 for _ in 0..1 + rng.below(3) {
                     let i = rng.below(f.len().min(80));
-                    f[i] = mutated(&mut rng, f[i], &[0, 1, 2, 0x10, 0x12, 0x14, 0x45, 0xff]);
+                    f[i] = mutated(
+                        &mut rng,
+                        f[i],
+                        &[0, 1, 2, 0x10, 0x12, 0x14, 0x20, 0x45, 0xff],
+                    );
                 }
                 // Often with checksums made right again, so the change
                 // gets past the header check.
@@ -3423,4 +3453,388 @@ fn mutated_frames_of_cached_flows_get_what_the_walk_gives_them() {
     let c = pl.counters();
     assert!(c.flow_cache_hits > 5_000, "{c:?}");
     assert!(super::tests::total_drops(c) > 1_000, "{c:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Fragments: routed as a router routes them; those of translated flows get
+// their first fragment's translation (`frag.rs`).
+// ---------------------------------------------------------------------------
+
+/// Payload bytes per fragment in these tests: a 3,000-byte UDP payload
+/// makes three fragments, each within the pod MTU.
+const FRAG_PAYLOAD: usize = 1400;
+
+/// Sets the checksum of the 20-byte IPv4 header `d` starts with (RFC 1071
+/// reference, not `wire::checksum`).
+fn set_ipv4_checksum(d: &mut [u8]) {
+    d[10..12].fill(0);
+    let c = rfc1071(&d[..20]);
+    d[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A UDP datagram of `len` payload bytes with IP id `id`.
+fn big_datagram(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ttl: u8,
+    id: u16,
+    len: usize,
+) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 + usize::from(id)) as u8).collect();
+    let mut d = udp_datagram(src, dst, ttl, &payload);
+    d[4..6].copy_from_slice(&id.to_be_bytes());
+    set_ipv4_checksum(&mut d);
+    d
+}
+
+/// `datagram` cut as a sender's IP layer cuts it: fragments of at most
+/// [`FRAG_PAYLOAD`] bytes, MF on all but the last, offsets in 8-byte units,
+/// DF clear, each header checksum computed afresh.
+fn fragments(datagram: &[u8]) -> Vec<Vec<u8>> {
+    let total = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    let payload = &datagram[20..total];
+    payload
+        .chunks(FRAG_PAYLOAD)
+        .enumerate()
+        .map(|(i, piece)| {
+            let off = i * FRAG_PAYLOAD;
+            let mf = off + piece.len() < payload.len();
+            let mut f = datagram[..20].to_vec();
+            f[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            let flags = if mf { 0x2000 } else { 0 } | (off / 8) as u16;
+            f[6..8].copy_from_slice(&flags.to_be_bytes());
+            set_ipv4_checksum(&mut f);
+            f.extend_from_slice(piece);
+            f
+        })
+        .collect()
+}
+
+/// Reassembles IPv4 fragments as a receiver does (any order), checking
+/// that they belong together and leave no hole; the whole datagram's
+/// header and transport checksums are then verified from scratch.
+#[track_caller]
+fn reassembled(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut sorted: Vec<&Vec<u8>> = frags.iter().collect();
+    let offset = |f: &[u8]| usize::from(u16::from_be_bytes([f[6], f[7]]) & 0x1fff) * 8;
+    sorted.sort_by_key(|f| offset(f));
+    let head = sorted[0];
+    let mut payload = Vec::new();
+    for (i, f) in sorted.iter().enumerate() {
+        assert_ipv4_checksum(f);
+        assert_eq!(f[4..6], head[4..6], "one IP id");
+        assert_eq!(f[9], head[9], "one protocol");
+        assert_eq!(f[12..20], head[12..20], "one source and destination");
+        assert_eq!(offset(f), payload.len(), "no hole, no overlap");
+        let mf = f[6] & 0x20 != 0;
+        assert_eq!(mf, i + 1 < sorted.len(), "MF on all but the last");
+        payload.extend_from_slice(&f[20..]);
+    }
+    let mut d = head[..20].to_vec();
+    d[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    d[6..8].fill(0);
+    set_ipv4_checksum(&mut d);
+    d.extend_from_slice(&payload);
+    assert_ipv4_checksum(&d);
+    assert_l4_checksum(&d);
+    d
+}
+
+/// Sends every fragment of `datagram` from `from` (in `order`) and returns
+/// what came out, checked towards `to`; the reassembled datagram.
+#[track_caller]
+fn through(
+    pl: &mut Pipeline,
+    now: u64,
+    t: &Tables,
+    from: Peer,
+    to: Peer,
+    datagram: &[u8],
+    order: &[usize],
+) -> Vec<u8> {
+    let frags = fragments(datagram);
+    assert_eq!(frags.len(), order.len());
+    let outs: Vec<Vec<u8>> = order
+        .iter()
+        .map(|&i| {
+            let d = delivered(&send(pl, now, t, from, &from.frame(&frags[i])));
+            assert_to(&d, to);
+            d.ip
+        })
+        .collect();
+    reassembled(&outs)
+}
+
+/// A datagram with TTL one less and new addresses (and ports), as the
+/// receiver reassembles it after NAT: `natted` without the DF bit the
+/// fragments lost.
+fn natted_whole(
+    datagram: &[u8],
+    src: Option<(Ipv4Addr, u16)>,
+    dst: Option<(Ipv4Addr, u16)>,
+) -> Vec<u8> {
+    let mut d = datagram.to_vec();
+    d[6..8].fill(0);
+    set_ipv4_checksum(&mut d);
+    natted(&d, src, dst, 1)
+}
+
+#[test]
+fn plainly_routed_fragments_go_where_their_datagram_goes() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    // To a pod on this node: each fragment exactly as a router forwards it.
+    let d = big_datagram((P1_IP, 7000), (P2_IP, 7001), 64, 0x1001, 3000);
+    for f in fragments(&d) {
+        let frame = Peer::P1.frame(&f);
+        let out = send(&mut pl, T0, &t, Peer::P1, &frame);
+        assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
+        assert_eq!(
+            out.frame,
+            super::tests::forwarded(&frame, P2_MAC, PORT2_MAC)
+        );
+    }
+    // To another node, all with one VXLAN source port (one queue there).
+    let d = big_datagram((P1_IP, 7002), (REMOTE_POD_IP, 7003), 64, 0x1002, 3000);
+    let mut sports = Vec::new();
+    let mut inner = Vec::new();
+    for f in fragments(&d) {
+        let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&f));
+        let e = parse_encapped(&out.frame);
+        sports.push(e.outer_src_port);
+        inner.push(e.inner[ETH..].to_vec());
+    }
+    sports.dedup();
+    assert_eq!(sports.len(), 1, "one outer source port: {sports:?}");
+    assert_eq!(reassembled(&inner), natted_whole(&d, None, None));
+    // From another node, decapsulated to the pod, in any order.
+    let d = big_datagram((REMOTE_POD_IP, 7004), (P1_IP, 7005), 63, 0x1003, 3000);
+    let got = through(&mut pl, T0, &t, Peer::Remote, Peer::P1, &d, &[2, 0, 1]);
+    assert_eq!(got, natted_whole(&d, None, None));
+    let c = pl.counters();
+    assert_eq!((c.routed_local, c.encapsulated, c.decapsulated), (6, 3, 3));
+    assert_eq!((c.fragments_translated, total_drops(c)), (0, 0), "{c:?}");
+    assert!(pl.conntrack().is_empty());
+}
+
+#[test]
+fn later_fragments_get_no_icmp_errors_and_too_big_ones_are_dropped() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    // No route: the first fragment draws the error, the others never do.
+    let nowhere = Ipv4Addr::new(10, 244, 99, 1);
+    let d = big_datagram((P1_IP, 7000), (nowhere, 7001), 64, 0x2001, 3000);
+    let frags = fragments(&d);
+    let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&frags[0]));
+    let e = parse_icmp_error(&out.frame);
+    assert_eq!((e.ty, e.code, e.ip_dst), (3, 1, P1_IP));
+    for f in &frags[1..] {
+        let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(f));
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::NoRoute));
+    }
+    assert_eq!(pl.counters().icmp_errors_sent, 1);
+    // A fragment over the pod MTU without DF: dropped as any datagram.
+    let big = fragments(&big_datagram(
+        (P1_IP, 7000),
+        (REMOTE_POD_IP, 7001),
+        64,
+        0x2002,
+        1500,
+    ));
+    let mut f = big[0].clone();
+    let extra = usize::from(super::tests::POD_MTU) + 10 - f.len();
+    f.extend(std::iter::repeat_n(0x5a, extra));
+    let len = f.len() as u16;
+    f[2..4].copy_from_slice(&len.to_be_bytes());
+    set_ipv4_checksum(&mut f);
+    let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&f));
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::TooBig));
+}
+
+/// A 3-fragment UDP datagram from p1 through the ClusterIP to `backend`
+/// (`to`), and a 3-fragment reply back, both checked whole after
+/// reassembly against what NAT must make of them.
+fn fragmented_exchange(backend: (Ipv4Addr, u16), to: Peer) {
+    let t = with_backends(&[ready(backend)]);
+    let mut pl = pipeline();
+    let csrc = (P1_IP, 40100);
+    let req = big_datagram(csrc, FRONTEND, 64, 0x3001, 3000);
+    let got = through(&mut pl, T0, &t, Peer::P1, to, &req, &[0, 1, 2]);
+    assert_eq!(got, natted_whole(&req, None, Some(backend)));
+    let reply = big_datagram(backend, csrc, to.ttl(), 0x3002, 3000);
+    let got = through(&mut pl, T0, &t, to, Peer::P1, &reply, &[0, 1, 2]);
+    assert_eq!(got, natted_whole(&reply, Some(FRONTEND), None));
+    let c = pl.counters();
+    assert_eq!(c.fragments_translated, 4, "two later fragments each way");
+    assert_eq!(total_drops(c), 0, "{c:?}");
+    assert_eq!(pl.service_counters()[WEB].new_flows, 1);
+}
+
+#[test]
+fn a_fragmented_datagram_through_a_cluster_ip_to_a_local_backend_and_back() {
+    fragmented_exchange(LOCAL_BE, Peer::P2);
+}
+
+#[test]
+fn a_fragmented_datagram_through_a_cluster_ip_to_a_remote_backend_and_back() {
+    fragmented_exchange(REMOTE_BE, Peer::Remote);
+}
+
+#[test]
+fn a_fragmented_node_port_datagram_and_its_reply_to_the_outside_client() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    let csrc = (CLIENT_IP, 50100);
+    let req = big_datagram(csrc, NODE_FRONTEND, 64, 0x4001, 3000);
+    let frags = fragments(&req);
+    let mut outs = Vec::new();
+    for f in &frags {
+        let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &Peer::Client.frame(f)));
+        assert_to(&d, Peer::P2);
+        outs.push(d.ip);
+    }
+    let got = reassembled(&outs);
+    let k = tuple(&got);
+    let snat = (GATEWAY, k.sport);
+    assert_eq!(got, natted_whole(&req, Some(snat), Some(LOCAL_BE)));
+    // The reply's fragments go straight back out the uplink to the client.
+    let reply = big_datagram(LOCAL_BE, snat, 64, 0x4002, 3000);
+    let got = through(&mut pl, T0, &t, Peer::P2, Peer::Client, &reply, &[0, 1, 2]);
+    assert_eq!(got, natted_whole(&reply, Some(NODE_FRONTEND), Some(csrc)));
+    assert_eq!(pl.counters().fragments_translated, 4);
+}
+
+#[test]
+fn the_node_kernels_own_later_fragments_reach_it_through_the_host_port() {
+    // The XDP program sends every later UDP fragment to the node's address
+    // here; the kernel got the first one itself.
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    let d = big_datagram((CLIENT_IP, 53), (UNDERLAY_IP, 41000), 64, 0x5001, 3000);
+    let frags = fragments(&d);
+    for f in &frags[1..] {
+        let frame = Peer::Client.frame(f);
+        let out = send(&mut pl, T0, &t, Peer::Client, &frame);
+        assert_eq!(out.verdict, Verdict::Tx(HOST_PORT));
+        // Not a router hop: only the MACs change.
+        let mut want = frame.clone();
+        want[..6].copy_from_slice(&HOST_PEER_MAC.0);
+        want[6..12].copy_from_slice(&HOST_PORT_MAC.0);
+        assert_eq!(out.frame, want);
+    }
+    let c = pl.counters();
+    assert_eq!(
+        (c.fragments_to_host, c.routed_local, total_drops(c)),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn later_fragments_before_their_first_are_dropped_and_counted() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    let req = big_datagram((P1_IP, 40200), FRONTEND, 64, 0x6001, 3000);
+    let frags = fragments(&req);
+    let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&frags[1]));
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::FragmentWithoutFirst));
+    // The first and the last still go (the backend cannot complete it).
+    for f in [&frags[0], &frags[2]] {
+        let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(f)));
+        assert_to(&d, Peer::P2);
+        assert_eq!(d.ip[16..20], P2_IP.octets(), "translated");
+    }
+    let c = pl.counters();
+    assert_eq!(c.drop_count(DropReason::FragmentWithoutFirst), 1);
+    assert_eq!((c.fragments_translated, c.icmp_errors_sent), (1, 0));
+}
+
+#[test]
+fn fragment_entries_expire() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let run = |gap: u64, order: [usize; 3]| {
+        let mut pl = pipeline();
+        let req = big_datagram((P1_IP, 40300), FRONTEND, 64, 0x7001, 3000);
+        let frags = fragments(&req);
+        let mut now = T0;
+        let verdicts: Vec<Verdict> = order
+            .iter()
+            .map(|&i| {
+                let v = send(&mut pl, now, &t, Peer::P1, &Peer::P1.frame(&frags[i])).verdict;
+                now += gap;
+                v
+            })
+            .collect();
+        verdicts
+    };
+    let without = Verdict::Drop(DropReason::FragmentWithoutFirst);
+    let to_p2 = Verdict::Tx(P2_PORT);
+    // Within the timeout; past it.
+    assert_eq!(run(FRAG_TIMEOUT_NS / 2 - 1, [0, 1, 2]), [to_p2; 3]);
+    assert_eq!(run(FRAG_TIMEOUT_NS, [0, 1, 2]), [to_p2, without, without]);
+    // After the last fragment, a middle one it overtook has a little while.
+    assert_eq!(run(FRAG_DONE_NS - 1, [0, 2, 1]), [to_p2; 3]);
+    assert_eq!(run(FRAG_DONE_NS, [0, 2, 1]), [to_p2, to_p2, without]);
+}
+
+#[test]
+fn a_full_fragment_table_gives_up_its_oldest_datagram() {
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = pipeline();
+    // One set of four: five datagrams in flight.
+    pl.set_fragment_table(4);
+    let reqs: Vec<Vec<Vec<u8>>> = (0..5u16)
+        .map(|i| {
+            fragments(&big_datagram(
+                (P1_IP, 40400),
+                FRONTEND,
+                64,
+                0x8000 + i,
+                3000,
+            ))
+        })
+        .collect();
+    for (i, f) in reqs.iter().enumerate() {
+        let out = send(&mut pl, T0 + i as u64, &t, Peer::P1, &Peer::P1.frame(&f[0]));
+        assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
+    }
+    assert_eq!(pl.counters().fragments_evicted, 1);
+    let now = T0 + 10;
+    let out = send(&mut pl, now, &t, Peer::P1, &Peer::P1.frame(&reqs[0][1]));
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::FragmentWithoutFirst));
+    for f in &reqs[1..] {
+        let out = send(&mut pl, now, &t, Peer::P1, &Peer::P1.frame(&f[1]));
+        assert_eq!(out.verdict, Verdict::Tx(P2_PORT));
+    }
+    assert_eq!(pl.counters().fragments_translated, 4);
+}
+
+#[test]
+fn with_several_workers_later_fragments_follow_their_first_to_its_worker() {
+    let t = with_backends(&[ready(LOCAL_BE), ready(REMOTE_BE)]);
+    let mut mesh = Mesh::new(2);
+    let mut one = pipeline();
+    let mut handed = 0;
+    for sport in 40500..40516u16 {
+        let req = big_datagram((P1_IP, sport), FRONTEND, 64, sport, 3000);
+        let frags = fragments(&req);
+        let before = mesh.handoffs;
+        let mut outs = Vec::new();
+        for f in &frags {
+            // All of a datagram arrive on one queue (worker 0 here).
+            let frame = Peer::P1.frame(f);
+            let (got, _) = mesh.send(0, T0, &t, Peer::P1, &frame);
+            let want = send(&mut one, T0, &t, Peer::P1, &frame);
+            assert_eq!((got.verdict, &got.frame), (want.verdict, &want.frame));
+            outs.push(delivered(&got).ip);
+        }
+        let whole = reassembled(&outs);
+        let backend = (tuple(&whole).dst, tuple(&whole).dport);
+        assert_eq!(whole, natted_whole(&req, None, Some(backend)));
+        match mesh.handoffs - before {
+            0 => {}
+            3 => handed += 1,
+            n => panic!("{n} of a datagram's 3 fragments handed off"),
+        }
+    }
+    assert!(handed > 0 && handed < 16, "{handed} datagrams handed off");
 }

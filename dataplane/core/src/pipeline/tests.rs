@@ -1159,7 +1159,8 @@ fn walk2_decap_rejects() {
         &outer(&|f| f[ETH + 22..ETH + 24].copy_from_slice(&8472u16.to_be_bytes())),
         DropReason::NotOurs,
     );
-    // Outer fragments: MF set, or a later fragment.
+    // VXLAN in fragments is never reassembled (a later fragment to the
+    // node is the node kernel's, but these tables have no host port).
     assert_dropped(
         &t,
         UPLINK,
@@ -1170,7 +1171,7 @@ fn walk2_decap_rejects() {
         &t,
         UPLINK,
         &outer(&|f| f[ETH + 6..ETH + 8].copy_from_slice(&[0x00, 0xb9])),
-        DropReason::Ipv4Fragment,
+        DropReason::ToGateway,
     );
     // Not addressed to this node, not UDP, not IPv4.
     assert_dropped(
@@ -1208,8 +1209,11 @@ fn walk2_decap_rejects() {
     let mut bad_inner = vx.to_vec();
     bad_inner[INNER_IP + 10] ^= 0x01;
     assert_dropped(&t, UPLINK, &bad_inner, DropReason::Ipv4BadChecksum);
-    let inner_frag = edited(vx, INNER_IP, |f| f[INNER_IP + 6] = 0x20);
-    assert_dropped(&t, UPLINK, &inner_frag, DropReason::Ipv4Fragment);
+    let inner_frag = edited(vx, INNER_IP, |f| {
+        f[INNER_IP + 6] = 0x20;
+        f[INNER_IP + 9] = ipv4::protocol::TCP;
+    });
+    assert_dropped(&t, UPLINK, &inner_frag, DropReason::FragmentMalformed);
 }
 
 #[test]
@@ -1897,19 +1901,33 @@ fn malformed_from_p1() -> Vec<(&'static str, Vec<u8>, DropReason)> {
         ),
         ("options", options, DropReason::Ipv4Options),
         (
-            "first fragment (MF)",
-            with_hdr(&|f| f[ETH + 6] = 0x20),
-            DropReason::Ipv4Fragment,
+            "first UDP fragment without the whole UDP header",
+            with_hdr(&|f| {
+                f[ETH + 6] = 0x20;
+                f[ETH + 3] = 27;
+            }),
+            DropReason::FragmentMalformed,
         ),
         (
-            "later fragment",
-            with_hdr(&|f| f[ETH + 6..ETH + 8].copy_from_slice(&[0x00, 0xb9])),
-            DropReason::Ipv4Fragment,
+            "first TCP fragment without the whole TCP header",
+            with_hdr(&|f| {
+                f[ETH + 6] = 0x20;
+                f[ETH + 9] = ipv4::protocol::TCP;
+            }),
+            DropReason::FragmentMalformed,
         ),
         (
-            "last fragment, DF",
-            with_hdr(&|f| f[ETH + 6..ETH + 8].copy_from_slice(&[0x40, 0x01])),
-            DropReason::Ipv4Fragment,
+            "later TCP fragment overlapping the TCP header",
+            with_hdr(&|f| {
+                f[ETH + 6..ETH + 8].copy_from_slice(&[0x00, 0x02]);
+                f[ETH + 9] = ipv4::protocol::TCP;
+            }),
+            DropReason::FragmentMalformed,
+        ),
+        (
+            "last fragment past 65,535 bytes",
+            with_hdr(&|f| f[ETH + 6..ETH + 8].copy_from_slice(&[0x1f, 0xfe])),
+            DropReason::FragmentMalformed,
         ),
         ("bad header checksum", bad_sum, DropReason::Ipv4BadChecksum),
         (
@@ -2111,8 +2129,11 @@ fn counters_merge_sums_every_field() {
     a.handed_off = 8;
     a.flow_cache_hits = 9;
     a.source_ports_remapped = 10;
-    a.egress_flows = 12;
-    a.egress_routed = 13;
+    a.egress_flows = 15;
+    a.egress_routed = 16;
+    a.fragments_translated = 12;
+    a.fragments_evicted = 13;
+    a.fragments_to_host = 14;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -2124,8 +2145,11 @@ fn counters_merge_sums_every_field() {
     b.handed_off = 80;
     b.flow_cache_hits = 90;
     b.source_ports_remapped = 100;
-    b.egress_flows = 120;
-    b.egress_routed = 130;
+    b.egress_flows = 150;
+    b.egress_routed = 160;
+    b.fragments_translated = 120;
+    b.fragments_evicted = 130;
+    b.fragments_to_host = 140;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -2146,6 +2170,9 @@ fn counters_merge_sums_every_field() {
         source_ports_remapped,
         egress_flows,
         egress_routed,
+        fragments_translated,
+        fragments_evicted,
+        fragments_to_host,
     } = m;
     assert_eq!(
         [
@@ -2160,10 +2187,13 @@ fn counters_merge_sums_every_field() {
             handed_off,
             flow_cache_hits,
             source_ports_remapped,
+            fragments_translated,
+            fragments_evicted,
+            fragments_to_host,
             egress_flows,
             egress_routed
         ],
-        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
@@ -2211,6 +2241,8 @@ fn variant_index(r: DropReason) -> usize {
         HandoffFull => 32,
         NatPortsExhausted => 33,
         EgressUntranslatable => 34,
+        FragmentWithoutFirst => 35,
+        FragmentMalformed => 36,
     }
 }
 
@@ -2218,7 +2250,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 35);
+    assert_eq!(DropReason::COUNT, 37);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
@@ -2275,6 +2307,26 @@ fn seeds() -> Vec<(&'static str, PortId, Vec<u8>)> {
             "vxlan_ttl1",
             UPLINK,
             with_ttl(&VXLAN_FROM_REMOTE, INNER_IP, 1),
+        ),
+        (
+            "p1_first_fragment_to_p2",
+            P1_PORT,
+            edited(&P1_TO_P2_UDP[..ETH + 32], ETH, |f| f[ETH + 6] = 0x20),
+        ),
+        (
+            "p1_later_fragment_to_remote",
+            P1_PORT,
+            edited(&P1_TO_REMOTE_UDP, ETH, |f| f[ETH + 7] = 0xb9),
+        ),
+        (
+            "vxlan_inner_last_fragment",
+            UPLINK,
+            edited(&VXLAN_FROM_REMOTE, INNER_IP, |f| f[INNER_IP + 7] = 0x01),
+        ),
+        (
+            "uplink_later_fragment_to_the_node",
+            UPLINK,
+            edited(&VXLAN_FROM_REMOTE, ETH, |f| f[ETH + 6] = 0x21),
         ),
     ]
 }
@@ -2373,7 +2425,7 @@ fn random_and_mutated_frames_never_panic_and_stay_sane() {
                     f.copy_from_slice(s);
                     for _ in 0..1 + rng.below(6) {
                         let i = rng.below(f.len());
-                        f[i] = mutated(&mut rng, f[i], &[0, 1, 5, 0x40, 0x45, 0x80, 0xff]);
+                        f[i] = mutated(&mut rng, f[i], &[0, 1, 5, 0x20, 0x40, 0x45, 0x80, 0xff]);
                     }
                     // Often make the headers' checksums valid again, so the
                     // mutation reaches the deeper checks.

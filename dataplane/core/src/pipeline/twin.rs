@@ -39,6 +39,11 @@ impl Checked {
         self.twin.set_seed(seed);
     }
 
+    pub fn set_fragment_table(&mut self, entries: usize) {
+        self.pl.set_fragment_table(entries);
+        self.twin.set_fragment_table(entries);
+    }
+
     /// Runs the batch through the twin (on a copy) and the pipeline, and
     /// asserts they agree.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
