@@ -140,6 +140,9 @@ counter_table! {
         /// (neither TCP nor UDP, e.g. ICMP echo): never leaves with a pod
         /// address.
         EgressUntranslatable => "egress_untranslatable",
+        /// internalTrafficPolicy Local and no endpoint on this node: dropped
+        /// (as kube-proxy does).
+        NoLocalEndpoint => "no_local_endpoint",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.

@@ -2211,6 +2211,7 @@ fn variant_index(r: DropReason) -> usize {
         HandoffFull => 32,
         NatPortsExhausted => 33,
         EgressUntranslatable => 34,
+        NoLocalEndpoint => 35,
     }
 }
 
@@ -2218,7 +2219,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 35);
+    assert_eq!(DropReason::COUNT, 36);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");
