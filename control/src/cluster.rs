@@ -40,6 +40,8 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 /// Most `non_masquerade_cidrs` (the dataplane's limit).
 pub const MAX_NON_MASQUERADE: usize = 64;
+/// Most `node_port_addresses` (the dataplane's limit).
+pub const MAX_NODE_PORT_ADDRESSES: usize = 64;
 
 /// A validated cluster: every invariant in the module docs holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub struct Cluster {
     /// Egress destinations that keep the pod's address (ip-masq-agent's
     /// `nonMasqueradeCIDRs`).
     pub non_masquerade_cidrs: Vec<Ipv4Net>,
+    /// NodePorts open on every node address inside these (kube-proxy's
+    /// `--nodeport-addresses`); empty: on the underlay address only.
+    pub node_port_addresses: Vec<Ipv4Net>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -170,6 +175,11 @@ impl Cluster {
                 .iter()
                 .map(|n| (n.name.as_str(), n.pod_cidr))
                 .collect(),
+            underlay: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.underlay_ip))
+                .collect(),
         }
     }
 
@@ -231,6 +241,7 @@ struct RawCluster {
     node_port_range: String,
     ip_masq: bool,
     non_masquerade_cidrs: Vec<String>,
+    node_port_addresses: Vec<String>,
 }
 
 impl Default for RawCluster {
@@ -243,6 +254,7 @@ impl Default for RawCluster {
             node_port_range: DEFAULT_NODE_PORT_RANGE.into(),
             ip_masq: true,
             non_masquerade_cidrs: Vec::new(),
+            node_port_addresses: Vec::new(),
         }
     }
 }
@@ -372,6 +384,22 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
         .enumerate()
         .filter_map(|(i, c)| parse_cidr(&format!("cluster.non_masquerade_cidrs[{i}]"), c, p))
         .collect();
+    if raw.cluster.node_port_addresses.len() > MAX_NODE_PORT_ADDRESSES {
+        p.push(Problem::new(
+            "cluster.node_port_addresses",
+            format!(
+                "{} entries; at most {MAX_NODE_PORT_ADDRESSES}",
+                raw.cluster.node_port_addresses.len()
+            ),
+        ));
+    }
+    let node_port_addresses: Vec<Ipv4Net> = raw
+        .cluster
+        .node_port_addresses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| parse_cidr(&format!("cluster.node_port_addresses[{i}]"), c, p))
+        .collect();
     let services = match (cidr, service_cidr, node_ports, port) {
         (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
             let ctx = service::Context {
@@ -384,6 +412,11 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
                     .iter()
                     .zip(&pod_cidrs)
                     .filter_map(|(n, c)| Some((n.name.as_str(), (*c)?)))
+                    .collect(),
+                underlay: raw
+                    .nodes
+                    .iter()
+                    .filter_map(|n| Some((n.name.as_str(), n.underlay_ip.parse().ok()?)))
                     .collect(),
             };
             let mut taken = service::Taken::default();
@@ -429,6 +462,7 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             services,
             ip_masq: raw.cluster.ip_masq,
             non_masquerade_cidrs,
+            node_port_addresses,
         }),
         _ => Err(Problems(problems)),
     }

@@ -9,7 +9,9 @@
 //                   port from any other source is dropped here, counted),
 //                   non-first UDP fragments to that address (so they are
 //                   counted as drops instead of vanishing), TCP/UDP to a
-//                   NodePort in `nodeports`, and egress's way back: TCP/UDP
+//                   frontend in `nodeports` (a NodePort on any of the
+//                   node's NodePort addresses, an external or LoadBalancer
+//                   IP the underlay routes here), and egress's way back: TCP/UDP
 //                   to the address's SNAT ports (61000-65535, which the
 //                   node's own connections never use), ICMP errors quoting
 //                   them, and anything to the node's pod CIDR (replies from
@@ -68,11 +70,17 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-// NodePorts: key = protocol << 16 | port (host order), value unused.
+// Outside frontends: NodePorts on each NodePort address, external and
+// LoadBalancer IPs' ports. Value unused.
+struct frontend_key {
+	__be32 addr;
+	__u32 proto_port; // protocol << 16 | port, host order
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__type(key, struct frontend_key);
 	__type(value, __u8);
 } nodeports SEC(".maps");
 
@@ -134,6 +142,23 @@ static __always_inline int icmp_error_ours(struct iphdr *ip, void *end,
 	return bpf_ntohs(ql4->source) >= SNAT_MIN ? OURS : NOT_OURS;
 }
 
+// TCP/UDP (first fragment or whole) to a frontend in `nodeports`.
+static __always_inline int to_frontend(struct iphdr *ip, void *end)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return NOT_OURS;
+	if ((ip->frag_off & bpf_htons(0x1fff)) || ip->ihl < 5)
+		return NOT_OURS;
+	struct udphdr *l4 = (void *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 1) > end)
+		return NOT_OURS;
+	struct frontend_key key = {
+		.addr = ip->daddr,
+		.proto_port = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest),
+	};
+	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
+}
+
 static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg *c)
 {
 	void *data = (void *)(long)ctx->data;
@@ -147,7 +172,7 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	if (c->pod_mask && (ip->daddr & c->pod_mask) == c->pod_net)
 		return OURS;
 	if (ip->daddr != c->vtep_ip)
-		return NOT_OURS;
+		return to_frontend(ip, end);
 	if (ip->protocol == IPPROTO_ICMP)
 		return icmp_error_ours(ip, end, c);
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
@@ -167,8 +192,7 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	}
 	if (bpf_ntohs(l4->dest) >= SNAT_MIN)
 		return OURS;
-	__u32 key = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest);
-	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
+	return to_frontend(ip, end);
 }
 
 SEC("xdp")
