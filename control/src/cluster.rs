@@ -368,38 +368,18 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     }
     let node_ports =
         service::parse_port_range("cluster.node_port_range", &raw.cluster.node_port_range, p);
-    if raw.cluster.non_masquerade_cidrs.len() > MAX_NON_MASQUERADE {
-        p.push(Problem::new(
-            "cluster.non_masquerade_cidrs",
-            format!(
-                "{} entries; at most {MAX_NON_MASQUERADE}",
-                raw.cluster.non_masquerade_cidrs.len()
-            ),
-        ));
-    }
-    let non_masquerade_cidrs: Vec<Ipv4Net> = raw
-        .cluster
-        .non_masquerade_cidrs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| parse_cidr(&format!("cluster.non_masquerade_cidrs[{i}]"), c, p))
-        .collect();
-    if raw.cluster.node_port_addresses.len() > MAX_NODE_PORT_ADDRESSES {
-        p.push(Problem::new(
-            "cluster.node_port_addresses",
-            format!(
-                "{} entries; at most {MAX_NODE_PORT_ADDRESSES}",
-                raw.cluster.node_port_addresses.len()
-            ),
-        ));
-    }
-    let node_port_addresses: Vec<Ipv4Net> = raw
-        .cluster
-        .node_port_addresses
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| parse_cidr(&format!("cluster.node_port_addresses[{i}]"), c, p))
-        .collect();
+    let non_masquerade_cidrs = cidr_list(
+        "cluster.non_masquerade_cidrs",
+        &raw.cluster.non_masquerade_cidrs,
+        MAX_NON_MASQUERADE,
+        p,
+    );
+    let node_port_addresses = cidr_list(
+        "cluster.node_port_addresses",
+        &raw.cluster.node_port_addresses,
+        MAX_NODE_PORT_ADDRESSES,
+        p,
+    );
     let services = match (cidr, service_cidr, node_ports, port) {
         (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
             let ctx = service::Context {
@@ -466,6 +446,21 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
         }),
         _ => Err(Problems(problems)),
     }
+}
+
+/// A list of at most `max` CIDRs at `path`, each parsed (problems named
+/// `path[i]`).
+fn cidr_list(path: &str, list: &[String], max: usize, p: &mut Vec<Problem>) -> Vec<Ipv4Net> {
+    if list.len() > max {
+        p.push(Problem::new(
+            path,
+            format!("{} entries; at most {max}", list.len()),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, c)| parse_cidr(&format!("{path}[{i}]"), c, p))
+        .collect()
 }
 
 /// One raw node's outcome: the node if it has no problem, and its pod CIDR if

@@ -14,6 +14,13 @@
 //!   underlay address, so any two collide — and a UDP NodePort must not be
 //!   the VXLAN port;
 //! - `affinity_timeout_s` in 1..=86400 (default 10800);
+//! - `external_ips` and `load_balancer_ips` (addresses the underlay routes to
+//!   the nodes) routable, outside the cluster and service CIDRs, no node's
+//!   underlay address, unique in their list, and each (address, protocol,
+//!   port) of the service's ports served by one service only;
+//! - `health_check_node_port` only with `external_traffic_policy: Local`,
+//!   inside the node port range, and unique among the TCP NodePorts and
+//!   health check ports of all services (it opens on every node);
 //! - endpoints inside the cluster CIDR are inside some node's pod CIDR
 //!   (which fills `Endpoint.node`); endpoints outside it (a node's address
 //!   for hostNetwork pods and the API server, or anything reachable, as an
