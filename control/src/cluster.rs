@@ -40,6 +40,8 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 /// Most `non_masquerade_cidrs` (the dataplane's limit).
 pub const MAX_NON_MASQUERADE: usize = 64;
+/// Most `node_port_addresses` (the dataplane's limit).
+pub const MAX_NODE_PORT_ADDRESSES: usize = 64;
 
 /// A validated cluster: every invariant in the module docs holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub struct Cluster {
     /// Egress destinations that keep the pod's address (ip-masq-agent's
     /// `nonMasqueradeCIDRs`).
     pub non_masquerade_cidrs: Vec<Ipv4Net>,
+    /// NodePorts open on every node address inside these (kube-proxy's
+    /// `--nodeport-addresses`); empty: on the underlay address only.
+    pub node_port_addresses: Vec<Ipv4Net>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -170,6 +175,11 @@ impl Cluster {
                 .iter()
                 .map(|n| (n.name.as_str(), n.pod_cidr))
                 .collect(),
+            underlay: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.underlay_ip))
+                .collect(),
         }
     }
 
@@ -231,6 +241,7 @@ struct RawCluster {
     node_port_range: String,
     ip_masq: bool,
     non_masquerade_cidrs: Vec<String>,
+    node_port_addresses: Vec<String>,
 }
 
 impl Default for RawCluster {
@@ -243,6 +254,7 @@ impl Default for RawCluster {
             node_port_range: DEFAULT_NODE_PORT_RANGE.into(),
             ip_masq: true,
             non_masquerade_cidrs: Vec::new(),
+            node_port_addresses: Vec::new(),
         }
     }
 }
@@ -356,22 +368,18 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     }
     let node_ports =
         service::parse_port_range("cluster.node_port_range", &raw.cluster.node_port_range, p);
-    if raw.cluster.non_masquerade_cidrs.len() > MAX_NON_MASQUERADE {
-        p.push(Problem::new(
-            "cluster.non_masquerade_cidrs",
-            format!(
-                "{} entries; at most {MAX_NON_MASQUERADE}",
-                raw.cluster.non_masquerade_cidrs.len()
-            ),
-        ));
-    }
-    let non_masquerade_cidrs: Vec<Ipv4Net> = raw
-        .cluster
-        .non_masquerade_cidrs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| parse_cidr(&format!("cluster.non_masquerade_cidrs[{i}]"), c, p))
-        .collect();
+    let non_masquerade_cidrs = cidr_list(
+        "cluster.non_masquerade_cidrs",
+        &raw.cluster.non_masquerade_cidrs,
+        MAX_NON_MASQUERADE,
+        p,
+    );
+    let node_port_addresses = cidr_list(
+        "cluster.node_port_addresses",
+        &raw.cluster.node_port_addresses,
+        MAX_NODE_PORT_ADDRESSES,
+        p,
+    );
     let services = match (cidr, service_cidr, node_ports, port) {
         (Some(cidr), Some(service_cidr), Some(node_ports), Some(vxlan_port)) => {
             let ctx = service::Context {
@@ -384,6 +392,11 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
                     .iter()
                     .zip(&pod_cidrs)
                     .filter_map(|(n, c)| Some((n.name.as_str(), (*c)?)))
+                    .collect(),
+                underlay: raw
+                    .nodes
+                    .iter()
+                    .filter_map(|n| Some((n.name.as_str(), n.underlay_ip.parse().ok()?)))
                     .collect(),
             };
             let mut taken = service::Taken::default();
@@ -429,9 +442,25 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             services,
             ip_masq: raw.cluster.ip_masq,
             non_masquerade_cidrs,
+            node_port_addresses,
         }),
         _ => Err(Problems(problems)),
     }
+}
+
+/// A list of at most `max` CIDRs at `path`, each parsed (problems named
+/// `path[i]`).
+fn cidr_list(path: &str, list: &[String], max: usize, p: &mut Vec<Problem>) -> Vec<Ipv4Net> {
+    if list.len() > max {
+        p.push(Problem::new(
+            path,
+            format!("{} entries; at most {max}", list.len()),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, c)| parse_cidr(&format!("{path}[{i}]"), c, p))
+        .collect()
 }
 
 /// One raw node's outcome: the node if it has no problem, and its pod CIDR if

@@ -215,6 +215,9 @@ pub struct ClusterConfig {
     pub ip_masq: bool,
     #[serde(default)]
     pub non_masquerade_cidrs: Vec<String>,
+    /// Empty in a config written before it existed: the underlay address.
+    #[serde(default)]
+    pub node_port_addresses: Vec<String>,
 }
 
 fn masquerade_by_default() -> bool {
@@ -235,6 +238,11 @@ impl ClusterConfig {
             ip_masq: c.ip_masq,
             non_masquerade_cidrs: c
                 .non_masquerade_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            node_port_addresses: c
+                .node_port_addresses
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
@@ -278,6 +286,14 @@ impl ClusterConfig {
                 .map(|c| {
                     c.parse()
                         .with_context(|| format!("config non_masquerade_cidrs {c}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            node_port_addresses: self
+                .node_port_addresses
+                .iter()
+                .map(|c| {
+                    c.parse()
+                        .with_context(|| format!("config node_port_addresses {c}"))
                 })
                 .collect::<anyhow::Result<_>>()?,
         })

@@ -43,6 +43,11 @@ pub fn node_state(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        node_port_addresses: cluster
+            .node_port_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     };
     // Every other node, whatever forwards for it: kernel nodes are reached
     // through their Linux vxlan device just the same.

@@ -14,6 +14,13 @@
 //!   underlay address, so any two collide — and a UDP NodePort must not be
 //!   the VXLAN port;
 //! - `affinity_timeout_s` in 1..=86400 (default 10800);
+//! - `external_ips` and `load_balancer_ips` (addresses the underlay routes to
+//!   the nodes) routable, outside the cluster and service CIDRs, no node's
+//!   underlay address, unique in their list, and each (address, protocol,
+//!   port) of the service's ports served by one service only;
+//! - `health_check_node_port` only with `external_traffic_policy: Local`,
+//!   inside the node port range, and unique among the TCP NodePorts and
+//!   health check ports of all services (it opens on every node);
 //! - endpoints inside the cluster CIDR are inside some node's pod CIDR
 //!   (which fills `Endpoint.node`); endpoints outside it (a node's address
 //!   for hostNetwork pods and the API server, or anything reachable, as an
@@ -62,6 +69,16 @@ pub struct RawService {
     pub external_traffic_policy: TrafficPolicy,
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// `spec.externalIPs`.
+    #[serde(default)]
+    pub external_ips: Vec<String>,
+    /// A LoadBalancer's `status.loadBalancer.ingress` IPs.
+    #[serde(default)]
+    pub load_balancer_ips: Vec<String>,
+    #[serde(default)]
+    pub internal_traffic_policy: TrafficPolicy,
+    #[serde(default)]
+    pub health_check_node_port: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -155,6 +172,16 @@ impl RawService {
                 TrafficPolicy::Cluster
             }
         };
+        let internal_traffic_policy = match TrafficPolicy::from_proto(s.internal_traffic_policy) {
+            Some(t) => t,
+            None => {
+                p.push(Problem::new(
+                    format!("{path}.internal_traffic_policy"),
+                    format!("{} is not a traffic policy", s.internal_traffic_policy),
+                ));
+                TrafficPolicy::Cluster
+            }
+        };
         let raw = RawService {
             name: s.name.clone(),
             cluster_ip: s.cluster_ip.clone(),
@@ -177,6 +204,11 @@ impl RawService {
                     terminating: e.terminating,
                 })
                 .collect(),
+            external_ips: s.external_ips.clone(),
+            load_balancer_ips: s.load_balancer_ips.clone(),
+            internal_traffic_policy,
+            health_check_node_port: (s.health_check_node_port != 0)
+                .then_some(i64::from(s.health_check_node_port)),
         };
         Problems::result(p).map(|()| raw)
     }
@@ -208,6 +240,9 @@ impl RawService {
             })
             .collect();
         let affinity_timeout_s = num("affinity_timeout_s".into(), self.affinity_timeout_s);
+        let health_check_node_port = self
+            .health_check_node_port
+            .map_or(0, |v| num("health_check_node_port".into(), v));
         let service = pb::Service {
             name: self.name.clone(),
             cluster_ip: self.cluster_ip.clone(),
@@ -226,6 +261,10 @@ impl RawService {
                     terminating: e.terminating,
                 })
                 .collect(),
+            external_ips: self.external_ips.clone(),
+            load_balancer_ips: self.load_balancer_ips.clone(),
+            internal_traffic_policy: pb::TrafficPolicy::from(self.internal_traffic_policy) as i32,
+            health_check_node_port,
         };
         Problems::result(p).map(|()| service)
     }
@@ -252,6 +291,8 @@ pub struct Context<'a> {
     pub vxlan_port: u16,
     /// Every node's (name, pod CIDR), kernel nodes included.
     pub nodes: Vec<(&'a str, Ipv4Net)>,
+    /// Every node's (name, underlay address): no external IP may be one.
+    pub underlay: Vec<(&'a str, Ipv4Addr)>,
 }
 
 /// What the services checked so far hold, with who holds it ("services[0]
@@ -261,6 +302,8 @@ pub struct Taken {
     names: HashMap<String, String>,
     cluster_ips: HashMap<Ipv4Addr, String>,
     node_ports: HashMap<(Protocol, u16), String>,
+    /// External and LoadBalancer IPs' (address, protocol, port).
+    outside: HashMap<(Ipv4Addr, Protocol, u16), String>,
 }
 
 impl Taken {
@@ -272,6 +315,13 @@ impl Taken {
             if let Some(np) = p.node_port {
                 self.node_ports.insert((p.protocol, np), who.to_string());
             }
+            for a in s.outside_ips() {
+                self.outside
+                    .insert((a, p.protocol, p.port), who.to_string());
+            }
+        }
+        if let Some(hc) = s.health_check_node_port {
+            self.node_ports.insert((Protocol::Tcp, hc), who.to_string());
         }
     }
 }
@@ -427,6 +477,56 @@ pub fn check(
         AFFINITY_TIMEOUT_RANGE,
         p,
     );
+    let external_ips = check_outside_ips(
+        path,
+        "external_ips",
+        &raw.external_ips,
+        &ports,
+        ctx,
+        taken,
+        &who,
+        p,
+    );
+    let load_balancer_ips = check_outside_ips(
+        path,
+        "load_balancer_ips",
+        &raw.load_balancer_ips,
+        &ports,
+        ctx,
+        taken,
+        &who,
+        p,
+    );
+    let health_check_node_port = match raw.health_check_node_port {
+        None => None,
+        Some(_) if raw.external_traffic_policy != TrafficPolicy::Local => {
+            p.push(Problem::new(
+                at("health_check_node_port"),
+                "only with external_traffic_policy: Local",
+            ));
+            None
+        }
+        Some(hc) if hc < i64::from(lo) || hc > i64::from(hi) => {
+            p.push(Problem::new(
+                at("health_check_node_port"),
+                format!("{hc} is outside the node port range {lo}-{hi}"),
+            ));
+            None
+        }
+        Some(hc) => {
+            // A TCP port on the nodes' NodePort addresses, like a NodePort.
+            let key = (Protocol::Tcp, hc as u16);
+            if let Some(other) = taken.node_ports.get(&key) {
+                p.push(Problem::new(
+                    at("health_check_node_port"),
+                    format!("{hc}/TCP is already taken by {other}"),
+                ));
+            } else {
+                taken.node_ports.insert(key, who.clone());
+            }
+            Some(hc as u16)
+        }
+    };
 
     let mut endpoints = Vec::with_capacity(raw.endpoints.len());
     let mut ips: HashSet<Ipv4Addr> = HashSet::new();
@@ -494,9 +594,73 @@ pub fn check(
             affinity_timeout_s: timeout as u32,
             external_traffic_policy: raw.external_traffic_policy,
             endpoints,
+            external_ips,
+            load_balancer_ips,
+            internal_traffic_policy: raw.internal_traffic_policy,
+            health_check_node_port,
         }),
         _ => None,
     }
+}
+
+/// A service's external (or LoadBalancer) IPs at `path.field`: addresses
+/// the underlay routes to the nodes, so routable and outside the cluster
+/// and service CIDRs, no node's underlay address, unique in the list; each
+/// (address, protocol, port) of the service's `ports` served by it alone.
+#[allow(clippy::too_many_arguments)]
+fn check_outside_ips(
+    path: &str,
+    field: &str,
+    list: &[String],
+    ports: &[ServicePort],
+    ctx: &Context<'_>,
+    taken: &mut Taken,
+    who: &str,
+    p: &mut Vec<Problem>,
+) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let at = format!("{path}.{field}[{i}]");
+        let Some(ip) = parse_ip(&at, text, p) else {
+            continue;
+        };
+        let why = if let Some(why) = kxdp_proto::service::unroutable_endpoint(ip) {
+            Some(why.to_string())
+        } else if ctx.cluster_cidr.contains(&ip) {
+            Some(format!("inside the cluster CIDR {}", ctx.cluster_cidr))
+        } else if ctx.service_cidr.contains(&ip) {
+            Some(format!("inside the service CIDR {}", ctx.service_cidr))
+        } else if let Some((node, _)) = ctx.underlay.iter().find(|(_, a)| *a == ip) {
+            Some(format!(
+                "node {node}'s underlay address (its NodePorts live there)"
+            ))
+        } else if out.contains(&ip) {
+            Some("listed twice".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            p.push(Problem::new(at, format!("{ip} is {why}")));
+            continue;
+        }
+        for port in ports {
+            let key = (ip, port.protocol, port.port);
+            match taken.outside.get(&key) {
+                Some(other) if other != who => p.push(Problem::new(
+                    at.clone(),
+                    format!(
+                        "{ip}:{}/{} is already served by {other}",
+                        port.port, port.protocol
+                    ),
+                )),
+                _ => {
+                    taken.outside.insert(key, who.to_string());
+                }
+            }
+        }
+        out.push(ip);
+    }
+    out
 }
 
 /// Parses `lo-hi` (e.g. "30000-32767"), 1 <= lo <= hi <= 65535.
@@ -705,6 +869,111 @@ services:
         let raw =
             RawService::from_yaml("{ name: a/b, cluster_ip: x, ports: [{ port: -1 }] }").unwrap();
         assert!(raw.to_proto().is_err());
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_policies_and_health_check_ports() {
+        let ok = web(
+            "    external_traffic_policy: Local\n",
+            "    external_traffic_policy: Local\n    internal_traffic_policy: Local\n    external_ips: [192.0.2.80]\n    load_balancer_ips: [198.51.100.80]\n    health_check_node_port: 32000\n",
+        );
+        let c = Cluster::from_yaml(&ok).unwrap();
+        let s = c.service("default/web").unwrap();
+        assert_eq!(s.internal_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(s.health_check_node_port, Some(32000));
+        assert_eq!(
+            s.outside_ips().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["192.0.2.80", "198.51.100.80"]
+        );
+        // Through the proto and back (kxdpctl, UpsertService).
+        let raw = RawService::from_proto("service", &s.to_proto()).unwrap();
+        assert_eq!(raw.to_proto().unwrap(), s.to_proto());
+
+        let bad = |from: &str, to: &str| ok.replacen(from, to, 1);
+        for (text, path, needle) in [
+            (
+                bad("[192.0.2.80]", "[10.244.1.50]"),
+                "services[0].external_ips[0]",
+                "cluster CIDR",
+            ),
+            (
+                bad("[192.0.2.80]", "[10.96.7.7]"),
+                "services[0].external_ips[0]",
+                "service CIDR",
+            ),
+            (
+                bad("[192.0.2.80]", "[172.30.0.12]"),
+                "services[0].external_ips[0]",
+                "node n2's underlay",
+            ),
+            (
+                bad("[198.51.100.80]", "[127.0.0.1]"),
+                "services[0].load_balancer_ips[0]",
+                "not a routable",
+            ),
+            (
+                bad("[192.0.2.80]", "[192.0.2.80, 192.0.2.80]"),
+                "services[0].external_ips[1]",
+                "listed twice",
+            ),
+            (
+                bad(
+                    "external_traffic_policy: Local",
+                    "external_traffic_policy: Cluster",
+                ),
+                "services[0].health_check_node_port",
+                "only with external_traffic_policy: Local",
+            ),
+            (
+                bad(
+                    "health_check_node_port: 32000",
+                    "health_check_node_port: 29000",
+                ),
+                "services[0].health_check_node_port",
+                "outside the node port range",
+            ),
+            (
+                bad(
+                    "health_check_node_port: 32000",
+                    "health_check_node_port: 30080",
+                ),
+                "services[0].health_check_node_port",
+                "already taken by services[0]",
+            ),
+        ] {
+            assert_problem(&text, path, needle);
+        }
+        // Across services: an external IP's port, a health check port.
+        let two = format!(
+            "{ok}  - name: default/other\n    cluster_ip: 10.96.0.11\n    ports: [{{ port: 80 }}, {{ port: 81, node_port: 32000 }}]\n    external_ips: [198.51.100.80]\n"
+        );
+        assert_problem(
+            &two,
+            "services[1].ports[1].node_port",
+            "already taken by services[0]",
+        );
+        assert_problem(
+            &two,
+            "services[1].external_ips[0]",
+            "already served by services[0]",
+        );
+        // The NodePort addresses are CIDRs.
+        let c = Cluster::from_yaml(&ok.replacen(
+            "  vxlan:",
+            "  node_port_addresses: [172.30.0.0/24]\n  vxlan:",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.node_port_addresses[0].to_string(), "172.30.0.0/24");
+        assert_problem(
+            &ok.replacen(
+                "  vxlan:",
+                "  node_port_addresses: [172.30.0.1/24]\n  vxlan:",
+                1,
+            ),
+            "cluster.node_port_addresses[0]",
+            "",
+        );
     }
 
     #[test]

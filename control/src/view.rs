@@ -228,6 +228,12 @@ pub struct ServiceView {
     pub external_traffic_policy: String,
     pub endpoints: Vec<EndpointView>,
     pub ready_endpoints: usize,
+    pub external_ips: Vec<String>,
+    pub load_balancer_ips: Vec<String>,
+    /// "Cluster" or "Local".
+    pub internal_traffic_policy: String,
+    /// 0: none.
+    pub health_check_node_port: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -298,6 +304,12 @@ impl From<pb::Service> for ServiceView {
                 .to_string(),
             ready_endpoints: endpoints.iter().filter(|e| e.ready).count(),
             endpoints,
+            external_ips: s.external_ips,
+            load_balancer_ips: s.load_balancer_ips,
+            internal_traffic_policy: TrafficPolicy::from_proto(s.internal_traffic_policy)
+                .unwrap_or_default()
+                .to_string(),
+            health_check_node_port: s.health_check_node_port,
         }
     }
 }
@@ -363,6 +375,19 @@ fn ports_cell(ports: &[ServicePortView]) -> String {
         .join(", ")
 }
 
+/// "Local/Cluster hc:32000": external and internal traffic policy, and the
+/// health check port if any.
+fn policies_cell(s: &ServiceView) -> String {
+    let mut c = format!(
+        "{}/{}",
+        s.external_traffic_policy, s.internal_traffic_policy
+    );
+    if s.health_check_node_port != 0 {
+        c.push_str(&format!(" hc:{}", s.health_check_node_port));
+    }
+    c
+}
+
 pub fn services_table(services: &[ServiceView]) -> String {
     let rows: Vec<Vec<String>> = services
         .iter()
@@ -377,7 +402,13 @@ pub fn services_table(services: &[ServiceView]) -> String {
                 } else {
                     s.session_affinity.clone()
                 },
-                s.external_traffic_policy.clone(),
+                policies_cell(s),
+                s.external_ips
+                    .iter()
+                    .chain(&s.load_balancer_ips)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
@@ -388,7 +419,8 @@ pub fn services_table(services: &[ServiceView]) -> String {
             "PORTS (port/proto->target np:nodeport)",
             "ENDPOINTS READY/TOTAL",
             "AFFINITY",
-            "EXTERNAL POLICY",
+            "POLICY EXT/INT (hc:port)",
+            "EXTERNAL/LB IPS",
         ],
         &rows,
     )

@@ -11,8 +11,10 @@
 //                   ports to match: the dataplane gives those of its
 //                   NodePort and egress flows their first fragment's
 //                   translation and the rest, the node's own, to the kernel
-//                   through the host interface), TCP/UDP to a NodePort in
-//                   `nodeports`, and egress's way back: TCP/UDP to the
+//                   through the host interface), TCP/UDP to a frontend in
+//                   `nodeports` (a NodePort on any of the node's NodePort
+//                   addresses, an external or LoadBalancer IP the underlay
+//                   routes here), and egress's way back: TCP/UDP to the
 //                   address's SNAT ports (61000-65535, which the node's own
 //                   connections never use), ICMP errors quoting them, and
 //                   anything to the node's pod CIDR (replies from
@@ -71,11 +73,17 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-// NodePorts: key = protocol << 16 | port (host order), value unused.
+// Outside frontends: NodePorts on each NodePort address, external and
+// LoadBalancer IPs' ports. Value unused.
+struct frontend_key {
+	__be32 addr;
+	__u32 proto_port; // protocol << 16 | port, host order
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__type(key, struct frontend_key);
 	__type(value, __u8);
 } nodeports SEC(".maps");
 
@@ -137,6 +145,23 @@ static __always_inline int icmp_error_ours(struct iphdr *ip, void *end,
 	return bpf_ntohs(ql4->source) >= SNAT_MIN ? OURS : NOT_OURS;
 }
 
+// TCP/UDP (first fragment or whole) to a frontend in `nodeports`.
+static __always_inline int to_frontend(struct iphdr *ip, void *end)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return NOT_OURS;
+	if ((ip->frag_off & bpf_htons(0x1fff)) || ip->ihl < 5)
+		return NOT_OURS;
+	struct udphdr *l4 = (void *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 1) > end)
+		return NOT_OURS;
+	struct frontend_key key = {
+		.addr = ip->daddr,
+		.proto_port = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest),
+	};
+	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
+}
+
 static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg *c)
 {
 	void *data = (void *)(long)ctx->data;
@@ -150,7 +175,7 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	if (c->pod_mask && (ip->daddr & c->pod_mask) == c->pod_net)
 		return OURS;
 	if (ip->daddr != c->vtep_ip)
-		return NOT_OURS;
+		return to_frontend(ip, end);
 	if (ip->protocol == IPPROTO_ICMP)
 		return icmp_error_ours(ip, end, c);
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
@@ -173,8 +198,7 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	}
 	if (bpf_ntohs(l4->dest) >= SNAT_MIN)
 		return OURS;
-	__u32 key = (__u32)ip->protocol << 16 | bpf_ntohs(l4->dest);
-	return bpf_map_lookup_elem(&nodeports, &key) ? OURS : NOT_OURS;
+	return to_frontend(ip, end);
 }
 
 SEC("xdp")

@@ -79,7 +79,7 @@ impl Dataplane for Service {
         self.check_node(&st)?;
         let st = State::try_from(&st).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let generation = self
-            .ask(|tx| engine::Request::Sync(st, tx))
+            .ask(|tx| engine::Request::Sync(Box::new(st), tx))
             .await?
             .map_err(write_status)?;
         Ok(Response::new(pb::WriteReply { generation }))

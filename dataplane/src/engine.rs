@@ -25,7 +25,9 @@ use kxdp_core::tables::{
 use kxdp_core::wire::EthernetAddress;
 use tokio::sync::oneshot;
 
+use crate::health::{self, HealthChecks};
 use crate::netlink::{self, Netlink};
+use crate::nft::{self, NatOutput};
 use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
 use crate::worker::{Command, PortCounters, WorkerHandle, ACK_TIMEOUT};
@@ -42,6 +44,8 @@ pub struct EngineConfig {
     pub copy_mode: bool,
     /// The workers' flow caches (`kxdp_core::pipeline::FlowCache`).
     pub flow_cache: bool,
+    /// Where health check servers run (`health.rs`); `None`: none.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Why a write failed.
@@ -74,7 +78,7 @@ fn worker_list(workers: &[usize]) -> String {
 }
 
 pub enum Request {
-    Sync(State, oneshot::Sender<Result<u64, WriteError>>),
+    Sync(Box<State>, oneshot::Sender<Result<u64, WriteError>>),
     Update(u64, Vec<Change>, oneshot::Sender<Result<u64, WriteError>>),
     GetState(oneshot::Sender<StateSnapshot>),
     GetCounters(oneshot::Sender<CountersSnapshot>),
@@ -191,6 +195,11 @@ pub struct Engine {
     epoch: u32,
     /// The last snapshot's Maglev tables, reused while their backends stay.
     maglev: MaglevCache,
+    /// The node's addresses NodePorts open on (`node_port_addresses`).
+    node_port_addrs: Vec<Ipv4Addr>,
+    /// The kernel's DNAT of its own NodePorts and external IPs.
+    nat_output: NatOutput,
+    health: HealthChecks,
     workers: Vec<WorkerHandle>,
 }
 
@@ -208,7 +217,6 @@ impl Engine {
             workers.push(WorkerHandle::spawn(i, core, cfg.flow_cache, mesh.clone())?);
         }
         Ok(Engine {
-            cfg,
             boot_id,
             state: Arc::default(),
             netlink,
@@ -222,6 +230,10 @@ impl Engine {
             service_ids: BTreeMap::new(),
             epoch: 0,
             maglev: Default::default(),
+            node_port_addrs: Vec::new(),
+            nat_output: NatOutput::default(),
+            health: HealthChecks::new(cfg.runtime.clone()),
+            cfg,
             workers,
         })
     }
@@ -239,6 +251,7 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.nat_output.clear();
         // Detach XDP first (ports), then stop workers (sockets, UMEMs).
         self.ports.clear();
         self.workers.clear();
@@ -247,7 +260,7 @@ impl Engine {
     fn handle(&mut self, req: Request) {
         match req {
             Request::Sync(st, reply) => {
-                let r = self.sync(st);
+                let r = self.sync(*st);
                 let _ = reply.send(r);
             }
             Request::Update(generation, changes, reply) => {
@@ -351,27 +364,114 @@ impl Engine {
         }
         self.reconcile_ports();
         self.refresh_neighbours();
+        self.refresh_addresses();
         self.sync_uplink_maps();
         self.publish()?;
+        self.sync_host_services();
         Ok(self.state.generation)
     }
 
-    /// Tells the uplink's XDP program which NodePorts to redirect and
-    /// which VTEPs' VXLAN to take.
+    /// The node's addresses inside `node_port_addresses` (its underlay
+    /// address alone when none is given), loopback aside; true if they
+    /// changed.
+    fn refresh_addresses(&mut self) -> bool {
+        let Some(node) = &self.state.node else {
+            return false;
+        };
+        let mut addrs = if node.node_port_addresses.is_empty() {
+            vec![node.underlay_ip]
+        } else {
+            match self.netlink.addresses() {
+                Ok(all) => all
+                    .into_iter()
+                    .map(|(_, ip)| ip)
+                    .filter(|ip| {
+                        !ip.is_loopback()
+                            && node.node_port_addresses.iter().any(|c| c.contains(*ip))
+                    })
+                    .collect(),
+                Err(e) => {
+                    log::warn!("address dump: {e}");
+                    return false;
+                }
+            }
+        };
+        addrs.sort_unstable();
+        addrs.dedup();
+        if addrs == self.node_port_addrs {
+            return false;
+        }
+        log::info!("NodePort addresses: {addrs:?}");
+        self.node_port_addrs = addrs;
+        true
+    }
+
+    /// Every outside frontend, (address, protocol, port), with the
+    /// ClusterIP and port it stands for: NodePorts on each NodePort
+    /// address, every port on each external and LoadBalancer IP.
+    fn outside_frontends(&self) -> Vec<nft::Dnat> {
+        let mut out = Vec::new();
+        for s in self.state.services.values() {
+            for p in &s.ports {
+                let to = (s.cluster_ip, p.port);
+                let proto = p.protocol.ip_proto();
+                if let Some(np) = p.node_port {
+                    for &a in &self.node_port_addrs {
+                        out.push(((a, proto, np), to));
+                    }
+                }
+                for a in s.outside_ips() {
+                    out.push(((a, proto, p.port), to));
+                }
+            }
+        }
+        out
+    }
+
+    /// What serves the node's kernel and the load balancers rather than
+    /// the uplink: the DNAT of its own outside frontends (only with a host
+    /// interface, its way to ClusterIPs) and the health check ports.
+    fn sync_host_services(&mut self) {
+        let Some(node) = &self.state.node else { return };
+        let rules = if node.host_interface.is_some() {
+            self.outside_frontends()
+        } else {
+            Vec::new()
+        };
+        self.nat_output.sync(&rules);
+        let mut want = BTreeMap::new();
+        for s in self.state.services.values() {
+            let Some(port) = s.health_check_node_port else {
+                continue;
+            };
+            let local_endpoints = s
+                .endpoints
+                .iter()
+                .filter(|e| e.ready && !e.terminating)
+                .filter(|e| node.pod_cidr.contains(e.ip) || e.ip == node.underlay_ip)
+                .count();
+            for &a in &self.node_port_addrs {
+                let w = health::Want {
+                    service: s.name.clone(),
+                    local_endpoints,
+                };
+                want.insert((a, port), w);
+            }
+        }
+        self.health.sync(&want);
+    }
+
+    /// Tells the uplink's XDP program which outside frontends to redirect
+    /// and which VTEPs' VXLAN to take.
     fn sync_uplink_maps(&self) {
         let Some(node) = &self.state.node else { return };
         let Some(up) = self.ports.get(&node.uplink) else {
             return;
         };
-        let ports: Vec<(u8, u16)> = self
-            .state
-            .services
-            .values()
-            .flat_map(|s| {
-                s.ports
-                    .iter()
-                    .filter_map(|p| p.node_port.map(|np| (p.protocol.ip_proto(), np)))
-            })
+        let ports: Vec<(Ipv4Addr, u8, u16)> = self
+            .outside_frontends()
+            .into_iter()
+            .map(|(f, _)| f)
             .collect();
         if let Err(e) = up.xdp.set_node_ports(&ports) {
             log::error!("NodePorts on the uplink: {e}");
@@ -571,6 +671,11 @@ impl Engine {
         self.reconcile_ports();
         changed |= self.ports.len() != before;
         changed |= self.refresh_neighbours();
+        if self.refresh_addresses() {
+            changed = true;
+            self.sync_uplink_maps();
+            self.sync_host_services();
+        }
         if changed {
             // A worker that missed it is logged and the generation reset there.
             let _ = self.publish();
@@ -746,6 +851,7 @@ impl Engine {
             let id = self.service_ids[&sv.name];
             let affinity = sv.affinity().map(|s| s as u64 * 1_000_000_000);
             let local = sv.external_traffic_policy == TrafficPolicy::Local;
+            let internal_local = sv.internal_traffic_policy == TrafficPolicy::Local;
             for port in &sv.ports {
                 let backends: Vec<Backend> = sv
                     .endpoints
@@ -769,17 +875,30 @@ impl Engine {
                     backends.clone(),
                     affinity,
                     false,
-                    false,
+                    internal_local,
                     cache,
                 ));
-                if let Some(np) = port.node_port {
+                // Outside frontends: the NodePort on each NodePort address,
+                // the port on each external and LoadBalancer IP.
+                let node_ports = port
+                    .node_port
+                    .into_iter()
+                    .flat_map(|np| self.node_port_addrs.iter().map(move |&a| (a, np)));
+                let outside = sv.outside_ips().map(|a| (a, port.port));
+                for (addr, at) in node_ports.chain(outside) {
                     let key = FrontendKey {
-                        addr: n.underlay_ip,
+                        addr,
                         proto: port.protocol.ip_proto(),
-                        port: np,
+                        port: at,
                     };
                     t.services.insert(Frontend::with_cache(
-                        id, key, backends, affinity, true, local, cache,
+                        id,
+                        key,
+                        backends.clone(),
+                        affinity,
+                        true,
+                        local,
+                        cache,
                     ));
                 }
             }

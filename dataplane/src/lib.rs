@@ -5,6 +5,8 @@
 //! - [`worker`]: pinned poll-mode threads running kxdp-core's pipeline.
 //! - [`engine`]: the state manager thread; tables reach workers from here.
 //! - [`netlink`]: next-hop MACs from the kernel's neighbour table.
+//! - [`nft`]: the node kernel's DNAT of its own NodePorts and external IPs.
+//! - [`health`]: health check ports of externalTrafficPolicy Local services.
 //! - [`state`], [`api`]: the API edge (proto -> validated domain types).
 //! - [`cli`]: the command line (flags, their environment variables).
 //! - [`fault`]: test-only faults (`--test-fault`, hidden).
@@ -16,7 +18,9 @@ pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod fault;
+pub mod health;
 pub mod netlink;
+pub mod nft;
 pub mod state;
 pub mod sys;
 pub mod worker;

@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
             .as_nanos() as u64
             ^ ((std::process::id() as u64) << 40)
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let engine = Engine::new(
         EngineConfig {
             workers: usize::from(args.workers),
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
             xdp_mode: args.xdp_mode,
             copy_mode: args.copy,
             flow_cache: !args.no_flow_cache,
+            runtime: Some(rt.handle().clone()),
         },
         boot_id.clone(),
     )
@@ -39,11 +44,6 @@ fn main() -> anyhow::Result<()> {
     let engine_thread = std::thread::Builder::new()
         .name("kxdp-engine".into())
         .spawn(move || engine.run(rx))?;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     let explicit_node = args.node.clone();
     rt.block_on(async move {
         // The socket file goes when `_socket_file` drops, after serving.

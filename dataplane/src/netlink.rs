@@ -28,6 +28,7 @@ use netlink_packet_core::{
     NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART,
     NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
@@ -216,6 +217,38 @@ impl Netlink {
                     oif,
                     gateway,
                 });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 address of the namespace's interfaces (an `RTM_GETADDR`
+    /// dump, like `ip -4 addr show`): (ifindex, address).
+    pub fn addresses(&mut self) -> Result<Vec<(u32, Ipv4Addr)>, Error> {
+        let what = "RTM_GETADDR dump";
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let reply = self.transact(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, what)?;
+        let mut out = Vec::new();
+        for msg in &reply.messages {
+            let RouteNetlinkMessage::NewAddress(m) = msg else {
+                continue;
+            };
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
+            // peer's on point-to-point links); without it, IFA_ADDRESS.
+            let (mut local, mut address) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => local = Some(*ip),
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address) {
+                out.push((m.header.index, ip));
             }
         }
         Ok(out)

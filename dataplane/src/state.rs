@@ -104,6 +104,9 @@ pub struct NodeCfg {
     pub masquerade: bool,
     /// Egress destinations that keep the pod's address.
     pub non_masquerade: Vec<Prefix>,
+    /// NodePorts open on the node's addresses inside these; empty: on
+    /// `underlay_ip` only.
+    pub node_port_addresses: Vec<Prefix>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +135,8 @@ pub use kxdp_proto::service::{
 pub const DEFAULT_NODE_PORTS: (u16, u16) = (30000, 32767);
 /// Most non-masquerade CIDRs a node takes: new egress flows scan them.
 pub const MAX_NON_MASQUERADE: usize = 64;
+/// Most NodePort address CIDRs a node takes.
+pub const MAX_NODE_PORT_ADDRESSES: usize = 64;
 
 /// One change of an Update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +179,15 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
                     "{} is not in 68..={}: a frame must fit one UMEM chunk (no jumbo frames)",
                     n.pod_mtu,
                     kxdp_proto::MAX_POD_MTU
+                ),
+            ));
+        }
+        if n.node_port_addresses.len() > MAX_NODE_PORT_ADDRESSES {
+            return Err(err(
+                at("node_port_addresses"),
+                format!(
+                    "{} entries; at most {MAX_NODE_PORT_ADDRESSES}",
+                    n.node_port_addresses.len()
                 ),
             ));
         }
@@ -223,6 +237,12 @@ impl TryFrom<(&str, &pb::NodeConfig)> for NodeCfg {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| cidr(&at(&format!("non_masquerade_cidrs[{i}]")), c))
+                .collect::<Result<_, _>>()?,
+            node_port_addresses: n
+                .node_port_addresses
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cidr(&at(&format!("node_port_addresses[{i}]")), c))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -329,6 +349,30 @@ fn service_from_proto(f: &str, sv: &pb::Service) -> Result<Service, FieldError> 
             terminating: e.terminating,
         });
     }
+    let internal_traffic_policy = TrafficPolicy::from_proto(sv.internal_traffic_policy)
+        .ok_or_else(|| err(at("internal_traffic_policy"), "unknown value"))?;
+    let ips = |field: &str, list: &[String]| -> Result<Vec<Ipv4Addr>, FieldError> {
+        let mut out: Vec<Ipv4Addr> = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let f = at(&format!("{field}[{i}]"));
+            let a = ip(&f, s)?;
+            if out.contains(&a) {
+                return Err(err(f, format!("{a} is listed twice")));
+            }
+            out.push(a);
+        }
+        Ok(out)
+    };
+    let health_check_node_port = match sv.health_check_node_port {
+        0 => None,
+        p @ 1..=65535 => Some(p as u16),
+        p => {
+            return Err(err(
+                at("health_check_node_port"),
+                format!("{p} is not in 1..=65535"),
+            ))
+        }
+    };
     Ok(Service {
         name: name(&at("name"), &sv.name)?,
         cluster_ip: ip(&at("cluster_ip"), &sv.cluster_ip)?,
@@ -337,6 +381,10 @@ fn service_from_proto(f: &str, sv: &pb::Service) -> Result<Service, FieldError> 
         affinity_timeout_s,
         external_traffic_policy,
         endpoints,
+        external_ips: ips("external_ips", &sv.external_ips)?,
+        load_balancer_ips: ips("load_balancer_ips", &sv.load_balancer_ips)?,
+        internal_traffic_policy,
+        health_check_node_port,
     })
 }
 
@@ -589,6 +637,8 @@ impl State {
         }
         let mut vips = BTreeMap::new();
         let mut node_ports = BTreeMap::new();
+        let mut outside = BTreeMap::new();
+        let mut health_ports = BTreeMap::new();
         for sv in self.services.values() {
             let f = format!("services[{}]", sv.name);
             let bcast = Ipv4Addr::from(u32::from(scidr.addr) | (u32::MAX >> scidr.len.min(31)));
@@ -629,6 +679,28 @@ impl State {
                     }
                 }
             }
+            self.validate_outside_ips(n, scidr, sv, &mut outside)?;
+            if let Some(hc) = sv.health_check_node_port {
+                let field = format!("{f}.health_check_node_port");
+                if sv.external_traffic_policy != TrafficPolicy::Local {
+                    return Err(err(field, "only with external_traffic_policy Local"));
+                }
+                if hc < n.node_ports.0 || hc > n.node_ports.1 {
+                    return Err(err(
+                        field,
+                        format!(
+                            "{hc} is outside the NodePort range {}-{}",
+                            n.node_ports.0, n.node_ports.1
+                        ),
+                    ));
+                }
+                if let Some(o) = health_ports.insert(hc, &sv.name) {
+                    return Err(err(
+                        field,
+                        format!("{hc} is already the health check port of service {o}"),
+                    ));
+                }
+            }
             for (i, e) in sv.endpoints.iter().enumerate() {
                 // Outside the pod network (a node's address, anything
                 // reachable) is fine; unroutable addresses and ClusterIPs not.
@@ -641,6 +713,61 @@ impl State {
                     format!("{f}.endpoints[{i}].ip"),
                     format!("{} is {why}", e.ip),
                 ));
+            }
+        }
+        // A health check port is a TCP port on the NodePort addresses too.
+        for (hc, name) in health_ports {
+            if let Some(o) = node_ports.get(&(Protocol::Tcp, hc)) {
+                return Err(err(
+                    format!("services[{name}].health_check_node_port"),
+                    format!("{hc} is service {o}'s TCP NodePort"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A service's external and LoadBalancer IPs: routable, outside the
+    /// cluster and service CIDRs, not this node's underlay address, and each
+    /// (address, protocol, port) served by one service only.
+    fn validate_outside_ips<'a>(
+        &self,
+        n: &NodeCfg,
+        scidr: Prefix,
+        sv: &'a Service,
+        taken: &mut BTreeMap<(Ipv4Addr, Protocol, u16), &'a str>,
+    ) -> Result<(), FieldError> {
+        let lists = [
+            ("external_ips", &sv.external_ips),
+            ("load_balancer_ips", &sv.load_balancer_ips),
+        ];
+        for (field, list) in lists {
+            for (i, &a) in list.iter().enumerate() {
+                let f = format!("services[{}].{field}[{i}]", sv.name);
+                let why = match kxdp_proto::service::unroutable_endpoint(a) {
+                    Some(why) => Some(why.to_string()),
+                    None if n.cluster_cidr.contains(a) => {
+                        Some(format!("inside the cluster CIDR {}", n.cluster_cidr))
+                    }
+                    None if scidr.contains(a) => Some(format!("inside the service CIDR {scidr}")),
+                    None if a == n.underlay_ip => {
+                        Some("this node's underlay address (NodePorts live there)".into())
+                    }
+                    None => None,
+                };
+                if let Some(why) = why {
+                    return Err(err(f, format!("{a} is {why}")));
+                }
+                for p in &sv.ports {
+                    if let Some(o) = taken.insert((a, p.protocol, p.port), &sv.name) {
+                        if o != sv.name {
+                            return Err(err(
+                                f,
+                                format!("{a}:{}/{} is also service {o}'s", p.port, p.protocol),
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -667,6 +794,11 @@ impl State {
                 host_interface: n.host_interface.clone().unwrap_or_default(),
                 masquerade: n.masquerade,
                 non_masquerade_cidrs: n.non_masquerade.iter().map(|p| p.to_string()).collect(),
+                node_port_addresses: n
+                    .node_port_addresses
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
             }),
             remote_nodes: self
                 .remotes
@@ -870,6 +1002,7 @@ mod tests {
                 serving: true,
                 terminating: false,
             }],
+            ..Default::default()
         }
     }
 
@@ -914,8 +1047,14 @@ mod tests {
                 |s| s.services[0].ports[0].protocol = 0,
                 "state.services[0].ports[0].protocol",
             ),
+            // Outside the pod network is fine (a node's address, anything
+            // routable); a ClusterIP or a loopback address is not.
             (
-                |s| s.services[0].endpoints[0].ip = "192.168.1.1".into(),
+                |s| s.services[0].endpoints[0].ip = "10.96.7.7".into(),
+                "services[default/web].endpoints[0].ip",
+            ),
+            (
+                |s| s.services[0].endpoints[0].ip = "127.0.0.1".into(),
                 "services[default/web].endpoints[0].ip",
             ),
             (
@@ -945,11 +1084,106 @@ mod tests {
         for (i, (f, field)) in cases.into_iter().enumerate() {
             let mut s = sample();
             s.services.push(web("default/web", "10.96.0.10", 30080));
-            if i == 9 {
+            if field.ends_with("affinity_timeout_s") {
                 s.services[0].session_affinity = pb::SessionAffinity::ClientIp as i32;
             }
             f(&mut s);
             let e = check(&s).expect_err(&format!("case {i} ({field}) accepted"));
+            assert_eq!(e.field, field, "case {i}: {e}");
+        }
+    }
+
+    #[test]
+    fn outside_addresses_policies_and_health_check_ports_are_checked() {
+        let mut s = sample();
+        s.node.as_mut().unwrap().node_port_addresses = vec!["172.30.0.0/24".into()];
+        let mut sv = web("default/web", "10.96.0.10", 30080);
+        sv.external_ips = vec!["192.0.2.80".into()];
+        sv.load_balancer_ips = vec!["198.51.100.80".into()];
+        sv.internal_traffic_policy = pb::TrafficPolicy::Local as i32;
+        sv.external_traffic_policy = pb::TrafficPolicy::Local as i32;
+        sv.health_check_node_port = 32000;
+        s.services.push(sv);
+        let st = check(&s).unwrap();
+        assert_eq!(st.to_proto(), s, "round trip");
+        let w = &st.services["default/web"];
+        assert_eq!(w.internal_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(w.health_check_node_port, Some(32000));
+        assert_eq!(
+            w.outside_ips().collect::<Vec<_>>(),
+            [
+                Ipv4Addr::new(192, 0, 2, 80),
+                Ipv4Addr::new(198, 51, 100, 80)
+            ]
+        );
+
+        type Mutation = fn(&mut pb::DataplaneState);
+        fn other(s: &mut pb::DataplaneState) -> &mut pb::Service {
+            s.services.push(web("default/other", "10.96.0.11", 0));
+            s.services.last_mut().unwrap()
+        }
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                |s| s.node.as_mut().unwrap().node_port_addresses = vec!["172.30.0.1/24".into()],
+                "state.node.node_port_addresses[0]",
+            ),
+            (
+                |s| s.services[0].external_ips = vec!["10.244.9.9".into()],
+                "services[default/web].external_ips[0]",
+            ),
+            (
+                |s| s.services[0].external_ips = vec!["10.96.5.5".into()],
+                "services[default/web].external_ips[0]",
+            ),
+            (
+                |s| s.services[0].load_balancer_ips = vec!["172.30.0.11".into()],
+                "services[default/web].load_balancer_ips[0]",
+            ),
+            (
+                |s| s.services[0].load_balancer_ips = vec!["224.0.0.5".into()],
+                "services[default/web].load_balancer_ips[0]",
+            ),
+            (
+                |s| s.services[0].external_ips = vec!["192.0.2.80".into(); 2],
+                "state.services[0].external_ips[1]",
+            ),
+            (
+                |s| s.services[0].external_ips = vec!["nope".into()],
+                "state.services[0].external_ips[0]",
+            ),
+            (
+                |s| s.services[0].internal_traffic_policy = 7,
+                "state.services[0].internal_traffic_policy",
+            ),
+            (
+                |s| s.services[0].external_traffic_policy = 0,
+                "services[default/web].health_check_node_port",
+            ),
+            (
+                |s| s.services[0].health_check_node_port = 29999,
+                "services[default/web].health_check_node_port",
+            ),
+            (
+                |s| s.services[0].health_check_node_port = 30080,
+                "services[default/web].health_check_node_port",
+            ),
+            (
+                |s| {
+                    let o = other(s);
+                    o.external_traffic_policy = pb::TrafficPolicy::Local as i32;
+                    o.health_check_node_port = 32000;
+                },
+                "services[default/web].health_check_node_port",
+            ),
+            (
+                |s| other(s).external_ips = vec!["198.51.100.80".into()],
+                "services[default/web].load_balancer_ips[0]",
+            ),
+        ];
+        for (i, (f, field)) in cases.into_iter().enumerate() {
+            let mut bad = s.clone();
+            f(&mut bad);
+            let e = check(&bad).expect_err(&format!("case {i} ({field}) accepted"));
             assert_eq!(e.field, field, "case {i}: {e}");
         }
     }

@@ -41,7 +41,7 @@ pub enum Role {
     /// Everything (a pod's veth).
     Pod,
     /// Only VXLAN to this node's VTEP address and port from a known VTEP
-    /// (`set_vteps`), and NodePorts (`set_node_ports`).
+    /// (`set_vteps`), and outside frontends (`set_node_ports`).
     /// Also egress's way back: the SNAT ports, ICMP errors quoting them,
     /// and anything to `pod_cidr`.
     Uplink {
@@ -169,12 +169,17 @@ impl Attachment {
             .map_err(|err| XdpError::Map { map: "cfg", err })
     }
 
-    /// Makes exactly `ports` ((protocol, port) pairs) the NodePorts the
-    /// uplink program redirects.
-    pub fn set_node_ports(&self, ports: &[(u8, u16)]) -> Result<(), XdpError> {
-        let keys = ports
-            .iter()
-            .map(|&(proto, port)| ((proto as u32) << 16 | port as u32).to_ne_bytes());
+    /// Makes exactly `frontends` ((address, protocol, port)) the outside
+    /// frontends the uplink program redirects: NodePorts on each NodePort
+    /// address, external and LoadBalancer IPs.
+    pub fn set_node_ports(&self, frontends: &[(Ipv4Addr, u8, u16)]) -> Result<(), XdpError> {
+        // struct frontend_key { be32 addr; u32 proto_port; }
+        let keys = frontends.iter().map(|&(addr, proto, port)| {
+            let mut k = [0u8; 8];
+            k[..4].copy_from_slice(&addr.octets());
+            k[4..].copy_from_slice(&((proto as u32) << 16 | port as u32).to_ne_bytes());
+            k
+        });
         self.set_keys("nodeports", keys.collect())
     }
 
@@ -185,11 +190,15 @@ impl Attachment {
     }
 
     /// Makes exactly `want` the keys of the set `map` (values unused).
-    fn set_keys(&self, map: &'static str, want: BTreeSet<[u8; 4]>) -> Result<(), XdpError> {
+    fn set_keys<const N: usize>(
+        &self,
+        map: &'static str,
+        want: BTreeSet<[u8; N]>,
+    ) -> Result<(), XdpError> {
         let m = self.map(map);
         let have: Vec<Vec<u8>> = m.keys().collect();
         for k in have {
-            if !<[u8; 4]>::try_from(k.as_slice()).is_ok_and(|k| want.contains(&k)) {
+            if !<[u8; N]>::try_from(k.as_slice()).is_ok_and(|k| want.contains(&k)) {
                 let _ = m.delete(&k);
             }
         }

@@ -66,6 +66,14 @@ pub struct Service {
     pub affinity_timeout_s: u32,
     pub external_traffic_policy: TrafficPolicy,
     pub endpoints: Vec<Endpoint>,
+    /// `spec.externalIPs`: served like NodePorts on every port.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// A LoadBalancer's ingress IPs: served as `external_ips` are.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// Local: ClusterIP traffic goes to this node's endpoints only.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// With external_traffic_policy Local: kube-proxy's health check port.
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +126,24 @@ impl Service {
                     terminating: e.terminating,
                 })
                 .collect(),
+            external_ips: self.external_ips.iter().map(ToString::to_string).collect(),
+            load_balancer_ips: self
+                .load_balancer_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            internal_traffic_policy: pb::TrafficPolicy::from(self.internal_traffic_policy) as i32,
+            health_check_node_port: self.health_check_node_port.map_or(0, u32::from),
         }
+    }
+
+    /// Every address outside clients reach the service at besides the
+    /// nodes' NodePorts: its external IPs, then its LoadBalancer IPs.
+    pub fn outside_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.external_ips
+            .iter()
+            .chain(&self.load_balancer_ips)
+            .copied()
     }
 
     /// The ClientIP affinity timeout in seconds; `None`: no affinity.

@@ -23,6 +23,7 @@ pub fn n1() -> pb::NodeConfig {
         node_port_max: 32767,
         masquerade: true,
         non_masquerade_cidrs: Vec::new(),
+        node_port_addresses: Vec::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Service frontends as the pipeline looks them up: one per (address,
-//! protocol, port) a client can send to — each ClusterIP port, and each
-//! NodePort on this node's underlay address — with its backends and the
-//! Maglev tables that pick among them.
+//! protocol, port) a client can send to — each ClusterIP port, each NodePort
+//! on each of this node's NodePort addresses, each port on each external or
+//! LoadBalancer IP — with its backends and the Maglev tables that pick among
+//! them.
 //!
 //! Built by the engine from the desired state (off the hot path, may
 //! allocate) and carried in the `Tables` snapshot.
@@ -53,11 +54,18 @@ pub struct Frontend {
     /// ready backends only (local ones only when `local_only`).
     pub maglev: Maglev,
     pub maglev_index: Vec<u32>,
+    /// An outside frontend with `local_only`: what clients inside the
+    /// cluster (pods, the node) get instead, over every backend, as
+    /// kube-proxy short-circuits them to the cluster-wide endpoints.
+    pub internal: Option<(Maglev, Vec<u32>)>,
     /// ClientIP session affinity timeout.
     pub affinity_ns: Option<u64>,
-    /// A NodePort frontend (reached on the node's underlay address).
+    /// Reached from outside the cluster: a NodePort on one of the node's
+    /// addresses, an external IP or a LoadBalancer IP.
     pub node_port: bool,
-    /// externalTrafficPolicy Local: local backends only, no SNAT.
+    /// Local backends only: externalTrafficPolicy Local on an outside
+    /// frontend (no SNAT), internalTrafficPolicy Local on a ClusterIP (no
+    /// local backend: dropped).
     pub local_only: bool,
     /// Steer this frontend's flows by the client's address alone (not its
     /// port too): set by [`Services::finish`], see [`Services::steer`].
@@ -136,34 +144,15 @@ impl Frontend {
     ) -> Frontend {
         backends.sort_by_key(Backend::id);
         backends.dedup_by_key(|b| b.id());
-        let usable = |b: &Backend| !local_only || b.local;
-        let mut eligible: Vec<u32> = backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.ready && usable(b))
-            .map(|(i, _)| i as u32)
-            .collect();
-        // No ready endpoint: fall back to serving (terminating) ones, as
-        // kube-proxy does (KEP-1669), rather than refusing the traffic.
-        if eligible.is_empty() {
-            eligible = backends
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.serving && usable(b))
-                .map(|(i, _)| i as u32)
-                .collect();
-        }
-        let ids: Vec<u64> = eligible
-            .iter()
-            .map(|&i| backends[i as usize].id())
-            .collect();
-        let maglev = cache.get(&ids);
+        let (maglev, maglev_index) = eligible(&backends, local_only, cache);
+        let internal = (node_port && local_only).then(|| eligible(&backends, false, cache));
         Frontend {
             service,
             key,
             backends,
             maglev,
-            maglev_index: eligible,
+            maglev_index,
+            internal,
             affinity_ns,
             node_port,
             local_only,
@@ -174,9 +163,19 @@ impl Frontend {
     /// The backend a new flow with this hash goes to.
     #[inline]
     pub fn pick(&self, flow_hash: u64) -> Option<&Backend> {
-        let slot = self.maglev.lookup(flow_hash)?;
-        self.backends
-            .get(*self.maglev_index.get(slot as usize)? as usize)
+        self.pick_for(flow_hash, true)
+    }
+
+    /// [`Frontend::pick`] for a client outside the cluster (`external`) or
+    /// inside it (which gets `internal` where there is one).
+    #[inline]
+    pub fn pick_for(&self, flow_hash: u64, external: bool) -> Option<&Backend> {
+        let (maglev, index) = match &self.internal {
+            Some((m, i)) if !external => (m, i),
+            _ => (&self.maglev, &self.maglev_index),
+        };
+        let slot = maglev.lookup(flow_hash)?;
+        self.backends.get(*index.get(slot as usize)? as usize)
     }
 
     /// Whether an existing flow to (ip, port) may continue.
@@ -188,17 +187,54 @@ impl Frontend {
             .is_ok_and(|i| self.backends[i].serving)
     }
 
-    /// A ready backend by address (session affinity must still be valid).
+    /// A ready backend by address (session affinity must still be valid)
+    /// for a client outside the cluster or inside it (see `internal`).
     #[inline]
-    pub fn ready(&self, ip: Ipv4Addr, port: u16) -> bool {
+    pub fn ready(&self, ip: Ipv4Addr, port: u16, external: bool) -> bool {
         let id = (u32::from(ip) as u64) << 16 | port as u64;
+        let local_only = self.local_only && (external || self.internal.is_none());
         self.backends
             .binary_search_by_key(&id, Backend::id)
             .is_ok_and(|i| {
                 let b = &self.backends[i];
-                b.ready && (!self.local_only || b.local)
+                b.ready && (!local_only || b.local)
             })
     }
+
+    /// internalTrafficPolicy Local: without a local backend, a new flow is
+    /// dropped (as kube-proxy does), not refused.
+    #[inline]
+    pub fn drops_without_local(&self) -> bool {
+        self.local_only && !self.node_port
+    }
+}
+
+/// The Maglev table of `backends` (sorted) that new flows may go to, and
+/// their indexes: ready ones (local ones only if `local_only`), else serving
+/// ones.
+fn eligible(backends: &[Backend], local_only: bool, cache: &mut MaglevCache) -> (Maglev, Vec<u32>) {
+    let usable = |b: &Backend| !local_only || b.local;
+    let mut eligible: Vec<u32> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.ready && usable(b))
+        .map(|(i, _)| i as u32)
+        .collect();
+    // No ready endpoint: fall back to serving (terminating) ones, as
+    // kube-proxy does (KEP-1669), rather than refusing the traffic.
+    if eligible.is_empty() {
+        eligible = backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.serving && usable(b))
+            .map(|(i, _)| i as u32)
+            .collect();
+    }
+    let ids: Vec<u64> = eligible
+        .iter()
+        .map(|&i| backends[i as usize].id())
+        .collect();
+    (cache.get(&ids), eligible)
 }
 
 /// All frontends of this node.
@@ -330,7 +366,7 @@ mod tests {
             f.serving(Ipv4Addr::new(10, 244, 1, 3), 8080),
             "terminating keeps flows"
         );
-        assert!(!f.ready(Ipv4Addr::new(10, 244, 1, 3), 8080));
+        assert!(!f.ready(Ipv4Addr::new(10, 244, 1, 3), 8080, false));
         assert!(!f.serving(Ipv4Addr::new(10, 244, 1, 9), 8080));
     }
 
@@ -347,6 +383,22 @@ mod tests {
         for h in 0..1000u64 {
             assert_eq!(f.pick(h * 7919).unwrap().ip, Ipv4Addr::new(10, 244, 1, 3));
         }
+        // Clients inside the cluster get every backend (kube-proxy's
+        // short-circuit).
+        let mut seen = [0usize; 256];
+        for h in 0..1000u64 {
+            let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert_eq!(f.pick_for(h, true).unwrap().ip.octets()[3], 3);
+            seen[f.pick_for(h, false).unwrap().ip.octets()[3] as usize] += 1;
+        }
+        assert!(seen[2] > 300 && seen[3] > 300, "{} {}", seen[2], seen[3]);
+        let remote = Ipv4Addr::new(10, 244, 1, 2);
+        assert!(f.ready(remote, 8080, false) && !f.ready(remote, 8080, true));
+        assert!(!f.drops_without_local());
+        // internalTrafficPolicy Local: one picker, local only, for everyone.
+        let f = Frontend::new(0, key(), vec![be(2, true, true, false)], None, false, true);
+        assert!(f.internal.is_none() && f.drops_without_local());
+        assert!(f.pick_for(7, false).is_none() && f.pick_for(7, true).is_none());
     }
 
     #[test]

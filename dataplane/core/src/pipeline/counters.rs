@@ -147,6 +147,9 @@ counter_table! {
         /// A TCP/UDP first fragment without its whole transport header, a
         /// later one overlapping it, or one past 65,535 bytes (RFC 1858).
         FragmentMalformed => "fragment_malformed",
+        /// internalTrafficPolicy Local and no endpoint on this node: dropped
+        /// (as kube-proxy does).
+        NoLocalEndpoint => "no_local_endpoint",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.

@@ -34,7 +34,7 @@ const FLAT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 50);
 
 /// n1 with services and the kernel's routes over the uplink.
-fn world(masquerade: bool, non_masquerade: &[Prefix]) -> Tables {
+pub(super) fn world(masquerade: bool, non_masquerade: &[Prefix]) -> Tables {
     let mut t = svc_tables(&Svc::new(&[ready(LOCAL_BE)]));
     t.node.as_mut().unwrap().masquerade = masquerade;
     t.egress.insert(
@@ -64,7 +64,7 @@ fn from_router(datagram: &[u8]) -> Vec<u8> {
 /// `out` left through the uplink to `mac`, unencapsulated: its datagram,
 /// checksums verified from scratch.
 #[track_caller]
-fn egressed(out: &Out, mac: EthernetAddress) -> Vec<u8> {
+pub(super) fn egressed(out: &Out, mac: EthernetAddress) -> Vec<u8> {
     assert_eq!(out.verdict, Verdict::Tx(UPLINK), "out the uplink");
     let f = &out.frame;
     assert_eq!(&f[0..6], &mac.0, "to the next hop");
@@ -83,7 +83,7 @@ fn egressed(out: &Out, mac: EthernetAddress) -> Vec<u8> {
 
 /// `out` reached p1, from its gateway: its datagram.
 #[track_caller]
-fn to_p1(out: &Out) -> Vec<u8> {
+pub(super) fn to_p1(out: &Out) -> Vec<u8> {
     let d = delivered(out);
     assert_eq!(d.port, P1_PORT);
     assert_eq!((d.eth_dst, d.eth_src), (P1_MAC.0, PORT1_MAC.0));

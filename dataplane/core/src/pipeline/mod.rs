@@ -322,6 +322,8 @@ impl Pipeline {
 }
 
 #[cfg(test)]
+mod address_tests;
+#[cfg(test)]
 mod egress_tests;
 #[cfg(test)]
 mod service_tests;

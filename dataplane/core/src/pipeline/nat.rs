@@ -1,5 +1,6 @@
 //! Service load balancing: walks 3 (pod -> ClusterIP) and 4 (outside
-//! client -> NodeIP:NodePort), their replies, and ICMP errors about them.
+//! client -> NodeIP:NodePort, external and LoadBalancer IPs), their
+//! replies, and ICMP errors about them.
 //!
 //! A new flow to a frontend picks a backend (ClientIP affinity, else Maglev
 //! over ready backends), is DNATed (and SNATed for NodePort with
@@ -261,9 +262,6 @@ impl Pipeline {
             }
             return Nat::Pass;
         };
-        if fe.node_port && ing.external && !fe.local_only && l.dst != node.underlay_ip {
-            return Nat::Pass;
-        }
         self.new_flow(cx, p, &l, fe, ing)
     }
 
@@ -377,8 +375,11 @@ impl Pipeline {
                 return self.reject(cx, p, l, ing.external, DropReason::NoConntrack);
             }
         }
-        let Some(backend) = self.choose(now, fe, l) else {
+        let Some(backend) = self.choose(now, fe, l, ing.external) else {
             self.nat.svc_at(fe.service).no_endpoint += 1;
+            if fe.drops_without_local() {
+                return Nat::Done(Verdict::Drop(DropReason::NoLocalEndpoint));
+            }
             return self.reject(cx, p, l, ing.external, DropReason::NoEndpoint);
         };
         // SNAT: NodePort with externalTrafficPolicy Cluster (replies must come
@@ -386,12 +387,19 @@ impl Pipeline {
         // the node kernel its own address: from the frontend, so that the
         // kernel's reply comes back through the host port), and backends
         // outside the cluster that egress masquerades (as walk 7 does).
+        // The node kernel from its own address: its NodePorts and external
+        // IPs, DNATed to the ClusterIP by the dataplane's `nat output` rules
+        // (`nft.rs`), keep the address they were sent to; from the gateway,
+        // its replies come back through the host port.
+        let node_src = !ing.external && l.src == node.underlay_ip;
         let masq = t.masquerades(node, backend.0);
-        let kernel_hairpin = backend.0 == node.underlay_ip && l.src == node.gateway_ip;
+        let kernel_hairpin =
+            backend.0 == node.underlay_ip && (l.src == node.gateway_ip || node_src);
         let needs_snat = (fe.node_port && !fe.local_only && ing.external)
             || backend.0 == l.src
             || masq
-            || kernel_hairpin;
+            || kernel_hairpin
+            || node_src;
         let snat_ip = if masq {
             node.underlay_ip
         } else if kernel_hairpin {
@@ -662,11 +670,19 @@ impl Pipeline {
 
     /// Picks a ready backend: the client's affinity backend if still ready
     /// and fresh, else Maglev on the flow hash.
-    fn choose(&mut self, now: u64, fe: &Frontend, l: &L4) -> Option<(Ipv4Addr, u16)> {
+    fn choose(
+        &mut self,
+        now: u64,
+        fe: &Frontend,
+        l: &L4,
+        external: bool,
+    ) -> Option<(Ipv4Addr, u16)> {
         if let Some(timeout) = fe.affinity_ns {
             let k = (fe.key, l.src);
             if let Some(a) = self.nat.affinity.get(&k) {
-                if now.saturating_sub(a.last_ns) < timeout && fe.ready(a.backend.0, a.backend.1) {
+                if now.saturating_sub(a.last_ns) < timeout
+                    && fe.ready(a.backend.0, a.backend.1, external)
+                {
                     let b = a.backend;
                     self.nat.affinity.insert(
                         k,
@@ -679,7 +695,7 @@ impl Pipeline {
                 }
             }
             // Affinity hashes the client only, so a new client's flows agree.
-            let b = fe.pick(super::mix64(u32::from(l.src) as u64))?;
+            let b = fe.pick_for(super::mix64(u32::from(l.src) as u64), external)?;
             let b = (b.ip, b.port);
             if self.nat.affinity.len() < self.nat.affinity_cap || self.nat.affinity.contains_key(&k)
             {
@@ -693,8 +709,9 @@ impl Pipeline {
             }
             return Some(b);
         }
-        fe.pick(
+        fe.pick_for(
             super::flow_hash_key(&l.key()) as u64 | (super::flow_hash_key(&l.key()) as u64) << 32,
+            external,
         )
         .map(|b| (b.ip, b.port))
     }

@@ -19,6 +19,15 @@ impl Pipeline {
         let ip = Ipv4Packet::new_unchecked(&p.buf[ip_off..p.off + p.len]);
         let proto = ip.protocol();
         if ip.dst_addr() != node.underlay_ip {
+            // Walk 4 on the node's other NodePort addresses, external and
+            // LoadBalancer IPs (the underlay routes them here).
+            if nat::l4(p).is_some_and(|l| {
+                t.services
+                    .frontend(l.dst, l.proto, l.dport)
+                    .is_some_and(|f| f.node_port)
+            }) {
+                return self.on_outside(cx, p);
+            }
             // Walk 7's way back from a non-masquerade destination: the one
             // outside source that may reach a pod by its own address.
             let (src, dst) = (ip.src_addr(), ip.dst_addr());

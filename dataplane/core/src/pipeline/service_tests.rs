@@ -55,25 +55,25 @@ pub(super) const HOST_PORT_MAC: EthernetAddress =
 pub(super) const HOST_PEER_MAC: EthernetAddress =
     EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01]);
 
-const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const SVC_PORT: u16 = 80;
-const TARGET_PORT: u16 = 8080;
-const NODE_PORT: u16 = 30080;
+pub(super) const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(super) const SVC_PORT: u16 = 80;
+pub(super) const TARGET_PORT: u16 = 8080;
+pub(super) const NODE_PORT: u16 = 30080;
 /// What pods and the host address: ClusterIP:port.
-const FRONTEND: (Ipv4Addr, u16) = (CLUSTER_IP, SVC_PORT);
+pub(super) const FRONTEND: (Ipv4Addr, u16) = (CLUSTER_IP, SVC_PORT);
 /// What outside clients address: NodeIP:NodePort.
-const NODE_FRONTEND: (Ipv4Addr, u16) = (UNDERLAY_IP, NODE_PORT);
+pub(super) const NODE_FRONTEND: (Ipv4Addr, u16) = (UNDERLAY_IP, NODE_PORT);
 pub(super) const LOCAL_BE: (Ipv4Addr, u16) = (P2_IP, TARGET_PORT);
-const REMOTE_BE: (Ipv4Addr, u16) = (REMOTE_POD_IP, TARGET_PORT);
+pub(super) const REMOTE_BE: (Ipv4Addr, u16) = (REMOTE_POD_IP, TARGET_PORT);
 /// `default/web`'s service id, and `default/empty`'s (no endpoints).
-const WEB: usize = 0;
+pub(super) const WEB: usize = 0;
 const EMPTY: usize = 1;
 const EMPTY_FRONTEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 20), 80);
 /// `default/web2` (with `Svc::second_cluster_ip`): web's backends again.
 const SECOND_FRONTEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 21), 80);
 
 /// A client outside the cluster, on the underlay segment.
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 100);
+pub(super) const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 100);
 const CLIENT_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0x64]);
 /// n2's gateway address (it sends n2's ICMP errors).
 const REMOTE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
@@ -103,11 +103,11 @@ fn terminating(addr: (Ipv4Addr, u16)) -> Backend {
 /// `default/web` as a test wants it.
 #[derive(Debug, Clone)]
 pub(super) struct Svc {
-    backends: Vec<Backend>,
-    affinity_ns: Option<u64>,
-    local_only: bool,
+    pub(super) backends: Vec<Backend>,
+    pub(super) affinity_ns: Option<u64>,
+    pub(super) local_only: bool,
     /// Also `default/web2`: ClusterIP 10.96.0.21:80 with the same backends.
-    second_cluster_ip: bool,
+    pub(super) second_cluster_ip: bool,
 }
 
 impl Svc {
@@ -829,17 +829,17 @@ pub(super) fn assert_rst(
 
 /// The backend a new flow's first packet went to, from its output.
 #[track_caller]
-fn backend_of(out: &Out) -> (Ipv4Addr, u16) {
+pub(super) fn backend_of(out: &Out) -> (Ipv4Addr, u16) {
     let k = tuple(&delivered(out).ip);
     (k.dst, k.dport)
 }
 
 /// What [`exchange`] saw.
 #[derive(Debug, Clone, Copy)]
-struct Exchanged {
-    backend: (Ipv4Addr, u16),
+pub(super) struct Exchanged {
+    pub(super) backend: (Ipv4Addr, u16),
     /// The source the backend saw (the client's, or the SNAT address).
-    seen_src: (Ipv4Addr, u16),
+    pub(super) seen_src: (Ipv4Addr, u16),
 }
 
 /// Drives one whole TCP connection from `client` at `csrc` to the frontend
@@ -848,7 +848,7 @@ struct Exchanged {
 /// client's all go to the backend the SYN picked, with the destination (and
 /// with `snat`, the source) translated; the backend's come back to the
 /// client from `fe`; the conntrack entry follows the handshake to `Closed`.
-fn exchange(
+pub(super) fn exchange(
     pl: &mut Pipeline,
     now: u64,
     t: &Tables,
@@ -919,7 +919,7 @@ fn exchange(
 
 /// A client source port (from `from`) whose new `proto` flow from `client`
 /// to `fe` goes to `backend` under `t` (Maglev is deterministic).
-fn port_to(
+pub(super) fn port_to(
     t: &Tables,
     client: Peer,
     cip: Ipv4Addr,

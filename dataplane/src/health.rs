@@ -1,0 +1,230 @@
+//! kube-proxy's health check for externalTrafficPolicy Local services: an
+//! HTTP server per (NodePort address, `health_check_node_port`) that answers
+//! any request with 200 while this node has ready local endpoints for the
+//! service and 503 otherwise, so a cloud load balancer only sends to nodes
+//! that keep the client's address and can serve it. The body has
+//! kube-proxy's shape:
+//! `{"service":{"namespace":"default","name":"web"},"localEndpoints":1,"serviceProxyHealthy":true}`.
+//!
+//! The servers run on the dataplane's tokio runtime; the engine thread
+//! reconciles them with [`HealthChecks::sync`] after each write (binding is
+//! synchronous, so a port that cannot be bound is logged there). The
+//! uplink's XDP program does not redirect these ports: the kernel delivers
+//! them here.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a request read before answering (the request is not parsed:
+/// every path gets the same answer, as from kube-proxy).
+const MAX_REQUEST: usize = 4096;
+
+/// What one health check port reports: the service, and its ready local
+/// endpoints (updated in place on every write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    /// "namespace/name".
+    pub service: String,
+    pub local_endpoints: usize,
+}
+
+struct Server {
+    service: String,
+    local: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+/// The running health check servers, by (address, port).
+pub struct HealthChecks {
+    rt: Option<Handle>,
+    servers: BTreeMap<(Ipv4Addr, u16), Server>,
+}
+
+impl HealthChecks {
+    /// Servers run on `rt`; without one (an engine without a runtime)
+    /// nothing is served.
+    pub fn new(rt: Option<Handle>) -> HealthChecks {
+        HealthChecks {
+            rt,
+            servers: BTreeMap::new(),
+        }
+    }
+
+    /// Makes exactly `want` the ports served: new ones bound, gone ones
+    /// stopped, the rest told their new endpoint count.
+    pub fn sync(&mut self, want: &BTreeMap<(Ipv4Addr, u16), Want>) {
+        let Some(rt) = self.rt.clone() else {
+            return;
+        };
+        self.servers.retain(|at, s| {
+            let keep = want.get(at).is_some_and(|w| w.service == s.service);
+            if !keep {
+                s.task.abort();
+                log::info!("health check {}:{} for {} stopped", at.0, at.1, s.service);
+            }
+            keep
+        });
+        for (&at, w) in want {
+            if let Some(s) = self.servers.get(&at) {
+                s.local.store(w.local_endpoints, Ordering::Relaxed);
+                continue;
+            }
+            let local = Arc::new(AtomicUsize::new(w.local_endpoints));
+            let listener = {
+                let _guard = rt.enter();
+                std::net::TcpListener::bind(SocketAddr::from(at))
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        Ok(l)
+                    })
+                    .and_then(tokio::net::TcpListener::from_std)
+            };
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("health check {}:{} for {}: {e}", at.0, at.1, w.service);
+                    continue;
+                }
+            };
+            log::info!("health check {}:{} for {}", at.0, at.1, w.service);
+            let task = rt.spawn(serve(listener, w.service.clone(), local.clone()));
+            self.servers.insert(
+                at,
+                Server {
+                    service: w.service.clone(),
+                    local,
+                    task,
+                },
+            );
+        }
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        for s in self.servers.values() {
+            s.task.abort();
+        }
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, service: String, local: Arc<AtomicUsize>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let response = response(&service, local.load(Ordering::Relaxed));
+        tokio::spawn(async move {
+            let mut buf = [0u8; MAX_REQUEST];
+            let mut got = 0;
+            // Read the request head (or give up on a slow client), then answer.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                while got < buf.len() {
+                    match conn.read(&mut buf[got..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// kube-proxy's answer for a service with `local` ready local endpoints.
+pub fn response(service: &str, local: usize) -> String {
+    let (namespace, name) = service.split_once('/').unwrap_or(("", service));
+    let body = serde_json::json!({
+        "service": { "namespace": namespace, "name": name },
+        "localEndpoints": local,
+        "serviceProxyHealthy": true,
+    })
+    .to_string();
+    let status = if local > 0 {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: {local}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(at: (Ipv4Addr, u16)) -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(SocketAddr::from(at)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn answers_200_with_local_endpoints_and_503_without_then_stops() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut hc = HealthChecks::new(Some(rt.handle().clone()));
+        let at = (Ipv4Addr::LOCALHOST, free_port());
+        let want = |n| {
+            BTreeMap::from([(
+                at,
+                Want {
+                    service: "default/web".into(),
+                    local_endpoints: n,
+                },
+            )])
+        };
+        hc.sync(&want(2));
+        let r = get(at);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        let body = r.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["service"]["namespace"], "default");
+        assert_eq!(v["service"]["name"], "web");
+        assert_eq!(v["localEndpoints"], 2);
+        assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())));
+        hc.sync(&want(0));
+        let r = get(at);
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
+        assert!(r.contains("\"localEndpoints\":0"), "{r}");
+        hc.sync(&BTreeMap::new());
+        // The listener goes with its task (aborted, then dropped).
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::net::TcpStream::connect(SocketAddr::from(at)).is_err()
+        });
+        assert!(gone, "still listening");
+    }
+}
