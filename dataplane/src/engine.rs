@@ -34,6 +34,12 @@ use crate::worker::{Command, PortCounters, WorkerHandle, ACK_TIMEOUT};
 use crate::xdp::{Attachment, Role, XdpMode};
 
 const TICK: Duration = Duration::from_secs(1);
+/// The tick while the kernel resolves a next hop we asked for, so that the
+/// first packets towards it wait milliseconds, not a second.
+const FAST_TICK: Duration = Duration::from_millis(50);
+/// How long after asking fast ticks last at most (a gateway that never
+/// answers must not keep the engine at 20 dumps a second).
+const FAST_TICKS_FOR: Duration = Duration::from_secs(2);
 
 /// Engine settings from the command line.
 #[derive(Debug, Clone)]
@@ -188,6 +194,8 @@ pub struct Engine {
     neigh: HashMap<Ipv4Addr, Neigh>,
     /// The kernel's routes and neighbours over the uplink, for egress.
     egress: Egress,
+    /// Until when to tick fast: a next hop is being resolved.
+    resolving_until: Option<Instant>,
     /// Stable service ids (counters and conntrack entries refer to them);
     /// never reused while the process runs.
     service_ids: BTreeMap<String, u32>,
@@ -227,6 +235,7 @@ impl Engine {
             xdp_unknown_vtep_before: 0,
             neigh: HashMap::new(),
             egress: Egress::default(),
+            resolving_until: None,
             service_ids: BTreeMap::new(),
             epoch: 0,
             maglev: Default::default(),
@@ -243,10 +252,16 @@ impl Engine {
         let mut next_tick = Instant::now() + TICK;
         loop {
             match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-                Ok(req) => self.handle(req),
+                Ok(req) => {
+                    self.handle(req);
+                    if self.resolving_until.is_some_and(|t| t > Instant::now()) {
+                        next_tick = next_tick.min(Instant::now() + FAST_TICK);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     self.tick();
-                    next_tick = Instant::now() + TICK;
+                    let fast = self.resolving_until.is_some_and(|t| t > Instant::now());
+                    next_tick = Instant::now() + if fast { FAST_TICK } else { TICK };
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -697,6 +712,7 @@ impl Engine {
                 return false;
             }
         };
+        let mut asked = false;
         let mut egress = Egress {
             routes: Vec::new(),
             neighbours: table
@@ -712,6 +728,7 @@ impl Engine {
                         .routes
                         .push((Prefix::new(r.dst, r.prefix_len), r.gateway));
                     if let Some(gw) = r.gateway.filter(|g| !egress.neighbours.contains_key(g)) {
+                        asked = true;
                         if let Err(e) = self.netlink.resolve(uplink, gw) {
                             log::warn!("resolving gateway {gw}: {e}");
                         }
@@ -756,6 +773,7 @@ impl Engine {
                 .and_then(|n| n.mac)
                 .map(EthernetAddress);
             if mac.is_none() {
+                asked = true;
                 if let Err(e) = self.netlink.resolve(uplink, next_hop) {
                     log::warn!("resolving {next_hop}: {e}");
                 }
@@ -767,6 +785,13 @@ impl Engine {
                 self.neigh.get(k).map(|o| (o.next_hop, o.mac)) != Some((v.next_hop, v.mac))
             });
         self.neigh = next;
+        // Asked the kernel to resolve something: look again soon, for a
+        // while; all resolved: back to the slow tick.
+        self.resolving_until = match (asked, self.resolving_until) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now() + FAST_TICKS_FOR),
+            (true, until) => until,
+        };
         changed
     }
 

@@ -35,7 +35,16 @@ const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 50);
 
 /// n1 with services and the kernel's routes over the uplink.
 pub(super) fn world(masquerade: bool, non_masquerade: &[Prefix]) -> Tables {
-    let mut t = svc_tables(&Svc::new(&[ready(LOCAL_BE)]));
+    with_egress(
+        svc_tables(&Svc::new(&[ready(LOCAL_BE)])),
+        masquerade,
+        non_masquerade,
+    )
+}
+
+/// `t` with the kernel's routes over the uplink: a default route through
+/// the underlay's router and the underlay /24 on-link (n2 resolved).
+pub(super) fn with_egress(mut t: Tables, masquerade: bool, non_masquerade: &[Prefix]) -> Tables {
     t.node.as_mut().unwrap().masquerade = masquerade;
     t.egress.insert(
         Prefix::new(Ipv4Addr::UNSPECIFIED, 0),
@@ -51,8 +60,44 @@ pub(super) fn world(masquerade: bool, non_masquerade: &[Prefix]) -> Tables {
     t
 }
 
+/// Seeds for the randomised tests: a pod's TCP and UDP to the outside,
+/// the server's answers to the SNAT ports a fresh pipeline picks for them,
+/// and a router's error about the UDP flow.
+pub(super) fn egress_seeds() -> Vec<(Peer, Vec<u8>)> {
+    let t = world(true, &[]);
+    let mut pl = pipeline();
+    let client = (P1_IP, 40000);
+    let syn = tcp_from(Peer::P1, client, WWW, SYN, 1, 0, b"");
+    let udp = udp_from(Peer::P1, client, WWW, b"q");
+    let tcp_out = egressed(&send(&mut pl, T0, &t, Peer::P1, &syn), ROUTER_MAC);
+    let udp_out = egressed(&send(&mut pl, T0, &t, Peer::P1, &udp), ROUTER_MAC);
+    let snat = |ip: &[u8]| (tuple(ip).src, tuple(ip).sport);
+    vec![
+        (Peer::P1, syn),
+        (Peer::P1, udp),
+        (
+            Peer::Client,
+            from_router(&tcp_datagram(WWW, snat(&tcp_out), 60, SYN | ACK, 5, 2, b"")),
+        ),
+        (
+            Peer::Client,
+            from_router(&udp_datagram(WWW, snat(&udp_out), 60, b"a")),
+        ),
+        (
+            Peer::Client,
+            from_router(&icmp_error_datagram(
+                ROUTER_IP,
+                UNDERLAY_IP,
+                3,
+                1,
+                &udp_out[..28],
+            )),
+        ),
+    ]
+}
+
 /// A frame from the outside on the uplink, through the router.
-fn from_router(datagram: &[u8]) -> Vec<u8> {
+pub(super) fn from_router(datagram: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(ETH + datagram.len());
     f.extend_from_slice(&UPLINK_MAC.0);
     f.extend_from_slice(&ROUTER_MAC.0);

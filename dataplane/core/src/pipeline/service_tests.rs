@@ -2702,6 +2702,13 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             local_only: true,
             second_cluster_ip: true,
         }),
+        // Egress (walk 7): masqueraded, and not.
+        egress_tests::with_egress(
+            with_backends(&[ready(LOCAL_BE), ready(REMOTE_BE)]),
+            true,
+            &[],
+        ),
+        egress_tests::with_egress(with_backends(&[ready(LOCAL_BE)]), false, &[]),
     ];
     let seeds: Vec<(Peer, Vec<u8>)> = vec![
         (Peer::P1, SYN_P1_TO_CLUSTER_IP.to_vec()),
@@ -2738,6 +2745,7 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             seeds.push((peer, peer.frame(&f)));
         }
     }
+    seeds.extend(egress_tests::egress_seeds());
     let mut rng = crate::wire::vectors::XorShift(0x6b78_6470_0000_0005);
     let mut pl = pipeline();
     let mut now = T0;
@@ -2817,6 +2825,10 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             && c.drop_count(DropReason::FragmentWithoutFirst) > 10
             && c.drop_count(DropReason::FragmentMalformed) > 0,
         "{c:?}"
+    );
+    assert!(
+        c.egress_flows > 10 && c.egress_routed > 100,
+        "egress: {c:?}"
     );
     assert!(!pl.backend_flows().is_empty());
 }
