@@ -43,6 +43,10 @@ WWW_HOST=10
 WWW_HTTP_PORT=80
 # The names the outside DNS server answers (A records).
 WWW_NAMES=(www.example.test files.example.test)
+# The stand-in API server (start_apiserver) and the `kubernetes` service's
+# ClusterIP, as kubeadm numbers it: the service CIDR's first address.
+API_PORT=6443
+API_CLUSTER_IP=10.96.0.1
 # Seconds to wait for a dataplane's socket and for control to sync every node.
 SOCKET_TIMEOUT=20
 SYNC_TIMEOUT=30
@@ -82,6 +86,8 @@ Topology (P = prefix):
   netns P-www       eth0 $WWW_NET.$WWW_HOST/$WWW_PREFIX_LEN (the outside world): HTTP :$WWW_HTTP_PORT
                     (scripts/lab-www.py: RUN_DIR/www, /whoami answers the client's address)
                     and DNS :53 (dnsmasq: ${WWW_NAMES[*]} -> $WWW_NET.$WWW_HOST)
+A stand-in API server (openssl s_server, TLS) listens on the first node's
+underlay address :$API_PORT, as a control-plane node's kube-apiserver does.
 A kxdp node runs kxdp-dataplane in its namespace (IP forwarding off, no vxlan
 device). A kernel node is set up as flannel's VXLAN backend does it: flannel.1,
 bridge cni0, a route, neighbour and FDB entry per remote node, and the rules
@@ -492,6 +498,20 @@ start_world() {
         "${records[@]}"
 }
 
+# start_apiserver: a stand-in for the cluster's API server, TLS on the
+# first node's underlay address :$API_PORT (openssl s_server -www answers any
+# GET with its status page), with a self-signed certificate for the
+# `kubernetes` service's ClusterIP; services may point at it.
+start_apiserver() {
+    local n=${NODES[0]}
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kube-apiserver \
+        -addext "subjectAltName=IP:$API_CLUSTER_IP,IP:${N_UIP[$n]}" \
+        -keyout "$RUN_DIR/apiserver.key" -out "$RUN_DIR/apiserver.crt" 2>/dev/null ||
+        die "openssl could not make the API server's certificate"
+    start_daemon apiserver openssl ip netns exec "$P-$n" openssl s_server -quiet -www \
+        -accept "${N_UIP[$n]}:$API_PORT" -cert "$RUN_DIR/apiserver.crt" -key "$RUN_DIR/apiserver.key"
+}
+
 # kernel_masq NODE: what flannel --ip-masq writes (nftables mode: table
 # flannel-ipv4, chains forward and postrtg, pkg/trafficmngr/nftables), with
 # ip-masq-agent's non-masquerade destinations returned before the pods'
@@ -642,6 +662,7 @@ summary() {
     echo "  switch    netns $P-sw, bridge br0, ports: ${NODES[*]} ext rt"
     echo "  outside   netns $P-ext, eth0 ${N_UIP[${NODES[0]}]%.*}.$EXT_HOST/$UNDERLAY_PREFIX_LEN"
     echo "  router    netns $P-rt, eth0 ${N_UIP[${NODES[0]}]%.*}.$RT_HOST/$UNDERLAY_PREFIX_LEN (every node's default route), eth1 $WWW_NET.$WWW_RT/$WWW_PREFIX_LEN"
+    echo "  apiserver openssl s_server on ${N_UIP[${NODES[0]}]}:$API_PORT in $P-${NODES[0]} (pid $(cat "$RUN_DIR/apiserver.pid"), certificate $RUN_DIR/apiserver.crt)"
     echo "  world     netns $P-www, eth0 $WWW_NET.$WWW_HOST/$WWW_PREFIX_LEN: http://$WWW_NET.$WWW_HOST/ (pid $(cat "$RUN_DIR/www-http.pid"), files $RUN_DIR/www), DNS :53 ${WWW_NAMES[*]} (dnsmasq pid $(cat "$RUN_DIR/www-dns.pid"))"
     for n in "${NODES[@]}"; do
         if [[ ${N_DP[$n]} == kxdp ]]; then
@@ -709,6 +730,7 @@ lab_up() {
     make_underlay
     make_world
     start_world
+    start_apiserver
     make_pods
     local n k=0 cores
     read -ra cores <<<"$CORES"
@@ -737,6 +759,7 @@ lab_down() {
     stop_pidfile "$RUN_DIR/control.pid" kxdp-control
     stop_pidfile "$RUN_DIR/www-http.pid" python3
     stop_pidfile "$RUN_DIR/www-dns.pid" dnsmasq
+    stop_pidfile "$RUN_DIR/apiserver.pid" openssl
     for f in "$RUN_DIR"/*.pid; do
         [[ -f $f ]] && stop_pidfile "$f" kxdp-dataplane
     done
@@ -753,7 +776,8 @@ lab_down() {
         # Only the files the lab writes: KXDP_RUN_DIR may be any directory.
         rm -f "$RUN_DIR"/*.pid "$RUN_DIR"/*.sock "$RUN_DIR"/*.log "$RUN_DIR"/*.args \
             "$RUN_DIR"/nodes.json "$RUN_DIR"/pods.json "$RUN_DIR"/cluster.yaml \
-            "$RUN_DIR"/cluster-file "$RUN_DIR"/namespaces "$RUN_DIR"/lab.env "$RUN_DIR"/*-flannel.nft
+            "$RUN_DIR"/cluster-file "$RUN_DIR"/namespaces "$RUN_DIR"/lab.env "$RUN_DIR"/*-flannel.nft \
+            "$RUN_DIR"/apiserver.crt "$RUN_DIR"/apiserver.key
         rm -rf "$RUN_DIR/www"
         rmdir "$RUN_DIR" 2>/dev/null || warn "$RUN_DIR not empty: left in place"
     fi

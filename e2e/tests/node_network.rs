@@ -1,51 +1,19 @@
 //! Pods and nodes reach the node network (walk 7 and endpoints outside the
-//! pod network): the `kubernetes` service, ClusterIP 10.96.0.1:443 to a
-//! stand-in API server (`openssl s_server`, TLS) on n1's underlay address
-//! :6443, answers from every pod on both nodes and from both nodes. n1's
-//! pods reach it through n1's host interface, n2's pods and n2 itself
-//! masqueraded over the underlay, n1 itself through the frontend hairpin.
+//! pod network): the `kubernetes` service, ClusterIP 10.96.0.1:443 to the
+//! lab's stand-in API server (`openssl s_server`, TLS, started by `lab.sh
+//! up`) on n1's underlay address :6443, answers from every pod on both
+//! nodes and from both nodes. n1's pods reach it through n1's host
+//! interface, n2's pods and n2 itself masqueraded over the underlay, n1
+//! itself through the frontend hairpin.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kxdp_e2e::{check, ns_exec, require_root, run_timeout, wait_until, ChildGuard, Lab, LabOpts};
-use kxdp_testkit::TempDir;
+use kxdp_e2e::{ns_exec, require_root, wait_until, Lab, LabOpts};
 use serde_json::json;
 
 const KUBERNETES: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const API_PORT: u16 = 6443;
-
-/// A self-signed certificate for the API server, as kubeadm's names it.
-fn certificate(dir: &TempDir) -> (String, String) {
-    let key = dir.path().join("apiserver.key").display().to_string();
-    let cert = dir.path().join("apiserver.crt").display().to_string();
-    check(
-        "openssl req",
-        run_timeout(
-            60,
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=kube-apiserver",
-                "-addext",
-                "subjectAltName=IP:10.96.0.1",
-                "-keyout",
-                &key,
-                "-out",
-                &cert,
-            ],
-        ),
-    );
-    (cert, key)
-}
 
 /// `curl https://10.96.0.1/` from `ns`: the HTTP status and the body.
 fn curl_kubernetes(ns: &str) -> (String, String) {
@@ -75,38 +43,24 @@ fn the_kubernetes_service_answers_from_every_pod_and_both_nodes() {
     require_root!();
     let lab = Lab::up(LabOpts::default());
     let n1 = lab.node("n1").underlay_ip;
-    let dir = TempDir::new("kxapi");
-    let (cert, key) = certificate(&dir);
+    // The lab's stand-in API server (`lab.sh`: start_apiserver) on n1.
+    let pid = std::fs::read_to_string(lab.run_dir.join("apiserver.pid")).expect("apiserver.pid");
     let accept = format!("{n1}:{API_PORT}");
-    let server = Command::new("timeout")
-        .args([
-            "300",
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns("n1"),
-            "openssl",
-            "s_server",
-        ])
-        .args([
-            "-accept", &accept, "-cert", &cert, "-key", &key, "-www", "-quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl s_server");
-    let _server = ChildGuard(server);
     let listening = wait_until(Duration::from_secs(10), || {
         let ss = ns_exec(
             &lab.ns("n1"),
             5,
             "ss",
-            &["-Hltn", &format!("sport = :{API_PORT}")],
+            &["-Hltnp", &format!("sport = :{API_PORT}")],
         );
-        String::from_utf8_lossy(&ss.stdout).contains(&accept)
+        let ss = String::from_utf8_lossy(&ss.stdout);
+        ss.contains(&accept) && ss.contains(&format!("pid={}", pid.trim()))
     });
-    assert!(listening, "the API server listens on {accept}");
+    assert!(
+        listening,
+        "the lab's API server (pid {}) listens on {accept}",
+        pid.trim()
+    );
     lab.service_apply(&json!({
         "name": "default/kubernetes",
         "cluster_ip": KUBERNETES.to_string(),

@@ -27,15 +27,15 @@ use crate::wire::tcp::flags::{ACK, PSH, SYN};
 const NODE_ADDR2: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 /// An external IP of `default/web` the underlay routes to n1.
 const EXT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
-const NODE2_FRONTEND: (Ipv4Addr, u16) = (NODE_ADDR2, NODE_PORT);
-const EXT_FRONTEND: (Ipv4Addr, u16) = (EXT_IP, SVC_PORT);
+pub(super) const NODE2_FRONTEND: (Ipv4Addr, u16) = (NODE_ADDR2, NODE_PORT);
+pub(super) const EXT_FRONTEND: (Ipv4Addr, u16) = (EXT_IP, SVC_PORT);
 /// Every frontend an outside client may reach.
 const OUTSIDE: [(Ipv4Addr, u16); 3] = [NODE_FRONTEND, NODE2_FRONTEND, EXT_FRONTEND];
 
 /// `svc_tables(s)` plus NodePorts on `NODE_ADDR2` and the external IP, as
 /// the engine builds them; with `itp_local` the ClusterIP frontends are
 /// internalTrafficPolicy Local.
-fn addr_tables(s: &Svc, itp_local: bool) -> Tables {
+pub(super) fn addr_tables(s: &Svc, itp_local: bool) -> Tables {
     let mut t = svc_tables(s);
     for proto in [TCP, UDP] {
         let key = |(addr, port): (Ipv4Addr, u16)| FrontendKey { addr, proto, port };
@@ -64,7 +64,28 @@ fn addr_tables(s: &Svc, itp_local: bool) -> Tables {
     t
 }
 
-fn svc(backends: &[(Ipv4Addr, u16)], local_only: bool) -> Svc {
+/// Seeds for the randomised tests: outside clients' TCP and UDP to the
+/// second NodePort address and the external IP, and a pod's to the latter.
+pub(super) fn address_seeds() -> Vec<(Peer, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    for fe in [NODE2_FRONTEND, EXT_FRONTEND] {
+        seeds.push((
+            Peer::Client,
+            tcp_from(Peer::Client, (CLIENT_IP, 50000), fe, SYN, 1, 0, b""),
+        ));
+        seeds.push((
+            Peer::Client,
+            udp_from(Peer::Client, (CLIENT_IP, 50001), fe, b"q"),
+        ));
+    }
+    seeds.push((
+        Peer::P1,
+        tcp_from(Peer::P1, (P1_IP, 40000), EXT_FRONTEND, SYN, 1, 0, b""),
+    ));
+    seeds
+}
+
+pub(super) fn svc(backends: &[(Ipv4Addr, u16)], local_only: bool) -> Svc {
     let mut s = Svc::new(&backends.iter().map(|&b| ready(b)).collect::<Vec<_>>());
     s.local_only = local_only;
     s

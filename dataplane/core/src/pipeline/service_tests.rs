@@ -2709,6 +2709,10 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
             &[],
         ),
         egress_tests::with_egress(with_backends(&[ready(LOCAL_BE)]), false, &[]),
+        // A second NodePort address and an external IP; Local policies
+        // (eTP and iTP) on them.
+        address_tests::addr_tables(&address_tests::svc(&[LOCAL_BE, REMOTE_BE], false), false),
+        address_tests::addr_tables(&address_tests::svc(&[LOCAL_BE, REMOTE_BE], true), true),
     ];
     let seeds: Vec<(Peer, Vec<u8>)> = vec![
         (Peer::P1, SYN_P1_TO_CLUSTER_IP.to_vec()),
@@ -2746,6 +2750,7 @@ fn random_and_mutated_service_frames_never_panic_and_stay_sane() {
         }
     }
     seeds.extend(egress_tests::egress_seeds());
+    seeds.extend(address_tests::address_seeds());
     let mut rng = crate::wire::vectors::XorShift(0x6b78_6470_0000_0005);
     let mut pl = pipeline();
     let mut now = T0;
