@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use kxdp_core::conntrack::Timeouts;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict};
 use kxdp_core::prefix::Prefix;
-use kxdp_core::tables::{LocalPod, NodeInfo, PortInfo, PortKind, RemoteRoute, Tables};
+use kxdp_core::tables::{EgressHop, LocalPod, NodeInfo, PortInfo, PortKind, RemoteRoute, Tables};
 use kxdp_core::wire::{checksum, EthernetAddress};
 use libfuzzer_sys::fuzz_target;
 
@@ -41,6 +41,8 @@ fn fixture(next_hop: bool, uplink: bool) -> Tables {
             cluster_cidr: Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
             gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
             pod_mtu: 1450,
+            service_cidr: Some(Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12)),
+            masquerade: true,
         }),
         ..Tables::default()
     };
@@ -77,6 +79,21 @@ fn fixture(next_hop: bool, uplink: bool) -> Tables {
             vtep_mac: mac([0x0e, 0x58, 0xac, 0x1e, 0x00, 0x0c]),
             next_hop_mac: next_hop.then(|| mac([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0c])),
         },
+    );
+    // Egress (walk 7): the default route through the underlay's router,
+    // the underlay on-link, n2's address resolved.
+    let router = mac([0x52, 0x54, 0x00, 0x1e, 0x00, 0xfe]);
+    t.egress.insert(
+        Prefix::new(Ipv4Addr::UNSPECIFIED, 0),
+        EgressHop::Gateway(next_hop.then_some(router)),
+    );
+    t.egress.insert(
+        Prefix::new(Ipv4Addr::new(172, 30, 0, 0), 24),
+        EgressHop::OnLink,
+    );
+    t.neighbours.insert(
+        Ipv4Addr::new(172, 30, 0, 12),
+        mac([0x52, 0x54, 0x00, 0x1e, 0x00, 0x0c]),
     );
     t
 }
@@ -125,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
         Verdict::Tx(out) => {
             assert!(t.port(out).is_some(), "Tx to unknown port {out}");
             assert!(p.off + p.len <= CHUNK && p.len >= ETH);
-            assert_eq!(c.routed_local + c.encapsulated + c.arp_replies, 1);
+            assert_eq!(
+                c.routed_local + c.encapsulated + c.arp_replies + c.egress_routed,
+                1
+            );
             assert_eq!(drops, c.icmp_errors_sent);
             let f = p.frame();
             if f[12..14] == [0x08, 0x00] {
@@ -133,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(ipv4_header_ok(ip), "bad IPv4 header sent");
                 let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
                 assert_eq!(total, ip.len(), "IPv4 length != frame length");
-                if Some(out) == t.uplink {
+                if c.encapsulated == 1 {
                     // VXLAN: the inner IPv4 header too.
                     assert!(ipv4_header_ok(&f[50 + ETH..]), "bad inner IPv4 header");
                 }
