@@ -19,7 +19,7 @@ use kxdp_proto::control::{
     AddPodRequest, ApplyClusterRequest, ListServicesRequest, UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::DataplaneState;
-use kxdp_testkit::TempDir;
+use kxdp_testkit::{free_port, TempDir};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -34,14 +34,6 @@ struct Etcd {
 }
 
 const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 impl Etcd {
     /// `n` members serving plaintext.

@@ -168,6 +168,7 @@ pub fn response(service: &str, local: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kxdp_testkit::free_port;
 
     fn get(at: (Ipv4Addr, u16)) -> String {
         use std::io::{Read, Write};
@@ -178,14 +179,6 @@ mod tests {
         let mut s = String::new();
         c.read_to_string(&mut s).unwrap();
         s
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     #[test]

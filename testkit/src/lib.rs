@@ -33,6 +33,16 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// True when the tests run as root (namespace tests need it).
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick),
+/// for a test server to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

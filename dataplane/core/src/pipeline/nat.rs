@@ -415,22 +415,12 @@ impl Pipeline {
             dport: l.sport,
         };
         let entry = Entry {
-            original: l.key(),
             reply,
             service: fe.service,
             // Chosen from these tables just now: validated in this snapshot.
             backend: validated(t),
-            // UDP entries have no TCP state (and the UDP timeout).
-            tcp: if l.proto == ipv4::protocol::TCP {
-                TcpState::SynSent
-            } else {
-                TcpState::None
-            },
-            created_ns: now,
-            last_seen_ns: now,
-            client_mac: ing.src_mac.0,
-            in_port: ing.in_port,
             flags: if ing.external { F_EXTERNAL } else { 0 },
+            ..new_entry(now, l, ing)
         };
         let inserted = self.insert_flow(now, l, entry, |pl, i, h, e| {
             if needs_snat {
@@ -488,7 +478,6 @@ impl Pipeline {
             }
         }
         let entry = Entry {
-            original: l.key(),
             reply: FlowKey {
                 proto: l.proto,
                 src: l.dst,
@@ -496,18 +485,8 @@ impl Pipeline {
                 sport: l.dport,
                 dport: 0,
             },
-            service: NO_SERVICE,
-            backend: 0,
-            tcp: if l.proto == ipv4::protocol::TCP {
-                TcpState::SynSent
-            } else {
-                TcpState::None
-            },
-            created_ns: now,
-            last_seen_ns: now,
-            client_mac: ing.src_mac.0,
-            in_port: ing.in_port,
             flags: F_SNAT | F_MASQ,
+            ..new_entry(now, l, ing)
         };
         let inserted = self.insert_flow(now, l, entry, |pl, _, h, e| {
             e.reply.dport = pl.snat_port(h);
@@ -829,6 +808,28 @@ impl Pipeline {
         let icmp_end = (ip_off + tot).min(end);
         icmp::Icmpv4Packet::new_unchecked(&mut p.buf[icmp_off..icmp_end]).fill_checksum();
         (dir == Dir::Reply && e.flags & F_EXTERNAL != 0).then_some(EthernetAddress(e.client_mac))
+    }
+}
+
+/// The conntrack entry of a new flow `l` from `ing` at `now`, before its
+/// reply side, service and flags are known: no service, no translation.
+fn new_entry(now: u64, l: &L4, ing: Ingress) -> Entry {
+    Entry {
+        original: l.key(),
+        reply: l.key().reversed(),
+        service: NO_SERVICE,
+        backend: 0,
+        // UDP entries have no TCP state (and the UDP timeout).
+        tcp: if l.proto == ipv4::protocol::TCP {
+            TcpState::SynSent
+        } else {
+            TcpState::None
+        },
+        created_ns: now,
+        last_seen_ns: now,
+        client_mac: ing.src_mac.0,
+        in_port: ing.in_port,
+        flags: 0,
     }
 }
 
