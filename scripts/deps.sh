@@ -21,14 +21,15 @@
 # the `dnsmasq` package adds a system service, which kxdp_quiet_services
 # stops if it is installed anyway), curl (the egress tests' HTTP client in
 # pods; the HTTP server is python3) and bind9-dnsutils (dig, their DNS
-# client over UDP). dnsmasq also serves as a pod in e2e/tests/fragments.rs,
+# client over UDP), iputils-ping (ping: pods' and nodes' ICMP echo through
+# the masquerade). dnsmasq also serves as a pod in e2e/tests/fragments.rs,
 # where dig asks it for an answer larger than the MTU.
 KXDP_DEB_PACKAGES=(
     clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
     protobuf-compiler libprotobuf-dev libbpf-dev
     iproute2 ethtool iperf3 tcpdump jq nftables python3 procps coreutils
     etcd-server openssl containernetworking-plugins util-linux
-    dnsmasq-base curl bind9-dnsutils
+    dnsmasq-base curl bind9-dnsutils iputils-ping
 )
 # What test.sh needs beyond those: shellcheck (lints every script), vagrant
 # and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its

@@ -16,7 +16,9 @@
 //                   addresses, an external or LoadBalancer IP the underlay
 //                   routes here), and egress's way back: TCP/UDP to the
 //                   address's SNAT ports (61000-65535, which the node's own
-//                   connections never use), ICMP errors quoting them, and
+//                   connections never use), ICMP echo replies to those
+//                   identifiers (pods' pings, masqueraded), ICMP errors
+//                   quoting SNAT ports, non-first ICMP fragments (as UDP's), and
 //                   anything to the node's pod CIDR (replies from
 //                   non-masquerade destinations; the dataplane checks the
 //                   source). Everything else (ARP, SSH, the node's own
@@ -53,8 +55,10 @@ struct icmp_head {
 	__u8 type;
 	__u8 code;
 	__u16 checksum;
-	__u32 rest;
+	__be16 id; // echo's identifier; an error's unused word
+	__be16 seq;
 };
+#define ICMP_ECHOREPLY 0
 #define ICMP_DEST_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
 
@@ -124,15 +128,24 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 #define OURS 1
 #define STRANGER 2
 
-// An ICMP error (unreachable, time exceeded) about a datagram this node's
-// address sent from an SNAT port: an egress flow's, the dataplane's.
-static __always_inline int icmp_error_ours(struct iphdr *ip, void *end,
-					   const struct kxdp_cfg *c)
+// ICMP to this node's address that is the dataplane's: an echo reply to an
+// SNAT identifier (a pod's ping, masqueraded; a large one's first fragment
+// too), a later fragment (the dataplane hands the node's own to the
+// kernel), or an error (unreachable, time exceeded) about a datagram this
+// node's address sent from an SNAT port: an egress flow's.
+static __always_inline int icmp_ours(struct iphdr *ip, void *end,
+				     const struct kxdp_cfg *c)
 {
-	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+	if (ip->ihl != 5)
 		return NOT_OURS;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return OURS;
 	struct icmp_head *icmp = (void *)(ip + 1);
-	if ((void *)(icmp + 1) > end ||
+	if ((void *)(icmp + 1) > end)
+		return NOT_OURS;
+	if (icmp->type == ICMP_ECHOREPLY)
+		return bpf_ntohs(icmp->id) >= SNAT_MIN ? OURS : NOT_OURS;
+	if ((ip->frag_off & bpf_htons(0x2000)) ||
 	    (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED))
 		return NOT_OURS;
 	struct iphdr *q = (void *)(icmp + 1);
@@ -177,7 +190,7 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, const struct kxdp_cfg
 	if (ip->daddr != c->vtep_ip)
 		return to_frontend(ip, end);
 	if (ip->protocol == IPPROTO_ICMP)
-		return icmp_error_ours(ip, end, c);
+		return icmp_ours(ip, end, c);
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OURS;
 	// A non-first fragment has no ports. UDP ones may be a NodePort flow's

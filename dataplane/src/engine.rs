@@ -713,6 +713,12 @@ impl Engine {
             }
         };
         let mut asked = false;
+        // On-link destinations the workers found no neighbour for.
+        let wanted: Vec<Ipv4Addr> = self
+            .workers
+            .iter()
+            .filter_map(|w| w.stats.take_unresolved())
+            .collect();
         let mut egress = Egress {
             routes: Vec::new(),
             neighbours: table
@@ -736,6 +742,20 @@ impl Engine {
                 }
             }
             Err(e) => log::warn!("route dump: {e}"),
+        }
+        for ip in wanted {
+            let on_link = egress
+                .routes
+                .iter()
+                .filter(|(p, _)| p.contains(ip))
+                .max_by_key(|(p, _)| p.len)
+                .is_some_and(|(_, g)| g.is_none());
+            if on_link && !egress.neighbours.contains_key(&ip) {
+                asked = true;
+                if let Err(e) = self.netlink.resolve(uplink, ip) {
+                    log::warn!("resolving on-link {ip}: {e}");
+                }
+            }
         }
         egress
             .routes
@@ -859,6 +879,7 @@ impl Engine {
             .map(|(k, v)| (*k, *v))
             .collect();
         t.non_masquerade = n.non_masquerade.clone();
+        t.node_port_addrs = self.node_port_addrs.clone();
         self.build_services(&mut t);
         t
     }

@@ -26,7 +26,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -179,6 +179,9 @@ pub struct SharedStats {
     ports: Box<[[AtomicU64; 5]]>,
     /// The UMEM's bad descriptors: RX, completions.
     xsk: [AtomicU64; 2],
+    /// An on-link egress destination to resolve (`Pipeline::take_unresolved`);
+    /// 0: none.
+    unresolved: AtomicU32,
 }
 
 impl SharedStats {
@@ -190,7 +193,14 @@ impl SharedStats {
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
             xsk: std::array::from_fn(|_| AtomicU64::new(0)),
+            unresolved: AtomicU32::new(0),
         }
+    }
+
+    /// The destination the worker last failed to find a neighbour for, once.
+    pub fn take_unresolved(&self) -> Option<std::net::Ipv4Addr> {
+        let ip = self.unresolved.swap(0, Ordering::Relaxed);
+        (ip != 0).then(|| std::net::Ipv4Addr::from(ip))
     }
 
     /// Descriptors from the kernel that failed the AF_XDP layer's checks.
@@ -713,7 +723,12 @@ impl Worker {
     }
 
     /// Publishes counters for the manager (relaxed stores, one writer).
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if let Some(ip) = self.pipeline.take_unresolved() {
+            self.stats
+                .unresolved
+                .store(u32::from(ip), Ordering::Relaxed);
+        }
         let c = self.pipeline.counters();
         for (s, v) in self.stats.drops.iter().zip(c.drops.iter()) {
             s.store(*v, Ordering::Relaxed);

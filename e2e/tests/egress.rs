@@ -9,8 +9,8 @@
 //! (lab.sh `kernel_masq`): the baseline the kxdp tests must match.
 
 use kxdp_e2e::{
-    check_egress_masqueraded, check_whoami, require_root, ClusterFile, Lab, LabOpts, MASQ_PORTS,
-    WWW_NET,
+    check, check_egress_masqueraded, check_whoami, ns_exec, require_root, ClusterFile, Lab,
+    LabOpts, MASQ_PORTS, WWW_IP, WWW_NET,
 };
 
 /// One pod on each node.
@@ -52,6 +52,40 @@ fn egress_dns_query_over_udp_from_a_pod_on_each_node_is_answered() {
         let node = lab.node(pod.split('-').next().unwrap()).underlay_ip;
         kxdp_e2e::check_dns(&lab, pod, node);
     }
+}
+
+/// (e) `ping` from a pod on each node to the outside server is answered:
+/// a masqueraded ICMP echo (the router has no route back to pods). So is
+/// each node's own ping with an identifier in kxdp's range, whose replies
+/// the uplink redirects to kxdp, which hands them to the kernel.
+#[test]
+fn egress_ping_from_a_pod_on_each_node_and_from_the_nodes_is_answered() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    for pod in PODS {
+        ping(&lab.ns(pod), None);
+    }
+    for node in ["n1", "n2"] {
+        ping(&lab.ns(node), Some(61234));
+    }
+}
+
+/// Three echo requests from `ns` to the outside server (with identifier
+/// `ident`), all answered.
+fn ping(ns: &str, ident: Option<u16>) {
+    let target = WWW_IP.to_string();
+    let ident = ident.map(|i| i.to_string());
+    let mut args = vec!["-n", "-c", "3", "-i", "0.2", "-W", "2"];
+    if let Some(i) = &ident {
+        args.extend(["-e", i.as_str()]);
+    }
+    args.push(&target);
+    let out = check(
+        &format!("{ns}: ping {target}"),
+        ns_exec(ns, 15, "ping", &args),
+    );
+    assert!(out.contains(" 0% packet loss"), "{ns}: {out}");
+    eprintln!("{ns}: ping {target} (ident {ident:?}): 3 answered");
 }
 
 /// (d) With the outside network in `cluster.non_masquerade_cidrs` (and a

@@ -11,7 +11,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use kxdp_e2e::{check, hellos, id_server, ns_exec, require_root, Hello, IdServer, Lab, LabOpts};
+use kxdp_e2e::{
+    check, hellos, id_server, ns_exec, require_root, ClusterFile, Hello, IdServer, Lab, LabOpts,
+};
 use serde_json::{json, Value};
 
 /// The identity servers' port on the pods.
@@ -106,6 +108,76 @@ fn node_ports_from_pods_to_both_nodes_and_from_the_node_itself() {
         ns_exec(&lab.ns("n1"), 10, "nft", &["list", "tables"]),
     );
     assert!(!table.contains("kxdp"), "{table}");
+}
+
+/// kube-proxy's `--nodeport-addresses`: with the underlay network listed,
+/// a second address that n1 gains at run time serves the NodePort to an
+/// outside client, to pods of both nodes and to n1 itself (whose kernel
+/// sends from that address through the host port).
+#[test]
+fn node_ports_on_a_second_node_address_answer_everyone() {
+    require_root!();
+    let file = ClusterFile::lab_with("  node_port_addresses: [172.30.0.0/24]");
+    let lab = Lab::up(LabOpts {
+        cluster: Some(file.path()),
+        ..LabOpts::default()
+    });
+    let pods = ["n1-p1", "n2-p1"];
+    let _servers = servers(&lab, &pods);
+    lab.service_apply(&json!({
+        "name": "test/np2",
+        "cluster_ip": "10.96.0.72",
+        "ports": [{ "name": "tcp", "protocol": "TCP", "port": 80, "target_port": TARGET, "node_port": 30072 }],
+        "endpoints": [ep(&lab, "n1-p1"), ep(&lab, "n2-p1")],
+    }));
+    let n1 = lab.node("n1").clone();
+    let second: Ipv4Addr = "172.30.0.111".parse().unwrap();
+    check(
+        "n1: ip addr add 172.30.0.111/24",
+        ns_exec(
+            &lab.ns("n1"),
+            10,
+            "ip",
+            &["addr", "add", "172.30.0.111/24", "dev", &n1.uplink],
+        ),
+    );
+    // The engine notices the address (its tick) and DNATs it for the kernel.
+    let rule = format!("{second} . tcp . 30072 : 10.96.0.72 . 80");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = check(
+            "nft list table ip kxdp",
+            ns_exec(&lab.ns("n1"), 10, "nft", &["list", "table", "ip", "kxdp"]),
+        );
+        if table.contains(&rule) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DNAT of the second address after 10 s: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = lab.counters("n1");
+    for (client, seen) in [
+        // From outside (Cluster policy): SNAT to n1's gateway.
+        ("ext", n1.gateway),
+        // A pod of n1: its own node's NodePort, DNAT only.
+        ("n1-p2", lab.pod("n1-p2").ip),
+        // A pod of n2: masqueraded to n2's address, then an outside client
+        // of n1.
+        ("n2-p2", n1.gateway),
+        // n1 itself, from its second address: SNAT to the gateway.
+        ("n1", n1.gateway),
+    ] {
+        let what = format!("{client} -> n1's second address NodePort");
+        all_answered(&what, &lab.ns(client), sa(second, 30072), &pods, seen);
+    }
+    let drops = lab.counters("n1").drops_since(&before);
+    assert!(
+        !drops.contains_key("source_mismatch"),
+        "n1 dropped the node's own packets: {drops:?}"
+    );
 }
 
 /// A host route in `ns` to `dst` via `gateway`.

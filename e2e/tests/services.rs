@@ -913,6 +913,21 @@ fn assert_tcp_refused(what: &str, ns: &str, to: SocketAddr) {
     }
 }
 
+/// One TCP connect from `ns` to `to` must get no answer at all in 1 s (its
+/// SYN and the retransmission dropped).
+fn assert_tcp_unanswered(what: &str, ns: &str, to: SocketAddr) {
+    let result = in_netns(ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(1500)).map(|_| ())
+    });
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            eprintln!("{what}: TCP {to} unanswered, as expected")
+        }
+        Err(e) => panic!("{what}: TCP {to}: {e}, expected no answer (a drop)"),
+        Ok(()) => panic!("{what}: TCP {to} connected, expected no answer (a drop)"),
+    }
+}
+
 /// A connected UDP socket in `ns` sending to `to` must see ECONNREFUSED (an
 /// ICMP port unreachable that matches the socket) within 2 s.
 fn assert_udp_refused(what: &str, ns: &str, to: SocketAddr) {
@@ -1011,7 +1026,9 @@ fn service_without_ready_endpoint_refuses_tcp_and_udp() {
         &lab.ns("n2-p2"),
         sa(ip("10.96.1.7"), 80),
     );
-    assert_tcp_refused(
+    // eTP Local without a local endpoint: dropped, as kube-proxy does (a
+    // load balancer's health check keeps clients away), not refused.
+    assert_tcp_unanswered(
         "ext via n2, Local policy, no local endpoint",
         &lab.ns("ext"),
         sa(n2.underlay_ip, 30062),
@@ -1050,8 +1067,14 @@ fn service_without_ready_endpoint_refuses_tcp_and_udp() {
         }
         eprintln!("{node}: drops during the test {:?}", a.drops_since(b));
     }
+    // The Local NodePort's SYN (and its retransmission) dropped on n2.
+    let dropped = a2.drops_since(&b2).get("no_local_endpoint").copied();
+    assert!(
+        dropped.is_some_and(|n| n >= 1),
+        "n2 no_local_endpoint: {dropped:?}"
+    );
     // n2 refused: 1 TCP + 2 UDP tries at least for test/none (pod, node), the
-    // NodePort connect via n2, the not-ready service, the Local NodePort.
+    // NodePort connect via n2, the not-ready service.
     assert!(
         a2.service_get("test/none", "no_endpoint") >= 3,
         "n2 test/none no_endpoint: {}",

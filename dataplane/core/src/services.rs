@@ -201,11 +201,16 @@ impl Frontend {
             })
     }
 
-    /// internalTrafficPolicy Local: without a local backend, a new flow is
-    /// dropped (as kube-proxy does), not refused.
+    /// Whether a new flow that found no backend is dropped (as kube-proxy
+    /// does), not refused: internalTrafficPolicy Local without a local
+    /// backend, for everyone; externalTrafficPolicy Local without one, for
+    /// outside clients while the service has backends elsewhere (a load
+    /// balancer's health check, `healthCheckNodePort`, steers them away; a
+    /// service without any backend is refused everywhere).
     #[inline]
-    pub fn drops_without_local(&self) -> bool {
-        self.local_only && !self.node_port
+    pub fn drops_without_local(&self, external: bool) -> bool {
+        self.local_only
+            && (!self.node_port || (external && self.backends.iter().any(|b| b.ready || b.serving)))
     }
 }
 
@@ -394,10 +399,18 @@ mod tests {
         assert!(seen[2] > 300 && seen[3] > 300, "{} {}", seen[2], seen[3]);
         let remote = Ipv4Addr::new(10, 244, 1, 2);
         assert!(f.ready(remote, 8080, false) && !f.ready(remote, 8080, true));
-        assert!(!f.drops_without_local());
+        // externalTrafficPolicy Local: outside clients are dropped where no
+        // local backend is, not refused (the service has backends).
+        assert!(!f.drops_without_local(false) && f.drops_without_local(true));
+        let remote_only = vec![be(2, true, true, false)];
+        let f = Frontend::new(0, key(), remote_only, None, true, true);
+        assert!(f.pick_for(1, true).is_none() && f.drops_without_local(true));
+        // Without any backend it is refused, like every service.
+        let f = Frontend::new(0, key(), vec![be(2, false, false, false)], None, true, true);
+        assert!(!f.drops_without_local(true) && !f.drops_without_local(false));
         // internalTrafficPolicy Local: one picker, local only, for everyone.
         let f = Frontend::new(0, key(), vec![be(2, true, true, false)], None, false, true);
-        assert!(f.internal.is_none() && f.drops_without_local());
+        assert!(f.internal.is_none() && f.drops_without_local(false));
         assert!(f.pick_for(7, false).is_none() && f.pick_for(7, true).is_none());
     }
 

@@ -102,6 +102,10 @@ pub struct Tables {
     /// Egress destinations that keep the pod's address (with masquerade);
     /// the only outside sources the uplink takes for a pod.
     pub non_masquerade: Vec<Prefix>,
+    /// The node's addresses that NodePorts open on (`node_port_addresses`;
+    /// the underlay address by default): the kernel's own connections to
+    /// them come through the host port from that address.
+    pub node_port_addrs: Vec<Ipv4Addr>,
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
     /// Different in every snapshot the engine publishes: conntrack entries
@@ -144,8 +148,15 @@ impl Tables {
     pub fn is_egress(&self, node: &NodeInfo, dst: Ipv4Addr) -> bool {
         !node.cluster_cidr.contains(dst)
             && !node.service_cidr.is_some_and(|c| c.contains(dst))
-            && dst != node.underlay_ip
+            && !self.is_node_addr(node, dst)
             && self.egress.lookup(dst).is_some()
+    }
+
+    /// Whether `a` is one of the node's own addresses that kxdp knows: the
+    /// underlay address or a NodePort address.
+    #[inline]
+    pub fn is_node_addr(&self, node: &NodeInfo, a: Ipv4Addr) -> bool {
+        a == node.underlay_ip || self.node_port_addrs.contains(&a)
     }
 
     /// Records an attached port's info.

@@ -12,9 +12,9 @@ use core::net::Ipv4Addr;
 
 use super::egress_tests::{egressed, to_p1, world};
 use super::service_tests::{
-    assert_rst, backend_of, delivered, entry, exchange, key, natted, pipeline, port_to, ready,
-    send, svc_tables, tcp_datagram, tcp_from, tuple, udp_from, Peer, Svc, CLIENT_IP, FRONTEND,
-    LOCAL_BE, NODE_FRONTEND, NODE_PORT, REMOTE_BE, SVC_PORT, TCP, UDP, WEB,
+    assert_to, backend_of, delivered, entry, exchange, key, natted, pipeline, port_to, ready, send,
+    svc_tables, tcp_datagram, tcp_from, tuple, udp_from, Peer, Svc, CLIENT_IP, FRONTEND, LOCAL_BE,
+    NODE_FRONTEND, NODE_PORT, REMOTE_BE, SVC_PORT, TCP, UDP, WEB,
 };
 use super::tests::{
     total_drops, GATEWAY, NEXT_HOP_MAC, P1_IP, REMOTE_UNDERLAY_IP, T0, UNDERLAY_IP, UPLINK_MAC,
@@ -61,6 +61,7 @@ pub(super) fn addr_tables(s: &Svc, itp_local: bool) -> Tables {
         }
     }
     t.services.finish();
+    t.node_port_addrs = vec![UNDERLAY_IP, NODE_ADDR2];
     t
 }
 
@@ -156,7 +157,7 @@ fn a_pod_reaches_its_own_nodes_node_ports_and_external_ips_without_snat() {
 
 #[test]
 fn pods_reaching_an_outside_frontend_of_a_local_policy_get_every_endpoint() {
-    // Only n2 has an endpoint: outside clients are refused here, pods are
+    // Only n2 has an endpoint: outside clients are dropped here, pods are
     // short-circuited to the cluster-wide endpoints, as kube-proxy does.
     let t = addr_tables(&svc(&[REMOTE_BE], true), false);
     let mut pl = pipeline();
@@ -173,33 +174,50 @@ fn pods_reaching_an_outside_frontend_of_a_local_policy_get_every_endpoint() {
         assert_eq!(x.backend, REMOTE_BE);
         let csrc = (CLIENT_IP, 50000 + i as u16);
         let syn = tcp_from(Peer::Client, csrc, fe, SYN, 0x1000, 0, b"");
-        let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &syn));
-        assert_rst(&d, fe, csrc, 0, Some(0x1001));
+        let out = send(&mut pl, T0, &t, Peer::Client, &syn);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::NoLocalEndpoint));
     }
-    assert_eq!(pl.counters().drop_count(DropReason::NoEndpoint), 3);
+    let c = pl.counters();
+    assert_eq!(c.drop_count(DropReason::NoLocalEndpoint), 3);
+    assert_eq!((c.resets_sent, total_drops(c)), (0, 3));
 }
 
 #[test]
-fn the_node_reaches_its_node_port_from_its_own_address_snated_to_the_gateway() {
-    // The kernel's `nat output` rule DNATs underlay:NodePort to the
-    // ClusterIP; the source stays the underlay address. Replies must come
-    // back through the host port, so the flow is SNATed to the gateway.
+fn the_node_reaches_its_node_ports_from_its_own_addresses_snated_to_the_gateway() {
+    // The kernel's `nat output` rule DNATs address:NodePort to the
+    // ClusterIP; the source stays the address it was sent to (the underlay
+    // one, or a second NodePort address). Replies must come back through
+    // the host port, so the flow is SNATed to the gateway.
     let t = addr_tables(&svc(&[LOCAL_BE, REMOTE_BE], false), false);
     let mut pl = pipeline();
-    for be in [LOCAL_BE, REMOTE_BE] {
-        let sport = port_to(&t, Peer::Host, UNDERLAY_IP, FRONTEND, TCP, be, 45000);
-        let x = exchange(
-            &mut pl,
-            T0,
-            &t,
-            Peer::Host,
-            (UNDERLAY_IP, sport),
-            FRONTEND,
-            true,
-        );
-        assert_eq!(x.backend, be);
+    for (i, src) in [UNDERLAY_IP, NODE_ADDR2].into_iter().enumerate() {
+        for be in [LOCAL_BE, REMOTE_BE] {
+            let from = 45000 + 1000 * i as u16;
+            let sport = port_to(&t, Peer::Host, src, FRONTEND, TCP, be, from);
+            let x = exchange(&mut pl, T0, &t, Peer::Host, (src, sport), FRONTEND, true);
+            assert_eq!(x.backend, be, "from {src}");
+        }
     }
     assert_eq!(total_drops(pl.counters()), 0);
+    // An address of the node that is no NodePort address is a spoof.
+    let mut t = t;
+    t.node_port_addrs = vec![UNDERLAY_IP];
+    let f = tcp_from(Peer::Host, (NODE_ADDR2, 45999), FRONTEND, SYN, 1, 0, b"");
+    let out = send(&mut pl, T0, &t, Peer::Host, &f);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::SourceMismatch));
+}
+
+#[test]
+fn a_pod_reaches_its_nodes_other_addresses_through_the_host_port() {
+    // A hostNetwork server on the second address: the node's, not the
+    // uplink's (nor a masqueraded egress destination).
+    let t = addr_tables(&svc(&[LOCAL_BE], false), false);
+    let mut pl = pipeline();
+    let f = tcp_from(Peer::P1, (P1_IP, 40000), (NODE_ADDR2, 22), SYN, 1, 0, b"");
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P1, &f));
+    assert_to(&d, Peer::Host);
+    assert_eq!(tuple(&d.ip), key(TCP, (P1_IP, 40000), (NODE_ADDR2, 22)));
+    assert!(pl.conntrack().is_empty());
 }
 
 #[test]

@@ -138,8 +138,8 @@ counter_table! {
         /// reply side (SNAT, or a client port clash).
         NatPortsExhausted => "nat_ports_exhausted",
         /// A pod's packet to the outside that masquerade cannot translate
-        /// (neither TCP nor UDP, e.g. ICMP echo): never leaves with a pod
-        /// address.
+        /// (neither TCP, UDP nor an ICMP echo request, e.g. SCTP or an ICMP
+        /// timestamp): never leaves with a pod address.
         EgressUntranslatable => "egress_untranslatable",
         /// A later fragment to a ClusterIP whose first fragment's
         /// translation this worker does not hold (out of order, expired).

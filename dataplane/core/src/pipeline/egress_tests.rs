@@ -14,8 +14,8 @@ use super::service_tests::{
     HOST_PORT_MAC, LOCAL_BE, QUOTE, SEC, TCP, UDP,
 };
 use super::tests::{
-    assert_ipv4_checksum, assert_l4_checksum, process_one, Out, NEXT_HOP_MAC, P1_IP, P1_MAC,
-    P1_PORT, PORT1_MAC, T0,
+    assert_ipv4_checksum, assert_l4_checksum, process_one, total_drops, Out, NEXT_HOP_MAC, P1_IP,
+    P1_MAC, P1_PORT, PORT1_MAC, T0,
 };
 use super::tests::{GATEWAY, REMOTE_UNDERLAY_IP, UNDERLAY_IP, UPLINK, UPLINK_MAC, VXLAN_PORT};
 use super::twin::Checked as Pipeline;
@@ -23,6 +23,7 @@ use super::*;
 use crate::prefix::Prefix;
 use crate::wire::tcp::flags::{ACK, PSH, RST, SYN};
 
+const ICMP: u8 = ipv4::protocol::ICMP;
 /// The underlay's router (the nodes' default gateway) and its MAC.
 const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
 const ROUTER_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x1e, 0x00, 0xfe]);
@@ -60,21 +61,29 @@ pub(super) fn with_egress(mut t: Tables, masquerade: bool, non_masquerade: &[Pre
     t
 }
 
-/// Seeds for the randomised tests: a pod's TCP and UDP to the outside,
-/// the server's answers to the SNAT ports a fresh pipeline picks for them,
-/// and a router's error about the UDP flow.
+/// Seeds for the randomised tests: a pod's TCP, UDP and ping to the
+/// outside, the server's answers to the SNAT ports (identifier) a fresh
+/// pipeline picks for them, and a router's error about the UDP flow.
 pub(super) fn egress_seeds() -> Vec<(Peer, Vec<u8>)> {
     let t = world(true, &[]);
     let mut pl = pipeline();
     let client = (P1_IP, 40000);
     let syn = tcp_from(Peer::P1, client, WWW, SYN, 1, 0, b"");
     let udp = udp_from(Peer::P1, client, WWW, b"q");
+    let ping = Peer::P1.frame(&echo_datagram(P1_IP, WWW.0, 8, 0x4242, 1));
     let tcp_out = egressed(&send(&mut pl, T0, &t, Peer::P1, &syn), ROUTER_MAC);
     let udp_out = egressed(&send(&mut pl, T0, &t, Peer::P1, &udp), ROUTER_MAC);
+    let ping_out = egressed(&send(&mut pl, T0, &t, Peer::P1, &ping), ROUTER_MAC);
     let snat = |ip: &[u8]| (tuple(ip).src, tuple(ip).sport);
+    let ping_id = u16::from_be_bytes([ping_out[24], ping_out[25]]);
     vec![
         (Peer::P1, syn),
         (Peer::P1, udp),
+        (Peer::P1, ping),
+        (
+            Peer::Client,
+            from_router(&echo_datagram(WWW.0, UNDERLAY_IP, 0, ping_id, 1)),
+        ),
         (
             Peer::Client,
             from_router(&tcp_datagram(WWW, snat(&tcp_out), 60, SYN | ACK, 5, 2, b"")),
@@ -226,24 +235,110 @@ fn a_segment_to_the_internet_without_a_tracked_flow_is_reset() {
     assert!(entry(&pl, key(TCP, (P1_IP, 40001), WWW)).is_none());
 }
 
+/// An ICMP echo (`ty` 8 request, 0 reply) from `src` to `dst`, checksums
+/// computed afresh.
+pub(super) fn echo_datagram(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16, seq: u16) -> Vec<u8> {
+    let mut d = icmp_error_datagram(src, dst, ty, 0, b"kxdp ping payload");
+    d[24..26].copy_from_slice(&id.to_be_bytes());
+    d[26..28].copy_from_slice(&seq.to_be_bytes());
+    d[22..24].copy_from_slice(&[0, 0]);
+    let c = super::service_tests::rfc1071(&d[20..]);
+    d[22..24].copy_from_slice(&c.to_be_bytes());
+    d
+}
+
+/// The echo datagram `ip` is `want` but for its TTL (one hop less) and
+/// its checksums, which are checked from scratch.
+#[track_caller]
+fn assert_echo(ip: &[u8], want: &[u8]) {
+    assert_ipv4_checksum(ip);
+    assert!(super::tests::rfc1071_ok(&ip[20..]), "ICMP checksum");
+    assert_eq!(ip[8], want[8] - 1, "TTL");
+    assert_eq!(&ip[12..20], &want[12..20], "addresses");
+    assert_eq!(&ip[20..22], &want[20..22], "type and code");
+    assert_eq!(&ip[24..], &want[24..], "identifier, sequence, payload");
+}
+
+#[test]
+fn a_pods_ping_to_the_internet_is_masqueraded_both_ways() {
+    // One worker and two: the request and its reply meet at one owner.
+    for workers in [1u16, 2] {
+        let t = world(true, &[]);
+        let mut pls: Vec<Pipeline> = (0..workers)
+            .map(|i| {
+                let mut pl = pipeline();
+                pl.set_worker(i, workers);
+                pl
+            })
+            .collect();
+        for id in [0x1234u16, 0, 61001] {
+            for seq in 1..4u16 {
+                let ping = Peer::P1.frame(&echo_datagram(P1_IP, WWW.0, 8, id, seq));
+                let (owner, out) = one_owner(&mut pls, &t, Peer::P1, &ping);
+                let ip = egressed(&out, ROUTER_MAC);
+                let snat = u16::from_be_bytes([ip[24], ip[25]]);
+                assert_snat_port(snat);
+                assert_echo(&ip, &echo_datagram(UNDERLAY_IP, WWW.0, 8, snat, seq));
+                let e = entry(&pls[owner], key(ICMP, (P1_IP, id), (WWW.0, 0))).expect("tracked");
+                assert_eq!(e.reply, key(ICMP, (WWW.0, 0), (UNDERLAY_IP, snat)));
+                // The reply, to the node's address and that identifier.
+                let pong = from_router(&echo_datagram(WWW.0, UNDERLAY_IP, 0, snat, seq));
+                let (_, back) = one_owner(&mut pls, &t, Peer::Client, &pong);
+                assert_echo(&to_p1(&back), &echo_datagram(WWW.0, P1_IP, 0, id, seq));
+            }
+        }
+        let flows: u64 = pls.iter().map(|pl| pl.counters().egress_flows).sum();
+        assert_eq!(flows, 3, "one flow per identifier");
+        for pl in &pls {
+            assert_eq!(total_drops(pl.counters()), 0);
+        }
+    }
+}
+
+/// Sends `f` to every worker: exactly one keeps it (the others hand it to
+/// that one), and its output is returned.
+fn one_owner(pls: &mut [Pipeline], t: &Tables, peer: Peer, f: &[u8]) -> (usize, Out) {
+    let outs: Vec<Out> = pls.iter_mut().map(|pl| send(pl, T0, t, peer, f)).collect();
+    let owners: Vec<usize> = (0..outs.len())
+        .filter(|&i| !matches!(outs[i].verdict, Verdict::Handoff(_)))
+        .collect();
+    assert_eq!(owners.len(), 1, "one owner");
+    for (i, o) in outs.iter().enumerate() {
+        if let Verdict::Handoff(w) = o.verdict {
+            assert_eq!(usize::from(w), owners[0], "worker {i} hands to the owner");
+        }
+    }
+    let owner = owners[0];
+    (owner, outs.into_iter().nth(owner).unwrap())
+}
+
+#[test]
+fn a_ping_reply_no_pod_expects_is_the_node_kernels() {
+    // The uplink redirects echo replies to SNAT identifiers, which the
+    // kernel's own pings may use too: those go to it, untouched.
+    let t = world(true, &[]);
+    let mut pl = pipeline();
+    let pong = echo_datagram(WWW.0, UNDERLAY_IP, 0, 61234, 7);
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &from_router(&pong)));
+    assert_eq!(d.port, HOST_PORT);
+    assert_eq!(d.ip, pong, "not translated, not a hop");
+    assert_eq!(total_drops(pl.counters()), 0);
+    assert!(pl.conntrack().is_empty());
+}
+
 #[test]
 fn what_masquerade_cannot_translate_never_leaves_with_a_pod_address() {
     let t = world(true, &[]);
     let mut pl = pipeline();
-    // ICMP echo has no ports to translate.
-    let mut echo = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
-    let c = super::service_tests::rfc1071(&echo);
-    echo[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut d = udp_datagram((P1_IP, 1), WWW, 64, b"");
-    d.truncate(20);
-    d.extend_from_slice(&echo);
-    d[9] = ipv4::protocol::ICMP;
-    let len = d.len() as u16;
-    d[2..4].copy_from_slice(&len.to_be_bytes());
-    super::tests::fix_ipv4_checksum(&mut d, 0);
-    let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&d));
-    assert_eq!(out.verdict, Verdict::Drop(DropReason::EgressUntranslatable));
+    // An ICMP timestamp request, and an echo reply (to a ping that never
+    // reached the pod from outside), have no flow to translate with.
+    for ty in [13, 0] {
+        let d = echo_datagram(P1_IP, WWW.0, ty, 0x1234, 1);
+        let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&d));
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::EgressUntranslatable));
+    }
     assert_eq!(pl.counters().egress_routed, 0);
+    assert!(pl.conntrack().is_empty());
 }
 
 #[test]
@@ -347,10 +442,14 @@ fn pods_reach_their_own_node_through_the_host_and_other_nodes_masqueraded() {
     );
     let ip = egressed(&send(&mut pl, T0, &t, Peer::P1, &to_n2), NEXT_HOP_MAC);
     assert_eq!(tuple(&ip).src, UNDERLAY_IP);
-    // An on-link host the kernel has not resolved: counted, not sent.
+    // An on-link host the kernel has not resolved: counted, not sent, and
+    // named (once) for the engine to have the kernel resolve it.
+    assert_eq!(pl.take_unresolved(), None);
     let to_unknown = udp_from(Peer::P1, (P1_IP, 40007), (UNRESOLVED, 9), b"x");
     let out = send(&mut pl, T0, &t, Peer::P1, &to_unknown);
     assert_eq!(out.verdict, Verdict::Drop(DropReason::NeighbourUnresolved));
+    assert_eq!(pl.take_unresolved(), Some(UNRESOLVED));
+    assert_eq!(pl.take_unresolved(), None);
 }
 
 #[test]

@@ -24,10 +24,11 @@ impl Pipeline {
             return Verdict::Drop(r);
         }
         let ip = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len]);
-        // The host also answers from its underlay address (an endpoint on
-        // the node's address: the API server, hostNetwork pods).
+        // The host also sends from its own addresses: answers of an endpoint
+        // on the node's address (the API server, hostNetwork pods), and its
+        // own connections to its NodePorts (DNATed by `nft.rs`).
         let host = matches!(port.kind, PortKind::Host { .. });
-        if ip.src_addr() != pod_ip && !(host && ip.src_addr() == node.underlay_ip) {
+        if ip.src_addr() != pod_ip && !(host && t.is_node_addr(node, ip.src_addr())) {
             return Verdict::Drop(DropReason::SourceMismatch);
         }
         let ing = nat::Ingress {

@@ -155,6 +155,9 @@ pub struct Pipeline {
     frags: frag::FragTable,
     /// What the walk of the current packet noted for `flows`.
     learn: fast::Learn,
+    /// The last on-link egress destination without a neighbour entry, for
+    /// the engine to ask the kernel to resolve ([`Pipeline::take_unresolved`]).
+    unresolved: Option<Ipv4Addr>,
 }
 
 impl core::fmt::Debug for Pipeline {
@@ -181,6 +184,14 @@ pub(crate) enum IcmpError {
 }
 
 impl Pipeline {
+    /// The last on-link egress destination dropped as
+    /// `neighbour_unresolved` since the last call: the worker hands it to
+    /// the engine, which asks the kernel to resolve it (the kernel would
+    /// have sent an ARP request for the packet; the worker cannot).
+    pub fn take_unresolved(&mut self) -> Option<Ipv4Addr> {
+        self.unresolved.take()
+    }
+
     pub fn new() -> Pipeline {
         Pipeline::with_conntrack(DEFAULT_CONNTRACK_CAPACITY, Timeouts::default())
     }
@@ -198,6 +209,7 @@ impl Pipeline {
             flows: FlowCache::new(capacity / 8),
             frags: frag::FragTable::new(FRAG_ENTRIES),
             learn: fast::Learn::default(),
+            unresolved: None,
         }
     }
 

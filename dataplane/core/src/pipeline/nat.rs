@@ -138,8 +138,40 @@ pub(super) fn l4(p: &Packet<'_>) -> Option<L4> {
     })
 }
 
+/// An ICMP echo that walk 7 tracks, as [`L4`]: a request from a pod (the
+/// identifier is its source "port") or a reply from outside (its
+/// destination's), the other side's port 0. A request's reversed key is
+/// then its reply's, as Linux's conntrack pairs them. `None` for anything
+/// else, a later fragment included.
+pub(super) fn echo(p: &Packet<'_>, external: bool) -> Option<L4> {
+    let ip_off = p.off + ETH;
+    let b = &p.buf[ip_off..p.off + p.len];
+    let h = ipv4::Ipv4Header::new(b.first_chunk::<IPV4_MIN>()?);
+    let hl = h.header_len();
+    if h.protocol() != ipv4::protocol::ICMP || h.frag_offset() != 0 {
+        return None;
+    }
+    let m = icmp::Icmpv4Packet::new_unchecked(b.get(hl..)?.first_chunk::<{ icmp::HEADER_LEN }>()?);
+    let id = m.echo_ident();
+    let (sport, dport) = match (m.msg_type(), external) {
+        (icmp::msg_type::ECHO_REQUEST, false) => (id, 0),
+        (icmp::msg_type::ECHO_REPLY, true) => (0, id),
+        _ => return None,
+    };
+    Some(L4 {
+        proto: ipv4::protocol::ICMP,
+        src: h.src_addr(),
+        dst: h.dst_addr(),
+        sport,
+        dport,
+        l4_off: ip_off + hl,
+        tcp_flags: None,
+    })
+}
+
 /// Rewrites source and/or destination address and port of a TCP/UDP
-/// datagram, updating the IPv4 and transport checksums incrementally.
+/// datagram (or an ICMP echo: [`rewrite_echo`]), updating the IPv4 and
+/// transport checksums incrementally.
 pub(super) fn rewrite(
     p: &mut Packet<'_>,
     l: &L4,
@@ -147,6 +179,9 @@ pub(super) fn rewrite(
     dst: Option<(Ipv4Addr, u16)>,
 ) {
     const CHECKED: &str = "checked by l4()";
+    if l.proto == ipv4::protocol::ICMP {
+        return rewrite_echo(p, l, src, dst);
+    }
     let ip_off = p.off + ETH;
     let (iph, rest) = p.buf[ip_off..].split_at_mut(l.l4_off - ip_off);
     let ip = ipv4::Ipv4Header::new(iph.first_chunk_mut::<IPV4_MIN>().expect(CHECKED));
@@ -157,6 +192,46 @@ pub(super) fn rewrite(
         let l4h = udp::UdpHeader::new(rest.first_chunk_mut().expect(CHECKED));
         rewrite_headers(ip, l4h, src, dst);
     }
+}
+
+/// [`rewrite`] of an ICMP echo ([`echo`]): the addresses, and the
+/// identifier where it stands for a port (the request's source, the
+/// reply's destination). ICMP's checksum covers no pseudo-header, so only
+/// the identifier patches it.
+fn rewrite_echo(
+    p: &mut Packet<'_>,
+    l: &L4,
+    src: Option<(Ipv4Addr, u16)>,
+    dst: Option<(Ipv4Addr, u16)>,
+) {
+    const CHECKED: &str = "checked by echo()";
+    let ip_off = p.off + ETH;
+    let (iph, rest) = p.buf[ip_off..].split_at_mut(l.l4_off - ip_off);
+    let mut ip = ipv4::Ipv4Header::new(iph.first_chunk_mut::<IPV4_MIN>().expect(CHECKED));
+    let mut m = icmp::Icmpv4Packet::new_unchecked(
+        rest.first_chunk_mut::<{ icmp::HEADER_LEN }>()
+            .expect(CHECKED),
+    );
+    let mut ipc = ip.checksum();
+    let id = if m.msg_type() == icmp::msg_type::ECHO_REQUEST {
+        src
+    } else {
+        dst
+    };
+    if let Some((_, new)) = id {
+        let c = checksum::update_u16(m.checksum(), m.echo_ident(), new);
+        m.set_echo_ident(new);
+        m.set_checksum(c);
+    }
+    if let Some((a, _)) = src {
+        ipc = checksum::update_u32(ipc, u32::from(ip.src_addr()), u32::from(a));
+        ip.set_src_addr(a);
+    }
+    if let Some((a, _)) = dst {
+        ipc = checksum::update_u32(ipc, u32::from(ip.dst_addr()), u32::from(a));
+        ip.set_dst_addr(a);
+    }
+    ip.set_checksum(ipc);
 }
 
 /// [`rewrite`] over fixed-size views: the IPv4 header and the transport
@@ -232,7 +307,7 @@ impl Pipeline {
     /// Walks 3 and 4 for a validated IPv4 frame at `p.off`.
     pub(super) fn services(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, ing: Ingress) -> Nat {
         let Ctx { now, t, node } = *cx;
-        let Some(l) = l4(p) else {
+        let Some(l) = l4(p).or_else(|| echo(p, ing.external)) else {
             return self.steer_icmp_error(t, node, p);
         };
         let key = l.key();
@@ -377,7 +452,7 @@ impl Pipeline {
         }
         let Some(backend) = self.choose(now, fe, l, ing.external) else {
             self.nat.svc_at(fe.service).no_endpoint += 1;
-            if fe.drops_without_local() {
+            if fe.drops_without_local(ing.external) {
                 return Nat::Done(Verdict::Drop(DropReason::NoLocalEndpoint));
             }
             return self.reject(cx, p, l, ing.external, DropReason::NoEndpoint);
@@ -391,7 +466,7 @@ impl Pipeline {
         // IPs, DNATed to the ClusterIP by the dataplane's `nat output` rules
         // (`nft.rs`), keep the address they were sent to; from the gateway,
         // its replies come back through the host port.
-        let node_src = !ing.external && l.src == node.underlay_ip;
+        let node_src = !ing.external && t.is_node_addr(node, l.src);
         let masq = t.masquerades(node, backend.0);
         let kernel_hairpin =
             backend.0 == node.underlay_ip && (l.src == node.gateway_ip || node_src);

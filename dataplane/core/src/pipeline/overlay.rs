@@ -37,11 +37,16 @@ impl Pipeline {
             return self.on_outside(cx, p);
         }
         if ip.frag_offset() != 0 {
-            return self.uplink_later_fragment(cx, p);
+            return self.ours_or_the_kernels(cx, p, true);
         }
         if proto == ipv4::protocol::ICMP {
-            // Walk 7: an error about a masqueraded flow, quoting our
-            // address and SNAT port (the uplink redirects only those).
+            // Walk 7: an echo reply to a pod's ping, or an error about a
+            // masqueraded flow (the uplink redirects only those: to SNAT
+            // identifiers and quoting SNAT ports). The kernel's own flows
+            // never use the ports, but its pings' identifiers are anything.
+            if nat::echo(p, true).is_some() {
+                return self.ours_or_the_kernels(cx, p, false);
+            }
             return self.on_outside(cx, p);
         }
         let ip_payload_off = ip_off + ip.header_len();
@@ -152,13 +157,14 @@ impl Pipeline {
         self.service_then_route(cx, p, ing)
     }
 
-    /// A later fragment (no ports) to this node's address, which the XDP
-    /// program sends here whatever it belongs to: one of a NodePort
-    /// client's or an egress reply's datagram gets its first fragment's
-    /// translation; any other is the node kernel's own (its first fragment
-    /// went to the kernel), delivered to it through the host port, where it
-    /// is reassembled with the rest.
-    fn uplink_later_fragment(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>) -> Verdict {
+    /// A frame to this node's address that the XDP program sends here
+    /// whoever it belongs to: a later fragment (no ports), or ICMP. One of
+    /// a NodePort client's or an egress flow's is translated (a later
+    /// fragment with its first fragment's translation); any other is the
+    /// node kernel's own, delivered to it through the host port (a
+    /// fragment is reassembled there with the rest, counted
+    /// `fragments_to_host`).
+    fn ours_or_the_kernels(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, fragment: bool) -> Verdict {
         let src_mac = EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr();
         let ing = nat::Ingress {
             external: true,
@@ -169,15 +175,14 @@ impl Pipeline {
             Err(v) => v,
             Ok(true) => self.route(cx, p),
             Ok(false) => {
-                let Some(host) = route::host_port(cx.t) else {
-                    return Verdict::Drop(DropReason::ToGateway);
-                };
                 let total = Ipv4Packet::new_unchecked(&p.buf[p.off + ETH..p.off + p.len])
                     .total_len() as usize;
                 p.len = ETH + total;
-                self.counters.fragments_to_host += 1;
+                if fragment {
+                    self.counters.fragments_to_host += 1;
+                }
                 // The kernel's own datagram, passing through: not a hop.
-                self.deliver(p, false, host)
+                self.deliver_to_host(cx.t, p, false)
                     .unwrap_or_else(|(_, r)| Verdict::Drop(r))
             }
         }

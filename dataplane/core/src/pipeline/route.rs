@@ -114,6 +114,19 @@ impl Pipeline {
         }
     }
 
+    /// Walk 5's last step: out the host port to the node's kernel.
+    pub(super) fn deliver_to_host(
+        &mut self,
+        t: &Tables,
+        p: &mut Packet<'_>,
+        forwarded: bool,
+    ) -> Result<Verdict, (IcmpError, DropReason)> {
+        let Some(host) = host_port(t) else {
+            return Ok(Verdict::Drop(DropReason::ToGateway));
+        };
+        self.deliver(p, forwarded, host)
+    }
+
     /// Routes the IPv4 datagram of a validated frame at `p.off` to a local pod
     /// or a remote node. `forwarded`: decrement TTL (false for errors we
     /// made). `Err` where a router would send an ICMP error: the caller
@@ -140,10 +153,7 @@ impl Pipeline {
         if dst == node.gateway_ip || dst == node.underlay_ip {
             // Walk 5: to the node itself, through the host interface (its
             // underlay address too: the kernel owns it, not the uplink).
-            let Some(host) = host_port(t) else {
-                return Ok(Verdict::Drop(DropReason::ToGateway));
-            };
-            return self.deliver(p, forwarded, host);
+            return self.deliver_to_host(t, p, forwarded);
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Ok(Verdict::Drop(DropReason::Ipv4Martian));
@@ -161,6 +171,10 @@ impl Pipeline {
             return self.deliver(p, forwarded, (lp.port, lp.mac, out.mac));
         }
         let Some(r) = t.routes.lookup(dst) else {
+            if t.node_port_addrs.contains(&dst) {
+                // Another of the node's addresses: the kernel's too.
+                return self.deliver_to_host(t, p, forwarded);
+            }
             if t.is_egress(node, dst) {
                 return self.egress(cx, p, forwarded, dst);
             }
@@ -241,7 +255,13 @@ impl Pipeline {
         };
         let mac = match t.egress.lookup(dst) {
             Some(EgressHop::Gateway(mac)) => *mac,
-            Some(EgressHop::OnLink) => t.neighbours.get(&dst).copied(),
+            Some(EgressHop::OnLink) => {
+                let mac = t.neighbours.get(&dst).copied();
+                if mac.is_none() {
+                    self.unresolved = Some(dst);
+                }
+                mac
+            }
             None => None,
         };
         let Some(mac) = mac else {

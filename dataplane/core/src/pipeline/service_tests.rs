@@ -1818,9 +1818,50 @@ fn walk4_local_policy_falls_back_to_a_serving_terminating_local_endpoint() {
 }
 
 #[test]
-fn walk4_local_policy_without_a_local_endpoint_resets_out_the_uplink() {
+fn walk4_local_policy_without_a_local_endpoint_drops_outside_clients() {
+    // kube-proxy drops them ("has no local endpoints"): the load balancer's
+    // health check (`healthCheckNodePort`) is what steers clients away.
     let t = svc_tables(&Svc {
         backends: vec![ready(REMOTE_BE)],
+        affinity_ns: None,
+        local_only: true,
+        second_cluster_ip: false,
+    });
+    let mut pl = pipeline();
+    let syn = send(&mut pl, T0, &t, Peer::Client, &SYN_CLIENT_TO_NODE_PORT);
+    let f = udp_from(Peer::Client, (CLIENT_IP, 50002), NODE_FRONTEND, b"dns?");
+    let udp = send(&mut pl, T0, &t, Peer::Client, &f);
+    for out in [syn, udp] {
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::NoLocalEndpoint));
+    }
+    let c = pl.counters();
+    assert_eq!(c.drop_count(DropReason::NoLocalEndpoint), 2);
+    assert_eq!(
+        (c.resets_sent, c.icmp_errors_sent, total_drops(c)),
+        (0, 0, 2)
+    );
+    assert_eq!(pl.service_counters()[WEB].no_endpoint, 2);
+    assert!(pl.conntrack().is_empty());
+    // A stray segment of an unknown NodePort flow gets a reset, as always.
+    let f = tcp_from(
+        Peer::Client,
+        (CLIENT_IP, 50001),
+        NODE_FRONTEND,
+        ACK,
+        9,
+        99,
+        b"",
+    );
+    let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &f));
+    assert_to(&d, Peer::Client);
+    assert_rst(&d, NODE_FRONTEND, (CLIENT_IP, 50001), 99, None);
+    assert_eq!(pl.counters().drop_count(DropReason::NoConntrack), 1);
+}
+
+#[test]
+fn walk4_node_port_without_any_endpoint_refuses_out_the_uplink() {
+    let t = svc_tables(&Svc {
+        backends: vec![be(REMOTE_BE, false, false)],
         affinity_ns: None,
         local_only: true,
         second_cluster_ip: false,
@@ -1836,20 +1877,6 @@ fn walk4_local_policy_without_a_local_endpoint_resets_out_the_uplink() {
     assert_eq!((c.resets_sent, total_drops(c)), (1, 1));
     assert_eq!(pl.service_counters()[WEB].no_endpoint, 1);
     assert!(pl.conntrack().is_empty());
-    // A stray segment of an unknown NodePort flow gets a reset too.
-    let f = tcp_from(
-        Peer::Client,
-        (CLIENT_IP, 50001),
-        NODE_FRONTEND,
-        ACK,
-        9,
-        99,
-        b"",
-    );
-    let d = delivered(&send(&mut pl, T0, &t, Peer::Client, &f));
-    assert_to(&d, Peer::Client);
-    assert_rst(&d, NODE_FRONTEND, (CLIENT_IP, 50001), 99, None);
-    assert_eq!(pl.counters().drop_count(DropReason::NoConntrack), 1);
     // UDP: port unreachable from the NodeIP, straight back out the uplink,
     // quoting the client's datagram.
     let f = udp_from(Peer::Client, (CLIENT_IP, 50002), NODE_FRONTEND, b"dns?");
