@@ -13,8 +13,10 @@
 //! `Verdict::Handoff(owner)` for such a frame; the worker copies it into a
 //! buffer from its own pool and queues it to the owner (a bounded lock-free
 //! crossbeam channel), which copies it into its UMEM and runs it as if it
-//! had received it. Buffers go back to the sender's pool, so nothing is
-//! allocated after start; a full queue or empty pool is a counted drop.
+//! had received it (never handing it on: a frame the workers disagree about
+//! is dropped as `handoff_loop`, not looped). Buffers go back to the
+//! sender's pool, so nothing is allocated after start; a full queue or
+//! empty pool is a counted drop.
 //!
 //! Adaptive polling: the loop busy-polls while frames flow, yields the core
 //! whenever a pass drains its rings (so two nodes' workers can share a core
@@ -568,7 +570,7 @@ impl Worker {
         let pc = &mut self.port_counters[port as usize];
         pc.rx_packets += n as u64;
         pc.rx_bytes += descs[..n].iter().map(|d| d.len as u64).sum::<u64>();
-        self.run_batch(&descs[..n], &[port; BATCH_SIZE][..n], now);
+        self.run_batch(&descs[..n], &[port; BATCH_SIZE][..n], now, false);
         n
     }
 
@@ -605,14 +607,15 @@ impl Worker {
             let _ = self.mesh.pools[f.from as usize].0.try_send(f);
         }
         if n > 0 {
-            self.run_batch(&descs[..n], &ports[..n], now);
+            self.run_batch(&descs[..n], &ports[..n], now, true);
         }
         n
     }
 
     /// Runs the pipeline over user-held frames (`ports[i]` is where frame
-    /// `i` came in) and applies the verdicts.
-    fn run_batch(&mut self, descs: &[Desc], ports: &[PortId], now: u64) {
+    /// `i` came in) and applies the verdicts; `handed`: frames other
+    /// workers handed here, which are never handed on.
+    fn run_batch(&mut self, descs: &[Desc], ports: &[PortId], now: u64, handed: bool) {
         let mut outs: ArrayVec<Out, BATCH_SIZE> = ArrayVec::new();
         {
             let mut chunks: ArrayVec<&mut [u8], BATCH_SIZE> = ArrayVec::new();
@@ -622,7 +625,11 @@ impl Worker {
                 .zip(descs.iter().zip(ports))
                 .map(|(buf, (d, &port))| Packet::new(buf, d.offset(), d.len as usize, port))
                 .collect();
-            self.pipeline.process(now, &self.tables, &mut pkts);
+            if handed {
+                self.pipeline.process_handed(now, &self.tables, &mut pkts);
+            } else {
+                self.pipeline.process(now, &self.tables, &mut pkts);
+            }
             for (p, d) in pkts.iter().zip(descs.iter()) {
                 let base = (d.chunk() * FRAME_SIZE) as u64;
                 outs.push(Out {

@@ -147,9 +147,14 @@ counter_table! {
         /// A TCP/UDP first fragment without its whole transport header, a
         /// later one overlapping it, or one past 65,535 bytes (RFC 1858).
         FragmentMalformed => "fragment_malformed",
-        /// internalTrafficPolicy Local and no endpoint on this node: dropped
-        /// (as kube-proxy does).
+        /// A new flow without a local endpoint where the policy is Local:
+        /// internalTrafficPolicy for anyone, externalTrafficPolicy for an
+        /// outside client (as kube-proxy drops them).
         NoLocalEndpoint => "no_local_endpoint",
+        /// A frame another worker handed here would be handed on again (the
+        /// workers disagree on its owner, e.g. fragments of two datagrams
+        /// sharing an IP id): dropped, never looped between workers.
+        HandoffLoop => "handoff_loop",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.

@@ -282,8 +282,21 @@ impl Pipeline {
 
     /// Runs every packet of the batch and sets its verdict.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        self.run(now_ns, t, pkts, false);
+    }
+
+    /// [`Pipeline::process`] for frames other workers handed here: this
+    /// worker owns them, so none is handed on (`handoff_loop`).
+    pub fn process_handed(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        self.run(now_ns, t, pkts, true);
+    }
+
+    fn run(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>], handed: bool) {
         for p in pkts.iter_mut() {
-            p.verdict = self.one(now_ns, t, p);
+            p.verdict = match self.one(now_ns, t, p) {
+                Verdict::Handoff(_) if handed => Verdict::Drop(DropReason::HandoffLoop),
+                v => v,
+            };
             match p.verdict {
                 Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
                 Verdict::Handoff(_) => self.counters.handed_off += 1,

@@ -2244,6 +2244,7 @@ fn variant_index(r: DropReason) -> usize {
         FragmentWithoutFirst => 35,
         FragmentMalformed => 36,
         NoLocalEndpoint => 37,
+        HandoffLoop => 38,
     }
 }
 
@@ -2251,7 +2252,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 38);
+    assert_eq!(DropReason::COUNT, 39);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");

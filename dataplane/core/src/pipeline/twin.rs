@@ -47,8 +47,14 @@ impl Checked {
     /// Runs the batch through the twin (on a copy) and the pipeline, and
     /// asserts they agree.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        let out = run_copy(&mut self.twin, now_ns, t, pkts);
+        let out = run_copy(&mut self.twin, now_ns, t, pkts, false);
         self.pl.process(now_ns, t, pkts);
+        same(&self.pl, &self.twin, &out, pkts);
+    }
+
+    pub fn process_handed(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        let out = run_copy(&mut self.twin, now_ns, t, pkts, true);
+        self.pl.process_handed(now_ns, t, pkts);
         same(&self.pl, &self.twin, &out, pkts);
     }
 }
@@ -72,6 +78,7 @@ fn run_copy(
     now: u64,
     t: &Tables,
     pkts: &[Packet<'_>],
+    handed: bool,
 ) -> Vec<(Verdict, Vec<u8>)> {
     let mut bufs: Vec<Vec<u8>> = pkts.iter().map(|p| p.buf.to_vec()).collect();
     let mut copy: Vec<Packet<'_>> = bufs
@@ -79,7 +86,11 @@ fn run_copy(
         .zip(pkts)
         .map(|(b, p)| Packet::new(b, p.off, p.len, p.port))
         .collect();
-    pl.process(now, t, &mut copy);
+    if handed {
+        pl.process_handed(now, t, &mut copy);
+    } else {
+        pl.process(now, t, &mut copy);
+    }
     // A dropped frame's range may be anything (bad descriptors).
     copy.iter()
         .map(|p| match p.verdict {
