@@ -3005,6 +3005,41 @@ fn random_frame_sequences_through_three_workers_meet_their_owners() {
     }
 }
 
+/// Writes the `sequence` fuzz target's seeds (`fuzz/corpus/sequence`):
+/// the randomised tests' seed frames as records (`fuzz_targets/sequence.rs`
+/// has the format), all of them spread over the three workers, and each on
+/// every worker in turn; under both policies.
+#[test]
+#[ignore = "writes files; run by hand when the seeds change"]
+fn write_sequence_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sequence");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |worker: usize, port: PortId, f: &[u8]| {
+        let port = if port <= 3 { port as u8 } else { 4 };
+        let mut r = vec![
+            worker as u8 | port << 2 | ((f.len() >> 8) as u8) << 5,
+            f.len() as u8,
+        ];
+        r.extend_from_slice(f);
+        r
+    };
+    let seeds = robustness_seeds();
+    for policy in [0u8, 1] {
+        let mut all = vec![policy];
+        for (i, (peer, f)) in seeds.iter().enumerate() {
+            all.extend(record(i % 3, peer.port(), f));
+        }
+        std::fs::write(dir.join(format!("all_policy{policy}")), all).unwrap();
+    }
+    for (i, (peer, f)) in seeds.iter().enumerate() {
+        let mut each = vec![0u8];
+        for w in 0..3 {
+            each.extend(record(w, peer.port(), f));
+        }
+        std::fs::write(dir.join(format!("seed{i:02}_on_each_worker")), each).unwrap();
+    }
+}
+
 /// New flows to a backend, over every service (the table keys by service too).
 fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
     let mut hits = pl
