@@ -13,17 +13,8 @@ impl Capture {
     /// `secs`, and waits until it listens.
     pub fn start(ns: &str, ifname: &str, filter: &str, count: u32, secs: u64) -> Capture {
         let path = std::env::temp_dir().join(format!("{}.pcap", unique_name("kxcap")));
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "timeout",
-                &secs.to_string(),
-                "tcpdump",
-                "-i",
-                ifname,
-            ])
+        let mut child = ns_command(ns, secs, "tcpdump")
+            .args(["-i", ifname])
             .args(["-nn", "-U", "-c", &count.to_string(), "-w"])
             .arg(&path)
             .arg(filter)

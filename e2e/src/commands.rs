@@ -15,15 +15,27 @@ pub fn run_timeout(secs: u64, program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
+/// `ip netns exec NS timeout -k 2 SECS PROGRAM`: a command in namespace
+/// `ns`, killed after `secs` seconds; add its arguments.
+pub fn ns_command(ns: &str, secs: u64, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "timeout",
+        "-k",
+        "2",
+        &secs.to_string(),
+        program,
+    ]);
+    c
+}
+
 /// Runs `program args` in namespace `ns` under `timeout`.
 pub fn ns_exec(ns: &str, secs: u64, program: &str, args: &[&str]) -> Output {
-    let mut full = vec!["netns", "exec", ns, "timeout", "-k", "2"];
-    let secs = secs.to_string();
-    full.push(&secs);
-    full.push(program);
-    full.extend_from_slice(args);
-    Command::new("ip")
-        .args(&full)
+    ns_command(ns, secs, program)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} in {ns}: {e}"))

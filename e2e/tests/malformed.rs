@@ -6,79 +6,11 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::thread;
 
 use kxdp_e2e::{
-    check_tcp, fix_ipv4_checksum, in_netns, inject_frames, neighbour_mac, require_root, udp_frame,
-    Lab, LabOpts,
+    check_tcp, in_netns, inject_frames, malformed_pod_frames, neighbour_mac, require_root,
+    udp_frame, Lab, LabOpts,
 };
 
 const COPIES: usize = 5;
-
-/// The pod's frames, by the drop reason each must be counted under.
-fn pod_frames(
-    src_mac: [u8; 6],
-    gw_mac: [u8; 6],
-    src: Ipv4Addr,
-    remote: Ipv4Addr,
-    local: Ipv4Addr,
-) -> Vec<(&'static str, Vec<u8>)> {
-    let good = |dst: Ipv4Addr| udp_frame(src_mac, gw_mac, src, dst, (40000, 9), &[0x5a; 32]);
-    let mut cases = Vec::new();
-
-    // IPv4 header cut after 10 bytes.
-    cases.push(("ipv4_truncated", good(remote)[..14 + 10].to_vec()));
-
-    // IHL 4 (16 bytes): shorter than the fixed header.
-    let mut f = good(remote);
-    f[14] = 0x44;
-    fix_ipv4_checksum(&mut f);
-    cases.push(("ipv4_bad_ihl", f));
-
-    // IHL 6: four bytes of options (NOP NOP NOP EOL).
-    let mut f = good(remote);
-    f.splice(34..34, [1, 1, 1, 0]);
-    f[14] = 0x46;
-    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
-    cases.push(("ipv4_options", f));
-
-    // Fragments are forwarded, but not a TCP first fragment without the
-    // whole TCP header (RFC 1858), nor one reaching past 65,535 bytes.
-    let mut f = good(remote);
-    f[20] = 0x20;
-    f[21] = 0;
-    f[23] = 6;
-    f[16..18].copy_from_slice(&(20u16 + 12).to_be_bytes());
-    f.truncate(14 + 32);
-    fix_ipv4_checksum(&mut f);
-    cases.push(("fragment_malformed", f));
-    let mut f = good(remote);
-    f[20..22].copy_from_slice(&0x1ffeu16.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
-    cases.push(("fragment_malformed", f));
-
-    // Wrong header checksum.
-    let mut f = good(remote);
-    f[24] ^= 0xff;
-    cases.push(("ipv4_bad_checksum", f));
-
-    // A destination in the cluster CIDR but in no node's pod CIDR (outside
-    // the cluster is egress now: the lab's nodes have a default route).
-    cases.push(("no_route", good(Ipv4Addr::new(10, 244, 99, 1))));
-
-    // TTL 1 to a pod on the same node: it would reach 0 on the way.
-    let mut f = good(local);
-    f[22] = 1;
-    fix_ipv4_checksum(&mut f);
-    cases.push(("ttl_exceeded", f));
-
-    // Not IPv4, not ARP (IEEE local experimental ethertype).
-    let mut f = vec![0u8; 60];
-    f[..6].copy_from_slice(&gw_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&[0x88, 0xb5]);
-    cases.push(("unsupported_ethertype", f));
-    cases
-}
 
 #[test]
 fn malformed_frames_are_dropped_by_reason_and_good_traffic_flows() {
@@ -90,7 +22,7 @@ fn malformed_frames_are_dropped_by_reason_and_good_traffic_flows() {
     let gw_mac = neighbour_mac(&lab.ns("n1-p1"), p.gateway, "eth0")
         .expect("n1-p1 has resolved its gateway's MAC");
 
-    let cases = pod_frames(
+    let cases = malformed_pod_frames(
         p.mac,
         gw_mac,
         p.ip,

@@ -9,19 +9,11 @@ use std::time::Duration;
 
 use kxdp_e2e::{
     check_tcp, fix_ipv4_checksum, in_netns, inject_frames, neighbour_mac, require_root, udp_frame,
-    wait_until, Lab, LabOpts,
+    vxlan_payload, wait_until, Lab, LabOpts,
 };
 
 const COPIES: u64 = 5;
 const PORT: u16 = 7077;
-
-/// `inner` in VXLAN (I flag, `vni`).
-fn vxlan_payload(vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x08, 0, 0, 0];
-    v.extend_from_slice(&(vni << 8).to_be_bytes());
-    v.extend_from_slice(inner);
-    v
-}
 
 #[test]
 fn spoofed_vxlan_from_the_underlay_never_reaches_a_pod() {
