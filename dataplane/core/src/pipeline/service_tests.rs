@@ -2843,7 +2843,7 @@ fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
     let mut hits = pl
         .backend_flows()
         .iter()
-        .filter(|((_, ip, port), _)| (*ip, *port) == be)
+        .filter(|((_, _, ip, port), _)| (*ip, *port) == be)
         .map(|(_, n)| n);
     let first = hits.next();
     assert!(
