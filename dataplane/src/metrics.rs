@@ -27,8 +27,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
-use crate::engine::{self, AttachState, CountersSnapshot, StateSnapshot};
+use crate::engine::{
+    self, AttachState, CountersSnapshot, ServiceCounters, StateSnapshot, WorkerCounters,
+};
 use crate::liveness::Liveness;
+use crate::worker::PortCounters;
 
 /// How long a scrape waits for the engine (Prometheus' default scrape
 /// timeout is 10 s).
@@ -192,99 +195,82 @@ impl Collector for Exposition {
                 .collect();
             out.counters(&format!("kxdp_{name}"), help, samples)?;
         }
-        let ports = |f: fn(&crate::worker::PortCounters) -> u64| {
-            per_worker()
-                .flat_map(move |(i, w)| {
-                    w.interfaces
-                        .iter()
-                        .map(move |(n, p)| (vec![("interface", n.clone()), worker(i)], f(p)))
-                })
-                .collect::<Vec<_>>()
-        };
-        out.counters(
-            "kxdp_interface_rx_packets",
-            "Frames received from an attached interface, by interface and worker.",
-            ports(|p| p.rx_packets),
-        )?;
-        out.counters(
-            "kxdp_interface_rx_bytes",
-            "Bytes received from an attached interface, by interface and worker.",
-            ports(|p| p.rx_bytes),
-        )?;
-        out.counters(
-            "kxdp_interface_tx_packets",
-            "Frames sent on an attached interface, by interface and worker.",
-            ports(|p| p.tx_packets),
-        )?;
-        out.counters(
-            "kxdp_interface_tx_bytes",
-            "Bytes sent on an attached interface, by interface and worker.",
-            ports(|p| p.tx_bytes),
-        )?;
-        out.counters(
-            "kxdp_interface_tx_ring_full",
-            "Frames not sent because the interface's TX ring was full, by interface and worker.",
-            ports(|p| p.tx_ring_full),
-        )?;
+        type PortField = fn(&PortCounters) -> u64;
+        let port_families: [(&str, &str, PortField); 5] = [
+            ("rx_packets", "Frames received from", |p| p.rx_packets),
+            ("rx_bytes", "Bytes received from", |p| p.rx_bytes),
+            ("tx_packets", "Frames sent on", |p| p.tx_packets),
+            ("tx_bytes", "Bytes sent on", |p| p.tx_bytes),
+            ("tx_ring_full", "Frames not sent (TX ring full) on", |p| {
+                p.tx_ring_full
+            }),
+        ];
+        for (field, what, f) in port_families {
+            let samples = per_worker().flat_map(|(i, w)| {
+                w.interfaces
+                    .iter()
+                    .map(move |(n, p)| (vec![("interface", n.clone()), worker(i)], f(p)))
+            });
+            let help = format!("{what} an attached interface, by interface and worker.");
+            out.counters(&format!("kxdp_interface_{field}"), &help, samples)?;
+        }
 
-        let ct = |f: fn(&engine::WorkerCounters) -> u64| {
-            per_worker()
-                .map(|(i, w)| (vec![worker(i)], f(w)))
-                .collect::<Vec<_>>()
-        };
-        let as_i64 = |v: Vec<(Labels, u64)>| v.into_iter().map(|(l, v)| (l, v as i64));
+        let ct =
+            |f: fn(&WorkerCounters) -> u64| per_worker().map(move |(i, w)| (vec![worker(i)], f(w)));
         out.gauges(
             "kxdp_conntrack_entries",
             "Live conntrack entries, by worker.",
-            as_i64(ct(|w| w.conntrack_entries)),
+            ct(|w| w.conntrack_entries).map(|(l, v)| (l, v as i64)),
         )?;
         out.gauges(
             "kxdp_conntrack_capacity",
             "Conntrack slots, by worker.",
-            as_i64(ct(|w| w.conntrack_capacity)),
+            ct(|w| w.conntrack_capacity).map(|(l, v)| (l, v as i64)),
         )?;
-        out.counters(
-            "kxdp_conntrack_inserts",
-            "Conntrack entries created, by worker.",
-            ct(|w| w.conntrack.inserts),
-        )?;
-        out.counters(
-            "kxdp_conntrack_evictions",
-            "Live conntrack entries evicted to make room (table full), by worker.",
-            ct(|w| w.conntrack.evictions),
-        )?;
-        out.counters(
-            "kxdp_conntrack_expirations",
-            "Expired conntrack entries freed, by worker.",
-            ct(|w| w.conntrack.expirations),
-        )?;
+        type CtField = fn(&WorkerCounters) -> u64;
+        let ct_families: [(&str, &str, CtField); 3] = [
+            ("inserts", "Conntrack entries created", |w| {
+                w.conntrack.inserts
+            }),
+            (
+                "evictions",
+                "Live conntrack entries evicted to make room (table full)",
+                |w| w.conntrack.evictions,
+            ),
+            ("expirations", "Expired conntrack entries freed", |w| {
+                w.conntrack.expirations
+            }),
+        ];
+        for (field, what, f) in ct_families {
+            let help = format!("{what}, by worker.");
+            out.counters(&format!("kxdp_conntrack_{field}"), &help, ct(f))?;
+        }
 
-        let svc = |f: fn(&engine::ServiceCounters) -> u64| {
-            c.services
+        type SvcField = fn(&ServiceCounters) -> u64;
+        let svc_families: [(&str, &str, SvcField); 4] = [
+            ("packets", "Packets of a service's translated flows", |s| {
+                s.totals.packets
+            }),
+            ("bytes", "Bytes of a service's translated flows", |s| {
+                s.totals.bytes
+            }),
+            ("new_flows", "New flows to a service's frontends", |s| {
+                s.totals.new_flows
+            }),
+            (
+                "no_endpoint",
+                "New flows to a service without a ready endpoint",
+                |s| s.totals.no_endpoint,
+            ),
+        ];
+        for (field, what, f) in svc_families {
+            let samples = c
+                .services
                 .iter()
-                .map(|s| (vec![("service", s.name.clone())], f(s)))
-                .collect::<Vec<_>>()
-        };
-        out.counters(
-            "kxdp_service_packets",
-            "Packets of a service's flows translated, by service (namespace/name).",
-            svc(|s| s.totals.packets),
-        )?;
-        out.counters(
-            "kxdp_service_bytes",
-            "Bytes of a service's flows translated, by service.",
-            svc(|s| s.totals.bytes),
-        )?;
-        out.counters(
-            "kxdp_service_new_flows",
-            "New flows to a service's frontends, by service.",
-            svc(|s| s.totals.new_flows),
-        )?;
-        out.counters(
-            "kxdp_service_no_endpoint",
-            "New flows to a service without a ready endpoint, by service.",
-            svc(|s| s.totals.no_endpoint),
-        )?;
+                .map(|s| (vec![("service", s.name.clone())], f(s)));
+            let help = format!("{what}, by service (namespace/name).");
+            out.counters(&format!("kxdp_service_{field}"), &help, samples)?;
+        }
         out.counters(
             "kxdp_backend_new_flows",
             "New flows sent to a service's endpoint, by service, endpoint address, target port and protocol.",
@@ -387,8 +373,6 @@ fn resident_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{ServiceCounters, WorkerCounters};
-    use crate::worker::PortCounters;
     use kxdp_proto::service::Protocol;
 
     /// The metric names a scrape can export, for tests and docs: every family

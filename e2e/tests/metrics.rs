@@ -273,6 +273,7 @@ fn prometheus_scrapes_exact_counters_and_promtool_accepts_every_endpoint() {
         Some(want),
         "{q}: {got:?} after {DATAGRAMS} datagrams from a baseline of {base}"
     );
+    eprintln!("{q}: {base} before, {got:?} after {DATAGRAMS} datagrams");
     // Exact, and it stays exact (nothing else crosses to n2 meanwhile).
     thread::sleep(Duration::from_secs(2));
     assert_eq!(prom_dp.query(q), Some(want));

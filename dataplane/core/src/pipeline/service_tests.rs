@@ -2670,7 +2670,16 @@ fn service_and_backend_counters_add_up() {
     assert_eq!(web.bytes, bytes);
     let per_backend: u64 = pl.backend_flows().values().sum();
     assert_eq!(per_backend, web.new_flows);
-    assert_eq!(pl.backend_flows().len(), 2);
+    // Two backends, each counted apart for TCP and for UDP (one port).
+    assert_eq!(pl.backend_flows().len(), 4);
+    let by_proto = |proto: u8| -> u64 {
+        let flows = pl.backend_flows().iter();
+        flows
+            .filter(|((_, p, _, _), _)| *p == proto)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!((by_proto(6), by_proto(17)), (20, 10));
     assert_eq!(pl.conntrack().stats().inserts, web.new_flows);
     assert_eq!(
         empty,
