@@ -33,9 +33,11 @@ KXDP_DEB_PACKAGES=(
 )
 # What test.sh needs beyond those: shellcheck (lints every script), vagrant
 # and vagrant-libvirt (vagrant/validate.sh checks the Vagrantfile with its
-# provider), systemd (systemd-analyze verifies the units).
+# provider), systemd (systemd-analyze verifies the units), prometheus (its
+# server scrapes a lab node's /metrics in e2e/tests/metrics.rs, and its
+# promtool lints every endpoint's exposition).
 # shellcheck disable=SC2034 # used by the scripts that source this file
-KXDP_TEST_PACKAGES=(shellcheck vagrant vagrant-libvirt systemd)
+KXDP_TEST_PACKAGES=(shellcheck vagrant vagrant-libvirt systemd prometheus)
 
 kxdp_apt_updated=0
 
@@ -80,7 +82,10 @@ kxdp_install_deps() {
 #   the operator's to set up;
 # - dnsmasq (if a list names it; kxdp's names dnsmasq-base, which has no
 #   service): a resolver on port 53 of every interface; the lab runs its
-#   own, in the outside world's namespace only.
+#   own, in the outside world's namespace only;
+# - prometheus: a server on :9090 scraping itself, data in
+#   /var/lib/prometheus; the metrics test starts its own on a free port
+#   with a temporary data directory.
 # Debian starts them under systemd, and through their init scripts
 # elsewhere. A service that was installed before is left as it was.
 kxdp_quiet_services() {
@@ -89,6 +94,7 @@ kxdp_quiet_services() {
         case $pkg in
             etcd-server) unit=etcd ;;
             dnsmasq) unit=dnsmasq ;;
+            prometheus) unit=prometheus ;;
             *) continue ;;
         esac
         if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then

@@ -46,6 +46,9 @@ WWW_NAMES=(www.example.test files.example.test)
 # The stand-in API server (start_apiserver) and the `kubernetes` service's
 # ClusterIP, as kubeadm numbers it: the service CIDR's first address.
 API_PORT=6443
+# Where each kxdp node's dataplane serves /metrics and /healthz (loopback of
+# the node's namespace; 9464 is the usual exporter port).
+DP_METRICS_PORT=9464
 API_CLUSTER_IP=10.96.0.1
 # Seconds to wait for a dataplane's socket and for control to sync every node.
 SOCKET_TIMEOUT=20
@@ -89,7 +92,9 @@ Topology (P = prefix):
 A stand-in API server (openssl s_server, TLS) listens on the first node's
 underlay address :$API_PORT, as a control-plane node's kube-apiserver does.
 A kxdp node runs kxdp-dataplane in its namespace (IP forwarding off, no vxlan
-device). A kernel node is set up as flannel's VXLAN backend does it: flannel.1,
+device), with /metrics and /healthz on that namespace's 127.0.0.1:$DP_METRICS_PORT;
+kxdp-control serves its own on a free port of 127.0.0.1 in the root namespace
+(RUN_DIR/control.metrics holds the address). A kernel node is set up as flannel's VXLAN backend does it: flannel.1,
 bridge cni0, a route, neighbour and FDB entry per remote node, and the rules
 flannel --ip-masq writes (nftables table flannel-ipv4) from the cluster file's
 ip_masq and non_masquerade_cidrs. Nothing leaves the lab's namespaces.
@@ -145,6 +150,11 @@ alive() {
 # ns_sysctl NS KEY VALUE: writes /proc/sys inside NS (no procps needed).
 ns_sysctl() {
     ip netns exec "$1" sh -c "echo $3 > /proc/sys/${2//.//}"
+}
+
+# free_port: 127.0.0.1:PORT with a TCP port that was free a moment ago.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print("127.0.0.1:%d" % s.getsockname()[1])'
 }
 
 # ns_add NAME: creates a namespace, records it, loopback up, no IPv6 (the lab
@@ -623,7 +633,8 @@ make_kxdp_node() {
     log "node $n: kxdp (dataplane: $QUEUES worker(s) on core $core${XDP_MODE:+, xdp mode $XDP_MODE})"
     ns_sysctl "$ns" net.ipv4.ip_forward 0
     make_host_interface "$n"
-    args=(--node "$n" --socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core")
+    args=(--node "$n" --socket "$RUN_DIR/$n.sock" --workers "$QUEUES" --cores "$core"
+        --metrics-address "127.0.0.1:$DP_METRICS_PORT")
     [[ -n $XDP_MODE ]] && args+=(--xdp-mode "$XDP_MODE")
     [[ $FLOW_CACHE == 0 ]] && args+=(--no-flow-cache)
     printf '%s\n' "${args[@]}" >"$RUN_DIR/$n.args"
@@ -633,8 +644,12 @@ make_kxdp_node() {
 start_control() {
     log "kxdp-control: $RUN_DIR/control.sock"
     rm -f "$RUN_DIR/control.sock"
+    # A port of its own (labs run side by side in the root namespace), kept
+    # across restart-control.
+    [[ -s $RUN_DIR/control.metrics ]] || free_port >"$RUN_DIR/control.metrics"
     start_daemon control kxdp-control "$BIN_DIR/kxdp-control" \
-        --cluster "$(cat "$RUN_DIR/cluster-file")" --listen "$RUN_DIR/control.sock" --dataplane-dir "$RUN_DIR"
+        --cluster "$(cat "$RUN_DIR/cluster-file")" --listen "$RUN_DIR/control.sock" --dataplane-dir "$RUN_DIR" \
+        --metrics-address "$(cat "$RUN_DIR/control.metrics")"
     wait_socket control "$RUN_DIR/control.sock"
     log "waiting for kxdp-control to sync ${KXDP_NODES[*]} (up to ${SYNC_TIMEOUT}s)"
     wait_synced
@@ -681,7 +696,7 @@ summary() {
             "${P_MAC[$i]}" "${P_MTU[$i]}" "${P_IF[$i]}"
     done
     if ((${#KXDP_NODES[@]} > 0)); then
-        echo "  control   pid $(cat "$RUN_DIR/control.pid"), socket $RUN_DIR/control.sock, log $RUN_DIR/control.log"
+        echo "  control   pid $(cat "$RUN_DIR/control.pid"), socket $RUN_DIR/control.sock, log $RUN_DIR/control.log, metrics http://$(cat "$RUN_DIR/control.metrics")/metrics"
     fi
     # A pod pair on different nodes, for the examples.
     a='' b=''
@@ -699,6 +714,8 @@ summary() {
         ctlcmd="$BIN_DIR/kxdpctl --control $RUN_DIR/control.sock"
         echo "  $ctlcmd nodes"
         echo "  $ctlcmd counters --node ${KXDP_NODES[0]}"
+        echo "  ip netns exec $P-${KXDP_NODES[0]} curl -s 127.0.0.1:$DP_METRICS_PORT/metrics   # or /healthz"
+        echo "  curl -s $(cat "$RUN_DIR/control.metrics")/healthz"
     fi
     echo "  $0 status | down"
 }

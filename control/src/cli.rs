@@ -55,6 +55,15 @@ pub struct Args {
     #[arg(long, value_name = "SOCK", env = "KXDP_CONTROL_SOCKET", default_value = kxdp_proto::DEFAULT_CONTROL_SOCKET)]
     pub listen: PathBuf,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics and the process's
+    /// health on /healthz (200 while every node's dataplane is in sync or
+    /// behind for under 30 s, else 503 with a JSON body saying why), e.g.
+    /// 127.0.0.1:9465. Off by default, as nothing should listen on a node's
+    /// addresses unasked; give a loopback address unless a scraper
+    /// elsewhere needs it.
+    #[arg(long, value_name = "ADDR:PORT", env = "KXDP_CONTROL_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// Directory of the nodes' dataplane sockets: a node without `socket:` in
     /// the cluster file is reached at DIR/<node name>.sock.
     #[arg(long, value_name = "DIR", env = "KXDP_DATAPLANE_DIR", default_value = DEFAULT_DATAPLANE_DIR)]

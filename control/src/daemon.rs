@@ -2,6 +2,7 @@
 //! Unix socket and run the reconcilers until told to stop.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub dataplane_dir: PathBuf,
     pub resync_interval: Duration,
     pub apply_timeout: Duration,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Opens the store `source` names (etcd mode: registers this node), serves
@@ -44,7 +47,31 @@ pub async fn run(
         socket_file.path().display()
     );
 
+    let metrics = match config.metrics_address {
+        Some(addr) => {
+            let listener =
+                kxdp_proto::ops::bind(addr).with_context(|| format!("--metrics-address {addr}"))?;
+            log::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+            let shared = shared.clone();
+            Some(tokio::spawn(kxdp_proto::ops::serve(listener, move |req| {
+                let r = crate::metrics::handle(&req, &shared);
+                async move { r }
+            })))
+        }
+        None => None,
+    };
     let supervisor = tokio::spawn(reconcile::supervise(shared.clone()));
+    // systemd (Type=notify): ready once the API is served; WATCHDOG=1 while
+    // this runtime runs (one thread: a hung reconciler stops the pings).
+    let _ = kxdp_proto::ops::sd_notify("READY=1\nSTATUS=serving the control API");
+    let watchdog = kxdp_proto::ops::watchdog_interval().map(|w| {
+        tokio::spawn(async move {
+            loop {
+                let _ = kxdp_proto::ops::sd_notify("WATCHDOG=1");
+                tokio::time::sleep(kxdp_proto::ops::ping_every(Some(w))).await;
+            }
+        })
+    });
     let service = ControlServer::new(ControlService::new(shared, store, config.apply_timeout))
         .max_decoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(kxdp_proto::MAX_MESSAGE_SIZE);
@@ -56,6 +83,9 @@ pub async fn run(
     // Aborting the supervisor drops its JoinSet, which aborts the reconcilers.
     supervisor.abort();
     let _ = supervisor.await;
+    for task in metrics.into_iter().chain(watchdog) {
+        task.abort();
+    }
     for task in tasks {
         task.abort();
         let _ = task.await;

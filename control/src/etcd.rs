@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -508,7 +509,9 @@ pub async fn keep_alive(
     config: ClusterConfig,
     me: Registration,
     held: Arc<Mutex<Held>>,
+    shared: Arc<Shared>,
 ) {
+    let health = &shared.store_health;
     let period = Duration::from_millis((me.lease_ttl_s as u64 * 1000 / 3).max(100));
     loop {
         let lease = held.lock().await.lease;
@@ -518,7 +521,13 @@ pub async fn keep_alive(
                     log::warn!("{}: lease keep-alive: {e}", me.name);
                     break false;
                 }
-                match stream.message().await {
+                let answer = stream.message().await;
+                let alive = matches!(&answer, Ok(Some(r)) if r.ttl() > 0);
+                health.lease_alive.store(alive, Ordering::Relaxed);
+                if !alive {
+                    health.lease_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                match answer {
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(Some(_)) => break true,
                     Ok(None) => break false,
@@ -554,6 +563,9 @@ pub async fn follow(mut client: Client, shared: Arc<Shared>) {
             Ok(()) => {}
             Err(e) => log::warn!("etcd watch: {e:#}; listing again"),
         }
+        let health = &shared.store_health;
+        health.watch_up.store(false, Ordering::Relaxed);
+        health.watch_restarts.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -579,6 +591,7 @@ async fn follow_once(client: &mut Client, shared: &Shared) -> anyhow::Result<()>
             ),
         )
         .await?;
+    shared.store_health.watch_up.store(true, Ordering::Relaxed);
     while let Some(resp) = stream.message().await? {
         if resp.compact_revision() != 0 {
             bail!("watch compacted at revision {}", resp.compact_revision());
@@ -772,6 +785,7 @@ impl Store {
             cluster_config,
             etcd.node.clone(),
             held,
+            shared.clone(),
         ));
         let follower = tokio::spawn(follow(client.clone(), shared.clone()));
         let store = Store {

@@ -17,6 +17,7 @@
 //! - [`cli`]: `kxdp-control`'s flags and their environment variables.
 //! - [`etcd`]: the etcd store: node registration, pod CIDR leases, watch.
 //! - [`daemon`]: the process: socket, server, reconcilers, shutdown.
+//! - [`metrics`]: `/metrics` and `/healthz` on `--metrics-address`.
 //! - [`uds`]: tonic over Unix sockets (client channel, root-only listener).
 //! - [`validate`]: problems by field path, and the checks every input shares.
 //! - [`view`]: what `kxdpctl` prints (JSON mirrors of the replies, tables).
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod conventions;
 pub mod daemon;
 pub mod etcd;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod runtime;

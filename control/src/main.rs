@@ -36,6 +36,7 @@ fn config(args: &Args) -> Config {
         dataplane_dir: args.dataplane_dir.clone(),
         resync_interval: Duration::from_millis(args.resync_interval_ms),
         apply_timeout: Duration::from_millis(args.apply_timeout_ms),
+        metrics_address: args.metrics_address,
     }
 }
 

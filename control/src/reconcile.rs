@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
 use kxdp_proto::dataplane::{DataplaneState, GetStateRequest, PodStatus, SyncRequest};
@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::cluster::Cluster;
+use crate::metrics::{StoreHealth, SyncMetrics};
 use crate::plan;
 use crate::runtime::Runtime;
 use crate::uds;
@@ -144,6 +145,11 @@ pub struct NodeStatus {
     pub boot_id: String,
     /// Per-pod attach status from the last `GetState`.
     pub pods: Vec<PodStatus>,
+    /// Since when the dataplane has not held the desired generation (from
+    /// the reconciler's start); `None` while in sync.
+    pub behind_since: Option<Instant>,
+    /// When it was last found or made in sync.
+    pub last_synced: Option<SystemTime>,
 }
 
 pub type StatusMap = BTreeMap<String, NodeStatus>;
@@ -156,6 +162,10 @@ pub struct Shared {
     pub resync_interval: Duration,
     /// The one node this process programs (etcd mode); `None`: all kxdp nodes.
     pub scope: Option<String>,
+    /// The reconcilers' sync counts and durations (`/metrics`).
+    pub sync_metrics: SyncMetrics,
+    /// The etcd store's watch and lease, as its tasks last saw them.
+    pub store_health: StoreHealth,
 }
 
 impl Shared {
@@ -181,6 +191,8 @@ impl Shared {
             dataplane_dir,
             resync_interval,
             scope,
+            sync_metrics: SyncMetrics::default(),
+            store_health: StoreHealth::default(),
         })
     }
 
@@ -298,7 +310,11 @@ pub async fn supervise(shared: Arc<Shared>) {
                 continue;
             }
             shared.status.send_modify(|m| {
-                m.insert(name.clone(), NodeStatus::default());
+                let status = NodeStatus {
+                    behind_since: Some(Instant::now()),
+                    ..NodeStatus::default()
+                };
+                m.insert(name.clone(), status);
             });
             let reconciler = NodeReconciler::new(name.clone(), shared.clone());
             running.insert(name.clone(), tasks.spawn(reconciler.run()));
@@ -389,6 +405,11 @@ impl NodeReconciler {
                 };
                 self.log_transition(&socket, &phase);
                 self.update(|s| {
+                    let synced = phase == Phase::Synced;
+                    s.behind_since = crate::metrics::behind(s.behind_since, synced);
+                    if synced {
+                        s.last_synced = Some(SystemTime::now());
+                    }
                     s.phase = phase;
                     s.attempted_generation = desired.generation;
                 });
@@ -430,7 +451,19 @@ impl NodeReconciler {
         let request = SyncRequest {
             state: Some(state.clone()),
         };
-        let written = match tokio::time::timeout(SYNC_TIMEOUT, client.sync(request)).await {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(SYNC_TIMEOUT, client.sync(request)).await;
+        let result = match &reply {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(status)) => match PassError::from_status("Sync", status) {
+                PassError::Unreachable(_) => "unreachable",
+                PassError::Failed(_) => "refused",
+            },
+            Err(_) => "unreachable",
+        };
+        let metrics = &self.shared.sync_metrics;
+        metrics.sync_done(&self.name, result, started.elapsed());
+        let written = match reply {
             Ok(Ok(reply)) => reply.into_inner().generation,
             Ok(Err(status)) => return Err(PassError::from_status("Sync", &status)),
             Err(_) => {

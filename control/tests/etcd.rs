@@ -184,16 +184,28 @@ async fn start_etcd_control(
     bootstrap: bool,
 ) -> Control {
     let listen = dir.join(format!("{}-control.sock", node.name));
+    // Its /metrics, for `metrics_text`.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    std::fs::write(dir.join(format!("{}-metrics", node.name)), &metrics).unwrap();
+    let mut config = config(dir, listen, Duration::from_secs(5));
+    config.metrics_address = Some(metrics.parse().unwrap());
     let etcd = EtcdConfig {
         access: access.clone(),
         node,
         bootstrap: bootstrap.then(lab_config),
     };
-    start(
-        config(dir, listen, Duration::from_secs(5)),
-        Source::Etcd(etcd),
-    )
-    .await
+    start(config, Source::Etcd(etcd)).await
+}
+
+/// What node `name`'s control process serves on /metrics.
+async fn metrics_text(dir: &Path, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = std::fs::read_to_string(dir.join(format!("{name}-metrics"))).unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr.trim()).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).await.unwrap();
+    s
 }
 
 /// Node `name` in `dir`: a dataplane double on `<dir>/<name>.sock` and its
@@ -308,6 +320,20 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     let a = wait_held("a sees b", &fake_a, |s| s.remote_nodes.len() == 1).await;
     let b = wait_held("b sees a", &fake_b, |s| s.remote_nodes.len() == 1).await;
     assert_ne!(pod_cidr(&a), pod_cidr(&b));
+    // The store's health in /metrics: the watch is up, the lease kept alive.
+    wait_until("a's etcd watch and lease in its metrics", || async {
+        let m = metrics_text(&tmp.0, "a").await;
+        [
+            "kxdp_control_store_info{store=\"etcd\"} 1",
+            "kxdp_control_etcd_watch_up 1",
+            "kxdp_control_etcd_lease_alive 1",
+            "kxdp_control_node_synced{node=\"a\"} 1",
+        ]
+        .iter()
+        .all(|l| m.contains(l))
+        .then_some(())
+    })
+    .await;
     assert_eq!(a.remote_nodes[0].pod_cidr, pod_cidr(&b));
     assert_eq!(a.remote_nodes[0].vtep_ip, "172.30.0.12");
     assert_eq!(b.remote_nodes[0].name, "a");

@@ -202,6 +202,9 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         let dp: kxdp_dataplane::cli::Args = parse(&argv, &env, "kxdp-dataplane.service");
         let (dp_node, dp_socket) = dp.identity().unwrap();
         assert_eq!(dp_node, node);
+        // Metrics on loopback, apart from control's.
+        let dp_metrics = dp.metrics_address.expect("the dataplane's metrics address");
+        assert!(dp_metrics.ip().is_loopback(), "{dp_metrics}");
 
         // Control, etcd store (the default): registers this node with its
         // real underlay address and uplink, and dials its dataplane.
@@ -217,6 +220,8 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         assert_eq!(c.underlay_ip.map(|a| a.to_string()), Some(ip.clone()));
         assert_eq!(c.uplink.as_deref(), Some(uplink.as_str()));
         assert!(c.cluster.is_none() && !c.lab);
+        let c_metrics = c.metrics_address.expect("control's metrics address");
+        assert!(c_metrics.ip().is_loopback() && c_metrics != dp_metrics);
         assert_eq!(
             kxdp_proto::dataplane_socket(&c.dataplane_dir, &node),
             dp_socket
@@ -253,6 +258,28 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         last_env = env;
     }
     a_unit_without_a_required_flag_does_not_parse(&last_env);
+    both_units_notify_systemd_and_have_a_watchdog(&dataplane_unit, &control_unit);
+}
+
+/// Type=notify and WatchdogSec= in both units (the daemons send READY=1 and
+/// WATCHDOG=1: `dataplane/src/liveness.rs`, `control/src/daemon.rs`), and
+/// control is not ordered after the dataplane, whose READY=1 waits for
+/// control's first sync.
+fn both_units_notify_systemd_and_have_a_watchdog(dataplane: &str, control: &str) {
+    for (name, unit) in [("dataplane", dataplane), ("control", control)] {
+        let keys: Vec<&str> = unit.lines().map(str::trim).collect();
+        assert!(keys.contains(&"Type=notify"), "{name}: {unit}");
+        assert!(
+            keys.iter().any(|l| l.starts_with("WatchdogSec=")),
+            "{name}: {unit}"
+        );
+    }
+    let after = control
+        .lines()
+        .find(|l| l.starts_with("After="))
+        .unwrap_or_default();
+    assert!(!after.contains("kxdp-dataplane"), "{after}");
+    assert!(dataplane.contains("TimeoutStartSec=infinity"));
 }
 
 /// Control's --etcd-* files are in /etc/kxdp/etcd, where

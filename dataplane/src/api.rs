@@ -217,7 +217,7 @@ fn counters_reply(c: CountersSnapshot) -> pb::GetCountersReply {
                 backends: sv
                     .backends
                     .into_iter()
-                    .map(|(ip, port, new_flows)| pb::BackendCounters {
+                    .map(|(ip, port, _protocol, new_flows)| pb::BackendCounters {
                         ip: ip.to_string(),
                         port: port as u32,
                         new_flows,

@@ -57,6 +57,17 @@ pub struct Args {
     /// (same output, more work; for comparisons and debugging).
     #[arg(long, env = "KXDP_NO_FLOW_CACHE")]
     pub no_flow_cache: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics and the process's
+    /// health on /healthz (200, or 503 with a JSON body saying why) at this
+    /// address, e.g. 127.0.0.1:9464. Off by default: the dataplane runs in
+    /// the node's network namespace, whose addresses are the node's (a
+    /// listener there is reachable from the underlay), and several
+    /// dataplanes in one namespace (tests) would fight over a fixed port.
+    /// Give a loopback address unless a scraper elsewhere needs it; it is
+    /// separate from the health check node ports, which listen on node
+    /// addresses.
+    #[arg(long, value_name = "ADDR:PORT", env = "KXDP_DATAPLANE_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// For tests only (`fault.rs`): hidden, and deliberately without an
     /// environment variable, so that nothing but an explicit argument arms it.
     #[arg(long, hide = true, value_name = "FAULT")]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
-use kxdp_core::conntrack::Entry;
+use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{Counters, DropReason, SvcCounters};
 use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache};
@@ -23,14 +23,16 @@ use kxdp_core::tables::{
     EgressHop, LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
 };
 use kxdp_core::wire::EthernetAddress;
+use kxdp_proto::service::Protocol;
 use tokio::sync::oneshot;
 
 use crate::health::{self, HealthChecks};
+use crate::liveness::Liveness;
 use crate::netlink::{self, Netlink};
 use crate::nft::{self, NatOutput};
 use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
-use crate::worker::{Command, PortCounters, WorkerHandle, ACK_TIMEOUT};
+use crate::worker::{Command, PortCounters, ServiceStats, WorkerHandle, ACK_TIMEOUT};
 use crate::xdp::{Attachment, Role, XdpMode};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -150,14 +152,33 @@ pub struct CountersSnapshot {
     pub services: Vec<ServiceCounters>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
+    /// The same per worker (whose sum the totals above are), for metrics.
+    pub workers: Vec<WorkerCounters>,
+    /// Drops by the uplink's XDP program, before any worker (also in
+    /// `drops` under the same reason).
+    pub xdp_drops: Vec<(&'static str, u64)>,
+}
+
+/// One worker's counters: `drops` and `events` in `CountersSnapshot`'s
+/// order (less the XDP program's drops), its traffic per interface and its
+/// conntrack table.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCounters {
+    pub drops: Vec<(&'static str, u64)>,
+    pub events: Vec<(&'static str, u64)>,
+    pub interfaces: Vec<(String, PortCounters)>,
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u64,
+    pub conntrack: CtStats,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ServiceCounters {
     pub name: String,
     pub totals: SvcCounters,
-    /// New flows per (endpoint, target port), every pair of the service.
-    pub backends: Vec<(Ipv4Addr, u16, u64)>,
+    /// New flows per (endpoint, target port, protocol), every pair of the
+    /// service.
+    pub backends: Vec<(Ipv4Addr, u16, Protocol, u64)>,
 }
 
 /// Conntrack entries, with the service names they refer to.
@@ -208,6 +229,8 @@ pub struct Engine {
     /// The kernel's DNAT of its own NodePorts and external IPs.
     nat_output: NatOutput,
     health: HealthChecks,
+    /// Heartbeats and the last acknowledged snapshot, for `/healthz`.
+    live: Arc<Liveness>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -224,7 +247,11 @@ impl Engine {
                 .or_else(|| (!cfg.cores.is_empty()).then(|| cfg.cores[i % cfg.cores.len()]));
             workers.push(WorkerHandle::spawn(i, core, cfg.flow_cache, mesh.clone())?);
         }
+        let live = Arc::new(Liveness::new(
+            workers.iter().map(|w| w.stats.clone()).collect(),
+        ));
         Ok(Engine {
+            live,
             boot_id,
             state: Arc::default(),
             netlink,
@@ -247,10 +274,16 @@ impl Engine {
         })
     }
 
+    /// What `/healthz` and the systemd notifier read (`liveness.rs`).
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.live.clone()
+    }
+
     /// Serves requests until the channel closes, ticking every second.
     pub fn run(mut self, rx: Receiver<Request>) {
         let mut next_tick = Instant::now() + TICK;
         loop {
+            self.live.engine_beat();
             match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
                 Ok(req) => {
                     self.handle(req);
@@ -959,9 +992,13 @@ impl Engine {
     /// so one that acknowledges it has handled every earlier one too.
     fn publish(&mut self) -> Result<(), WriteError> {
         let t = self.build_tables(None);
+        self.live
+            .set_attached(self.uplink_status.starts_with("attached"));
         let Err(workers) = self.push(t) else {
+            self.live.applied(self.state.generation, self.epoch);
             return Ok(());
         };
+        self.live.unacknowledged();
         let generation = self.state.generation;
         let e = WriteError::Unacknowledged {
             workers,
@@ -1023,18 +1060,19 @@ impl Engine {
         }
     }
 
-    /// Per-service counters merged over workers, and conntrack fill.
-    fn service_counters(&self) -> (Vec<ServiceCounters>, u64, u64) {
-        let stats: Vec<_> = self
+    /// Per-service counters merged over workers, and each worker's
+    /// service-side stats (conntrack fill among them).
+    fn service_counters(&self) -> (Vec<ServiceCounters>, Vec<ServiceStats>) {
+        let stats: Vec<ServiceStats> = self
             .workers
             .iter()
-            .filter_map(|w| w.call(|reply| Command::ServiceStats { reply }))
+            .map(|w| {
+                w.call(|reply| Command::ServiceStats { reply })
+                    .unwrap_or_default()
+            })
             .collect();
-        let (mut entries, mut cap) = (0, 0);
-        let mut flows: HashMap<(u32, Ipv4Addr, u16), u64> = HashMap::new();
+        let mut flows: HashMap<(u32, u8, Ipv4Addr, u16), u64> = HashMap::new();
         for s in &stats {
-            entries += s.conntrack_entries as u64;
-            cap += s.conntrack_capacity as u64;
             for (k, v) in &s.backend_flows {
                 *flows.entry(*k).or_default() += v;
             }
@@ -1057,14 +1095,16 @@ impl Engine {
                 }
                 for e in &sv.endpoints {
                     for p in &sv.ports {
-                        let n = flows.get(&(id, e.ip, p.target_port)).copied();
-                        c.backends.push((e.ip, p.target_port, n.unwrap_or(0)));
+                        let key = (id, p.protocol.ip_proto(), e.ip, p.target_port);
+                        let n = flows.get(&key).copied();
+                        let n = n.unwrap_or(0);
+                        c.backends.push((e.ip, p.target_port, p.protocol, n));
                     }
                 }
                 c
             })
             .collect();
-        (services, entries, cap)
+        (services, stats)
     }
 
     fn conntrack(&self, service: Option<String>, limit: usize) -> ConntrackList {
@@ -1122,53 +1162,64 @@ impl Engine {
     }
 
     fn counters(&self) -> CountersSnapshot {
-        let mut c = Counters::default();
-        for w in &self.workers {
-            c.merge(&w.stats.counters());
-        }
+        let (services, service_stats) = self.service_counters();
+        let workers: Vec<WorkerCounters> = self
+            .workers
+            .iter()
+            .zip(service_stats)
+            .map(|(w, ss)| self.worker_counters(w, ss))
+            .collect();
         // The uplink's XDP program drops strangers' VXLAN before a worker
         // sees it: the same reason, counted earlier.
-        c.drops[DropReason::VxlanUnknownVtep as usize] += self.xdp_unknown_vtep_before
+        let xdp_unknown_vtep = self.xdp_unknown_vtep_before
             + self
                 .ports
                 .values()
                 .map(|p| p.xdp.unknown_vtep_drops())
                 .sum::<u64>();
+        let xdp_drops = vec![(DropReason::VxlanUnknownVtep.name(), xdp_unknown_vtep)];
+        let mut total = workers.first().cloned().unwrap_or_default();
+        for w in workers.iter().skip(1) {
+            sum_into(&mut total.drops, &w.drops);
+            sum_into(&mut total.events, &w.events);
+            sum_into(&mut total.interfaces, &w.interfaces);
+            total.conntrack_entries += w.conntrack_entries;
+            total.conntrack_capacity += w.conntrack_capacity;
+        }
+        sum_into(&mut total.drops, &xdp_drops);
+        CountersSnapshot {
+            interfaces: total.interfaces,
+            drops: total.drops,
+            events: total.events,
+            services,
+            conntrack_entries: total.conntrack_entries,
+            conntrack_capacity: total.conntrack_capacity,
+            workers,
+            xdp_drops,
+        }
+    }
+
+    /// Worker `w`'s counters, with its service-side stats `ss`.
+    fn worker_counters(&self, w: &WorkerHandle, ss: ServiceStats) -> WorkerCounters {
+        let c = w.stats.counters();
         let interfaces = self
             .ports
             .values()
-            .map(|p| {
-                let mut s = PortCounters::default();
-                for w in &self.workers {
-                    let x = w.stats.port(p.id);
-                    s.rx_packets += x.rx_packets;
-                    s.rx_bytes += x.rx_bytes;
-                    s.tx_packets += x.tx_packets;
-                    s.tx_bytes += x.tx_bytes;
-                    s.tx_ring_full += x.tx_ring_full;
-                }
-                (p.ifname.clone(), s)
-            })
+            .map(|p| (p.ifname.clone(), w.stats.port(p.id)))
             .collect();
-        let (services, conntrack_entries, conntrack_capacity) = self.service_counters();
         // Drops the kernel counts before a frame reaches a worker, and the
         // descriptors it returned that the AF_XDP layer refused.
         let mut k = [0u64; 4];
-        let (mut bad_rx, mut bad_completion) = (0, 0);
-        for w in &self.workers {
-            let e = w.stats.desc_errors();
-            bad_rx += e.bad_rx;
-            bad_completion += e.bad_completion;
-            for (_, s) in w
-                .call(|reply| Command::KernelStats { reply })
-                .unwrap_or_default()
-            {
-                k[0] += s.rx_dropped;
-                k[1] += s.rx_ring_full;
-                k[2] += s.rx_fill_ring_empty;
-                k[3] += s.tx_invalid;
-            }
+        for (_, s) in w
+            .call(|reply| Command::KernelStats { reply })
+            .unwrap_or_default()
+        {
+            k[0] += s.rx_dropped;
+            k[1] += s.rx_ring_full;
+            k[2] += s.rx_fill_ring_empty;
+            k[3] += s.tx_invalid;
         }
+        let e = w.stats.desc_errors();
         let kernel = [
             "xsk_rx_dropped",
             "xsk_rx_ring_full",
@@ -1177,9 +1228,8 @@ impl Engine {
         ]
         .into_iter()
         .zip(k)
-        .chain([("xsk_bad_rx_desc", bad_rx)]);
-        CountersSnapshot {
-            interfaces,
+        .chain([("xsk_bad_rx_desc", e.bad_rx)]);
+        WorkerCounters {
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), c.drop_count(*r)))
@@ -1188,11 +1238,26 @@ impl Engine {
             events: Counters::EVENT_NAMES
                 .into_iter()
                 .zip(c.events())
-                .chain([("xsk_bad_completion", bad_completion)])
+                .chain([("xsk_bad_completion", e.bad_completion)])
                 .collect(),
-            services,
-            conntrack_entries,
-            conntrack_capacity,
+            interfaces,
+            conntrack_entries: ss.conntrack_entries as u64,
+            conntrack_capacity: ss.conntrack_capacity as u64,
+            conntrack: ss.conntrack,
+        }
+    }
+}
+
+/// Adds `b`'s values into `a`'s entries of the same name (same order, as
+/// every worker lists the same names; a name `a` lacks is appended).
+fn sum_into<K: PartialEq + Clone, V: Copy + std::ops::AddAssign>(
+    a: &mut Vec<(K, V)>,
+    b: &[(K, V)],
+) {
+    for (k, v) in b {
+        match a.iter_mut().find(|(x, _)| x == k) {
+            Some((_, x)) => *x += *v,
+            None => a.push((k.clone(), *v)),
         }
     }
 }

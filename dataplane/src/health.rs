@@ -16,17 +16,10 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kxdp_proto::ops::{self, Response};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most of a request read before answering (the request is not parsed:
-/// every path gets the same answer, as from kube-proxy).
-const MAX_REQUEST: usize = 4096;
 
 /// What one health check port reports: the service, and its ready local
 /// endpoints (updated in place on every write).
@@ -81,12 +74,7 @@ impl HealthChecks {
             let local = Arc::new(AtomicUsize::new(w.local_endpoints));
             let listener = {
                 let _guard = rt.enter();
-                std::net::TcpListener::bind(SocketAddr::from(at))
-                    .and_then(|l| {
-                        l.set_nonblocking(true)?;
-                        Ok(l)
-                    })
-                    .and_then(tokio::net::TcpListener::from_std)
+                ops::bind(SocketAddr::from(at))
             };
             let listener = match listener {
                 Ok(l) => l,
@@ -118,57 +106,33 @@ impl Drop for HealthChecks {
 }
 
 async fn serve(listener: tokio::net::TcpListener, service: String, local: Arc<AtomicUsize>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let response = response(&service, local.load(Ordering::Relaxed));
-        tokio::spawn(async move {
-            let mut buf = [0u8; MAX_REQUEST];
-            let mut got = 0;
-            // Read the request head (or give up on a slow client), then answer.
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                while got < buf.len() {
-                    match conn.read(&mut buf[got..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got += n,
-                    }
-                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let _ = conn.write_all(response.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
+    // Every path gets the same answer, as from kube-proxy.
+    ops::serve(listener, move |_| {
+        let r = response(&service, local.load(Ordering::Relaxed));
+        async move { r }
+    })
+    .await
 }
 
 /// kube-proxy's answer for a service with `local` ready local endpoints.
-pub fn response(service: &str, local: usize) -> String {
+pub fn response(service: &str, local: usize) -> Response {
     let (namespace, name) = service.split_once('/').unwrap_or(("", service));
     let body = serde_json::json!({
         "service": { "namespace": namespace, "name": name },
         "localEndpoints": local,
         "serviceProxyHealthy": true,
-    })
-    .to_string();
-    let status = if local > 0 {
-        "200 OK"
-    } else {
-        "503 Service Unavailable"
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: {local}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    });
+    let mut r = Response::json(if local > 0 { 200 } else { 503 }, &body);
+    r.headers
+        .push(("X-Load-Balancing-Endpoint-Weight", local.to_string()));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kxdp_testkit::free_port;
+    use std::time::Duration;
 
     fn get(at: (Ipv4Addr, u16)) -> String {
         use std::io::{Read, Write};

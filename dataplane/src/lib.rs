@@ -7,6 +7,8 @@
 //! - [`netlink`]: next-hop MACs from the kernel's neighbour table.
 //! - [`nft`]: the node kernel's DNAT of its own NodePorts and external IPs.
 //! - [`health`]: health check ports of externalTrafficPolicy Local services.
+//! - [`metrics`], [`liveness`]: `/metrics` and `/healthz` on
+//!   `--metrics-address`; heartbeats, and systemd's READY/WATCHDOG.
 //! - [`state`], [`api`]: the API edge (proto -> validated domain types).
 //! - [`cli`]: the command line (flags, their environment variables).
 //! - [`fault`]: test-only faults (`--test-fault`, hidden).
@@ -19,6 +21,8 @@ pub mod cli;
 pub mod engine;
 pub mod fault;
 pub mod health;
+pub mod liveness;
+pub mod metrics;
 pub mod netlink;
 pub mod nft;
 pub mod state;

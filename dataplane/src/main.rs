@@ -40,7 +40,21 @@ fn main() -> anyhow::Result<()> {
         boot_id.clone(),
     )
     .context("starting the engine (are you root?)")?;
+    let live = engine.liveness();
     let (tx, rx) = crossbeam_channel::bounded(64);
+    if let Some(addr) = args.metrics_address {
+        let listener = {
+            let _guard = rt.enter();
+            kxdp_proto::ops::bind(addr).with_context(|| format!("--metrics-address {addr}"))?
+        };
+        log::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+        let (tx, live) = (tx.clone(), live.clone());
+        rt.spawn(kxdp_proto::ops::serve(listener, move |req| {
+            kxdp_dataplane::metrics::handle(req, tx.clone(), live.clone())
+        }));
+    }
+    // READY=1 and WATCHDOG=1 when started as a systemd Type=notify service.
+    kxdp_dataplane::liveness::spawn_notifier(live)?;
     let engine_thread = std::thread::Builder::new()
         .name("kxdp-engine".into())
         .spawn(move || engine.run(rx))?;
@@ -65,7 +79,9 @@ fn main() -> anyhow::Result<()> {
             .await?;
         anyhow::Ok(())
     })?;
-    // The service (and its engine sender) is gone: the engine detaches and stops.
+    // The service is gone; the metrics listener's tasks hold engine senders
+    // too: they go with the runtime. Then the engine detaches and stops.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("engine thread panicked"))?;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use kxdp_core::conntrack::Entry;
+use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{
     Counters, DropReason, Packet, Pipeline, SvcCounters, Verdict, BATCH_SIZE,
 };
@@ -157,10 +157,11 @@ pub enum Command {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
-    /// New flows per (service id, backend ip, backend port).
-    pub backend_flows: Vec<((u32, std::net::Ipv4Addr, u16), u64)>,
+    /// New flows per (service id, IP protocol, backend ip, backend port).
+    pub backend_flows: Vec<((u32, u8, std::net::Ipv4Addr, u16), u64)>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
+    pub conntrack: CtStats,
 }
 
 /// Per-port traffic counters.
@@ -171,6 +172,16 @@ pub struct PortCounters {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_ring_full: u64,
+}
+
+impl std::ops::AddAssign for PortCounters {
+    fn add_assign(&mut self, o: PortCounters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_ring_full += o.tx_ring_full;
+    }
 }
 
 /// Counters a worker publishes for the manager to read: single writer,
@@ -184,11 +195,28 @@ pub struct SharedStats {
     /// An on-link egress destination to resolve (`Pipeline::take_unresolved`);
     /// 0: none.
     unresolved: AtomicU32,
+    /// When the worker last published (nanoseconds since `start`): its
+    /// heartbeat, read by `liveness.rs`.
+    heartbeat: AtomicU64,
+    start: Instant,
+}
+
+impl Default for SharedStats {
+    fn default() -> SharedStats {
+        SharedStats::new()
+    }
 }
 
 impl SharedStats {
-    fn new() -> SharedStats {
+    pub fn new() -> SharedStats {
+        SharedStats::started_at(Instant::now())
+    }
+
+    /// Heartbeats counted from `start`.
+    pub fn started_at(start: Instant) -> SharedStats {
         SharedStats {
+            heartbeat: AtomicU64::new(0),
+            start,
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             events: std::array::from_fn(|_| AtomicU64::new(0)),
             ports: (0..MAX_PORTS)
@@ -203,6 +231,18 @@ impl SharedStats {
     pub fn take_unresolved(&self) -> Option<std::net::Ipv4Addr> {
         let ip = self.unresolved.swap(0, Ordering::Relaxed);
         (ip != 0).then(|| std::net::Ipv4Addr::from(ip))
+    }
+
+    /// The worker is polling (once per published pass, never per packet).
+    pub fn beat(&self) {
+        let ns = self.start.elapsed().as_nanos() as u64;
+        self.heartbeat.store(ns, Ordering::Relaxed);
+    }
+
+    /// How long ago the worker last beat.
+    pub fn heartbeat_age(&self) -> Duration {
+        let at = Duration::from_nanos(self.heartbeat.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(at)
     }
 
     /// Descriptors from the kernel that failed the AF_XDP layer's checks.
@@ -462,6 +502,7 @@ impl Worker {
                         .collect(),
                     conntrack_entries: ct.len(),
                     conntrack_capacity: ct.capacity(),
+                    conntrack: ct.stats(),
                 });
             }
             Command::Conntrack {
@@ -731,6 +772,7 @@ impl Worker {
 
     /// Publishes counters for the manager (relaxed stores, one writer).
     fn publish(&mut self) {
+        self.stats.beat();
         if let Some(ip) = self.pipeline.take_unresolved() {
             self.stats
                 .unresolved

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -88,4 +89,127 @@ async fn a_worker_that_panics_ends_the_process() {
         log.contains("thread kxdp-worker-0 panicked: aborting"),
         "{log}"
     );
+}
+
+/// `/healthz` of a dataplane in `ns` (on `--metrics-address 127.0.0.1:9464`
+/// there): status code and JSON body.
+fn healthz(ns: &NetNs) -> (u16, serde_json::Value) {
+    let out = ns.exec(
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            "http://127.0.0.1:9464/healthz",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (code.trim().parse().expect("an HTTP status"), body)
+}
+
+/// What arrives on a notify socket within `window`.
+fn notifications(sock: &UnixDatagram, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn has(messages: &[String], what: &str) -> bool {
+    messages.iter().any(|m| m.lines().any(|l| l == what))
+}
+
+/// The systemd side: `/healthz` and sd_notify's READY=1 and WATCHDOG=1, with
+/// worker 0 stopped by the stall fault for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_and_the_watchdog_stops_while_a_worker_is_stopped() {
+    require_root();
+    let tag = unique_name("hz");
+    let namespaces = node_namespaces(&tag);
+    let node = &namespaces.0;
+    let dir = kxdp_testkit::TempDir::new(&tag);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let socket = dir.path().join("dp.sock");
+    let fault = format!("stall:0:{STALL_SECS}");
+    let _dp = Dataplane::start_with_env(
+        node,
+        socket.clone(),
+        &[
+            "--test-fault",
+            &fault,
+            "--metrics-address",
+            "127.0.0.1:9464",
+        ],
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut c = DataplaneClient::new(kxdp_proto::connect_unix(&socket).await.unwrap());
+
+    // Alive but not synced: healthy, pinging, not ready.
+    let (code, body) = healthz(node);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["workers"][0]["state"], "polling", "{body}");
+    let got = notifications(&notify, Duration::from_millis(1500));
+    assert!(has(&got, "WATCHDOG=1"), "{got:?}");
+    assert!(!has(&got, "READY=1"), "ready before any sync: {got:?}");
+
+    // The first tables stall worker 0: /healthz turns 503 naming it, and
+    // the watchdog pings stop (systemd would restart the process).
+    let write = tokio::spawn(async move {
+        let r = sync(&mut c, 5).await;
+        (c, r)
+    });
+    let deadline = Instant::now() + Duration::from_secs(STALL_SECS - 1);
+    let body = loop {
+        let (code, body) = healthz(node);
+        if code == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/healthz stayed {code}: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(body["healthy"], false, "{body}");
+    assert_eq!(body["workers"][0]["state"], "stuck", "{body}");
+    let why = body["reasons"][0].as_str().unwrap_or_default();
+    assert!(why.starts_with("worker 0 has not polled for"), "{body}");
+    notifications(&notify, Duration::from_millis(600));
+    let got = notifications(&notify, Duration::from_millis(1500));
+    assert!(!has(&got, "WATCHDOG=1"), "pinged while stuck: {got:?}");
+
+    // The write fails (unacknowledged): still unhealthy after the stall.
+    let (mut c, r) = write.await.unwrap();
+    assert!(r.is_err(), "{r:?}");
+    let (code, body) = healthz(node);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.to_string().contains("not acknowledged"), "{body}");
+
+    // A write every worker takes: healthy, READY=1 (synced and attached),
+    // and the pings again.
+    assert_eq!(sync(&mut c, 6).await.expect("sync after the stall"), 6);
+    let (code, body) = healthz(node);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["generation"], 6, "{body}");
+    assert_eq!(body["attached"], true, "{body}");
+    assert!(body["lastUpdated"].is_string(), "{body}");
+    let got = notifications(&notify, Duration::from_millis(2500));
+    assert!(has(&got, "READY=1"), "{got:?}");
+    let pings = got.iter().filter(|m| m.as_str() == "WATCHDOG=1").count();
+    assert!(pings >= 2, "{got:?}");
 }

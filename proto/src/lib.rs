@@ -21,6 +21,7 @@ pub mod kxdp {
     }
 }
 
+pub mod ops;
 pub mod service;
 pub mod uds;
 

@@ -192,6 +192,7 @@ pub fn config(dir: &Path, listen: PathBuf, apply_timeout: Duration) -> Config {
         dataplane_dir: dir.to_path_buf(),
         resync_interval: TICK,
         apply_timeout,
+        metrics_address: None,
     }
 }
 

@@ -31,6 +31,16 @@ pub struct Dataplane {
 impl Dataplane {
     /// Starts it as node n1 with `extra` arguments; returns once it serves.
     pub fn start(ns: &NetNs, socket: PathBuf, extra: &[&str]) -> Dataplane {
+        Dataplane::start_with_env(ns, socket, extra, &[])
+    }
+
+    /// The same, with `env` added to its environment.
+    pub fn start_with_env(
+        ns: &NetNs,
+        socket: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Dataplane {
         let log = socket.with_extension("log");
         let stderr = std::fs::File::create(&log).expect("dataplane log file");
         let child = Command::new("ip")
@@ -45,6 +55,7 @@ impl Dataplane {
             ])
             .arg(&socket)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("start kxdp-dataplane");

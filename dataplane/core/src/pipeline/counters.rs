@@ -53,6 +53,8 @@ macro_rules! counter_table {
             pub const EVENTS: usize = [$(stringify!($event)),*].len();
             /// The event counters' API names, in [`Counters::events`] order.
             pub const EVENT_NAMES: [&'static str; Counters::EVENTS] = [$(stringify!($event)),*];
+            /// The event counters' doc comments ("" for none), for metrics' help.
+            pub const EVENT_HELP: [&'static str; Counters::EVENTS] = [$(concat!("" $(, $edoc)*)),*];
 
             /// The event counters' values, in [`Counters::EVENT_NAMES`] order.
             pub fn events(&self) -> [u64; Counters::EVENTS] {

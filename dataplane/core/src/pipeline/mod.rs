@@ -257,9 +257,8 @@ impl Pipeline {
         &self.nat.svc
     }
 
-    /// New flows per backend (ip, port).
-    /// New flows per (service id, backend ip, backend port).
-    pub fn backend_flows(&self) -> &hashbrown::HashMap<(u32, Ipv4Addr, u16), u64> {
+    /// New flows per (service id, IP protocol, backend ip, backend port).
+    pub fn backend_flows(&self) -> &hashbrown::HashMap<(u32, u8, Ipv4Addr, u16), u64> {
         &self.nat.backend_flows
     }
 

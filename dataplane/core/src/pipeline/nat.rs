@@ -67,7 +67,7 @@ pub struct NatState {
     affinity_cap: usize,
     pub(super) svc: Vec<SvcCounters>,
     /// New flows per backend (ip, port) — for spread checks and the CLI.
-    pub(super) backend_flows: HashMap<(u32, Ipv4Addr, u16), u64>,
+    pub(super) backend_flows: HashMap<(u32, u8, Ipv4Addr, u16), u64>,
 }
 
 impl NatState {
@@ -534,7 +534,7 @@ impl Pipeline {
         *self
             .nat
             .backend_flows
-            .entry((fe.service, backend.0, backend.1))
+            .entry((fe.service, fe.key.proto, backend.0, backend.1))
             .or_insert(0) += 1;
         Nat::Route {
             external_reply: None,

@@ -2698,7 +2698,16 @@ fn service_and_backend_counters_add_up() {
     assert_eq!(web.bytes, bytes);
     let per_backend: u64 = pl.backend_flows().values().sum();
     assert_eq!(per_backend, web.new_flows);
-    assert_eq!(pl.backend_flows().len(), 2);
+    // Two backends, each counted apart for TCP and for UDP (one port).
+    assert_eq!(pl.backend_flows().len(), 4);
+    let by_proto = |proto: u8| -> u64 {
+        let flows = pl.backend_flows().iter();
+        flows
+            .filter(|((_, p, _, _), _)| *p == proto)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!((by_proto(6), by_proto(17)), (20, 10));
     assert_eq!(pl.conntrack().stats().inserts, web.new_flows);
     assert_eq!(
         empty,
@@ -3045,7 +3054,7 @@ fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
     let mut hits = pl
         .backend_flows()
         .iter()
-        .filter(|((_, ip, port), _)| (*ip, *port) == be)
+        .filter(|((_, _, ip, port), _)| (*ip, *port) == be)
         .map(|(_, n)| n);
     let first = hits.next();
     assert!(
