@@ -525,6 +525,7 @@ async fn etcd_a_node_away_past_its_lease_costs_only_its_endpoints_and_keeps_its_
 async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
+    let _ = env_logger::builder().is_test(true).try_init();
     let mut client = etcd::connect(&etcd.access).await.unwrap();
     etcd::init_config(&mut client, &lab_config()).await.unwrap();
     let listed = etcd::list(&mut client).await.unwrap();
@@ -536,9 +537,16 @@ async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
         .put("/kxdp/services/default/x", svc.encode_to_vec(), None)
         .await
         .unwrap();
-    let now = client.get("/kxdp/", None).await.unwrap();
-    let rev = now.header().unwrap().revision();
-    assert!(rev > listed.1);
+    // One more write (outside /kxdp/), so that compacting at its revision
+    // removes the service's: the watch from listed + 1 is compacted away.
+    let rev = client
+        .put("/kxdp-test/bump", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(rev > listed.1 + 1);
     client.compact(rev, None).await.unwrap();
 
     let shared = kxdp_control::reconcile::Shared::scoped(
@@ -570,6 +578,7 @@ async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
 async fn etcd_a_lost_watch_is_followed_again_after_etcd_restarts() {
     let mut etcd = Etcd::start(1);
     etcd.ready().await;
+    let _ = env_logger::builder().is_test(true).try_init();
     let tmp = TempDir::new("etcd-lost-watch");
     let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
     let a = wait_held("a registered", &fake_a, |s| s.node.is_some()).await;
