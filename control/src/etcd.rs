@@ -887,10 +887,11 @@ impl Store {
         };
         let held = acquire(&mut client, &cluster_config, &etcd.node).await?;
         log::info!(
-            "{}: registered, pod CIDR {} (lease TTL {} s)",
+            "{}: registered, pod CIDR {} (liveness TTL {} s, reservation TTL {} s)",
             etcd.node.name,
             held.pod_cidr,
-            etcd.node.lease_ttl_s
+            etcd.node.lease_ttl_s,
+            etcd.node.reservation_ttl_s
         );
         let held = Arc::new(Mutex::new(held));
         let empty =

@@ -609,24 +609,9 @@ async fn a_restarted_control_process_pushes_the_runtime_objects_it_had() {
         })
         .await
         .unwrap();
-    let web = kxdp_proto::dataplane::Service {
-        name: "default/web".into(),
-        cluster_ip: "10.96.0.10".into(),
-        ports: vec![kxdp_proto::dataplane::ServicePort {
-            port: 80,
-            ..Default::default()
-        }],
-        endpoints: vec![kxdp_proto::dataplane::Endpoint {
-            ip: "10.244.1.9".into(),
-            ready: true,
-            serving: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
     client
         .upsert_service(UpsertServiceRequest {
-            service: Some(web.clone()),
+            service: Some(web_service("default/web", "10.96.0.10", &["10.244.1.9"])),
         })
         .await
         .unwrap();

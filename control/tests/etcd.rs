@@ -289,22 +289,8 @@ async fn service_through(
     fake_a: &Arc<FakeDataplane>,
     fake_b: &Arc<FakeDataplane>,
 ) {
-    let service = kxdp_proto::dataplane::Service {
-        name: "default/web".into(),
-        cluster_ip: "10.96.0.10".into(),
-        ports: vec![kxdp_proto::dataplane::ServicePort {
-            port: 80,
-            node_port: 30080,
-            ..Default::default()
-        }],
-        endpoints: vec![kxdp_proto::dataplane::Endpoint {
-            ip: a_ip.into(),
-            ready: true,
-            serving: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let mut service = web_service("default/web", "10.96.0.10", &[a_ip]);
+    service.ports[0].node_port = 30080;
     client
         .upsert_service(UpsertServiceRequest {
             service: Some(service),
@@ -419,28 +405,6 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     served_b.stop().await;
 }
 
-/// A service `name` at `vip`:80 with one ready endpoint per address.
-fn web(name: &str, vip: &str, ips: &[&str]) -> kxdp_proto::dataplane::Service {
-    kxdp_proto::dataplane::Service {
-        name: name.into(),
-        cluster_ip: vip.into(),
-        ports: vec![kxdp_proto::dataplane::ServicePort {
-            port: 80,
-            ..Default::default()
-        }],
-        endpoints: ips
-            .iter()
-            .map(|ip| kxdp_proto::dataplane::Endpoint {
-                ip: ip.to_string(),
-                ready: true,
-                serving: true,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
 /// Service `name` in `s`, with each endpoint's (ip, ready, serving).
 fn endpoints_of(s: &DataplaneState, name: &str) -> Option<Vec<(String, bool, bool)>> {
     s.services.iter().find(|x| x.name == name).map(|x| {
@@ -465,8 +429,8 @@ async fn etcd_a_node_away_past_its_lease_costs_only_its_endpoints_and_keeps_its_
     let (a_ip, b_ip) = (pod_ip(&a, 9), pod_ip(&b, 9));
     // default/web: one endpoint on each node; default/local: on a only.
     for s in [
-        web("default/web", "10.96.0.10", &[&a_ip, &b_ip]),
-        web("default/local", "10.96.0.11", &[&a_ip]),
+        web_service("default/web", "10.96.0.10", &[&a_ip, &b_ip]),
+        web_service("default/local", "10.96.0.11", &[&a_ip]),
     ] {
         ca.upsert_service(UpsertServiceRequest { service: Some(s) })
             .await
@@ -532,7 +496,7 @@ async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
     // After the listing: a service written, and etcd compacted past the
     // listed revision, so a watch from there cannot be served.
     use prost::Message;
-    let svc = web("default/x", "10.96.0.12", &[]);
+    let svc = web_service("default/x", "10.96.0.12", &[]);
     client
         .put("/kxdp/services/default/x", svc.encode_to_vec(), None)
         .await

@@ -95,13 +95,7 @@ fn control_restart_keeps_established_service_flows() {
     assert_eq!(before.len(), 1, "one tracked flow on n2: {before:?}");
     let gen = lab.node_info("n2")["desired_generation"].clone();
 
-    let out = lab.lab_sh(&["restart-control", "--kill"], 120);
-    assert!(
-        out.status.success(),
-        "lab.sh restart-control: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kill_and_restart_control(&lab);
     // Keep streaming a while on the re-synced dataplanes.
     thread::sleep(Duration::from_secs(1));
     let after = flows(&lab, "n2");
@@ -122,7 +116,9 @@ fn control_restart_keeps_established_service_flows() {
     );
 }
 
-fn restart_control(lab: &Lab) {
+/// `lab.sh restart-control --kill`: SIGKILL, start again, wait until every
+/// node is synced.
+fn kill_and_restart_control(lab: &Lab) {
     let out = lab.lab_sh(&["restart-control", "--kill"], 120);
     assert!(
         out.status.success(),
@@ -130,7 +126,12 @@ fn restart_control(lab: &Lab) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The pods' attach status comes from a GetState: let one follow the Sync.
+}
+
+/// [`kill_and_restart_control`], then time for a `GetState` after the Sync
+/// (the pods' attach status comes from one).
+fn restart_control(lab: &Lab) {
+    kill_and_restart_control(lab);
     thread::sleep(Duration::from_millis(2500));
 }
 
