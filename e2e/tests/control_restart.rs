@@ -297,7 +297,7 @@ fn control_restart_loses_none_of_50_runtime_pods_and_services() {
     let lab = Lab::up(LabOpts::default());
     const N: u8 = 50;
     let pod = |i: u8| {
-        let node = if i % 2 == 0 { "n1" } else { "n2" };
+        let node = if i.is_multiple_of(2) { "n1" } else { "n2" };
         let ip = Ipv4Addr::new(10, 244, 1 + i % 2, 100 + i);
         (node, format!("rt-{i}"), ip)
     };
