@@ -5,16 +5,13 @@
 //! state file (`--state-file`) brings it back, on the dataplanes, with
 //! traffic to it working, and none of 50 run-time pods and services is lost.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kxdp_e2e::{
-    check, repo_root, require_root, tcp_connect, tcp_echo_server, tcp_send_and_check, Lab, LabOpts,
-    Pattern,
+    check, pod_mac_ifname, repo_root, require_root, tcp_connect, tcp_echo_server,
+    tcp_send_and_check, EchoStream, Lab, LabOpts,
 };
 use serde_json::{json, Value};
 
@@ -49,46 +46,7 @@ fn control_restart_keeps_established_service_flows() {
         Duration::from_secs(10),
     )
     .expect("connect to the ClusterIP");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-
-    // Stream until told to stop; read the echo back and check every byte.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut w = s.try_clone().unwrap();
-    let stop_w = stop.clone();
-    let writer = thread::spawn(move || -> Result<u64, String> {
-        let mut p = Pattern::new(7);
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut sent = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop_w.load(Ordering::Relaxed) && Instant::now() < deadline {
-            p.fill(&mut buf);
-            w.write_all(&buf)
-                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
-            sent += buf.len() as u64;
-            thread::sleep(Duration::from_millis(2));
-        }
-        w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        Ok(sent)
-    });
-    let reader = thread::spawn(move || -> Result<u64, String> {
-        let mut r = s;
-        let mut expect = Pattern::new(7);
-        let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        let mut got = 0u64;
-        loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got} bytes: {e}"))?;
-            if n == 0 {
-                return Ok(got);
-            }
-            expect.fill(&mut want[..n]);
-            if buf[..n] != want[..n] {
-                return Err(format!("echo differs near byte {got}"));
-            }
-            got += n as u64;
-        }
-    });
+    let stream = EchoStream::start(s, 7, Duration::from_secs(60));
 
     thread::sleep(Duration::from_millis(500));
     let before = flows(&lab, "n2");
@@ -99,11 +57,7 @@ fn control_restart_keeps_established_service_flows() {
     // Keep streaming a while on the re-synced dataplanes.
     thread::sleep(Duration::from_secs(1));
     let after = flows(&lab, "n2");
-    stop.store(true, Ordering::Relaxed);
-
-    let sent = writer.join().unwrap().expect("writer");
-    let got = reader.join().unwrap().expect("reader");
-    assert_eq!(got, sent, "echoed bytes");
+    let sent = stream.finish();
     assert!(sent > 1 << 20, "streamed only {sent} bytes");
     assert_eq!(after.len(), 1, "the flow is still tracked: {after:?}");
     assert_eq!(after[0]["backend"], before[0]["backend"], "same backend");
@@ -138,9 +92,7 @@ fn restart_control(lab: &Lab) {
 /// `kxdpctl pod add` of pod NAME on NODE with the lab's conventions
 /// (MAC 0a:58:<ip>, veth kx<hex ip>).
 fn pod_add(lab: &Lab, node: &str, name: &str, ip: Ipv4Addr) {
-    let [a, b, c, d] = ip.octets();
-    let mac = format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
-    let ifname = format!("kx{:08x}", u32::from(ip));
+    let (mac, ifname) = pod_mac_ifname(ip);
     check(
         &format!("kxdpctl pod add {node}/{name}"),
         lab.kxdpctl_raw(&[
