@@ -75,7 +75,9 @@ per pod, an outside client, and an outside world behind a router. Needs root.
   restart-control [--kill]
                 stop kxdp-control (SIGTERM, or SIGKILL), start it again; it
                 pushes every node's state once on start, without disturbing
-                the dataplanes' established flows
+                the dataplanes' established flows, with the pods and services
+                added at run time (RUN_DIR/control-state.json; 'up' starts
+                without them)
 
 Topology (P = prefix):
   netns P-sw        bridge br0; ports named after the nodes (n1, n2), ext and rt
@@ -648,7 +650,8 @@ start_control() {
     # across restart-control.
     [[ -s $RUN_DIR/control.metrics ]] || free_port >"$RUN_DIR/control.metrics"
     start_daemon control kxdp-control "$BIN_DIR/kxdp-control" \
-        --cluster "$(cat "$RUN_DIR/cluster-file")" --listen "$RUN_DIR/control.sock" --dataplane-dir "$RUN_DIR" \
+        --cluster "$(cat "$RUN_DIR/cluster-file")" --state-file "$RUN_DIR/control-state.json" \
+        --listen "$RUN_DIR/control.sock" --dataplane-dir "$RUN_DIR" \
         --metrics-address "$(cat "$RUN_DIR/control.metrics")"
     wait_socket control "$RUN_DIR/control.sock"
     log "waiting for kxdp-control to sync ${KXDP_NODES[*]} (up to ${SYNC_TIMEOUT}s)"
@@ -761,6 +764,8 @@ lab_up() {
         fi
     done
     if ((${#KXDP_NODES[@]} > 0)); then
+        # A new lab starts from its cluster file alone; restart-control keeps it.
+        rm -f "$RUN_DIR/control-state.json"
         start_control
     else
         log "every node is a kernel node: kxdp-control not started"

@@ -79,6 +79,15 @@ pub struct Args {
           default_value_t = DEFAULT_APPLY_TIMEOUT.as_millis() as u64)]
     pub apply_timeout_ms: u64,
 
+    /// File mode: where the pods and services registered at run time (and
+    /// the last applied cluster file) are kept, so that a restart pushes
+    /// what was there before. Written (atomically, fsynced) before each
+    /// change is acknowledged; a corrupt or unknown-version file stops the
+    /// process at startup (exit 2): move it aside to start empty.
+    #[arg(long, value_name = "FILE", env = "KXDP_STATE_FILE",
+          default_value = crate::state_file::DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+
     /// Shared store: https://host:2379[,host:port...] (etcd over TLS, with
     /// --etcd-ca, --etcd-cert, --etcd-key), or http://... with
     /// --etcd-insecure. This process then registers --node, takes a pod
@@ -111,11 +120,20 @@ pub struct Args {
     #[arg(long, value_name = "MAC", env = "KXDP_VTEP_MAC")]
     pub vtep_mac: Option<Mac>,
 
-    /// Etcd mode: TTL of this node's lease; a vanished node's routes go after it.
+    /// Etcd mode: TTL of this node's liveness lease; when it lapses (this
+    /// process away), every node takes this node's endpoints as not ready.
     #[arg(long, value_name = "S", env = "KXDP_LEASE_TTL_S",
           default_value_t = crate::etcd::DEFAULT_LEASE_TTL_S,
           value_parser = clap::value_parser!(i64).range(2..))]
     pub lease_ttl_s: i64,
+
+    /// Etcd mode: TTL of this node's pod CIDR reservation (kept alive while
+    /// the process runs). A node away for less takes the same CIDR back and
+    /// keeps its routes on the other nodes; after it, they drop it.
+    #[arg(long, value_name = "S", env = "KXDP_SUBNET_RESERVATION_TTL_S",
+          default_value_t = crate::etcd::DEFAULT_RESERVATION_TTL_S,
+          value_parser = clap::value_parser!(i64).range(2..))]
+    pub subnet_reservation_ttl_s: i64,
 
     /// Etcd mode, with --cluster: prefix length of each node's pod CIDR.
     #[arg(long, value_name = "LEN", env = "KXDP_SUBNET_LEN",

@@ -68,6 +68,11 @@ pub struct Cluster {
     /// NodePorts open on every node address inside these (kube-proxy's
     /// `--nodeport-addresses`); empty: on the underlay address only.
     pub node_port_addresses: Vec<Ipv4Net>,
+    /// Etcd mode: nodes whose control process is away (its liveness lease
+    /// lapsed). They keep their pod CIDR and routes; their endpoints are not
+    /// ready, as Kubernetes marks an unreachable node's pods. Always empty
+    /// from a cluster file.
+    pub unreachable: Vec<String>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -180,6 +185,7 @@ impl Cluster {
                 .iter()
                 .map(|n| (n.name.as_str(), n.underlay_ip))
                 .collect(),
+            unreachable: self.unreachable.iter().map(String::as_str).collect(),
         }
     }
 
@@ -398,6 +404,7 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
                     .iter()
                     .filter_map(|n| Some((n.name.as_str(), n.underlay_ip.parse().ok()?)))
                     .collect(),
+                unreachable: Vec::new(),
             };
             let mut taken = service::Taken::default();
             raw.services
@@ -443,6 +450,7 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             ip_masq: raw.cluster.ip_masq,
             non_masquerade_cidrs,
             node_port_addresses,
+            unreachable: Vec::new(),
         }),
         _ => Err(Problems(problems)),
     }

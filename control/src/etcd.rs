@@ -8,15 +8,27 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `config` | cluster config, JSON ([`ClusterConfig`]); written once | none |
-//! | `subnets/10.244.1.0-24` | the node name holding that pod CIDR | the node's |
-//! | `nodes/<name>` | [`NodeRecord`], JSON | the node's |
+//! | `subnets/10.244.1.0-24` | the node name holding that pod CIDR | the node's reservation |
+//! | `nodes/<name>` | [`NodeRecord`], JSON | the node's reservation |
+//! | `alive/<name>` | empty | the node's liveness lease |
 //! | `pods/<node>/<name>` | `AddPodRequest`, protobuf | none |
 //! | `services/<ns>/<name>` | `dataplane.Service`, protobuf | none |
 //!
-//! Each node's control process takes a lease with a TTL and keeps it alive;
-//! its subnet and node keys are attached to it, so a node that disappears
-//! vanishes from everyone's view when its lease expires, and the other
-//! nodes drop its routes. A pod CIDR is taken with a transaction that
+//! Each node's control process holds two leases and keeps both alive:
+//! - a **reservation** (`--subnet-reservation-ttl-s`, 24 h by default, as
+//!   flannel's subnet leases): its pod CIDR and node record hang on it, so
+//!   a node that is away for less keeps its CIDR, and the others keep its
+//!   route (its dataplane may well still forward). A returning node finds
+//!   the subnet key naming it and takes it back on a fresh reservation; a
+//!   node gone for good is dropped by everyone when the reservation expires.
+//! - a **liveness** lease (`--lease-ttl-s`, 15 s): only `alive/<name>`
+//!   hangs on it. A node whose liveness lapsed is *unreachable*: everyone
+//!   keeps its CIDR, route and pods, and takes its endpoints as not ready
+//!   and not serving (as Kubernetes does for the pods of an unreachable
+//!   node), so services send new flows to the other endpoints; no other
+//!   endpoint or service changes because of it.
+//!
+//! A pod CIDR is taken with a transaction that
 //! compares the subnet key's create revision with 0, so two nodes asking at
 //! once never get the same one; a restarted node takes back the subnet that
 //! names it. Every process lists `/kxdp/` and watches it from the listed
@@ -62,11 +74,16 @@ pub const PREFIX: &str = "/kxdp/";
 pub const CONFIG_KEY: &str = "/kxdp/config";
 pub const SUBNETS: &str = "/kxdp/subnets/";
 pub const NODES: &str = "/kxdp/nodes/";
+pub const ALIVE: &str = "/kxdp/alive/";
 pub const PODS: &str = "/kxdp/pods/";
 pub const SERVICES: &str = "/kxdp/services/";
 
-/// Default lease TTL: a vanished node's routes go within this.
+/// Default liveness lease TTL: a vanished node's endpoints are not ready
+/// within this.
 pub const DEFAULT_LEASE_TTL_S: i64 = 15;
+/// Default reservation TTL: a node away for less keeps its pod CIDR (and
+/// everyone keeps its route); flannel's subnet leases last as long.
+pub const DEFAULT_RESERVATION_TTL_S: i64 = 24 * 3600;
 /// Pod CIDR prefix length taken out of the cluster CIDR by default.
 pub const DEFAULT_SUBNET_LEN: u8 = 24;
 
@@ -297,6 +314,7 @@ impl ClusterConfig {
                         .with_context(|| format!("config node_port_addresses {c}"))
                 })
                 .collect::<anyhow::Result<_>>()?,
+            unreachable: Vec::new(),
         })
     }
 }
@@ -318,11 +336,18 @@ pub struct Registration {
     pub underlay_ip: Ipv4Addr,
     pub uplink: String,
     pub vtep_mac: Option<Mac>,
+    /// Liveness.
     pub lease_ttl_s: i64,
+    /// The pod CIDR's reservation.
+    pub reservation_ttl_s: i64,
 }
 
 fn subnet_key(net: Ipv4Net) -> String {
     format!("{SUBNETS}{}-{}", net.network(), net.prefix_len())
+}
+
+fn alive_key(node: &str) -> String {
+    format!("{ALIVE}{node}")
 }
 
 fn pod_key(node: &str, name: &str) -> String {
@@ -396,17 +421,22 @@ pub async fn read_config(client: &mut Client) -> anyhow::Result<Option<ClusterCo
     }
 }
 
-/// A node's hold on its pod CIDR: the lease and what hangs on it.
+/// A node's hold on its pod CIDR: the leases and what hangs on them.
 #[derive(Clone, Debug)]
 pub struct Held {
+    /// Liveness: `alive/<name>`.
     pub lease: i64,
+    /// The reservation: the subnet key and the node record.
+    pub reservation: i64,
     pub pod_cidr: Ipv4Net,
 }
 
-/// Grants a lease and takes a pod CIDR with it: the one already naming this
-/// node (a restart), else the first free one. Each take is a transaction
-/// that only succeeds if the subnet key is absent (or still names us), so
-/// concurrent takers never share a CIDR.
+/// Grants a liveness lease and a reservation and takes a pod CIDR on the
+/// reservation: the one already naming this node (a restart, or a return
+/// after its liveness lapsed), else the first free one. Each take is a
+/// transaction that only succeeds if the subnet key is absent (or still
+/// names us), so concurrent takers never share a CIDR. A taken-back
+/// subnet moves to the new reservation and the old one is revoked.
 pub async fn acquire(
     client: &mut Client,
     config: &ClusterConfig,
@@ -414,6 +444,7 @@ pub async fn acquire(
 ) -> anyhow::Result<Held> {
     let (cidr, _) = config.nets()?;
     let lease = client.lease_grant(me.lease_ttl_s, None).await?.id();
+    let reservation = client.lease_grant(me.reservation_ttl_s, None).await?.id();
     let vtep_mac = me
         .vtep_mac
         .unwrap_or_else(|| conventions::default_vtep_mac(me.underlay_ip));
@@ -426,13 +457,30 @@ pub async fn acquire(
             pod_cidr: net.to_string(),
         })?)
     };
-    let opts = || Some(PutOptions::new().with_lease(lease));
+    let reserved = || Some(PutOptions::new().with_lease(reservation));
+    let take = |net: Ipv4Net| -> anyhow::Result<[TxnOp; 3]> {
+        Ok([
+            TxnOp::put(subnet_key(net), me.name.as_bytes(), reserved()),
+            TxnOp::put(format!("{NODES}{}", me.name), record(net)?, reserved()),
+            TxnOp::put(
+                alive_key(&me.name),
+                "",
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ])
+    };
+    let held = Held {
+        lease,
+        reservation,
+        pod_cidr: cidr,
+    };
     for _attempt in 0..64 {
         let resp = client
             .get(SUBNETS, Some(GetOptions::new().with_prefix()))
             .await?;
         let mut taken = Vec::new();
         let mut mine = None;
+        let mut old_reservation = 0;
         for kv in resp.kvs() {
             let key = kv.key_str()?;
             let Some(net) = key
@@ -443,6 +491,7 @@ pub async fn acquire(
             };
             if kv.value() == me.name.as_bytes() {
                 mine = Some(net);
+                old_reservation = kv.lease();
             }
             taken.push(net);
         }
@@ -455,15 +504,22 @@ pub async fn acquire(
                     CompareOp::Equal,
                     me.name.as_bytes(),
                 )])
-                .and_then([
-                    TxnOp::put(key.as_str(), me.name.as_bytes(), opts()),
-                    TxnOp::put(format!("{NODES}{}", me.name), record(net)?, opts()),
-                ]);
+                .and_then(take(net)?);
             if client.txn(txn).await?.succeeded() {
-                log::info!("{}: took back pod CIDR {net} (lease {lease:x})", me.name);
+                log::info!(
+                    "{}: took back pod CIDR {net} (lease {lease:x}, reservation {reservation:x})",
+                    me.name
+                );
+                if old_reservation != 0 && old_reservation != reservation {
+                    // Nothing hangs on it any more; a failure only leaves
+                    // an empty lease to expire.
+                    if let Err(e) = client.lease_revoke(old_reservation).await {
+                        log::debug!("revoking the old reservation {old_reservation:x}: {e}");
+                    }
+                }
                 return Ok(Held {
-                    lease,
                     pod_cidr: net,
+                    ..held
                 });
             }
             continue;
@@ -480,15 +536,15 @@ pub async fn acquire(
             let key = subnet_key(net);
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(key.as_str(), me.name.as_bytes(), opts()),
-                    TxnOp::put(format!("{NODES}{}", me.name), record(net)?, opts()),
-                ]);
+                .and_then(take(net)?);
             if client.txn(txn).await?.succeeded() {
-                log::info!("{}: took pod CIDR {net} (lease {lease:x})", me.name);
+                log::info!(
+                    "{}: took pod CIDR {net} (lease {lease:x}, reservation {reservation:x})",
+                    me.name
+                );
                 return Ok(Held {
-                    lease,
                     pod_cidr: net,
+                    ..held
                 });
             }
             // Someone took it between our read and our write: read again.
@@ -496,14 +552,38 @@ pub async fn acquire(
             break;
         }
         if !raced {
+            release(client, &held).await;
             bail!("no free /{} left in cluster CIDR {cidr}", config.subnet_len);
         }
     }
+    release(client, &held).await;
     bail!("could not take a pod CIDR: too much contention")
 }
 
-/// Keeps `held`'s lease alive; if it is lost (expired while etcd was out of
-/// reach), takes a new one, and a pod CIDR with it. Runs until aborted.
+/// Revokes `held`'s leases, which nothing hangs on (an acquire that failed).
+async fn release(client: &mut Client, held: &Held) {
+    for id in [held.lease, held.reservation] {
+        if let Err(e) = client.lease_revoke(id).await {
+            log::debug!("revoking lease {id:x}: {e}");
+        }
+    }
+}
+
+/// Renews lease `id` once: false if it is gone (expired or revoked).
+async fn renew(client: &mut Client, id: i64) -> anyhow::Result<bool> {
+    let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+    keeper.keep_alive().await?;
+    match stream.message().await? {
+        Some(r) => Ok(r.ttl() > 0),
+        None => bail!("keep-alive stream ended"),
+    }
+}
+
+/// Keeps `held`'s leases alive (liveness every third of its TTL, the
+/// reservation every third of its own, at most hourly); if either is lost
+/// (expired while etcd was out of reach), registers again, which takes the
+/// same pod CIDR back while its subnet key still names this node. Runs
+/// until aborted.
 pub async fn keep_alive(
     mut client: Client,
     config: ClusterConfig,
@@ -513,8 +593,14 @@ pub async fn keep_alive(
 ) {
     let health = &shared.store_health;
     let period = Duration::from_millis((me.lease_ttl_s as u64 * 1000 / 3).max(100));
+    let reservation_period =
+        Duration::from_millis((me.reservation_ttl_s as u64 * 1000 / 3).clamp(100, 3_600_000));
+    let mut renewed = tokio::time::Instant::now();
     loop {
-        let lease = held.lock().await.lease;
+        let (lease, reservation) = {
+            let h = held.lock().await;
+            (h.lease, h.reservation)
+        };
         let lost = match client.lease_keep_alive(lease).await {
             Ok((mut keeper, mut stream)) => loop {
                 if let Err(e) = keeper.keep_alive().await {
@@ -536,6 +622,16 @@ pub async fn keep_alive(
                         break false;
                     }
                 }
+                if renewed.elapsed() >= reservation_period {
+                    match renew(&mut client, reservation).await {
+                        Ok(true) => renewed = tokio::time::Instant::now(),
+                        Ok(false) => break true,
+                        Err(e) => {
+                            log::warn!("{}: reservation keep-alive: {e}", me.name);
+                            break false;
+                        }
+                    }
+                }
                 tokio::time::sleep(period).await;
             },
             Err(e) => {
@@ -544,9 +640,12 @@ pub async fn keep_alive(
             }
         };
         if lost {
-            log::warn!("{}: lease {lease:x} expired; registering again", me.name);
+            log::warn!("{}: a lease expired; registering again", me.name);
             match acquire(&mut client, &config, &me).await {
-                Ok(h) => *held.lock().await = h,
+                Ok(h) => {
+                    renewed = tokio::time::Instant::now();
+                    *held.lock().await = h;
+                }
                 Err(e) => log::warn!("{}: cannot register again: {e:#}", me.name),
             }
         }
@@ -557,9 +656,32 @@ pub async fn keep_alive(
 /// Lists `/kxdp/` and watches it from the listed revision, publishing the
 /// store's content into `shared` on every change; lists again after a
 /// compaction, a cancelled watch or any error. Runs until aborted.
-pub async fn follow(mut client: Client, shared: Arc<Shared>) {
+pub async fn follow(client: Client, shared: Arc<Shared>) {
+    follow_from(client, shared, None).await
+}
+
+/// `/kxdp/`'s content at a revision, as listed.
+pub type Listing = (BTreeMap<String, Vec<u8>>, i64);
+
+/// Lists `/kxdp/`.
+pub async fn list(client: &mut Client) -> anyhow::Result<Listing> {
+    let resp = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = resp.header().context("no header")?.revision();
+    let cache = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+        .collect();
+    Ok((cache, revision))
+}
+
+/// [`follow`], starting from `listed` (an earlier [`list`]) instead of
+/// listing first: tests use it to start from a compacted revision.
+pub async fn follow_from(mut client: Client, shared: Arc<Shared>, mut listed: Option<Listing>) {
     loop {
-        match follow_once(&mut client, &shared).await {
+        match follow_once(&mut client, &shared, listed.take()).await {
             Ok(()) => {}
             Err(e) => log::warn!("etcd watch: {e:#}; listing again"),
         }
@@ -570,16 +692,15 @@ pub async fn follow(mut client: Client, shared: Arc<Shared>) {
     }
 }
 
-async fn follow_once(client: &mut Client, shared: &Shared) -> anyhow::Result<()> {
-    let resp = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = resp.header().context("no header")?.revision();
-    let mut cache: BTreeMap<String, Vec<u8>> = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
-        .collect();
+async fn follow_once(
+    client: &mut Client,
+    shared: &Shared,
+    listed: Option<Listing>,
+) -> anyhow::Result<()> {
+    let (mut cache, revision) = match listed {
+        Some(l) => l,
+        None => list(client).await?,
+    };
     publish(&cache, shared);
     let mut stream = client
         .watch(
@@ -623,6 +744,13 @@ async fn follow_once(client: &mut Client, shared: &Shared) -> anyhow::Result<()>
 fn publish(cache: &BTreeMap<String, Vec<u8>>, shared: &Shared) {
     match build(cache) {
         Ok(Some((cluster, runtime))) => {
+            if shared.current().cluster.unreachable != cluster.unreachable {
+                log::warn!(
+                    "unreachable nodes (liveness lease lapsed; CIDR and routes kept, \
+                     endpoints not ready): {:?}",
+                    cluster.unreachable
+                );
+            }
             shared.replace(cluster, runtime);
         }
         Ok(None) => log::warn!("etcd holds no cluster config ({CONFIG_KEY}) yet"),
@@ -661,6 +789,14 @@ pub fn build(cache: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<Option<(Cluste
             Err(e) => log::warn!("{key}: {e:#}; ignored"),
         }
     }
+    // A registered node without a live `alive/` key is away: it keeps its
+    // CIDR, route and pods; its endpoints are not ready.
+    cluster.unreachable = cluster
+        .nodes
+        .iter()
+        .filter(|n| !cache.contains_key(&alive_key(&n.name)))
+        .map(|n| n.name.clone())
+        .collect();
     let mut runtime = Runtime::default();
     for (key, value) in cache.range(SERVICES.to_string()..) {
         if !key.starts_with(SERVICES) {
@@ -764,10 +900,11 @@ impl Store {
         };
         let held = acquire(&mut client, &cluster_config, &etcd.node).await?;
         log::info!(
-            "{}: registered, pod CIDR {} (lease TTL {} s)",
+            "{}: registered, pod CIDR {} (liveness TTL {} s, reservation TTL {} s)",
             etcd.node.name,
             held.pod_cidr,
-            etcd.node.lease_ttl_s
+            etcd.node.lease_ttl_s,
+            etcd.node.reservation_ttl_s
         );
         let held = Arc::new(Mutex::new(held));
         let empty =

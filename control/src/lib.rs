@@ -10,6 +10,7 @@
 //! - [`plan`]: per-node dataplane state, routes, and the lab's pod plumbing plan.
 //! - [`service`]: services and endpoints: YAML/proto shapes, validation.
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
+//! - [`state_file`]: file mode's durable run-time state (`--state-file`).
 //! - [`store`]: where the desired state lives: the `DesiredStore` trait, the
 //!   file store, and which one the flags chose.
 //! - [`reconcile`]: one push loop per kxdp node.
@@ -34,6 +35,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod runtime;
 pub mod service;
+pub mod state_file;
 pub mod store;
 pub mod uds;
 pub mod validate;

@@ -28,8 +28,8 @@ use crate::cluster::Cluster;
 use crate::metrics::{StoreHealth, SyncMetrics};
 use crate::plan;
 use crate::runtime::Runtime;
+use crate::state_file::{Restored, StateFile};
 use crate::uds;
-use crate::validate::Problems;
 
 /// A dataplane that does not answer a read within this is unreachable.
 pub const GET_STATE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -166,6 +166,8 @@ pub struct Shared {
     pub sync_metrics: SyncMetrics,
     /// The etcd store's watch and lease, as its tasks last saw them.
     pub store_health: StoreHealth,
+    /// File mode's state file: every change is written there first.
+    pub state: Option<StateFile>,
 }
 
 impl Shared {
@@ -179,9 +181,49 @@ impl Shared {
         resync_interval: Duration,
         scope: Option<String>,
     ) -> Arc<Shared> {
+        Shared::build(
+            cluster,
+            Runtime::default(),
+            dataplane_dir,
+            resync_interval,
+            scope,
+            None,
+        )
+    }
+
+    /// File mode with a state file: starts at what it restored, and writes
+    /// every later change to it before making it.
+    pub fn restored(
+        restored: Restored,
+        dataplane_dir: PathBuf,
+        resync_interval: Duration,
+    ) -> Arc<Shared> {
+        let Restored {
+            state,
+            cluster,
+            runtime,
+        } = restored;
+        Shared::build(
+            cluster,
+            runtime,
+            dataplane_dir,
+            resync_interval,
+            None,
+            Some(state),
+        )
+    }
+
+    fn build(
+        cluster: Cluster,
+        runtime: Runtime,
+        dataplane_dir: PathBuf,
+        resync_interval: Duration,
+        scope: Option<String>,
+        state: Option<StateFile>,
+    ) -> Arc<Shared> {
         let desired = Desired::with(
             Arc::new(cluster),
-            Arc::new(Runtime::default()),
+            Arc::new(runtime),
             next_generation(0),
             scope.as_deref(),
         );
@@ -193,7 +235,17 @@ impl Shared {
             scope,
             sync_metrics: SyncMetrics::default(),
             store_health: StoreHealth::default(),
+            state,
         })
+    }
+
+    /// Records `runtime` (and a newly applied cluster file) in the state
+    /// file, if there is one.
+    fn persist(&self, applied: Option<&str>, runtime: &Runtime) -> Result<(), Status> {
+        match &self.state {
+            Some(state) => state.save(applied, runtime),
+            None => Ok(()),
+        }
     }
 
     /// Replaces the whole desired state (etcd mode: what the store holds);
@@ -218,13 +270,21 @@ impl Shared {
         generation
     }
 
-    /// Makes `cluster` the desired state of every node at once, keeping the
-    /// run-time pods that fit it (see [`Runtime::refit`]); returns the new
-    /// generation. Wakes every reconciler. Nothing changes on error.
-    pub fn set_cluster(&self, cluster: Cluster) -> Result<u64, Problems> {
+    /// Makes `cluster` (the file `yaml`) the desired state of every node at
+    /// once, keeping the run-time pods that fit it (see [`Runtime::refit`]);
+    /// returns the new generation. Wakes every reconciler. Nothing changes
+    /// on error (a refit problem, or a state file that cannot be written).
+    pub fn set_cluster(&self, cluster: Cluster, yaml: &str) -> Result<u64, Status> {
         let mut result = Ok(0);
-        self.desired
-            .send_if_modified(|d| match d.runtime.refit(&cluster) {
+        self.desired.send_if_modified(|d| {
+            match d
+                .runtime
+                .refit(&cluster)
+                .map_err(Status::from)
+                .and_then(|fit| {
+                    self.persist(Some(yaml), &fit.0)?;
+                    Ok(fit)
+                }) {
                 Ok((runtime, dropped)) => {
                     for (node, name) in dropped {
                         log::info!("run-time pod {node}/{name} removed with its node");
@@ -239,21 +299,23 @@ impl Shared {
                     result = Ok(generation);
                     true
                 }
-                Err(p) => {
-                    result = Err(p);
+                Err(e) => {
+                    result = Err(e);
                     false
                 }
-            });
+            }
+        });
         result
     }
 
     /// Applies `edit` to the run-time set atomically (validation and change
     /// under one lock, so two concurrent edits cannot both pass a uniqueness
     /// check); returns the generation that holds the result, new or current.
-    pub fn edit_runtime<T, E>(
+    /// The change is written to the state file first, if there is one.
+    pub fn edit_runtime<T, E: Into<Status>>(
         &self,
         edit: impl FnOnce(&Cluster, &Runtime) -> Result<Edit<T>, E>,
-    ) -> Result<(u64, T), E> {
+    ) -> Result<(u64, T), Status> {
         let mut result = None;
         self.desired
             .send_if_modified(|d| match edit(&d.cluster, &d.runtime) {
@@ -262,6 +324,10 @@ impl Shared {
                     false
                 }
                 Ok(Edit::Changed(runtime, v)) => {
+                    if let Err(e) = self.persist(None, &runtime) {
+                        result = Some(Err(e));
+                        return false;
+                    }
                     let generation = next_generation(d.generation);
                     *d = Arc::new(Desired::with(
                         d.cluster.clone(),
@@ -273,7 +339,7 @@ impl Shared {
                     true
                 }
                 Err(e) => {
-                    result = Some(Err(e));
+                    result = Some(Err(e.into()));
                     false
                 }
             });

@@ -79,21 +79,39 @@ impl Runtime {
     /// returned as the second value; any other misfit is a problem naming
     /// the pod or service.
     pub fn refit(&self, cluster: &Cluster) -> Result<(Runtime, Vec<PodKey>), Problems> {
+        let services = self
+            .services
+            .iter()
+            .map(|(name, s)| {
+                RawService::from_proto(&format!("runtime_services[{name}]"), &s.to_proto())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Runtime::fit(cluster, self.pods.values().map(request_of), services)
+    }
+
+    /// Run-time pods and services as written (a state file's), checked
+    /// against `cluster` as [`Runtime::refit`] checks them.
+    pub fn fit(
+        cluster: &Cluster,
+        pods: impl IntoIterator<Item = AddPodRequest>,
+        services: Vec<RawService>,
+    ) -> Result<(Runtime, Vec<PodKey>), Problems> {
         let mut kept = Runtime::default();
         let mut dropped = Vec::new();
         let mut problems = Vec::new();
-        for (key, pod) in &self.pods {
-            if !cluster.node(&pod.node).is_some_and(|n| n.is_kxdp()) {
-                dropped.push(key.clone());
+        for req in pods {
+            let key = (req.node.clone(), req.name.clone());
+            if !cluster.node(&req.node).is_some_and(|n| n.is_kxdp()) {
+                dropped.push(key);
                 continue;
             }
-            match check_pod(cluster, &kept, &request_of(pod)) {
+            match check_pod(cluster, &kept, &req) {
                 Ok(pod) => {
-                    kept.pods.insert(key.clone(), pod);
+                    kept.pods.insert(key, pod);
                 }
                 Err(p) => problems.extend(p.0.into_iter().map(|p| {
                     Problem::new(
-                        format!("runtime_pods[{}/{}].{}", pod.node, pod.name, p.path),
+                        format!("runtime_pods[{}/{}].{}", req.node, req.name, p.path),
                         format!(
                             "{} (a pod registered at run time: delete it first)",
                             p.message
@@ -104,12 +122,11 @@ impl Runtime {
         }
         let ctx = cluster.service_context();
         let mut taken = file_services_taken(cluster);
-        for (name, service) in &self.services {
-            let path = format!("runtime_services[{name}]");
+        for raw in services {
+            let path = format!("runtime_services[{}]", raw.name);
             let mut p = Vec::new();
-            let raw = RawService::from_proto(&path, &service.to_proto())?;
             if let Some(s) = service::check(&path, &raw, &ctx, &mut taken, &mut p) {
-                kept.services.insert(name.clone(), s);
+                kept.services.insert(s.name.clone(), s);
             }
             problems.extend(p.into_iter().map(|p| {
                 Problem::new(

@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use kxdp_proto::dataplane as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::validate::{in_range, is_dns_label, parse_ip, Problem, Problems, PORT_RANGE};
 
@@ -54,7 +54,7 @@ fn default_timeout() -> i64 {
 
 /// One service as written in YAML (the cluster file's `services:` entries,
 /// and `kxdpctl service apply`'s file).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: String,
@@ -81,7 +81,7 @@ pub struct RawService {
     pub health_check_node_port: Option<i64>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPort {
     #[serde(default)]
@@ -100,7 +100,7 @@ fn yes() -> bool {
 }
 
 /// EndpointSlice conditions default to ready and serving, not terminating.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
     pub ip: String,
@@ -293,6 +293,9 @@ pub struct Context<'a> {
     pub nodes: Vec<(&'a str, Ipv4Net)>,
     /// Every node's (name, underlay address): no external IP may be one.
     pub underlay: Vec<(&'a str, Ipv4Addr)>,
+    /// Nodes that are away (etcd mode: liveness lease lapsed): their
+    /// endpoints are taken as not ready and not serving, whatever they say.
+    pub unreachable: Vec<&'a str>,
 }
 
 /// What the services checked so far hold, with who holds it ("services[0]
@@ -546,11 +549,13 @@ pub fn check(
                 p.push(Problem::new(at("ip"), format!("{ip} is {why}")));
                 continue;
             }
+            let node = e.node.clone().unwrap_or_default();
+            let away = ctx.unreachable.contains(&node.as_str());
             endpoints.push(Endpoint {
                 ip,
-                node: e.node.clone().unwrap_or_default(),
-                ready: e.ready,
-                serving: e.serving,
+                node,
+                ready: e.ready && !away,
+                serving: e.serving && !away,
                 terminating: e.terminating,
             });
             continue;
@@ -576,11 +581,14 @@ pub fn check(
             ));
             continue;
         }
+        // An unreachable node's pods are not ready (Kubernetes' node
+        // lifecycle controller marks them so): traffic goes to the others.
+        let away = ctx.unreachable.contains(&node);
         endpoints.push(Endpoint {
             ip,
             node: node.to_string(),
-            ready: e.ready,
-            serving: e.serving,
+            ready: e.ready && !away,
+            serving: e.serving && !away,
             terminating: e.terminating,
         });
     }

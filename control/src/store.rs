@@ -3,7 +3,8 @@
 //! One trait, [`DesiredStore`], two stores behind it:
 //! - [`FileStore`]: a cluster file (`--cluster`, or the lab's with `--lab`)
 //!   held in this process; `ApplyCluster` replaces it, and pods and services
-//!   registered at run time are kept in memory beside it ([`crate::runtime`]).
+//!   registered at run time are kept beside it ([`crate::runtime`]); each
+//!   change is written to the state file first ([`crate::state_file`]).
 //! - [`crate::etcd::Store`] (`--store`): writes go to etcd and come back
 //!   through its watch, for every node's control process to see.
 //!
@@ -24,6 +25,7 @@ use crate::daemon::Config;
 use crate::etcd::{self, EtcdConfig, Registration};
 use crate::reconcile::{Edit, Shared};
 use crate::runtime::{self, PodCheck};
+use crate::state_file::{Restored, StateFile};
 use crate::validate::{self, Problems};
 
 /// The Control API's writes. Each returns the desired generation that holds
@@ -52,11 +54,15 @@ pub struct Applied {
 }
 
 /// Where the desired state comes from, as `kxdp-control`'s flags say.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Source {
     /// A cluster file, valid for the daemon's `dataplane_dir`
-    /// (`Cluster::check_sockets`).
+    /// (`Cluster::check_sockets`), held in memory only: nothing survives
+    /// the process (tests).
     File(Cluster),
+    /// A cluster file with what its state file restored: every change is
+    /// written there before it is made (what `kxdp-control` runs).
+    Durable(Restored),
     /// Etcd: this node registers itself and programs only its own dataplane.
     Etcd(EtcdConfig),
 }
@@ -72,17 +78,23 @@ impl Source {
                 Ok(source)
             }
             None => {
-                let (origin, cluster) = cluster_file(args.cluster.as_deref(), &args.dataplane_dir)?;
+                let (origin, text, cluster) =
+                    cluster_file(args.cluster.as_deref(), &args.dataplane_dir)?;
                 log::info!("cluster file: {origin}");
-                Ok(Source::File(cluster))
+                let restored =
+                    StateFile::load(&args.state_file, &text, cluster, &args.dataplane_dir)?;
+                Ok(Source::Durable(restored))
             }
         }
     }
 }
 
 /// The cluster file at `path`, or the lab's without one (`--lab`), with
-/// where it came from.
-fn cluster_file(path: Option<&Path>, dataplane_dir: &Path) -> Result<(String, Cluster), String> {
+/// where it came from and its text.
+fn cluster_file(
+    path: Option<&Path>,
+    dataplane_dir: &Path,
+) -> Result<(String, String, Cluster), String> {
     let (origin, text) = match path {
         None => (
             "the built-in lab cluster file (--lab)".to_string(),
@@ -99,7 +111,7 @@ fn cluster_file(path: Option<&Path>, dataplane_dir: &Path) -> Result<(String, Cl
         },
     };
     match Cluster::from_yaml(&text).and_then(|c| c.check_sockets(dataplane_dir).map(|()| c)) {
-        Ok(cluster) => Ok((origin, cluster)),
+        Ok(cluster) => Ok((origin, text, cluster)),
         Err(problems) => {
             let mut message = format!(
                 "invalid cluster file {origin} ({} problems):",
@@ -137,6 +149,7 @@ fn etcd_source(args: &Args, url: &str) -> Result<Source, String> {
             uplink: args.uplink.clone().expect("clap requires it"),
             vtep_mac: args.vtep_mac,
             lease_ttl_s: args.lease_ttl_s,
+            reservation_ttl_s: args.subnet_reservation_ttl_s,
         },
         bootstrap,
     }))
@@ -155,6 +168,7 @@ pub struct Opened {
 pub async fn open(source: Source, config: &Config) -> anyhow::Result<Opened> {
     match source {
         Source::File(cluster) => Ok(FileStore::open(cluster, config)),
+        Source::Durable(restored) => Ok(FileStore::restore(restored, config)),
         Source::Etcd(etcd) => etcd::Store::join(etcd, config).await,
     }
 }
@@ -165,20 +179,35 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Starts at `cluster`, which must be valid for `config.dataplane_dir`.
+    /// Starts at `cluster`, which must be valid for `config.dataplane_dir`;
+    /// keeps nothing on disk.
     pub fn open(cluster: Cluster, config: &Config) -> Opened {
-        let shared = Shared::new(
+        FileStore::opened(Shared::new(
             cluster,
             config.dataplane_dir.clone(),
             config.resync_interval,
-        );
+        ))
+    }
+
+    /// Starts at what a state file restored, and writes every change there.
+    pub fn restore(restored: Restored, config: &Config) -> Opened {
+        FileStore::opened(Shared::restored(
+            restored,
+            config.dataplane_dir.clone(),
+            config.resync_interval,
+        ))
+    }
+
+    fn opened(shared: Arc<Shared>) -> Opened {
         let desired = shared.current();
         log::info!(
-            "generation {}: {} nodes ({} kxdp), {} pods",
+            "generation {}: {} nodes ({} kxdp), {} pods ({} run-time), {} run-time services",
             desired.generation,
             desired.cluster.nodes.len(),
             desired.states.len(),
-            desired.cluster.pods.len()
+            desired.cluster.pods.len() + desired.runtime.pods.len(),
+            desired.runtime.pods.len(),
+            desired.runtime.services.len()
         );
         Opened {
             store: Arc::new(FileStore {
@@ -284,7 +313,7 @@ impl DesiredStore for FileStore {
             .filter(|n| n.is_kxdp())
             .map(|n| n.name.clone())
             .collect();
-        let generation = self.shared.set_cluster(cluster)?;
+        let generation = self.shared.set_cluster(cluster, yaml)?;
         log::info!("applied cluster file: generation {generation}, {nodes} nodes, {pods} pods");
         Ok(Applied {
             generation,

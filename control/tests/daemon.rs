@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use kxdp_control::cluster::Cluster;
+use kxdp_control::state_file::StateFile;
 use kxdp_control::store::Source;
 use kxdp_proto::control::{
     ApplyClusterRequest, DeletePodRequest, DeleteServiceRequest, GetNodeCountersRequest,
@@ -568,6 +569,89 @@ async fn kernel_nodes_are_listed_but_never_contacted() {
     assert_eq!(node_info(&mut client, "n1").await.status, "kernel");
 
     control.stop().await;
+}
+
+/// A file-mode control process with a state file at `state`, as
+/// `kxdp-control --cluster FILE --state-file STATE` runs.
+async fn start_durable(dir: &std::path::Path, state: &std::path::Path) -> Control {
+    let yaml = cluster_yaml(false);
+    let restored = StateFile::load(state, &yaml, Cluster::from_yaml(&yaml).unwrap(), dir).unwrap();
+    start(
+        config(
+            dir,
+            dir.join("control/control.sock"),
+            Duration::from_secs(5),
+        ),
+        Source::Durable(restored),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_restarted_control_process_pushes_the_runtime_objects_it_had() {
+    let (tmp, fake, served) = fake_n1("durable").await;
+    let state = tmp.0.join("state/control-state.json");
+    let control = start_durable(&tmp.0, &state).await;
+    let mut client = control.client.clone();
+    wait_synced(&client, "n1").await;
+    client
+        .add_pod(add_pod_request("n1", "cni/eth0", "10.244.1.9", "veth9"))
+        .await
+        .unwrap();
+    client
+        .add_pod(add_pod_request("n1", "gone", "10.244.1.10", "veth10"))
+        .await
+        .unwrap();
+    client
+        .delete_pod(DeletePodRequest {
+            node: "n1".into(),
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .upsert_service(UpsertServiceRequest {
+            service: Some(web_service("default/web", "10.96.0.10", &["10.244.1.9"])),
+        })
+        .await
+        .unwrap();
+    let before = fake.held().unwrap();
+
+    // A write that cannot be recorded is refused and changes nothing.
+    std::fs::create_dir(tmp.0.join("state/.control-state.json.tmp")).unwrap();
+    let err = client
+        .add_pod(add_pod_request("n1", "unrecorded", "10.244.1.11", "veth11"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("control-state.json"), "{err:?}");
+    let pods = client
+        .list_pods(ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert!(!pods.iter().any(|p| p.name == "unrecorded"), "{pods:?}");
+    std::fs::remove_dir(tmp.0.join("state/.control-state.json.tmp")).unwrap();
+
+    // The process goes away and a new one starts: one Sync, with the same
+    // pods and services as before.
+    control.stop().await;
+    let syncs = fake.syncs().len();
+    let control = start_durable(&tmp.0, &state).await;
+    wait_until("resync by the new process", || async {
+        (fake.syncs().len() > syncs).then_some(())
+    })
+    .await;
+    let after = fake.held().unwrap();
+    assert!(after.generation > before.generation);
+    assert_eq!(after.pods, before.pods);
+    assert_eq!(after.services, before.services);
+    assert!(after.pods.iter().any(|p| p.name == "cni/eth0"));
+    assert!(!after.pods.iter().any(|p| p.name == "gone"));
+    assert_eq!(after.services.len(), 1);
+    control.stop().await;
+    served.stop().await;
 }
 
 /// A new temp dir with the lab's n1 served there by a fresh double.

@@ -1,5 +1,7 @@
 //! The control process in etcd mode, against a real etcd (Debian's
-//! etcd-server) and dataplane doubles: registration, leases, the watch; and
+//! etcd-server) and dataplane doubles: registration, leases, the watch
+//! (recovering from a compaction and from a lost watch), a node away longer
+//! than its liveness lease costing only its own endpoints; and
 //! etcd over TLS with client certificates (scripts/provision/etcd-pki.sh
 //! makes them with openssl), what it refuses, and the store flags' checks.
 
@@ -27,6 +29,8 @@ use tonic::Code;
 /// (by PID, through their Child) on drop.
 struct Etcd {
     members: Vec<Option<std::process::Child>>,
+    /// How each member was started, to start it again.
+    commands: Vec<(Vec<String>, std::path::PathBuf)>,
     access: Access,
     /// The client port of each member.
     ports: Vec<u16>,
@@ -77,40 +81,35 @@ impl Etcd {
                 ]
             }
         };
-        let members = ports
+        let commands: Vec<(Vec<String>, std::path::PathBuf)> = ports
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
-                let log = std::fs::File::create(dir.0.join(format!("m{i}.log"))).unwrap();
-                Some(
-                    std::process::Command::new(ETCD)
-                        .args(["--name", &format!("m{i}")])
-                        .arg("--data-dir")
-                        .arg(dir.0.join(format!("m{i}")))
-                        .args([
-                            "--listen-client-urls",
-                            &format!("{scheme}://127.0.0.1:{client}"),
-                            "--advertise-client-urls",
-                            &format!("{scheme}://127.0.0.1:{client}"),
-                            "--listen-peer-urls",
-                            &format!("http://127.0.0.1:{peer}"),
-                            "--initial-advertise-peer-urls",
-                            &format!("http://127.0.0.1:{peer}"),
-                            "--initial-cluster",
-                            &initial.join(","),
-                            "--initial-cluster-state",
-                            "new",
-                            "--initial-cluster-token",
-                            &token,
-                        ])
-                        .args(&tls)
-                        .stdout(std::process::Stdio::null())
-                        .stderr(log)
-                        .spawn()
-                        .unwrap(),
-                )
+                let mut args: Vec<String> = vec![
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--data-dir".into(),
+                    dir.0.join(format!("m{i}")).to_string_lossy().into(),
+                    "--listen-client-urls".into(),
+                    format!("{scheme}://127.0.0.1:{client}"),
+                    "--advertise-client-urls".into(),
+                    format!("{scheme}://127.0.0.1:{client}"),
+                    "--listen-peer-urls".into(),
+                    format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls".into(),
+                    format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster".into(),
+                    initial.join(","),
+                    "--initial-cluster-state".into(),
+                    "new".into(),
+                    "--initial-cluster-token".into(),
+                    token.clone(),
+                ];
+                args.extend(tls.iter().cloned());
+                (args, dir.0.join(format!("m{i}.log")))
             })
             .collect();
+        let members = commands.iter().map(|c| Some(spawn_member(c))).collect();
         let ports: Vec<u16> = ports.iter().map(|(c, _)| *c).collect();
         let access = match pki {
             None => Access::insecure(
@@ -127,6 +126,7 @@ impl Etcd {
         };
         Etcd {
             members,
+            commands,
             access,
             ports,
             _dir: dir,
@@ -146,6 +146,12 @@ impl Etcd {
         }
     }
 
+    /// Starts member `i` again on its data (after [`Etcd::kill`]).
+    fn restart(&mut self, i: usize) {
+        assert!(self.members[i].is_none(), "member {i} still runs");
+        self.members[i] = Some(spawn_member(&self.commands[i]));
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].take() {
             let _ = child.kill();
@@ -162,6 +168,21 @@ impl Drop for Etcd {
     }
 }
 
+/// An etcd member with `args`, its stderr appended to `log`.
+fn spawn_member((args, log): &(Vec<String>, std::path::PathBuf)) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(ETCD)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 fn lab_config() -> ClusterConfig {
     ClusterConfig::from_cluster(&Cluster::lab(), 24)
 }
@@ -173,6 +194,7 @@ fn registration(name: &str, last: u8) -> Registration {
         uplink: "eth0".into(),
         vtep_mac: None,
         lease_ttl_s: 2,
+        reservation_ttl_s: 60,
     }
 }
 
@@ -279,22 +301,8 @@ async fn service_through(
     fake_a: &Arc<FakeDataplane>,
     fake_b: &Arc<FakeDataplane>,
 ) {
-    let service = kxdp_proto::dataplane::Service {
-        name: "default/web".into(),
-        cluster_ip: "10.96.0.10".into(),
-        ports: vec![kxdp_proto::dataplane::ServicePort {
-            port: 80,
-            node_port: 30080,
-            ..Default::default()
-        }],
-        endpoints: vec![kxdp_proto::dataplane::Endpoint {
-            ip: a_ip.into(),
-            ready: true,
-            serving: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let mut service = web_service("default/web", "10.96.0.10", &[a_ip]);
+    service.ports[0].node_port = 30080;
     client
         .upsert_service(UpsertServiceRequest {
             service: Some(service),
@@ -400,12 +408,20 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
         b_net.to_string()
     );
 
-    // b disappears for good: its lease expires and a drops its route.
+    // b disappears for good: its reservation (here 4 s) expires and a
+    // drops its route. Its liveness (2 s) lapses first, which keeps it.
+    control_b.stop().await;
+    let short = Registration {
+        reservation_ttl_s: 4,
+        ..registration("b", 12)
+    };
+    let control_b = start_etcd_control(&tmp.0, &etcd.access, short, false).await;
+    wait_held("b back", &fake_b, |s| pod_cidr(s) == b_net.to_string()).await;
     control_b.stop().await;
     let gone = Instant::now();
     wait_held("a drops b", &fake_a, |s| s.remote_nodes.is_empty()).await;
     assert!(
-        gone.elapsed() < Duration::from_secs(8),
+        gone.elapsed() < Duration::from_secs(12),
         "{:?}",
         gone.elapsed()
     );
@@ -413,6 +429,171 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
     control_a.stop().await;
     served_a.stop().await;
     served_b.stop().await;
+}
+
+/// Service `name` in `s`, with each endpoint's (ip, ready, serving).
+fn endpoints_of(s: &DataplaneState, name: &str) -> Option<Vec<(String, bool, bool)>> {
+    s.services.iter().find(|x| x.name == name).map(|x| {
+        x.endpoints
+            .iter()
+            .map(|e| (e.ip.clone(), e.ready, e.serving))
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn etcd_a_node_away_past_its_lease_costs_only_its_endpoints_and_keeps_its_cidr() {
+    let etcd = Etcd::start(1);
+    etcd.ready().await;
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = TempDir::new("etcd-away");
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
+    let mut ca = control_a.client.clone();
+    let a = wait_held("a sees b", &fake_a, |s| s.remote_nodes.len() == 1).await;
+    let b = wait_held("b sees a", &fake_b, |s| s.remote_nodes.len() == 1).await;
+    let (a_ip, b_ip) = (pod_ip(&a, 9), pod_ip(&b, 9));
+    // default/web: one endpoint on each node; default/local: on a only.
+    for s in [
+        web_service("default/web", "10.96.0.10", &[&a_ip, &b_ip]),
+        web_service("default/local", "10.96.0.11", &[&a_ip]),
+    ] {
+        ca.upsert_service(UpsertServiceRequest { service: Some(s) })
+            .await
+            .unwrap();
+    }
+    let all_ready = vec![(a_ip.clone(), true, true), (b_ip.clone(), true, true)];
+    wait_held("a holds both services", &fake_a, |s| {
+        endpoints_of(s, "default/web") == Some(all_ready.clone())
+            && endpoints_of(s, "default/local").is_some()
+    })
+    .await;
+    let syncs_before = fake_a.syncs().len();
+
+    // b's control process is away for three liveness TTLs (2 s each).
+    control_b.stop().await;
+    let away = Instant::now();
+    let b_away = vec![(a_ip.clone(), true, true), (b_ip.clone(), false, false)];
+    wait_held("a takes b's endpoint as not ready", &fake_a, |s| {
+        endpoints_of(s, "default/web") == Some(b_away.clone())
+    })
+    .await;
+    while away.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(TICK).await;
+    }
+    // Everything a was sent meanwhile kept both services, a's endpoint
+    // ready, and b's route and CIDR.
+    let meanwhile = fake_a.syncs();
+    assert!(meanwhile.len() > syncs_before, "a was never told");
+    for s in &meanwhile[syncs_before..] {
+        let web = endpoints_of(s, "default/web").expect("default/web kept");
+        assert!(web.contains(&(a_ip.clone(), true, true)), "{web:?}");
+        assert_eq!(
+            endpoints_of(s, "default/local"),
+            Some(vec![(a_ip.clone(), true, true)])
+        );
+        assert_eq!(s.remote_nodes.len(), 1, "b's route kept");
+        assert_eq!(s.remote_nodes[0].pod_cidr, pod_cidr(&b));
+    }
+
+    // b comes back: the same pod CIDR, and its endpoint is ready again.
+    let control_b = start_etcd_control(&tmp.0, &etcd.access, registration("b", 12), false).await;
+    wait_held("a takes b's endpoint as ready again", &fake_a, |s| {
+        endpoints_of(s, "default/web") == Some(all_ready.clone())
+    })
+    .await;
+    let b2 = wait_held("b synced again", &fake_b, |s| s.services.len() == 2).await;
+    assert_eq!(pod_cidr(&b2), pod_cidr(&b), "b's pod CIDR is unchanged");
+
+    control_a.stop().await;
+    control_b.stop().await;
+    served_a.stop().await;
+    served_b.stop().await;
+}
+
+#[tokio::test]
+async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
+    let etcd = Etcd::start(1);
+    etcd.ready().await;
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut client = etcd::connect(&etcd.access).await.unwrap();
+    etcd::init_config(&mut client, &lab_config()).await.unwrap();
+    let listed = etcd::list(&mut client).await.unwrap();
+    // After the listing: a service written, and etcd compacted past the
+    // listed revision, so a watch from there cannot be served.
+    use prost::Message;
+    let svc = web_service("default/x", "10.96.0.12", &[]);
+    client
+        .put("/kxdp/services/default/x", svc.encode_to_vec(), None)
+        .await
+        .unwrap();
+    // One more write (outside /kxdp/), so that compacting at its revision
+    // removes the service's: the watch from listed + 1 is compacted away.
+    let rev = client
+        .put("/kxdp-test/bump", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(rev > listed.1 + 1);
+    client.compact(rev, None).await.unwrap();
+
+    let shared = kxdp_control::reconcile::Shared::scoped(
+        Cluster::lab(),
+        std::path::PathBuf::from("/nonexistent"),
+        TICK,
+        Some("a".into()),
+    );
+    let follower = tokio::spawn(etcd::follow_from(
+        client.clone(),
+        shared.clone(),
+        Some(listed),
+    ));
+    let mut rx = shared.desired.subscribe();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|d| d.runtime.services.contains_key("default/x")),
+    )
+    .await;
+    follower.abort();
+    assert!(
+        got.is_ok(),
+        "the watch from a compacted revision never recovered: {:?}",
+        shared.current().runtime
+    );
+}
+
+#[tokio::test]
+async fn etcd_a_lost_watch_is_followed_again_after_etcd_restarts() {
+    let mut etcd = Etcd::start(1);
+    etcd.ready().await;
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = TempDir::new("etcd-lost-watch");
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let a = wait_held("a registered", &fake_a, |s| s.node.is_some()).await;
+    // etcd goes away (every watch with it) and comes back on its data.
+    etcd.kill(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.restart(0);
+    etcd.ready().await;
+    // A write straight to etcd reaches a's dataplane: a watches again.
+    let mut client = etcd::connect(&etcd.access).await.unwrap();
+    let ip = pod_ip(&a, 7);
+    let req = add_pod_request("a", "after", &ip, "veth7");
+    use prost::Message;
+    client
+        .put("/kxdp/pods/a/after", req.encode_to_vec(), None)
+        .await
+        .unwrap();
+    wait_held("a holds the pod written after the restart", &fake_a, |s| {
+        s.pods.iter().any(|p| p.ip == ip)
+    })
+    .await;
+    // a is still registered (its leases outlived the outage) with its CIDR.
+    assert_eq!(pod_cidr(&fake_a.held().unwrap()), pod_cidr(&a));
+    control_a.stop().await;
+    served_a.stop().await;
 }
 
 #[tokio::test]

@@ -257,9 +257,7 @@ impl Lab {
         let n = self.node(node);
         let prefix_len: u8 = n.pod_cidr.rsplit_once('/').unwrap().1.parse().unwrap();
         let ns = NetNs::new(&self.ns(&format!("{node}-{name}")));
-        let [a, b, c, d] = ip.octets();
-        let ifname = format!("kx{:08x}", u32::from(ip));
-        let mac = format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        let (mac, ifname) = pod_mac_ifname(ip);
         let node_ns = self.ns(node);
         let mtu = n.mtu.to_string();
         kxdp_testkit::ip(&kxdp_testkit::veth_add_args(
@@ -386,4 +384,14 @@ fn pod_plan(v: &Value) -> PodPlan {
         ifname: str_field(v, "ifname").to_string(),
         mtu: num_field(v, "mtu") as u32,
     }
+}
+
+/// A pod's MAC and node-side veth name by kxdp's conventions (`0a:58:<ip
+/// bytes>`, `kx<hex ip>`), as lab.sh and the CNI plugin name them.
+pub fn pod_mac_ifname(ip: Ipv4Addr) -> (String, String) {
+    let [a, b, c, d] = ip.octets();
+    (
+        format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+        format!("kx{:08x}", u32::from(ip)),
+    )
 }

@@ -150,6 +150,75 @@ pub fn tcp_echo_server(
     })
 }
 
+/// A byte-checked stream through an echo server that runs until told to
+/// stop: a writer sends the pattern of `seed` in 16 KiB chunks every 2 ms
+/// (for at most `limit`), a reader checks every echoed byte.
+pub struct EchoStream {
+    stop: Arc<AtomicBool>,
+    writer: thread::JoinHandle<Result<u64, String>>,
+    reader: thread::JoinHandle<Result<u64, String>>,
+}
+
+impl EchoStream {
+    pub fn start(s: TcpStream, seed: u64, limit: Duration) -> EchoStream {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut w = s.try_clone().expect("clone the stream");
+        let stop_w = stop.clone();
+        let writer = thread::spawn(move || -> Result<u64, String> {
+            let mut p = Pattern::new(seed);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut sent = 0u64;
+            let deadline = Instant::now() + limit;
+            while !stop_w.load(Ordering::Relaxed) && Instant::now() < deadline {
+                p.fill(&mut buf);
+                w.write_all(&buf)
+                    .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+                sent += buf.len() as u64;
+                thread::sleep(Duration::from_millis(2));
+            }
+            w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            Ok(sent)
+        });
+        let reader = thread::spawn(move || -> Result<u64, String> {
+            let mut r = s;
+            let mut expect = Pattern::new(seed);
+            let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+            let mut got = 0u64;
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .map_err(|e| format!("read after {got} bytes: {e}"))?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                expect.fill(&mut want[..n]);
+                if buf[..n] != want[..n] {
+                    return Err(format!("echo differs near byte {got}"));
+                }
+                got += n as u64;
+            }
+        });
+        EchoStream {
+            stop,
+            writer,
+            reader,
+        }
+    }
+
+    /// Stops writing and waits for the rest of the echo; panics on a broken
+    /// or corrupted stream, or unless every byte sent came back. Returns the
+    /// bytes sent.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.writer.join().expect("writer").expect("writer");
+        let got = self.reader.join().expect("reader").expect("reader");
+        assert_eq!(got, sent, "echoed bytes");
+        sent
+    }
+}
+
 /// Sends `bytes` pseudo-random bytes over `s` while reading the echo back and
 /// checking it byte for byte. Returns the time taken.
 pub fn tcp_send_and_check(s: TcpStream, bytes: usize, seed: u64) -> Result<Duration, String> {

@@ -1,15 +1,19 @@
 //! kxdp-control restarting (even killed) re-syncs every node without
 //! disturbing established flows: a byte-checked stream through a ClusterIP
 //! keeps going across the restart, on the same conntrack entry and backend.
+//! What the Control API added at run time (pods, services) survives it: the
+//! state file (`--state-file`) brings it back, on the dataplanes, with
+//! traffic to it working, and none of 50 run-time pods and services is lost.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kxdp_e2e::{repo_root, require_root, tcp_connect, tcp_echo_server, Lab, LabOpts, Pattern};
+use kxdp_e2e::{
+    check, pod_mac_ifname, repo_root, require_root, tcp_connect, tcp_echo_server,
+    tcp_send_and_check, EchoStream, Lab, LabOpts,
+};
+use serde_json::{json, Value};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -42,67 +46,18 @@ fn control_restart_keeps_established_service_flows() {
         Duration::from_secs(10),
     )
     .expect("connect to the ClusterIP");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-
-    // Stream until told to stop; read the echo back and check every byte.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut w = s.try_clone().unwrap();
-    let stop_w = stop.clone();
-    let writer = thread::spawn(move || -> Result<u64, String> {
-        let mut p = Pattern::new(7);
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut sent = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop_w.load(Ordering::Relaxed) && Instant::now() < deadline {
-            p.fill(&mut buf);
-            w.write_all(&buf)
-                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
-            sent += buf.len() as u64;
-            thread::sleep(Duration::from_millis(2));
-        }
-        w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        Ok(sent)
-    });
-    let reader = thread::spawn(move || -> Result<u64, String> {
-        let mut r = s;
-        let mut expect = Pattern::new(7);
-        let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        let mut got = 0u64;
-        loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got} bytes: {e}"))?;
-            if n == 0 {
-                return Ok(got);
-            }
-            expect.fill(&mut want[..n]);
-            if buf[..n] != want[..n] {
-                return Err(format!("echo differs near byte {got}"));
-            }
-            got += n as u64;
-        }
-    });
+    let stream = EchoStream::start(s, 7, Duration::from_secs(60));
 
     thread::sleep(Duration::from_millis(500));
     let before = flows(&lab, "n2");
     assert_eq!(before.len(), 1, "one tracked flow on n2: {before:?}");
     let gen = lab.node_info("n2")["desired_generation"].clone();
 
-    let out = lab.lab_sh(&["restart-control", "--kill"], 120);
-    assert!(
-        out.status.success(),
-        "lab.sh restart-control: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kill_and_restart_control(&lab);
     // Keep streaming a while on the re-synced dataplanes.
     thread::sleep(Duration::from_secs(1));
     let after = flows(&lab, "n2");
-    stop.store(true, Ordering::Relaxed);
-
-    let sent = writer.join().unwrap().expect("writer");
-    let got = reader.join().unwrap().expect("reader");
-    assert_eq!(got, sent, "echoed bytes");
+    let sent = stream.finish();
     assert!(sent > 1 << 20, "streamed only {sent} bytes");
     assert_eq!(after.len(), 1, "the flow is still tracked: {after:?}");
     assert_eq!(after[0]["backend"], before[0]["backend"], "same backend");
@@ -112,5 +67,237 @@ fn control_restart_keeps_established_service_flows() {
     assert_ne!(
         info["desired_generation"], gen,
         "a new control process pushes a new generation"
+    );
+}
+
+/// `lab.sh restart-control --kill`: SIGKILL, start again, wait until every
+/// node is synced.
+fn kill_and_restart_control(lab: &Lab) {
+    let out = lab.lab_sh(&["restart-control", "--kill"], 120);
+    assert!(
+        out.status.success(),
+        "lab.sh restart-control: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`kill_and_restart_control`], then time for a `GetState` after the Sync
+/// (the pods' attach status comes from one).
+fn restart_control(lab: &Lab) {
+    kill_and_restart_control(lab);
+    thread::sleep(Duration::from_millis(2500));
+}
+
+/// `kxdpctl pod add` of pod NAME on NODE with the lab's conventions
+/// (MAC 0a:58:<ip>, veth kx<hex ip>).
+fn pod_add(lab: &Lab, node: &str, name: &str, ip: Ipv4Addr) {
+    let (mac, ifname) = pod_mac_ifname(ip);
+    check(
+        &format!("kxdpctl pod add {node}/{name}"),
+        lab.kxdpctl_raw(&[
+            "pod",
+            "add",
+            "--node",
+            node,
+            "--name",
+            name,
+            "--ip",
+            &ip.to_string(),
+            "--mac",
+            &mac,
+            "--ifname",
+            &ifname,
+        ]),
+    );
+}
+
+/// Pod NAME's status as `kxdpctl pods` has it from its dataplane's
+/// `GetState` ("attached", "pending"), `None` if control does not know it.
+fn pod_status(pods: &[Value], name: &str) -> Option<String> {
+    pods.iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["status"].as_str().unwrap_or("").to_string())
+}
+
+/// The names of the services NODE's dataplane holds (its counters).
+fn dataplane_services(lab: &Lab, node: &str) -> Vec<String> {
+    let c = lab.counters(node);
+    c.0["services"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A byte-checked TCP exchange from CLIENT_NS to VIP:PORT, served by a
+/// one-connection echo server on SERVER_IP:TARGET in SERVER_NS.
+fn echo_through(
+    client_ns: &str,
+    vip: SocketAddr,
+    servers: &[(String, Ipv4Addr)],
+    target: u16,
+) -> Result<(), String> {
+    let _servers: Vec<_> = servers
+        .iter()
+        .map(|(ns, ip)| tcp_echo_server(ns, *ip, target))
+        .collect();
+    let s = tcp_connect(client_ns, vip, Duration::from_secs(10))?;
+    tcp_send_and_check(s, 256 * 1024, 11).map(|_| ())
+}
+
+#[test]
+fn control_restart_keeps_runtime_pods_and_services_and_their_traffic() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    // A pod plugged in as the CNI plugin would (netns, veth), registered at
+    // run time; a service at run time whose endpoint it is; and the
+    // example service (endpoints: the file's p2 pods).
+    let rt_ip = Ipv4Addr::new(10, 244, 1, 50);
+    let rt_ns = lab.add_pod_netns("n1", "rt", rt_ip);
+    pod_add(&lab, "n1", "rt", rt_ip);
+    lab.service_apply(&json!({
+        "name": "default/rt",
+        "cluster_ip": "10.96.0.30",
+        "ports": [{ "port": 80, "target_port": 8080 }],
+        "endpoints": [{ "ip": rt_ip.to_string() }],
+    }));
+    check(
+        "kxdpctl service apply config/service-example.yaml",
+        lab.kxdpctl_raw(&[
+            "service",
+            "apply",
+            repo_root()
+                .join("config/service-example.yaml")
+                .to_str()
+                .unwrap(),
+        ]),
+    );
+    // Deleted before the restart: must stay deleted.
+    lab.service_apply(&json!({
+        "name": "default/gone",
+        "cluster_ip": "10.96.0.31",
+        "ports": [{ "port": 80 }],
+        "endpoints": [{ "ip": rt_ip.to_string() }],
+    }));
+    lab.service_del("default/gone");
+    let rt_vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 30), 80));
+    echo_through(
+        &lab.ns("n2-p1"),
+        rt_vip,
+        &[(rt_ns.name().to_string(), rt_ip)],
+        8080,
+    )
+    .expect("the run-time service before the restart");
+
+    restart_control(&lab);
+
+    assert_eq!(
+        pod_status(&lab.pod_infos(), "rt").as_deref(),
+        Some("attached"),
+        "the run-time pod is still attached on n1"
+    );
+    for node in ["n1", "n2"] {
+        let held = dataplane_services(&lab, node);
+        for name in ["default/rt", "default/echo"] {
+            assert!(
+                held.iter().any(|s| s == name),
+                "{node} lost {name}: {held:?}"
+            );
+        }
+        assert!(
+            !held.iter().any(|s| s == "default/gone"),
+            "{node}: a deleted service came back: {held:?}"
+        );
+    }
+    // Traffic to both, from the other node, through their ClusterIPs.
+    echo_through(
+        &lab.ns("n2-p1"),
+        rt_vip,
+        &[(rt_ns.name().to_string(), rt_ip)],
+        8080,
+    )
+    .expect("the run-time service (run-time pod) after the restart");
+    echo_through(
+        &lab.ns("n2-p1"),
+        SocketAddr::from((Ipv4Addr::new(10, 96, 0, 20), 7)),
+        &[
+            (lab.ns("n1-p2"), Ipv4Addr::new(10, 244, 1, 3)),
+            (lab.ns("n2-p2"), Ipv4Addr::new(10, 244, 2, 3)),
+        ],
+        7,
+    )
+    .expect("the example service after the restart");
+    // And straight to the run-time pod from the other node.
+    echo_through(
+        &lab.ns("n2-p1"),
+        SocketAddr::from((rt_ip, 9000)),
+        &[(rt_ns.name().to_string(), rt_ip)],
+        9000,
+    )
+    .expect("pod to run-time pod after the restart");
+}
+
+/// The figure: 50 run-time pods and 50 run-time services, a killed
+/// and restarted control process, 0 lost (printed as `lost: N of 100`).
+#[test]
+fn control_restart_loses_none_of_50_runtime_pods_and_services() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    const N: u8 = 50;
+    let pod = |i: u8| {
+        let node = if i.is_multiple_of(2) { "n1" } else { "n2" };
+        let ip = Ipv4Addr::new(10, 244, 1 + i % 2, 100 + i);
+        (node, format!("rt-{i}"), ip)
+    };
+    let started = Instant::now();
+    for i in 0..N {
+        let (node, name, ip) = pod(i);
+        pod_add(&lab, node, &name, ip);
+        lab.service_apply(&json!({
+            "name": format!("default/rt-{i}"),
+            "cluster_ip": format!("10.96.1.{}", 10 + i),
+            "ports": [{ "port": 80, "target_port": 8080 }],
+            "endpoints": [{ "ip": ip.to_string() }],
+        }));
+    }
+    eprintln!("added {N} pods and {N} services in {:?}", started.elapsed());
+
+    restart_control(&lab);
+
+    let pods = lab.pod_infos();
+    let services: Vec<Vec<String>> = ["n1", "n2"]
+        .iter()
+        .map(|n| dataplane_services(&lab, n))
+        .collect();
+    let mut lost = Vec::new();
+    for i in 0..N {
+        let (_, name, _) = pod(i);
+        // No veth: the dataplane holds the pod as pending.
+        match pod_status(&pods, &name).as_deref() {
+            Some("pending") | Some("attached") => {}
+            other => lost.push(format!("pod {name}: {other:?}")),
+        }
+        let svc = format!("default/rt-{i}");
+        for (node, held) in ["n1", "n2"].iter().zip(&services) {
+            if !held.contains(&svc) {
+                lost.push(format!("service {svc} on {node}"));
+            }
+        }
+    }
+    eprintln!(
+        "control restart with {N} run-time pods and {N} run-time services: lost {} ({:?})",
+        lost.len(),
+        lost
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    // Control knows exactly these run-time objects (plus the file's pods).
+    let names: Vec<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("rt-")).count(),
+        N as usize
     );
 }

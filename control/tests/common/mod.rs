@@ -259,3 +259,25 @@ pub fn add_pod_request(node: &str, name: &str, ip: &str, ifname: &str) -> AddPod
         ifname: ifname.into(),
     }
 }
+
+/// Service `name` at `vip`:80 with one ready, serving endpoint per address.
+pub fn web_service(name: &str, vip: &str, ips: &[&str]) -> kxdp_proto::dataplane::Service {
+    kxdp_proto::dataplane::Service {
+        name: name.into(),
+        cluster_ip: vip.into(),
+        ports: vec![kxdp_proto::dataplane::ServicePort {
+            port: 80,
+            ..Default::default()
+        }],
+        endpoints: ips
+            .iter()
+            .map(|ip| kxdp_proto::dataplane::Endpoint {
+                ip: ip.to_string(),
+                ready: true,
+                serving: true,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
