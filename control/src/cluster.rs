@@ -400,6 +400,13 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
                     .collect(),
             };
             let mut taken = service::Taken::default();
+            service::check_totals(
+                "services",
+                raw.services
+                    .iter()
+                    .map(|s| (s.ports.len(), s.endpoints.len())),
+                p,
+            );
             raw.services
                 .iter()
                 .enumerate()
