@@ -35,7 +35,7 @@ use arrayvec::ArrayVec;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use kxdp_core::conntrack::Entry;
 use kxdp_core::pipeline::{
-    Counters, DropReason, Packet, Pipeline, SvcCounters, Verdict, BATCH_SIZE,
+    Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict, BATCH_SIZE,
 };
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 
@@ -132,21 +132,28 @@ pub enum Command {
     },
     Tables {
         tables: Arc<Tables>,
-        /// Acknowledges with the snapshot the worker stopped using.
-        reply: Sender<Arc<Tables>>,
+        /// Its service bookkeeping, allocated by the engine: the worker
+        /// swaps it in and never allocates for counters.
+        books: ServiceBooks,
+        /// Acknowledges with the snapshot and books the worker stopped
+        /// using (their counts belong to that snapshot).
+        reply: Sender<(Arc<Tables>, ServiceBooks)>,
     },
     KernelStats {
         reply: Sender<Vec<(PortId, KernelStats)>>,
     },
-    /// Per-service counters, new flows per backend, conntrack fill.
+    /// Per-service counters, new flows per backend, conntrack fill, copied
+    /// into `into`'s buffers (reserved by the engine).
     ServiceStats {
+        into: ServiceStats,
         reply: Sender<ServiceStats>,
     },
-    /// Up to `limit` conntrack entries, of service `service` if given.
+    /// One chunk of a conntrack listing, copied into `into.entries`
+    /// (reserved by the engine: at most its capacity).
     Conntrack {
         service: Option<u32>,
-        limit: usize,
-        reply: Sender<(Vec<(Entry, u64)>, usize)>,
+        into: ConntrackChunk,
+        reply: Sender<ConntrackChunk>,
     },
     Stop,
 }
@@ -155,10 +162,28 @@ pub enum Command {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
-    /// New flows per (service id, backend ip, backend port).
-    pub backend_flows: Vec<((u32, std::net::Ipv4Addr, u16), u64)>,
+    /// New flows per backend slot of `tables` (`Services::backend_keys`).
+    pub backend_flows: Vec<u64>,
+    /// The snapshot the backend slots are of.
+    pub tables: Option<Arc<Tables>>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
+}
+
+/// Most conntrack slots one `Command::Conntrack` looks at: a listing costs
+/// a worker at most this much between two batches (16k slots, ~1.3 MiB of
+/// slab, well under a millisecond), whatever the table's size.
+pub const CONNTRACK_CHUNK_SLOTS: u32 = 16_384;
+
+/// A chunk of a worker's conntrack: the entries of slots `from..next`
+/// (with their idle time), at most `entries.capacity()` of them.
+#[derive(Debug, Default, Clone)]
+pub struct ConntrackChunk {
+    /// The first slot to look at.
+    pub from: u32,
+    pub entries: Vec<(Entry, u64)>,
+    /// Where to go on; `None`: the table's end.
+    pub next: Option<u32>,
 }
 
 /// Per-port traffic counters.
@@ -179,6 +204,8 @@ pub struct SharedStats {
     ports: Box<[[AtomicU64; 5]]>,
     /// The UMEM's bad descriptors: RX, completions.
     xsk: [AtomicU64; 2],
+    /// Live conntrack entries.
+    conntrack: AtomicU64,
 }
 
 impl SharedStats {
@@ -190,7 +217,13 @@ impl SharedStats {
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
             xsk: std::array::from_fn(|_| AtomicU64::new(0)),
+            conntrack: AtomicU64::new(0),
         }
+    }
+
+    /// Live conntrack entries, as last published.
+    pub fn conntrack_entries(&self) -> u64 {
+        self.conntrack.load(Ordering::Relaxed)
     }
 
     /// Descriptors from the kernel that failed the AF_XDP layer's checks.
@@ -408,6 +441,7 @@ impl Worker {
                     }
                     self.mesh.asleep[me].store(false, Ordering::Relaxed);
                     self.pipeline.maintain(start.elapsed().as_nanos() as u64);
+                    self.publish_conntrack();
                     idle = IDLE_SPINS / 2;
                 }
             }
@@ -429,48 +463,31 @@ impl Worker {
                 self.detach(port);
                 let _ = reply.send(());
             }
-            Command::Tables { tables, reply } => {
+            Command::Tables {
+                tables,
+                books,
+                reply,
+            } => {
                 crate::fault::on_tables(self.index);
-                self.pipeline.reserve_services(tables.services.names.len());
+                let old_books = self.pipeline.swap_books(books);
                 let old = std::mem::replace(&mut self.tables, tables);
                 // The old snapshot goes back with the acknowledgement: freeing
                 // a big one (10k services) takes milliseconds, which belong on
                 // the engine thread, not between two batches here.
-                let _ = reply.send(old);
+                let _ = reply.send((old, old_books));
             }
-            Command::ServiceStats { reply } => {
-                let ct = self.pipeline.conntrack();
-                let _ = reply.send(ServiceStats {
-                    services: self.pipeline.service_counters().to_vec(),
-                    backend_flows: self
-                        .pipeline
-                        .backend_flows()
-                        .iter()
-                        .map(|(k, v)| (*k, *v))
-                        .collect(),
-                    conntrack_entries: ct.len(),
-                    conntrack_capacity: ct.capacity(),
-                });
+            Command::ServiceStats { mut into, reply } => {
+                copy_service_stats(&self.pipeline, &self.tables, &mut into);
+                let _ = reply.send(into);
             }
             Command::Conntrack {
                 service,
-                limit,
+                mut into,
                 reply,
             } => {
                 let now = self.start.elapsed().as_nanos() as u64;
-                let ct = self.pipeline.conntrack();
-                let mut total = 0;
-                let mut v = Vec::new();
-                for (_, e) in ct
-                    .iter()
-                    .filter(|(_, e)| service.is_none_or(|s| e.service == s))
-                {
-                    total += 1;
-                    if v.len() < limit {
-                        v.push((*e, now.saturating_sub(e.last_seen_ns)));
-                    }
-                }
-                let _ = reply.send((v, total));
+                conntrack_chunk(self.pipeline.conntrack(), service, now, &mut into);
+                let _ = reply.send(into);
             }
             Command::KernelStats { reply } => {
                 let v = self
@@ -713,6 +730,11 @@ impl Worker {
     }
 
     /// Publishes counters for the manager (relaxed stores, one writer).
+    fn publish_conntrack(&self) {
+        let n = self.pipeline.conntrack().len() as u64;
+        self.stats.conntrack.store(n, Ordering::Relaxed);
+    }
+
     fn publish(&self) {
         let c = self.pipeline.counters();
         for (s, v) in self.stats.drops.iter().zip(c.drops.iter()) {
@@ -721,6 +743,7 @@ impl Worker {
         for (s, v) in self.stats.events.iter().zip(c.events()) {
             s.store(v, Ordering::Relaxed);
         }
+        self.publish_conntrack();
         let e = self.umem.desc_errors();
         for (s, v) in self.stats.xsk.iter().zip([e.bad_rx, e.bad_completion]) {
             s.store(v, Ordering::Relaxed);
@@ -738,5 +761,44 @@ impl Worker {
                 s.store(v, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Copies a worker's service counters into the engine's buffers (no
+/// allocation while they are large enough), with the snapshot whose backend
+/// slots they count.
+fn copy_service_stats(pl: &Pipeline, tables: &Arc<Tables>, into: &mut ServiceStats) {
+    into.services.clear();
+    into.services.extend_from_slice(pl.service_counters());
+    into.backend_flows.clear();
+    into.backend_flows.extend_from_slice(pl.backend_flows());
+    into.tables = Some(tables.clone());
+    let ct = pl.conntrack();
+    into.conntrack_entries = ct.len();
+    into.conntrack_capacity = ct.capacity();
+}
+
+/// Fills `into` from slot `into.from` on: entries (of `service` if given)
+/// until its reserved capacity is reached or [`CONNTRACK_CHUNK_SLOTS`]
+/// slots were looked at, whichever comes first; `next` says where to go on.
+fn conntrack_chunk(
+    ct: &kxdp_core::conntrack::Conntrack,
+    service: Option<u32>,
+    now: u64,
+    into: &mut ConntrackChunk,
+) {
+    into.entries.clear();
+    let want = into.entries.capacity();
+    let end = into.from.saturating_add(CONNTRACK_CHUNK_SLOTS);
+    into.next = (end < ct.capacity() as u32).then_some(end);
+    for (id, e) in ct.iter_range(into.from, end) {
+        if service.is_some_and(|s| e.service != s) {
+            continue;
+        }
+        if into.entries.len() == want {
+            into.next = Some(id);
+            return;
+        }
+        into.entries.push((*e, now.saturating_sub(e.last_seen_ns)));
     }
 }

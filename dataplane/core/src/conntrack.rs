@@ -599,6 +599,18 @@ impl Conntrack {
             .map(|(id, s)| (id as u32, &s.entry))
     }
 
+    /// The live entries of slots `from..to` (clamped to the slab), for
+    /// listing a table in bounded chunks.
+    pub fn iter_range(&self, from: u32, to: u32) -> impl Iterator<Item = (u32, &Entry)> {
+        let end = (to as usize).min(self.slots.len());
+        let start = (from as usize).min(end);
+        self.slots[start..end]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.live)
+            .map(move |(i, s)| ((start + i) as u32, &s.entry))
+    }
+
     pub fn stats(&self) -> CtStats {
         self.stats
     }
