@@ -1201,6 +1201,7 @@ impl Engine {
                 service: sid,
                 into: ConntrackChunk {
                     from: at.slot,
+                    max: room,
                     entries: Vec::with_capacity(room),
                     next: None,
                 },

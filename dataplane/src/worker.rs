@@ -176,11 +176,13 @@ pub struct ServiceStats {
 pub const CONNTRACK_CHUNK_SLOTS: u32 = 16_384;
 
 /// A chunk of a worker's conntrack: the entries of slots `from..next`
-/// (with their idle time), at most `entries.capacity()` of them.
+/// (with their idle time), at most `max` of them (and of the room reserved
+/// in `entries`: the worker never grows it).
 #[derive(Debug, Default, Clone)]
 pub struct ConntrackChunk {
     /// The first slot to look at.
     pub from: u32,
+    pub max: usize,
     pub entries: Vec<(Entry, u64)>,
     /// Where to go on; `None`: the table's end.
     pub next: Option<u32>,
@@ -788,7 +790,7 @@ fn conntrack_chunk(
     into: &mut ConntrackChunk,
 ) {
     into.entries.clear();
-    let want = into.entries.capacity();
+    let want = into.max.min(into.entries.capacity());
     let end = into.from.saturating_add(CONNTRACK_CHUNK_SLOTS);
     into.next = (end < ct.capacity() as u32).then_some(end);
     for (id, e) in ct.iter_range(into.from, end) {
@@ -800,5 +802,73 @@ fn conntrack_chunk(
             return;
         }
         into.entries.push((*e, now.saturating_sub(e.last_seen_ns)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kxdp_core::conntrack::{Conntrack, FlowKey, TcpState, Timeouts};
+    use std::net::Ipv4Addr;
+
+    fn entry(i: u32, service: u32) -> Entry {
+        let key = |src: u32, dst: u32| FlowKey {
+            proto: 17,
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
+            sport: 1000 + (i % 50_000) as u16,
+            dport: 53,
+        };
+        Entry {
+            original: key(0x0af4_0000 + i, 0x0a60_000a),
+            reply: key(0x0af4_ff00, 0x0af4_0000 + i),
+            service,
+            backend: 0,
+            tcp: TcpState::None,
+            created_ns: 0,
+            last_seen_ns: 0,
+            client_mac: [0; 6],
+            in_port: 1,
+            flags: 0,
+        }
+    }
+
+    /// Walks a table the way the engine pages it: chunks of at most
+    /// CONNTRACK_CHUNK_SLOTS slots and the room given, each entry once,
+    /// never more than the room, and filtered by service.
+    #[test]
+    fn conntrack_chunks_are_bounded_and_list_each_entry_once() {
+        let cap = 3 * CONNTRACK_CHUNK_SLOTS as usize;
+        let mut ct = Conntrack::new(cap, Timeouts::default());
+        for i in 0..cap as u32 / 2 {
+            ct.insert(entry(i, i % 3), 0).unwrap();
+        }
+        for (service, want) in [(None, cap / 2), (Some(1), cap / 6)] {
+            let mut seen = std::collections::HashSet::new();
+            let (mut from, mut calls) = (Some(0), 0);
+            while let Some(slot) = from {
+                let mut c = ConntrackChunk {
+                    from: slot,
+                    max: 1000,
+                    entries: Vec::with_capacity(1000),
+                    next: None,
+                };
+                conntrack_chunk(&ct, service, 0, &mut c);
+                assert!(c.entries.len() <= 1000);
+                let next = c.next.unwrap_or(cap as u32);
+                assert!(
+                    next > slot && next - slot <= CONNTRACK_CHUNK_SLOTS,
+                    "{slot} -> {next}"
+                );
+                for (e, _) in &c.entries {
+                    assert!(service.is_none_or(|s| e.service == s));
+                    assert!(seen.insert(e.original.src), "listed twice");
+                }
+                from = c.next;
+                calls += 1;
+            }
+            assert_eq!(seen.len(), want, "{service:?}");
+            assert!(calls >= 3, "{calls}");
+        }
     }
 }
