@@ -2584,8 +2584,10 @@ fn expired_entries_are_collected_over_time() {
     for sport in 49100..49105 {
         exchange(&mut pl, T0, &t, Peer::P1, (P1_IP, sport), FRONTEND, false);
         let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, SYN, 1, 0, b"");
-        delivered(&send(&mut pl, T0, &t, Peer::P1, &f));
-        let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, ACK, 1, 0, b"");
+        let be = backend_of(&send(&mut pl, T0, &t, Peer::P1, &f));
+        let r = tcp_from(Peer::of(be.0), be, (P1_IP, sport), SYN | ACK, 9, 2, b"");
+        delivered(&send(&mut pl, T0, &t, Peer::of(be.0), &r));
+        let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, ACK, 2, 10, b"");
         delivered(&send(&mut pl, T0, &t, Peer::P1, &f));
     }
     assert_eq!(pl.conntrack().len(), 25);
