@@ -13,9 +13,11 @@
 
 /// Largest gRPC message either side accepts, in bytes: a full state of
 /// 10,000 services with 100,000 endpoints and Kubernetes-length names is
-/// ~7 MiB (`kxdp-svc-scale size`), over tonic's 4 MiB default; 16 MiB leaves
-/// twice that. A decoded message takes several times its size in memory.
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// ~7 MiB (`kxdp-svc-scale size`), over tonic's 4 MiB default, so one at
+/// every other limit ([`MAX_SERVICES`], [`MAX_BACKENDS`]) is ~18 MiB; 32 MiB
+/// leaves room over that. A decoded message takes several times its size in
+/// memory. (It was 64 MiB.)
+pub const MAX_MESSAGE_SIZE: usize = 32 << 20;
 
 /// Most services a state holds: twice Kubernetes' 10,000 per cluster.
 /// Every node holds every service.
