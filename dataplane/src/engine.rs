@@ -253,7 +253,8 @@ pub struct Engine {
     /// Backend slots of the last snapshot pushed.
     backend_slots: usize,
     /// New flows per (service id, backend address, port) of the snapshots
-    /// workers handed back (the current one's are in their books).
+    /// workers handed back (the current one's are in their books), for the
+    /// backends the state has.
     backend_flows: HashMap<(u32, Ipv4Addr, u16), u64>,
     /// Numbers the published snapshots (`Tables::epoch`).
     epoch: u32,
@@ -474,6 +475,19 @@ impl Engine {
                 self.fresh_ids.push(next);
             }
         }
+        // Kept counts only for backends the state still has: they do not
+        // pile up as pods come and go.
+        let ids = &self.service_ids;
+        let backends: std::collections::HashSet<(u32, Ipv4Addr, u16)> = live
+            .values()
+            .flat_map(|sv| {
+                let id = ids[&sv.name];
+                sv.endpoints
+                    .iter()
+                    .flat_map(move |e| sv.ports.iter().map(move |p| (id, e.ip, p.target_port)))
+            })
+            .collect();
+        self.backend_flows.retain(|k, _| backends.contains(k));
     }
 
     /// The node's addresses inside `node_port_addresses` (its underlay
