@@ -276,6 +276,7 @@ impl Control for ControlService {
         let call = client.list_conntrack(ListConntrackRequest {
             service: req.service,
             limit: req.limit,
+            page_token: req.page_token,
         });
         live(&req.node, "ListConntrack", call).await
     }

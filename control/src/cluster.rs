@@ -407,6 +407,13 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
                 unreachable: Vec::new(),
             };
             let mut taken = service::Taken::default();
+            service::check_totals(
+                "services",
+                raw.services
+                    .iter()
+                    .map(|s| (s.ports.len(), s.endpoints.len())),
+                p,
+            );
             raw.services
                 .iter()
                 .enumerate()

@@ -138,6 +138,15 @@ impl Runtime {
                 )
             }));
         }
+        service::check_totals(
+            "runtime_services",
+            cluster
+                .services
+                .iter()
+                .chain(kept.services.values())
+                .map(service::size),
+            &mut problems,
+        );
         Problems::result(problems).map(|()| (kept, dropped))
     }
 }
@@ -175,14 +184,27 @@ pub fn check_service(
         taken.add(other, &format!("service {}", other.name));
     }
     let mut p = Vec::new();
-    service::check(
+    let service = service::check(
         "service",
         &raw,
         &cluster.service_context(),
         &mut taken,
         &mut p,
     )
-    .ok_or(Problems(p))
+    .ok_or_else(|| Problems(std::mem::take(&mut p)))?;
+    // With it, the whole desired state must stay within the limits.
+    let others = runtime.services.values().filter(|o| o.name != raw.name);
+    service::check_totals(
+        "service",
+        cluster
+            .services
+            .iter()
+            .chain(others)
+            .chain([&service])
+            .map(service::size),
+        &mut p,
+    );
+    Problems::result(p).map(|()| service)
 }
 
 /// The request that would register `pod`.
@@ -572,6 +594,52 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// The API limits hold for the whole desired state: a run-time service
+    /// that would take it over is refused, naming the limit and the value.
+    #[test]
+    fn runtime_services_keep_the_whole_state_within_the_limits() {
+        use kxdp_proto::limits::{MAX_BACKENDS, MAX_ENDPOINTS_PER_SERVICE};
+        let c = Cluster::from_yaml(LAB_CLUSTER_YAML).unwrap();
+        let mut rt = Runtime::default();
+        // Unique endpoints outside the pod network, as many as a service may have.
+        let big = |i: u32| {
+            let mut s = svc(&format!("default/big{i}"), &format!("10.96.1.{i}"), 0);
+            s.endpoints = (0..MAX_ENDPOINTS_PER_SERVICE as u32)
+                .map(|j| pb::Endpoint {
+                    ip: std::net::Ipv4Addr::from(0xc633_0000 + j).to_string(),
+                    ..s.endpoints[0].clone()
+                })
+                .collect();
+            s
+        };
+        for i in 1..=(MAX_BACKENDS / MAX_ENDPOINTS_PER_SERVICE) as u32 {
+            let s = check_service(&c, &rt, &big(i)).unwrap();
+            rt.services.insert(s.name.clone(), s);
+        }
+        // Replacing one is fine; one more backend anywhere is not.
+        assert!(check_service(&c, &rt, &big(1)).is_ok());
+        let p = check_service(&c, &rt, &svc("default/one", "10.96.0.99", 0)).unwrap_err();
+        assert!(
+            has(&p, "service", "250001 backends (endpoints times ports, summed over services), over the limit of 250000"),
+            "{p}"
+        );
+        // One service over its own limit: refused before anything else.
+        let mut s = big(99);
+        s.endpoints.push(pb::Endpoint {
+            ip: "10.244.2.60".into(),
+            ..s.endpoints[0].clone()
+        });
+        let p = check_service(&c, &Runtime::default(), &s).unwrap_err();
+        assert!(
+            has(
+                &p,
+                "service.endpoints",
+                "5001 endpoints, over the limit of 5000 per service"
+            ),
+            "{p}"
+        );
     }
 
     #[test]

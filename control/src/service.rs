@@ -329,6 +329,23 @@ impl Taken {
     }
 }
 
+/// The whole desired state's services against the API limits (how many,
+/// their backends summed): one problem at `path` if over.
+pub fn check_totals(
+    path: &str,
+    services: impl IntoIterator<Item = (usize, usize)>,
+    p: &mut Vec<Problem>,
+) {
+    if let Err(e) = kxdp_proto::limits::check_services(services) {
+        p.push(Problem::new(path, e.message));
+    }
+}
+
+/// A validated service's (ports, endpoints), for [`check_totals`].
+pub fn size(s: &Service) -> (usize, usize) {
+    (s.ports.len(), s.endpoints.len())
+}
+
 /// `namespace/name`, both DNS labels.
 pub fn is_service_name(name: &str) -> bool {
     match name.split_once('/') {
@@ -350,6 +367,16 @@ pub fn check(
     let before = p.len();
     let at = |field: &str| format!("{path}.{field}");
     let who = format!("{path} ({})", raw.name);
+    // Over a limit: nothing more of it is worth reading.
+    if let Err(e) = kxdp_proto::limits::check_service(
+        raw.ports.len(),
+        raw.endpoints.len(),
+        raw.external_ips.len(),
+        raw.load_balancer_ips.len(),
+    ) {
+        p.push(Problem::new(at(e.field), e.message));
+        return None;
+    }
 
     if !is_service_name(&raw.name) {
         p.push(Problem::new(
@@ -741,6 +768,41 @@ services:
     fn web(from: &str, to: &str) -> String {
         assert!(WEB.contains(from), "{from}");
         lab_with_services(&WEB.replacen(from, to, 1))
+    }
+
+    /// The cluster file (`kxdpctl apply`) refuses what the APIs refuse.
+    #[test]
+    fn a_cluster_file_over_the_api_limits_is_refused() {
+        use kxdp_proto::limits::MAX_ENDPOINTS_PER_SERVICE;
+        let endpoints: String = (0..=MAX_ENDPOINTS_PER_SERVICE as u32)
+            .map(|j| {
+                format!(
+                    "      - {{ ip: {} }}\n",
+                    std::net::Ipv4Addr::from(0xc633_0000 + j)
+                )
+            })
+            .collect();
+        let text = lab_with_services(&format!(
+            "services:\n  - name: default/big\n    cluster_ip: 10.96.0.10\n    ports: [{{ port: 80 }}]\n    endpoints:\n{endpoints}"
+        ));
+        assert_problem(
+            &text,
+            "services[0].endpoints",
+            "5001 endpoints, over the limit of 5000 per service",
+        );
+        let many: String = (0..=kxdp_proto::limits::MAX_SERVICES as u32)
+            .map(|i| {
+                format!(
+                    "  - {{ name: default/s{i}, cluster_ip: {}, ports: [{{ port: 80 }}] }}\n",
+                    std::net::Ipv4Addr::from(0x0a60_0100 + i)
+                )
+            })
+            .collect();
+        assert_problem(
+            &lab_with_services(&format!("services:\n{many}")),
+            "services",
+            "20001 services, over the limit of 20000",
+        );
     }
 
     /// The `kubernetes` service: its endpoint is the API server on a

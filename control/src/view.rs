@@ -938,6 +938,7 @@ mod tests {
                     ..Default::default()
                 }],
                 total: 7,
+                next_page_token: String::new(),
             },
         );
         let t = conntrack_text(&v);

@@ -48,6 +48,8 @@ fn control_tells_systemd_it_is_ready_and_alive_and_serves_metrics() {
             .arg(dir.path().join("control.sock"))
             .arg("--dataplane-dir")
             .arg(dir.path())
+            .arg("--state-file")
+            .arg(dir.path().join("control-state.json"))
             .args(["--metrics-address", &addr])
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WATCHDOG_USEC", "1000000")

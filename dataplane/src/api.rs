@@ -3,14 +3,15 @@
 //! hands them to the engine thread, replying when it has applied them. The
 //! engine answers reads with domain snapshots, rendered to proto here.
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use kxdp_proto::dataplane as pb;
 use kxdp_proto::dataplane::dataplane_server::Dataplane;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{
-    self, AttachState, ConntrackList, CountersSnapshot, StateSnapshot, WriteError,
+    self, AttachState, ConntrackCursor, ConntrackList, ConntrackQuery, CountersSnapshot,
+    StateSnapshot, WriteError,
 };
 use crate::state::{changes_from_proto, State};
 
@@ -43,16 +44,37 @@ impl Service {
         )))
     }
 
+    /// Hands a request to the engine thread and awaits its answer without
+    /// ever blocking the runtime's thread: the engine's queue is bounded, so
+    /// when it is full the wait moves to tokio's blocking pool (the one
+    /// runtime thread keeps serving the other calls and the health checks).
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> engine::Request,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        self.engine
-            .send(make(tx))
-            .map_err(|_| Status::unavailable("dataplane engine is shutting down"))?;
+        send_to_engine(&self.engine, make(tx)).await?;
         rx.await
             .map_err(|_| Status::internal("dataplane engine dropped the request"))
+    }
+}
+
+/// Sends without blocking the caller's runtime thread (see `Service::ask`).
+async fn send_to_engine(
+    engine: &Sender<engine::Request>,
+    req: engine::Request,
+) -> Result<(), Status> {
+    let gone = || Status::unavailable("dataplane engine is shutting down");
+    match engine.try_send(req) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Disconnected(_)) => Err(gone()),
+        Err(TrySendError::Full(req)) => {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.send(req))
+                .await
+                .map_err(|_| Status::internal("dataplane engine queue task failed"))?
+                .map_err(|_| gone())
+        }
     }
 }
 
@@ -112,16 +134,11 @@ impl Dataplane for Service {
         &self,
         req: Request<pb::ListConntrackRequest>,
     ) -> Result<Response<pb::ListConntrackReply>, Status> {
-        let req = req.into_inner();
-        let service = (!req.service.is_empty()).then_some(req.service);
-        let limit = if req.limit == 0 {
-            1000
-        } else {
-            req.limit.min(100_000)
-        } as usize;
+        let query = conntrack_query(req.into_inner())?;
         let list = self
-            .ask(|tx| engine::Request::ListConntrack(service, limit, tx))
-            .await?;
+            .ask(|tx| engine::Request::ListConntrack(query, tx))
+            .await?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(conntrack_reply(list)))
     }
 
@@ -132,6 +149,34 @@ impl Dataplane for Service {
         let counters = self.ask(engine::Request::GetCounters).await?;
         Ok(Response::new(counters_reply(counters)))
     }
+}
+
+/// A `ListConntrack` request as the engine takes it: the page size within
+/// its limit, the page token parsed.
+fn conntrack_query(req: pb::ListConntrackRequest) -> Result<ConntrackQuery, Status> {
+    use kxdp_proto::limits::{DEFAULT_CONNTRACK_PAGE, MAX_CONNTRACK_PAGE};
+    let limit = match req.limit as usize {
+        0 => DEFAULT_CONNTRACK_PAGE,
+        n if n > MAX_CONNTRACK_PAGE => {
+            return Err(Status::invalid_argument(format!(
+                "limit: {n} entries, over the limit of {MAX_CONNTRACK_PAGE} per page"
+            )))
+        }
+        n => n,
+    };
+    let from = match req.page_token.as_str() {
+        "" => None,
+        t => Some(t.parse::<ConntrackCursor>().map_err(|()| {
+            Status::invalid_argument(format!(
+                "page_token: {t:?} is not a token this dataplane gave"
+            ))
+        })?),
+    };
+    Ok(ConntrackQuery {
+        service: (!req.service.is_empty()).then_some(req.service),
+        limit,
+        from,
+    })
 }
 
 /// `summary`: the state's generation only, not its contents.
@@ -265,5 +310,48 @@ fn conntrack_reply(l: ConntrackList) -> pb::ListConntrackReply {
     pb::ListConntrackReply {
         entries,
         total: l.total,
+        next_page_token: l.next.map(|c| c.to_string()).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A full engine queue makes a call wait off the runtime's one thread:
+    /// the runtime keeps running other tasks meanwhile.
+    #[test]
+    fn a_full_engine_queue_does_not_block_the_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        tx.send(engine::Request::GetState(oneshot::channel().0))
+            .unwrap();
+        let drained = Arc::new(AtomicBool::new(false));
+        let engine = {
+            let drained = drained.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1000));
+                drained.store(true, Ordering::SeqCst);
+                (rx.recv().is_ok(), rx.recv().is_ok())
+            })
+        };
+        rt.block_on(async move {
+            let send = tokio::spawn(async move {
+                send_to_engine(&tx, engine::Request::GetState(oneshot::channel().0)).await
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !drained.load(Ordering::SeqCst),
+                "the runtime's thread was blocked until the engine drained its queue"
+            );
+            send.await.unwrap().unwrap();
+        });
+        assert_eq!(engine.join().unwrap(), (true, true));
     }
 }

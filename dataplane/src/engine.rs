@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::{CtStats, Entry};
-use kxdp_core::pipeline::{Counters, DropReason, SvcCounters};
+use kxdp_core::pipeline::{Counters, DropReason, ServiceBooks, SvcCounters};
 use kxdp_core::prefix::Prefix;
-use kxdp_core::services::{Backend, Frontend, FrontendKey, MaglevCache};
+use kxdp_core::services::{Backend, BackendKey, Frontend, FrontendKey, MaglevCache};
 use kxdp_core::tables::{
     EgressHop, LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables, MAX_PORTS,
 };
@@ -32,7 +32,9 @@ use crate::netlink::{self, Netlink};
 use crate::nft::{self, NatOutput};
 use crate::state::{Change, FieldError, State, TrafficPolicy};
 use crate::sys::xsk::BindMode;
-use crate::worker::{Command, PortCounters, ServiceStats, WorkerHandle, ACK_TIMEOUT};
+use crate::worker::{
+    Command, ConntrackChunk, PortCounters, ServiceStats, WorkerHandle, ACK_TIMEOUT,
+};
 use crate::xdp::{Attachment, Role, XdpMode};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -90,8 +92,12 @@ pub enum Request {
     Update(u64, Vec<Change>, oneshot::Sender<Result<u64, WriteError>>),
     GetState(oneshot::Sender<StateSnapshot>),
     GetCounters(oneshot::Sender<CountersSnapshot>),
-    /// Of one service if named; at most `limit` entries.
-    ListConntrack(Option<String>, usize, oneshot::Sender<ConntrackList>),
+    /// One page: of one service if named, at most `limit` entries, from a
+    /// position (`ConntrackCursor`) a previous page ended at.
+    ListConntrack(
+        ConntrackQuery,
+        oneshot::Sender<Result<ConntrackList, FieldError>>,
+    ),
 }
 
 /// The state as applied, and how far its interfaces are attached.
@@ -181,13 +187,52 @@ pub struct ServiceCounters {
     pub backends: Vec<(Ipv4Addr, u16, Protocol, u64)>,
 }
 
-/// Conntrack entries, with the service names they refer to.
+/// What a `ListConntrack` page asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConntrackQuery {
+    pub service: Option<String>,
+    /// Entries in the page, at most (1..=`MAX_CONNTRACK_PAGE`).
+    pub limit: usize,
+    /// Where the previous page ended; `None`: the start.
+    pub from: Option<ConntrackCursor>,
+}
+
+/// A position in the workers' conntrack tables: worker, then slot. A page
+/// token is its text, `"<worker>.<slot>"`, opaque to clients (as
+/// Kubernetes' `continue`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackCursor {
+    pub worker: usize,
+    pub slot: u32,
+}
+
+impl std::fmt::Display for ConntrackCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.worker, self.slot)
+    }
+}
+
+impl std::str::FromStr for ConntrackCursor {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (w, slot) = s.split_once('.').ok_or(())?;
+        Ok(ConntrackCursor {
+            worker: w.parse().map_err(|_| ())?,
+            slot: slot.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// One page of conntrack entries, with the service names they refer to.
 #[derive(Debug, Clone, Default)]
 pub struct ConntrackList {
     /// (entry, idle ns, service name or "").
     pub entries: Vec<(Entry, u64, String)>,
-    /// Entries matching, listed or not.
+    /// Entries in every worker's table (of any service): a count the
+    /// workers keep, so no page has to walk whole tables for it.
     pub total: u64,
+    /// Where the next page starts; `None`: this was the last.
+    pub next: Option<ConntrackCursor>,
 }
 
 struct Port {
@@ -217,9 +262,21 @@ pub struct Engine {
     egress: Egress,
     /// Until when to tick fast: a next hop is being resolved.
     resolving_until: Option<Instant>,
-    /// Stable service ids (counters and conntrack entries refer to them);
-    /// never reused while the process runs.
+    /// Service ids (counters and conntrack entries refer to them): stable
+    /// while a service exists; a deleted service's id goes to the next new
+    /// one (the lowest free), so ids stay below the most services held.
     service_ids: BTreeMap<String, u32>,
+    /// Ids given to new services since the last push that workers may
+    /// have counted for before: their counters restart from zero.
+    fresh_ids: Vec<u32>,
+    /// Service ids the workers' books have room for.
+    books_services: usize,
+    /// Backend slots of the last snapshot pushed.
+    backend_slots: usize,
+    /// New flows per (service id, backend address, port) of the snapshots
+    /// workers handed back (the current one's are in their books), for the
+    /// backends the state has.
+    backend_flows: HashMap<BackendKey, u64>,
     /// Numbers the published snapshots (`Tables::epoch`).
     epoch: u32,
     /// The last snapshot's Maglev tables, reused while their backends stay.
@@ -264,6 +321,10 @@ impl Engine {
             egress: Egress::default(),
             resolving_until: None,
             service_ids: BTreeMap::new(),
+            fresh_ids: Vec::new(),
+            books_services: 0,
+            backend_slots: 0,
+            backend_flows: HashMap::new(),
             epoch: 0,
             maglev: Default::default(),
             node_port_addrs: Vec::new(),
@@ -321,8 +382,8 @@ impl Engine {
             Request::GetCounters(reply) => {
                 let _ = reply.send(self.counters());
             }
-            Request::ListConntrack(service, limit, reply) => {
-                let _ = reply.send(self.conntrack(service, limit));
+            Request::ListConntrack(query, reply) => {
+                let _ = reply.send(self.conntrack(query));
             }
         }
     }
@@ -406,10 +467,7 @@ impl Engine {
         self.pod_status
             .retain(|name, _| next.pods.contains_key(name));
         self.state = Arc::new(next);
-        for name in self.state.services.keys() {
-            let next_id = self.service_ids.len() as u32;
-            self.service_ids.entry(name.clone()).or_insert(next_id);
-        }
+        self.assign_service_ids();
         self.reconcile_ports();
         self.refresh_neighbours();
         self.refresh_addresses();
@@ -417,6 +475,54 @@ impl Engine {
         self.publish()?;
         self.sync_host_services();
         Ok(self.state.generation)
+    }
+
+    /// Gives the state's services ids: a service keeps its id while it
+    /// exists; a new one takes the lowest free id. So ids (and the counters
+    /// workers keep by id) stay below the most services ever held at once,
+    /// within `MAX_SERVICES`, instead of growing with every service ever seen.
+    fn assign_service_ids(&mut self) {
+        let live = &self.state.services;
+        let gone: std::collections::BTreeSet<u32> = self
+            .service_ids
+            .iter()
+            .filter(|(name, _)| !live.contains_key(*name))
+            .map(|(_, id)| *id)
+            .collect();
+        self.service_ids.retain(|name, _| live.contains_key(name));
+        self.backend_flows
+            .retain(|(id, _, _, _), _| !gone.contains(id));
+        let mut used: std::collections::BTreeSet<u32> =
+            self.service_ids.values().copied().collect();
+        let mut next = 0;
+        for name in live.keys() {
+            if self.service_ids.contains_key(name) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            used.insert(next);
+            self.service_ids.insert(name.clone(), next);
+            if (next as usize) < self.books_services {
+                self.fresh_ids.push(next);
+            }
+        }
+        // Kept counts only for backends the state still has: they do not
+        // pile up as pods come and go.
+        let ids = &self.service_ids;
+        let backends: std::collections::HashSet<BackendKey> = live
+            .values()
+            .flat_map(|sv| {
+                let id = ids[&sv.name];
+                sv.endpoints.iter().flat_map(move |e| {
+                    sv.ports
+                        .iter()
+                        .map(move |p| (id, p.protocol.ip_proto(), e.ip, p.target_port))
+                })
+            })
+            .collect();
+        self.backend_flows.retain(|k, _| backends.contains(k));
     }
 
     /// The node's addresses inside `node_port_addresses` (its underlay
@@ -1030,29 +1136,36 @@ impl Engine {
         self.epoch = self.epoch.wrapping_add(1);
         t.epoch = self.epoch;
         let t = Arc::new(t);
+        // The workers' counters for it, allocated here, never on a worker.
+        self.books_services = self.books_services.max(t.services.names.len());
+        self.backend_slots = t.services.backend_keys.len();
+        let fresh = std::mem::take(&mut self.fresh_ids);
         let acks: Vec<_> = self
             .workers
             .iter()
             .map(|w| {
                 let (reply, ack) = bounded(1);
+                let mut books = ServiceBooks::for_tables(&t, self.books_services);
+                books.fresh = fresh.clone();
                 let sent = w.send(Command::Tables {
                     tables: t.clone(),
+                    books,
                     reply,
                 });
                 (w.index, sent.then_some(ack))
             })
             .collect();
         let deadline = Instant::now() + ACK_TIMEOUT;
-        // An acknowledgement carries the worker's old snapshot: it is freed
-        // here, on the engine thread.
-        let missed: Vec<usize> = acks
-            .into_iter()
-            .filter(|(_, ack)| {
-                ack.as_ref()
-                    .is_none_or(|a| a.recv_deadline(deadline).is_err())
-            })
-            .map(|(index, _)| index)
-            .collect();
+        // An acknowledgement carries the worker's old snapshot and books:
+        // their backend counts are kept (but those of reused ids), and they
+        // are freed here, on the engine thread.
+        let mut missed = Vec::new();
+        for (index, ack) in acks {
+            match ack.and_then(|a| a.recv_deadline(deadline).ok()) {
+                Some((old, books)) => self.keep_backend_flows(&old, &books.backend_flows, &fresh),
+                None => missed.push(index),
+            }
+        }
         if missed.is_empty() {
             Ok(())
         } else {
@@ -1060,21 +1173,37 @@ impl Engine {
         }
     }
 
+    /// Adds the new flows a worker counted per backend slot of `tables`
+    /// into the kept totals, but those of ids in `skip` (now another
+    /// service's).
+    fn keep_backend_flows(&mut self, tables: &Tables, flows: &[u64], skip: &[u32]) {
+        add_backend_flows(&mut self.backend_flows, tables, flows, skip);
+    }
+
     /// Per-service counters merged over workers, and each worker's
-    /// service-side stats (conntrack fill among them).
+    /// service-side stats (conntrack fill among them; a worker that did
+    /// not answer has default ones).
     fn service_counters(&self) -> (Vec<ServiceCounters>, Vec<ServiceStats>) {
+        let slots = self.backend_slots;
         let stats: Vec<ServiceStats> = self
             .workers
             .iter()
             .map(|w| {
-                w.call(|reply| Command::ServiceStats { reply })
-                    .unwrap_or_default()
+                w.call(|reply| Command::ServiceStats {
+                    into: ServiceStats {
+                        services: Vec::with_capacity(self.books_services),
+                        backend_flows: Vec::with_capacity(slots),
+                        ..Default::default()
+                    },
+                    reply,
+                })
+                .unwrap_or_default()
             })
             .collect();
-        let mut flows: HashMap<(u32, u8, Ipv4Addr, u16), u64> = HashMap::new();
+        let mut flows = self.backend_flows.clone();
         for s in &stats {
-            for (k, v) in &s.backend_flows {
-                *flows.entry(*k).or_default() += v;
+            if let Some(t) = &s.tables {
+                add_backend_flows(&mut flows, t, &s.backend_flows, &[]);
             }
         }
         let services = self
@@ -1107,35 +1236,70 @@ impl Engine {
         (services, stats)
     }
 
-    fn conntrack(&self, service: Option<String>, limit: usize) -> ConntrackList {
+    /// One page of the workers' conntrack entries: each worker is asked
+    /// for bounded chunks (`CONNTRACK_CHUNK_SLOTS` slots, at most the
+    /// page's room in entries, copied into a buffer reserved here), from
+    /// where the previous page ended, until the page is full or every table
+    /// has been walked. No worker spends more than one chunk's time on it
+    /// between two of its batches.
+    fn conntrack(&self, q: ConntrackQuery) -> Result<ConntrackList, FieldError> {
         let names: HashMap<u32, &String> =
             self.service_ids.iter().map(|(n, id)| (*id, n)).collect();
-        let sid = match &service {
+        let sid = match &q.service {
             Some(name) => match self.service_ids.get(name) {
                 Some(id) => Some(*id),
-                None => return ConntrackList::default(),
+                None => return Ok(ConntrackList::default()),
             },
             None => None,
         };
-        let mut out = ConntrackList::default();
-        for w in &self.workers {
-            let Some((entries, total)) = w.call(|reply| Command::Conntrack {
+        let mut at = q.from.unwrap_or_default();
+        if at.worker >= self.workers.len().max(1) {
+            return Err(FieldError {
+                field: "page_token".into(),
+                msg: format!("{at} names no worker of this dataplane"),
+            });
+        }
+        let mut out = ConntrackList {
+            total: self
+                .workers
+                .iter()
+                .map(|w| w.stats.conntrack_entries())
+                .sum(),
+            ..Default::default()
+        };
+        while let Some(w) = self.workers.get(at.worker) {
+            let room = q.limit - out.entries.len();
+            if room == 0 {
+                out.next = Some(at);
+                break;
+            }
+            let chunk = w.call(|reply| Command::Conntrack {
                 service: sid,
-                limit,
+                into: ConntrackChunk {
+                    from: at.slot,
+                    max: room,
+                    entries: Vec::with_capacity(room),
+                    next: None,
+                },
                 reply,
-            }) else {
-                continue;
-            };
-            out.total += total as u64;
-            for (e, idle_ns) in entries {
-                if out.entries.len() >= limit {
-                    break;
-                }
+            });
+            let next = chunk.as_ref().and_then(|c| c.next);
+            for (e, idle_ns) in chunk.into_iter().flat_map(|c| c.entries) {
                 let name = names.get(&e.service).map(|s| s.to_string());
                 out.entries.push((e, idle_ns, name.unwrap_or_default()));
             }
+            at = match next {
+                Some(slot) => ConntrackCursor {
+                    worker: at.worker,
+                    slot,
+                },
+                None => ConntrackCursor {
+                    worker: at.worker + 1,
+                    slot: 0,
+                },
+            };
         }
-        out
+        Ok(out)
     }
 
     fn read_state(&self) -> StateSnapshot {
@@ -1279,4 +1443,19 @@ fn peer_mac(ifname: &str) -> Option<EthernetAddress> {
         }
     }
     None
+}
+
+/// Adds new flows counted per backend slot of `tables` into `into`, keyed
+/// by (service id, backend address, port); ids in `skip` are left out.
+fn add_backend_flows(
+    into: &mut HashMap<BackendKey, u64>,
+    tables: &Tables,
+    flows: &[u64],
+    skip: &[u32],
+) {
+    for (k, &n) in tables.services.backend_keys.iter().zip(flows) {
+        if n > 0 && !skip.contains(&k.0) {
+            *into.entry(*k).or_default() += n;
+        }
+    }
 }

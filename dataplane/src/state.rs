@@ -277,6 +277,13 @@ impl TryFrom<(&str, &pb::Pod)> for Pod {
 /// As the `TryFrom`s above (`Service` is kxdp-proto's, so no `TryFrom` here).
 fn service_from_proto(f: &str, sv: &pb::Service) -> Result<Service, FieldError> {
     let at = |x: &str| format!("{f}.{x}");
+    kxdp_proto::limits::check_service(
+        sv.ports.len(),
+        sv.endpoints.len(),
+        sv.external_ips.len(),
+        sv.load_balancer_ips.len(),
+    )
+    .map_err(|e| err(at(e.field), e.message))?;
     let mut ports = Vec::new();
     for (i, p) in sv.ports.iter().enumerate() {
         let pf = |x: &str| format!("{f}.ports[{i}].{x}");
@@ -623,6 +630,13 @@ impl State {
         if self.services.is_empty() {
             return Ok(());
         }
+        // The whole state's size: an Update adds to what earlier writes left.
+        kxdp_proto::limits::check_services(
+            self.services
+                .values()
+                .map(|sv| (sv.ports.len(), sv.endpoints.len())),
+        )
+        .map_err(|e| err(e.field, e.message))?;
         let Some(scidr) = n.service_cidr else {
             return Err(err(
                 "node.service_cidr",
@@ -1004,6 +1018,102 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Every API limit (`kxdp_proto::limits`) refuses the whole request,
+    /// naming the field, the limit and the value; one below each passes.
+    #[test]
+    fn api_limits_refuse_the_whole_request() {
+        use kxdp_proto::limits::*;
+        let endpoints = |n: usize| -> Vec<pb::Endpoint> {
+            (0..n as u32)
+                .map(|i| pb::Endpoint {
+                    ip: std::net::Ipv4Addr::from(0x0af4_0000 + 0x100 + i).to_string(),
+                    ready: true,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let refused = |s: &pb::DataplaneState, field: &str, needle: &str| {
+            let e = check(s).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.msg.contains(needle), "{e}");
+        };
+        // Per service, checked before anything of it is parsed.
+        let mut s = sample();
+        s.services.push(web("default/web", "10.96.0.10", 0));
+        s.services[0].endpoints = endpoints(MAX_ENDPOINTS_PER_SERVICE);
+        check(&s).unwrap();
+        s.services[0].endpoints = endpoints(MAX_ENDPOINTS_PER_SERVICE + 1);
+        refused(
+            &s,
+            "state.services[0].endpoints",
+            "5001 endpoints, over the limit of 5000 per service",
+        );
+        s.services[0].endpoints = endpoints(1);
+        let port = s.services[0].ports[0].clone();
+        s.services[0].ports = (1..=MAX_PORTS_PER_SERVICE as u32 + 1)
+            .map(|n| pb::ServicePort {
+                port: n,
+                ..port.clone()
+            })
+            .collect();
+        refused(
+            &s,
+            "state.services[0].ports",
+            "101 ports, over the limit of 100 per service",
+        );
+        s.services[0].ports = vec![port];
+        s.services[0].external_ips = (0..MAX_OUTSIDE_IPS_PER_SERVICE as u32 + 1)
+            .map(|i| std::net::Ipv4Addr::from(0xcb00_7100 + i).to_string())
+            .collect();
+        refused(
+            &s,
+            "state.services[0].external_ips",
+            "65 external and LoadBalancer IPs",
+        );
+        // The whole state: services, and backends summed over them.
+        let mut s = sample();
+        s.services = (0..MAX_SERVICES as u32 + 1)
+            .map(|i| {
+                web(
+                    &format!("default/s{i}"),
+                    &std::net::Ipv4Addr::from(0x0a60_0100 + i).to_string(),
+                    0,
+                )
+            })
+            .collect();
+        refused(&s, "services", "20001 services, over the limit of 20000");
+        s.services.truncate(MAX_SERVICES);
+        check(&s).unwrap();
+        let full = |i: u32| {
+            let mut sv = web(
+                &format!("default/big{i}"),
+                &std::net::Ipv4Addr::from(0x0a61_0000 + i).to_string(),
+                0,
+            );
+            sv.endpoints = endpoints(MAX_ENDPOINTS_PER_SERVICE);
+            sv
+        };
+        let mut s = sample();
+        s.services = (0..(MAX_BACKENDS / MAX_ENDPOINTS_PER_SERVICE) as u32)
+            .map(full)
+            .collect();
+        let st = check(&s).unwrap();
+        // An Update that goes over is refused whole: its result fails validation.
+        let over = st
+            .with_changes(
+                8,
+                &[Change::UpsertService(
+                    service_from_proto("x", &web("default/one", "10.96.0.9", 0)).unwrap(),
+                )],
+            )
+            .unwrap();
+        let e = over.validate().unwrap_err();
+        assert_eq!(e.field, "services");
+        assert!(e.msg.contains("250001 backends"), "{e}");
+        s.services.push(web("default/one", "10.96.0.9", 0));
+        refused(&s, "services", "over the limit of 250000");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use arrayvec::ArrayVec;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{
-    Counters, DropReason, Packet, Pipeline, SvcCounters, Verdict, BATCH_SIZE,
+    Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict, BATCH_SIZE,
 };
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 
@@ -134,21 +134,28 @@ pub enum Command {
     },
     Tables {
         tables: Arc<Tables>,
-        /// Acknowledges with the snapshot the worker stopped using.
-        reply: Sender<Arc<Tables>>,
+        /// Its service bookkeeping, allocated by the engine: the worker
+        /// swaps it in and never allocates for counters.
+        books: ServiceBooks,
+        /// Acknowledges with the snapshot and books the worker stopped
+        /// using (their counts belong to that snapshot).
+        reply: Sender<(Arc<Tables>, ServiceBooks)>,
     },
     KernelStats {
         reply: Sender<Vec<(PortId, KernelStats)>>,
     },
-    /// Per-service counters, new flows per backend, conntrack fill.
+    /// Per-service counters, new flows per backend, conntrack fill, copied
+    /// into `into`'s buffers (reserved by the engine).
     ServiceStats {
+        into: ServiceStats,
         reply: Sender<ServiceStats>,
     },
-    /// Up to `limit` conntrack entries, of service `service` if given.
+    /// One chunk of a conntrack listing, copied into `into.entries`
+    /// (reserved by the engine: at most its capacity).
     Conntrack {
         service: Option<u32>,
-        limit: usize,
-        reply: Sender<(Vec<(Entry, u64)>, usize)>,
+        into: ConntrackChunk,
+        reply: Sender<ConntrackChunk>,
     },
     Stop,
 }
@@ -157,11 +164,31 @@ pub enum Command {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
-    /// New flows per (service id, IP protocol, backend ip, backend port).
-    pub backend_flows: Vec<((u32, u8, std::net::Ipv4Addr, u16), u64)>,
+    /// New flows per backend slot of `tables` (`Services::backend_keys`).
+    pub backend_flows: Vec<u64>,
+    /// The snapshot the backend slots are of.
+    pub tables: Option<Arc<Tables>>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
     pub conntrack: CtStats,
+}
+
+/// Most conntrack slots one `Command::Conntrack` looks at: a listing costs
+/// a worker at most this much between two batches (16k slots, ~1.3 MiB of
+/// slab, well under a millisecond), whatever the table's size.
+pub const CONNTRACK_CHUNK_SLOTS: u32 = 16_384;
+
+/// A chunk of a worker's conntrack: the entries of slots `from..next`
+/// (with their idle time), at most `max` of them (and of the room reserved
+/// in `entries`: the worker never grows it).
+#[derive(Debug, Default, Clone)]
+pub struct ConntrackChunk {
+    /// The first slot to look at.
+    pub from: u32,
+    pub max: usize,
+    pub entries: Vec<(Entry, u64)>,
+    /// Where to go on; `None`: the table's end.
+    pub next: Option<u32>,
 }
 
 /// Per-port traffic counters.
@@ -199,6 +226,8 @@ pub struct SharedStats {
     /// heartbeat, read by `liveness.rs`.
     heartbeat: AtomicU64,
     start: Instant,
+    /// Live conntrack entries.
+    conntrack: AtomicU64,
 }
 
 impl Default for SharedStats {
@@ -224,7 +253,13 @@ impl SharedStats {
                 .collect(),
             xsk: std::array::from_fn(|_| AtomicU64::new(0)),
             unresolved: AtomicU32::new(0),
+            conntrack: AtomicU64::new(0),
         }
+    }
+
+    /// Live conntrack entries, as last published.
+    pub fn conntrack_entries(&self) -> u64 {
+        self.conntrack.load(Ordering::Relaxed)
     }
 
     /// The destination the worker last failed to find a neighbour for, once.
@@ -460,6 +495,7 @@ impl Worker {
                     }
                     self.mesh.asleep[me].store(false, Ordering::Relaxed);
                     self.pipeline.maintain(start.elapsed().as_nanos() as u64);
+                    self.publish_conntrack();
                     idle = IDLE_SPINS / 2;
                 }
             }
@@ -481,49 +517,31 @@ impl Worker {
                 self.detach(port);
                 let _ = reply.send(());
             }
-            Command::Tables { tables, reply } => {
+            Command::Tables {
+                tables,
+                books,
+                reply,
+            } => {
                 crate::fault::on_tables(self.index);
-                self.pipeline.reserve_services(tables.services.names.len());
+                let old_books = self.pipeline.swap_books(books);
                 let old = std::mem::replace(&mut self.tables, tables);
                 // The old snapshot goes back with the acknowledgement: freeing
                 // a big one (10k services) takes milliseconds, which belong on
                 // the engine thread, not between two batches here.
-                let _ = reply.send(old);
+                let _ = reply.send((old, old_books));
             }
-            Command::ServiceStats { reply } => {
-                let ct = self.pipeline.conntrack();
-                let _ = reply.send(ServiceStats {
-                    services: self.pipeline.service_counters().to_vec(),
-                    backend_flows: self
-                        .pipeline
-                        .backend_flows()
-                        .iter()
-                        .map(|(k, v)| (*k, *v))
-                        .collect(),
-                    conntrack_entries: ct.len(),
-                    conntrack_capacity: ct.capacity(),
-                    conntrack: ct.stats(),
-                });
+            Command::ServiceStats { mut into, reply } => {
+                copy_service_stats(&self.pipeline, &self.tables, &mut into);
+                let _ = reply.send(into);
             }
             Command::Conntrack {
                 service,
-                limit,
+                mut into,
                 reply,
             } => {
                 let now = self.start.elapsed().as_nanos() as u64;
-                let ct = self.pipeline.conntrack();
-                let mut total = 0;
-                let mut v = Vec::new();
-                for (_, e) in ct
-                    .iter()
-                    .filter(|(_, e)| service.is_none_or(|s| e.service == s))
-                {
-                    total += 1;
-                    if v.len() < limit {
-                        v.push((*e, now.saturating_sub(e.last_seen_ns)));
-                    }
-                }
-                let _ = reply.send((v, total));
+                conntrack_chunk(self.pipeline.conntrack(), service, now, &mut into);
+                let _ = reply.send(into);
             }
             Command::KernelStats { reply } => {
                 let v = self
@@ -771,6 +789,11 @@ impl Worker {
     }
 
     /// Publishes counters for the manager (relaxed stores, one writer).
+    fn publish_conntrack(&self) {
+        let n = self.pipeline.conntrack().len() as u64;
+        self.stats.conntrack.store(n, Ordering::Relaxed);
+    }
+
     fn publish(&mut self) {
         self.stats.beat();
         if let Some(ip) = self.pipeline.take_unresolved() {
@@ -785,6 +808,7 @@ impl Worker {
         for (s, v) in self.stats.events.iter().zip(c.events()) {
             s.store(v, Ordering::Relaxed);
         }
+        self.publish_conntrack();
         let e = self.umem.desc_errors();
         for (s, v) in self.stats.xsk.iter().zip([e.bad_rx, e.bad_completion]) {
             s.store(v, Ordering::Relaxed);
@@ -801,6 +825,114 @@ impl Worker {
             ]) {
                 s.store(v, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Copies a worker's service counters into the engine's buffers (no
+/// allocation while they are large enough), with the snapshot whose backend
+/// slots they count.
+fn copy_service_stats(pl: &Pipeline, tables: &Arc<Tables>, into: &mut ServiceStats) {
+    into.services.clear();
+    into.services.extend_from_slice(pl.service_counters());
+    into.backend_flows.clear();
+    into.backend_flows.extend_from_slice(pl.backend_flows());
+    into.tables = Some(tables.clone());
+    let ct = pl.conntrack();
+    into.conntrack_entries = ct.len();
+    into.conntrack_capacity = ct.capacity();
+    into.conntrack = ct.stats();
+}
+
+/// Fills `into` from slot `into.from` on: entries (of `service` if given)
+/// until its reserved capacity is reached or [`CONNTRACK_CHUNK_SLOTS`]
+/// slots were looked at, whichever comes first; `next` says where to go on.
+fn conntrack_chunk(
+    ct: &kxdp_core::conntrack::Conntrack,
+    service: Option<u32>,
+    now: u64,
+    into: &mut ConntrackChunk,
+) {
+    into.entries.clear();
+    let want = into.max.min(into.entries.capacity());
+    let end = into.from.saturating_add(CONNTRACK_CHUNK_SLOTS);
+    into.next = (end < ct.capacity() as u32).then_some(end);
+    for (id, e) in ct.iter_range(into.from, end) {
+        if service.is_some_and(|s| e.service != s) {
+            continue;
+        }
+        if into.entries.len() == want {
+            into.next = Some(id);
+            return;
+        }
+        into.entries.push((*e, now.saturating_sub(e.last_seen_ns)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kxdp_core::conntrack::{Conntrack, FlowKey, TcpState, Timeouts};
+    use std::net::Ipv4Addr;
+
+    fn entry(i: u32, service: u32) -> Entry {
+        let key = |src: u32, dst: u32| FlowKey {
+            proto: 17,
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
+            sport: 1000 + (i % 50_000) as u16,
+            dport: 53,
+        };
+        Entry {
+            original: key(0x0af4_0000 + i, 0x0a60_000a),
+            reply: key(0x0af4_ff00, 0x0af4_0000 + i),
+            service,
+            backend: 0,
+            tcp: TcpState::None,
+            created_ns: 0,
+            last_seen_ns: 0,
+            client_mac: [0; 6],
+            in_port: 1,
+            flags: 0,
+        }
+    }
+
+    /// Walks a table the way the engine pages it: chunks of at most
+    /// CONNTRACK_CHUNK_SLOTS slots and the room given, each entry once,
+    /// never more than the room, and filtered by service.
+    #[test]
+    fn conntrack_chunks_are_bounded_and_list_each_entry_once() {
+        let cap = 3 * CONNTRACK_CHUNK_SLOTS as usize;
+        let mut ct = Conntrack::new(cap, Timeouts::default());
+        for i in 0..cap as u32 / 2 {
+            ct.insert(entry(i, i % 3), 0).unwrap();
+        }
+        for (service, want) in [(None, cap / 2), (Some(1), cap / 6)] {
+            let mut seen = std::collections::HashSet::new();
+            let (mut from, mut calls) = (Some(0), 0);
+            while let Some(slot) = from {
+                let mut c = ConntrackChunk {
+                    from: slot,
+                    max: 1000,
+                    entries: Vec::with_capacity(1000),
+                    next: None,
+                };
+                conntrack_chunk(&ct, service, 0, &mut c);
+                assert!(c.entries.len() <= 1000);
+                let next = c.next.unwrap_or(cap as u32);
+                assert!(
+                    next > slot && next - slot <= CONNTRACK_CHUNK_SLOTS,
+                    "{slot} -> {next}"
+                );
+                for (e, _) in &c.entries {
+                    assert!(service.is_none_or(|s| e.service == s));
+                    assert!(seen.insert(e.original.src), "listed twice");
+                }
+                from = c.next;
+                calls += 1;
+            }
+            assert_eq!(seen.len(), want, "{service:?}");
+            assert!(calls >= 3, "{calls}");
         }
     }
 }

@@ -214,3 +214,133 @@ async fn writes_are_validated_atomic_and_read_back() {
         "detached port still listed"
     );
 }
+
+async fn sync_err(c: &mut DataplaneClient<Channel>, state: pb::DataplaneState) -> tonic::Status {
+    c.sync(pb::SyncRequest { state: Some(state) })
+        .await
+        .expect_err("a sync over a limit was accepted")
+}
+
+/// A service of `endpoints` endpoints outside the pod network.
+fn big_service(i: u32, endpoints: usize) -> pb::Service {
+    pb::Service {
+        name: format!("default/big{i}"),
+        cluster_ip: std::net::Ipv4Addr::from(0x0a60_0100 + i).to_string(),
+        ports: vec![pb::ServicePort {
+            protocol: pb::Protocol::Tcp as i32,
+            port: 80,
+            ..Default::default()
+        }],
+        endpoints: (0..endpoints as u32)
+            .map(|j| pb::Endpoint {
+                ip: std::net::Ipv4Addr::from(0xc633_0000 + j).to_string(),
+                ready: true,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The API limits (`kxdp_proto::limits`) through the real server: each
+/// over-limit write is INVALID_ARGUMENT naming the limit and the value and
+/// changes nothing; an oversized message is refused by gRPC; ListConntrack's
+/// page size and token are checked and its pages end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_limits_are_refused_whole() {
+    use kxdp_proto::limits::*;
+    require_root();
+    let tag = unique_name("dplim");
+    let (node_ns, peer_ns) = node_namespaces(&tag);
+    veth(&node_ns, "kxa", &peer_ns, "poda");
+    let socket = std::env::temp_dir().join(format!("{tag}.sock"));
+    let _dp = Dataplane::start(&node_ns, socket.clone(), &[]);
+    let mut c = DataplaneClient::new(kxdp_proto::connect_unix(&socket).await.unwrap())
+        .max_encoding_message_size(64 << 20);
+    let with_services = |generation, services: Vec<pb::Service>| {
+        let mut s = state(generation, vec![pod("p1", "10.244.1.2", "kxa")]);
+        s.node.as_mut().unwrap().service_cidr = "10.96.0.0/12".into();
+        s.services = services;
+        s
+    };
+    let full: Vec<_> = (0..(MAX_BACKENDS / MAX_ENDPOINTS_PER_SERVICE) as u32)
+        .map(|i| big_service(i, MAX_ENDPOINTS_PER_SERVICE))
+        .collect();
+    let g = c
+        .sync(pb::SyncRequest {
+            state: Some(with_services(5, full.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.generation, 5);
+
+    let refused = |e: tonic::Status, code: Code, needle: &str| {
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(needle), "{}", e.message());
+    };
+    // One service over its endpoints: the whole Sync is refused.
+    let mut over = full.clone();
+    over[0] = big_service(0, MAX_ENDPOINTS_PER_SERVICE + 1);
+    let e = sync_err(&mut c, with_services(6, over)).await;
+    refused(
+        e,
+        Code::InvalidArgument,
+        "state.services[0].endpoints: 5001 endpoints, over the limit of 5000 per service",
+    );
+    // An Update that takes the state over the backends summed.
+    let e = update(&mut c, 6, pb::change::Op::UpsertService(big_service(99, 1)))
+        .await
+        .unwrap_err();
+    refused(
+        e,
+        Code::InvalidArgument,
+        "services: 250001 backends (endpoints times ports, summed over services), over the limit of 250000",
+    );
+    // Too many services.
+    let many = (0..=MAX_SERVICES as u32)
+        .map(|i| big_service(i, 0))
+        .collect();
+    let e = sync_err(&mut c, with_services(6, many)).await;
+    refused(
+        e,
+        Code::InvalidArgument,
+        "20001 services, over the limit of 20000",
+    );
+    // A message over MAX_MESSAGE_SIZE never reaches the API's code.
+    let mut huge = with_services(6, Vec::new());
+    huge.pods[0].name = "x".repeat(MAX_MESSAGE_SIZE);
+    let e = sync_err(&mut c, huge).await;
+    refused(e, Code::OutOfRange, &MAX_MESSAGE_SIZE.to_string());
+    let held = get_state(&mut c, true).await;
+    assert_eq!(
+        held.state.unwrap().generation,
+        5,
+        "a refused write changed the state"
+    );
+
+    // ListConntrack: page size within its limit, tokens checked, pages end.
+    let list = |limit: u32, page_token: &str| pb::ListConntrackRequest {
+        limit,
+        page_token: page_token.into(),
+        ..Default::default()
+    };
+    let e = c
+        .list_conntrack(list(MAX_CONNTRACK_PAGE as u32 + 1, ""))
+        .await
+        .unwrap_err();
+    refused(
+        e,
+        Code::InvalidArgument,
+        "limit: 10001 entries, over the limit of 10000 per page",
+    );
+    let e = c.list_conntrack(list(10, "bogus")).await.unwrap_err();
+    refused(e, Code::InvalidArgument, "page_token");
+    let e = c.list_conntrack(list(10, "7.0")).await.unwrap_err();
+    refused(e, Code::InvalidArgument, "page_token: 7.0 names no worker");
+    let page = c.list_conntrack(list(10, "")).await.unwrap().into_inner();
+    assert!(
+        page.entries.is_empty() && page.next_page_token.is_empty(),
+        "{page:?}"
+    );
+}

@@ -22,6 +22,7 @@ pub mod kxdp {
 }
 
 pub mod ops;
+pub mod limits;
 pub mod service;
 pub mod uds;
 
@@ -83,10 +84,7 @@ pub fn dataplane_socket(dir: impl AsRef<std::path::Path>, node: &str) -> std::pa
     dir.as_ref().join(format!("{node}.sock"))
 }
 
-/// Largest gRPC message either side accepts: a full state of 10,000
-/// services with 100,000 endpoints and Kubernetes-length names is ~7 MiB,
-/// over tonic's 4 MiB default.
-pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+pub use limits::MAX_MESSAGE_SIZE;
 
 /// How long dialing a local Unix socket may take: a live server accepts at once.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

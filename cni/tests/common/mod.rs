@@ -604,6 +604,9 @@ impl RealControl {
             .arg(&world.socket)
             .arg("--dataplane-dir")
             .arg(world.dir.path())
+            // Its own: the default (/var/lib/kxdp) is the node's, shared.
+            .arg("--state-file")
+            .arg(world.dir.path().join("control-state.json"))
             .args(["--resync-interval-ms", "100", "--apply-timeout-ms", "3000"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

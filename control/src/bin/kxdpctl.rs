@@ -23,6 +23,7 @@ use kxdp_proto::control::{
     GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest,
     ListRoutesRequest, ListServicesRequest, UpsertServiceRequest,
 };
+use kxdp_proto::dataplane::ListConntrackReply;
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -95,9 +96,9 @@ enum Cmd {
         /// Only this service's entries (namespace/name).
         #[arg(long)]
         service: Option<String>,
-        /// At most this many entries (the dataplane's default is 1000).
-        #[arg(long)]
-        limit: Option<u32>,
+        /// At most this many entries, fetched page by page; 0: all of them.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
     /// Add, replace or remove a service at run time.
     #[command(subcommand)]
@@ -393,16 +394,9 @@ async fn run(args: Args) -> Result<()> {
             service,
             limit,
         } => {
-            let request = ListNodeConntrackRequest {
-                node: node.clone(),
-                service: service.unwrap_or_default(),
-                limit: limit.unwrap_or(0),
-            };
-            let reply = rpc!(
-                connect(&args.control).await?,
-                "conntrack",
-                list_conntrack(request)
-            );
+            let mut client = connect(&args.control).await?;
+            let service = service.unwrap_or_default();
+            let reply = conntrack_pages(&mut client, &node, &service, limit).await?;
             show(json, &ConntrackView::new(node, reply), view::conntrack_text)
         }
         Cmd::Service(ServiceCmd::Apply { file }) => {
@@ -559,6 +553,38 @@ async fn connect(socket: &Path) -> Result<ControlClient<Channel>> {
                 "cannot reach kxdp-control at {}: {cause}\nhint: {hint}",
                 socket.display()
             )))
+        }
+    }
+}
+
+/// Follows `ListConntrack`'s pages until `limit` entries (0: all) or the
+/// last page: each page at most the API's page limit.
+async fn conntrack_pages(
+    client: &mut ControlClient<Channel>,
+    node: &str,
+    service: &str,
+    limit: u32,
+) -> Result<ListConntrackReply> {
+    let page_max = kxdp_proto::limits::MAX_CONNTRACK_PAGE as u32;
+    let mut out = ListConntrackReply::default();
+    let mut page_token = String::new();
+    loop {
+        let room = match limit {
+            0 => page_max,
+            n => (n - out.entries.len() as u32).min(page_max),
+        };
+        let request = ListNodeConntrackRequest {
+            node: node.to_string(),
+            service: service.to_string(),
+            limit: room,
+            page_token,
+        };
+        let page = rpc!(client, "conntrack", list_conntrack(request));
+        out.total = page.total;
+        out.entries.extend(page.entries);
+        page_token = page.next_page_token;
+        if page_token.is_empty() || (limit != 0 && out.entries.len() >= limit as usize) {
+            return Ok(out);
         }
     }
 }

@@ -38,10 +38,15 @@ use core::fmt;
 /// per-backend share within about 1% of `1/n` (slot counts differ by at most
 /// one, so a backend's share is `1/n +- 1/m`) and the disruption of a
 /// backend change small, while a table stays 4 bytes per slot.
-const SIZES: [usize; 17] = [
-    251, 503, 1_009, 2_003, 4_001, 8_009, 16_001, 32_003, 65_537, 131_071, 262_147, 524_309,
-    1_048_583, 2_097_169, 4_194_319, 8_388_617, 16_777_259,
+const SIZES: [usize; 12] = [
+    251, 503, 1_009, 2_003, 4_001, 8_009, 16_001, 32_003, 65_537, 131_071, 262_147, MAX_SIZE,
 ];
+
+/// The largest table [`Maglev::size_for`] picks (2 MiB): 100 slots for
+/// each of up to 5,242 backends, above the 5,000 endpoints a service may
+/// have (`kxdp_proto::limits::MAX_MAGLEV_TABLE_SIZE`), so no request can
+/// make a node build larger tables.
+pub const MAX_SIZE: usize = 524_309;
 
 /// Smallest table size, and the minimum slots per backend.
 const MIN_SIZE: usize = SIZES[0];
@@ -143,13 +148,16 @@ impl Maglev {
     }
 
     /// Smallest table size from a fixed list of primes (251, 503, 1009, ...,
-    /// roughly doubling up to 16777259) that is `>= 100 * n`; beyond the
-    /// list, the smallest prime `>= 100 * n`.
+    /// roughly doubling up to [`MAX_SIZE`]) that is `>= 100 * n`; beyond the
+    /// list, [`MAX_SIZE`] (fewer than 100 slots per backend: a coarser
+    /// spread, never a larger table), and only for `n >= MAX_SIZE`, which
+    /// no API accepts, the smallest prime above `n`.
     pub fn size_for(n: usize) -> usize {
         let want = n.saturating_mul(SLOTS_PER_BACKEND).max(MIN_SIZE);
         match SIZES.iter().find(|&&p| p >= want) {
             Some(&p) => p,
-            None => (want..).find(|&p| is_prime(p)).expect("a prime exists"),
+            None if n < MAX_SIZE => MAX_SIZE,
+            None => (n + 1..).find(|&p| is_prime(p)).expect("a prime exists"),
         }
     }
 
@@ -274,15 +282,16 @@ mod tests {
         assert_eq!(Maglev::size_for(10), 1_009);
         assert_eq!(Maglev::size_for(11), 2_003);
         assert_eq!(Maglev::size_for(655), 65_537);
-        assert_eq!(Maglev::size_for(10_000), 1_048_583);
-        for n in [
-            1, 2, 3, 7, 50, 99, 1_000, 10_485, 10_486, 167_772, 167_773, 200_000,
-        ] {
+        assert_eq!(Maglev::size_for(5_000), MAX_SIZE);
+        for n in [1, 2, 3, 7, 50, 99, 1_000, 2_621, 2_622, 5_000, 5_243] {
             let m = Maglev::size_for(n);
             assert!(m >= 100 * n && m >= 251 && is_prime(m), "{n} -> {m}");
         }
-        // Past the list: the next prime.
-        assert_eq!(Maglev::size_for(200_000), 20_000_003);
+        // Past the list: never larger than MAX_SIZE while it can hold them.
+        assert_eq!(Maglev::size_for(5_244), MAX_SIZE);
+        assert_eq!(Maglev::size_for(200_000), MAX_SIZE);
+        assert_eq!(Maglev::size_for(MAX_SIZE), 524_341);
+        assert!(is_prime(524_341));
     }
 
     #[test]

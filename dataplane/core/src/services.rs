@@ -70,6 +70,9 @@ pub struct Frontend {
     /// Steer this frontend's flows by the client's address alone (not its
     /// port too): set by [`Services::finish`], see [`Services::steer`].
     pub steer_by_ip: bool,
+    /// Each backend's new-flow counter: an index into the snapshot's
+    /// [`Services::backend_keys`], set by [`Services::finish`].
+    pub backend_slots: Vec<u32>,
 }
 
 /// Maglev tables of the last snapshot by backend id list, so a snapshot
@@ -157,7 +160,16 @@ impl Frontend {
             node_port,
             local_only,
             steer_by_ip: affinity_ns.is_some(),
+            backend_slots: Vec::new(),
         }
+    }
+
+    /// The new-flow counter of backend (ip, port), if it has one.
+    #[inline]
+    pub fn backend_slot(&self, ip: Ipv4Addr, port: u16) -> Option<u32> {
+        let id = (u32::from(ip) as u64) << 16 | port as u64;
+        let i = self.backends.binary_search_by_key(&id, Backend::id).ok()?;
+        self.backend_slots.get(i).copied()
     }
 
     /// The backend a new flow with this hash goes to.
@@ -254,7 +266,19 @@ pub struct Services {
     /// client's address alone. Only packets from these can be replies of a
     /// service flow without SNAT, so only these are steered by destination.
     pub steer: HashMap<(Ipv4Addr, u16, u8), bool>,
+    /// The [`BackendKey`] of each new-flow counter slot, set by
+    /// [`Services::finish`]: a worker counts new flows per backend into an
+    /// array of this length, allocated with the snapshot by the engine
+    /// (`Pipeline::swap_books`), so the worker never allocates for it;
+    /// every frontend of a service and protocol shares the slot of a
+    /// backend.
+    pub backend_keys: Vec<BackendKey>,
 }
+
+/// A backend's new-flow counter: (service index, IP protocol, backend
+/// address, backend port). The protocol keeps a backend serving TCP and UDP
+/// on one port apart.
+pub type BackendKey = (u32, u8, Ipv4Addr, u16);
 
 impl Services {
     #[inline]
@@ -315,6 +339,22 @@ impl Services {
             .into_iter()
             .map(|(b, i)| (b, by_ip[root(&mut parent, i)]))
             .collect();
+        let mut slots: HashMap<BackendKey, u32> = HashMap::new();
+        let keys = &mut self.backend_keys;
+        keys.clear();
+        for f in self.frontends.values_mut() {
+            f.backend_slots = f
+                .backends
+                .iter()
+                .map(|b| {
+                    let k = (f.service, f.key.proto, b.ip, b.port);
+                    *slots.entry(k).or_insert_with(|| {
+                        keys.push(k);
+                        (keys.len() - 1) as u32
+                    })
+                })
+                .collect();
+        }
     }
 
     /// Registers a service name, returning its index.

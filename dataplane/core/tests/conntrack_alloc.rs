@@ -1,6 +1,7 @@
 //! The per-packet tables never allocate after construction: a counting
-//! global allocator (this test binary's own) watches conntrack churn and
-//! Maglev lookups.
+//! global allocator (this test binary's own) watches conntrack churn,
+//! Maglev lookups, and a worker's side of new tables (its books swapped in)
+//! and new service flows.
 //!
 //! The allocator counts only on the thread that armed it, so the harness's
 //! other threads don't disturb the counts. It also measures why conntrack
@@ -14,6 +15,11 @@ use std::net::Ipv4Addr;
 
 use kxdp_core::conntrack::{Conntrack, Dir, Entry, FlowKey, TcpState, Timeouts};
 use kxdp_core::maglev::Maglev;
+use kxdp_core::pipeline::{Packet, Pipeline, ServiceBooks, Verdict};
+use kxdp_core::prefix::Prefix;
+use kxdp_core::services::{Backend, Frontend, FrontendKey};
+use kxdp_core::tables::{LocalPod, NodeInfo, PortId, PortInfo, PortKind, Tables};
+use kxdp_core::wire::EthernetAddress;
 
 struct Counting;
 
@@ -201,6 +207,130 @@ fn maglev_lookup_never_allocates() {
     });
     black_box(sum);
     assert_eq!((allocs, frees), (0, 0));
+}
+
+/// Node n1 with pods 10.244.1.2..=1.4 on ports 1..=3 and `services`
+/// services 10.96.0.10+s:80, each over the pods 2.. (port 8080): the
+/// first with ClientIP affinity.
+fn pod_tables(services: u32) -> Tables {
+    let pod = |i: u8| Ipv4Addr::new(10, 244, 1, 1 + i);
+    let mut t = Tables {
+        node: Some(NodeInfo {
+            underlay_ip: Ipv4Addr::new(172, 30, 0, 11),
+            vtep_mac: EthernetAddress([0x0e, 0x58, 0xac, 0x1e, 0, 0x0b]),
+            vni: 1,
+            vxlan_port: 4789,
+            pod_cidr: Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24),
+            cluster_cidr: Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+            gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
+            pod_mtu: 1450,
+            service_cidr: Some(Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12)),
+            masquerade: false,
+        }),
+        ..Tables::default()
+    };
+    for i in 1..=3u8 {
+        let mac = EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, 1 + i]);
+        t.set_port(
+            i as PortId,
+            PortInfo {
+                kind: PortKind::Pod { ip: pod(i) },
+                mac: EthernetAddress([2, 0x6b, 0x78, 0x64, 0x70, i]),
+            },
+        );
+        t.local.insert(
+            pod(i),
+            LocalPod {
+                port: i as PortId,
+                mac,
+            },
+        );
+    }
+    t.services.cidr = Some(Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12));
+    for s in 0..services {
+        let id = t.services.add_name(&format!("default/s{s}"));
+        let backends = (2..=1 + services.min(2) as u8)
+            .map(|i| Backend {
+                ip: pod(i),
+                port: 8080,
+                ready: true,
+                serving: true,
+                local: true,
+            })
+            .collect();
+        let key = FrontendKey {
+            addr: Ipv4Addr::from(0x0a60_000a + s),
+            proto: 6,
+            port: 80,
+        };
+        let affinity = (s == 0).then_some(10_800_000_000_000);
+        t.services
+            .insert(Frontend::new(id, key, backends, affinity, false, false));
+    }
+    t.services.finish();
+    t
+}
+
+/// Swapping in new tables with the books the engine made for them, then
+/// running new service flows (conntrack inserts, affinity records, service
+/// and per-backend counters) through the pipeline: no allocation on the
+/// worker's side, also when the new tables have more services and backends.
+#[test]
+fn new_tables_and_new_service_flows_never_allocate() {
+    const N: usize = 16;
+    let mut pl = Pipeline::with_conntrack(4096, Timeouts::default());
+    let mut umem = vec![0u8; N * 2048];
+    let fill = |umem: &mut [u8], sport: u16, services: u32| {
+        for k in 0..N {
+            let vip = Ipv4Addr::from(0x0a60_000a + k as u32 % services);
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2(
+                [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02],
+                [2, 0x6b, 0x78, 0x64, 0x70, 1],
+            )
+            .ipv4([10, 244, 1, 2], vip.octets(), 64)
+            .tcp(sport + k as u16, 80, 1, 64_240)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+            umem[k * 2048 + 256..k * 2048 + 256 + f.len()].copy_from_slice(&f);
+        }
+    };
+    let run = |pl: &mut Pipeline, umem: &mut [u8], t: &Tables, now: u64| {
+        let mut it = umem.chunks_exact_mut(2048);
+        let mut pkts: [Packet<'_>; N] =
+            core::array::from_fn(|_| Packet::new(it.next().unwrap(), 256, 54, 1));
+        pl.process(now, t, &mut pkts);
+        pkts.iter().all(|p| matches!(p.verdict, Verdict::Tx(_)))
+    };
+    let mut total_allocs = 0;
+    let mut sent = 0;
+    let mut old_books = Vec::new();
+    for (round, services) in [(0u16, 2u32), (1, 5), (2, 9)] {
+        let t = pod_tables(services);
+        let books = ServiceBooks::for_tables(&t, t.services.names.len());
+        fill(&mut umem, 10_000 + round * 100, services);
+        let ((old, all_sent), allocs, _) = count(|| {
+            let old = pl.swap_books(books);
+            (
+                old,
+                run(&mut pl, &mut umem, &t, 1_000 * MS * (1 + round as u64)),
+            )
+        });
+        assert!(all_sent, "round {round}: {:?}", pl.counters());
+        total_allocs += allocs;
+        sent += N;
+        old_books.push(old);
+        assert_eq!(
+            pl.backend_flows().iter().sum::<u64>(),
+            N as u64,
+            "round {round}: each new flow counted against its backend slot"
+        );
+    }
+    assert_eq!(total_allocs, 0, "the worker's side allocated");
+    let flows: u64 = pl.service_counters().iter().map(|c| c.new_flows).sum();
+    assert_eq!(flows, sent as u64);
+    assert_eq!(pl.conntrack().len(), sent);
 }
 
 /// Why conntrack does not use `hashbrown::HashMap`: the same kind of churn

@@ -487,7 +487,7 @@ impl Pipeline {
         if ct != NO_CT {
             // Sized by the walk that taught the entry (`count_svc`); the
             // vector never shrinks.
-            if let Some(c) = self.nat.svc.get_mut(svc as usize) {
+            if let Some(c) = self.nat.books.services.get_mut(svc as usize) {
                 c.packets += 1;
                 c.bytes += len as u64;
             }

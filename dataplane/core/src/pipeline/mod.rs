@@ -50,7 +50,7 @@ pub use frag::{FRAG_DONE_NS, FRAG_ENTRIES, FRAG_TIMEOUT_NS};
 pub use hash::flow_hash;
 use hash::{flow_hash_key, mix, mix64};
 use ingress::{check_ipv4, complete_partial_checksum};
-pub use nat::{SvcCounters, NO_SERVICE, SNAT_PORTS};
+pub use nat::{ServiceBooks, SvcCounters, NO_SERVICE, SNAT_PORTS};
 use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
@@ -122,7 +122,9 @@ impl<'a> Packet<'a> {
 /// Conntrack entries per worker by default: 256k flows (both keys indexed),
 /// about 40 MiB per worker.
 pub const DEFAULT_CONNTRACK_CAPACITY: usize = 1 << 18;
-/// ClientIP affinity records per worker.
+/// ClientIP affinity records per worker: clients with a live record (one
+/// per frontend they use); past it, a new client's flows are balanced by
+/// the hash of its address alone until expired records are swept out.
 const AFFINITY_CAPACITY: usize = 1 << 16;
 /// Most conntrack slots the GC looks at after a batch, one per frame: a
 /// full batch sweeps 256k slots in ~4k batches and never stalls a worker.
@@ -254,12 +256,19 @@ impl Pipeline {
 
     /// Per-service counters by service id.
     pub fn service_counters(&self) -> &[SvcCounters] {
-        &self.nat.svc
+        &self.nat.books.services
     }
 
-    /// New flows per (service id, IP protocol, backend ip, backend port).
-    pub fn backend_flows(&self) -> &hashbrown::HashMap<(u32, u8, Ipv4Addr, u16), u64> {
-        &self.nat.backend_flows
+    /// New flows per backend slot of the tables the books were swapped in
+    /// with (`Services::backend_keys` names each slot).
+    pub fn backend_flows(&self) -> &[u64] {
+        &self.nat.books.backend_flows
+    }
+
+    /// Swaps in the service bookkeeping made for the tables being swapped
+    /// in (see [`nat::NatState::swap_books`]); returns the old books.
+    pub fn swap_books(&mut self, fresh: ServiceBooks) -> ServiceBooks {
+        self.nat.swap_books(fresh)
     }
 
     /// Work for an idle worker: sweeps more of the conntrack than a batch
@@ -269,14 +278,7 @@ impl Pipeline {
         if !self.ct.is_empty() {
             self.ct.gc(now_ns, IDLE_GC_BUDGET);
         }
-    }
-
-    /// Makes room for `n` services' counters (called when tables change,
-    /// never per packet).
-    pub fn reserve_services(&mut self, n: usize) {
-        if self.nat.svc.len() < n {
-            self.nat.svc.resize(n, SvcCounters::default());
-        }
+        self.nat.sweep_affinity(now_ns);
     }
 
     /// Runs every packet of the batch and sets its verdict.

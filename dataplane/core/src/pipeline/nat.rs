@@ -44,12 +44,20 @@ const F_MASQ: u8 = 4;
 /// `Entry::service` of a flow that is no service's (egress).
 pub const NO_SERVICE: u32 = u32::MAX;
 
-/// ClientIP session affinity: the last backend a client used per frontend.
+/// ClientIP session affinity: the last backend a client used per frontend,
+/// until the service's timeout after its last new flow (kube-proxy's
+/// `recent` match: each new flow refreshes it).
 #[derive(Debug, Clone, Copy)]
 struct Affinity {
     backend: (Ipv4Addr, u16),
-    last_ns: u64,
+    expires_ns: u64,
 }
+
+/// How often, at most, expired affinity records are swept out: when the
+/// table is full and a new client needs a record, or an idle worker
+/// maintains its tables. A sweep visits every record (65,536 at most, well
+/// under a millisecond), so a flood of new clients costs one a second.
+const AFFINITY_SWEEP_NS: u64 = 1_000_000_000;
 
 /// Per-service counters, indexed by the service's stable id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,21 +71,73 @@ pub struct SvcCounters {
 /// Where the service machinery keeps its per-worker state.
 #[derive(Debug)]
 pub struct NatState {
+    /// At most `affinity_cap` records in a map sized for twice that, so
+    /// that hashbrown always rehashes in place (never allocates) when
+    /// removed records' tombstones fill it.
     affinity: HashMap<(FrontendKey, Ipv4Addr), Affinity>,
     affinity_cap: usize,
-    pub(super) svc: Vec<SvcCounters>,
-    /// New flows per backend (ip, port) — for spread checks and the CLI.
-    pub(super) backend_flows: HashMap<(u32, u8, Ipv4Addr, u16), u64>,
+    /// No sweep of expired records before this.
+    affinity_sweep_ns: u64,
+    /// Service and backend counters, allocated by the engine.
+    pub(super) books: ServiceBooks,
+    /// Where counts go for a service index the books have no room for
+    /// (none, when the engine sized them for the tables).
+    spill: SvcCounters,
+}
+
+/// A worker's per-service and per-backend counters, allocated off the
+/// worker (by the engine, with each snapshot: [`ServiceBooks::for_tables`])
+/// and swapped in with the tables (`Pipeline::swap_books`), so that the
+/// worker never allocates for them and they stay as large as the tables
+/// need: no map that grows with every backend ever seen.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServiceBooks {
+    /// By service index: cumulative while an index names one service.
+    pub services: Vec<SvcCounters>,
+    /// New flows per backend slot of the snapshot the books were made for
+    /// (`Services::backend_keys`), from zero.
+    pub backend_flows: Box<[u64]>,
+    /// Service indexes that name a new service in this snapshot (a
+    /// deleted service's index reused): their counters start from zero.
+    pub fresh: Vec<u32>,
+}
+
+impl ServiceBooks {
+    /// Zeroed books for `t`, with room for `services` service indexes.
+    pub fn for_tables(t: &crate::tables::Tables, services: usize) -> ServiceBooks {
+        ServiceBooks {
+            services: vec![SvcCounters::default(); services.max(t.services.names.len())],
+            backend_flows: vec![0; t.services.backend_keys.len()].into_boxed_slice(),
+            fresh: Vec::new(),
+        }
+    }
 }
 
 impl NatState {
     pub fn new(affinity_cap: usize) -> NatState {
         NatState {
-            affinity: HashMap::with_capacity(affinity_cap),
+            affinity: HashMap::with_capacity(2 * affinity_cap),
             affinity_cap,
-            svc: Vec::new(),
-            backend_flows: HashMap::with_capacity(4096),
+            affinity_sweep_ns: 0,
+            books: ServiceBooks::default(),
+            spill: SvcCounters::default(),
         }
+    }
+
+    /// Takes `fresh` books (made for the tables being swapped in), carries
+    /// the service counters over (but those of `fresh.fresh`), and returns
+    /// the old books, whose backend counts belong to the old tables. No
+    /// allocation: copies within `fresh`, which must hold every service
+    /// index the old books did (else the extra ones' counts are dropped).
+    pub fn swap_books(&mut self, mut fresh: ServiceBooks) -> ServiceBooks {
+        let n = self.books.services.len().min(fresh.services.len());
+        fresh.services[..n].copy_from_slice(&self.books.services[..n]);
+        for &i in &fresh.fresh {
+            if let Some(c) = fresh.services.get_mut(i as usize) {
+                *c = SvcCounters::default();
+            }
+        }
+        std::mem::replace(&mut self.books, fresh)
     }
 }
 
@@ -531,11 +591,12 @@ impl Pipeline {
         c.new_flows += 1;
         c.packets += 1;
         c.bytes += p.len as u64;
-        *self
-            .nat
-            .backend_flows
-            .entry((fe.service, fe.key.proto, backend.0, backend.1))
-            .or_insert(0) += 1;
+        if let Some(n) = fe
+            .backend_slot(backend.0, backend.1)
+            .and_then(|i| self.nat.books.backend_flows.get_mut(i as usize))
+        {
+            *n += 1;
+        }
         Nat::Route {
             external_reply: None,
         }
@@ -733,35 +794,32 @@ impl Pipeline {
     ) -> Option<(Ipv4Addr, u16)> {
         if let Some(timeout) = fe.affinity_ns {
             let k = (fe.key, l.src);
-            if let Some(a) = self.nat.affinity.get(&k) {
-                if now.saturating_sub(a.last_ns) < timeout
-                    && fe.ready(a.backend.0, a.backend.1, external)
-                {
-                    let b = a.backend;
-                    self.nat.affinity.insert(
-                        k,
-                        Affinity {
-                            backend: b,
-                            last_ns: now,
-                        },
-                    );
-                    return Some(b);
+            let expires_ns = now.saturating_add(timeout);
+            if let Some(a) = self.nat.affinity.get_mut(&k) {
+                if now < a.expires_ns && fe.ready(a.backend.0, a.backend.1, external) {
+                    a.expires_ns = expires_ns;
+                    return Some(a.backend);
                 }
             }
             // Affinity hashes the client only, so a new client's flows agree.
             let b = fe.pick_for(super::mix64(u32::from(l.src) as u64), external)?;
-            let b = (b.ip, b.port);
+            let backend = (b.ip, b.port);
+            if self.nat.affinity.len() >= self.nat.affinity_cap
+                && !self.nat.affinity.contains_key(&k)
+            {
+                self.nat.sweep_affinity(now);
+            }
             if self.nat.affinity.len() < self.nat.affinity_cap || self.nat.affinity.contains_key(&k)
             {
                 self.nat.affinity.insert(
                     k,
                     Affinity {
-                        backend: b,
-                        last_ns: now,
+                        backend,
+                        expires_ns,
                     },
                 );
             }
-            return Some(b);
+            return Some(backend);
         }
         fe.pick_for(
             super::flow_hash_key(&l.key()) as u64 | (super::flow_hash_key(&l.key()) as u64) << 32,
@@ -960,14 +1018,31 @@ fn quoted_flow(p: &Packet<'_>) -> Option<(FlowKey, usize, usize)> {
 }
 
 impl NatState {
+    /// Drops the expired affinity records, at most once per
+    /// [`AFFINITY_SWEEP_NS`].
+    pub(super) fn sweep_affinity(&mut self, now: u64) {
+        if now < self.affinity_sweep_ns || self.affinity.is_empty() {
+            return;
+        }
+        self.affinity_sweep_ns = now.saturating_add(AFFINITY_SWEEP_NS);
+        self.affinity.retain(|_, a| now < a.expires_ns);
+    }
+
+    /// The clients holding an affinity record, expired or not.
+    #[cfg(test)]
+    pub(super) fn affinity_clients(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<_> = self.affinity.keys().map(|(_, c)| *c).collect();
+        v.sort();
+        v
+    }
+
+    /// A service's counters; never allocates (see `spill`).
     #[inline]
     fn svc_at(&mut self, id: u32) -> &mut SvcCounters {
-        let i = id as usize;
-        if self.svc.len() <= i {
-            // Sized from the tables on swap (worker), so this only runs in tests.
-            self.svc.resize(i + 1, SvcCounters::default());
+        match self.books.services.get_mut(id as usize) {
+            Some(c) => c,
+            None => &mut self.spill,
         }
-        &mut self.svc[i]
     }
 }
 

@@ -1193,8 +1193,8 @@ fn new_flows_spread_over_both_backends() {
         (350..=650).contains(&local) && (350..=650).contains(&remote),
         "local {local}, remote {remote}"
     );
-    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(&local));
-    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(&remote));
+    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(local));
+    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(remote));
     assert_eq!(pl.service_counters()[WEB].new_flows, 1000);
     assert_eq!(pl.conntrack().len(), 1000);
 }
@@ -1384,8 +1384,8 @@ fn a_removed_backends_udp_flow_moves_to_a_live_backend_at_once() {
     let d = delivered(&send(&mut pl, T0 + SEC, &t, Peer::P2, &r));
     assert_to(&d, Peer::P1);
     assert_eq!(d.ip, natted(&r[ETH..], Some(FRONTEND), None, 1));
-    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(&1));
-    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(&1));
+    assert_eq!(backend_flows_of(&pl, REMOTE_BE), Some(1));
+    assert_eq!(backend_flows_of(&pl, LOCAL_BE), Some(1));
     assert_eq!(pl.service_counters()[WEB].new_flows, 2);
     assert_eq!(total_drops(pl.counters()), 0);
     // With no live backend left, the flow's next datagram is refused.
@@ -1558,6 +1558,34 @@ fn client_ip_affinity_holds_within_the_timeout_then_may_change() {
         );
     }
     assert_eq!(syn_backend(&mut pl, now, &both, 30060), hashed);
+}
+
+/// Affinity records expire: a full table makes room for a new client by
+/// sweeping out the expired ones (at most once a second), and an idle
+/// worker sweeps them too. Without expiry a table once full would never
+/// give another client affinity.
+#[test]
+fn client_ip_affinity_records_expire_and_make_room() {
+    let timeout = 10 * SEC;
+    let t = affinity_tables(&[ready(LOCAL_BE), ready(REMOTE_BE)], timeout);
+    let mut pl = pipeline();
+    pl.set_affinity_capacity(1);
+    let host_syn = |pl: &mut Pipeline, now: u64, sport: u16| {
+        let f = tcp_from(Peer::Host, (GATEWAY, sport), FRONTEND, SYN, 1, 0, b"");
+        backend_of(&send(pl, now, &t, Peer::Host, &f))
+    };
+    syn_backend(&mut pl, T0, &t, 30000);
+    assert_eq!(pl.nat.affinity_clients(), vec![P1_IP]);
+    // Full, and p1's record is live: the host gets none.
+    host_syn(&mut pl, T0 + SEC, 30001);
+    assert_eq!(pl.nat.affinity_clients(), vec![P1_IP]);
+    // p1's record expired: swept out, the host's takes its place.
+    host_syn(&mut pl, T0 + timeout + SEC, 30002);
+    assert_eq!(pl.nat.affinity_clients(), vec![GATEWAY]);
+    // An idle worker sweeps expired records (not more than once a second).
+    let later = T0 + 2 * timeout + 2 * SEC;
+    pl.maintain(later);
+    assert_eq!(pl.nat.affinity_clients(), Vec::<Ipv4Addr>::new());
 }
 
 #[test]
@@ -2584,8 +2612,10 @@ fn expired_entries_are_collected_over_time() {
     for sport in 49100..49105 {
         exchange(&mut pl, T0, &t, Peer::P1, (P1_IP, sport), FRONTEND, false);
         let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, SYN, 1, 0, b"");
-        delivered(&send(&mut pl, T0, &t, Peer::P1, &f));
-        let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, ACK, 1, 0, b"");
+        let be = backend_of(&send(&mut pl, T0, &t, Peer::P1, &f));
+        let r = tcp_from(Peer::of(be.0), be, (P1_IP, sport), SYN | ACK, 9, 2, b"");
+        delivered(&send(&mut pl, T0, &t, Peer::of(be.0), &r));
+        let f = tcp_from(Peer::P1, (P1_IP, sport), FRONTEND, ACK, 2, 10, b"");
         delivered(&send(&mut pl, T0, &t, Peer::P1, &f));
     }
     assert_eq!(pl.conntrack().len(), 25);
@@ -2701,8 +2731,9 @@ fn service_and_backend_counters_add_up() {
     // Two backends, each counted apart for TCP and for UDP (one port).
     assert_eq!(pl.backend_flows().len(), 4);
     let by_proto = |proto: u8| -> u64 {
-        let flows = pl.backend_flows().iter();
+        let flows = pl.backend_flows();
         flows
+            .iter()
             .filter(|((_, p, _, _), _)| *p == proto)
             .map(|(_, n)| n)
             .sum()
@@ -3050,12 +3081,12 @@ fn write_sequence_fuzz_seeds() {
 }
 
 /// New flows to a backend, over every service (the table keys by service too).
-fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<&u64> {
-    let mut hits = pl
-        .backend_flows()
+fn backend_flows_of(pl: &Pipeline, be: (Ipv4Addr, u16)) -> Option<u64> {
+    let flows = pl.backend_flows();
+    let mut hits = flows
         .iter()
         .filter(|((_, _, ip, port), _)| (*ip, *port) == be)
-        .map(|(_, n)| n);
+        .map(|(_, n)| *n);
     let first = hits.next();
     assert!(
         hits.next().is_none(),

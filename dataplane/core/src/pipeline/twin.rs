@@ -13,6 +13,10 @@ use super::*;
 pub(super) struct Checked {
     pl: Pipeline,
     twin: Pipeline,
+    /// What the engine does with books: the backend slots of the tables
+    /// the books were made for, and new flows per backend of earlier ones.
+    keys: Vec<crate::services::BackendKey>,
+    flows: std::collections::HashMap<crate::services::BackendKey, u64>,
 }
 
 impl Checked {
@@ -26,7 +30,34 @@ impl Checked {
         Checked {
             pl: Pipeline::with_conntrack(capacity, timeouts),
             twin,
+            keys: Vec::new(),
+            flows: Default::default(),
         }
+    }
+
+    /// New flows per (service, backend address, port), nonzero ones, as
+    /// the engine sums them over the books of every snapshot.
+    pub fn backend_flows(&self) -> std::collections::HashMap<crate::services::BackendKey, u64> {
+        let mut all = self.flows.clone();
+        for (k, n) in self.keys.iter().zip(self.pl.backend_flows()) {
+            *all.entry(*k).or_default() += n;
+        }
+        all.retain(|_, n| *n > 0);
+        all
+    }
+
+    /// Gives both books made for `t` when it is laid out otherwise than the
+    /// tables of their books, as the worker does when it swaps tables in.
+    fn fit_books(&mut self, t: &Tables) {
+        if self.keys == t.services.backend_keys
+            && self.pl.service_counters().len() >= t.services.names.len()
+        {
+            return;
+        }
+        self.flows = self.backend_flows();
+        self.pl.swap_books(ServiceBooks::for_tables(t, 0));
+        self.twin.swap_books(ServiceBooks::for_tables(t, 0));
+        self.keys = t.services.backend_keys.clone();
     }
 
     pub fn set_worker(&mut self, index: u16, count: u16) {
@@ -44,15 +75,28 @@ impl Checked {
         self.twin.set_fragment_table(entries);
     }
 
+    /// Both with an affinity table of `records` (the default's is large).
+    pub fn set_affinity_capacity(&mut self, records: usize) {
+        self.pl.nat = nat::NatState::new(records);
+        self.twin.nat = nat::NatState::new(records);
+    }
+
+    pub fn maintain(&mut self, now_ns: u64) {
+        self.pl.maintain(now_ns);
+        self.twin.maintain(now_ns);
+    }
+
     /// Runs the batch through the twin (on a copy) and the pipeline, and
     /// asserts they agree.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        self.fit_books(t);
         let out = run_copy(&mut self.twin, now_ns, t, pkts, false);
         self.pl.process(now_ns, t, pkts);
         same(&self.pl, &self.twin, &out, pkts);
     }
 
     pub fn process_handed(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
+        self.fit_books(t);
         let out = run_copy(&mut self.twin, now_ns, t, pkts, true);
         self.pl.process_handed(now_ns, t, pkts);
         same(&self.pl, &self.twin, &out, pkts);
@@ -120,7 +164,7 @@ fn same(pl: &Pipeline, twin: &Pipeline, out: &[(Verdict, Vec<u8>)], pkts: &[Pack
         ..pl.counters.clone()
     };
     assert_eq!(mine, twin.counters, "counters");
-    assert_eq!(pl.nat.svc, twin.nat.svc, "service counters");
+    assert_eq!(pl.nat.books, twin.nat.books, "service counters");
     assert_eq!(pl.ct.stats(), twin.ct.stats(), "conntrack");
     // The walk makes every ICMP error, so both spent the same budgets.
     assert!(pl.icmp == twin.icmp, "ICMP budgets");
