@@ -21,8 +21,8 @@ pub mod kxdp {
     }
 }
 
-pub mod ops;
 pub mod limits;
+pub mod ops;
 pub mod service;
 pub mod uds;
 
