@@ -141,12 +141,16 @@ die() {
 
 # ---------------------------------------------------------------- helpers
 
-# alive PID: the process exists and is not a zombie.
+# alive PID: the process exists and is not a zombie whose threads are all gone.
 alive() {
-    local stat
+    local stat threads
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
     stat=${stat##*) }
-    [[ ${stat:0:1} != Z ]]
+    [[ ${stat:0:1} != Z ]] && return 0
+    # A zombie main thread whose other threads still exit holds its
+    # sockets (and listening ports) until the last one is gone.
+    threads=$(awk '/^Threads:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $threads && $threads -gt 1 ]]
 }
 
 # ns_sysctl NS KEY VALUE: writes /proc/sys inside NS (no procps needed).

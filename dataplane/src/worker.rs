@@ -504,6 +504,9 @@ impl Worker {
 
     /// Applies a command; false means stop.
     fn handle(&mut self, cmd: Command) -> bool {
+        // Taking a command is polling too: an acknowledged write must not
+        // be followed by a stale heartbeat (liveness.rs).
+        self.stats.beat();
         match cmd {
             Command::Attach {
                 port,

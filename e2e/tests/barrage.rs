@@ -250,3 +250,69 @@ fn a_barrage_of_hostile_traffic_disturbs_no_established_flow() {
     }
     eprintln!("test took {:.1}s", started.elapsed().as_secs_f64());
 }
+
+/// SNAT exhaustion (issue 14): an outside SYN flood from 65,536 addresses
+/// at a NodePort (Cluster policy, one backend: 4,536 SNAT ports towards it)
+/// takes every port with entries that never confirm. New connections from
+/// a real client, made while the flood goes on, still get through: a new
+/// flow that finds its ports taken reclaims one held unconfirmed for a
+/// second (`snat_ports_reclaimed`), and the exhaustion is counted
+/// (`nat_ports_exhausted`).
+#[test]
+fn new_node_port_connections_get_through_a_syn_flood_that_fills_the_snat_ports() {
+    require_root!();
+    let lab = Lab::up(LabOpts::default());
+    let n1 = lab.node("n1").clone();
+    let _server = id_server(&lab.ns("n2-p1"), lab.pod("n2-p1").ip, TARGET, "n2-p1");
+    lab.service_apply(&json!({
+        "name": "test/snat",
+        "cluster_ip": "10.96.0.91",
+        "ports": [{ "name": "tcp", "protocol": "TCP", "port": 80, "target_port": TARGET, "node_port": NODE_PORT + 1 }],
+        "endpoints": [{ "ip": lab.pod("n2-p1").ip.to_string() }],
+    }));
+    let node_port = SocketAddr::from((n1.underlay_ip, NODE_PORT + 1));
+    let ext = lab.ns("ext");
+    open_flow(&ext, node_port, "before").expect("ext -> NodePort before the flood");
+    let n1_mac = mac_of(&ext, n1.underlay_ip, "eth0");
+    let stranger = [0x02, 0x6b, 0x78, 0x73, 0x6e, 0x74];
+    let syns: Vec<Vec<u8>> = (0..65536u32)
+        .map(|i| {
+            let src = Ipv4Addr::from(0xc612_0000 + i); // 198.18.0.0/15
+            tcp_syn_frame(
+                stranger,
+                n1_mac,
+                (src, 40000),
+                (n1.underlay_ip, NODE_PORT + 1),
+            )
+        })
+        .collect();
+    let before = lab.counters("n1");
+    let (flooded, connected) = thread::scope(|s| {
+        let flood = s.spawn(|| flood(&ext, "eth0", &syns, 3, FLOOD_SECS));
+        // Let the flood fill the ports and its entries age past a second.
+        thread::sleep(Duration::from_millis(1500));
+        let started = Instant::now();
+        let connected: Vec<Result<(), String>> = (0..10)
+            .map(|i| open_flow(&ext, node_port, &format!("during-{i}")).map(|_| ()))
+            .collect();
+        let took = started.elapsed();
+        (flood.join().expect("flood thread"), (connected, took))
+    });
+    let (results, took) = connected;
+    let after = lab.counters("n1");
+    let grew = after.drops_since(&before);
+    let reclaimed = after.get("snat_ports_reclaimed") - before.get("snat_ports_reclaimed");
+    eprintln!(
+        "{flooded} flood SYNs; 10 connections in {:.2}s: {results:?}; drops {grew:?}; \
+         {reclaimed} ports reclaimed",
+        took.as_secs_f64()
+    );
+    assert!(
+        grew.get("nat_ports_exhausted").copied().unwrap_or(0) > 0,
+        "the flood never filled the ports: {grew:?}"
+    );
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "connection {i} during the flood: {r:?}");
+    }
+    assert!(reclaimed > 0, "no port was reclaimed");
+}

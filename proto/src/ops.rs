@@ -159,10 +159,25 @@ where
     }
 }
 
+/// How long [`bind`] waits for an address in use to be released.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds `addr` for [`serve`] (synchronously, so a bad address is an error
-/// at startup); call inside the runtime.
+/// at startup); call inside the runtime. An address in use is tried again
+/// for [`BIND_PATIENCE`]: a predecessor killed just now may still be
+/// closing its listener (its other threads outlive its main one).
 pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    let l = loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r?,
+        }
+    };
     l.set_nonblocking(true)?;
     TcpListener::from_std(l)
 }

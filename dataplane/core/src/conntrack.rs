@@ -502,6 +502,20 @@ impl Conntrack {
         Ok(id)
     }
 
+    /// Whether entry `id` may give its keys to a new flow: it is closed, or
+    /// it has been unconfirmed (see [`Slot::unconfirmed`]) for at least
+    /// `grace_ns`, long enough that a real handshake would have finished.
+    /// What a SYN flood fills an SNAT port range with.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a live entry.
+    pub fn reclaimable(&self, id: u32, now_ns: u64, grace_ns: u64) -> bool {
+        let s = self.live_slot(id);
+        s.entry.tcp == TcpState::Closed
+            || (s.unconfirmed() && now_ns.saturating_sub(s.entry.created_ns) >= grace_ns)
+    }
+
     /// Removes entry `id` and frees both its keys. Does nothing if `id` is
     /// not live.
     ///
@@ -1384,6 +1398,30 @@ mod tests {
         assert!(evicted[3] > 100, "{evicted:?}");
         assert_eq!(ct.stats().evictions, 200);
         check_invariants(&ct);
+    }
+
+    #[test]
+    fn only_closed_and_old_unconfirmed_entries_are_reclaimable() {
+        let mut ct = Conntrack::new(64, Timeouts::default());
+        let syn = ct.insert(entry(protocol::TCP, 1, T0), T0).unwrap();
+        let udp = ct.insert(entry(protocol::UDP, 2, T0), T0).unwrap();
+        let mut e = entry(protocol::TCP, 3, T0);
+        e.tcp = TcpState::Established;
+        let est = ct.insert(e, T0).unwrap();
+        let mut e = entry(protocol::TCP, 4, T0);
+        e.tcp = TcpState::Closed;
+        let closed = ct.insert(e, T0).unwrap();
+        let answered = ct.insert(entry(protocol::UDP, 5, T0), T0).unwrap();
+        ct.touch(answered, Dir::Reply, None, T0);
+        // Young: only the closed one.
+        for (id, want) in [(syn, false), (udp, false), (est, false), (closed, true)] {
+            assert_eq!(ct.reclaimable(id, T0 + SEC / 2, SEC), want, "{id}");
+        }
+        // A second on: the unconfirmed ones too, never a confirmed one.
+        let later = T0 + SEC;
+        for (id, want) in [(syn, true), (udp, true), (est, false), (answered, false)] {
+            assert_eq!(ct.reclaimable(id, later, SEC), want, "{id}");
+        }
     }
 
     #[test]

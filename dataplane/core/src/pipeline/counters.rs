@@ -192,6 +192,10 @@ counter_table! {
         /// Later fragments from the uplink with no entry, given to the
         /// node's kernel through the host port (its own datagrams).
         fragments_to_host,
+        /// New flows given the reply key (an SNAT port) of a closed flow or
+        /// of one unconfirmed for a second: a SYN flood that fills the SNAT
+        /// ports cannot keep real clients out.
+        snat_ports_reclaimed,
     }
 }
 
@@ -225,7 +229,7 @@ mod tests {
         a.set_events(values);
         assert_eq!(a.events(), values);
         assert_eq!(a.encapsulated, 1);
-        assert_eq!(a.fragments_to_host, Counters::EVENTS as u64);
+        assert_eq!(a.snat_ports_reclaimed, Counters::EVENTS as u64);
         let mut b = a.clone();
         b.drops[DropReason::NoRoute as usize] = 3;
         b.merge(&a);

@@ -30,6 +30,11 @@ use crate::wire::{checksum, ethernet, icmp, ipv4, tcp, udp, EthernetAddress};
 pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// Ports tried for one SNAT before giving up.
 const SNAT_TRIES: u16 = 16;
+/// How long an unconfirmed flow (no answer, or a handshake not finished)
+/// keeps its SNAT port against a new flow that found every port it tried
+/// taken: far above any in-cluster handshake, so only what a flood left
+/// behind (or a dead backend's SYNs) is reclaimed.
+const RECLAIM_AFTER_NS: u64 = 1_000_000_000;
 /// Candidates drawn per worker to find one remapped client port that is
 /// this worker's: (1 - 1/n)^(8n) < e^-8 that a scan finds none.
 const REMAP_SCAN: u16 = 8;
@@ -642,33 +647,58 @@ impl Pipeline {
 
     /// Inserts a new flow's `entry`, trying up to [`SNAT_TRIES`] reply
     /// keys: `pick(self, try, hash, entry)` sets the reply side of each
-    /// try from a hash that differs per try (false: skip the try). Forgets
-    /// both keys in the flow cache (either may be a plainly routed flow).
+    /// try from a hash that differs per try (false: skip the try). When
+    /// every try is taken, the tries are walked again and the first whose
+    /// holder is closed, or unconfirmed for [`RECLAIM_AFTER_NS`], gives its
+    /// keys up (`snat_ports_reclaimed`), as the kernel's early drop frees
+    /// unassured entries. Forgets the keys in the flow cache (either may
+    /// be a plainly routed flow's).
     fn insert_flow(
         &mut self,
         now: u64,
         l: &L4,
-        mut entry: Entry,
+        entry: Entry,
         pick: impl Fn(&Self, u16, u16, &mut Entry) -> bool,
     ) -> Result<(u32, Entry), DropReason> {
-        let first = entry;
-        for i in 0..SNAT_TRIES {
-            entry = first;
-            let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
-            if !pick(self, i, h, &mut entry) {
-                continue;
-            }
-            match self.ct.insert(entry, now) {
-                Ok(id) => {
-                    self.flows.forget(&entry.original);
-                    self.flows.forget(&entry.reply);
-                    return Ok((id, entry));
+        for reclaim in [false, true] {
+            for i in 0..SNAT_TRIES {
+                let mut e = entry;
+                let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
+                if !pick(self, i, h, &mut e) {
+                    continue;
                 }
-                Err(InsertError::Exists) => continue,
-                Err(InsertError::Full) => return Err(DropReason::ConntrackFull),
+                if reclaim && !self.reclaim(&e.reply, now) {
+                    continue;
+                }
+                match self.ct.insert(e, now) {
+                    Ok(id) => {
+                        self.flows.forget(&e.original);
+                        self.flows.forget(&e.reply);
+                        return Ok((id, e));
+                    }
+                    Err(InsertError::Exists) => continue,
+                    Err(InsertError::Full) => return Err(DropReason::ConntrackFull),
+                }
             }
         }
         Err(DropReason::NatPortsExhausted)
+    }
+
+    /// Frees `key` for a new flow if the entry holding it may give it up
+    /// (`Conntrack::reclaimable`); true if `key` is free now.
+    fn reclaim(&mut self, key: &FlowKey, now: u64) -> bool {
+        let Some((id, _)) = self.ct.lookup(key) else {
+            return true;
+        };
+        if !self.ct.reclaimable(id, now, RECLAIM_AFTER_NS) {
+            return false;
+        }
+        let old = *self.ct.get(id);
+        self.ct.remove(id);
+        self.flows.forget(&old.original);
+        self.flows.forget(&old.reply);
+        self.counters.snat_ports_reclaimed += 1;
+        true
     }
 
     /// An SNAT port of this worker's class, so that its replies are

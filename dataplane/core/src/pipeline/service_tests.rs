@@ -1888,6 +1888,60 @@ fn walk4_local_policy_without_a_local_endpoint_drops_outside_clients() {
 }
 
 #[test]
+fn a_syn_flood_that_fills_the_snat_ports_cannot_keep_real_clients_out() {
+    // NodePort, Cluster policy, one backend: every outside flow takes an
+    // SNAT port of 4,536 towards it. A flood of SYNs from 12,000 addresses
+    // takes them all; the flood's entries never confirm.
+    let t = with_backends(&[ready(LOCAL_BE)]);
+    let mut pl = Pipeline::with_conntrack(16384, Timeouts::default());
+    // A real client's connection, established (its handshake answered).
+    let client = (CLIENT_IP, 50000);
+    let syn = tcp_from(Peer::Client, client, NODE_FRONTEND, SYN, 0x1000, 0, b"");
+    let k = tuple(&delivered(&send(&mut pl, T0, &t, Peer::Client, &syn)).ip);
+    let snat = (k.src, k.sport);
+    let synack = tcp_from(Peer::P2, LOCAL_BE, snat, SYN | ACK, 0x5000, 0x1001, b"");
+    send(&mut pl, T0, &t, Peer::P2, &synack);
+    let ack = tcp_from(
+        Peer::Client,
+        client,
+        NODE_FRONTEND,
+        ACK,
+        0x1001,
+        0x5001,
+        b"",
+    );
+    send(&mut pl, T0, &t, Peer::Client, &ack);
+    assert_eq!(
+        tcp_state(&pl, key(TCP, client, NODE_FRONTEND)),
+        TcpState::Established
+    );
+    let flood = |i: u32| {
+        let src = Ipv4Addr::from(0xc612_0000 + i); // 198.18.0.0/15
+        tcp_from(Peer::Client, (src, 40000), NODE_FRONTEND, SYN, 1, 0, b"")
+    };
+    for i in 0..12_000 {
+        send(&mut pl, T0, &t, Peer::Client, &flood(i));
+    }
+    let exhausted = pl.counters().drop_count(DropReason::NatPortsExhausted);
+    assert!(exhausted > 1000, "the flood took every port: {exhausted}");
+    assert_eq!(pl.counters().snat_ports_reclaimed, 0, "none old enough");
+    // A second later, new clients get ports the flood holds unconfirmed.
+    let later = T0 + SEC + MS;
+    for i in 0..100u16 {
+        let csrc = (Ipv4Addr::new(192, 0, 2, 1 + (i % 200) as u8), 51000 + i);
+        let syn = tcp_from(Peer::Client, csrc, NODE_FRONTEND, SYN, 1, 0, b"");
+        let out = send(&mut pl, later, &t, Peer::Client, &syn);
+        assert_eq!(backend_of(&out), LOCAL_BE, "client {csrc:?}");
+    }
+    let reclaimed = pl.counters().snat_ports_reclaimed;
+    assert!(reclaimed > 0 && reclaimed <= 100, "reclaimed {reclaimed}");
+    // The real, established flow kept its port throughout.
+    let e = entry(&pl, key(TCP, client, NODE_FRONTEND)).expect("kept");
+    assert_eq!((e.reply.dst, e.reply.dport), snat);
+    assert_eq!(e.tcp, TcpState::Established);
+}
+
+#[test]
 fn walk4_node_port_without_any_endpoint_refuses_out_the_uplink() {
     let t = svc_tables(&Svc {
         backends: vec![be(REMOTE_BE, false, false)],

@@ -2134,6 +2134,7 @@ fn counters_merge_sums_every_field() {
     a.fragments_translated = 12;
     a.fragments_evicted = 13;
     a.fragments_to_host = 14;
+    a.snat_ports_reclaimed = 17;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -2150,6 +2151,7 @@ fn counters_merge_sums_every_field() {
     b.fragments_translated = 120;
     b.fragments_evicted = 130;
     b.fragments_to_host = 140;
+    b.snat_ports_reclaimed = 170;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -2173,6 +2175,7 @@ fn counters_merge_sums_every_field() {
         fragments_translated,
         fragments_evicted,
         fragments_to_host,
+        snat_ports_reclaimed,
     } = m;
     assert_eq!(
         [
@@ -2191,9 +2194,10 @@ fn counters_merge_sums_every_field() {
             fragments_evicted,
             fragments_to_host,
             egress_flows,
-            egress_routed
+            egress_routed,
+            snat_ports_reclaimed
         ],
-        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176, 187]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
