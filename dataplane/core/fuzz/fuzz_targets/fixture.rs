@@ -157,6 +157,21 @@ pub fn services_tables(local: bool) -> &'static Tables {
     &T.get_or_init(|| [with_services(false), with_services(true)])[usize::from(local)]
 }
 
+/// A sent frame is IPv4 with a right header checksum and a length that is
+/// the frame's (true), or ARP (false); anything else fails.
+pub fn assert_sent_ipv4_or_arp(f: &[u8]) -> bool {
+    if f[12..14] == [0x08, 0x00] {
+        let ip = &f[ETH..];
+        assert!(ipv4_header_ok(ip), "bad IPv4 header sent");
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        assert_eq!(total, ip.len(), "IPv4 length != frame length");
+        true
+    } else {
+        assert_eq!(f[12..14], [0x08, 0x06], "only IPv4 and ARP are sent");
+        false
+    }
+}
+
 pub fn ipv4_header_ok(ip: &[u8]) -> bool {
     let hl = usize::from(ip[0] & 0xf) * 4;
     hl >= 20 && ip.len() >= hl && checksum::fold(checksum::sum(&ip[..hl])) == 0xFFFF

@@ -15,7 +15,7 @@ use kxdp_core::pipeline::{Packet, Pipeline, Verdict};
 use libfuzzer_sys::fuzz_target;
 
 mod fixture;
-use fixture::{ipv4_header_ok, tables, CHUNK, ETH};
+use fixture::{assert_sent_ipv4_or_arp, ipv4_header_ok, tables, CHUNK, ETH};
 
 /// A fresh pipeline per input (so a crash replays alone), with a small
 /// conntrack: the default one (256k flows) costs milliseconds to build.
@@ -54,17 +54,12 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(drops, c.icmp_errors_sent);
             let f = p.frame();
-            if f[12..14] == [0x08, 0x00] {
-                let ip = &f[ETH..];
-                assert!(ipv4_header_ok(ip), "bad IPv4 header sent");
-                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                assert_eq!(total, ip.len(), "IPv4 length != frame length");
+            if assert_sent_ipv4_or_arp(f) {
                 if c.encapsulated == 1 {
                     // VXLAN: the inner IPv4 header too.
                     assert!(ipv4_header_ok(&f[50 + ETH..]), "bad inner IPv4 header");
                 }
             } else {
-                assert_eq!(f[12..14], [0x08, 0x06], "only IPv4 and ARP are sent");
                 assert_eq!((out, f.len()), (port, 60), "ARP replies go back, padded");
             }
         }

@@ -16,7 +16,7 @@ use kxdp_core::tables::Tables;
 use libfuzzer_sys::fuzz_target;
 
 mod fixture;
-use fixture::{ipv4_header_ok, services_tables, CHUNK, ETH};
+use fixture::{assert_sent_ipv4_or_arp, services_tables, CHUNK, ETH};
 
 const WORKERS: u16 = 3;
 const CONNTRACK: usize = 64;
@@ -83,14 +83,7 @@ impl Worker {
                 assert!(t.port(out).is_some(), "Tx to unknown port {out}");
                 assert!(p.off + p.len <= CHUNK && p.len >= ETH);
                 let f = p.frame();
-                if f[12..14] == [0x08, 0x00] {
-                    let ip = &f[ETH..];
-                    assert!(ipv4_header_ok(ip), "bad IPv4 header sent");
-                    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                    assert_eq!(total, ip.len(), "IPv4 length != frame length");
-                } else {
-                    assert_eq!(f[12..14], [0x08, 0x06], "only IPv4 and ARP are sent");
-                }
+                assert_sent_ipv4_or_arp(f);
                 (p.verdict, f.to_vec())
             }
         }
