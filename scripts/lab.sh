@@ -803,7 +803,8 @@ lab_down() {
         rm -f "$RUN_DIR"/*.pid "$RUN_DIR"/*.sock "$RUN_DIR"/*.log "$RUN_DIR"/*.args \
             "$RUN_DIR"/nodes.json "$RUN_DIR"/pods.json "$RUN_DIR"/cluster.yaml \
             "$RUN_DIR"/cluster-file "$RUN_DIR"/namespaces "$RUN_DIR"/lab.env "$RUN_DIR"/*-flannel.nft \
-            "$RUN_DIR"/apiserver.crt "$RUN_DIR"/apiserver.key
+            "$RUN_DIR"/apiserver.crt "$RUN_DIR"/apiserver.key \
+            "$RUN_DIR"/control-state.json "$RUN_DIR"/control.metrics
         rm -rf "$RUN_DIR/www"
         rmdir "$RUN_DIR" 2>/dev/null || warn "$RUN_DIR not empty: left in place"
     fi
