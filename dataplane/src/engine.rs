@@ -273,7 +273,8 @@ pub struct Engine {
     books_services: usize,
     /// Backend slots of the last snapshot pushed.
     backend_slots: usize,
-    /// New flows per (service id, backend address, port) of the snapshots
+    /// New flows per backend (`BackendKey`: service id, protocol, address,
+    /// port) of the snapshots
     /// workers handed back (the current one's are in their books), for the
     /// backends the state has.
     backend_flows: HashMap<BackendKey, u64>,
@@ -1225,8 +1226,7 @@ impl Engine {
                 for e in &sv.endpoints {
                     for p in &sv.ports {
                         let key = (id, p.protocol.ip_proto(), e.ip, p.target_port);
-                        let n = flows.get(&key).copied();
-                        let n = n.unwrap_or(0);
+                        let n = flows.get(&key).copied().unwrap_or(0);
                         c.backends.push((e.ip, p.target_port, p.protocol, n));
                     }
                 }
@@ -1446,7 +1446,7 @@ fn peer_mac(ifname: &str) -> Option<EthernetAddress> {
 }
 
 /// Adds new flows counted per backend slot of `tables` into `into`, keyed
-/// by (service id, backend address, port); ids in `skip` are left out.
+/// by `BackendKey`; ids in `skip` are left out.
 fn add_backend_flows(
     into: &mut HashMap<BackendKey, u64>,
     tables: &Tables,

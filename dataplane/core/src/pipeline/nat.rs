@@ -660,10 +660,11 @@ impl Pipeline {
         entry: Entry,
         pick: impl Fn(&Self, u16, u16, &mut Entry) -> bool,
     ) -> Result<(u32, Entry), DropReason> {
+        let base = super::flow_hash_key(&l.key()) as u16;
         for reclaim in [false, true] {
             for i in 0..SNAT_TRIES {
                 let mut e = entry;
-                let h = (super::flow_hash_key(&l.key()) as u16).wrapping_add(i.wrapping_mul(7919));
+                let h = base.wrapping_add(i.wrapping_mul(7919));
                 if !pick(self, i, h, &mut e) {
                     continue;
                 }
@@ -851,11 +852,8 @@ impl Pipeline {
             }
             return Some(backend);
         }
-        fe.pick_for(
-            super::flow_hash_key(&l.key()) as u64 | (super::flow_hash_key(&l.key()) as u64) << 32,
-            external,
-        )
-        .map(|b| (b.ip, b.port))
+        let h = super::flow_hash_key(&l.key()) as u64;
+        fe.pick_for(h | h << 32, external).map(|b| (b.ip, b.port))
     }
 
     /// Refuses a service packet the way a host would: TCP reset for TCP,
