@@ -698,15 +698,22 @@ pub struct Allowed {
 /// One pod's compiled table for one direction: prefix -> what it may use.
 pub type Table = Vec<(Ipv4Net, Vec<Allowed>)>;
 
+/// What pods with the same table share: direction, selecting policies, and
+/// (only where ingress named ports need them) the pod's own ports.
+type Key = (Dir, Vec<usize>, Vec<NamedPort>);
+
 /// Everything a compile needs about the cluster's pods and namespaces.
 pub struct World<'a> {
     pub policies: &'a [NetworkPolicy],
     pods: Vec<&'a Pod>,
     ns_labels: HashMap<&'a str, Labels>,
+    /// Policies by namespace: a pod is selected only by its namespace's.
+    by_ns: HashMap<&'a str, Vec<usize>>,
     /// Per policy and direction, per rule, per peer: the IPs of the pods it
     /// selects (for pod peers).
-    peer_ips: HashMap<(usize, Dir, usize, usize), Vec<Ipv4Addr>>,
-    cache: HashMap<(Dir, Vec<usize>, Vec<NamedPort>), Option<Table>>,
+    peer_ips: HashMap<(usize, Dir, usize, usize), HashSet<Ipv4Addr>>,
+    cache: HashMap<Key, Table>,
+    pb_cache: HashMap<Key, pb::PolicyTable>,
 }
 
 impl<'a> World<'a> {
@@ -729,12 +736,18 @@ impl<'a> World<'a> {
         for (name, labels) in ns_labels.iter_mut() {
             labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
         }
+        let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, pol) in policies.iter().enumerate() {
+            by_ns.entry(pol.namespace.as_str()).or_default().push(i);
+        }
         let mut w = World {
             policies,
             pods,
             ns_labels,
+            by_ns,
             peer_ips: HashMap::new(),
             cache: HashMap::new(),
+            pb_cache: HashMap::new(),
         };
         w.resolve_peers();
         w
@@ -768,23 +781,36 @@ impl<'a> World<'a> {
 
     /// The policies selecting `pod` for `dir`, by index.
     pub fn selecting(&self, pod: &Pod, dir: Dir) -> Vec<usize> {
-        self.policies
-            .iter()
-            .enumerate()
-            .filter(|(_, pol)| {
-                pol.namespace == pod.namespace
-                    && match dir {
-                        Dir::Ingress => pol.ingress_type,
-                        Dir::Egress => pol.egress_type,
-                    }
-                    && pol.pod_selector.matches(&pod.labels)
+        let Some(mine) = self.by_ns.get(pod.namespace.as_str()) else {
+            return Vec::new();
+        };
+        mine.iter()
+            .copied()
+            .filter(|&i| {
+                let pol = &self.policies[i];
+                let typed = match dir {
+                    Dir::Ingress => pol.ingress_type,
+                    Dir::Egress => pol.egress_type,
+                };
+                typed && pol.pod_selector.matches(&pod.labels)
             })
-            .map(|(i, _)| i)
             .collect()
     }
 
     /// `pod`'s table for `dir`; `None` when no policy selects it that way.
     pub fn table(&mut self, pod: &Pod, dir: Dir) -> Option<Table> {
+        let key = self.key(pod, dir)?;
+        if let Some(t) = self.cache.get(&key) {
+            return Some(t.clone());
+        }
+        let t = self.compile(&key.1, dir, &key.2);
+        self.cache.insert(key, t.clone());
+        Some(t)
+    }
+
+    /// What `pod`'s table for `dir` is cached under; `None` when no policy
+    /// selects it that way.
+    fn key(&self, pod: &Pod, dir: Dir) -> Option<Key> {
         let selecting = self.selecting(pod, dir);
         if selecting.is_empty() {
             return None;
@@ -803,13 +829,7 @@ impl<'a> World<'a> {
         } else {
             Vec::new()
         };
-        let key = (dir, selecting, own_ports);
-        if let Some(t) = self.cache.get(&key) {
-            return t.clone();
-        }
-        let t = Some(self.compile(&key.1, dir, &key.2));
-        self.cache.insert(key, t.clone());
-        t
+        Some((dir, selecting, own_ports))
     }
 
     fn compile(&self, selecting: &[usize], dir: Dir, own_ports: &[NamedPort]) -> Table {
@@ -828,9 +848,11 @@ impl<'a> World<'a> {
                 for (qi, q) in r.peers.iter().enumerate() {
                     match q {
                         Peer::Pods { .. } => {
-                            for ip in &self.peer_ips[&(pi, dir, ri, qi)] {
-                                bounds.insert(Ipv4Net::from(*ip));
-                            }
+                            bounds.extend(
+                                self.peer_ips[&(pi, dir, ri, qi)]
+                                    .iter()
+                                    .map(|ip| Ipv4Net::from(*ip)),
+                            );
                         }
                         Peer::Block { cidr, except } => {
                             bounds.insert(*cidr);
@@ -922,35 +944,60 @@ impl<'a> World<'a> {
 
     /// The tables of `pod` as the dataplane takes them.
     pub fn pod_tables(&mut self, pod: &Pod) -> (Option<pb::PolicyTable>, Option<pb::PolicyTable>) {
+        (
+            self.pb_table(pod, Dir::Ingress),
+            self.pb_table(pod, Dir::Egress),
+        )
+    }
+
+    fn pb_table(&mut self, pod: &Pod, dir: Dir) -> Option<pb::PolicyTable> {
+        let key = self.key(pod, dir)?;
+        if let Some(t) = self.pb_cache.get(&key) {
+            return Some(t.clone());
+        }
+        let t = self.table(pod, dir)?;
         let names = self.policies;
-        let conv = |t: Table| pb::PolicyTable {
-            peers: t
+        // Policy names once per table, indexed by the ports.
+        let mut policies: Vec<usize> = Vec::new();
+        let mut index = |i: usize| -> u32 {
+            let at = policies.iter().position(|&p| p == i).unwrap_or_else(|| {
+                policies.push(i);
+                policies.len() - 1
+            });
+            at as u32
+        };
+        let peers = t
+            .into_iter()
+            .map(|(cidr, ports)| pb::PolicyPeer {
+                address: u32::from(cidr.network()),
+                prefix_len: u32::from(cidr.prefix_len()),
+                ports: ports
+                    .into_iter()
+                    .map(|a| pb::PolicyPorts {
+                        protocol: a.proto.map_or(pb::Protocol::Unspecified, Proto::pb) as i32,
+                        port: match (a.proto, a.first, a.last) {
+                            (None, ..) | (_, 0, u16::MAX) => 0,
+                            (_, f, _) => u32::from(f),
+                        },
+                        end_port: if a.proto.is_some() && a.first != 0 && a.last != a.first {
+                            u32::from(a.last)
+                        } else {
+                            0
+                        },
+                        policy: index(a.policy),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let t = pb::PolicyTable {
+            peers,
+            policies: policies
                 .into_iter()
-                .map(|(cidr, ports)| pb::PolicyPeer {
-                    cidr: cidr.to_string(),
-                    ports: ports
-                        .into_iter()
-                        .map(|a| pb::PolicyPorts {
-                            protocol: a.proto.map_or(pb::Protocol::Unspecified, Proto::pb) as i32,
-                            port: match (a.proto, a.first, a.last) {
-                                (None, ..) | (_, 0, u16::MAX) => 0,
-                                (_, f, _) => u32::from(f),
-                            },
-                            end_port: if a.proto.is_some() && a.first != 0 && a.last != a.first {
-                                u32::from(a.last)
-                            } else {
-                                0
-                            },
-                            policy: names[a.policy].name.clone(),
-                        })
-                        .collect(),
-                })
+                .map(|i| names[i].name.clone())
                 .collect(),
         };
-        (
-            self.table(pod, Dir::Ingress).map(conv),
-            self.table(pod, Dir::Egress).map(conv),
-        )
+        self.pb_cache.insert(key, t.clone());
+        Some(t)
     }
 }
 

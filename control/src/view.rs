@@ -96,13 +96,14 @@ pub struct PolicyPeerView {
 }
 
 fn policy_peers(t: pb::PolicyTable) -> Vec<PolicyPeerView> {
+    let name = |i: u32| t.policies.get(i as usize).cloned().unwrap_or_default();
     t.peers
-        .into_iter()
+        .iter()
         .map(|p| PolicyPeerView {
-            cidr: p.cidr,
+            cidr: format!("{}/{}", std::net::Ipv4Addr::from(p.address), p.prefix_len),
             ports: p
                 .ports
-                .into_iter()
+                .iter()
                 .map(|pp| {
                     let ports = match (pp.port, pp.end_port) {
                         (0, _) => "*".to_string(),
@@ -114,7 +115,7 @@ fn policy_peers(t: pb::PolicyTable) -> Vec<PolicyPeerView> {
                     } else {
                         format!("{} {ports}", protocol_word(pp.protocol))
                     };
-                    format!("{what} ({})", pp.policy)
+                    format!("{what} ({})", name(pp.policy))
                 })
                 .collect(),
         })

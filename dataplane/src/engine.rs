@@ -455,12 +455,13 @@ impl Engine {
         if let Some(h) = old_host.filter(|h| Some(h) != new_host.as_ref()) {
             self.detach(&h);
         }
-        // Pods gone or changed lose their attachment.
+        // Pods gone or changed lose their attachment (a new policy table is
+        // no change of the pod's interface: it just goes into the tables).
         let stale: Vec<String> = self
             .state
             .pods
             .values()
-            .filter(|p| next.pods.get(&p.name) != Some(p))
+            .filter(|p| !next.pods.get(&p.name).is_some_and(|n| n.same_interface(p)))
             .map(|p| p.ifname.clone())
             .collect();
         for ifname in stale {

@@ -128,6 +128,15 @@ pub struct Pod {
     pub egress: Option<PolicyRules>,
 }
 
+impl Pod {
+    /// Whether `other` is attached the same way: only a change of these
+    /// needs the pod's interface detached and attached again.
+    pub fn same_interface(&self, other: &Pod) -> bool {
+        (&self.name, self.ip, self.mac, &self.ifname)
+            == (&other.name, other.ip, other.mac, &other.ifname)
+    }
+}
+
 /// One pod's policy for one direction: peer prefixes (longest match wins)
 /// and what each may use.
 pub type PolicyRules = Vec<(Prefix, Vec<PolicyPort>)>;
@@ -316,15 +325,34 @@ fn policy_rules(f: &str, t: &pb::PolicyTable) -> Result<PolicyRules, FieldError>
             ),
         ));
     }
+    if let Some(i) = t.policies.iter().position(|p| p.is_empty()) {
+        return Err(err(format!("{f}.policies[{i}]"), "must name the policy"));
+    }
     let mut seen = std::collections::HashSet::new();
     t.peers
         .iter()
         .enumerate()
         .map(|(i, peer)| {
             let at = |x: &str| format!("{f}.peers[{i}].{x}");
-            let prefix = cidr(&at("cidr"), &peer.cidr)?;
+            let addr = Ipv4Addr::from(peer.address);
+            let len = u8::try_from(peer.prefix_len)
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| {
+                    err(
+                        at("prefix_len"),
+                        format!("{} is not 0..=32", peer.prefix_len),
+                    )
+                })?;
+            let prefix = Prefix::new(addr, len);
+            if prefix.addr != addr {
+                return Err(err(
+                    at("address"),
+                    format!("{addr}/{len} has host bits set"),
+                ));
+            }
             if !seen.insert(prefix) {
-                return Err(err(at("cidr"), format!("{prefix} is listed twice")));
+                return Err(err(at("address"), format!("{prefix} is listed twice")));
             }
             if peer.ports.len() > MAX_POLICY_PORTS {
                 return Err(err(
@@ -336,23 +364,34 @@ fn policy_rules(f: &str, t: &pb::PolicyTable) -> Result<PolicyRules, FieldError>
                 .ports
                 .iter()
                 .enumerate()
-                .map(|(j, pp)| policy_port(&at(&format!("ports[{j}]")), pp))
+                .map(|(j, pp)| policy_port(&at(&format!("ports[{j}]")), pp, &t.policies))
                 .collect::<Result<_, _>>()?;
             Ok((prefix, ports))
         })
         .collect()
 }
 
-fn policy_port(f: &str, pp: &pb::PolicyPorts) -> Result<PolicyPort, FieldError> {
+fn policy_port(
+    f: &str,
+    pp: &pb::PolicyPorts,
+    policies: &[String],
+) -> Result<PolicyPort, FieldError> {
     let at = |x: &str| format!("{f}.{x}");
     let proto = match Protocol::from_proto(pp.protocol) {
         Ok(Some(p)) => p.ip_proto(),
         Ok(None) => 0,
         Err(_) => return Err(err(at("protocol"), "must be TCP, UDP or unspecified")),
     };
-    if pp.policy.is_empty() {
-        return Err(err(at("policy"), "must name the policy"));
-    }
+    let Some(policy) = policies.get(pp.policy as usize) else {
+        return Err(err(
+            at("policy"),
+            format!(
+                "{} is not an index of the table's {} policies",
+                pp.policy,
+                policies.len()
+            ),
+        ));
+    };
     let (first, last) = match (proto, pp.port, pp.end_port) {
         (0, 0, 0) => (0, 0),
         (0, _, _) => {
@@ -375,40 +414,50 @@ fn policy_port(f: &str, pp: &pb::PolicyPorts) -> Result<PolicyPort, FieldError> 
         proto,
         first,
         last,
-        policy: pp.policy.clone(),
+        policy: policy.clone(),
     })
 }
 
 fn policy_table(rules: &PolicyRules) -> pb::PolicyTable {
-    pb::PolicyTable {
-        peers: rules
-            .iter()
-            .map(|(prefix, ports)| pb::PolicyPeer {
-                cidr: prefix.to_string(),
-                ports: ports
-                    .iter()
-                    .map(|p| pb::PolicyPorts {
-                        protocol: match p.proto {
-                            0 => pb::Protocol::Unspecified,
-                            6 => pb::Protocol::Tcp,
-                            _ => pb::Protocol::Udp,
-                        } as i32,
-                        port: if p.last == u16::MAX && p.first == 0 {
-                            0
-                        } else {
-                            p.first as u32
-                        },
-                        end_port: if p.last != p.first && p.first != 0 {
-                            p.last as u32
-                        } else {
-                            0
-                        },
-                        policy: p.policy.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
+    let mut policies: Vec<String> = Vec::new();
+    let mut index = |name: &str| -> u32 {
+        match policies.iter().position(|p| p == name) {
+            Some(i) => i as u32,
+            None => {
+                policies.push(name.to_string());
+                policies.len() as u32 - 1
+            }
+        }
+    };
+    let peers = rules
+        .iter()
+        .map(|(prefix, ports)| pb::PolicyPeer {
+            address: u32::from(prefix.addr),
+            prefix_len: u32::from(prefix.len),
+            ports: ports
+                .iter()
+                .map(|p| pb::PolicyPorts {
+                    protocol: match p.proto {
+                        0 => pb::Protocol::Unspecified,
+                        6 => pb::Protocol::Tcp,
+                        _ => pb::Protocol::Udp,
+                    } as i32,
+                    port: if p.last == u16::MAX && p.first == 0 {
+                        0
+                    } else {
+                        p.first as u32
+                    },
+                    end_port: if p.last != p.first && p.first != 0 {
+                        p.last as u32
+                    } else {
+                        0
+                    },
+                    policy: index(&p.policy),
+                })
+                .collect(),
+        })
+        .collect();
+    pb::PolicyTable { peers, policies }
 }
 
 /// As the `TryFrom`s above (`Service` is kxdp-proto's, so no `TryFrom` here).

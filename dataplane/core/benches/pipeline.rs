@@ -16,6 +16,9 @@
 //! Throughput is per frame: criterion's "thrpt" is packets per second, and
 //! the per-packet time is the median batch time / 64.
 //!
+//! Groups `walk_policy` and `uncached_policy` run the same flows with every
+//! local pod isolated by network policy that allows them (`policy_tables`).
+//!
 //! `cargo bench -p kxdp-core --bench pipeline -- --warm-up-time 1 --measurement-time 3`
 
 use core::net::Ipv4Addr;
@@ -24,6 +27,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use kxdp_core::pipeline::{Packet, Pipeline, Verdict, BATCH_SIZE};
+use kxdp_core::policy::{PodPolicy, PortRange, RuleTable};
 use kxdp_core::prefix::Prefix;
 use kxdp_core::tables::{LocalPod, NodeInfo, PortId, PortInfo, PortKind, RemoteRoute, Tables};
 use kxdp_core::wire::{arp, ethernet, vxlan, EthernetAddress};
@@ -113,6 +117,41 @@ fn tables() -> Tables {
                 vtep_ip: vtep_ip(n),
                 vtep_mac: vtep_mac(n),
                 next_hop_mac: Some(node_uplink_mac(n)),
+            },
+        );
+    }
+    t
+}
+
+/// [`tables`] with every local pod isolated for ingress and egress by a
+/// table of 1,001 peers a realistic policy set compiles into: the cluster
+/// CIDR on the benchmark's UDP ports, and 1,000 single addresses on TCP
+/// 80-90 (not the benchmark's peers), so that a lookup probes two prefix
+/// lengths.
+fn policy_tables() -> Tables {
+    let mut t = tables();
+    let mut table = RuleTable::default();
+    let range = |proto, first, last| PortRange {
+        proto,
+        first,
+        last,
+        policy: 0,
+    };
+    table.insert(
+        Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+        &[range(17, 5000, 5000), range(17, 40000, 40000)],
+    );
+    for k in 0..1000u32 {
+        let ip = Ipv4Addr::new(10, 245, (k / 250) as u8, (k % 250) as u8);
+        table.insert(Prefix::new(ip, 32), &[range(6, 80, 90)]);
+    }
+    t.policy.names = vec!["bench/allow".into()];
+    for i in 1..=PODS {
+        t.policy.pods.insert(
+            pod_ip(i),
+            PodPolicy {
+                ingress: Some(table.clone()),
+                egress: Some(table.clone()),
             },
         );
     }
@@ -252,8 +291,23 @@ fn bench_walks(c: &mut Criterion) {
 
     // `walk`: with the flow cache (the dataplane's default; the untimed
     // check below teaches it); `uncached`: every packet takes the full walk.
-    for (group, cached) in [("walk", true), ("uncached", false)] {
-        bench_group(c, &t, &walks, group, cached);
+    // `*_policy`: the same frames with every local pod isolated both ways
+    // by network policy that allows them (tracked flows, issue 17's goal:
+    // established packets within 5 % of no policy).
+    let with_policy = policy_tables();
+    for (group, cached, t) in [
+        ("walk", true, &t),
+        ("walk_policy", true, &with_policy),
+        ("uncached", false, &t),
+        ("uncached_policy", false, &with_policy),
+    ] {
+        let walks = if t.policy.is_empty() {
+            &walks[..]
+        } else {
+            // ARP is no flow: nothing for policy to decide.
+            &walks[..3]
+        };
+        bench_group(c, t, walks, group, cached);
     }
 
     // What the timed closure costs without `process`: building 64 Packets.

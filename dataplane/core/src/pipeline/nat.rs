@@ -593,7 +593,13 @@ impl Pipeline {
         // Policies see the backend's address, and the backend's ingress the
         // source it sees: the SNAT address (this node's gateway for a
         // NodePort with eTP Cluster), else the client.
-        let seen_src = if needs_snat { snat_ip } else { l.src };
+        // A pod calling itself through its service is seen as itself, as
+        // kube-proxy's hairpin masquerade comes after the policy's filter.
+        let seen_src = if needs_snat && backend.0 != l.src {
+            snat_ip
+        } else {
+            l.src
+        };
         let to = FlowKey {
             dst: backend.0,
             dport: backend.1,
@@ -719,7 +725,34 @@ impl Pipeline {
                 Err(r) => Nat::Done(Verdict::Drop(r)),
             };
         }
-        match self.policy(cx, ing, l.src, l.src, &l.key()) {
+        // A segment of a connection we have not seen open (it began before
+        // the policy, or before a restart, or its entry went with a policy
+        // that denies it now) is picked up mid-stream, as the kernel's
+        // conntrack does (`nf_conntrack_tcp_loose`). Which end opened it
+        // is unknown: taken to be the one with the higher port (the
+        // client's ephemeral one), so that both directions' segments are
+        // decided the same way, the server's reply never as a flow of its
+        // own that its client's segments would then pass as replies to.
+        let mid_stream = l.tcp_flags.is_some_and(|f| f & tcp::flags::SYN == 0);
+        let (original, dir) = if mid_stream && l.sport < l.dport {
+            (l.key().reversed(), Dir::Reply)
+        } else {
+            (l.key(), Dir::Original)
+        };
+        let ing_of_original = if dir == Dir::Reply {
+            // The client is the destination: the node only from the host.
+            Ingress {
+                in_port: if original.src == cx.node.gateway_ip {
+                    t.host.unwrap_or(ing.in_port)
+                } else {
+                    u16::MAX
+                },
+                ..ing
+            }
+        } else {
+            ing
+        };
+        match self.policy(cx, ing_of_original, original.src, original.src, &original) {
             Ok(false) => return Nat::Pass,
             Ok(true) => {}
             Err(r) => return Nat::Done(Verdict::Drop(r)),
@@ -727,12 +760,12 @@ impl Pipeline {
         let mut entry = Entry {
             backend: validated(t),
             flags: F_POLICY,
+            original,
+            reply: original.reversed(),
+            in_port: ing_of_original.in_port,
             ..new_entry(now, l, ing)
         };
-        // A segment of a connection we have not seen open (it began before
-        // the policy, or before a restart) is picked up mid-stream, as the
-        // kernel's conntrack does (`nf_conntrack_tcp_loose`).
-        if l.tcp_flags.is_some_and(|f| f & tcp::flags::SYN == 0) {
+        if mid_stream {
             entry.tcp = TcpState::Established;
         }
         // No SNAT to retry with, and nobody's port to reclaim: the reply
@@ -747,7 +780,7 @@ impl Pipeline {
         };
         self.flows.forget(&entry.original);
         self.flows.forget(&entry.reply);
-        self.ct.touch(id, Dir::Original, l.tcp_flags, now);
+        self.ct.touch(id, dir, l.tcp_flags, now);
         Nat::Route {
             external_reply: None,
         }

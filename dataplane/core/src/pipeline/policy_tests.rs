@@ -245,9 +245,18 @@ fn established_flows_take_the_flow_cache_and_a_policy_change_decides_them_again(
         DropReason::PolicyDeniedIngress,
     );
     assert!(super::service_tests::entry(&pl, key(TCP, c, LOCAL_BE)).is_none());
-    // The reply direction of a denied flow has no entry to pass by now.
+    // p2's next segment is no flow of its own that p1's would pass as
+    // replies to: a segment without an entry belongs to the flow from its
+    // higher port to its lower one, p1's, which p2's ingress denies.
     let reply = tcp_from(Peer::P2, LOCAL_BE, c, ACK, 10, 7, b"late");
-    delivered(&send(&mut pl, T0, &changed, Peer::P2, &reply));
+    assert_dropped_for(
+        &send(&mut pl, T0, &changed, Peer::P2, &reply),
+        DropReason::PolicyDeniedIngress,
+    );
+    assert_dropped_for(
+        &send(&mut pl, T0, &changed, Peer::P1, &data),
+        DropReason::PolicyDeniedIngress,
+    );
 }
 
 #[test]
@@ -267,11 +276,17 @@ fn a_flow_that_began_before_the_policy_is_picked_up_mid_stream() {
     assert_eq!(e.tcp, crate::conntrack::TcpState::Established);
     let reply = tcp_from(Peer::P2, LOCAL_BE, c, PSH | ACK, 10, 7, b"world");
     delivered(&send(&mut pl, T0, &t, Peer::P2, &reply));
-    // A segment p2 sends on a flow nobody tracked is its own new flow:
-    // denied by its egress.
-    let stray = tcp_from(Peer::P2, LOCAL_BE, (P1_IP, 43999), PSH | ACK, 1, 1, b"?");
+    // A segment p2 sends from its service port on a flow nobody tracked is
+    // taken as the reply of a flow from the higher port, p1's, which p2's
+    // ingress allows; from a higher port to a lower one it is p2's own
+    // flow: denied by its egress.
+    let reply = tcp_from(Peer::P2, LOCAL_BE, (P1_IP, 43999), PSH | ACK, 1, 1, b"?");
+    delivered(&send(&mut pl, T0, &t, Peer::P2, &reply));
+    let e = super::service_tests::entry(&pl, key(TCP, (P1_IP, 43999), LOCAL_BE)).unwrap();
+    assert_eq!(e.original, key(TCP, (P1_IP, 43999), LOCAL_BE), "p1's flow");
+    let own = tcp_from(Peer::P2, (P2_IP, 50000), (P1_IP, 22), PSH | ACK, 1, 1, b"?");
     assert_dropped_for(
-        &send(&mut pl, T0, &t, Peer::P2, &stray),
+        &send(&mut pl, T0, &t, Peer::P2, &own),
         DropReason::PolicyDeniedEgress,
     );
 }
@@ -326,4 +341,70 @@ fn icmp_datagram(src: Ipv4Addr, dst: Ipv4Addr, icmp: &[u8]) -> Vec<u8> {
     let mut d = h.to_bytes().to_vec();
     d.extend_from_slice(icmp);
     d
+}
+
+#[test]
+fn udp_flows_of_isolated_pods_take_the_flow_cache_both_ways() {
+    let mut all = RuleTable::default();
+    all.insert(
+        Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+        &[ports(ANY_PROTO, 0, 0)],
+    );
+    let both = PodPolicy {
+        ingress: Some(all.clone()),
+        egress: Some(all),
+    };
+    let t = with_policy(&[(P1_IP, both.clone()), (P2_IP, both)]);
+    let mut pl = pipeline();
+    let there = udp_from(Peer::P1, (P1_IP, 40000), (P2_IP, 5000), b"ping");
+    let back = udp_from(Peer::P2, (P2_IP, 5000), (P1_IP, 40000), b"pong");
+    for _ in 0..4 {
+        delivered(&send(&mut pl, T0, &t, Peer::P1, &there));
+        delivered(&send(&mut pl, T0, &t, Peer::P2, &back));
+    }
+    // The first packet opens the flow, the second each way teaches the
+    // cache; the other five are hits.
+    assert_eq!(pl.counters().flow_cache_hits, 5, "{:?}", pl.counters());
+    assert_eq!(pl.counters().policy_flows_allowed, 1);
+}
+
+#[test]
+fn a_pod_calling_itself_through_its_service_is_seen_as_itself() {
+    // p2 takes only itself; its hairpin flow is SNATed to the gateway, but
+    // its ingress policy sees p2 (kube-proxy masquerades after the filter).
+    let mut only_self = RuleTable::default();
+    only_self.insert(one(P2_IP), &[ports(TCP, TARGET_PORT, TARGET_PORT)]);
+    let t = with_policy(&[(
+        P2_IP,
+        PodPolicy {
+            ingress: Some(only_self),
+            egress: None,
+        },
+    )]);
+    let mut pl = pipeline();
+    let syn = tcp_from(
+        Peer::P2,
+        (P2_IP, 44000),
+        (CLUSTER_IP, SVC_PORT),
+        SYN,
+        1,
+        0,
+        b"",
+    );
+    let d = delivered(&send(&mut pl, T0, &t, Peer::P2, &syn));
+    assert_eq!(tuple(&d.ip).src, GATEWAY, "hairpin SNAT");
+    // p1 through the same service: not allowed.
+    let syn = tcp_from(
+        Peer::P1,
+        (P1_IP, 44001),
+        (CLUSTER_IP, SVC_PORT),
+        SYN,
+        1,
+        0,
+        b"",
+    );
+    assert_dropped_for(
+        &send(&mut pl, T0, &t, Peer::P1, &syn),
+        DropReason::PolicyDeniedIngress,
+    );
 }
