@@ -18,7 +18,8 @@
 //!
 //! One module per part, all re-exported here: `paths`, `commands`, `lab`
 //! (the guard), `counters`, `traffic`, `captures`, `frames`, `checks` (what
-//! most tests share), `services`, `world` (the outside world and egress).
+//! most tests share), `services`, `world` (the outside world and egress), and `netpol` (the
+//! NetworkPolicy oracle, used as `kxdp_e2e::netpol`).
 #![forbid(unsafe_code)]
 
 // The modules' common imports: each module starts with `use super::*`.
@@ -52,6 +53,7 @@ mod commands;
 mod counters;
 mod frames;
 mod lab;
+pub mod netpol;
 mod paths;
 mod services;
 mod traffic;
