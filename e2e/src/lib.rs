@@ -18,8 +18,9 @@
 //!
 //! One module per part, all re-exported here: `paths`, `commands`, `lab`
 //! (the guard), `counters`, `traffic`, `captures`, `frames`, `checks` (what
-//! most tests share), `services`, `world` (the outside world and egress), and `netpol` (the
-//! NetworkPolicy oracle, used as `kxdp_e2e::netpol`).
+//! most tests share), `services`, `world` (the outside world and egress), `probes` (many short
+//! TCP/UDP probes at once, for truth tables) and `netpol` (the NetworkPolicy
+//! oracle, used as `kxdp_e2e::netpol`).
 #![forbid(unsafe_code)]
 
 // The modules' common imports: each module starts with `use super::*`.
@@ -55,6 +56,7 @@ mod frames;
 mod lab;
 pub mod netpol;
 mod paths;
+mod probes;
 mod services;
 mod traffic;
 mod world;
@@ -66,6 +68,7 @@ pub use counters::*;
 pub use frames::*;
 pub use lab::*;
 pub use paths::*;
+pub use probes::*;
 pub use services::*;
 pub use traffic::*;
 pub use world::*;
