@@ -53,7 +53,8 @@ pub struct CniEnv {
     /// namespace is gone).
     pub netns: Option<PathBuf>,
     pub ifname: String,
-    /// `CNI_ARGS` key/value pairs; kxdp-cni uses none, but checks the form.
+    /// `CNI_ARGS` key/value pairs; kxdp-cni uses `K8S_POD_NAMESPACE` (the
+    /// pod's namespace, for network policy) and checks the form of all.
     pub args: Vec<(String, String)>,
     /// `CNI_PATH`: where the delegated IPAM plugin is looked up.
     pub path: Vec<PathBuf>,

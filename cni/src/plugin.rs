@@ -214,6 +214,15 @@ fn add_after_lease(
         ip: pod_ip.to_string(),
         mac: mac.clone(),
         ifname: host.clone(),
+        // The kubelet names the pod's namespace (network policies select
+        // by it); its labels reach control from the API server, not the CNI.
+        namespace: env
+            .args
+            .iter()
+            .find(|(k, _)| k == "K8S_POD_NAMESPACE")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        ..AddPodRequest::default()
     };
     if let Err(e) = control.add_pod(req) {
         // Control may have recorded the pod before failing (e.g. the node's

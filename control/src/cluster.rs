@@ -16,6 +16,9 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::conventions::{self, Mac};
+use crate::policy::{
+    self, Labels, NamedPort, Namespace, NetworkPolicy, RawNamedPort, RawNamespace, RawPolicy,
+};
 use crate::service::{self, RawService, Service};
 use crate::validate::{
     check_ifname, check_name, in_range, parse_cidr, parse_ip, parse_unicast_mac, Problem, Problems,
@@ -73,6 +76,11 @@ pub struct Cluster {
     /// ready, as Kubernetes marks an unreachable node's pods. Always empty
     /// from a cluster file.
     pub unreachable: Vec<String>,
+    /// Namespaces with labels (others exist where pods or policies name
+    /// them, labelled only with their name).
+    pub namespaces: Vec<Namespace>,
+    /// NetworkPolicies, in file order.
+    pub policies: Vec<NetworkPolicy>,
 }
 
 /// Who forwards a node's pod traffic.
@@ -137,6 +145,12 @@ pub struct Pod {
     pub mac: Mac,
     /// The node-side veth name.
     pub ifname: String,
+    /// Kubernetes namespace ("default" unless given) and labels, which
+    /// network policies select pods by.
+    pub namespace: String,
+    pub labels: Labels,
+    /// Container ports, for policies' named ports.
+    pub ports: Vec<NamedPort>,
 }
 
 impl Cluster {
@@ -233,6 +247,10 @@ struct RawFile {
     pods: Vec<RawPod>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    namespaces: Vec<RawNamespace>,
+    #[serde(default)]
+    network_policies: Vec<RawPolicy>,
 }
 
 // Numbers are i64 so out-of-range values (even negative ones) get our
@@ -306,6 +324,13 @@ struct RawPod {
     /// Its node-side veth, for a pod that exists already; default kx + hex IP.
     #[serde(default)]
     ifname: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Labels,
+    /// Container ports (named ports for network policies).
+    #[serde(default)]
+    ports: Vec<RawNamedPort>,
 }
 
 // ---- validation ----
@@ -343,6 +368,8 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
     let nodes = validate_nodes(&raw.nodes, cidr, p);
     let pod_cidrs: Vec<Option<Ipv4Net>> = nodes.iter().map(|n| n.pod_cidr).collect();
     let pods = validate_pods(&raw.pods, &raw.nodes, &pod_cidrs, p);
+    let namespaces = policy::validate_namespaces(&raw.namespaces, p);
+    let policies = policy::validate_policies(&raw.network_policies, p);
 
     let service_cidr = parse_cidr("cluster.service_cidr", &raw.cluster.service_cidr, p);
     if let Some(net) = service_cidr {
@@ -458,6 +485,8 @@ fn validate(raw: RawFile) -> Result<Cluster, Problems> {
             non_masquerade_cidrs,
             node_port_addresses,
             unreachable: Vec::new(),
+            namespaces,
+            policies,
         }),
         _ => Err(Problems(problems)),
     }
@@ -715,6 +744,13 @@ fn validate_pods(
             }
         }
 
+        let namespace = pod
+            .namespace
+            .clone()
+            .unwrap_or_else(|| policy::DEFAULT_NAMESPACE.to_string());
+        check_name(&at("namespace"), &namespace, p);
+        policy::check_labels(&at("labels"), &pod.labels, p);
+        let ports = policy::validate_named_ports(&at("ports"), &pod.ports, p);
         let mac = match (&pod.mac, ip) {
             (Some(text), _) => parse_unicast_mac(&at("mac"), text, p),
             (None, ip) => ip.map(conventions::pod_mac),
@@ -764,6 +800,9 @@ fn validate_pods(
                 ip,
                 mac,
                 ifname,
+                namespace,
+                labels: pod.labels.clone(),
+                ports,
             });
         }
     }

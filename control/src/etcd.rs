@@ -297,6 +297,8 @@ impl ClusterConfig {
             service_cidr,
             node_ports: (self.node_port_min, self.node_port_max),
             services: Vec::new(),
+            namespaces: Vec::new(),
+            policies: Vec::new(),
             ip_masq: self.ip_masq,
             non_masquerade_cidrs: self
                 .non_masquerade_cidrs

@@ -8,6 +8,8 @@
 //! - [`cluster`]: the cluster file, parsed and validated into typed structs.
 //! - [`conventions`]: derived names and addresses (pod MAC, veth name, gateway, MTU).
 //! - [`plan`]: per-node dataplane state, routes, and the lab's pod plumbing plan.
+//! - [`policy`]: NetworkPolicies, namespaces and labels: validation, and the
+//!   per-pod tables they compile into.
 //! - [`service`]: services and endpoints: YAML/proto shapes, validation.
 //! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
 //! - [`state_file`]: file mode's durable run-time state (`--state-file`).
@@ -32,6 +34,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod metrics;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod runtime;
 pub mod service;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, DataplaneKind};
 use crate::conventions;
+use crate::policy;
 use crate::runtime::Runtime;
 
 /// The full state for `node`'s dataplane at `generation`, with the run-time
@@ -62,13 +63,23 @@ pub fn node_state(
             vtep_mac: n.vtep_mac.to_string(),
         })
         .collect();
+    let mut world = policy::World::new(
+        &cluster.policies,
+        &cluster.namespaces,
+        runtime.all_pods(cluster),
+    );
     let pods = runtime
         .pods_on(cluster, &me.name)
-        .map(|p| Pod {
-            name: p.name.clone(),
-            ip: p.ip.to_string(),
-            mac: p.mac.to_string(),
-            ifname: p.ifname.clone(),
+        .map(|p| {
+            let (ingress, egress) = world.pod_tables(p);
+            Pod {
+                name: p.name.clone(),
+                ip: p.ip.to_string(),
+                mac: p.mac.to_string(),
+                ifname: p.ifname.clone(),
+                ingress,
+                egress,
+            }
         })
         .collect();
     Some(DataplaneState {
@@ -273,12 +284,14 @@ mod tests {
                     ip: "10.244.1.2".into(),
                     mac: "0a:58:0a:f4:01:02".into(),
                     ifname: "kx0af40102".into(),
+                    ..Default::default()
                 },
                 Pod {
                     name: "p2".into(),
                     ip: "10.244.1.3".into(),
                     mac: "0a:58:0a:f4:01:03".into(),
                     ifname: "kx0af40103".into(),
+                    ..Default::default()
                 },
             ]
         );

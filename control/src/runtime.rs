@@ -32,8 +32,9 @@ use kxdp_proto::dataplane as pb;
 
 use crate::cluster::{Cluster, Pod};
 use crate::conventions::{self, Mac};
+use crate::policy;
 use crate::service::{self, RawService, Service, Taken};
-use crate::validate::{check_ifname, parse_ip, parse_unicast_mac, Problem, Problems};
+use crate::validate::{check_ifname, check_name, parse_ip, parse_unicast_mac, Problem, Problems};
 
 /// (node, name): a pod's identity.
 pub type PodKey = (String, String);
@@ -215,6 +216,20 @@ pub fn request_of(pod: &Pod) -> AddPodRequest {
         ip: pod.ip.to_string(),
         mac: pod.mac.to_string(),
         ifname: pod.ifname.clone(),
+        namespace: pod.namespace.clone(),
+        labels: pod.labels.clone().into_iter().collect(),
+        ports: pod
+            .ports
+            .iter()
+            .map(|np| kxdp_proto::control::ContainerPort {
+                name: np.name.clone(),
+                protocol: match np.protocol {
+                    policy::Proto::Tcp => pb::Protocol::Tcp,
+                    policy::Proto::Udp => pb::Protocol::Udp,
+                } as i32,
+                port: u32::from(np.port),
+            })
+            .collect(),
     }
 }
 
@@ -255,6 +270,14 @@ fn normalised(req: &AddPodRequest) -> AddPodRequest {
     let mut r = req.clone();
     if let Ok(mac) = r.mac.parse::<Mac>() {
         r.mac = mac.to_string();
+    }
+    if r.namespace.is_empty() {
+        r.namespace = policy::DEFAULT_NAMESPACE.to_string();
+    }
+    for c in &mut r.ports {
+        if c.protocol == pb::Protocol::Unspecified as i32 {
+            c.protocol = pb::Protocol::Tcp as i32;
+        }
     }
     r
 }
@@ -394,6 +417,30 @@ pub fn check_pod(
         }
     }
 
+    // what policies select it by
+    let namespace = if req.namespace.is_empty() {
+        policy::DEFAULT_NAMESPACE.to_string()
+    } else {
+        req.namespace.clone()
+    };
+    check_name("namespace", &namespace, &mut p);
+    let labels: policy::Labels = req.labels.clone().into_iter().collect();
+    policy::check_labels("labels", &labels, &mut p);
+    let raw_ports: Vec<policy::RawNamedPort> = req
+        .ports
+        .iter()
+        .map(|c| policy::RawNamedPort {
+            name: c.name.clone(),
+            protocol: match kxdp_proto::dataplane::Protocol::try_from(c.protocol) {
+                Ok(kxdp_proto::dataplane::Protocol::Udp) => Some("UDP".into()),
+                Ok(_) => None,
+                Err(_) => Some(format!("protocol {}", c.protocol)),
+            },
+            port: i64::from(c.port),
+        })
+        .collect();
+    let ports = policy::validate_named_ports("ports", &raw_ports, &mut p);
+
     match (p.is_empty(), node, ip, mac) {
         (true, Some(_), Some(ip), Some(mac)) => Ok(Pod {
             name: req.name.clone(),
@@ -401,6 +448,9 @@ pub fn check_pod(
             ip,
             mac,
             ifname: req.ifname.clone(),
+            namespace,
+            labels,
+            ports,
         }),
         _ => Err(Problems(p)),
     }
@@ -424,6 +474,7 @@ mod tests {
             ip: ip.into(),
             mac: "0a:58:0a:f4:01:09".into(),
             ifname: "veth1234".into(),
+            ..Default::default()
         }
     }
 
@@ -478,6 +529,7 @@ mod tests {
                 ip: "10.244.2.9".into(),
                 mac: "01:00:5e:00:00:01".into(),
                 ifname: "a-very-long-interface".into(),
+                ..Default::default()
             },
         ));
         assert!(has(&p, "name", "not a pod name"), "{p}");

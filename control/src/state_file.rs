@@ -39,6 +39,7 @@
 //!   state would delete the rest from every node at the first Sync; an
 //!   operator can move the file aside to start empty on purpose.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -88,6 +89,13 @@ struct StoredPod {
     ip: String,
     mac: String,
     ifname: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// (name, protocol number as the API has it, port).
+    #[serde(default)]
+    ports: Vec<(String, i32, u32)>,
 }
 
 impl From<AddPodRequest> for StoredPod {
@@ -98,6 +106,13 @@ impl From<AddPodRequest> for StoredPod {
             ip: r.ip,
             mac: r.mac,
             ifname: r.ifname,
+            namespace: r.namespace,
+            labels: r.labels.into_iter().collect(),
+            ports: r
+                .ports
+                .into_iter()
+                .map(|c| (c.name, c.protocol, c.port))
+                .collect(),
         }
     }
 }
@@ -110,6 +125,19 @@ impl From<StoredPod> for AddPodRequest {
             ip: p.ip,
             mac: p.mac,
             ifname: p.ifname,
+            namespace: p.namespace,
+            labels: p.labels.into_iter().collect(),
+            ports: p
+                .ports
+                .into_iter()
+                .map(
+                    |(name, protocol, port)| kxdp_proto::control::ContainerPort {
+                        name,
+                        protocol,
+                        port,
+                    },
+                )
+                .collect(),
         }
     }
 }
@@ -339,6 +367,7 @@ mod tests {
             ip: "10.244.1.9".into(),
             mac: "0a:58:0a:f4:01:09".into(),
             ifname: "veth1234".into(),
+            ..Default::default()
         };
         let PodCheck::New(pod) = check_add(&c, &rt, &req).unwrap() else {
             panic!()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{Counters, DropReason, ServiceBooks, SvcCounters};
+use kxdp_core::policy::{PodPolicy, Policies, PortRange, RuleTable};
 use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, BackendKey, Frontend, FrontendKey, MaglevCache};
 use kxdp_core::tables::{
@@ -1021,6 +1022,7 @@ impl Engine {
         t.non_masquerade = n.non_masquerade.clone();
         t.node_port_addrs = self.node_port_addrs.clone();
         self.build_services(&mut t);
+        t.policy = build_policy(self.state.pods.values());
         t
     }
 
@@ -1458,4 +1460,38 @@ fn add_backend_flows(
             *into.entry(*k).or_default() += n;
         }
     }
+}
+
+/// The pipeline's policy tables for the pods some policy isolates, with
+/// policy names interned (per snapshot: ids are only the counters' index).
+fn build_policy<'a>(pods: impl Iterator<Item = &'a crate::state::Pod>) -> Policies {
+    let mut out = Policies::default();
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut table = |rules: &'a crate::state::PolicyRules, names: &mut Vec<String>| {
+        let mut t = RuleTable::default();
+        let mut ranges = Vec::new();
+        for (prefix, ports) in rules {
+            ranges.clear();
+            ranges.extend(ports.iter().map(|p| {
+                let policy = *ids.entry(p.policy.as_str()).or_insert_with(|| {
+                    names.push(p.policy.clone());
+                    names.len() as u32 - 1
+                });
+                PortRange {
+                    proto: p.proto,
+                    first: p.first,
+                    last: p.last,
+                    policy,
+                }
+            }));
+            t.insert(*prefix, &ranges);
+        }
+        t
+    };
+    for pod in pods.filter(|p| p.ingress.is_some() || p.egress.is_some()) {
+        let ingress = pod.ingress.as_ref().map(|r| table(r, &mut out.names));
+        let egress = pod.egress.as_ref().map(|r| table(r, &mut out.names));
+        out.pods.insert(pod.ip, PodPolicy { ingress, egress });
+    }
+    out
 }

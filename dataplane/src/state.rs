@@ -123,6 +123,28 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub mac: EthernetAddress,
     pub ifname: String,
+    /// Network policy compiled for the pod; `None`: not isolated that way.
+    pub ingress: Option<PolicyRules>,
+    pub egress: Option<PolicyRules>,
+}
+
+/// One pod's policy for one direction: peer prefixes (longest match wins)
+/// and what each may use.
+pub type PolicyRules = Vec<(Prefix, Vec<PolicyPort>)>;
+
+/// Most peer prefixes in one pod's table, and port ranges per peer.
+pub const MAX_POLICY_PEERS: usize = 65_536;
+pub const MAX_POLICY_PORTS: usize = 1024;
+
+/// Ports a policy peer may use: `proto` 0 is every protocol and port,
+/// `first..=last` `0..=65535` every port of `proto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPort {
+    pub proto: u8,
+    pub first: u16,
+    pub last: u16,
+    /// The policy allowing it, "namespace/name".
+    pub policy: String,
 }
 
 /// A service is the type the control process holds too: both write it back
@@ -270,7 +292,122 @@ impl TryFrom<(&str, &pb::Pod)> for Pod {
             ip: ip(&at("ip"), &p.ip)?,
             mac: mac(&at("mac"), &p.mac)?,
             ifname: ifname(&at("ifname"), &p.ifname)?,
+            ingress: p
+                .ingress
+                .as_ref()
+                .map(|t| policy_rules(&at("ingress"), t))
+                .transpose()?,
+            egress: p
+                .egress
+                .as_ref()
+                .map(|t| policy_rules(&at("egress"), t))
+                .transpose()?,
         })
+    }
+}
+
+fn policy_rules(f: &str, t: &pb::PolicyTable) -> Result<PolicyRules, FieldError> {
+    if t.peers.len() > MAX_POLICY_PEERS {
+        return Err(err(
+            format!("{f}.peers"),
+            format!(
+                "{} peers; at most {MAX_POLICY_PEERS} per pod and direction",
+                t.peers.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    t.peers
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| {
+            let at = |x: &str| format!("{f}.peers[{i}].{x}");
+            let prefix = cidr(&at("cidr"), &peer.cidr)?;
+            if !seen.insert(prefix) {
+                return Err(err(at("cidr"), format!("{prefix} is listed twice")));
+            }
+            if peer.ports.len() > MAX_POLICY_PORTS {
+                return Err(err(
+                    at("ports"),
+                    format!("{} ports; at most {MAX_POLICY_PORTS}", peer.ports.len()),
+                ));
+            }
+            let ports = peer
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(j, pp)| policy_port(&at(&format!("ports[{j}]")), pp))
+                .collect::<Result<_, _>>()?;
+            Ok((prefix, ports))
+        })
+        .collect()
+}
+
+fn policy_port(f: &str, pp: &pb::PolicyPorts) -> Result<PolicyPort, FieldError> {
+    let at = |x: &str| format!("{f}.{x}");
+    let proto = match Protocol::from_proto(pp.protocol) {
+        Ok(Some(p)) => p.ip_proto(),
+        Ok(None) => 0,
+        Err(_) => return Err(err(at("protocol"), "must be TCP, UDP or unspecified")),
+    };
+    if pp.policy.is_empty() {
+        return Err(err(at("policy"), "must name the policy"));
+    }
+    let (first, last) = match (proto, pp.port, pp.end_port) {
+        (0, 0, 0) => (0, 0),
+        (0, _, _) => {
+            return Err(err(
+                at("port"),
+                "a port needs a protocol (unspecified means every protocol and port)",
+            ))
+        }
+        (_, 0, 0) => (0, u16::MAX),
+        (_, p @ 1..=65535, 0) => (p as u16, p as u16),
+        (_, p @ 1..=65535, e @ 1..=65535) if e >= p => (p as u16, e as u16),
+        (_, p, e) => {
+            return Err(err(
+                at("end_port"),
+                format!("{p}..={e} is not a port range inside 1..=65535"),
+            ))
+        }
+    };
+    Ok(PolicyPort {
+        proto,
+        first,
+        last,
+        policy: pp.policy.clone(),
+    })
+}
+
+fn policy_table(rules: &PolicyRules) -> pb::PolicyTable {
+    pb::PolicyTable {
+        peers: rules
+            .iter()
+            .map(|(prefix, ports)| pb::PolicyPeer {
+                cidr: prefix.to_string(),
+                ports: ports
+                    .iter()
+                    .map(|p| pb::PolicyPorts {
+                        protocol: match p.proto {
+                            0 => pb::Protocol::Unspecified,
+                            6 => pb::Protocol::Tcp,
+                            _ => pb::Protocol::Udp,
+                        } as i32,
+                        port: if p.last == u16::MAX && p.first == 0 {
+                            0
+                        } else {
+                            p.first as u32
+                        },
+                        end_port: if p.last != p.first && p.first != 0 {
+                            p.last as u32
+                        } else {
+                            0
+                        },
+                        policy: p.policy.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -832,6 +969,8 @@ impl State {
                     ip: p.ip.to_string(),
                     mac: p.mac.to_string(),
                     ifname: p.ifname.clone(),
+                    ingress: p.ingress.as_ref().map(policy_table),
+                    egress: p.egress.as_ref().map(policy_table),
                 })
                 .collect(),
             services: self.services.values().map(Service::to_proto).collect(),
@@ -853,6 +992,7 @@ mod tests {
                 ip: "10.244.1.2".into(),
                 mac: "0a:58:0a:f4:01:02".into(),
                 ifname: "kx0af40102".into(),
+                ..Default::default()
             }],
             services: Vec::new(),
         }
@@ -981,6 +1121,8 @@ mod tests {
             ip: "10.244.1.3".parse().unwrap(),
             mac: "0a:58:0a:f4:01:03".parse().unwrap(),
             ifname: "kx0af40103".into(),
+            ingress: None,
+            egress: None,
         });
         let next = st
             .with_changes(8, &[add, Change::DeleteRemote("n2".into())])

@@ -19,7 +19,7 @@ use kxdp_control::view::{
 use kxdp_control::{plan, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    AddPodRequest, ApplyClusterRequest, DeletePodRequest, DeleteServiceRequest,
+    AddPodRequest, ApplyClusterRequest, ContainerPort, DeletePodRequest, DeleteServiceRequest,
     GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest,
     ListRoutesRequest, ListServicesRequest, UpsertServiceRequest,
 };
@@ -151,6 +151,17 @@ enum PodCmd {
         /// The node-side veth name.
         #[arg(long)]
         ifname: String,
+        /// Its Kubernetes namespace, which network policies select by.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A label KEY=VALUE, which network policies select by (repeat for
+        /// several).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A container port NAME:PROTOCOL:PORT (e.g. http:TCP:8080), for
+        /// policies' named ports (repeat for several).
+        #[arg(long = "port", value_name = "NAME:PROTO:PORT", value_parser = parse_container_port)]
+        ports: Vec<ContainerPort>,
     },
     /// Remove a run-time pod; removing an unknown one succeeds.
     Del {
@@ -303,6 +314,9 @@ async fn run(args: Args) -> Result<()> {
             ip,
             mac,
             ifname,
+            namespace,
+            labels,
+            ports,
         }) => {
             let request = AddPodRequest {
                 node: node.clone(),
@@ -310,6 +324,9 @@ async fn run(args: Args) -> Result<()> {
                 ip,
                 mac,
                 ifname,
+                namespace,
+                labels: labels.into_iter().collect(),
+                ports,
             };
             let reply = match connect(&args.control).await?.add_pod(request).await {
                 Ok(reply) => reply.into_inner(),
@@ -643,4 +660,30 @@ fn out(text: &str) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Failure::Other(format!("stdout: {e}"))),
     }
+}
+
+/// `--label KEY=VALUE` (the control process checks the key and value).
+fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// `--port NAME:PROTO:PORT`.
+fn parse_container_port(s: &str) -> std::result::Result<ContainerPort, String> {
+    let bad = || format!("{s:?} is not NAME:PROTOCOL:PORT (e.g. http:TCP:8080)");
+    let mut it = s.splitn(3, ':');
+    let (Some(name), Some(proto), Some(port)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad());
+    };
+    let protocol = match proto {
+        "TCP" | "tcp" => kxdp_proto::dataplane::Protocol::Tcp,
+        "UDP" | "udp" => kxdp_proto::dataplane::Protocol::Udp,
+        _ => return Err(format!("{proto:?} is not a protocol (TCP or UDP)")),
+    };
+    Ok(ContainerPort {
+        name: name.to_string(),
+        protocol: protocol as i32,
+        port: port.parse().map_err(|_| bad())?,
+    })
 }

@@ -257,6 +257,7 @@ pub fn add_pod_request(node: &str, name: &str, ip: &str, ifname: &str) -> AddPod
         ip: ip.into(),
         mac: "0a:58:0a:f4:01:63".into(),
         ifname: ifname.into(),
+        ..Default::default()
     }
 }
 

@@ -8,12 +8,14 @@
 //!   what TCP and UDP share).
 //! - [`tables`]: what a worker looks up per packet (routes, pods, ports);
 //!   [`prefix`]: IPv4 prefixes and the longest-prefix match they use.
-//! - [`pipeline`]: the walks, verdicts and drop reasons.
+//! - [`pipeline`]: the walks, verdicts and drop reasons; [`policy`]: the
+//!   network-policy tables it decides new flows with.
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
 pub mod maglev;
 pub mod pipeline;
+pub mod policy;
 pub mod prefix;
 pub mod services;
 pub mod tables;

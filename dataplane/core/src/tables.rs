@@ -108,6 +108,8 @@ pub struct Tables {
     pub node_port_addrs: Vec<Ipv4Addr>,
     /// Service frontends (ClusterIPs, NodePorts) and their backends.
     pub services: crate::services::Services,
+    /// Network policy of the local pods that some policy isolates.
+    pub policy: crate::policy::Policies,
     /// Different in every snapshot the engine publishes: conntrack entries
     /// remember the epoch in which their backend was last found serving,
     /// and flow cache entries the epoch they were learnt in: a snapshot

@@ -119,6 +119,7 @@ pub fn pod(name: &str, ip: &str, ifname: &str) -> pb::Pod {
         ip: ip.into(),
         mac: "0a:58:0a:f4:01:02".into(),
         ifname: ifname.into(),
+        ..Default::default()
     }
 }
 

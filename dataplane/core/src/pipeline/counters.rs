@@ -157,6 +157,16 @@ counter_table! {
         /// workers disagree on its owner, e.g. fragments of two datagrams
         /// sharing an IP id): dropped, never looped between workers.
         HandoffLoop => "handoff_loop",
+        /// A new flow that the source pod's egress network policy does not
+        /// allow.
+        PolicyDeniedEgress => "policy_denied_egress",
+        /// A new flow that the destination pod's ingress network policy does
+        /// not allow.
+        PolicyDeniedIngress => "policy_denied_ingress",
+        /// A new flow that policy allowed but could not track: its reply key
+        /// is a service flow's (the client reaches that flow's backend
+        /// directly from the same port).
+        PolicyFlowClash => "policy_flow_clash",
     }
     events {
         /// Frames encapsulated towards another node's VTEP.
@@ -196,6 +206,9 @@ counter_table! {
         /// of one unconfirmed for a second: a SYN flood that fills the SNAT
         /// ports cannot keep real clients out.
         snat_ports_reclaimed,
+        /// New flows allowed by the network policy of an isolated local pod
+        /// (tracked, so that their replies pass).
+        policy_flows_allowed,
     }
 }
 
@@ -229,7 +242,7 @@ mod tests {
         a.set_events(values);
         assert_eq!(a.events(), values);
         assert_eq!(a.encapsulated, 1);
-        assert_eq!(a.snat_ports_reclaimed, Counters::EVENTS as u64);
+        assert_eq!(a.policy_flows_allowed, Counters::EVENTS as u64);
         let mut b = a.clone();
         b.drops[DropReason::NoRoute as usize] = 3;
         b.merge(&a);

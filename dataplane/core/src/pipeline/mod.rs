@@ -352,6 +352,8 @@ mod address_tests;
 #[cfg(test)]
 mod egress_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod service_tests;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ use hashbrown::HashMap;
 
 use super::{Ctx, DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
+use crate::policy::{Decision, Direction};
 use crate::services::{Frontend, FrontendKey};
 use crate::tables::{NodeInfo, Tables};
 use crate::wire::l4::{L4Header, Ports, PORTS_LEN};
@@ -46,6 +47,10 @@ const F_EXTERNAL: u8 = 2;
 /// Entry flag: pod egress masqueraded to the node's address (walk 7): no
 /// service, no DNAT.
 const F_MASQ: u8 = 4;
+/// Entry flag: a flow that network policy allowed (no translation),
+/// tracked so that its replies pass an isolated pod's policy. `backend`
+/// holds the snapshot stamp it was last allowed in ([`validated`]).
+const F_POLICY: u8 = 8;
 /// `Entry::service` of a flow that is no service's (egress).
 pub const NO_SERVICE: u32 = u32::MAX;
 
@@ -373,6 +378,11 @@ impl Pipeline {
     pub(super) fn services(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, ing: Ingress) -> Nat {
         let Ctx { now, t, node } = *cx;
         let Some(l) = l4(p).or_else(|| echo(p, ing.external)) else {
+            if !t.policy.is_empty() {
+                if let Err(r) = self.portless_policy(cx, p, ing) {
+                    return Nat::Done(Verdict::Drop(r));
+                }
+            }
             return self.steer_icmp_error(t, node, p);
         };
         let key = l.key();
@@ -400,6 +410,9 @@ impl Pipeline {
             if !ing.external && t.masquerades(node, l.dst) {
                 return self.new_masq_flow(cx, p, &l, ing);
             }
+            if !t.policy.is_empty() {
+                return self.new_policy_flow(cx, &l, ing);
+            }
             return Nat::Pass;
         };
         self.new_flow(cx, p, &l, fe, ing)
@@ -408,6 +421,24 @@ impl Pipeline {
     fn existing(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, l: &L4, id: u32, dir: Dir) -> Nat {
         let Ctx { now, t, .. } = *cx;
         let e = *self.ct.get(id);
+        if e.flags & (F_MASQ | F_POLICY) != 0 && e.backend != validated(t) {
+            // New tables: a policy change applies to established flows too
+            // (as Cilium and Calico re-evaluate), decided again as new.
+            let ing = self.ingress_of(&e);
+            let src = e.original.src;
+            if let Err(r) = self.policy(cx, ing, src, src, &e.original) {
+                self.drop_entry(id);
+                return Nat::Done(Verdict::Drop(r));
+            }
+            self.ct.get_mut(id).backend = validated(t);
+        }
+        if e.flags & F_POLICY != 0 {
+            self.ct.touch(id, dir, l.tcp_flags, now);
+            self.note_ct(id, dir, NO_SERVICE, None, None);
+            return Nat::Route {
+                external_reply: None,
+            };
+        }
         if e.flags & F_MASQ != 0 {
             // No backend to check: the address translation is the flow.
             self.ct.touch(id, dir, l.tcp_flags, now);
@@ -449,6 +480,22 @@ impl Pipeline {
                     .frontend(e.original.dst, e.original.proto, e.original.dport);
                 let alive = fe.is_some_and(|f| f.serving(e.reply.src, e.reply.sport));
                 if alive {
+                    // The policies may have changed with the tables.
+                    let seen_src = if e.flags & F_SNAT != 0 {
+                        e.reply.dst
+                    } else {
+                        e.original.src
+                    };
+                    let ing = self.ingress_of(&e);
+                    let to = FlowKey {
+                        dst: e.reply.src,
+                        dport: e.reply.sport,
+                        ..e.original
+                    };
+                    if let Err(r) = self.policy(cx, ing, e.original.src, seen_src, &to) {
+                        self.drop_entry(id);
+                        return Nat::Done(Verdict::Drop(r));
+                    }
                     self.ct.get_mut(id).backend = stamp;
                 }
                 if !alive || (syn && e.tcp == TcpState::Closed) {
@@ -456,11 +503,7 @@ impl Pipeline {
                     if l.proto == ipv4::protocol::UDP || syn {
                         // Re-balance at once instead of black-holing.
                         if let Some(fe) = fe {
-                            let ing = Ingress {
-                                external: e.flags & F_EXTERNAL != 0,
-                                in_port: e.in_port,
-                                src_mac: EthernetAddress(e.client_mac),
-                            };
+                            let ing = self.ingress_of(&e);
                             return self.new_flow(cx, p, l, fe, ing);
                         }
                     }
@@ -547,6 +590,18 @@ impl Pipeline {
         } else {
             node.gateway_ip
         };
+        // Policies see the backend's address, and the backend's ingress the
+        // source it sees: the SNAT address (this node's gateway for a
+        // NodePort with eTP Cluster), else the client.
+        let seen_src = if needs_snat { snat_ip } else { l.src };
+        let to = FlowKey {
+            dst: backend.0,
+            dport: backend.1,
+            ..l.key()
+        };
+        if let Err(r) = self.policy(cx, ing, l.src, seen_src, &to) {
+            return Nat::Done(Verdict::Drop(r));
+        }
         let reply = FlowKey {
             proto: l.proto,
             src: backend.0,
@@ -612,13 +667,18 @@ impl Pipeline {
     /// in [`SNAT_PORTS`] (never one of the node kernel's own). Replies come
     /// back on the uplink to that port and are translated back.
     fn new_masq_flow(&mut self, cx: &Ctx<'_>, p: &mut Packet<'_>, l: &L4, ing: Ingress) -> Nat {
-        let Ctx { now, node, .. } = *cx;
+        let Ctx { now, node, t } = *cx;
         if let Some(f) = l.tcp_flags {
             if f & tcp::flags::SYN == 0 || f & tcp::flags::ACK != 0 {
                 return self.reject(cx, p, l, false, DropReason::NoConntrack);
             }
         }
+        if let Err(r) = self.policy(cx, ing, l.src, l.src, &l.key()) {
+            return Nat::Done(Verdict::Drop(r));
+        }
         let entry = Entry {
+            // Policy decided in this snapshot.
+            backend: validated(t),
             reply: FlowKey {
                 proto: l.proto,
                 src: l.dst,
@@ -643,6 +703,132 @@ impl Pipeline {
         Nat::Route {
             external_reply: None,
         }
+    }
+
+    /// Network policy for a new flow that no service or masquerade
+    /// translates: pod to pod, node to pod, outside to pod. Tracked (both
+    /// keys, no translation) when an isolated local pod is in it, so that
+    /// replies pass its policy; else routed untracked, as before.
+    fn new_policy_flow(&mut self, cx: &Ctx<'_>, l: &L4, ing: Ingress) -> Nat {
+        let Ctx { now, t, .. } = *cx;
+        if l.proto == ipv4::protocol::ICMP {
+            // An echo request: decided, not tracked (its reply is not
+            // looked up; echo replies and errors pass, `portless_policy`).
+            return match self.policy(cx, ing, l.src, l.src, &l.key()) {
+                Ok(_) => Nat::Pass,
+                Err(r) => Nat::Done(Verdict::Drop(r)),
+            };
+        }
+        match self.policy(cx, ing, l.src, l.src, &l.key()) {
+            Ok(false) => return Nat::Pass,
+            Ok(true) => {}
+            Err(r) => return Nat::Done(Verdict::Drop(r)),
+        }
+        let mut entry = Entry {
+            backend: validated(t),
+            flags: F_POLICY,
+            ..new_entry(now, l, ing)
+        };
+        // A segment of a connection we have not seen open (it began before
+        // the policy, or before a restart) is picked up mid-stream, as the
+        // kernel's conntrack does (`nf_conntrack_tcp_loose`).
+        if l.tcp_flags.is_some_and(|f| f & tcp::flags::SYN == 0) {
+            entry.tcp = TcpState::Established;
+        }
+        // No SNAT to retry with, and nobody's port to reclaim: the reply
+        // key is taken only by a service flow whose backend the client
+        // also reaches directly from the same port.
+        let id = match self.ct.insert(entry, now) {
+            Ok(id) => id,
+            Err(InsertError::Full) => return Nat::Done(Verdict::Drop(DropReason::ConntrackFull)),
+            Err(InsertError::Exists) => {
+                return Nat::Done(Verdict::Drop(DropReason::PolicyFlowClash))
+            }
+        };
+        self.flows.forget(&entry.original);
+        self.flows.forget(&entry.reply);
+        self.ct.touch(id, Dir::Original, l.tcp_flags, now);
+        Nat::Route {
+            external_reply: None,
+        }
+    }
+
+    /// Network policy for a frame without ports: ICMP errors and echo
+    /// replies pass (they answer something that passed); any other
+    /// protocol needs a rule for every protocol and port. Not tracked.
+    fn portless_policy(
+        &mut self,
+        cx: &Ctx<'_>,
+        p: &Packet<'_>,
+        ing: Ingress,
+    ) -> Result<(), DropReason> {
+        let b = &p.buf[p.off + ETH..p.off + p.len];
+        let Some(h) = b.first_chunk::<IPV4_MIN>().map(ipv4::Ipv4Header::new) else {
+            return Ok(());
+        };
+        if h.protocol() == ipv4::protocol::ICMP {
+            return Ok(());
+        }
+        let key = FlowKey {
+            proto: h.protocol(),
+            src: h.src_addr(),
+            dst: h.dst_addr(),
+            sport: 0,
+            dport: 0,
+        };
+        self.policy(cx, ing, key.src, key.src, &key).map(|_| ())
+    }
+
+    /// Decides a new flow `to` (its source is the pod `egress_src`, as
+    /// sent; `seen_src` is what the destination sees after any SNAT):
+    /// `Ok(true)` if an isolated local pod is in it (track it), `Ok(false)`
+    /// if none is. Protocols without ports are matched by protocol alone.
+    fn policy(
+        &mut self,
+        cx: &Ctx<'_>,
+        ing: Ingress,
+        egress_src: Ipv4Addr,
+        seen_src: Ipv4Addr,
+        to: &FlowKey,
+    ) -> Result<bool, DropReason> {
+        let t = cx.t;
+        if t.policy.is_empty() {
+            return Ok(false);
+        }
+        let port =
+            matches!(to.proto, ipv4::protocol::TCP | ipv4::protocol::UDP).then_some(to.dport);
+        // The node's own traffic comes through the host port; an address
+        // alone (the gateway is also the SNAT address) proves nothing.
+        let from_node = t.host == Some(ing.in_port) && !ing.external;
+        match t
+            .policy
+            .decide(egress_src, seen_src, to.dst, to.proto, port, from_node)
+        {
+            Decision::Unrestricted => Ok(false),
+            Decision::Allowed(_) => {
+                self.counters.policy_flows_allowed += 1;
+                Ok(true)
+            }
+            Decision::Denied(Direction::Egress) => Err(DropReason::PolicyDeniedEgress),
+            Decision::Denied(Direction::Ingress) => Err(DropReason::PolicyDeniedIngress),
+        }
+    }
+
+    /// Where an entry's flow came in: what its new flow was decided with.
+    fn ingress_of(&self, e: &Entry) -> Ingress {
+        Ingress {
+            external: e.flags & F_EXTERNAL != 0,
+            in_port: e.in_port,
+            src_mac: EthernetAddress(e.client_mac),
+        }
+    }
+
+    /// Removes entry `id` and forgets its keys in the flow cache.
+    fn drop_entry(&mut self, id: u32) {
+        let old = *self.ct.get(id);
+        self.ct.remove(id);
+        self.flows.forget(&old.original);
+        self.flows.forget(&old.reply);
     }
 
     /// Inserts a new flow's `entry`, trying up to [`SNAT_TRIES`] reply
@@ -771,8 +957,21 @@ impl Pipeline {
         if t.masquerades(node, l.dst) {
             return Some(self.side(node, l.src, l.sport, false));
         }
-        let by_ip = *t.services.steer.get(&(l.src, l.sport, l.proto))?;
-        Some(self.side(node, l.dst, l.dport, by_ip))
+        if let Some(&by_ip) = t.services.steer.get(&(l.src, l.sport, l.proto)) {
+            return Some(self.side(node, l.dst, l.dport, by_ip));
+        }
+        // A flow that policy tracks: both directions must meet its entry.
+        if !t.policy.isolated(l.src) && !t.policy.isolated(l.dst) {
+            return None;
+        }
+        // To a backend directly (DNATed on another node): as its replies
+        // are steered, by the client side.
+        if let Some(&by_ip) = t.services.steer.get(&(l.dst, l.dport, l.proto)) {
+            return Some(self.side(node, l.src, l.sport, by_ip));
+        }
+        // Else by the lesser side, which both directions agree on.
+        let (ip, port) = (l.src, l.sport).min((l.dst, l.dport));
+        Some(self.side(node, ip, port, false))
     }
 
     /// The worker a flow's client side maps to. An SNAT port carries its

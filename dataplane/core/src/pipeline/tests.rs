@@ -2135,6 +2135,7 @@ fn counters_merge_sums_every_field() {
     a.fragments_evicted = 13;
     a.fragments_to_host = 14;
     a.snat_ports_reclaimed = 17;
+    a.policy_flows_allowed = 18;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -2152,6 +2153,7 @@ fn counters_merge_sums_every_field() {
     b.fragments_evicted = 130;
     b.fragments_to_host = 140;
     b.snat_ports_reclaimed = 170;
+    b.policy_flows_allowed = 180;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -2176,6 +2178,7 @@ fn counters_merge_sums_every_field() {
         fragments_evicted,
         fragments_to_host,
         snat_ports_reclaimed,
+        policy_flows_allowed,
     } = m;
     assert_eq!(
         [
@@ -2195,9 +2198,10 @@ fn counters_merge_sums_every_field() {
             fragments_to_host,
             egress_flows,
             egress_routed,
-            snat_ports_reclaimed
+            snat_ports_reclaimed,
+            policy_flows_allowed
         ],
-        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176, 187]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176, 187, 198]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();
@@ -2249,6 +2253,9 @@ fn variant_index(r: DropReason) -> usize {
         FragmentMalformed => 36,
         NoLocalEndpoint => 37,
         HandoffLoop => 38,
+        PolicyDeniedEgress => 39,
+        PolicyDeniedIngress => 40,
+        PolicyFlowClash => 41,
     }
 }
 
@@ -2256,7 +2263,7 @@ fn variant_index(r: DropReason) -> usize {
 fn drop_reasons_are_all_listed_in_order_with_unique_snake_case_names() {
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
     // The number of arms in `variant_index`: ALL can't leave one out.
-    assert_eq!(DropReason::COUNT, 39);
+    assert_eq!(DropReason::COUNT, 42);
     let mut names = HashSet::new();
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "ALL in discriminant order");

@@ -1,0 +1,1195 @@
+//! Network policy (networking.k8s.io/v1 NetworkPolicy): the cluster file's
+//! model of namespaces, pod labels and policies, validated as the API
+//! server validates them, and compiled into the tables each dataplane
+//! matches new flows with (`kxdp_core::policy`).
+//!
+//! Compilation, per local pod and direction that some policy selects: every
+//! rule's peers become prefixes (a selected pod is its /32, an ipBlock its
+//! CIDR with each `except` a prefix of its own), and each prefix gets the
+//! ports of every rule whose peers hold the addresses that match it longest.
+//! Since every CIDR and except is a prefix of the table, "the addresses whose
+//! longest match is B" are inside a peer exactly when B is inside its CIDR
+//! and inside none of its excepts: one longest-prefix lookup answers for
+//! every policy at once. Named ports resolve against the destination pod's
+//! container ports: the pod itself for ingress, each peer pod (its /32) for
+//! egress.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use kxdp_proto::dataplane as pb;
+use serde::Deserialize;
+
+use crate::cluster::Pod;
+use crate::validate::{check_name, is_dns_label, parse_cidr, Problem};
+
+/// The namespace of a pod or policy that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The label every namespace carries with its own name (Kubernetes 1.21+).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Most policies in a cluster (the API server has no limit; this bounds
+/// compile time and memory).
+pub const MAX_POLICIES: usize = 10_000;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A container port a named policy port may refer to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Proto,
+    pub port: u16,
+}
+
+/// TCP or UDP (SCTP is refused where it is written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    fn pb(self) -> pb::Protocol {
+        match self {
+            Proto::Tcp => pb::Protocol::Tcp,
+            Proto::Udp => pb::Protocol::Udp,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A label selector: `match_labels` and `match_expressions`, ANDed; empty
+/// selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub op: Op,
+    pub values: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.op {
+                    Op::In => v.is_some_and(|v| r.values.contains(v)),
+                    // Kubernetes: NotIn also holds where the key is absent.
+                    Op::NotIn => v.is_none_or(|v| !r.values.contains(v)),
+                    Op::Exists => v.is_some(),
+                    Op::DoesNotExist => v.is_none(),
+                }
+            })
+    }
+}
+
+/// One peer of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods: of the policy's namespace (`namespaces: None`), or of the
+    /// namespaces matching a selector; `pods: None` means all of them.
+    Pods {
+        namespaces: Option<Selector>,
+        pods: Option<Selector>,
+    },
+    Block {
+        cidr: Ipv4Net,
+        except: Vec<Ipv4Net>,
+    },
+}
+
+/// A rule's port: a number or range, a container port's name, or every
+/// port of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    All(Proto),
+    Range(Proto, u16, u16),
+    Named(Proto, String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Empty: every peer.
+    pub peers: Vec<Peer>,
+    /// Empty: every port and protocol.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// "namespace/name".
+    pub name: String,
+    pub namespace: String,
+    pub pod_selector: Selector,
+    /// Effective types (after the API's defaulting).
+    pub ingress_type: bool,
+    pub egress_type: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+}
+
+// ---- raw file model ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamedPort {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    pub port: i64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelector {
+    #[serde(default)]
+    match_labels: Labels,
+    #[serde(default)]
+    match_expressions: Vec<RawRequirement>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    name: String,
+    pod_selector: RawSelector,
+    #[serde(default)]
+    policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    ingress: Option<Vec<RawIngressRule>>,
+    #[serde(default)]
+    egress: Option<Vec<RawEgressRule>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngressRule {
+    #[serde(default)]
+    from: Vec<RawPeer>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgressRule {
+    #[serde(default)]
+    to: Vec<RawPeer>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    #[serde(default)]
+    pod_selector: Option<RawSelector>,
+    #[serde(default)]
+    namespace_selector: Option<RawSelector>,
+    #[serde(default)]
+    ip_block: Option<RawIpBlock>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpBlock {
+    cidr: String,
+    #[serde(default)]
+    except: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    port: Option<IntOrString>,
+    #[serde(default)]
+    end_port: Option<i64>,
+}
+
+// ---- validation (as the API server's ValidateNetworkPolicy) ----
+
+/// A label key: an optional DNS-subdomain prefix and '/', then a name of
+/// at most 63 characters of alphanumerics, '-', '_' and '.', starting and
+/// ending alphanumeric.
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label))
+        && is_label_value(name)
+        && !name.is_empty()
+}
+
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' and '.',
+/// starting and ending alphanumeric.
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
+/// IANA_SVC_NAME: at most 15 lowercase alphanumerics and '-', at least one
+/// letter, no '-' at either end nor two in a row.
+pub fn is_port_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter().any(|c| c.is_ascii_lowercase())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !n.contains("--")
+}
+
+pub fn check_labels(path: &str, labels: &Labels, p: &mut Vec<Problem>) {
+    for (k, v) in labels {
+        if !is_label_key(k) {
+            p.push(Problem::new(
+                format!("{path}.{k}"),
+                "is not a label key ([prefix/]name: a name of at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric)",
+            ));
+        }
+        if !is_label_value(v) {
+            p.push(Problem::new(
+                format!("{path}.{k}"),
+                format!("{v:?} is not a label value (at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric)"),
+            ));
+        }
+    }
+}
+
+fn protocol(path: &str, text: Option<&str>, p: &mut Vec<Problem>) -> Option<Proto> {
+    match text.unwrap_or("TCP") {
+        "TCP" => Some(Proto::Tcp),
+        "UDP" => Some(Proto::Udp),
+        "SCTP" => {
+            p.push(Problem::new(
+                path,
+                "SCTP is not supported by kxdp (TCP or UDP)",
+            ));
+            None
+        }
+        other => {
+            p.push(Problem::new(
+                path,
+                format!("{other:?} is not a protocol (TCP or UDP)"),
+            ));
+            None
+        }
+    }
+}
+
+pub fn validate_namespaces(raw: &[RawNamespace], p: &mut Vec<Problem>) -> Vec<Namespace> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, ns) in raw.iter().enumerate() {
+        let at = |f: &str| format!("namespaces[{i}].{f}");
+        let before = p.len();
+        if check_name(&at("name"), &ns.name, p) && !seen.insert(ns.name.as_str()) {
+            p.push(Problem::new(
+                at("name"),
+                format!("namespace {} is listed twice", ns.name),
+            ));
+        }
+        check_labels(&at("labels"), &ns.labels, p);
+        if p.len() == before {
+            out.push(Namespace {
+                name: ns.name.clone(),
+                labels: ns.labels.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// A pod's container ports: names unique, protocol TCP or UDP.
+pub fn validate_named_ports(
+    path: &str,
+    raw: &[RawNamedPort],
+    p: &mut Vec<Problem>,
+) -> Vec<NamedPort> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, np) in raw.iter().enumerate() {
+        let at = |f: &str| format!("{path}[{i}].{f}");
+        let before = p.len();
+        if !is_port_name(&np.name) {
+            p.push(Problem::new(
+                at("name"),
+                format!("{:?} is not a port name (IANA_SVC_NAME: at most 15 of a-z, 0-9 and '-', with a letter)", np.name),
+            ));
+        } else if !names.insert(np.name.as_str()) {
+            p.push(Problem::new(
+                at("name"),
+                format!("port name {} is used twice", np.name),
+            ));
+        }
+        let proto = protocol(&at("protocol"), np.protocol.as_deref(), p);
+        if !(1..=65535).contains(&np.port) {
+            p.push(Problem::new(
+                at("port"),
+                format!("{} is out of range 1..=65535", np.port),
+            ));
+        }
+        if let (true, Some(protocol)) = (p.len() == before, proto) {
+            out.push(NamedPort {
+                name: np.name.clone(),
+                protocol,
+                port: np.port as u16,
+            });
+        }
+    }
+    out
+}
+
+fn selector(path: &str, raw: &RawSelector, p: &mut Vec<Problem>) -> Selector {
+    check_labels(&format!("{path}.match_labels"), &raw.match_labels, p);
+    let mut match_expressions = Vec::new();
+    for (i, r) in raw.match_expressions.iter().enumerate() {
+        let at = |f: &str| format!("{path}.match_expressions[{i}].{f}");
+        if !is_label_key(&r.key) {
+            p.push(Problem::new(
+                at("key"),
+                format!("{:?} is not a label key", r.key),
+            ));
+        }
+        let op = match r.operator.as_str() {
+            "In" => Op::In,
+            "NotIn" => Op::NotIn,
+            "Exists" => Op::Exists,
+            "DoesNotExist" => Op::DoesNotExist,
+            other => {
+                p.push(Problem::new(
+                    at("operator"),
+                    format!("{other:?} is not an operator (In, NotIn, Exists, DoesNotExist)"),
+                ));
+                continue;
+            }
+        };
+        match op {
+            Op::In | Op::NotIn if r.values.is_empty() => p.push(Problem::new(
+                at("values"),
+                format!("must not be empty for {}", r.operator),
+            )),
+            Op::Exists | Op::DoesNotExist if !r.values.is_empty() => p.push(Problem::new(
+                at("values"),
+                format!("must be empty for {}", r.operator),
+            )),
+            _ => {}
+        }
+        for (j, v) in r.values.iter().enumerate() {
+            if !is_label_value(v) {
+                p.push(Problem::new(
+                    format!("{}[{j}]", at("values")),
+                    format!("{v:?} is not a label value"),
+                ));
+            }
+        }
+        match_expressions.push(Requirement {
+            key: r.key.clone(),
+            op,
+            values: r.values.iter().cloned().collect(),
+        });
+    }
+    Selector {
+        match_labels: raw.match_labels.clone(),
+        match_expressions,
+    }
+}
+
+fn peer(path: &str, raw: &RawPeer, p: &mut Vec<Problem>) -> Option<Peer> {
+    match (&raw.pod_selector, &raw.namespace_selector, &raw.ip_block) {
+        (None, None, None) => {
+            p.push(Problem::new(
+                path,
+                "must have pod_selector, namespace_selector or ip_block",
+            ));
+            None
+        }
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            p.push(Problem::new(
+                format!("{path}.ip_block"),
+                "may not be combined with pod_selector or namespace_selector",
+            ));
+            None
+        }
+        (pods, namespaces, None) => Some(Peer::Pods {
+            namespaces: namespaces
+                .as_ref()
+                .map(|s| selector(&format!("{path}.namespace_selector"), s, p)),
+            pods: pods
+                .as_ref()
+                .map(|s| selector(&format!("{path}.pod_selector"), s, p)),
+        }),
+        (None, None, Some(b)) => {
+            let at = format!("{path}.ip_block");
+            let cidr = parse_cidr(&format!("{at}.cidr"), &b.cidr, p)?;
+            let mut except = Vec::new();
+            for (i, e) in b.except.iter().enumerate() {
+                let ep = format!("{at}.except[{i}]");
+                if let Some(e) = parse_cidr(&ep, e, p) {
+                    if e.prefix_len() <= cidr.prefix_len() || !cidr.contains(&e.network()) {
+                        p.push(Problem::new(
+                            ep,
+                            format!("{e} must be a strict subset of cidr {cidr}"),
+                        ));
+                    } else {
+                        except.push(e);
+                    }
+                }
+            }
+            Some(Peer::Block { cidr, except })
+        }
+    }
+}
+
+fn port(path: &str, raw: &RawPort, p: &mut Vec<Problem>) -> Option<PortSpec> {
+    let proto = protocol(&format!("{path}.protocol"), raw.protocol.as_deref(), p);
+    let spec = match (&raw.port, raw.end_port) {
+        (None, None) => PortSpec::All(proto?),
+        (None, Some(_)) => {
+            p.push(Problem::new(
+                format!("{path}.end_port"),
+                "needs a numeric port",
+            ));
+            return None;
+        }
+        (Some(IntOrString::String(name)), end) => {
+            if end.is_some() {
+                p.push(Problem::new(
+                    format!("{path}.end_port"),
+                    "may not be used with a named port",
+                ));
+            }
+            if !is_port_name(name) {
+                p.push(Problem::new(
+                    format!("{path}.port"),
+                    format!("{name:?} is neither a port number nor a port name (IANA_SVC_NAME)"),
+                ));
+                return None;
+            }
+            PortSpec::Named(proto?, name.clone())
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            if !(1..=65535).contains(n) {
+                p.push(Problem::new(
+                    format!("{path}.port"),
+                    format!("{n} is out of range 1..=65535"),
+                ));
+                return None;
+            }
+            let last = match end {
+                None => *n,
+                Some(e) if (*n..=65535).contains(&e) => e,
+                Some(e) => {
+                    p.push(Problem::new(
+                        format!("{path}.end_port"),
+                        format!("{e} must be at least port ({n}) and at most 65535"),
+                    ));
+                    return None;
+                }
+            };
+            PortSpec::Range(proto?, *n as u16, last as u16)
+        }
+    };
+    Some(spec)
+}
+
+fn rule(path: &str, peers: &[RawPeer], ports: &[RawPort], p: &mut Vec<Problem>) -> Rule {
+    let peer_word = if path.contains(".ingress[") {
+        "from"
+    } else {
+        "to"
+    };
+    Rule {
+        peers: peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| peer(&format!("{path}.{peer_word}[{i}]"), r, p))
+            .collect(),
+        ports: ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| port(&format!("{path}.ports[{i}]"), r, p))
+            .collect(),
+    }
+}
+
+pub fn validate_policies(raw: &[RawPolicy], p: &mut Vec<Problem>) -> Vec<NetworkPolicy> {
+    if raw.len() > MAX_POLICIES {
+        p.push(Problem::new(
+            "network_policies",
+            format!("{} policies; at most {MAX_POLICIES}", raw.len()),
+        ));
+        return Vec::new();
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, rp) in raw.iter().enumerate() {
+        let at = |f: &str| format!("network_policies[{i}].{f}");
+        let before = p.len();
+        let (namespace, name) = match rp.name.split_once('/') {
+            Some((ns, n)) => (ns, n),
+            None => (DEFAULT_NAMESPACE, rp.name.as_str()),
+        };
+        check_name(&at("name"), namespace, p);
+        check_name(&at("name"), name, p);
+        let full = format!("{namespace}/{name}");
+        if !names.insert(full.clone()) {
+            p.push(Problem::new(
+                at("name"),
+                format!("policy {full} is listed twice"),
+            ));
+        }
+        let pod_selector = selector(&at("pod_selector"), &rp.pod_selector, p);
+        let has_egress = rp.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let (ingress_type, egress_type) = match &rp.policy_types {
+            // The API's defaulting: Ingress always, Egress if there are
+            // egress rules.
+            None => (true, has_egress),
+            Some(types) => {
+                let mut seen = (false, false);
+                for (j, t) in types.iter().enumerate() {
+                    let slot = match t.as_str() {
+                        "Ingress" => &mut seen.0,
+                        "Egress" => &mut seen.1,
+                        other => {
+                            p.push(Problem::new(
+                                format!("{}[{j}]", at("policy_types")),
+                                format!("{other:?} is not a policy type (Ingress, Egress)"),
+                            ));
+                            continue;
+                        }
+                    };
+                    if *slot {
+                        p.push(Problem::new(
+                            format!("{}[{j}]", at("policy_types")),
+                            format!("{t} is listed twice"),
+                        ));
+                    }
+                    *slot = true;
+                }
+                if types.is_empty() {
+                    p.push(Problem::new(at("policy_types"), "must not be empty"));
+                }
+                seen
+            }
+        };
+        let ingress = rp
+            .ingress
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, r)| rule(&at(&format!("ingress[{j}]")), &r.from, &r.ports, p))
+            .collect();
+        let egress = rp
+            .egress
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, r)| rule(&at(&format!("egress[{j}]")), &r.to, &r.ports, p))
+            .collect();
+        if p.len() == before {
+            out.push(NetworkPolicy {
+                name: full,
+                namespace: namespace.to_string(),
+                pod_selector,
+                ingress_type,
+                egress_type,
+                ingress,
+                egress,
+            });
+        }
+    }
+    out
+}
+
+// ---- compilation ----
+
+/// Which way a policy applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    Ingress,
+    Egress,
+}
+
+/// A port entry of a compiled table: (protocol, first, last), protocol
+/// `None` for every protocol and port; the allowing policy's index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Allowed {
+    pub proto: Option<Proto>,
+    pub first: u16,
+    pub last: u16,
+    pub policy: usize,
+}
+
+/// One pod's compiled table for one direction: prefix -> what it may use.
+pub type Table = Vec<(Ipv4Net, Vec<Allowed>)>;
+
+/// Everything a compile needs about the cluster's pods and namespaces.
+pub struct World<'a> {
+    pub policies: &'a [NetworkPolicy],
+    pods: Vec<&'a Pod>,
+    ns_labels: HashMap<&'a str, Labels>,
+    /// Per policy and direction, per rule, per peer: the IPs of the pods it
+    /// selects (for pod peers).
+    peer_ips: HashMap<(usize, Dir, usize, usize), Vec<Ipv4Addr>>,
+    cache: HashMap<(Dir, Vec<usize>, Vec<NamedPort>), Option<Table>>,
+}
+
+impl<'a> World<'a> {
+    pub fn new(
+        policies: &'a [NetworkPolicy],
+        namespaces: &'a [Namespace],
+        pods: impl Iterator<Item = &'a Pod>,
+    ) -> World<'a> {
+        let pods: Vec<&Pod> = pods.collect();
+        let mut ns_labels: HashMap<&str, Labels> = HashMap::new();
+        for p in &pods {
+            ns_labels.entry(p.namespace.as_str()).or_default();
+        }
+        for pol in policies {
+            ns_labels.entry(pol.namespace.as_str()).or_default();
+        }
+        for ns in namespaces {
+            ns_labels.insert(ns.name.as_str(), ns.labels.clone());
+        }
+        for (name, labels) in ns_labels.iter_mut() {
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        }
+        let mut w = World {
+            policies,
+            pods,
+            ns_labels,
+            peer_ips: HashMap::new(),
+            cache: HashMap::new(),
+        };
+        w.resolve_peers();
+        w
+    }
+
+    fn resolve_peers(&mut self) {
+        for (pi, pol) in self.policies.iter().enumerate() {
+            for (dir, rules) in [(Dir::Ingress, &pol.ingress), (Dir::Egress, &pol.egress)] {
+                for (ri, r) in rules.iter().enumerate() {
+                    for (qi, q) in r.peers.iter().enumerate() {
+                        if let Peer::Pods { namespaces, pods } = q {
+                            let ips = self
+                                .pods
+                                .iter()
+                                .filter(|p| {
+                                    let ns_ok = match namespaces {
+                                        None => p.namespace == pol.namespace,
+                                        Some(s) => s.matches(&self.ns_labels[p.namespace.as_str()]),
+                                    };
+                                    ns_ok && pods.as_ref().is_none_or(|s| s.matches(&p.labels))
+                                })
+                                .map(|p| p.ip)
+                                .collect();
+                            self.peer_ips.insert((pi, dir, ri, qi), ips);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The policies selecting `pod` for `dir`, by index.
+    pub fn selecting(&self, pod: &Pod, dir: Dir) -> Vec<usize> {
+        self.policies
+            .iter()
+            .enumerate()
+            .filter(|(_, pol)| {
+                pol.namespace == pod.namespace
+                    && match dir {
+                        Dir::Ingress => pol.ingress_type,
+                        Dir::Egress => pol.egress_type,
+                    }
+                    && pol.pod_selector.matches(&pod.labels)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// `pod`'s table for `dir`; `None` when no policy selects it that way.
+    pub fn table(&mut self, pod: &Pod, dir: Dir) -> Option<Table> {
+        let selecting = self.selecting(pod, dir);
+        if selecting.is_empty() {
+            return None;
+        }
+        // Pods selected by the same policies share a table, unless ingress
+        // named ports make theirs differ.
+        let uses_names = dir == Dir::Ingress
+            && selecting.iter().any(|&i| {
+                self.policies[i]
+                    .ingress
+                    .iter()
+                    .any(|r| r.ports.iter().any(|p| matches!(p, PortSpec::Named(..))))
+            });
+        let own_ports = if uses_names {
+            pod.ports.clone()
+        } else {
+            Vec::new()
+        };
+        let key = (dir, selecting, own_ports);
+        if let Some(t) = self.cache.get(&key) {
+            return t.clone();
+        }
+        let t = Some(self.compile(&key.1, dir, &key.2));
+        self.cache.insert(key, t.clone());
+        t
+    }
+
+    fn compile(&self, selecting: &[usize], dir: Dir, own_ports: &[NamedPort]) -> Table {
+        // Every prefix the rules name.
+        let mut bounds: BTreeSet<Ipv4Net> = BTreeSet::new();
+        let all: Ipv4Net = "0.0.0.0/0".parse().expect("literal");
+        // Pods whose container ports egress named ports may resolve to.
+        let mut named_pods = false;
+        for &pi in selecting {
+            let pol = &self.policies[pi];
+            for (ri, r) in self.rules(pol, dir).iter().enumerate() {
+                if r.peers.is_empty() {
+                    bounds.insert(all);
+                }
+                let named = r.ports.iter().any(|p| matches!(p, PortSpec::Named(..)));
+                for (qi, q) in r.peers.iter().enumerate() {
+                    match q {
+                        Peer::Pods { .. } => {
+                            for ip in &self.peer_ips[&(pi, dir, ri, qi)] {
+                                bounds.insert(Ipv4Net::from(*ip));
+                            }
+                        }
+                        Peer::Block { cidr, except } => {
+                            bounds.insert(*cidr);
+                            bounds.extend(except.iter().copied());
+                            named_pods |= named && dir == Dir::Egress;
+                        }
+                    }
+                }
+                named_pods |= named && dir == Dir::Egress && r.peers.is_empty();
+            }
+        }
+        let by_ip: HashMap<Ipv4Addr, &Pod> = self.pods.iter().map(|p| (p.ip, *p)).collect();
+        if named_pods {
+            // An egress named port to an ipBlock: each pod inside it with
+            // container ports needs its own /32 to resolve them.
+            for p in self.pods.iter().filter(|p| !p.ports.is_empty()) {
+                bounds.insert(Ipv4Net::from(p.ip));
+            }
+        }
+        let mut out = Table::new();
+        for b in bounds {
+            let mut allowed: BTreeSet<Allowed> = BTreeSet::new();
+            for &pi in selecting {
+                let pol = &self.policies[pi];
+                for (ri, r) in self.rules(pol, dir).iter().enumerate() {
+                    let holds = r.peers.is_empty()
+                        || r.peers.iter().enumerate().any(|(qi, q)| match q {
+                            Peer::Pods { .. } => {
+                                b.prefix_len() == 32
+                                    && self.peer_ips[&(pi, dir, ri, qi)].contains(&b.addr())
+                            }
+                            Peer::Block { cidr, except } => {
+                                covers(cidr, &b) && !except.iter().any(|e| covers(e, &b))
+                            }
+                        });
+                    if !holds {
+                        continue;
+                    }
+                    if r.ports.is_empty() {
+                        allowed.insert(Allowed {
+                            proto: None,
+                            first: 0,
+                            last: 0,
+                            policy: pi,
+                        });
+                        continue;
+                    }
+                    for spec in &r.ports {
+                        let (proto, first, last) = match spec {
+                            PortSpec::All(pr) => (*pr, 0, u16::MAX),
+                            PortSpec::Range(pr, a, z) => (*pr, *a, *z),
+                            PortSpec::Named(pr, name) => {
+                                let ports: &[NamedPort] = match dir {
+                                    Dir::Ingress => own_ports,
+                                    Dir::Egress if b.prefix_len() == 32 => {
+                                        by_ip.get(&b.addr()).map_or(&[][..], |p| p.ports.as_slice())
+                                    }
+                                    Dir::Egress => &[],
+                                };
+                                match ports
+                                    .iter()
+                                    .find(|np| np.name == *name && np.protocol == *pr)
+                                {
+                                    Some(np) => (*pr, np.port, np.port),
+                                    None => continue,
+                                }
+                            }
+                        };
+                        allowed.insert(Allowed {
+                            proto: Some(proto),
+                            first,
+                            last,
+                            policy: pi,
+                        });
+                    }
+                }
+            }
+            out.push((b, allowed.into_iter().collect()));
+        }
+        out
+    }
+
+    fn rules<'p>(&self, pol: &'p NetworkPolicy, dir: Dir) -> &'p [Rule] {
+        match dir {
+            Dir::Ingress => &pol.ingress,
+            Dir::Egress => &pol.egress,
+        }
+    }
+
+    /// The tables of `pod` as the dataplane takes them.
+    pub fn pod_tables(&mut self, pod: &Pod) -> (Option<pb::PolicyTable>, Option<pb::PolicyTable>) {
+        let names = self.policies;
+        let conv = |t: Table| pb::PolicyTable {
+            peers: t
+                .into_iter()
+                .map(|(cidr, ports)| pb::PolicyPeer {
+                    cidr: cidr.to_string(),
+                    ports: ports
+                        .into_iter()
+                        .map(|a| pb::PolicyPorts {
+                            protocol: a.proto.map_or(pb::Protocol::Unspecified, Proto::pb) as i32,
+                            port: match (a.proto, a.first, a.last) {
+                                (None, ..) | (_, 0, u16::MAX) => 0,
+                                (_, f, _) => u32::from(f),
+                            },
+                            end_port: if a.proto.is_some() && a.first != 0 && a.last != a.first {
+                                u32::from(a.last)
+                            } else {
+                                0
+                            },
+                            policy: names[a.policy].name.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        (
+            self.table(pod, Dir::Ingress).map(conv),
+            self.table(pod, Dir::Egress).map(conv),
+        )
+    }
+}
+
+/// Whether `outer` holds all of `inner`.
+fn covers(outer: &Ipv4Net, inner: &Ipv4Net) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Cluster;
+
+    const BASE: &str = "\
+cluster: { cidr: 10.244.0.0/16 }
+nodes:
+  - { name: n1, underlay_ip: 172.30.0.11, pod_cidr: 10.244.1.0/24 }
+  - { name: n2, underlay_ip: 172.30.0.12, pod_cidr: 10.244.2.0/24 }
+namespaces:
+  - { name: x, labels: { team: blue } }
+  - { name: y, labels: { team: red } }
+pods:
+  - { name: xa, node: n1, ip: 10.244.1.2, namespace: x, labels: { app: a },
+      ports: [ { name: web, protocol: TCP, port: 80 }, { name: dns, protocol: UDP, port: 53 } ] }
+  - { name: xb, node: n1, ip: 10.244.1.3, namespace: x, labels: { app: b },
+      ports: [ { name: web, protocol: TCP, port: 8080 } ] }
+  - { name: ya, node: n2, ip: 10.244.2.2, namespace: y, labels: { app: a } }
+  - { name: yb, node: n2, ip: 10.244.2.3, namespace: y, labels: { app: b },
+      ports: [ { name: web, port: 81 } ] }
+";
+
+    fn cluster(policies: &str) -> Cluster {
+        Cluster::from_yaml(&format!("{BASE}network_policies:\n{policies}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(policies: &str) -> String {
+        Cluster::from_yaml(&format!("{BASE}network_policies:\n{policies}"))
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    fn pod<'c>(c: &'c Cluster, name: &str) -> &'c Pod {
+        c.pods.iter().find(|p| p.name == name).unwrap()
+    }
+
+    /// The ports (proto, first, last) the table lets `peer` use.
+    fn lookup(t: &Table, peer: &str) -> Vec<(Option<Proto>, u16, u16)> {
+        let ip: Ipv4Addr = peer.parse().unwrap();
+        t.iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, a)| a.iter().map(|a| (a.proto, a.first, a.last)).collect())
+            .unwrap_or_default()
+    }
+
+    fn tables(c: &Cluster, name: &str) -> (Option<Table>, Option<Table>) {
+        let mut w = World::new(&c.policies, &c.namespaces, c.pods.iter());
+        let p = pod(c, name);
+        (w.table(p, Dir::Ingress), w.table(p, Dir::Egress))
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_does() {
+        let c = cluster(
+            "  - { name: x/a, pod_selector: {} }
+  - { name: x/b, pod_selector: {}, egress: [ {} ] }
+  - { name: x/c, pod_selector: {}, egress: [] }
+  - { name: x/d, pod_selector: {}, policy_types: [Egress] }
+",
+        );
+        let types: Vec<(bool, bool)> = c
+            .policies
+            .iter()
+            .map(|p| (p.ingress_type, p.egress_type))
+            .collect();
+        assert_eq!(
+            types,
+            [(true, false), (true, true), (true, false), (false, true)]
+        );
+    }
+
+    #[test]
+    fn default_deny_and_unselected_pods() {
+        let c = cluster("  - { name: x/deny, pod_selector: { match_labels: { app: a } } }\n");
+        let (ingress, egress) = tables(&c, "xa");
+        let ingress = ingress.expect("isolated for ingress");
+        assert!(lookup(&ingress, "10.244.1.3").is_empty());
+        assert!(lookup(&ingress, "8.8.8.8").is_empty());
+        assert!(egress.is_none(), "not isolated for egress");
+        // Another pod of x, and the same labels in y: not selected.
+        assert_eq!(tables(&c, "xb"), (None, None));
+        assert_eq!(tables(&c, "ya"), (None, None));
+    }
+
+    #[test]
+    fn peers_by_namespace_pod_or_both() {
+        let c = cluster(
+            "  - name: x/peers
+    pod_selector: { match_labels: { app: a } }
+    ingress:
+      - from: [ { namespace_selector: { match_labels: { team: red } }, pod_selector: { match_labels: { app: b } } } ]
+        ports: [ { port: 80 } ]
+      - from: [ { pod_selector: { match_expressions: [ { key: app, operator: In, values: [b] } ] } } ]
+        ports: [ { protocol: UDP } ]
+",
+        );
+        let t = tables(&c, "xa").0.unwrap();
+        // yb: both selectors hold.
+        assert_eq!(lookup(&t, "10.244.2.3"), [(Some(Proto::Tcp), 80, 80)]);
+        // ya: its namespace matches, its labels do not.
+        assert!(lookup(&t, "10.244.2.2").is_empty());
+        // xb: the policy's own namespace, by pod selector alone.
+        assert_eq!(lookup(&t, "10.244.1.3"), [(Some(Proto::Udp), 0, u16::MAX)]);
+        // The namespace's automatic name label selects too.
+        let c = cluster(
+            "  - name: x/by-name
+    pod_selector: {}
+    ingress: [ { from: [ { namespace_selector: { match_labels: { kubernetes.io/metadata.name: y } } } ] } ]
+",
+        );
+        let t = tables(&c, "xb").0.unwrap();
+        assert_eq!(lookup(&t, "10.244.2.2"), [(None, 0, 0)]);
+        assert_eq!(lookup(&t, "10.244.2.3"), [(None, 0, 0)]);
+        assert!(lookup(&t, "10.244.1.2").is_empty());
+    }
+
+    #[test]
+    fn ip_blocks_with_excepts_and_rules_add_up() {
+        let c = cluster(
+            "  - name: x/blocks
+    pod_selector: { match_labels: { app: a } }
+    policy_types: [Egress]
+    egress:
+      - to: [ { ip_block: { cidr: 10.244.0.0/16, except: [ 10.244.2.0/24 ] } } ]
+        ports: [ { port: 80, end_port: 90 } ]
+      - to: [ { ip_block: { cidr: 10.244.2.0/25 } } ]
+        ports: [ { protocol: UDP, port: 53 } ]
+",
+        );
+        let (ingress, egress) = tables(&c, "xa");
+        assert!(ingress.is_none());
+        let t = egress.unwrap();
+        assert_eq!(lookup(&t, "10.244.1.3"), [(Some(Proto::Tcp), 80, 90)]);
+        assert!(lookup(&t, "10.244.2.200").is_empty(), "the except hole");
+        assert_eq!(lookup(&t, "10.244.2.2"), [(Some(Proto::Udp), 53, 53)]);
+        assert!(lookup(&t, "10.245.0.1").is_empty());
+        assert_eq!(lookup(&t, "10.244.3.1"), [(Some(Proto::Tcp), 80, 90)]);
+    }
+
+    #[test]
+    fn named_ports_resolve_against_the_destination_pod() {
+        let c = cluster(
+            "  - name: x/named
+    pod_selector: {}
+    ingress: [ { ports: [ { port: web }, { protocol: UDP, port: dns } ] } ]
+    egress: [ { to: [ { ip_block: { cidr: 10.244.0.0/16 } } ], ports: [ { port: web } ] } ]
+",
+        );
+        // Ingress: each selected pod's own port.
+        assert_eq!(
+            lookup(&tables(&c, "xa").0.unwrap(), "1.2.3.4"),
+            [(Some(Proto::Tcp), 80, 80), (Some(Proto::Udp), 53, 53)]
+        );
+        assert_eq!(
+            lookup(&tables(&c, "xb").0.unwrap(), "1.2.3.4"),
+            [(Some(Proto::Tcp), 8080, 8080)]
+        );
+        // Egress: each destination pod's, nothing where there is none.
+        let e = tables(&c, "xa").1.unwrap();
+        assert_eq!(lookup(&e, "10.244.2.3"), [(Some(Proto::Tcp), 81, 81)]);
+        assert_eq!(lookup(&e, "10.244.1.3"), [(Some(Proto::Tcp), 8080, 8080)]);
+        assert!(lookup(&e, "10.244.2.2").is_empty(), "ya has no port web");
+        assert!(lookup(&e, "10.244.3.9").is_empty(), "not a pod");
+    }
+
+    #[test]
+    fn an_empty_rule_allows_everything_and_the_node_table_is_shared() {
+        let c = cluster("  - { name: x/all, pod_selector: {}, ingress: [ {} ] }\n");
+        let t = tables(&c, "xa").0.unwrap();
+        assert_eq!(lookup(&t, "8.8.8.8"), [(None, 0, 0)]);
+        assert_eq!(tables(&c, "xa"), tables(&c, "xb"));
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_their_paths() {
+        let cases = [
+            (
+                "  - { name: x/s, pod_selector: {}, ingress: [ { ports: [ { protocol: SCTP } ] } ] }\n",
+                "network_policies[0].ingress[0].ports[0].protocol: SCTP is not supported",
+            ),
+            (
+                "  - { name: x/o, pod_selector: { match_expressions: [ { key: a, operator: Is, values: [b] } ] } }\n",
+                "network_policies[0].pod_selector.match_expressions[0].operator",
+            ),
+            (
+                "  - { name: x/v, pod_selector: { match_expressions: [ { key: a, operator: Exists, values: [b] } ] } }\n",
+                "must be empty for Exists",
+            ),
+            (
+                "  - { name: x/e, pod_selector: {}, egress: [ { to: [ { ip_block: { cidr: 10.0.0.0/8, except: [ 11.0.0.0/16 ] } } ] } ] }\n",
+                "network_policies[0].egress[0].to[0].ip_block.except[0]: 11.0.0.0/16 must be a strict subset",
+            ),
+            (
+                "  - { name: x/c, pod_selector: {}, ingress: [ { from: [ { ip_block: { cidr: 10.0.0.0/8 }, pod_selector: {} } ] } ] }\n",
+                "may not be combined",
+            ),
+            (
+                "  - { name: x/p, pod_selector: {}, ingress: [ { from: [ {} ] } ] }\n",
+                "network_policies[0].ingress[0].from[0]: must have pod_selector",
+            ),
+            (
+                "  - { name: x/r, pod_selector: {}, ingress: [ { ports: [ { port: 90, end_port: 80 } ] } ] }\n",
+                "end_port: 80 must be at least port",
+            ),
+            (
+                "  - { name: x/n, pod_selector: {}, ingress: [ { ports: [ { port: web, end_port: 80 } ] } ] }\n",
+                "may not be used with a named port",
+            ),
+            (
+                "  - { name: x/t, pod_selector: {}, policy_types: [Ingress, Ingress] }\n",
+                "Ingress is listed twice",
+            ),
+            (
+                "  - { name: x/d, pod_selector: {} }\n  - { name: x/d, pod_selector: {} }\n",
+                "policy x/d is listed twice",
+            ),
+            (
+                "  - { name: x/l, pod_selector: { match_labels: { -bad: x } } }\n",
+                "is not a label key",
+            ),
+            (
+                "  - { name: x/u, pod_selector: {}, unknown: 1 }\n",
+                "unknown field",
+            ),
+        ];
+        for (policy, needle) in cases {
+            let p = problems(policy);
+            assert!(p.contains(needle), "{policy}: {p}");
+        }
+    }
+}
