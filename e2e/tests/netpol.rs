@@ -164,6 +164,50 @@ const DENY_INGRESS_X: &str = "  - name: x/deny-all-ingress
     policy_types: [Ingress]
 ";
 
+const ALLOW_INGRESS_X: &str = "  - name: x/allow-all-ingress
+    pod_selector: {}
+    ingress: [ {} ]
+";
+
+/// The stream scenarios: a starting point, the policy added, the policy
+/// removed (back to the start).
+fn stream_cases() -> [[Scenario; 3]; 2] {
+    [
+        [
+            Scenario {
+                name: "stream start: no policies",
+                policies: Some(""),
+            },
+            Scenario {
+                name: "policy added while a stream flows (from no policies to default deny \
+                       ingress in x; the stream stops)",
+                policies: Some(DENY_INGRESS_X),
+            },
+            Scenario {
+                name: "policy removed while a stream flows (back to no policies; the stream \
+                       resumes)",
+                policies: Some(""),
+            },
+        ],
+        [
+            Scenario {
+                name: "stream start: x allows all ingress by a policy",
+                policies: Some(ALLOW_INGRESS_X),
+            },
+            Scenario {
+                name: "policy replaced while a stream flows (x's allow-all ingress by default \
+                       deny ingress; the stream stops)",
+                policies: Some(DENY_INGRESS_X),
+            },
+            Scenario {
+                name: "policy replaced back while a stream flows (x allows all ingress again; \
+                       the stream resumes)",
+                policies: Some(ALLOW_INGRESS_X),
+            },
+        ],
+    ]
+}
+
 /// The upstream suite's scenarios, in the cluster file's words.
 fn scenarios() -> Vec<Scenario> {
     vec![
@@ -645,15 +689,17 @@ impl Stream {
 /// match the oracle in both states, the stream z/a -> x/b:80 stops once
 /// "default deny ingress in x" is in place, and it resumes (TCP
 /// retransmits) once the policy is gone.
-fn stream_scenarios(lab: &Lab, dir: &Path, pods: &[WorldPod]) -> Vec<Outcome> {
-    let added = Scenario {
-        name: "policy added while a stream flows (default deny ingress in x; the stream stops)",
-        policies: Some(DENY_INGRESS_X),
-    };
-    let removed = Scenario {
-        name: "policy removed while a stream flows (no policies; the stream resumes)",
-        policies: Some(""),
-    };
+///
+/// Run from two starting points: no policies at all (the stream's flow is
+/// not one any policy decided), and x allowing all ingress by a policy (a
+/// flow its ingress policy allowed).
+fn stream_scenarios(
+    lab: &Lab,
+    dir: &Path,
+    pods: &[WorldPod],
+    [base, added, removed]: &[Scenario; 3],
+) -> Vec<Outcome> {
+    let mut out = vec![run_scenario(lab, dir, pods, base, "stream-base")];
     let (src, dst) = (
         pods.iter().find(|p| p.id == "z/a").unwrap(),
         pods.iter().find(|p| p.id == "x/b").unwrap(),
@@ -662,15 +708,16 @@ fn stream_scenarios(lab: &Lab, dir: &Path, pods: &[WorldPod]) -> Vec<Outcome> {
     let stream = match tcp_connect(&ns, SocketAddr::from((dst.ip, 80)), Duration::from_secs(5)) {
         Ok(s) => Stream::start(s),
         Err(e) => {
-            return vec![Outcome {
+            out.push(Outcome {
                 name: added.name.into(),
                 ok: false,
                 report: format!("cannot open the stream z/a -> x/b:80: {e}"),
-            }]
+            });
+            return out;
         }
     };
     let (before, was_flowing) = stream.flowing(Duration::from_millis(300));
-    let mut first = run_scenario(lab, dir, pods, &added, "stream-added");
+    let mut first = run_scenario(lab, dir, pods, added, "stream-added");
     let (n, flowing) = stream.flowing(Duration::from_secs(1));
     first.report.insert_str(
         0,
@@ -680,7 +727,7 @@ fn stream_scenarios(lab: &Lab, dir: &Path, pods: &[WorldPod]) -> Vec<Outcome> {
         ),
     );
     first.ok &= was_flowing && !flowing;
-    let mut second = run_scenario(lab, dir, pods, &removed, "stream-removed");
+    let mut second = run_scenario(lab, dir, pods, removed, "stream-removed");
     let removed_at = Instant::now();
     let resumed = wait_until(Duration::from_secs(20), || {
         stream.flowing(Duration::from_millis(200)).1
@@ -696,7 +743,8 @@ fn stream_scenarios(lab: &Lab, dir: &Path, pods: &[WorldPod]) -> Vec<Outcome> {
         ),
     );
     second.ok &= resumed;
-    vec![first, second]
+    out.extend([first, second]);
+    out
 }
 
 #[test]
@@ -738,7 +786,10 @@ fn network_policy_truth_table() {
         }
     }
     if wanted("stream") {
-        for o in stream_scenarios(&lab, dir.path(), &pods) {
+        for o in stream_cases()
+            .iter()
+            .flat_map(|c| stream_scenarios(&lab, dir.path(), &pods, c))
+        {
             eprintln!(
                 "scenario {:?}: {}\n{}",
                 o.name,
