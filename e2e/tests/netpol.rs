@@ -705,8 +705,12 @@ fn stream_scenarios(
         pods.iter().find(|p| p.id == "x/b").unwrap(),
     );
     let ns = lab.ns(&format!("{}-{}", src.node, src.name));
+    let mut local = None;
     let stream = match tcp_connect(&ns, SocketAddr::from((dst.ip, 80)), Duration::from_secs(5)) {
-        Ok(s) => Stream::start(s),
+        Ok(s) => {
+            local = s.local_addr().ok();
+            Stream::start(s)
+        }
         Err(e) => {
             out.push(Outcome {
                 name: added.name.into(),
@@ -727,6 +731,9 @@ fn stream_scenarios(
         ),
     );
     first.ok &= was_flowing && !flowing;
+    if flowing {
+        first.report += &stream_diagnosis(lab, local);
+    }
     let mut second = run_scenario(lab, dir, pods, removed, "stream-removed");
     let removed_at = Instant::now();
     let resumed = wait_until(Duration::from_secs(20), || {
@@ -745,6 +752,57 @@ fn stream_scenarios(
     second.ok &= resumed;
     out.extend([first, second]);
     out
+}
+
+/// For a stream that outlived its deny: each node's conntrack entries
+/// naming the stream's client address `local`, and its policy counters.
+fn stream_diagnosis(lab: &Lab, local: Option<SocketAddr>) -> String {
+    let mut out = String::new();
+    for node in ["n1", "n2"] {
+        let ct = lab.kxdpctl(&["conntrack", "--node", node, "--limit", "10000", "--json"]);
+        let needle = local.map_or("?".into(), |a| a.to_string());
+        let entries: Vec<String> = ct["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e.to_string())
+            .filter(|e| e.contains(&needle))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {node} conntrack entries naming {needle}: {entries:?}"
+        );
+        let counters = lab.counters(node);
+        let mut policy: Vec<String> = counters
+            .drops()
+            .into_iter()
+            .filter(|(r, _)| r.contains("policy"))
+            .map(|(r, n)| format!("drop {r}={n}"))
+            .collect();
+        policy_counters(&counters.0, "", &mut policy);
+        let _ = writeln!(out, "  {node} policy counters: {policy:?}");
+    }
+    out
+}
+
+/// Every numeric field whose path names a policy.
+fn policy_counters(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                policy_counters(v, &format!("{path}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                policy_counters(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Number(n) if path.contains("policy") => {
+            out.push(format!("{path}={n}"));
+        }
+        _ => {}
+    }
 }
 
 #[test]
