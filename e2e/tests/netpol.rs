@@ -705,21 +705,21 @@ fn stream_scenarios(
         pods.iter().find(|p| p.id == "x/b").unwrap(),
     );
     let ns = lab.ns(&format!("{}-{}", src.node, src.name));
-    let mut local = None;
-    let stream = match tcp_connect(&ns, SocketAddr::from((dst.ip, 80)), Duration::from_secs(5)) {
-        Ok(s) => {
-            local = s.local_addr().ok();
-            Stream::start(s)
-        }
-        Err(e) => {
-            out.push(Outcome {
-                name: added.name.into(),
-                ok: false,
-                report: format!("cannot open the stream z/a -> x/b:80: {e}"),
-            });
-            return out;
-        }
-    };
+    let (stream, local) =
+        match tcp_connect(&ns, SocketAddr::from((dst.ip, 80)), Duration::from_secs(5)) {
+            Ok(s) => {
+                let local = s.local_addr().ok();
+                (Stream::start(s), local)
+            }
+            Err(e) => {
+                out.push(Outcome {
+                    name: added.name.into(),
+                    ok: false,
+                    report: format!("cannot open the stream z/a -> x/b:80: {e}"),
+                });
+                return out;
+            }
+        };
     let (before, was_flowing) = stream.flowing(Duration::from_millis(300));
     let mut first = run_scenario(lab, dir, pods, added, "stream-added");
     let (n, flowing) = stream.flowing(Duration::from_secs(1));
