@@ -10,10 +10,11 @@ use std::time::Duration;
 use kxdp_proto::control::control_server::Control;
 use kxdp_proto::control::{
     AddPodReply, AddPodRequest, ApplyClusterReply, ApplyClusterRequest, DeletePodReply,
-    DeletePodRequest, DeleteServiceReply, DeleteServiceRequest, GetNodeCountersRequest,
-    ListNodeConntrackRequest, ListNodesReply, ListNodesRequest, ListPodsReply, ListPodsRequest,
+    DeletePodRequest, DeleteServiceReply, DeleteServiceRequest, ExplainPolicyReply,
+    ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesReply,
+    ListNodesRequest, ListPodsReply, ListPodsRequest, ListPoliciesReply, ListPoliciesRequest,
     ListRoutesReply, ListRoutesRequest, ListServicesReply, ListServicesRequest, NodeInfo, PodInfo,
-    UpsertServiceReply, UpsertServiceRequest,
+    PodPolicyInfo, UpsertServiceReply, UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
 use kxdp_proto::dataplane::{
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, DataplaneKind};
 use crate::plan;
+use crate::policy;
 use crate::reconcile::{Phase, Shared, StatusMap};
 use crate::store::DesiredStore;
 use crate::uds;
@@ -397,6 +399,91 @@ impl Control for ControlService {
             .flat_map(|(_, state)| plan::routes(state))
             .collect();
         Ok(Response::new(ListRoutesReply { routes }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesReply>, Status> {
+        let filter = request.into_inner().node;
+        let desired = self.shared.current();
+        Self::known_node(&desired.cluster, &filter)?;
+        let mut world = plan::policy_world(&desired.cluster, &desired.runtime);
+        let pods = desired
+            .runtime
+            .all_pods(&desired.cluster)
+            .filter(|p| filter.is_empty() || p.node == filter)
+            .map(|p| {
+                let names = |idx: Vec<usize>| -> Vec<String> {
+                    idx.into_iter()
+                        .map(|i| desired.cluster.policies[i].name.clone())
+                        .collect()
+                };
+                let ingress_policies = names(world.selecting(p, policy::Dir::Ingress));
+                let egress_policies = names(world.selecting(p, policy::Dir::Egress));
+                let (ingress, egress) = world.pod_tables(p);
+                PodPolicyInfo {
+                    node: p.node.clone(),
+                    pod: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    ip: p.ip.to_string(),
+                    ingress_policies,
+                    egress_policies,
+                    ingress,
+                    egress,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListPoliciesReply { pods }))
+    }
+
+    async fn explain_policy(
+        &self,
+        request: Request<ExplainPolicyRequest>,
+    ) -> Result<Response<ExplainPolicyReply>, Status> {
+        let r = request.into_inner();
+        let mut problems = Vec::new();
+        let src = crate::validate::parse_ip("src", &r.src, &mut problems);
+        let dst = crate::validate::parse_ip("dst", &r.dst, &mut problems);
+        let proto = match kxdp_proto::dataplane::Protocol::try_from(r.protocol) {
+            Ok(kxdp_proto::dataplane::Protocol::Tcp) => Some(policy::Proto::Tcp),
+            Ok(kxdp_proto::dataplane::Protocol::Udp) => Some(policy::Proto::Udp),
+            _ => {
+                problems.push(crate::validate::Problem::new(
+                    "protocol",
+                    "must be TCP or UDP",
+                ));
+                None
+            }
+        };
+        if !(1..=65535).contains(&r.port) {
+            problems.push(crate::validate::Problem::new(
+                "port",
+                format!("{} is out of range 1..=65535", r.port),
+            ));
+        }
+        let (Some(src), Some(dst), Some(proto), true) = (src, dst, proto, problems.is_empty())
+        else {
+            return Err(crate::validate::Problems(problems).into());
+        };
+        let desired = self.shared.current();
+        let cluster = &desired.cluster;
+        let mut world = plan::policy_world(cluster, &desired.runtime);
+        let node_of = |ip| {
+            cluster
+                .nodes
+                .iter()
+                .find(|n| n.gateway() == ip || n.underlay_ip == ip)
+                .map(|n| n.name.clone())
+        };
+        let (allowed, mut reasons) =
+            policy::explain(&mut world, src, dst, proto, r.port as u16, node_of);
+        if cluster.service_cidr.contains(&dst) {
+            reasons.push(format!(
+                "note: {dst} is a service address: policies see the backend a connection is DNATed to; explain a backend's address"
+            ));
+        }
+        Ok(Response::new(ExplainPolicyReply { allowed, reasons }))
     }
 
     async fn get_node_counters(

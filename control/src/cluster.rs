@@ -871,6 +871,10 @@ nodes:
         let c = Cluster::from_yaml(include_str!("../../config/lab-services.yaml")).unwrap();
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.services[0].endpoints[1].node, "n2");
+        let policy = Cluster::from_yaml(include_str!("../../config/policy-example.yaml")).unwrap();
+        assert_eq!(policy.policies.len(), 1);
+        assert!(policy.policies[0].egress_type && policy.policies[0].egress.is_empty());
+        assert_eq!(policy.pods[1].namespace, "shop");
         // The same lab, nodes and pods, as the default file.
         let lab = Cluster::lab();
         assert_eq!((&c.nodes, &c.pods), (&lab.nodes, &lab.pods));

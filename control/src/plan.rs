@@ -22,6 +22,28 @@ pub fn node_state(
     node: &str,
     generation: u64,
 ) -> Option<DataplaneState> {
+    let mut world = policy_world(cluster, runtime);
+    node_state_in(&mut world, cluster, runtime, node, generation)
+}
+
+/// Every pod and policy of the cluster, for compiling pods' policy tables.
+pub fn policy_world<'a>(cluster: &'a Cluster, runtime: &'a Runtime) -> policy::World<'a> {
+    policy::World::new(
+        &cluster.policies,
+        &cluster.namespaces,
+        runtime.all_pods(cluster),
+    )
+}
+
+/// [`node_state`] with the cluster's compiled policy tables shared between
+/// nodes (pods selected alike share a table).
+fn node_state_in(
+    world: &mut policy::World<'_>,
+    cluster: &Cluster,
+    runtime: &Runtime,
+    node: &str,
+    generation: u64,
+) -> Option<DataplaneState> {
     let me = cluster.node(node).filter(|n| n.is_kxdp())?;
     let config = NodeConfig {
         name: me.name.clone(),
@@ -63,11 +85,6 @@ pub fn node_state(
             vtep_mac: n.vtep_mac.to_string(),
         })
         .collect();
-    let mut world = policy::World::new(
-        &cluster.policies,
-        &cluster.namespaces,
-        runtime.all_pods(cluster),
-    );
     let pods = runtime
         .pods_on(cluster, &me.name)
         .map(|p| {
@@ -102,13 +119,14 @@ pub fn all_node_states(
     runtime: &Runtime,
     generation: u64,
 ) -> BTreeMap<String, DataplaneState> {
+    let mut world = policy_world(cluster, runtime);
     cluster
         .nodes
         .iter()
         .filter_map(|n| {
             Some((
                 n.name.clone(),
-                node_state(cluster, runtime, &n.name, generation)?,
+                node_state_in(&mut world, cluster, runtime, &n.name, generation)?,
             ))
         })
         .collect()

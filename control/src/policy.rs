@@ -954,6 +954,116 @@ impl<'a> World<'a> {
     }
 }
 
+/// What a table gives `peer` for `proto`/`port`: the allowing policy's
+/// index, or `None` (longest match, as the dataplane looks it up).
+pub fn table_allows(t: &Table, peer: Ipv4Addr, proto: Proto, port: u16) -> Option<usize> {
+    let (_, allowed) = t
+        .iter()
+        .filter(|(net, _)| net.contains(&peer))
+        .max_by_key(|(net, _)| net.prefix_len())?;
+    allowed
+        .iter()
+        .find(|a| match a.proto {
+            None => true,
+            Some(p) => p == proto && a.first <= port && port <= a.last,
+        })
+        .map(|a| a.policy)
+}
+
+/// Why a new connection `src -> dst` (`proto`/`port`, as it reaches the
+/// destination pod: after service DNAT) is allowed or denied: the verdict and
+/// one line per direction. `node_of`: the node whose gateway is `src`, if
+/// any (the node itself always reaches its own pods).
+pub fn explain(
+    w: &mut World<'_>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: Proto,
+    port: u16,
+    node_of: impl Fn(Ipv4Addr) -> Option<String>,
+) -> (bool, Vec<String>) {
+    let find = |ip: Ipv4Addr| w.pods.iter().find(|p| p.ip == ip).copied();
+    let (src_pod, dst_pod) = (find(src), find(dst));
+    let mut allowed = true;
+    let mut why = Vec::new();
+    let what = format!("{dst}:{port}/{proto}");
+    let name = |p: &Pod| format!("pod {}/{} ({} on {})", p.namespace, p.name, p.ip, p.node);
+    let names = |w: &World<'_>, idx: &[usize]| {
+        idx.iter()
+            .map(|&i| w.policies[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match src_pod {
+        None => why.push(format!(
+            "egress: {src} is not a pod; no egress policy applies"
+        )),
+        Some(p) => {
+            let selecting = w.selecting(p, Dir::Egress);
+            if selecting.is_empty() {
+                why.push(format!(
+                    "egress: {} is not isolated for egress (no policy selects it)",
+                    name(p)
+                ));
+            } else {
+                let t = w.table(p, Dir::Egress).unwrap_or_default();
+                match table_allows(&t, dst, proto, port) {
+                    Some(i) => why.push(format!(
+                        "egress: {} may reach {what}: allowed by {}",
+                        name(p),
+                        w.policies[i].name
+                    )),
+                    None => {
+                        allowed = false;
+                        why.push(format!(
+                            "egress: DENIED: {} is isolated for egress by {} and none allows {what}",
+                            name(p),
+                            names(w, &selecting)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    match dst_pod {
+        None => why.push(format!(
+            "ingress: {dst} is not a pod; no ingress policy applies"
+        )),
+        Some(p) => {
+            let selecting = w.selecting(p, Dir::Ingress);
+            if selecting.is_empty() {
+                why.push(format!(
+                    "ingress: {} is not isolated for ingress (no policy selects it)",
+                    name(p)
+                ));
+            } else if node_of(src).as_deref() == Some(p.node.as_str()) {
+                why.push(format!(
+                    "ingress: {src} is node {}'s own address: a node always reaches its pods",
+                    p.node
+                ));
+            } else {
+                let t = w.table(p, Dir::Ingress).unwrap_or_default();
+                match table_allows(&t, src, proto, port) {
+                    Some(i) => why.push(format!(
+                        "ingress: {} takes {src} on {port}/{proto}: allowed by {}",
+                        name(p),
+                        w.policies[i].name
+                    )),
+                    None => {
+                        allowed = false;
+                        why.push(format!(
+                            "ingress: DENIED: {} is isolated for ingress by {} and none allows {src} on {port}/{proto}",
+                            name(p),
+                            names(w, &selecting)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (allowed, why)
+}
+
 /// Whether `outer` holds all of `inner`.
 fn covers(outer: &Ipv4Net, inner: &Ipv4Net) -> bool {
     outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
@@ -1133,6 +1243,62 @@ pods:
         let t = tables(&c, "xa").0.unwrap();
         assert_eq!(lookup(&t, "8.8.8.8"), [(None, 0, 0)]);
         assert_eq!(tables(&c, "xa"), tables(&c, "xb"));
+    }
+
+    #[test]
+    fn explain_names_the_deciding_policy() {
+        let c = cluster(
+            "  - name: x/web
+    pod_selector: { match_labels: { app: a } }
+    ingress: [ { from: [ { namespace_selector: { match_labels: { team: red } } } ], ports: [ { port: web } ] } ]
+  - { name: y/lock, pod_selector: {}, policy_types: [Egress] }
+",
+        );
+        let mut w = World::new(&c.policies, &c.namespaces, c.pods.iter());
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let no_node = |_| None;
+        // yb -> xa:80: yb's egress is locked by y/lock.
+        let (ok, why) = explain(
+            &mut w,
+            ip("10.244.2.3"),
+            ip("10.244.1.2"),
+            Proto::Tcp,
+            80,
+            no_node,
+        );
+        assert!(!ok);
+        assert!(
+            why[0].contains("egress: DENIED") && why[0].contains("y/lock"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("allowed by x/web"), "{why:?}");
+        // xb -> xa:80: xb is not in a red namespace.
+        let (ok, why) = explain(
+            &mut w,
+            ip("10.244.1.3"),
+            ip("10.244.1.2"),
+            Proto::Tcp,
+            80,
+            no_node,
+        );
+        assert!(!ok);
+        assert!(why[0].contains("not isolated for egress"), "{why:?}");
+        assert!(
+            why[1].contains("ingress: DENIED") && why[1].contains("x/web"),
+            "{why:?}"
+        );
+        // The node's own gateway reaches xa whatever x/web says.
+        let n1 = |a: Ipv4Addr| (a == ip("10.244.1.1")).then(|| "n1".to_string());
+        let (ok, why) = explain(
+            &mut w,
+            ip("10.244.1.1"),
+            ip("10.244.1.2"),
+            Proto::Udp,
+            9,
+            n1,
+        );
+        assert!(ok, "{why:?}");
+        assert!(why[1].contains("always reaches its pods"), "{why:?}");
     }
 
     #[test]

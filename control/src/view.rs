@@ -1,7 +1,7 @@
 //! What kxdpctl prints: serializable mirrors of the API's replies (for
 //! `--json`; prost types do not derive serde) and plain-text tables.
 
-use kxdp_proto::control::{NodeInfo, PodInfo, RouteInfo};
+use kxdp_proto::control::{NodeInfo, PodInfo, PodPolicyInfo, RouteInfo};
 use kxdp_proto::dataplane::{self as pb, DataplaneState, GetCountersReply, ListConntrackReply};
 use kxdp_proto::service::{Protocol, SessionAffinity, TrafficPolicy};
 use serde::Serialize;
@@ -66,6 +66,115 @@ impl From<PodInfo> for PodView {
             status: p.status,
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoliciesView {
+    pub pods: Vec<PodPolicyView>,
+}
+
+/// A pod's compiled network policy; a direction without policies is `null`
+/// (not isolated).
+#[derive(Debug, Serialize)]
+pub struct PodPolicyView {
+    pub node: String,
+    pub pod: String,
+    pub namespace: String,
+    pub ip: String,
+    pub ingress_policies: Vec<String>,
+    pub egress_policies: Vec<String>,
+    pub ingress: Option<Vec<PolicyPeerView>>,
+    pub egress: Option<Vec<PolicyPeerView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyPeerView {
+    pub cidr: String,
+    /// "TCP 80", "UDP 53-60", "TCP *", "*" (every protocol), each with the
+    /// allowing policy; empty: nothing (an except hole).
+    pub ports: Vec<String>,
+}
+
+fn policy_peers(t: pb::PolicyTable) -> Vec<PolicyPeerView> {
+    t.peers
+        .into_iter()
+        .map(|p| PolicyPeerView {
+            cidr: p.cidr,
+            ports: p
+                .ports
+                .into_iter()
+                .map(|pp| {
+                    let ports = match (pp.port, pp.end_port) {
+                        (0, _) => "*".to_string(),
+                        (a, 0) => a.to_string(),
+                        (a, z) => format!("{a}-{z}"),
+                    };
+                    let what = if pp.protocol == pb::Protocol::Unspecified as i32 {
+                        "*".to_string()
+                    } else {
+                        format!("{} {ports}", protocol_word(pp.protocol))
+                    };
+                    format!("{what} ({})", pp.policy)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl From<PodPolicyInfo> for PodPolicyView {
+    fn from(p: PodPolicyInfo) -> Self {
+        PodPolicyView {
+            node: p.node,
+            pod: p.pod,
+            namespace: p.namespace,
+            ip: p.ip,
+            ingress_policies: p.ingress_policies,
+            egress_policies: p.egress_policies,
+            ingress: p.ingress.map(policy_peers),
+            egress: p.egress.map(policy_peers),
+        }
+    }
+}
+
+/// Per pod: who isolates it, then a row per peer prefix and direction.
+pub fn policies_text(pods: &[PodPolicyView]) -> String {
+    let mut out = String::new();
+    for p in pods {
+        let isolation = |names: &[String]| {
+            if names.is_empty() {
+                "not isolated".to_string()
+            } else {
+                format!("isolated by {}", names.join(", "))
+            }
+        };
+        out.push_str(&format!(
+            "{}/{} {} on {}: ingress {}; egress {}\n",
+            p.namespace,
+            p.pod,
+            p.ip,
+            p.node,
+            isolation(&p.ingress_policies),
+            isolation(&p.egress_policies)
+        ));
+        let mut rows = Vec::new();
+        for (dir, peers) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+            for peer in peers.iter().flatten() {
+                let ports = if peer.ports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    peer.ports.join(", ")
+                };
+                rows.push(vec![format!("  {dir}"), peer.cidr.clone(), ports]);
+            }
+        }
+        if !rows.is_empty() {
+            out.push_str(&table(&["  DIRECTION", "PEER", "ALLOWS"], &rows));
+        }
+    }
+    if pods.is_empty() {
+        out.push_str("no pods\n");
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]

@@ -450,6 +450,18 @@ impl Control for FakeControl {
     ) -> Result<Response<ListRoutesReply>, Status> {
         unimplemented()
     }
+    async fn list_policies(
+        &self,
+        _: Request<kxdp_proto::control::ListPoliciesRequest>,
+    ) -> Result<Response<kxdp_proto::control::ListPoliciesReply>, Status> {
+        unimplemented()
+    }
+    async fn explain_policy(
+        &self,
+        _: Request<kxdp_proto::control::ExplainPolicyRequest>,
+    ) -> Result<Response<kxdp_proto::control::ExplainPolicyReply>, Status> {
+        unimplemented()
+    }
     async fn get_node_counters(
         &self,
         _: Request<GetNodeCountersRequest>,

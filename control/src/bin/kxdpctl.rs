@@ -13,15 +13,16 @@ use kxdp_control::runtime::Runtime;
 use kxdp_control::service::RawService;
 use kxdp_control::validate::Problems;
 use kxdp_control::view::{
-    self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodView, PodsView,
-    RouteView, RoutesView, ServiceView, ServicesView,
+    self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodPolicyView,
+    PodView, PodsView, PoliciesView, RouteView, RoutesView, ServiceView, ServicesView,
 };
 use kxdp_control::{plan, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
     AddPodRequest, ApplyClusterRequest, ContainerPort, DeletePodRequest, DeleteServiceRequest,
-    GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest,
-    ListRoutesRequest, ListServicesRequest, UpsertServiceRequest,
+    ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest,
+    ListPodsRequest, ListPoliciesRequest, ListRoutesRequest, ListServicesRequest,
+    UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::ListConntrackReply;
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
@@ -71,6 +72,26 @@ enum Cmd {
         /// Only this node's routes.
         #[arg(long)]
         node: Option<String>,
+    },
+    /// Network policy compiled for each pod: the policies isolating it per
+    /// direction, and each peer prefix with the ports it may use (what the
+    /// pod's node decides new flows with).
+    Policy {
+        /// Only this node's pods.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Why network policy allows or denies a new connection from SRC to DST
+    /// on PORT/PROTO (e.g. 80/TCP), as it reaches DST: give a service's
+    /// backend, not its ClusterIP.
+    Explain {
+        /// Source address (a pod, a node, or outside).
+        src: String,
+        /// Destination address.
+        dst: String,
+        /// Destination port and protocol, e.g. 5432/TCP or 53/UDP.
+        #[arg(value_name = "PORT/PROTO")]
+        port: String,
     },
     /// A node's live dataplane counters: interfaces, totals, non-zero drops.
     Counters {
@@ -495,6 +516,59 @@ async fn run(args: Args) -> Result<()> {
             show(json, &RoutesView { routes }, |v| {
                 view::routes_table(&v.routes)
             })
+        }
+        Cmd::Policy { node } => {
+            let request = ListPoliciesRequest {
+                node: node.unwrap_or_default(),
+            };
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "list policies",
+                list_policies(request)
+            );
+            let pods = reply.pods.into_iter().map(PodPolicyView::from).collect();
+            show(json, &PoliciesView { pods }, |v| {
+                view::policies_text(&v.pods)
+            })
+        }
+        Cmd::Explain { src, dst, port } => {
+            let bad =
+                || Failure::Invalid(format!("explain: {port:?} is not PORT/PROTO (e.g. 80/TCP)"));
+            let (number, proto) = port.split_once('/').ok_or_else(bad)?;
+            let protocol = match proto.to_ascii_uppercase().as_str() {
+                "TCP" => kxdp_proto::dataplane::Protocol::Tcp,
+                "UDP" => kxdp_proto::dataplane::Protocol::Udp,
+                _ => return Err(bad()),
+            };
+            let request = ExplainPolicyRequest {
+                src,
+                dst,
+                protocol: protocol as i32,
+                port: number.parse().map_err(|_| bad())?,
+            };
+            let reply = match connect(&args.control).await?.explain_policy(request).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid_request("explain", status.message()))
+                }
+                Err(status) => return Err(rpc_failure("explain", &status)),
+            };
+            #[derive(Serialize)]
+            struct Explained {
+                allowed: bool,
+                reasons: Vec<String>,
+            }
+            show(
+                json,
+                &Explained {
+                    allowed: reply.allowed,
+                    reasons: reply.reasons,
+                },
+                |e| {
+                    let verdict = if e.allowed { "allowed" } else { "denied" };
+                    format!("{verdict}\n  {}\n", e.reasons.join("\n  "))
+                },
+            )
         }
         Cmd::Counters { node, all } => {
             let request = GetNodeCountersRequest { node: node.clone() };
