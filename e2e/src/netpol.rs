@@ -756,6 +756,28 @@ mod tests {
         assert!(selector_matches(&Selector::default(), &Labels::new()));
     }
 
+    /// config/policy-example.yaml says what it allows in its comments; the
+    /// oracle reads it the same way.
+    #[test]
+    fn the_example_cluster_file_means_what_it_says() {
+        let path = repo_root().join("config/policy-example.yaml");
+        let text = std::fs::read_to_string(&path).expect("config/policy-example.yaml");
+        let m = Model::parse(&text).unwrap();
+        let at = |ip: [u8; 4]| m.pod_by_ip(Ipv4Addr::from(ip)).unwrap();
+        let (other, db, frontend, far) = (
+            at([10, 244, 1, 2]),
+            at([10, 244, 1, 3]),
+            at([10, 244, 2, 2]),
+            at([10, 244, 2, 3]),
+        );
+        assert!(m.allowed(frontend, db, 5432, Proto::Tcp));
+        assert!(!m.allowed(frontend, db, 5433, Proto::Tcp));
+        assert!(!m.allowed(frontend, db, 5432, Proto::Udp));
+        assert!(!m.allowed(other, db, 5432, Proto::Tcp), "not a frontend");
+        assert!(!m.allowed(db, far, 80, Proto::Tcp), "the db opens nothing");
+        assert!(m.allowed(other, far, 80, Proto::Tcp) && m.allowed(far, frontend, 80, Proto::Udp));
+    }
+
     #[test]
     fn bad_input_is_an_error() {
         assert!(Model::parse("network_policies: [ { name: p, pod_selector: {} } ]").is_err());
