@@ -18,7 +18,10 @@
 //!
 //! One module per part, all re-exported here: `paths`, `commands`, `lab`
 //! (the guard), `counters`, `traffic`, `captures`, `frames`, `checks` (what
-//! most tests share), `services`, `world` (the outside world and egress).
+//! most tests share), `services`, `world` (the outside world and egress),
+//! `probes` (many short TCP/UDP probes at once, for truth tables). One is
+//! not: `netpol`, the NetworkPolicy oracle (`kxdp_e2e::netpol`), a model of
+//! the API kept apart from kxdp's own code.
 #![forbid(unsafe_code)]
 
 // The modules' common imports: each module starts with `use super::*`.
@@ -52,7 +55,9 @@ mod commands;
 mod counters;
 mod frames;
 mod lab;
+pub mod netpol;
 mod paths;
+mod probes;
 mod services;
 mod traffic;
 mod world;
@@ -64,6 +69,7 @@ pub use counters::*;
 pub use frames::*;
 pub use lab::*;
 pub use paths::*;
+pub use probes::*;
 pub use services::*;
 pub use traffic::*;
 pub use world::*;
