@@ -40,3 +40,4 @@ pub mod store;
 pub mod uds;
 pub mod validate;
 pub mod view;
+pub mod watch;

@@ -8,7 +8,8 @@
 //!   what TCP and UDP share).
 //! - [`tables`]: what a worker looks up per packet (routes, pods, ports);
 //!   [`prefix`]: IPv4 prefixes and the longest-prefix match they use.
-//! - [`pipeline`]: the walks, verdicts and drop reasons.
+//! - [`pipeline`]: the walks, verdicts and drop reasons; [`trace`]: what
+//!   an operator's trace or capture records of them.
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
@@ -17,4 +18,5 @@ pub mod pipeline;
 pub mod prefix;
 pub mod services;
 pub mod tables;
+pub mod trace;
 pub mod wire;

@@ -55,6 +55,7 @@ use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
 use crate::tables::{EgressHop, NodeInfo, PortId, PortInfo, PortKind, Tables};
+use crate::trace::{NoTrace, Tracer};
 use crate::wire::{
     arp::{self, ArpPacket},
     checksum,
@@ -283,18 +284,39 @@ impl Pipeline {
 
     /// Runs every packet of the batch and sets its verdict.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        self.run(now_ns, t, pkts, false);
+        self.run(now_ns, t, pkts, false, &mut NoTrace);
     }
 
     /// [`Pipeline::process`] for frames other workers handed here: this
     /// worker owns them, so none is handed on (`handoff_loop`).
     pub fn process_handed(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        self.run(now_ns, t, pkts, true);
+        self.run(now_ns, t, pkts, true, &mut NoTrace);
     }
 
-    fn run(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>], handed: bool) {
+    /// [`Pipeline::process`] (or `process_handed`) with `tracer` shown
+    /// each packet (`crate::trace`): only for batches someone asked to see.
+    pub fn process_traced(
+        &mut self,
+        now_ns: u64,
+        t: &Tables,
+        pkts: &mut [Packet<'_>],
+        handed: bool,
+        tracer: &mut impl Tracer,
+    ) {
+        self.run(now_ns, t, pkts, handed, tracer);
+    }
+
+    fn run<T: Tracer>(
+        &mut self,
+        now_ns: u64,
+        t: &Tables,
+        pkts: &mut [Packet<'_>],
+        handed: bool,
+        tr: &mut T,
+    ) {
         for p in pkts.iter_mut() {
-            p.verdict = match self.one(now_ns, t, p) {
+            tr.before(t, &self.ct, p);
+            p.verdict = match self.one(now_ns, t, p, tr) {
                 Verdict::Handoff(_) if handed => Verdict::Drop(DropReason::HandoffLoop),
                 v => v,
             };
@@ -303,6 +325,7 @@ impl Pipeline {
                 Verdict::Handoff(_) => self.counters.handed_off += 1,
                 Verdict::Tx(_) => {}
             }
+            tr.after(t, &self.ct, p);
         }
         // An empty table has nothing to expire: don't touch its memory. One
         // slot per packet (up to GC_BUDGET): a worker under load makes many
@@ -312,7 +335,7 @@ impl Pipeline {
         }
     }
 
-    fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
+    fn one<T: Tracer>(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>, tr: &mut T) -> Verdict {
         let Some(node) = &t.node else {
             return Verdict::Drop(DropReason::NotConfigured);
         };
@@ -332,9 +355,13 @@ impl Pipeline {
             PortKind::Host { .. } => fast::From::Pod(node.gateway_ip),
         };
         let probe = match self.fast_path(cx, from, p) {
-            Ok(v) => return v,
+            Ok(v) => {
+                tr.flow_cache(true);
+                return v;
+            }
             Err(probe) => probe,
         };
+        tr.flow_cache(false);
         self.learn = fast::Learn::default();
         let v = match from {
             fast::From::Pod(ip) => self.on_pod(cx, port, ip, p),
@@ -355,3 +382,5 @@ mod egress_tests;
 mod service_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
