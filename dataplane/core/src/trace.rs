@@ -8,7 +8,7 @@
 //! with a [`Recorder`] (one branch per batch, none per packet; see
 //! `dataplane/src/worker.rs`). The recorder keeps, for each frame its
 //! [`Filter`] matches, the headers before and after the pipeline, whether
-//! the flow cache answered, what conntrack held before and after (so: a
+//! the flow cache answered (its hit counter moved), what conntrack held before and after (so: a
 //! hit, or a new flow and the backend chosen and why), the rewrites that
 //! show in the headers (DNAT, SNAT, TTL, encap, decap) and the verdict,
 //! or, for a capture, the frame bytes at the capture point. It allocates;
@@ -27,7 +27,7 @@ use core::fmt::Write as _;
 use core::net::Ipv4Addr;
 
 use crate::conntrack::{Conntrack, Dir, FlowKey};
-use crate::pipeline::{Packet, Verdict};
+use crate::pipeline::{Counters, Packet, Verdict};
 use crate::prefix::Prefix;
 use crate::tables::{PortId, Tables};
 use crate::wire::{
@@ -43,18 +43,16 @@ pub const MAX_TRACE: u32 = 100;
 /// stays below 4 MiB (gRPC's default message limit).
 pub const MAX_CAPTURE: u32 = 1000;
 
-/// The hooks the pipeline calls around each packet of a batch. Every
-/// method is a no-op by default, so [`NoTrace`] costs nothing.
+/// The hooks the pipeline's batch loop calls around each packet, with
+/// what they may read: the tables, conntrack and the worker's counters.
+/// Both are no-ops by default, so [`NoTrace`] costs nothing.
 pub trait Tracer {
     /// Before the pipeline looks at `p`.
     #[inline(always)]
-    fn before(&mut self, _t: &Tables, _ct: &Conntrack, _p: &Packet<'_>) {}
-    /// The flow cache answered (`true`) or the packet took the walk.
-    #[inline(always)]
-    fn flow_cache(&mut self, _hit: bool) {}
+    fn before(&mut self, _t: &Tables, _ct: &Conntrack, _c: &Counters, _p: &Packet<'_>) {}
     /// After `p.verdict` is set.
     #[inline(always)]
-    fn after(&mut self, _t: &Tables, _ct: &Conntrack, _p: &Packet<'_>) {}
+    fn after(&mut self, _t: &Tables, _ct: &Conntrack, _c: &Counters, _p: &Packet<'_>) {}
 }
 
 /// The tracer of every batch nobody asked to see.
@@ -319,7 +317,9 @@ struct Pending {
     before: Option<Parsed>,
     ct: Option<(FlowKey, Option<(u32, Dir)>)>,
     input: Vec<u8>,
-    fast: Option<bool>,
+    /// `flow_cache_hits` before: a hit is the one thing that counts it.
+    hits: u64,
+    fast: bool,
 }
 
 /// Records the packets its filter matches, up to a count.
@@ -376,7 +376,7 @@ impl Recorder {
 }
 
 impl Tracer for Recorder {
-    fn before(&mut self, t: &Tables, ct: &Conntrack, p: &Packet<'_>) {
+    fn before(&mut self, t: &Tables, ct: &Conntrack, counters: &Counters, p: &Packet<'_>) {
         let frame = p
             .off
             .checked_add(p.len)
@@ -395,20 +395,16 @@ impl Tracer for Recorder {
                 Mode::Capture(Point::Rx | Point::Drop | Point::Port(_)) => frame.to_vec(),
                 _ => Vec::new(),
             },
-            fast: None,
+            hits: counters.flow_cache_hits,
+            fast: false,
         });
     }
 
-    fn flow_cache(&mut self, hit: bool) {
-        if let Some(c) = self.cur.as_mut() {
-            c.fast = Some(hit);
-        }
-    }
-
-    fn after(&mut self, t: &Tables, ct: &Conntrack, p: &Packet<'_>) {
-        let Some(c) = self.cur.take() else {
+    fn after(&mut self, t: &Tables, ct: &Conntrack, counters: &Counters, p: &Packet<'_>) {
+        let Some(mut c) = self.cur.take() else {
             return;
         };
+        c.fast = counters.flow_cache_hits > c.hits;
         let mut rec = Record {
             unix_ns: 0,
             worker: self.worker,
@@ -463,13 +459,11 @@ fn steps(t: &Tables, ct: &Conntrack, p: &Packet<'_>, c: &Pending) -> Vec<String>
         return s;
     };
     s.push(format!("in: {}", describe(before)));
-    match c.fast {
-        Some(true) => {
-            s.push("flow cache: hit (the flow's first packet's decisions, replayed)".into())
-        }
-        Some(false) => s.push("flow cache: miss, full walk".into()),
-        None => {}
-    }
+    s.push(if c.fast {
+        "flow cache: hit (what the walk decided for the flow, replayed)".into()
+    } else {
+        "flow cache: miss, full walk".into()
+    });
     if let Some((key, was)) = c.ct {
         match (was, ct.lookup(&key)) {
             (Some((id, dir)), _) => {

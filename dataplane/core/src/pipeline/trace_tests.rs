@@ -3,7 +3,7 @@
 //! capture keeps at each point, and that recording changes nothing.
 
 use super::service_tests::{
-    ready, svc_tables, tcp_from, Peer, Svc, FRONTEND, REMOTE_BE, TARGET_PORT,
+    ready, svc_tables, tcp_from, udp_from, Peer, Svc, FRONTEND, REMOTE_BE, TARGET_PORT,
 };
 use super::tests::{CHUNK, P1_IP, P1_PORT, RX_OFF, T0, UPLINK};
 use super::*;
@@ -94,6 +94,27 @@ fn a_trace_names_the_new_flow_its_backend_the_dnat_and_the_encap() {
     assert!(
         text.contains(&format!("-> {}:{TARGET_PORT}", REMOTE_BE.0)),
         "{text}"
+    );
+}
+
+#[test]
+fn a_trace_tells_a_flow_cache_hit_from_a_walk() {
+    let t = web();
+    let mut pl = pipeline();
+    let udp = udp_from(Peer::P1, (P1_IP, 5000), REMOTE_BE, b"kxdp");
+    let mut steps = vec![];
+    for _ in 0..2 {
+        let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
+        run(&mut pl, &t, &[udp.clone()], &mut rec);
+        steps.push(rec.out.remove(0).steps);
+    }
+    assert!(
+        steps[0].contains(&"flow cache: miss, full walk".to_string()),
+        "{steps:?}"
+    );
+    assert!(
+        steps[1].iter().any(|s| s.starts_with("flow cache: hit")),
+        "{steps:?}"
     );
 }
 
