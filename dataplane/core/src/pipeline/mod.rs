@@ -338,6 +338,10 @@ impl Pipeline {
         }
     }
 
+    // Inlined into the batch loop, as the compiler chose before `run` was
+    // generic over its tracer: a call per packet costs ~17 instructions on
+    // the decap path (perf/results/trace-off-2026-12-07.md).
+    #[inline(always)]
     fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
         let Some(node) = &t.node else {
             return Verdict::Drop(DropReason::NotConfigured);

@@ -105,7 +105,7 @@ fn a_trace_tells_a_flow_cache_hit_from_a_walk() {
     let mut steps = vec![];
     for _ in 0..2 {
         let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
-        run(&mut pl, &t, &[udp.clone()], &mut rec);
+        run(&mut pl, &t, std::slice::from_ref(&udp), &mut rec);
         steps.push(rec.out.remove(0).steps);
     }
     assert!(
