@@ -14,12 +14,12 @@ use kxdp_proto::control::{
     ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesReply,
     ListNodesRequest, ListPodsReply, ListPodsRequest, ListPoliciesReply, ListPoliciesRequest,
     ListRoutesReply, ListRoutesRequest, ListServicesReply, ListServicesRequest, NodeInfo, PodInfo,
-    PodPolicyInfo, UpsertServiceReply, UpsertServiceRequest,
+    PodPolicyInfo, UpsertServiceReply, UpsertServiceRequest, WatchNodeRequest,
 };
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
 use kxdp_proto::dataplane::{
     AttachState, GetCountersReply, GetCountersRequest, ListConntrackReply, ListConntrackRequest,
-    PodStatus,
+    PodStatus, WatchReply,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -283,6 +283,23 @@ impl Control for ControlService {
         live(&req.node, "ListConntrack", call).await
     }
 
+    async fn watch(
+        &self,
+        request: Request<WatchNodeRequest>,
+    ) -> Result<Response<WatchReply>, Status> {
+        let req = request.into_inner();
+        let watch = req.request.unwrap_or_default();
+        let mut client = self.dataplane_client(&req.node).await?;
+        // The dataplane answers within the watch's own timeout (0: its
+        // default of 10 s; more than 60 s it refuses).
+        let wait = match watch.timeout_ms {
+            0 => Duration::from_secs(10),
+            ms => Duration::from_millis(ms.into()),
+        };
+        let call = client.watch(watch);
+        live_within(&req.node, "Watch", wait + LIVE_TIMEOUT, call).await
+    }
+
     async fn apply_cluster(
         &self,
         request: Request<ApplyClusterRequest>,
@@ -505,14 +522,24 @@ async fn live<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    match tokio::time::timeout(LIVE_TIMEOUT, call).await {
+    live_within(node, what, LIVE_TIMEOUT, call).await
+}
+
+/// [`live`] with its own time limit.
+async fn live_within<T>(
+    node: &str,
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(status)) => Err(Status::new(
             status.code(),
             format!("{node}: {what}: {}", status.message()),
         )),
         Err(_) => Err(Status::unavailable(format!(
-            "{node}: {what}: no reply within {LIVE_TIMEOUT:?}"
+            "{node}: {what}: no reply within {limit:?}"
         ))),
     }
 }

@@ -43,3 +43,4 @@ pub mod store;
 pub mod uds;
 pub mod validate;
 pub mod view;
+pub mod watch;

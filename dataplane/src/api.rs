@@ -14,6 +14,7 @@ use crate::engine::{
     StateSnapshot, WriteError,
 };
 use crate::state::{changes_from_proto, State};
+use crate::watch;
 
 pub struct Service {
     engine: Sender<engine::Request>,
@@ -148,6 +149,21 @@ impl Dataplane for Service {
     ) -> Result<Response<pb::GetCountersReply>, Status> {
         let counters = self.ask(engine::Request::GetCounters).await?;
         Ok(Response::new(counters_reply(counters)))
+    }
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<pb::WatchReply>, Status> {
+        let query = watch::query(req.into_inner())?;
+        let armed = self
+            .ask(|tx| engine::Request::Watch(query, tx))
+            .await?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reply = tokio::task::spawn_blocking(move || watch::collect(armed))
+            .await
+            .map_err(|_| Status::internal("the trace's collecting task failed"))?;
+        Ok(Response::new(reply))
     }
 }
 

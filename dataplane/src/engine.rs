@@ -99,6 +99,11 @@ pub enum Request {
         ConntrackQuery,
         oneshot::Sender<Result<ConntrackList, FieldError>>,
     ),
+    /// Arms a trace or capture on every worker (`watch.rs`).
+    Watch(
+        crate::watch::WatchQuery,
+        oneshot::Sender<Result<crate::watch::Watching, FieldError>>,
+    ),
 }
 
 /// The state as applied, and how far its interfaces are attached.
@@ -386,6 +391,10 @@ impl Engine {
             }
             Request::ListConntrack(query, reply) => {
                 let _ = reply.send(self.conntrack(query));
+            }
+            Request::Watch(query, reply) => {
+                let ports = self.ports.values().map(|p| (p.ifname.as_str(), p.id));
+                let _ = reply.send(crate::watch::arm(&self.workers, ports, query));
             }
         }
     }
@@ -1139,6 +1148,7 @@ impl Engine {
     fn push(&mut self, mut t: Tables) -> Result<(), Vec<usize>> {
         self.epoch = self.epoch.wrapping_add(1);
         t.epoch = self.epoch;
+        t.generation = self.state.generation;
         let t = Arc::new(t);
         // The workers' counters for it, allocated here, never on a worker.
         self.books_services = self.books_services.max(t.services.names.len());

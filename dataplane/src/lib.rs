@@ -27,5 +27,6 @@ pub mod netlink;
 pub mod nft;
 pub mod state;
 pub mod sys;
+pub mod watch;
 pub mod worker;
 pub mod xdp;

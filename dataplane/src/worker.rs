@@ -40,6 +40,7 @@ use kxdp_core::pipeline::{
     Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict, BATCH_SIZE,
 };
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
+use kxdp_core::trace::{Record, Recorder};
 
 use crate::sys::xsk::{
     self, BindMode, Desc, DescErrors, EventFd, KernelStats, Socket, Umem, FRAME_SIZE, RX_OFFSET,
@@ -157,7 +158,19 @@ pub enum Command {
         into: ConntrackChunk,
         reply: Sender<ConntrackChunk>,
     },
+    /// Arms a trace or capture (`kxdp_core::trace`): the worker runs its
+    /// batches through `rec` and sends what it records to `out` until `rec`
+    /// is done, `out` is full or gone, or `deadline` passes. Replaces an
+    /// armed one.
+    Watch(Box<Watch>),
     Stop,
+}
+
+/// An armed trace or capture.
+pub struct Watch {
+    pub rec: Recorder,
+    pub out: Sender<Record>,
+    pub deadline: Instant,
 }
 
 /// A worker's service-side counters, copied on request.
@@ -360,6 +373,7 @@ impl WorkerHandle {
             mesh,
             index,
             handed_to: 0,
+            watch: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("kxdp-worker-{index}"))
@@ -428,6 +442,8 @@ struct Worker {
     index: usize,
     /// Workers handed frames since the last wake-up check (bit per worker).
     handed_to: u64,
+    /// An armed trace or capture: checked once per batch.
+    watch: Option<Box<Watch>>,
 }
 
 /// A packet's fate after the pipeline, without the borrow of its chunk.
@@ -557,6 +573,7 @@ impl Worker {
                     .collect();
                 let _ = reply.send(v);
             }
+            Command::Watch(w) => self.watch = Some(w),
             Command::Stop => return false,
         }
         true
@@ -687,10 +704,17 @@ impl Worker {
                 .zip(descs.iter().zip(ports))
                 .map(|(buf, (d, &port))| Packet::new(buf, d.offset(), d.len as usize, port))
                 .collect();
-            if handed {
-                self.pipeline.process_handed(now, &self.tables, &mut pkts);
-            } else {
-                self.pipeline.process(now, &self.tables, &mut pkts);
+            // The one test of a trace per batch: untraced batches run a
+            // pipeline whose trace hooks compiled to nothing.
+            match self.watch.as_deref_mut() {
+                Some(w) => {
+                    w.rec.set_handed(handed);
+                    let t = &self.tables;
+                    self.pipeline
+                        .process_traced(now, t, &mut pkts, handed, &mut w.rec);
+                }
+                None if handed => self.pipeline.process_handed(now, &self.tables, &mut pkts),
+                None => self.pipeline.process(now, &self.tables, &mut pkts),
             }
             for (p, d) in pkts.iter().zip(descs.iter()) {
                 let base = (d.chunk() * FRAME_SIZE) as u64;
@@ -706,6 +730,31 @@ impl Worker {
             }
         }
         self.apply(&outs);
+        if self.watch.is_some() {
+            self.deliver();
+        }
+    }
+
+    /// Sends an armed trace's records; disarms it when it is done, its
+    /// reader is gone or full, or its time is up.
+    fn deliver(&mut self) {
+        let Some(w) = self.watch.as_deref_mut() else {
+            return;
+        };
+        let mut done = w.rec.remaining() == 0 || Instant::now() >= w.deadline;
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        for mut r in w.rec.out.drain(..) {
+            r.unix_ns = unix_ns;
+            if w.out.try_send(r).is_err() {
+                done = true;
+                break;
+            }
+        }
+        if done {
+            self.watch = None;
+        }
     }
 
     /// Queues a frame, as received, to the worker that owns its flow.

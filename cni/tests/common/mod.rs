@@ -492,6 +492,13 @@ impl Control for FakeControl {
     ) -> Result<Response<ListConntrackReply>, Status> {
         unimplemented()
     }
+
+    async fn watch(
+        &self,
+        _: Request<WatchNodeRequest>,
+    ) -> Result<Response<kxdp_proto::dataplane::WatchReply>, Status> {
+        unimplemented()
+    }
 }
 
 // ------------------------------------------------------------ fake dataplane + real control
@@ -568,6 +575,13 @@ impl Dataplane for FakeDataplane {
         &self,
         _: Request<ListConntrackRequest>,
     ) -> Result<Response<ListConntrackReply>, Status> {
+        unimplemented()
+    }
+
+    async fn watch(
+        &self,
+        _: Request<kxdp_proto::dataplane::WatchRequest>,
+    ) -> Result<Response<kxdp_proto::dataplane::WatchReply>, Status> {
         unimplemented()
     }
 }

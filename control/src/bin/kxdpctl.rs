@@ -16,15 +16,16 @@ use kxdp_control::view::{
     self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodPolicyView,
     PodView, PodsView, PoliciesView, RouteView, RoutesView, ServiceView, ServicesView,
 };
+use kxdp_control::watch::{self as watch_view, TraceView};
 use kxdp_control::{plan, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
     AddPodRequest, ApplyClusterRequest, ContainerPort, DeletePodRequest, DeleteServiceRequest,
     ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest,
     ListPodsRequest, ListPoliciesRequest, ListRoutesRequest, ListServicesRequest,
-    UpsertServiceRequest,
+    UpsertServiceRequest, WatchNodeRequest,
 };
-use kxdp_proto::dataplane::ListConntrackReply;
+use kxdp_proto::dataplane::{ListConntrackReply, WatchReply, WatchRequest};
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -124,6 +125,57 @@ enum Cmd {
     /// Add, replace or remove a service at run time.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Follow the next packets FILTER matches through a node's pipeline (VPP's
+    /// `trace add`): for each, the ingress interface, its headers, each decision
+    /// (flow cache, conntrack, backend and why, NAT, encap/decap), the verdict
+    /// and the table generation. Exits 1 if nothing matched in time.
+    ///
+    /// FILTER: terms `src A[/N]`, `dst A[/N]`, `host A[/N]`,
+    /// `proto tcp|udp|icmp|arp|N`, `port N` (TCP/UDP, either side), `port IFNAME`
+    /// (came in on that interface), joined by `and` (tighter) and `or`.
+    /// A VXLAN frame matches if its outer or inner headers do.
+    #[command(verbatim_doc_comment)]
+    Trace {
+        /// The node whose dataplane to trace.
+        #[arg(long)]
+        node: String,
+        /// Packets to follow (at most 100).
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Only packets this filter matches (see above); default: all.
+        #[arg(long = "match", value_name = "FILTER", default_value = "")]
+        filter: String,
+        /// Seconds to wait for them (at most 60).
+        #[arg(long, default_value_t = 10)]
+        timeout: u32,
+    },
+    /// Write the frames a node's pipeline saw at a point to a pcapng file that
+    /// tcpdump and Wireshark read, each with a comment naming its ingress and
+    /// verdict (the drop reason at `drop`). Points: `rx` (as received), `tx`
+    /// (as sent), `drop` (dropped frames, as received), `port IFNAME` (received
+    /// on or sent out of that interface). --match as for `trace`, applied to
+    /// the frame as received. Exits 1 if nothing was captured in time.
+    #[command(verbatim_doc_comment)]
+    Capture {
+        /// The node whose dataplane to capture on.
+        #[arg(long)]
+        node: String,
+        /// rx, tx, drop, or port IFNAME.
+        #[arg(long, num_args = 1..=2, value_names = ["POINT", "IFNAME"], required = true)]
+        point: Vec<String>,
+        /// Only frames this filter matches (see `kxdpctl trace --help`).
+        #[arg(long = "match", value_name = "FILTER", default_value = "")]
+        filter: String,
+        /// The pcapng file to write.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+        /// Frames to capture (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Seconds to wait for them (at most 60).
+        #[arg(long, default_value_t = 10)]
+        timeout: u32,
+    },
     /// Write FILE's cluster settings (CIDRs, VXLAN, MTU, node ports) as the
     /// etcd store's cluster config, unless it has one (needs --store).
     /// Nodes register themselves; FILE's nodes, pods and services are not used.
@@ -570,6 +622,72 @@ async fn run(args: Args) -> Result<()> {
                 },
             )
         }
+        Cmd::Trace {
+            node,
+            count,
+            filter,
+            timeout,
+        } => {
+            let request = WatchRequest {
+                point: String::new(),
+                filter: filter.clone(),
+                count,
+                timeout_ms: timeout.saturating_mul(1000),
+            };
+            let reply = watch(&args.control, &node, request).await?;
+            if reply.records.is_empty() {
+                return Err(nothing_matched("traced", &node, &filter, timeout));
+            }
+            show(json, &TraceView::new(node, reply), watch_view::trace_text)
+        }
+        Cmd::Capture {
+            node,
+            point,
+            filter,
+            file,
+            count,
+            timeout,
+        } => {
+            let point = match &point[..] {
+                [p] if p != "port" => p.clone(),
+                [port, name] if port == "port" => format!("port:{name}"),
+                _ => {
+                    return Err(Failure::Invalid(
+                        "--point: expected rx, tx, drop or port IFNAME".into(),
+                    ))
+                }
+            };
+            let request = WatchRequest {
+                point: point.clone(),
+                filter: filter.clone(),
+                count,
+                timeout_ms: timeout.saturating_mul(1000),
+            };
+            let reply = watch(&args.control, &node, request).await?;
+            let name = format!("kxdp {node} {point}");
+            std::fs::File::create(&file)
+                .and_then(|f| {
+                    watch_view::write_pcapng(io::BufWriter::new(f), &name, &reply.records)
+                })
+                .map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
+            if reply.records.is_empty() {
+                return Err(nothing_matched("captured", &node, &filter, timeout));
+            }
+            let mut text = format!(
+                "{} frames written to {}{}\n",
+                reply.records.len(),
+                file.display(),
+                if reply.timed_out {
+                    " (timed out before --count)"
+                } else {
+                    ""
+                }
+            );
+            for r in &reply.records {
+                text += &format!("{}\n", watch_view::comment(r));
+            }
+            out(&text)
+        }
         Cmd::Counters { node, all } => {
             let request = GetNodeCountersRequest { node: node.clone() };
             let reply = rpc!(
@@ -582,6 +700,25 @@ async fn run(args: Args) -> Result<()> {
             })
         }
     }
+}
+
+/// A node's `Watch` (trace or capture).
+async fn watch(control: &Path, node: &str, request: WatchRequest) -> Result<WatchReply> {
+    let request = WatchNodeRequest {
+        node: node.into(),
+        request: Some(request),
+    };
+    Ok(rpc!(connect(control).await?, "watch", watch(request)))
+}
+
+fn nothing_matched(what: &str, node: &str, filter: &str, timeout: u32) -> Failure {
+    let filter = match filter {
+        "" => "no filter".to_string(),
+        f => format!("filter {f:?}"),
+    };
+    Failure::Other(format!(
+        "nothing {what} on node {node} within {timeout} s ({filter}): no matching traffic?"
+    ))
 }
 
 /// Reads and validates a cluster file; `None` is the embedded lab file.

@@ -105,6 +105,13 @@ impl Dataplane for FakeDataplane {
         Err(Status::unimplemented("not in the test double"))
     }
 
+    async fn watch(
+        &self,
+        _: Request<kxdp_proto::dataplane::WatchRequest>,
+    ) -> Result<Response<kxdp_proto::dataplane::WatchReply>, Status> {
+        Err(Status::unimplemented("not in the test double"))
+    }
+
     async fn get_counters(
         &self,
         _: Request<GetCountersRequest>,

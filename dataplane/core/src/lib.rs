@@ -9,7 +9,8 @@
 //! - [`tables`]: what a worker looks up per packet (routes, pods, ports);
 //!   [`prefix`]: IPv4 prefixes and the longest-prefix match they use.
 //! - [`pipeline`]: the walks, verdicts and drop reasons; [`policy`]: the
-//!   network-policy tables it decides new flows with.
+//!   network-policy tables it decides new flows with; [`trace`]: what an
+//!   operator's trace or capture records of them.
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
@@ -19,4 +20,5 @@ pub mod policy;
 pub mod prefix;
 pub mod services;
 pub mod tables;
+pub mod trace;
 pub mod wire;

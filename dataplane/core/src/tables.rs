@@ -115,6 +115,8 @@ pub struct Tables {
     /// and flow cache entries the epoch they were learnt in: a snapshot
     /// must never change without a new epoch.
     pub epoch: u32,
+    /// The state generation these tables were built from (traces show it).
+    pub generation: u64,
 }
 
 impl Tables {

@@ -55,6 +55,7 @@ use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
 use crate::tables::{EgressHop, NodeInfo, PortId, PortInfo, PortKind, Tables};
+use crate::trace::{NoTrace, Tracer};
 use crate::wire::{
     arp::{self, ArpPacket},
     checksum,
@@ -283,17 +284,41 @@ impl Pipeline {
 
     /// Runs every packet of the batch and sets its verdict.
     pub fn process(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        self.run(now_ns, t, pkts, false);
+        self.run(now_ns, t, pkts, false, &mut NoTrace);
     }
 
     /// [`Pipeline::process`] for frames other workers handed here: this
     /// worker owns them, so none is handed on (`handoff_loop`).
     pub fn process_handed(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>]) {
-        self.run(now_ns, t, pkts, true);
+        self.run(now_ns, t, pkts, true, &mut NoTrace);
     }
 
-    fn run(&mut self, now_ns: u64, t: &Tables, pkts: &mut [Packet<'_>], handed: bool) {
+    /// [`Pipeline::process`] (or `process_handed`) with `tracer` shown
+    /// each packet (`crate::trace`): only for batches someone asked to see.
+    pub fn process_traced(
+        &mut self,
+        now_ns: u64,
+        t: &Tables,
+        pkts: &mut [Packet<'_>],
+        handed: bool,
+        tracer: &mut impl Tracer,
+    ) {
+        self.run(now_ns, t, pkts, handed, tracer);
+    }
+
+    // Never inlined: one call per batch, and the per-packet loop stays one
+    // symbol whose instructions callgrind counts (perf/results/).
+    #[inline(never)]
+    fn run<T: Tracer>(
+        &mut self,
+        now_ns: u64,
+        t: &Tables,
+        pkts: &mut [Packet<'_>],
+        handed: bool,
+        tr: &mut T,
+    ) {
         for p in pkts.iter_mut() {
+            tr.before(t, &self.ct, &self.counters, p);
             p.verdict = match self.one(now_ns, t, p) {
                 Verdict::Handoff(_) if handed => Verdict::Drop(DropReason::HandoffLoop),
                 v => v,
@@ -303,6 +328,7 @@ impl Pipeline {
                 Verdict::Handoff(_) => self.counters.handed_off += 1,
                 Verdict::Tx(_) => {}
             }
+            tr.after(t, &self.ct, &self.counters, p);
         }
         // An empty table has nothing to expire: don't touch its memory. One
         // slot per packet (up to GC_BUDGET): a worker under load makes many
@@ -312,6 +338,10 @@ impl Pipeline {
         }
     }
 
+    // Inlined into the batch loop, as the compiler chose before `run` was
+    // generic over its tracer: a call per packet costs ~17 instructions on
+    // the decap path (perf/results/trace-off-2026-12-07.md).
+    #[inline(always)]
     fn one(&mut self, now: u64, t: &Tables, p: &mut Packet<'_>) -> Verdict {
         let Some(node) = &t.node else {
             return Verdict::Drop(DropReason::NotConfigured);
@@ -357,3 +387,5 @@ mod policy_tests;
 mod service_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
