@@ -27,6 +27,8 @@ CORES=${KXDP_LAB_CORES:-0 1}
 XDP_MODE=${KXDP_XDP_MODE:-}
 FLOW_CACHE=${KXDP_FLOW_CACHE:-1}
 QUEUES=${KXDP_LAB_QUEUES:-1}
+DP_USER=${KXDP_DATAPLANE_USER:-}
+DP_CAPS=${KXDP_DATAPLANE_CAPS:-}
 export RUST_LOG=${RUST_LOG:-info}
 
 # The underlay is one /24; the outside client takes .100 of it, the router
@@ -121,8 +123,13 @@ Environment:
                     either direction of a flow may arrive at any worker: the
                     multi-queue NIC case, where flow steering hands service
                     frames to the worker that owns the flow
+  KXDP_DATAPLANE_USER  run the dataplanes as this user (who then owns the run
+                    dir), as kxdp-dataplane.service does, with only the
+  KXDP_DATAPLANE_CAPS  capabilities listed here (e.g. "net_admin,bpf,net_raw";
+                    empty: none), through setpriv
   KXDP_KEEP_ON_FAIL=1  leave a half-made lab in place when 'up' fails (debugging)
-  RUST_LOG          log level of the dataplanes and control (default info)
+  KXDP_LOG, KXDP_LOG_FORMAT  log filter (default info) and format (text|json)
+                    of the dataplanes and control (RUST_LOG also works)
 
 Examples:
   sudo scripts/lab.sh up && sudo scripts/demo.sh
@@ -421,6 +428,10 @@ preflight() {
     [[ $P =~ ^[A-Za-z0-9_]{1,32}$ ]] || die "KXDP_LAB_PREFIX '$P': use 1-32 letters, digits or _"
     [[ $QUEUES =~ ^[1-8]$ ]] || die "KXDP_LAB_QUEUES '$QUEUES': use 1 to 8"
     [[ -f $CLUSTER ]] || die "cluster file $CLUSTER not found"
+    if [[ -n $DP_USER ]]; then
+        id -u "$DP_USER" >/dev/null 2>&1 || die "KXDP_DATAPLANE_USER '$DP_USER': no such user"
+    fi
+    [[ $DP_CAPS =~ ^[a-z_,]*$ ]] || die "KXDP_DATAPLANE_CAPS '$DP_CAPS': capability names without cap_, comma-separated"
 }
 
 # check_tools: the commands the lab runs; after build(), which installs them.
@@ -605,11 +616,26 @@ make_kernel_node() {
     kernel_masq "$n"
 }
 
+# as_dataplane_user: the command prefix that runs a dataplane as
+# KXDP_DATAPLANE_USER with exactly KXDP_DATAPLANE_CAPS (inheritable, ambient,
+# so nft, which it runs, has them too, and bounding), as its systemd unit
+# does; nothing without KXDP_DATAPLANE_USER.
+as_dataplane_user() {
+    DP_PREFIX=()
+    [[ -n $DP_USER ]] || return 0
+    local caps=-all
+    [[ -n $DP_CAPS ]] && caps+=,+${DP_CAPS//,/,+}
+    DP_PREFIX=(setpriv --reuid "$DP_USER" --regid "$DP_USER" --clear-groups
+            --inh-caps "$caps" --ambient-caps "$caps" --bounding-set "$caps" --)
+}
+
 start_dataplane() {
     local n=$1 args=()
     mapfile -t args <"$RUN_DIR/$n.args"
     rm -f "$RUN_DIR/$n.sock"
-    start_daemon "$n" kxdp-dataplane ip netns exec "$P-$n" "$BIN_DIR/kxdp-dataplane" "${args[@]}"
+    as_dataplane_user
+    start_daemon "$n" kxdp-dataplane ip netns exec "$P-$n" "${DP_PREFIX[@]}" \
+        "$BIN_DIR/kxdp-dataplane" "${args[@]}"
     wait_socket "$n" "$RUN_DIR/$n.sock"
 }
 
@@ -736,6 +762,8 @@ lab_up() {
         lab_down
     fi
     mkdir -p "$RUN_DIR"
+    # A dataplane run as a user creates its socket here (and makes it 0700).
+    [[ -z $DP_USER ]] || chown "$DP_USER:" "$RUN_DIR"
     : >"$RUN_DIR/namespaces"
     trap up_failed EXIT
     {

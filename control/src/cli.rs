@@ -33,7 +33,7 @@ use crate::conventions::{Mac, DEFAULT_DATAPLANE_DIR};
 /// command line wins.
 ///
 /// Exit status: 0 after a clean stop, 2 for bad flags or an invalid cluster
-/// file, 1 on other errors. Logging: RUST_LOG (default "info").
+/// file, 1 on other errors.
 #[derive(Parser, Debug)]
 #[command(name = "kxdp-control", version, verbatim_doc_comment)]
 pub struct Args {
@@ -100,6 +100,12 @@ pub struct Args {
 
     #[command(flatten)]
     pub etcd: EtcdFlags,
+
+    #[command(flatten)]
+    pub log: kxdp_proto::logging::LogFlags,
+
+    #[command(flatten)]
+    pub doc: kxdp_proto::cli::DocFlags,
 
     /// Etcd mode: this node's name (a DNS label), the name its dataplane
     /// serves (kxdp-dataplane --node).
@@ -198,6 +204,15 @@ impl EtcdFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&Args::command()),
+            Vec::<String>::new()
+        );
+    }
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("kxdp-control").chain(args.iter().copied()))

@@ -12,11 +12,22 @@ use kxdp_control::store::Source;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match args.doc.handled(<Args as clap::CommandFactory>::command()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("kxdp-control: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = args.check() {
         eprintln!("kxdp-control: {e}");
         return ExitCode::from(2);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = args.log.init() {
+        eprintln!("kxdp-control: {e}");
+        return ExitCode::from(2);
+    }
     // A panicked reconciler task would silently stop programming its node.
     kxdp_proto::abort_on_panic("kxdp-control");
     let source = match Source::from_args(&args) {

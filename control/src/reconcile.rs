@@ -265,6 +265,7 @@ impl Shared {
                 generation,
                 self.scope.as_deref(),
             ));
+            log_desired(d, "store");
             true
         });
         generation
@@ -287,7 +288,8 @@ impl Shared {
                 }) {
                 Ok((runtime, dropped)) => {
                     for (node, name) in dropped {
-                        log::info!("run-time pod {node}/{name} removed with its node");
+                        tracing::info!(event = "runtime_pod_removed", node = %node, pod = %name,
+                            "run-time pod {node}/{name} removed with its node");
                     }
                     let generation = next_generation(d.generation);
                     *d = Arc::new(Desired::with(
@@ -296,6 +298,7 @@ impl Shared {
                         generation,
                         self.scope.as_deref(),
                     ));
+                    log_desired(d, "apply");
                     result = Ok(generation);
                     true
                 }
@@ -335,6 +338,7 @@ impl Shared {
                         generation,
                         self.scope.as_deref(),
                     ));
+                    log_desired(d, "runtime");
                     result = Some(Ok((generation, v)));
                     true
                 }
@@ -502,16 +506,18 @@ impl NodeReconciler {
             Some(_) => return Ok(()),
         };
         // A dataplane that keeps refusing is retried every pass; say so once.
-        let level = if self.logged == Phase::Failed(String::new()).word() {
-            log::Level::Debug
+        let event = if self.last_boot.is_none() {
+            "sync"
         } else {
-            log::Level::Info
+            "resync"
         };
-        log::log!(
-            level,
-            "{}: syncing generation {generation} ({reason})",
-            self.name
-        );
+        if self.logged == Phase::Failed(String::new()).word() {
+            tracing::debug!(event, node = %self.name, generation, reason = %reason,
+                "{}: syncing generation {generation} ({reason})", self.name);
+        } else {
+            tracing::info!(event, node = %self.name, generation, reason = %reason,
+                "{}: syncing generation {generation} ({reason})", self.name);
+        }
         self.update(|s| s.phase = Phase::Syncing);
         let client = self.client(socket).await?;
         let request = SyncRequest {
@@ -538,6 +544,9 @@ impl NodeReconciler {
                 )))
             }
         };
+        tracing::info!(event = "synced", node = %self.name, generation = written,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "{}: generation {written} applied", self.name);
         self.last_boot = Some(boot_id);
         self.update(|s| s.applied_generation = written);
         // Refresh the pods' attach status right away, so a listing just after
@@ -626,7 +635,8 @@ impl NodeReconciler {
             return;
         }
         match phase {
-            Phase::Unreachable(e) => log::warn!(
+            Phase::Unreachable(e) => tracing::warn!(
+                event = "unreachable", node = %self.name, error = %e,
                 "{}: dataplane at {} unreachable ({e}); retrying every {:?} \
                  (kxdp-dataplane --node {} listens at {} unless given --socket)",
                 self.name,
@@ -635,12 +645,29 @@ impl NodeReconciler {
                 self.name,
                 kxdp_proto::dataplane_socket(kxdp_proto::DEFAULT_RUN_DIR, &self.name).display()
             ),
-            Phase::Failed(e) => log::error!("{}: dataplane refused the state: {e}", self.name),
-            Phase::Synced => log::info!("{}: in sync", self.name),
+            Phase::Failed(e) => tracing::error!(event = "refused", node = %self.name, error = %e,
+                "{}: dataplane refused the state: {e}", self.name),
+            Phase::Synced => tracing::info!(event = "in_sync", node = %self.name,
+                "{}: in sync", self.name),
             Phase::Pending | Phase::Syncing => {}
         }
         self.logged = word;
     }
+}
+
+/// The one event of a change of the desired state: its generation, what
+/// changed it (`store`: etcd's contents; `apply`: an ApplyCluster;
+/// `runtime`: a pod or service added or removed) and how many nodes it
+/// programs.
+fn log_desired(d: &Desired, source: &str) {
+    let generation = d.generation;
+    tracing::info!(
+        event = "desired",
+        generation,
+        source,
+        nodes = d.states.len(),
+        "desired state: generation {generation} ({source})"
+    );
 }
 
 #[cfg(test)]

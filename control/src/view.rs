@@ -251,6 +251,8 @@ pub struct ServiceCountersView {
 pub struct BackendCountersView {
     pub ip: String,
     pub port: u32,
+    /// "TCP" or "UDP" (a backend is ip, port and protocol).
+    pub protocol: String,
     pub new_flows: u64,
 }
 
@@ -308,6 +310,7 @@ impl CountersView {
                         .backends
                         .into_iter()
                         .map(|b| BackendCountersView {
+                            protocol: protocol_word(b.protocol),
                             ip: b.ip,
                             port: b.port,
                             new_flows: b.new_flows,
@@ -865,7 +868,7 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
                 let backends: Vec<String> = s
                     .backends
                     .iter()
-                    .map(|b| format!("{}:{}={}", b.ip, b.port, b.new_flows))
+                    .map(|b| format!("{}:{}/{}={}", b.ip, b.port, b.protocol, b.new_flows))
                     .collect();
                 vec![
                     s.name.clone(),
@@ -1018,16 +1021,25 @@ mod tests {
             bytes: 1000,
             new_flows: 2,
             no_endpoint: 0,
-            backends: vec![BackendCountersView {
-                ip: "10.244.1.2".into(),
-                port: 8080,
-                new_flows: 2,
-            }],
+            backends: vec![
+                BackendCountersView {
+                    ip: "10.244.1.2".into(),
+                    port: 8080,
+                    protocol: "TCP".into(),
+                    new_flows: 2,
+                },
+                BackendCountersView {
+                    ip: "10.244.1.2".into(),
+                    port: 8080,
+                    protocol: "UDP".into(),
+                    new_flows: 5,
+                },
+            ],
         });
         c.conntrack_capacity = 65536;
         let t = counters_text(&c, false);
         assert!(
-            t.contains("default/web") && t.contains("10.244.1.2:8080=2"),
+            t.contains("default/web") && t.contains("10.244.1.2:8080/TCP=2 10.244.1.2:8080/UDP=5"),
             "{t}"
         );
         assert!(t.contains("conntrack: 0 entries of 65536"), "{t}");

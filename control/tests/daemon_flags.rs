@@ -9,7 +9,9 @@ fn check(mut cmd: clap::Command) {
     let mut seen = std::collections::BTreeSet::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        if id == "help" || id == "version" {
+        // --man and --completions print and exit, as --help does: a
+        // variable would make every start print a page instead.
+        if ["help", "version", "man", "completions"].contains(&id) {
             continue;
         }
         if arg.is_hide_set() {

@@ -318,7 +318,7 @@ async fn service_through(
 async fn etcd_nodes_register_share_state_restart_and_expire() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
-    let _ = env_logger::builder().is_test(true).try_init();
+    kxdp_proto::logging::init_for_tests();
     let tmp = TempDir::new("etcd-nodes");
     let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
     let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
@@ -445,7 +445,7 @@ fn endpoints_of(s: &DataplaneState, name: &str) -> Option<Vec<(String, bool, boo
 async fn etcd_a_node_away_past_its_lease_costs_only_its_endpoints_and_keeps_its_cidr() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
-    let _ = env_logger::builder().is_test(true).try_init();
+    kxdp_proto::logging::init_for_tests();
     let tmp = TempDir::new("etcd-away");
     let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
     let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
@@ -515,7 +515,7 @@ async fn etcd_a_node_away_past_its_lease_costs_only_its_endpoints_and_keeps_its_
 async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
     let etcd = Etcd::start(1);
     etcd.ready().await;
-    let _ = env_logger::builder().is_test(true).try_init();
+    kxdp_proto::logging::init_for_tests();
     let mut client = etcd::connect(&etcd.access).await.unwrap();
     etcd::init_config(&mut client, &lab_config()).await.unwrap();
     let listed = etcd::list(&mut client).await.unwrap();
@@ -568,7 +568,7 @@ async fn etcd_watch_recovers_from_a_compaction_with_a_full_list() {
 async fn etcd_a_lost_watch_is_followed_again_after_etcd_restarts() {
     let mut etcd = Etcd::start(1);
     etcd.ready().await;
-    let _ = env_logger::builder().is_test(true).try_init();
+    kxdp_proto::logging::init_for_tests();
     let tmp = TempDir::new("etcd-lost-watch");
     let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
     let a = wait_held("a registered", &fake_a, |s| s.node.is_some()).await;

@@ -193,7 +193,8 @@ fn every_unit_parses_with_the_real_flags_and_the_daemons_meet() {
         let pre = exec_lines(&dataplane_unit, &[], "ExecStartPre");
         assert_eq!(pre.len(), 1, "{pre:?}");
         let pre = expand(&pre[0], &env);
-        assert_eq!(pre, ["/usr/local/lib/kxdp/uplink.sh", uplink.as_str()]);
+        // "+": runs with full privileges (the service itself is not root).
+        assert_eq!(pre, ["+/usr/local/lib/kxdp/uplink.sh", uplink.as_str()]);
         assert!(repo().join("scripts/provision/uplink.sh").exists());
         let start = exec_lines(&dataplane_unit, &[], "ExecStart");
         assert_eq!(start.len(), 1, "{start:?}");

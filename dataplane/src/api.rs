@@ -278,10 +278,11 @@ fn counters_reply(c: CountersSnapshot) -> pb::GetCountersReply {
                 backends: sv
                     .backends
                     .into_iter()
-                    .map(|(ip, port, _protocol, new_flows)| pb::BackendCounters {
+                    .map(|(ip, port, protocol, new_flows)| pb::BackendCounters {
                         ip: ip.to_string(),
                         port: port as u32,
                         new_flows,
+                        protocol: pb::Protocol::from(protocol) as i32,
                     })
                     .collect(),
             })

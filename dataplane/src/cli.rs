@@ -23,7 +23,7 @@ use crate::xdp::XdpMode;
 ///
 /// Every flag can also be set from the environment variable in brackets
 /// (a systemd EnvironmentFile, a container's env); a flag given on the
-/// command line wins. Logging: RUST_LOG (default "info").
+/// command line wins.
 #[derive(Parser, Debug)]
 #[command(name = "kxdp-dataplane", version, verbatim_doc_comment)]
 pub struct Args {
@@ -68,6 +68,10 @@ pub struct Args {
     /// addresses.
     #[arg(long, value_name = "ADDR:PORT", env = "KXDP_DATAPLANE_METRICS_ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub log: kxdp_proto::logging::LogFlags,
+    #[command(flatten)]
+    pub doc: kxdp_proto::cli::DocFlags,
     /// For tests only (`fault.rs`): hidden, and deliberately without an
     /// environment variable, so that nothing but an explicit argument arms it.
     #[arg(long, hide = true, value_name = "FAULT")]
@@ -103,6 +107,15 @@ fn host_name() -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&Args::command()),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn the_default_socket_is_where_control_looks_for_the_node() {

@@ -376,11 +376,16 @@ impl Engine {
     fn handle(&mut self, req: Request) {
         match req {
             Request::Sync(st, reply) => {
+                let started = Instant::now();
+                let generation = st.generation;
                 let r = self.sync(*st);
+                self.log_write("sync", generation, None, started, &r);
                 let _ = reply.send(r);
             }
             Request::Update(generation, changes, reply) => {
+                let started = Instant::now();
                 let r = self.update(generation, &changes);
+                self.log_write("update", generation, Some(changes.len()), started, &r);
                 let _ = reply.send(r);
             }
             Request::GetState(reply) => {
@@ -396,6 +401,41 @@ impl Engine {
                 let ports = self.ports.values().map(|p| (p.ifname.as_str(), p.id));
                 let _ = reply.send(crate::watch::arm(&self.workers, ports, query));
             }
+        }
+    }
+
+    /// One event per write (`sync` or `update`): what it asked for and how
+    /// it ended, with what the state holds after it.
+    fn log_write(
+        &self,
+        event: &str,
+        generation: u64,
+        changes: Option<usize>,
+        started: Instant,
+        r: &Result<u64, WriteError>,
+    ) {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let st = &self.state;
+        match r {
+            Ok(applied) => tracing::info!(
+                event,
+                generation = applied,
+                changes,
+                pods = st.pods.len(),
+                remotes = st.remotes.len(),
+                services = st.services.len(),
+                ports = self.ports.len(),
+                ms,
+                "{event} applied: generation {applied}"
+            ),
+            Err(e) => tracing::warn!(
+                event,
+                generation,
+                changes,
+                error = %e,
+                ms,
+                "{event} of generation {generation} failed: {e}"
+            ),
         }
     }
 
@@ -662,10 +702,16 @@ impl Engine {
             self.uplink_status = match self.attach(&node.uplink, PortKind::Uplink, role) {
                 Ok(Some(mode)) => {
                     self.sync_uplink_maps();
+                    tracing::info!(event = "attach", iface = %node.uplink, kind = "uplink", mode,
+                        "uplink {} attached ({mode} XDP)", node.uplink);
                     format!("attached ({mode} XDP)")
                 }
                 Ok(None) => "pending: interface not found".into(),
-                Err(e) => format!("failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(event = "attach_failed", iface = %node.uplink, kind = "uplink",
+                        error = %e, "uplink {}: {e}", node.uplink);
+                    format!("failed: {e}")
+                }
             };
         }
         if let Some(h) = node.host_interface.clone() {
@@ -673,9 +719,11 @@ impl Engine {
                 match peer_mac(&h) {
                     Some(peer_mac) => match self.attach(&h, PortKind::Host { peer_mac }, Role::Pod)
                     {
-                        Ok(Some(_)) => log::info!("host interface {h} attached"),
+                        Ok(Some(mode)) => tracing::info!(event = "attach", iface = %h,
+                            kind = "host", mode, "host interface {h} attached ({mode} XDP)"),
                         Ok(None) => {}
-                        Err(e) => log::warn!("host interface {h}: {e}"),
+                        Err(e) => tracing::warn!(event = "attach_failed", iface = %h,
+                            kind = "host", error = %e, "host interface {h}: {e}"),
                     },
                     None => log::debug!("host interface {h}: no veth peer yet"),
                 }
@@ -705,10 +753,16 @@ impl Engine {
                 },
             };
             if self.pod_status.get(&p.name) != Some(&st) {
-                if st.state == AttachState::Attached {
-                    log::info!("pod {} attached on {}", p.name, p.ifname);
-                } else {
-                    log::warn!("pod {}: {}", p.name, st.detail);
+                let (pod, iface) = (&p.name, &p.ifname);
+                match st.state {
+                    AttachState::Attached => tracing::info!(event = "attach", iface = %iface,
+                        kind = "pod", pod = %pod, mode = %st.detail, "pod {pod} attached on {iface}"),
+                    AttachState::Pending => {
+                        tracing::info!(event = "attach_pending", iface = %iface,
+                        kind = "pod", pod = %pod, "pod {pod}: {}", st.detail)
+                    }
+                    AttachState::Failed => tracing::warn!(event = "attach_failed", iface = %iface,
+                        kind = "pod", pod = %pod, error = %st.detail, "pod {pod}: {}", st.detail),
                 }
             }
             self.pod_status.insert(p.name.clone(), st);
@@ -812,7 +866,7 @@ impl Engine {
         }
         self.free_ids.push(port.id);
         self.xdp_unknown_vtep_before += port.xdp.unknown_vtep_drops();
-        log::info!("detached {}", port.ifname);
+        tracing::info!(event = "detach", iface = %port.ifname, "detached {}", port.ifname);
     }
 
     fn tick(&mut self) {
@@ -830,7 +884,7 @@ impl Engine {
             .collect();
         let mut changed = !gone.is_empty();
         for ifname in gone {
-            log::warn!("interface {ifname} went away");
+            tracing::warn!(event = "interface_gone", iface = %ifname, "interface {ifname} went away");
             self.detach(&ifname);
         }
         let before = self.ports.len();
@@ -950,6 +1004,13 @@ impl Engine {
                 }
             }
             next.insert(r.vtep_ip, Neigh { next_hop, mac });
+        }
+        for (vtep, n) in &next {
+            let Some(mac) = n.mac else { continue };
+            if self.neigh.get(vtep).and_then(|o| o.mac) != Some(mac) {
+                tracing::info!(event = "neighbour_resolved", vtep = %vtep, next_hop = %n.next_hop,
+                    mac = %mac, "VTEP {vtep}: next hop {} is at {mac}", n.next_hop);
+            }
         }
         changed |= next.len() != self.neigh.len()
             || next.iter().any(|(k, v)| {
@@ -1119,11 +1180,13 @@ impl Engine {
         };
         self.live.unacknowledged();
         let generation = self.state.generation;
+        tracing::error!(event = "workers_behind", generation, workers = %worker_list(&workers),
+            "{} did not acknowledge generation {generation} within {ACK_TIMEOUT:?}: \
+             reporting generation 0 until a write reaches every worker", worker_list(&workers));
         let e = WriteError::Unacknowledged {
             workers,
             generation,
         };
-        log::error!("{e}: reporting generation 0 until a write reaches every worker");
         if generation != 0 {
             Arc::make_mut(&mut self.state).generation = 0;
         }

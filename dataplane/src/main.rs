@@ -9,9 +9,18 @@ use kxdp_dataplane::engine::{Engine, EngineConfig};
 use kxdp_proto::dataplane::dataplane_server::DataplaneServer;
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    kxdp_proto::abort_on_panic("kxdp-dataplane");
     let args = Args::parse();
+    if args
+        .doc
+        .handled(<Args as clap::CommandFactory>::command())?
+    {
+        return Ok(());
+    }
+    if let Err(e) = args.log.init() {
+        eprintln!("kxdp-dataplane: {e}");
+        std::process::exit(2);
+    }
+    kxdp_proto::abort_on_panic("kxdp-dataplane");
     if let Some(fault) = args.test_fault {
         log::warn!("--test-fault {fault} armed: this process is for tests only");
         kxdp_dataplane::fault::arm(fault);
@@ -62,7 +71,13 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         // The socket file goes when `_socket_file` drops, after serving.
         let (listener, _socket_file) = bind(&socket)?;
-        log::info!(
+        tracing::info!(
+            event = "started",
+            version = env!("CARGO_PKG_VERSION"),
+            node = %node,
+            socket = %socket.display(),
+            boot_id = %boot_id,
+            workers = args.workers,
             "kxdp-dataplane {} for node {node} serving on {} (boot id {boot_id}, {} worker(s))",
             env!("CARGO_PKG_VERSION"),
             socket.display(),
@@ -85,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
-    log::info!("stopped");
+    tracing::info!(event = "stopped", "stopped");
     Ok(())
 }
 

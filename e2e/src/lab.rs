@@ -14,6 +14,9 @@ pub struct LabOpts {
     /// `KXDP_LAB_QUEUES`: queues per veth and workers per dataplane
     /// (default 1).
     pub queues: Option<u32>,
+    /// More of lab.sh's environment, e.g. `KXDP_LOG_FORMAT=json` (the
+    /// daemons inherit it) or `KXDP_DATAPLANE_USER`.
+    pub env: Vec<(String, String)>,
 }
 
 impl LabOpts {
@@ -138,6 +141,7 @@ impl Lab {
         if let Some(q) = self.opts.queues {
             cmd.env("KXDP_LAB_QUEUES", q.to_string());
         }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.output().expect("cannot run scripts/lab.sh")
     }
 

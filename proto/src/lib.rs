@@ -21,7 +21,9 @@ pub mod kxdp {
     }
 }
 
+pub mod cli;
 pub mod limits;
+pub mod logging;
 pub mod ops;
 pub mod service;
 pub mod uds;

@@ -21,6 +21,9 @@ UNITS=$SRC/vagrant/systemd
 "$SRC/scripts/provision/install-kxdp.sh"
 
 install -d -m 0755 /usr/local/lib/kxdp /etc/kxdp
+# The daemons run as kxdp (the units' User=), with capabilities, not root.
+id -u kxdp >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin kxdp
 install -m 0755 "$SRC/scripts/provision/uplink.sh" /usr/local/lib/kxdp/uplink.sh
 install -m 0755 "$SRC/scripts/provision/cni-pod.sh" /usr/local/bin/kxdp-pod
 "$SRC/vagrant/provision/kxdp-env.sh" >/etc/default/kxdp
@@ -33,8 +36,8 @@ if [[ $STORE == etcd ]]; then
         echo "error: no $pki/client.pem: vagrant up makes it on the host (scripts/provision/etcd-pki.sh)" >&2
         exit 1
     }
-    install -d -m 0700 /etc/kxdp/etcd
-    install -m 0600 "$pki/ca.pem" "$pki/client.pem" "$pki/client-key.pem" /etc/kxdp/etcd/
+    install -d -m 0750 -g kxdp /etc/kxdp/etcd
+    install -m 0640 -g kxdp "$pki/ca.pem" "$pki/client.pem" "$pki/client-key.pem" /etc/kxdp/etcd/
 fi
 if [[ $STORE == file ]]; then
     install -m 0644 "$SRC/vagrant/cluster.yaml" /etc/kxdp/cluster.yaml

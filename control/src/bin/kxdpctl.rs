@@ -96,6 +96,7 @@ enum Cmd {
     },
     /// A node's live dataplane counters: interfaces, totals, non-zero drops.
     Counters {
+        /// The node whose dataplane to read.
         #[arg(long)]
         node: String,
         /// Show drop reasons with zero packets too (JSON always has every reason).
@@ -103,16 +104,23 @@ enum Cmd {
         all: bool,
     },
     /// Validate a cluster file and make it the desired state of every node.
-    Apply { file: PathBuf },
+    Apply {
+        /// The cluster file (YAML).
+        file: PathBuf,
+    },
     /// Register or remove a pod at run time (what the CNI plugin does).
     #[command(subcommand)]
     Pod(PodCmd),
     /// Services: name, ClusterIP, ports with NodePorts, endpoints ready/total.
     Services,
     /// One service's endpoints with their conditions.
-    Backends { service: String },
+    Backends {
+        /// The service, namespace/name.
+        service: String,
+    },
     /// A node's live connection-tracking entries.
     Conntrack {
+        /// The node whose dataplane to read.
         #[arg(long)]
         node: String,
         /// Only this service's entries (namespace/name).
@@ -180,29 +188,58 @@ enum Cmd {
     /// etcd store's cluster config, unless it has one (needs --store).
     /// Nodes register themselves; FILE's nodes, pods and services are not used.
     Init {
+        /// The cluster file (YAML) whose cluster settings to write.
         file: PathBuf,
         /// Prefix length of each node's pod CIDR.
         #[arg(long, default_value_t = kxdp_control::etcd::DEFAULT_SUBNET_LEN)]
         subnet_len: u8,
     },
     /// Validate a cluster file offline (no kxdp-control needed).
-    Validate { file: PathBuf },
+    Validate {
+        /// The cluster file (YAML).
+        file: PathBuf,
+    },
     /// Offline: how to plumb each pod, as JSON (scripts/lab.sh reads it).
     ///
     /// A JSON array, one object per pod:
     /// {node, name, ip, prefix_len, gateway, mac, ifname, mtu, dataplane}.
     /// FILE defaults to the embedded lab cluster file.
     #[command(verbatim_doc_comment)]
-    PlanPods { file: Option<PathBuf> },
+    PlanPods {
+        /// The cluster file (YAML); default: the embedded lab cluster file.
+        file: Option<PathBuf>,
+    },
     /// Offline: one JSON object per node (name, underlay_ip, uplink,
     /// pod_cidr, gateway, vtep_mac, dataplane, mtu, underlay_mtu, vni,
     /// vxlan_port): what the lab script builds each node's namespace from.
-    PlanNodes { file: Option<PathBuf> },
+    PlanNodes {
+        /// The cluster file (YAML); default: the embedded lab cluster file.
+        file: Option<PathBuf>,
+    },
     /// Offline: the DataplaneState that would be pushed to NODE, as JSON.
     ///
     /// The generation is 0 here; kxdp-control stamps its own. FILE defaults
     /// to the embedded lab cluster file.
-    PlanNode { node: String, file: Option<PathBuf> },
+    PlanNode {
+        /// The node whose state to show.
+        node: String,
+        /// The cluster file (YAML); default: the embedded lab cluster file.
+        file: Option<PathBuf>,
+    },
+    /// Print kxdpctl's man page (roff) to stdout, or with --dir write one
+    /// page per command (kxdpctl.1, kxdpctl-nodes.1, ...) into DIR.
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script for kxdpctl, e.g.
+    /// `kxdpctl completions bash > /etc/bash_completion.d/kxdpctl`.
+    Completions {
+        /// The shell to complete in.
+        shell: kxdp_proto::cli::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -210,6 +247,7 @@ enum PodCmd {
     /// Add a pod beside the cluster file's; returns once its node's
     /// dataplane holds it. Invalid values: exit 2, nothing changed.
     Add {
+        /// The node the pod runs on.
         #[arg(long)]
         node: String,
         /// Unique on the node, e.g. "<netns>/<ifname>".
@@ -238,8 +276,10 @@ enum PodCmd {
     },
     /// Remove a run-time pod; removing an unknown one succeeds.
     Del {
+        /// The node the pod runs on.
         #[arg(long)]
         node: String,
+        /// The pod's name, as it was added.
         #[arg(long)]
         name: String,
     },
@@ -249,9 +289,15 @@ enum PodCmd {
 enum ServiceCmd {
     /// Upsert the service in FILE (one service in the cluster file's
     /// `services:` entry shape); returns once the reachable nodes hold it.
-    Apply { file: PathBuf },
+    Apply {
+        /// One service, in the cluster file's `services:` entry shape (YAML).
+        file: PathBuf,
+    },
     /// Remove a run-time service; removing an unknown one succeeds.
-    Del { name: String },
+    Del {
+        /// The service, namespace/name.
+        name: String,
+    },
 }
 
 /// Why a command failed, and so its exit status.
@@ -309,6 +355,19 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<()> {
     let json = args.json;
     match args.cmd {
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            let written = match &dir {
+                Some(dir) => kxdp_proto::cli::man_pages(Args::command(), dir),
+                None => kxdp_proto::cli::man(Args::command(), "1", &mut io::stdout().lock()),
+            };
+            written.map_err(|e| Failure::Other(format!("man page: {e}")))
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            kxdp_proto::cli::completions(shell, Args::command(), &mut io::stdout().lock());
+            Ok(())
+        }
         Cmd::Validate { file } => {
             let cluster = load(Some(&file))?;
             if json {
@@ -897,4 +956,28 @@ fn parse_container_port(s: &str) -> std::result::Result<ContainerPort, String> {
         protocol: protocol as i32,
         port: port.parse().map_err(|_| bad())?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_has_help() {
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&Args::command()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand() {
+        let dir = std::env::temp_dir().join(format!("kxdpctl-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        kxdp_proto::cli::man_pages(Args::command(), &dir).unwrap();
+        let page = std::fs::read_to_string(dir.join("kxdpctl-counters.1")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(page.contains("The node whose dataplane to read"), "{page}");
+    }
 }

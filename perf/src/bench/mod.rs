@@ -10,6 +10,7 @@
 pub mod ceiling;
 pub mod lab;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scale;
@@ -370,7 +371,7 @@ pub struct ScaleSummary {
 fn run_once(tools: &Tools, a: &Attach, p: Point, tag: &str) -> anyhow::Result<RunFigures> {
     let r = run_point(tools, a, p, tag).map(|(g, s)| RunFigures::of(&g, &s));
     match &r {
-        Ok(f) => eprintln!(
+        Ok(f) => crate::say!(
             "    {tag}: {}sent {:.0} pps, delivered {:.0} pps, lost {:.2}%, p50 {:.0} us p99 {:.0} us",
             p.rate.map(|x| format!("at {x} pps: ")).unwrap_or_default(),
             f.gen_pps,
@@ -379,7 +380,7 @@ fn run_once(tools: &Tools, a: &Attach, p: Point, tag: &str) -> anyhow::Result<Ru
             f.p50_us,
             f.p99_us
         ),
-        Err(e) => eprintln!("    {tag}: error: {e:#}"),
+        Err(e) => crate::say!("    {tag}: error: {e:#}"),
     }
     r
 }
@@ -572,13 +573,14 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         how: format!("taskset -c {} inside `ip netns exec`", cfg.gen_core),
     });
 
+    progress::start(total_points(cfg, &runnable));
     if !runnable.is_empty() {
         let fwd = cfg.fwd_core.to_string();
         let cores = format!("{fwd} {fwd}");
-        eprintln!("==> lab {} (kxdp, KXDP_LAB_CORES=\"{cores}\")", cfg.prefix);
+        crate::say!("==> lab {} (kxdp, KXDP_LAB_CORES=\"{cores}\")", cfg.prefix);
         let kx = Lab::up(&cfg.root, &cfg.prefix, false, &cores, &work, &cfg.bin_dir)?;
         let kprefix = format!("{}k", cfg.prefix);
-        eprintln!("==> lab {kprefix} (kernel: KXDP_KERNEL_NODES=\"n1 n2\")");
+        crate::say!("==> lab {kprefix} (kernel: KXDP_KERNEL_NODES=\"n1 n2\")");
         let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir) {
             Ok(l) => l,
             Err(e) => {
@@ -594,18 +596,35 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
 
     if cfg.ceiling {
         if let Err(e) = run_ceiling(cfg, &tools, &mut report) {
-            eprintln!("==> testpmd ceiling: {e:#}");
+            crate::say!("==> testpmd ceiling: {e:#}");
             report
                 .notes
                 .push(format!("The testpmd ceiling could not be measured: {e:#}"));
         }
     }
+    progress::finish();
     report.load_after = loadavg();
     report.uptime_after = uptime();
     report.hop_vs_ceiling = hop_vs_ceiling(&report);
     report.offered_best = best_delivered(&report);
     report::write(cfg, &report)?;
     Ok(report)
+}
+
+/// The points a run measures, for the progress bar: each scenario's (size,
+/// flows) points (svc-scale: each flow count with the small and the big
+/// table; tcp-svc: one per offload mode), and the ceiling's.
+fn total_points(cfg: &BenchConfig, runnable: &[&Scenario]) -> u64 {
+    let grid = cfg.sizes.len() * cfg.flows.len();
+    let scenarios: usize = runnable
+        .iter()
+        .map(|s| match s.kind {
+            Kind::Tcp => tcp::MODES.len(),
+            Kind::SvcScale => 2 * cfg.flows.len(),
+            _ => grid,
+        })
+        .sum();
+    (scenarios + if cfg.ceiling { grid } else { 0 }) as u64
 }
 
 fn run_labs(
@@ -665,7 +684,7 @@ fn run_labs(
         let ak = attach(kx)?;
         let al = attach(kl)?;
         if s.services && !kube_proxy_loaded {
-            eprintln!(
+            crate::say!(
                 "==> kernel lab: kube-proxy (nftables mode) rule set {}",
                 lab::KUBE_PROXY_NFT
             );
@@ -693,14 +712,14 @@ fn run_labs(
         }
         if s.kind == Kind::Hop {
             if let Err(e) = prepare_hop(tools, s, kx, kl, report) {
-                eprintln!("==> {}: skipped: {e:#}", s.name);
+                crate::say!("==> {}: skipped: {e:#}", s.name);
                 report
                     .notes
                     .push(format!("{} was not measured: {e:#}", s.name));
                 continue;
             }
         }
-        eprintln!("==> {}: warm-up", s.name);
+        crate::say!("==> {}: warm-up", s.name);
         warm_up(tools, s.name, &ak, &al, report);
         if s.kind == Kind::SvcScale {
             run_svc_scale(cfg, tools, (kx, &ak), (kl, &al), report);
@@ -828,11 +847,11 @@ fn prepare_hop(
         }
     }
     let label = format!("{} (next-hop warm-up, sink on {})", s.name, rk.sink_ns);
-    eprintln!("==> {label}");
+    crate::say!("==> {label}");
     warm_up(tools, &label, &rk, &rl, report);
     for (dp, lab, c) in caps {
         let frame = c.finish(Duration::from_secs(12));
-        eprintln!("    {dp} uplink frame on the switch port: {frame}");
+        crate::say!("    {dp} uplink frame on the switch port: {frame}");
         report.underlay_frames.push(SinkSaw {
             scenario: s.name.into(),
             datapath: dp.into(),
@@ -845,7 +864,7 @@ fn prepare_hop(
         let done = lab
             .pin_uplink_neighbour(node, &next_hop)
             .with_context(|| format!("{dp}: {node}'s next hop {next_hop}"))?;
-        eprintln!("    {dp}: {done}");
+        crate::say!("    {dp}: {done}");
         report.notes.push(format!(
             "{} ({dp}): before the sink attached to the switch port, {done} (the sink takes \
              {node}'s ARP probes too).",
@@ -875,7 +894,7 @@ fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Rep
                     .first_probe
                     .map(|h| h.to_string())
                     .unwrap_or_else(|| "no probe".into());
-                eprintln!("    warm-up {dp}: sink saw {received}");
+                crate::say!("    warm-up {dp}: sink saw {received}");
                 report.sink_saw.push(SinkSaw {
                     scenario: name.into(),
                     datapath: dp.into(),
@@ -889,7 +908,7 @@ fn warm_up(tools: &Tools, name: &str, ak: &Attach, al: &Attach, report: &mut Rep
                     received,
                 });
             }
-            Err(e) => eprintln!("    warm-up {dp}: {e:#}"),
+            Err(e) => crate::say!("    warm-up {dp}: {e:#}"),
         }
     }
 }
@@ -907,7 +926,7 @@ fn point(
     size: usize,
     flows: u16,
 ) -> PointResult {
-    eprintln!("==> {name} {size}B {flows} flows");
+    crate::say!("==> {name} {size}B {flows} flows");
     let p = Point {
         size,
         flows,
@@ -927,9 +946,10 @@ fn point(
                 Err(e) => c.errors.push(format!("{e:#}")),
             }
         }
-        eprintln!(
+        crate::say!(
             "    conntrack on {node}: kxdp {:?}, kernel {:?} entries",
-            c.kxdp, c.kernel
+            c.kxdp,
+            c.kernel
         );
         c
     });
@@ -942,7 +962,7 @@ fn point(
         .offered
         .iter()
         .map(|&rate| {
-            eprintln!("==> {name} {size}B {flows} flows, offered {rate} pps");
+            crate::say!("==> {name} {size}B {flows} flows, offered {rate} pps");
             let at = Point {
                 rate: Some(rate),
                 ..p
@@ -962,6 +982,7 @@ fn point(
             }
         })
         .collect();
+    progress::point_done(&format!("{name} {size}B {flows} flows"));
     PointResult {
         scenario: name.into(),
         size,
@@ -1024,20 +1045,20 @@ fn run_svc_scale(
     let mut big_kx = prepared.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
     let mut big_kl = big_kx.clone();
     if big_kx.is_ok() {
-        eprintln!(
+        crate::say!(
             "==> svc-scale: kxdp: kxdpctl apply ({services} services / {endpoints} endpoints)"
         );
         match scale::kxdp_apply(kx, &yaml_path, "small -> big") {
             Ok(sw) => {
-                eprintln!("    {:.2} s: {}", sw.seconds, sw.detail);
+                crate::say!("    {:.2} s: {}", sw.seconds, sw.detail);
                 report.scale_switches.push(sw);
             }
             Err(e) => big_kx = Err(format!("kxdp: switching to the big table: {e:#}")),
         }
-        eprintln!("==> svc-scale: kernel: nft -f (the same services as kube-proxy rules)");
+        crate::say!("==> svc-scale: kernel: nft -f (the same services as kube-proxy rules)");
         match scale::kernel_load(kl, &nft_path) {
             Ok(sw) => {
-                eprintln!("    {:.1} s: {}", sw.seconds, sw.detail);
+                crate::say!("    {:.1} s: {}", sw.seconds, sw.detail);
                 report.scale_switches.push(sw);
             }
             Err(e) => big_kl = Err(format!("kernel: loading the big rule set: {e:#}")),
@@ -1047,7 +1068,7 @@ fn run_svc_scale(
         .into_iter()
         .filter_map(|r| r.as_ref().err())
     {
-        eprintln!("==> svc-scale: {e}");
+        crate::say!("==> svc-scale: {e}");
         report.scale_errors.push(e.clone());
     }
     let mut big = Vec::new();
@@ -1075,7 +1096,7 @@ fn run_svc_scale(
     }
     // Back to the small table, whatever happened.
     if let Ok(file) = &original {
-        eprintln!("==> svc-scale: back to the small table");
+        crate::say!("==> svc-scale: back to the small table");
         match scale::kxdp_apply(kx, file, "big -> small") {
             Ok(sw) => report.scale_switches.push(sw),
             Err(e) => report
@@ -1132,14 +1153,14 @@ fn run_tcp(
         how: format!("taskset -c {} inside `ip netns exec`", cfg.gen_core),
     });
     for mode in tcp::MODES {
-        eprintln!("==> tcp-svc: {}", mode.name);
+        crate::say!("==> tcp-svc: {}", mode.name);
         let mut mk = tcp::TcpMeasurement::default();
         let mut ml = tcp::TcpMeasurement::default();
         for (lab, a, m) in [(kx, ak, &mut mk), (kl, al, &mut ml)] {
             for ns in [&a.gen_ns, &a.sink_ns] {
                 match lab.set_offloads(ns, "eth0", mode.features) {
                     Ok(st) => {
-                        eprintln!("    {ns} eth0: {st}");
+                        crate::say!("    {ns} eth0: {st}");
                         m.offloads.push(format!("{ns} eth0: {st}"));
                     }
                     Err(e) => m.errors.push(format!("ethtool in {ns}: {e:#}")),
@@ -1156,14 +1177,15 @@ fn run_tcp(
                 let tag = format!("tcp-svc-{slug}-r{r}-{dp}");
                 match tcp::iperf_run(a, cfg.gen_core, dur, &tools.work, &tag) {
                     Ok(run) => {
-                        eprintln!(
+                        crate::say!(
                             "    {tag}: {:.2} Gbit/s, {} retransmits",
-                            run.gbps, run.retransmits
+                            run.gbps,
+                            run.retransmits
                         );
                         m.runs.push(run);
                     }
                     Err(e) => {
-                        eprintln!("    {tag}: error: {e:#}");
+                        crate::say!("    {tag}: error: {e:#}");
                         m.errors.push(format!("run {r}: {e:#}"));
                     }
                 }
@@ -1172,6 +1194,7 @@ fn run_tcp(
         mk.finish();
         ml.finish();
         let ratio = over(mk.gbps.map(|s| s.median), ml.gbps.map(|s| s.median));
+        progress::point_done(&format!("tcp-svc {}", mode.name));
         report.tcp.push(tcp::TcpPoint {
             mode: mode.name.into(),
             what: mode.what.into(),
@@ -1192,7 +1215,7 @@ fn run_tcp(
 }
 
 fn run_ceiling(cfg: &BenchConfig, tools: &Tools, report: &mut Report) -> anyhow::Result<()> {
-    eprintln!("==> testpmd AF_XDP io-forward ceiling");
+    crate::say!("==> testpmd AF_XDP io-forward ceiling");
     let tp = ceiling::Testpmd::start(&format!("{}c", cfg.prefix), cfg.fwd_core, &tools.work)?;
     report.ceiling_command = Some(tp.command.clone());
     report.pinning.push(Pinning {
@@ -1217,7 +1240,7 @@ fn run_ceiling(cfg: &BenchConfig, tools: &Tools, report: &mut Report) -> anyhow:
     );
     for &size in &cfg.sizes {
         for &flows in &cfg.flows {
-            eprintln!("==> testpmd {size}B {flows} flows");
+            crate::say!("==> testpmd {size}B {flows} flows");
             let p = Point {
                 size,
                 flows,
@@ -1244,6 +1267,7 @@ fn run_ceiling(cfg: &BenchConfig, tools: &Tools, report: &mut Report) -> anyhow:
                     &mut m,
                 );
             }
+            progress::point_done(&format!("testpmd {size}B {flows} flows"));
             report.ceiling.push(CeilingResult {
                 size,
                 flows,

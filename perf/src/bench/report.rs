@@ -623,7 +623,7 @@ pub fn write(cfg: &BenchConfig, r: &Report) -> anyhow::Result<()> {
         serde_json::to_string_pretty(r)? + "\n",
     )?;
     if let Err(e) = super::plot::delivered(r, &cfg.out.join("delivered.png")) {
-        eprintln!("==> no plot: {e:#}");
+        crate::say!("==> no plot: {e:#}");
     }
     std::fs::write(cfg.out.join("report.md"), markdown(cfg, r))?;
     Ok(())

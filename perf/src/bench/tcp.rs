@@ -174,7 +174,7 @@ pub fn iperf_run(
     match (client_st, parsed) {
         (Ok(_), Ok(r)) => {
             if let Err(e) = server_st {
-                eprintln!("    {tag}: iperf3 -s: {e:#}");
+                crate::say!("    {tag}: iperf3 -s: {e:#}");
             }
             let _ = std::fs::remove_file(&server_log);
             Ok(r)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use kxdp_perf::bench::{report, run_bench, scenarios, BenchConfig, SwitchRps};
+use kxdp_perf::bench::{plot, report, run_bench, scenarios, BenchConfig, SwitchRps};
 
 #[derive(Parser)]
 #[command(
@@ -29,10 +29,14 @@ enum Cmd {
             default_value = "pod-pod-local,pod-pod-remote,pod-svc,pod-svc-hop,ext-nodeport,svc-scale,tcp-svc"
         )]
         scenarios: Vec<String>,
+        /// Ethernet frame sizes in bytes, comma-separated: each is a point.
         #[arg(long, value_delimiter = ',', default_value = "64,1400")]
         sizes: Vec<usize>,
+        /// Flow counts (distinct source ports), comma-separated: each is a point.
         #[arg(long, value_delimiter = ',', default_value = "1,1000")]
         flows: Vec<u16>,
+        /// Runs per point and datapath (alternating kxdp and kernel); the
+        /// report gives their median.
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Seconds per run (at most 60).
@@ -83,6 +87,11 @@ enum Cmd {
     },
     /// List the scenarios.
     List,
+    /// Redraw DIR/delivered.png from DIR/report.json (a past run).
+    Plot {
+        /// A results folder, e.g. perf/results/2026-11-26T0515Z.
+        dir: PathBuf,
+    },
 }
 
 /// An `--offered` rate: a whole, positive number of packets/s.
@@ -116,6 +125,17 @@ fn find_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Plot { dir } => {
+            let json = dir.join("report.json");
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let data = plot::PlotData::from_json(&serde_json::from_str(&text)?)
+                .with_context(|| format!("{}", json.display()))?;
+            let png = dir.join("delivered.png");
+            plot::draw(&data, &png)?;
+            println!("{}", png.display());
+            Ok(())
+        }
         Cmd::List => {
             for s in scenarios::SCENARIOS {
                 let state = if s.attach.is_some() {
@@ -225,6 +245,14 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    #[test]
+    fn every_argument_has_help() {
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&Cli::command()),
+            Vec::<String>::new()
+        );
+    }
+
     /// `kxdp-bench run ARGS`, parsed.
     fn run(args: &[&str]) -> Result<Cmd, clap::Error> {
         let argv = ["kxdp-bench", "run"].iter().chain(args);
@@ -234,14 +262,14 @@ mod tests {
     fn switch_rps(args: &[&str]) -> Result<SwitchRps, clap::Error> {
         match run(args)? {
             Cmd::Run { switch_rps, .. } => Ok(switch_rps),
-            Cmd::List => unreachable!("parsed `run`"),
+            Cmd::List | Cmd::Plot { .. } => unreachable!("parsed `run`"),
         }
     }
 
     fn offered(args: &[&str]) -> Result<Vec<u64>, clap::Error> {
         match run(args)? {
             Cmd::Run { offered, .. } => Ok(offered),
-            Cmd::List => unreachable!("parsed `run`"),
+            Cmd::List | Cmd::Plot { .. } => unreachable!("parsed `run`"),
         }
     }
 

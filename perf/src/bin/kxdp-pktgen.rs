@@ -21,18 +21,25 @@ struct Cli {
 enum Cmd {
     /// Send UDP (or TCP SYN) probes with a sequence number and a timestamp.
     Gen {
+        /// The interface to send on (in this network namespace).
         #[arg(long)]
         iface: String,
+        /// The interface's queue to bind the AF_XDP socket to.
         #[arg(long, default_value_t = 0)]
         queue: u32,
+        /// Destination MAC of every frame (the next hop's), aa:bb:cc:dd:ee:ff.
         #[arg(long)]
         dst_mac: String,
+        /// Source MAC of every frame (the sending interface's).
         #[arg(long)]
         src_mac: String,
+        /// Source IPv4 address.
         #[arg(long)]
         src_ip: Ipv4Addr,
+        /// Destination IPv4 address.
         #[arg(long)]
         dst_ip: Ipv4Addr,
+        /// Destination UDP (or TCP) port.
         #[arg(long)]
         dst_port: u16,
         /// First source port; flow i uses src-port + i.
@@ -53,6 +60,7 @@ enum Cmd {
         /// Stop after this many seconds (always bounded: at most 300).
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Probe protocol: UDP datagrams or TCP SYNs.
         #[arg(long, default_value = "udp")]
         proto: Proto,
         /// Write the JSON result here instead of stdout.
@@ -61,13 +69,16 @@ enum Cmd {
     },
     /// Receive probes: per-flow loss and reorder, latency, throughput.
     Sink {
+        /// The interface to receive on (in this network namespace).
         #[arg(long)]
         iface: String,
+        /// The interface's queue to bind the AF_XDP socket to.
         #[arg(long, default_value_t = 0)]
         queue: u32,
         /// Receive for this many seconds (at most 300).
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Flows the generator sends, for per-flow loss (default: those seen).
         #[arg(long)]
         expect_flows: Option<u64>,
         /// Stop this many ms after the last probe (once one came).
@@ -82,6 +93,7 @@ enum Cmd {
         /// Create this file once the socket is ready.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Write the JSON result here instead of stdout.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -168,5 +180,17 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{}", sink_summary(&r));
             emit(&json, &r)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&super::Cli::command()),
+            Vec::<String>::new()
+        );
     }
 }

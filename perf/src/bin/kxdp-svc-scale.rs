@@ -78,6 +78,7 @@ enum Cmd {
     Size(SizeArgs),
     /// UDP and TCP echo server (inside a pod namespace).
     Echo {
+        /// UDP and TCP port to listen on.
         #[arg(long, default_value_t = ECHO_TARGET)]
         port: u16,
         /// Name put in front of TCP replies (which backend answered).
@@ -89,17 +90,22 @@ enum Cmd {
     },
     /// UDP ping loop to ADDR:PORT until stdin closes (or --max-s); JSON on stdout.
     Ping {
+        /// Where to ping, ADDR:PORT.
         #[arg(long)]
         to: SocketAddrV4Arg,
+        /// Microseconds between pings.
         #[arg(long, default_value_t = 500)]
         interval_us: u64,
+        /// Stop after this many seconds even if stdin stays open.
         #[arg(long, default_value_t = 600)]
         max_s: u64,
     },
     /// COUNT TCP connections to ADDR:PORT, one line each way; JSON on stdout.
     TcpCheck {
+        /// Where to connect, ADDR:PORT.
         #[arg(long)]
         to: SocketAddrV4Arg,
+        /// How many connections.
         #[arg(long, default_value_t = 20)]
         count: u32,
     },
@@ -145,6 +151,7 @@ struct RunArgs {
     /// Repository root (scripts/lab.sh); default: found from here.
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Name prefix of the lab (its namespaces, run directory).
     #[arg(long, default_value = "kxsvc")]
     prefix: String,
     /// KXDP_LAB_CORES for the lab's dataplanes.
@@ -1178,4 +1185,16 @@ fn summary(r: &Report) -> serde_json::Value {
         "ping_pod_quiet": r.ping_pod_quiet,
         "long_names": r.long_names_result,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        assert_eq!(
+            kxdp_proto::cli::undocumented(&super::Cli::command()),
+            Vec::<String>::new()
+        );
+    }
 }
