@@ -192,6 +192,10 @@ counter_table! {
         egress_routed,
         /// Packets the flow cache forwarded without the full walk.
         flow_cache_hits,
+        /// Frames the flow cache could have forwarded (TCP/UDP, no options,
+        /// fragments, SYN, FIN or RST) but had no valid entry for: they
+        /// took the walk.
+        flow_cache_misses,
         /// New service flows given another source port because their reply
         /// key was taken (one client port to two frontends of one backend).
         source_ports_remapped,

@@ -365,6 +365,9 @@ impl Pipeline {
             Ok(v) => return v,
             Err(probe) => probe,
         };
+        // A TCP/UDP frame the cache could have served, but had no entry
+        // (or a stale one) for.
+        self.counters.flow_cache_misses += u64::from(probe.is_some());
         self.learn = fast::Learn::default();
         let v = match from {
             fast::From::Pod(ip) => self.on_pod(cx, port, ip, p),

@@ -365,6 +365,7 @@ fn udp_flows_of_isolated_pods_take_the_flow_cache_both_ways() {
     // The first packet opens the flow, the second each way teaches the
     // cache; the other five are hits.
     assert_eq!(pl.counters().flow_cache_hits, 5, "{:?}", pl.counters());
+    assert_eq!(pl.counters().flow_cache_misses, 3, "{:?}", pl.counters());
     assert_eq!(pl.counters().policy_flows_allowed, 1);
 }
 

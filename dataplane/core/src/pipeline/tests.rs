@@ -2136,6 +2136,7 @@ fn counters_merge_sums_every_field() {
     a.fragments_to_host = 14;
     a.snat_ports_reclaimed = 17;
     a.policy_flows_allowed = 18;
+    a.flow_cache_misses = 19;
     b.arp_replies = 10;
     b.icmp_errors_sent = 20;
     b.icmp_rate_limited = 30;
@@ -2154,6 +2155,7 @@ fn counters_merge_sums_every_field() {
     b.fragments_to_host = 140;
     b.snat_ports_reclaimed = 170;
     b.policy_flows_allowed = 180;
+    b.flow_cache_misses = 190;
     let mut m = a.clone();
     m.merge(&b);
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -2179,6 +2181,7 @@ fn counters_merge_sums_every_field() {
         fragments_to_host,
         snat_ports_reclaimed,
         policy_flows_allowed,
+        flow_cache_misses,
     } = m;
     assert_eq!(
         [
@@ -2199,9 +2202,10 @@ fn counters_merge_sums_every_field() {
             egress_flows,
             egress_routed,
             snat_ports_reclaimed,
-            policy_flows_allowed
+            policy_flows_allowed,
+            flow_cache_misses
         ],
-        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176, 187, 198]
+        [11, 22, 33, 121, 44, 55, 66, 77, 88, 99, 110, 132, 143, 154, 165, 176, 187, 198, 209]
     );
     // Merging nothing changes nothing.
     let mut z = a.clone();

@@ -161,6 +161,7 @@ fn same(pl: &Pipeline, twin: &Pipeline, out: &[(Verdict, Vec<u8>)], pkts: &[Pack
     // The twin has no cache: all else must agree.
     let mine = Counters {
         flow_cache_hits: 0,
+        flow_cache_misses: 0,
         ..pl.counters.clone()
     };
     assert_eq!(mine, twin.counters, "counters");
