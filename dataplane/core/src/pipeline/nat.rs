@@ -605,9 +605,10 @@ impl Pipeline {
             dport: backend.1,
             ..l.key()
         };
-        if let Err(r) = self.policy(cx, ing, l.src, seen_src, &to) {
-            return Nat::Done(Verdict::Drop(r));
-        }
+        let isolated = match self.policy(cx, ing, l.src, seen_src, &to) {
+            Ok(isolated) => isolated,
+            Err(r) => return Nat::Done(Verdict::Drop(r)),
+        };
         let reply = FlowKey {
             proto: l.proto,
             src: backend.0,
@@ -650,6 +651,7 @@ impl Pipeline {
         if remapped {
             self.counters.source_ports_remapped += 1;
         }
+        self.counters.policy_flows_allowed += u64::from(isolated);
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
         let snat = (flags & F_SNAT != 0).then_some((reply.dst, reply.dport));
         rewrite(p, l, snat, Some(backend));
@@ -679,9 +681,10 @@ impl Pipeline {
                 return self.reject(cx, p, l, false, DropReason::NoConntrack);
             }
         }
-        if let Err(r) = self.policy(cx, ing, l.src, l.src, &l.key()) {
-            return Nat::Done(Verdict::Drop(r));
-        }
+        let isolated = match self.policy(cx, ing, l.src, l.src, &l.key()) {
+            Ok(isolated) => isolated,
+            Err(r) => return Nat::Done(Verdict::Drop(r)),
+        };
         let entry = Entry {
             // Policy decided in this snapshot.
             backend: validated(t),
@@ -704,6 +707,7 @@ impl Pipeline {
             Err(reason) => return Nat::Done(Verdict::Drop(reason)),
         };
         self.counters.egress_flows += 1;
+        self.counters.policy_flows_allowed += u64::from(isolated);
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
         rewrite(p, l, Some((node.underlay_ip, entry.reply.dport)), None);
         Nat::Route {
@@ -781,6 +785,7 @@ impl Pipeline {
         self.flows.forget(&entry.original);
         self.flows.forget(&entry.reply);
         self.ct.touch(id, dir, l.tcp_flags, now);
+        self.counters.policy_flows_allowed += 1;
         Nat::Route {
             external_reply: None,
         }
@@ -816,6 +821,8 @@ impl Pipeline {
     /// sent; `seen_src` is what the destination sees after any SNAT):
     /// `Ok(true)` if an isolated local pod is in it (track it), `Ok(false)`
     /// if none is. Protocols without ports are matched by protocol alone.
+    /// Established flows are decided again with it when the tables change;
+    /// only new ones count as `policy_flows_allowed` (the callers').
     fn policy(
         &mut self,
         cx: &Ctx<'_>,
@@ -838,10 +845,7 @@ impl Pipeline {
             .decide(egress_src, seen_src, to.dst, to.proto, port, from_node)
         {
             Decision::Unrestricted => Ok(false),
-            Decision::Allowed(_) => {
-                self.counters.policy_flows_allowed += 1;
-                Ok(true)
-            }
+            Decision::Allowed(_) => Ok(true),
             Decision::Denied(Direction::Egress) => Err(DropReason::PolicyDeniedEgress),
             Decision::Denied(Direction::Ingress) => Err(DropReason::PolicyDeniedIngress),
         }

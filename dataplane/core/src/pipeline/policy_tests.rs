@@ -409,3 +409,19 @@ fn a_pod_calling_itself_through_its_service_is_seen_as_itself() {
         DropReason::PolicyDeniedIngress,
     );
 }
+
+#[test]
+fn only_new_flows_count_as_allowed_not_their_next_decision() {
+    let t = with_policy(&[(P2_IP, p2_from_p1())]);
+    let mut pl = pipeline();
+    let c = (P1_IP, 45000);
+    let data = tcp_from(Peer::P1, c, LOCAL_BE, PSH | ACK, 2, 10, b"x");
+    delivered(&send(&mut pl, T0, &t, Peer::P1, &data));
+    assert_eq!(pl.counters().policy_flows_allowed, 1);
+    // The same policy in three new snapshots: decided again, not new.
+    for _ in 0..3 {
+        let again = with_policy(&[(P2_IP, p2_from_p1())]);
+        delivered(&send(&mut pl, T0, &again, Peer::P1, &data));
+    }
+    assert_eq!(pl.counters().policy_flows_allowed, 1);
+}
