@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kxdp_proto::control::AddPodRequest;
+use kxdp_proto::control::{AddPodRequest, Namespace, NetworkPolicy};
 use kxdp_proto::dataplane as pb;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -40,6 +40,15 @@ pub trait DesiredStore: Send + Sync {
     async fn upsert_service(&self, service: &pb::Service) -> Result<u64, Status>;
     /// `DeleteService`: the generation, and whether the service existed.
     async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status>;
+    /// `UpsertNetworkPolicy`: all of `policies`, or none.
+    async fn upsert_policies(&self, policies: &[NetworkPolicy]) -> Result<u64, Status>;
+    /// `DeleteNetworkPolicy` of "namespace/name": the generation, and
+    /// whether the policy existed.
+    async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status>;
+    /// `UpsertNamespace`.
+    async fn upsert_namespace(&self, namespace: &Namespace) -> Result<u64, Status>;
+    /// `DeleteNamespace`: the generation, and whether it existed.
+    async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status>;
     /// `ApplyCluster`: a whole cluster file in place of the current one.
     async fn apply_cluster(&self, yaml: &str) -> Result<Applied, Status>;
 }
@@ -201,13 +210,14 @@ impl FileStore {
     fn opened(shared: Arc<Shared>) -> Opened {
         let desired = shared.current();
         log::info!(
-            "generation {}: {} nodes ({} kxdp), {} pods ({} run-time), {} run-time services",
+            "generation {}: {} nodes ({} kxdp), {} pods ({} run-time), {} run-time services, {} run-time network policies",
             desired.generation,
             desired.cluster.nodes.len(),
             desired.states.len(),
             desired.cluster.pods.len() + desired.runtime.pods.len(),
             desired.runtime.pods.len(),
-            desired.runtime.services.len()
+            desired.runtime.services.len(),
+            desired.runtime.policies.len()
         );
         Opened {
             store: Arc::new(FileStore {
@@ -299,6 +309,87 @@ impl DesiredStore for FileStore {
         })?;
         if existed {
             log::info!("service {name} deleted: generation {generation}");
+        }
+        Ok((generation, existed))
+    }
+
+    async fn upsert_policies(&self, protos: &[NetworkPolicy]) -> Result<u64, Status> {
+        let (generation, names) =
+            self.shared
+                .edit_runtime(|cluster, runtime| -> Result<_, Problems> {
+                    let policies = runtime::check_policies(cluster, runtime, protos)?;
+                    let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+                    if policies
+                        .iter()
+                        .all(|p| runtime.policies.get(&p.name) == Some(p))
+                    {
+                        return Ok(Edit::Unchanged(names));
+                    }
+                    let mut next = runtime.clone();
+                    next.policies
+                        .extend(policies.into_iter().map(|p| (p.name.clone(), p)));
+                    Ok(Edit::Changed(next, names))
+                })?;
+        log::info!(
+            "network policies {} upserted: generation {generation}",
+            names.join(", ")
+        );
+        Ok(generation)
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status> {
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            if runtime.policies.contains_key(name) {
+                let mut next = runtime.clone();
+                next.policies.remove(name);
+                return Ok(Edit::Changed(next, true));
+            }
+            if cluster.policies.iter().any(|p| p.name == name) {
+                return Err(Status::failed_precondition(format!(
+                    "network policy {name} comes from the cluster file: remove it there and apply the file"
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!("network policy {name} deleted: generation {generation}");
+        }
+        Ok((generation, existed))
+    }
+
+    async fn upsert_namespace(&self, proto: &Namespace) -> Result<u64, Status> {
+        let (generation, name) =
+            self.shared
+                .edit_runtime(|cluster, runtime| -> Result<_, Problems> {
+                    let ns = runtime::check_namespace(cluster, runtime, proto)?;
+                    let name = ns.name.clone();
+                    if runtime.namespaces.get(&name) == Some(&ns) {
+                        return Ok(Edit::Unchanged(name));
+                    }
+                    let mut next = runtime.clone();
+                    next.namespaces.insert(name.clone(), ns);
+                    Ok(Edit::Changed(next, name))
+                })?;
+        log::info!("namespace {name} upserted: generation {generation}");
+        Ok(generation)
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status> {
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            if runtime.namespaces.contains_key(name) {
+                let mut next = runtime.clone();
+                next.namespaces.remove(name);
+                return Ok(Edit::Changed(next, true));
+            }
+            if cluster.namespaces.iter().any(|n| n.name == name) {
+                return Err(Status::failed_precondition(format!(
+                    "namespace {name} comes from the cluster file: remove it there and apply the file"
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!("namespace {name} deleted: generation {generation}");
         }
         Ok((generation, existed))
     }
