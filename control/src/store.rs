@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, LAB_CLUSTER_YAML};
 use crate::daemon::Config;
 use crate::etcd::{self, EtcdConfig, Registration};
 use crate::reconcile::{Edit, Shared};
-use crate::runtime::{self, PodCheck};
+use crate::runtime::{self, PodCheck, Runtime};
 use crate::state_file::{Restored, StateFile};
 use crate::validate::{self, Problems};
 
@@ -229,6 +229,35 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Deletes the run-time object `what` ("service default/web"):
+    /// `remove` takes it out of a copy of the run-time set (true if it was
+    /// there); one the cluster file holds (`in_file`) is refused.
+    fn delete_runtime(
+        &self,
+        what: &str,
+        remove: impl FnOnce(&mut Runtime) -> bool,
+        in_file: impl FnOnce(&Cluster) -> bool,
+    ) -> Result<(u64, bool), Status> {
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            let mut next = runtime.clone();
+            if remove(&mut next) {
+                return Ok(Edit::Changed(next, true));
+            }
+            if in_file(cluster) {
+                return Err(Status::failed_precondition(format!(
+                    "{what} comes from the cluster file: remove it there and apply the file"
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!("{what} deleted: generation {generation}");
+        }
+        Ok((generation, existed))
+    }
+}
+
 #[tonic::async_trait]
 impl DesiredStore for FileStore {
     async fn add_pod(&self, req: &AddPodRequest) -> Result<u64, Status> {
@@ -256,24 +285,15 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_pod(&self, node: &str, name: &str) -> Result<(u64, bool), Status> {
-        let key = (node.to_string(), name.to_string());
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.pods.contains_key(&key) {
-                let mut next = runtime.clone();
-                next.pods.remove(&key);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.pods.iter().any(|p| p.node == node && p.name == name) {
-                return Err(Status::failed_precondition(format!(
-                    "pod {node}/{name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("pod {node}/{name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("pod {node}/{name}"),
+            |rt| {
+                rt.pods
+                    .remove(&(node.to_string(), name.to_string()))
+                    .is_some()
+            },
+            |c| c.pods.iter().any(|p| p.node == node && p.name == name),
+        )
     }
 
     async fn upsert_service(&self, proto: &pb::Service) -> Result<u64, Status> {
@@ -294,23 +314,11 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status> {
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.services.contains_key(name) {
-                let mut next = runtime.clone();
-                next.services.remove(name);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.service(name).is_some() {
-                return Err(Status::failed_precondition(format!(
-                    "service {name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("service {name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("service {name}"),
+            |rt| rt.services.remove(name).is_some(),
+            |c| c.service(name).is_some(),
+        )
     }
 
     async fn upsert_policies(&self, protos: &[NetworkPolicy]) -> Result<u64, Status> {
@@ -338,23 +346,11 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status> {
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.policies.contains_key(name) {
-                let mut next = runtime.clone();
-                next.policies.remove(name);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.policies.iter().any(|p| p.name == name) {
-                return Err(Status::failed_precondition(format!(
-                    "network policy {name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("network policy {name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("network policy {name}"),
+            |rt| rt.policies.remove(name).is_some(),
+            |c| c.policies.iter().any(|p| p.name == name),
+        )
     }
 
     async fn upsert_namespace(&self, proto: &Namespace) -> Result<u64, Status> {
@@ -375,23 +371,11 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status> {
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.namespaces.contains_key(name) {
-                let mut next = runtime.clone();
-                next.namespaces.remove(name);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.namespaces.iter().any(|n| n.name == name) {
-                return Err(Status::failed_precondition(format!(
-                    "namespace {name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("namespace {name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("namespace {name}"),
+            |rt| rt.namespaces.remove(name).is_some(),
+            |c| c.namespaces.iter().any(|n| n.name == name),
+        )
     }
 
     async fn apply_cluster(&self, yaml: &str) -> Result<Applied, Status> {
