@@ -738,13 +738,7 @@ async fn network_policies_and_namespaces_are_upserted_kept_and_deleted() {
         .iter()
         .all(|p| p.ingress.is_some() && p.egress.is_none()));
     let ns = client
-        .upsert_namespace(UpsertNamespaceRequest {
-            namespace: Some(Namespace {
-                name: "default".into(),
-                labels: [("team".to_string(), "blue".to_string())].into(),
-                source: String::new(),
-            }),
-        })
+        .upsert_namespace(namespace_labelled("default", "team", "blue"))
         .await
         .unwrap()
         .into_inner();

@@ -19,8 +19,8 @@ use kxdp_control::store::Source;
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
     AddPodRequest, ApplyClusterRequest, DeleteNetworkPolicyRequest, ListNamespacesRequest,
-    ListNetworkPoliciesRequest, ListServicesRequest, Namespace, NetworkPolicy,
-    UpsertNamespaceRequest, UpsertNetworkPolicyRequest, UpsertServiceRequest,
+    ListNetworkPoliciesRequest, ListServicesRequest, NetworkPolicy, UpsertNetworkPolicyRequest,
+    UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::DataplaneState;
 use kxdp_testkit::{free_port, TempDir};
@@ -449,15 +449,9 @@ async fn etcd_network_policies_written_through_one_node_reach_every_node() {
     let b = wait_held("b sees a", &fake_b, |s| s.remote_nodes.len() == 1).await;
     pod_through(&mut cb, &b, &fake_b).await;
 
-    ca.upsert_namespace(UpsertNamespaceRequest {
-        namespace: Some(Namespace {
-            name: "default".into(),
-            labels: [("team".to_string(), "blue".to_string())].into(),
-            source: String::new(),
-        }),
-    })
-    .await
-    .unwrap();
+    ca.upsert_namespace(namespace_labelled("default", "team", "blue"))
+        .await
+        .unwrap();
     ca.upsert_network_policy(UpsertNetworkPolicyRequest {
         policies: vec![NetworkPolicy {
             name: "deny".into(),

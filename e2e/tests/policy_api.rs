@@ -107,13 +107,7 @@ fn a_policy_through_the_api_denies_survives_a_control_restart_and_goes_when_dele
     );
 
     // A new control process restores it from the state file.
-    let out = lab.lab_sh(&["restart-control", "--kill"], 120);
-    assert!(
-        out.status.success(),
-        "lab.sh restart-control: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.kill_and_restart_control();
     assert_eq!(runtime_policies(&lab), vec!["default/deny-ingress"]);
     assert!(!connects(), "the policy is lost after a control restart");
 
