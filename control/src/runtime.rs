@@ -1104,5 +1104,35 @@ mod tests {
         let table = state.pods[0].ingress.clone().expect("isolated");
         assert!(table.peers.is_empty(), "{table:?}");
         assert!(state.pods[0].egress.is_none());
+
+        // From the namespaces labelled team=blue: none until a run-time
+        // namespace carries the label, then the four pods of "default".
+        let mut from_blue = deny("", "from-blue");
+        from_blue.ingress.push(cpb::NetworkPolicyIngressRule {
+            from: vec![cpb::NetworkPolicyPeer {
+                namespace_selector: Some(cpb::LabelSelector {
+                    match_labels: [("team".to_string(), "blue".to_string())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ports: vec![],
+        });
+        for pol in check_policies(&c, &rt, &[from_blue]).unwrap() {
+            rt.policies.insert(pol.name.clone(), pol);
+        }
+        let peers = |rt: &Runtime| {
+            let state = crate::plan::node_state(&c, rt, "n1", 1).unwrap();
+            state.pods[0].ingress.clone().unwrap().peers.len()
+        };
+        assert_eq!(peers(&rt), 0);
+        let blue = cpb::Namespace {
+            name: "default".into(),
+            labels: [("team".to_string(), "blue".to_string())].into(),
+            source: String::new(),
+        };
+        let ns = check_namespace(&c, &rt, &blue).unwrap();
+        rt.namespaces.insert(ns.name.clone(), ns);
+        assert_eq!(peers(&rt), 4);
     }
 }

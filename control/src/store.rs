@@ -2,8 +2,9 @@
 //!
 //! One trait, [`DesiredStore`], two stores behind it:
 //! - [`FileStore`]: a cluster file (`--cluster`, or the lab's with `--lab`)
-//!   held in this process; `ApplyCluster` replaces it, and pods and services
-//!   registered at run time are kept beside it ([`crate::runtime`]); each
+//!   held in this process; `ApplyCluster` replaces it, and the pods,
+//!   services, network policies and namespace labels registered at run time
+//!   are kept beside it ([`crate::runtime`]); each
 //!   change is written to the state file first ([`crate::state_file`]).
 //! - [`crate::etcd::Store`] (`--store`): writes go to etcd and come back
 //!   through its watch, for every node's control process to see.

@@ -1175,4 +1175,34 @@ mod tests {
         assert!(t.starts_with("node n1: 1 of 7 entries"), "{t}");
         assert!(t.contains("TCP    10.244.1.2:40000"), "{t}");
     }
+
+    #[test]
+    fn network_policies_and_namespaces_as_tables() {
+        let c =
+            crate::cluster::Cluster::from_yaml(include_str!("../../config/policy-example.yaml"))
+                .unwrap();
+        let mut p = c.policies[0].to_proto();
+        p.source = "file".into();
+        p.pod_selector
+            .as_mut()
+            .unwrap()
+            .match_expressions
+            .push(cpb::LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: vec!["a".into(), "b".into()],
+            });
+        let v = NetworkPolicyView::from(p);
+        assert_eq!(v.name, "shop/db");
+        let text = network_policies_table(&[v]);
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "shop/db  file    Ingress,Egress  app=db,tier In (a,b)  1              0"
+        );
+        let ns = NamespaceView::from(c.namespaces[0].to_proto());
+        assert_eq!(
+            namespaces_table(&[ns]).lines().nth(1).unwrap(),
+            "shop       -       team=shop"
+        );
+    }
 }
