@@ -100,6 +100,19 @@ impl Lab {
         log_dir: &Path,
         bin_dir: &Path,
     ) -> anyhow::Result<Lab> {
+        Lab::up_env(root, prefix, kernel, cores, log_dir, bin_dir, &[])
+    }
+
+    /// [`Lab::up`] with more of lab.sh's variables (e.g. `KXDP_LAB_QUEUES`).
+    pub fn up_env(
+        root: &Path,
+        prefix: &str,
+        kernel: bool,
+        cores: &str,
+        log_dir: &Path,
+        bin_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Lab> {
         let log = log_dir.join(format!("lab-{prefix}.log"));
         let run_dir = PathBuf::from(format!("/run/kxdp/{prefix}"));
         let mut cmd = Command::new(root.join("scripts/lab.sh"));
@@ -111,7 +124,8 @@ impl Lab {
             .env("KXDP_RUN_DIR", &run_dir)
             .env("KXDP_CLUSTER", root.join(CLUSTER_FILE))
             .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?);
+            .stderr(std::fs::File::options().append(true).open(&log)?)
+            .envs(env.iter().copied());
         if kernel {
             cmd.env("KXDP_KERNEL_NODES", "n1 n2");
         } else {
