@@ -230,6 +230,18 @@ pub fn cluster_yaml(base: &str, changed: bool) -> anyhow::Result<String> {
     Ok(y)
 }
 
+/// The `ms=` of each "NODE: generation N applied" line of kxdp-control's log.
+pub fn pushed_ms(log: &str, node: &str) -> Vec<f64> {
+    let head = format!("{node}: generation ");
+    log.lines()
+        .filter(|l| l.contains(&head) && l.contains(" applied "))
+        .filter_map(|l| {
+            let at = l.find(" ms=")?;
+            l[at + 4..].split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// The pods of `after` that differ from `before` (by name), as upserts.
 pub fn changed_pods(before: &pb::DataplaneState, after: &pb::DataplaneState) -> Vec<pb::Pod> {
     after
@@ -238,6 +250,31 @@ pub fn changed_pods(before: &pb::DataplaneState, after: &pb::DataplaneState) -> 
         .filter(|p| before.pods.iter().find(|b| b.name == p.name) != Some(*p))
         .cloned()
         .collect()
+}
+
+/// `n` calls of `call(i)` (its request's size and the gRPC result), each
+/// timed from the call to the reply.
+fn timed(
+    what: &str,
+    n: usize,
+    mut call: impl FnMut(usize) -> (usize, Result<(), tonic::Status>),
+) -> Timing {
+    let mut ms = Vec::new();
+    let mut errors = Vec::new();
+    let mut bytes = 0;
+    for i in 0..n {
+        let t = Instant::now();
+        let (size, r) = call(i);
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        bytes = bytes.max(size);
+        match r {
+            Ok(()) => ms.push(elapsed),
+            Err(s) => errors.push(format!("call {i}: {:?}: {}", s.code(), s.message())),
+        }
+    }
+    let t = Timing::of(what, &ms, bytes, errors);
+    crate::say!("    median {:.2} ms, p99 {:.2} ms", t.median_ms, t.p99_ms);
+    t
 }
 
 fn update_of(pods: &[pb::Pod]) -> Vec<pb::Change> {
@@ -276,7 +313,7 @@ pub fn run_delivery(cfg: &DeliveryConfig) -> anyhow::Result<DeliveryReport> {
         "==> lab {} (kxdp, 2 workers per node: KXDP_LAB_QUEUES=2, KXDP_LAB_CORES=\"{cores}\")",
         cfg.prefix
     );
-    let lab = Lab::up_env(
+    let lab = Lab::up(
         &cfg.root,
         &cfg.prefix,
         false,
@@ -286,9 +323,25 @@ pub fn run_delivery(cfg: &DeliveryConfig) -> anyhow::Result<DeliveryReport> {
         &[("KXDP_LAB_QUEUES", "2")],
     )?;
     let r = measure(cfg, &lab, &work);
+    // Control's own account of each push (its log goes with the lab).
+    let log = std::fs::read_to_string(lab.run_dir.join("control.log")).unwrap_or_default();
     crate::say!("==> lab down");
     lab.down();
     let mut rep = r?;
+    let mut pushes = Vec::new();
+    for node in ["n1", "n2"] {
+        let ms = pushed_ms(&log, node);
+        pushes.push(Timing::of(
+            &format!(
+                "control's push to {node} (its log's `generation N applied ... ms=`: the \
+                 Sync or Update it sent, until the reply), during the ApplyCluster runs"
+            ),
+            &ms,
+            0,
+            Vec::new(),
+        ));
+    }
+    rep.timings.splice(1..1, pushes);
     rep.load_before = load_before;
     rep.load_after = super::loadavg();
     let json = serde_json::to_string_pretty(&rep)?;
@@ -450,58 +503,36 @@ fn measure(cfg: &DeliveryConfig, lab: &Lab, work: &Path) -> anyhow::Result<Deliv
         }),
     }))?;
     crate::say!("==> Update with the change, {} times", cfg.changes);
-    let mut ms = Vec::new();
-    let mut errors = Vec::new();
-    let mut bytes = 0;
-    for i in 0..cfg.changes {
-        generation += 1;
-        let req = pb::UpdateRequest {
-            generation,
-            changes: update_of(if i % 2 == 0 { &a_to_b } else { &b_to_a }),
-        };
-        bytes = bytes.max(req.encoded_len());
-        let t = Instant::now();
-        match rt.block_on(dp.update(req)) {
-            Ok(_) => ms.push(t.elapsed().as_secs_f64() * 1e3),
-            Err(s) => errors.push(format!("update {i}: {:?}: {}", s.code(), s.message())),
-        }
-    }
-    let t = Timing::of(
+    let t = timed(
         "dataplane: Update (the changed pods' upserts) until both workers acknowledged",
-        &ms,
-        bytes,
-        errors,
+        cfg.changes,
+        |i| {
+            generation += 1;
+            let req = pb::UpdateRequest {
+                generation,
+                changes: update_of(if i % 2 == 0 { &a_to_b } else { &b_to_a }),
+            };
+            (req.encoded_len(), rt.block_on(dp.update(req)).map(drop))
+        },
     );
-    crate::say!("    median {:.2} ms, p99 {:.2} ms", t.median_ms, t.p99_ms);
     timings.push(t);
     let syncs = (cfg.changes / 5).max(10);
     crate::say!("==> Sync of the whole state with the change, {syncs} times");
-    let mut ms = Vec::new();
-    let mut errors = Vec::new();
-    let mut bytes = 0;
-    for i in 0..syncs {
-        generation += 1;
-        let st = if i % 2 == 0 { &sb } else { &sa };
-        let req = pb::SyncRequest {
-            state: Some(pb::DataplaneState {
-                generation,
-                ..st.clone()
-            }),
-        };
-        bytes = bytes.max(req.encoded_len());
-        let t = Instant::now();
-        match rt.block_on(dp.sync(req)) {
-            Ok(_) => ms.push(t.elapsed().as_secs_f64() * 1e3),
-            Err(s) => errors.push(format!("sync {i}: {:?}: {}", s.code(), s.message())),
-        }
-    }
-    let t = Timing::of(
+    let t = timed(
         "dataplane: Sync (the whole state, one policy changed) until both workers acknowledged",
-        &ms,
-        bytes,
-        errors,
+        syncs,
+        |i| {
+            generation += 1;
+            let st = if i % 2 == 0 { &sb } else { &sa };
+            let req = pb::SyncRequest {
+                state: Some(pb::DataplaneState {
+                    generation,
+                    ..st.clone()
+                }),
+            };
+            (req.encoded_len(), rt.block_on(dp.sync(req)).map(drop))
+        },
     );
-    crate::say!("    median {:.2} ms, p99 {:.2} ms", t.median_ms, t.p99_ms);
     timings.push(t);
     notes.push(format!(
         "n1's kxdp-control was stopped (pid {pid}) before the dataplane-only runs; the lab was \
@@ -533,6 +564,19 @@ fn measure(cfg: &DeliveryConfig, lab: &Lab, work: &Path) -> anyhow::Result<Deliv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_pushes_are_read_from_its_log() {
+        let log = "\
+2026-12-07T20:10:09.980971Z  INFO kxdp_control::reconcile: n2: syncing generation 5 (it holds generation 4) event=\"resync\"
+2026-12-07T20:10:09.993038Z  INFO kxdp_control::reconcile: n2: generation 5 applied event=\"synced\" node=n2 generation=5 ms=7.477904
+2026-12-07T20:10:09.994170Z  INFO kxdp_control::reconcile: n1: generation 5 applied event=\"synced\" node=n1 generation=5 ms=13.293738
+2026-12-07T20:10:10.994170Z  INFO kxdp_control::reconcile: n1: generation 6 applied event=\"synced\" node=n1 generation=6 ms=14.5
+";
+        assert_eq!(pushed_ms(log, "n1"), [13.293738, 14.5]);
+        assert_eq!(pushed_ms(log, "n2"), [7.477904]);
+        assert!(pushed_ms(log, "n3").is_empty());
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -92,19 +92,8 @@ impl Lab {
     /// `lab.sh up` with `prefix`; the kernel baseline when `kernel`.
     /// kxdp's dataplanes are pinned with `KXDP_LAB_CORES=cores`; the
     /// binaries come from `bin_dir` (`KXDP_BIN_DIR`).
+    /// `env`: more of lab.sh's variables (e.g. `KXDP_LAB_QUEUES`).
     pub fn up(
-        root: &Path,
-        prefix: &str,
-        kernel: bool,
-        cores: &str,
-        log_dir: &Path,
-        bin_dir: &Path,
-    ) -> anyhow::Result<Lab> {
-        Lab::up_env(root, prefix, kernel, cores, log_dir, bin_dir, &[])
-    }
-
-    /// [`Lab::up`] with more of lab.sh's variables (e.g. `KXDP_LAB_QUEUES`).
-    pub fn up_env(
         root: &Path,
         prefix: &str,
         kernel: bool,

@@ -583,10 +583,18 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         let fwd = cfg.fwd_core.to_string();
         let cores = format!("{fwd} {fwd}");
         crate::say!("==> lab {} (kxdp, KXDP_LAB_CORES=\"{cores}\")", cfg.prefix);
-        let kx = Lab::up(&cfg.root, &cfg.prefix, false, &cores, &work, &cfg.bin_dir)?;
+        let kx = Lab::up(
+            &cfg.root,
+            &cfg.prefix,
+            false,
+            &cores,
+            &work,
+            &cfg.bin_dir,
+            &[],
+        )?;
         let kprefix = format!("{}k", cfg.prefix);
         crate::say!("==> lab {kprefix} (kernel: KXDP_KERNEL_NODES=\"n1 n2\")");
-        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir) {
+        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir, &[]) {
             Ok(l) => l,
             Err(e) => {
                 kx.down();

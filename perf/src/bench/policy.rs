@@ -800,104 +800,94 @@ pub fn run_policy(
     report: &mut Report,
 ) {
     let mut pr = std::mem::take(&mut report.policy);
-    if let Err(e) = run_policy_inner(cfg, tools, (kx, ak), (kl, al), s, base, report, &mut pr) {
+    let r = (|| -> anyhow::Result<()> {
+        let pr = &mut pr;
+        let off_file = kx.cluster_file()?;
+        let on_file = tools.work.join("policy-cluster.yaml");
+        let text = std::fs::read_to_string(&off_file)
+            .with_context(|| format!("reading {}", off_file.display()))?;
+        std::fs::write(&on_file, cluster_yaml(&text)?)?;
+        pr.kxdp_file = Some(on_file.display().to_string());
+        let mut sw = Switcher {
+            kx,
+            kl,
+            on_file,
+            off_file,
+            on: false,
+        };
+        crate::say!(
+            "==> {}: policy on (kxdp: kxdpctl apply; kernel: Calico's iptables rules)",
+            s.name
+        );
+        let r = (|| -> anyhow::Result<()> {
+            switch(&mut sw, true, s, pr)?;
+            warm_up(tools, &format!("{} (policy on)", s.name), ak, al, report);
+            for (lab, a) in [(kx, ak), (kl, al)] {
+                pr.checks.push(deny_check(tools, s, lab, a));
+            }
+            for &size in &cfg.sizes {
+                for &flows in &cfg.flows {
+                    crate::say!("==> {base} {size}B {flows} flows, without and with policy");
+                    let p = Point {
+                        size,
+                        flows,
+                        rate: None,
+                        duration_s: cfg.duration_s,
+                    };
+                    let tag = format!("{}-{size}-{flows}", s.name);
+                    let mut m: [[Measurement; 2]; 2] = Default::default();
+                    for r in 0..cfg.runs {
+                        // Start with the state the labs are in: on, off | off,
+                        // on | on, off ...: one switch per run.
+                        let order = if sw.on { [true, false] } else { [false, true] };
+                        for on in order {
+                            switch(&mut sw, on, s, pr)?;
+                            let state = if on { "policy" } else { "nopolicy" };
+                            let [mk, ml] = &mut m[usize::from(on)];
+                            measure(tools, ak, p, &format!("{tag}-r{r}-{state}-kxdp"), mk);
+                            measure(tools, al, p, &format!("{tag}-r{r}-{state}-kernel"), ml);
+                        }
+                    }
+                    let [[mut k0, mut l0], [mut k1, mut l1]] = m;
+                    for x in [&mut k0, &mut l0, &mut k1, &mut l1] {
+                        x.finish();
+                    }
+                    pr.summary.push(PolicySummary {
+                        scenario: base.into(),
+                        size,
+                        flows,
+                        kxdp_with_over_without: over(k1.median(), k0.median()),
+                        kernel_with_over_without: over(l1.median(), l0.median()),
+                        kxdp_over_kernel_without: over(k0.median(), l0.median()),
+                        kxdp_over_kernel_with: over(k1.median(), l1.median()),
+                    });
+                    for (label, k, l) in [("no policy", k0, l0), ("policy", k1, l1)] {
+                        report.points.push(PointResult {
+                            scenario: format!("{base}, {label}"),
+                            size,
+                            flows,
+                            ratio: over(k.median(), l.median()),
+                            kxdp: k,
+                            kernel: l,
+                            conntrack: None,
+                            offered: Vec::new(),
+                        });
+                    }
+                    progress::point_done(&format!("{} {size}B {flows} flows", s.name));
+                }
+            }
+            Ok(())
+        })();
+        // Off whatever happened.
+        let off = switch(&mut sw, false, s, pr);
+        r?;
+        off
+    })();
+    if let Err(e) = r {
         crate::say!("==> {}: {e:#}", s.name);
         pr.errors.push(format!("{}: {e:#}", s.name));
     }
     report.policy = pr;
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_policy_inner(
-    cfg: &BenchConfig,
-    tools: &Tools,
-    (kx, ak): (&Lab, &Attach),
-    (kl, al): (&Lab, &Attach),
-    s: &Scenario,
-    base: &str,
-    report: &mut Report,
-    pr: &mut PolicyReport,
-) -> anyhow::Result<()> {
-    let off_file = kx.cluster_file()?;
-    let on_file = tools.work.join("policy-cluster.yaml");
-    let text = std::fs::read_to_string(&off_file)
-        .with_context(|| format!("reading {}", off_file.display()))?;
-    std::fs::write(&on_file, cluster_yaml(&text)?)?;
-    pr.kxdp_file = Some(on_file.display().to_string());
-    let mut sw = Switcher {
-        kx,
-        kl,
-        on_file,
-        off_file,
-        on: false,
-    };
-    crate::say!(
-        "==> {}: policy on (kxdp: kxdpctl apply; kernel: Calico's iptables rules)",
-        s.name
-    );
-    let r = (|| -> anyhow::Result<()> {
-        switch(&mut sw, true, s, pr)?;
-        warm_up(tools, &format!("{} (policy on)", s.name), ak, al, report);
-        for (lab, a) in [(kx, ak), (kl, al)] {
-            pr.checks.push(deny_check(tools, s, lab, a));
-        }
-        for &size in &cfg.sizes {
-            for &flows in &cfg.flows {
-                crate::say!("==> {base} {size}B {flows} flows, without and with policy");
-                let p = Point {
-                    size,
-                    flows,
-                    rate: None,
-                    duration_s: cfg.duration_s,
-                };
-                let tag = format!("{}-{size}-{flows}", s.name);
-                let mut m: [[Measurement; 2]; 2] = Default::default();
-                for r in 0..cfg.runs {
-                    // Start with the state the labs are in: on, off | off,
-                    // on | on, off ...: one switch per run.
-                    let order = if sw.on { [true, false] } else { [false, true] };
-                    for on in order {
-                        switch(&mut sw, on, s, pr)?;
-                        let state = if on { "policy" } else { "nopolicy" };
-                        let [mk, ml] = &mut m[usize::from(on)];
-                        measure(tools, ak, p, &format!("{tag}-r{r}-{state}-kxdp"), mk);
-                        measure(tools, al, p, &format!("{tag}-r{r}-{state}-kernel"), ml);
-                    }
-                }
-                let [[mut k0, mut l0], [mut k1, mut l1]] = m;
-                for x in [&mut k0, &mut l0, &mut k1, &mut l1] {
-                    x.finish();
-                }
-                pr.summary.push(PolicySummary {
-                    scenario: base.into(),
-                    size,
-                    flows,
-                    kxdp_with_over_without: over(k1.median(), k0.median()),
-                    kernel_with_over_without: over(l1.median(), l0.median()),
-                    kxdp_over_kernel_without: over(k0.median(), l0.median()),
-                    kxdp_over_kernel_with: over(k1.median(), l1.median()),
-                });
-                for (label, k, l) in [("no policy", k0, l0), ("policy", k1, l1)] {
-                    report.points.push(PointResult {
-                        scenario: format!("{base}, {label}"),
-                        size,
-                        flows,
-                        ratio: over(k.median(), l.median()),
-                        kxdp: k,
-                        kernel: l,
-                        conntrack: None,
-                        offered: Vec::new(),
-                    });
-                }
-                progress::point_done(&format!("{} {size}B {flows} flows", s.name));
-            }
-        }
-        Ok(())
-    })();
-    // Off whatever happened.
-    let off = switch(&mut sw, false, s, pr);
-    r?;
-    off
 }
 
 /// [`Switcher::set`], recording the counters of the policy period that a
