@@ -92,6 +92,7 @@ impl Lab {
     /// `lab.sh up` with `prefix`; the kernel baseline when `kernel`.
     /// kxdp's dataplanes are pinned with `KXDP_LAB_CORES=cores`; the
     /// binaries come from `bin_dir` (`KXDP_BIN_DIR`).
+    /// `env`: more of lab.sh's variables (e.g. `KXDP_LAB_QUEUES`).
     pub fn up(
         root: &Path,
         prefix: &str,
@@ -99,6 +100,7 @@ impl Lab {
         cores: &str,
         log_dir: &Path,
         bin_dir: &Path,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Lab> {
         let log = log_dir.join(format!("lab-{prefix}.log"));
         let run_dir = PathBuf::from(format!("/run/kxdp/{prefix}"));
@@ -111,7 +113,8 @@ impl Lab {
             .env("KXDP_RUN_DIR", &run_dir)
             .env("KXDP_CLUSTER", root.join(CLUSTER_FILE))
             .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?);
+            .stderr(std::fs::File::options().append(true).open(&log)?)
+            .envs(env.iter().copied());
         if kernel {
             cmd.env("KXDP_KERNEL_NODES", "n1 n2");
         } else {

@@ -8,8 +8,10 @@
 //! the machine is doing (colleagues compiling) hits both alike.
 
 pub mod ceiling;
+pub mod delivery;
 pub mod lab;
 pub mod plot;
+pub mod policy;
 pub mod progress;
 pub mod report;
 pub mod run;
@@ -312,6 +314,8 @@ pub struct Report {
     /// `--offered`: each point's best delivered rate per datapath.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub offered_best: Vec<BestDelivered>,
+    /// The policy scenarios: with/without ratios, checks, switches.
+    pub policy: policy::PolicyReport,
 }
 
 /// A one-hop scenario's point beside the AF_XDP ceiling at the same
@@ -566,6 +570,7 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         underlay_frames: Vec::new(),
         hop_vs_ceiling: Vec::new(),
         offered_best: Vec::new(),
+        policy: Default::default(),
     };
     report.pinning.push(Pinning {
         process: "kxdp-pktgen gen and sink".into(),
@@ -578,10 +583,18 @@ pub fn run_bench(cfg: &BenchConfig) -> anyhow::Result<Report> {
         let fwd = cfg.fwd_core.to_string();
         let cores = format!("{fwd} {fwd}");
         crate::say!("==> lab {} (kxdp, KXDP_LAB_CORES=\"{cores}\")", cfg.prefix);
-        let kx = Lab::up(&cfg.root, &cfg.prefix, false, &cores, &work, &cfg.bin_dir)?;
+        let kx = Lab::up(
+            &cfg.root,
+            &cfg.prefix,
+            false,
+            &cores,
+            &work,
+            &cfg.bin_dir,
+            &[],
+        )?;
         let kprefix = format!("{}k", cfg.prefix);
         crate::say!("==> lab {kprefix} (kernel: KXDP_KERNEL_NODES=\"n1 n2\")");
-        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir) {
+        let kl = match Lab::up(&cfg.root, &kprefix, true, &cores, &work, &cfg.bin_dir, &[]) {
             Ok(l) => l,
             Err(e) => {
                 kx.down();
@@ -718,6 +731,11 @@ fn run_labs(
                     .push(format!("{} was not measured: {e:#}", s.name));
                 continue;
             }
+        }
+        if s.policy {
+            let base = s.name.trim_end_matches("-policy");
+            policy::run_policy(cfg, tools, (kx, &ak), (kl, &al), s, base, report);
+            continue;
         }
         crate::say!("==> {}: warm-up", s.name);
         warm_up(tools, s.name, &ak, &al, report);
@@ -1320,6 +1338,7 @@ mod tests {
             underlay_frames: Vec::new(),
             hop_vs_ceiling: Vec::new(),
             offered_best: Vec::new(),
+            policy: Default::default(),
         }
     }
 

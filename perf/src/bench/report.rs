@@ -328,6 +328,119 @@ pub fn scale_section(r: &Report) -> String {
     s
 }
 
+/// The policy scenarios: with/without per datapath, the not-allowed flow
+/// check, the rule counters, the switch times.
+pub fn policy_section(r: &Report) -> String {
+    let p = &r.policy;
+    let mut s = String::new();
+    if p.summary.is_empty() && p.checks.is_empty() && p.errors.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "\n## Network policy: without vs with\n\n\
+         The same walk measured without and with the bench policy set \
+         (`src/bench/policy.rs`: namespace bench default-denies ingress and egress, two policies \
+         allow exactly the generator's flow, 200 ipBlock policies select every bench pod, 100 \
+         more live in other namespaces), runs alternating without/with and kxdp/kernel: off \
+         (kxdp, kernel), switch, on (kxdp, kernel), on, switch, off, ... kxdp gets the set \
+         through `kxdpctl apply` (the harness waits until both nodes report the generation \
+         applied); the kernel gets Calico's iptables rules and ipsets for it \
+         (`kernel/calico-policy.iptables`, filled per node). Goal: kxdp with / without ≥ 0.95.\n\n\
+         | scenario | frame | flows | kxdp with / without | kernel with / without | kxdp / kernel, without | kxdp / kernel, with |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for x in &p.summary {
+        let _ = writeln!(
+            s,
+            "| {} | {} B | {} | **{}** | {} | {} | **{}** |",
+            x.scenario,
+            x.size,
+            x.flows,
+            plain_ratio(x.kxdp_with_over_without),
+            plain_ratio(x.kernel_with_over_without),
+            plain_ratio(x.kxdp_over_kernel_without),
+            plain_ratio(x.kxdp_over_kernel_with)
+        );
+    }
+    s.push_str(
+        "\nA flow the policy does not allow (n1/p2, `app: idle`, to the same destination, 1 s at \
+         10 kpps) while the policy is on: nothing may reach the sink, and the datapath must \
+         count the drops.\n\n\
+         | scenario | datapath | flow | sent | delivered | counted | counter | ok |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for c in &p.checks {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.scenario,
+            c.datapath,
+            c.flow,
+            c.sent,
+            c.delivered,
+            c.counted,
+            c.counter,
+            match (&c.error, c.ok) {
+                (Some(e), _) => format!("error: {e}"),
+                (None, true) => "**yes**".into(),
+                (None, false) => "**NO**".into(),
+            }
+        );
+    }
+    if !p.kernel_counters.is_empty() {
+        s.push_str(
+            "\nKernel: the Calico rules' packet counters at the end of each scenario (non-zero; \
+             `iptables-save -c`):\n\n| scenario | node | chain: what | packets |\n|---|---|---|---|\n",
+        );
+        for (sc, node, counters) in &p.kernel_counters {
+            for (k, n) in counters {
+                let _ = writeln!(s, "| {sc} | {node} | {k} | {n} |");
+            }
+        }
+    }
+    if !p.kxdp_counters.is_empty() {
+        s.push_str("\nkxdp: policy drops at the end of each scenario (`kxdpctl counters`):\n\n");
+        for (sc, line) in &p.kxdp_counters {
+            let _ = writeln!(s, "- {sc}: {line}");
+        }
+    }
+    if !p.toggles.is_empty() {
+        s.push_str("\nSwitching the policy set on and off (wall time, median [min – max]):\n\n");
+        for dp in ["kxdp", "kernel"] {
+            for what in ["policy on", "policy off"] {
+                let v: Vec<f64> = p
+                    .toggles
+                    .iter()
+                    .filter(|t| t.datapath == dp && t.what == what)
+                    .map(|t| t.seconds * 1e3)
+                    .collect();
+                if let Some(sp) = crate::stats::Spread::of(&v) {
+                    let _ = writeln!(
+                        s,
+                        "- {dp}, {what}: {:.0} ms [{:.0} – {:.0}], {} times",
+                        sp.median, sp.min, sp.max, sp.n
+                    );
+                }
+            }
+        }
+        s.push_str(
+            "\n(kxdp: `kxdpctl apply` of the whole cluster file until both nodes report the \
+             generation, polled every 50 ms; kernel: `ipset restore` + `iptables-restore` into \
+             both nodes, or their removal.)\n",
+        );
+    }
+    for c in &p.kernel_commands {
+        let _ = writeln!(s, "\n- kernel: `{c}`");
+    }
+    if let Some(f) = &p.kxdp_file {
+        let _ = writeln!(s, "- kxdp: `kxdpctl apply {f}` (kept in `raw/`)");
+    }
+    for e in &p.errors {
+        let _ = writeln!(s, "\n- error: {e}");
+    }
+    s
+}
+
 /// tcp-svc: per offload mode, both datapaths' runs, offload state, errors.
 pub fn tcp_section(r: &Report) -> String {
     let mut s = String::new();
@@ -512,6 +625,7 @@ pub fn markdown(cfg: &BenchConfig, r: &Report) -> String {
     }
     s.push_str(&services_section(r));
     s.push_str(&scale_section(r));
+    s.push_str(&policy_section(r));
     s.push_str(&tcp_section(r));
     if !r.pending.is_empty() {
         s.push_str("\n### Not yet available\n\n");

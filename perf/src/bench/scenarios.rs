@@ -55,6 +55,10 @@ pub struct Scenario {
     /// scenario, and count conntrack entries after each point.
     pub services: bool,
     pub kind: Kind,
+    /// Measured without and with the bench policy set, alternating
+    /// (`src/bench/policy.rs`): kxdp with it applied through kxdp-control,
+    /// the kernel with Calico's iptables rules for it.
+    pub policy: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -65,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: false,
         kind: Kind::Pps,
+        policy: false,
     },
     Scenario {
         name: "pod-pod-remote",
@@ -73,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: false,
         kind: Kind::Pps,
+        policy: false,
     },
     Scenario {
         name: "pod-svc",
@@ -82,6 +88,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Pps,
+        policy: false,
     },
     Scenario {
         name: "pod-svc-hop",
@@ -93,6 +100,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Hop,
+        policy: false,
     },
     Scenario {
         name: "ext-nodeport",
@@ -102,6 +110,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Pps,
+        policy: false,
     },
     Scenario {
         name: "egress",
@@ -114,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: false,
         kind: Kind::Hop,
+        policy: false,
     },
     Scenario {
         name: "svc-scale",
@@ -125,6 +135,7 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::SvcScale,
+        policy: false,
     },
     Scenario {
         name: "tcp-svc",
@@ -134,6 +145,32 @@ pub const SCENARIOS: &[Scenario] = &[
         pending: "",
         services: true,
         kind: Kind::Tcp,
+        policy: false,
+    },
+    Scenario {
+        name: "pod-pod-remote-policy",
+        walk: "pod-pod-remote (n1/p1 -> n2/p1, UDP 5201) without and with network policy, \
+               alternating: namespace bench default-denies ingress and egress, two policies \
+               allow exactly this flow (egress of app: gen to app: sink, ingress of app: sink \
+               from app: gen, UDP 5201), 200 ipBlock policies select every bench pod and 100 \
+               more sit in other namespaces (kernel: Calico's iptables rules and ipsets for \
+               them, perf/kernel/calico-policy.iptables, on n1 and n2)",
+        attach: Some(pod_pod_remote),
+        pending: "",
+        services: false,
+        kind: Kind::Pps,
+        policy: true,
+    },
+    Scenario {
+        name: "pod-svc-policy",
+        walk: "pod-svc (n1/p1 -> ClusterIP 10.96.0.20:5201/UDP -> n2/p1) without and with the \
+               policy set of pod-pod-remote-policy, alternating: the policies see the backend's \
+               pod address after DNAT (kernel: kube-proxy nftables plus Calico's iptables rules)",
+        attach: Some(pod_svc),
+        pending: "",
+        services: true,
+        kind: Kind::Pps,
+        policy: true,
     },
 ];
 
@@ -384,6 +421,13 @@ mod tests {
         assert!(!egress.services);
         assert!(hop_prep(egress).unwrap().capture.contains(WWW_IP));
         assert!(SCENARIOS.iter().all(|s| s.attach.is_some()));
+        let with: Vec<&str> = SCENARIOS
+            .iter()
+            .filter(|s| s.policy)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(with, ["pod-pod-remote-policy", "pod-svc-policy"]);
+        assert!(find("pod-svc-policy").unwrap().services);
         assert!(find("nope").is_none());
     }
 
@@ -400,7 +444,7 @@ mod tests {
         let nft = repo_file(super::super::lab::KUBE_PROXY_NFT);
         let endpoint = "10.244.2.2"; // n2/p1 in the cluster file
         assert!(yaml.contains(&format!(
-            "- {{ name: {}, node: {}, ip: {endpoint} }}",
+            "- {{ name: {}, node: {}, ip: {endpoint},",
             SVC_ENDPOINT.1, SVC_ENDPOINT.0
         )));
         assert!(yaml.contains(&format!("cluster_ip: {SVC_CLUSTER_IP}")));

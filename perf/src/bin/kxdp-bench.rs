@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use kxdp_perf::bench::{plot, report, run_bench, scenarios, BenchConfig, SwitchRps};
+use kxdp_perf::bench::{delivery, plot, report, run_bench, scenarios, BenchConfig, SwitchRps};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +85,30 @@ enum Cmd {
         #[arg(long, env = "KXDP_BIN_DIR")]
         bin_dir: Option<PathBuf>,
     },
+    /// How long one changed network policy takes to reach a node's
+    /// workers: kxdp-control's ApplyCluster end to end, then the
+    /// dataplane's Update alone (own lab, 2 workers per node; about 5
+    /// minutes). Writes JSON to --out.
+    PolicyDelivery {
+        /// Changes per measurement, alternating (at least 100 for a p99).
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Results file (default perf/results/policy-delivery-<UTC date-time>.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Repository root (scripts/lab.sh); default: found from here.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Lab name prefix.
+        #[arg(long, default_value = "kxpold")]
+        prefix: String,
+        /// The two workers' cores on each node (KXDP_LAB_CORES entry).
+        #[arg(long, default_value = "0,1")]
+        cores: String,
+        /// Where kxdp-dataplane, kxdp-control and kxdpctl are (as for `run`).
+        #[arg(long, env = "KXDP_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+    },
     /// List the scenarios.
     List,
     /// Redraw DIR/delivered.png from DIR/report.json (a past run).
@@ -134,6 +158,44 @@ fn main() -> anyhow::Result<()> {
             let png = dir.join("delivered.png");
             plot::draw(&data, &png)?;
             println!("{}", png.display());
+            Ok(())
+        }
+        Cmd::PolicyDelivery {
+            changes,
+            out,
+            root,
+            prefix,
+            cores,
+            bin_dir,
+        } => {
+            if !(2..=10_000).contains(&changes) {
+                bail!("--changes must be 2..=10000");
+            }
+            let root = find_root(root)?;
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    let stamp = kxdp_perf::bench::lab::sh("date", &["-u", "+%Y-%m-%dT%H%MZ"])?;
+                    root.join("perf/results")
+                        .join(format!("policy-delivery-{}.json", stamp.trim()))
+                }
+            };
+            let exe_dir = std::env::current_exe()?
+                .parent()
+                .context("no directory of kxdp-bench")?
+                .to_path_buf();
+            let bin_dir = std::fs::canonicalize(bin_dir.unwrap_or(exe_dir))?;
+            let cfg = delivery::DeliveryConfig {
+                root,
+                bin_dir,
+                prefix,
+                out,
+                changes,
+                cores,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let r = delivery::run_delivery(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&r.timings)?);
             Ok(())
         }
         Cmd::List => {
@@ -262,14 +324,14 @@ mod tests {
     fn switch_rps(args: &[&str]) -> Result<SwitchRps, clap::Error> {
         match run(args)? {
             Cmd::Run { switch_rps, .. } => Ok(switch_rps),
-            Cmd::List | Cmd::Plot { .. } => unreachable!("parsed `run`"),
+            _ => unreachable!("parsed `run`"),
         }
     }
 
     fn offered(args: &[&str]) -> Result<Vec<u64>, clap::Error> {
         match run(args)? {
             Cmd::Run { offered, .. } => Ok(offered),
-            Cmd::List | Cmd::Plot { .. } => unreachable!("parsed `run`"),
+            _ => unreachable!("parsed `run`"),
         }
     }
 
@@ -319,6 +381,28 @@ mod tests {
             .to_string();
         assert!(help.contains("--offered <PPS>"), "{help}");
         assert!(help.contains("Offered load sweep"), "{help}");
+    }
+
+    #[test]
+    fn policy_delivery_takes_its_options() {
+        let cli = Cli::try_parse_from(["kxdp-bench", "policy-delivery"]).unwrap();
+        let Cmd::PolicyDelivery {
+            changes,
+            prefix,
+            cores,
+            ..
+        } = cli.cmd
+        else {
+            panic!("parsed `policy-delivery`");
+        };
+        assert_eq!(
+            (changes, prefix.as_str(), cores.as_str()),
+            (200, "kxpold", "0,1")
+        );
+        let cli =
+            Cli::try_parse_from(["kxdp-bench", "policy-delivery", "--changes", "150"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::PolicyDelivery { changes: 150, .. }));
+        assert!(Cli::try_parse_from(["kxdp-bench", "policy-delivery", "--changes", "x"]).is_err());
     }
 
     #[test]

@@ -745,7 +745,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             .context("no directory of kxdp-svc-scale")?
             .to_path_buf(),
     };
-    let lab = Lab::up(&root, &a.prefix, false, &a.cores, &work, &bin_dir)?;
+    let lab = Lab::up(&root, &a.prefix, false, &a.cores, &work, &bin_dir, &[])?;
     let r = measure(&a, &root, &lab, &out, &work, &date);
     eprintln!("==> lab down");
     lab.down();
