@@ -189,6 +189,25 @@ impl Lab {
         run_timeout(20, self.bin_dir.join("kxdpctl").to_str().unwrap(), &full)
     }
 
+    /// Runs `kxdpctl ARGS` (a trace or capture) while `traffic` runs,
+    /// started once the watch had a moment to be armed; `traffic` is called
+    /// again (bounded) until kxdpctl has returned.
+    pub fn kxdpctl_while(&self, args: &[&str], mut traffic: impl FnMut()) -> Output {
+        std::thread::scope(|s| {
+            let ctl = s.spawn(|| self.kxdpctl_raw(args));
+            std::thread::sleep(Duration::from_millis(1500));
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                traffic();
+                if ctl.is_finished() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            ctl.join().expect("kxdpctl thread")
+        })
+    }
+
     /// Runs `kxdpctl --control SOCK ARGS` (pass `--json`) and parses its output.
     pub fn kxdpctl(&self, args: &[&str]) -> Value {
         let out = check(

@@ -105,6 +105,30 @@ fn a_policy_through_the_api_denies_survives_a_control_restart_and_goes_when_dele
         serde_json::json!(["default/deny-ingress"]),
         "{pod}"
     );
+    // A trace of the next refused SYN names the policy and why; n1 counts
+    // the denials against it.
+    let filter = format!("dst {} and proto tcp and port {PORT}", dst.ip);
+    let args = [
+        "trace", "--node", "n1", "--count", "1", "--match", &filter, "--json",
+    ];
+    let out = lab.kxdpctl_while(&args, || {
+        connects();
+    });
+    let trace = check("kxdpctl trace", out);
+    let why = format!(
+        "policy ingress of {} (isolated by default/deny-ingress): denied: no rule allows peer {}",
+        dst.ip,
+        lab.pod("n2-p1").ip
+    );
+    assert!(trace.contains(&why), "{why:?} not in {trace}");
+    assert!(trace.contains("policy_denied_ingress"), "{trace}");
+    let policies = lab.counters("n1").0["policies"].clone();
+    let denied = policies
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["name"] == "default/deny-ingress"))
+        .and_then(|p| p["flows_denied"].as_u64())
+        .unwrap_or(0);
+    assert!(denied >= 1, "n1's policy counters: {policies}");
 
     // A new control process restores it from the state file.
     lab.kill_and_restart_control();

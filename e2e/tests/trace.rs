@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Output;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kxdp_e2e::{
     check, hellos, id_server, inject_frames, malformed_pod_frames, neighbour_mac, ns_exec,
@@ -16,25 +14,6 @@ use kxdp_e2e::{
 };
 use kxdp_testkit::TempDir;
 use serde_json::Value;
-
-/// Runs `kxdpctl ARGS` while `traffic` runs, started once the watch had a
-/// moment to be armed; `traffic` is called again (bounded) until kxdpctl
-/// has returned.
-fn watch_while(lab: &Lab, args: &[&str], mut traffic: impl FnMut()) -> Output {
-    thread::scope(|s| {
-        let ctl = s.spawn(|| lab.kxdpctl_raw(args));
-        thread::sleep(Duration::from_millis(1500));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            traffic();
-            if ctl.is_finished() || Instant::now() > deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(500));
-        }
-        ctl.join().expect("kxdpctl thread")
-    })
-}
 
 #[test]
 fn a_traced_clusterip_packet_names_its_backend_and_the_dnat() {
@@ -54,7 +33,7 @@ fn a_traced_clusterip_packet_names_its_backend_and_the_dnat() {
     let args = [
         "trace", "--node", "n1", "--count", "1", "--match", &filter, "--json",
     ];
-    let out = watch_while(&lab, &args, || {
+    let out = lab.kxdpctl_while(&args, || {
         hellos(&lab.ns("n1-p2"), to, 1, "trace", Duration::from_secs(5));
     });
     let text = check("kxdpctl trace", out);
@@ -193,7 +172,7 @@ fn captures_at_drop_rx_and_tx_read_back_with_tcpdump() {
     ];
     let frames: Vec<Vec<u8>> = bad.iter().map(|(_, f)| f.clone()).collect();
     let mut sent = false;
-    let out = watch_while(&lab, &args, || {
+    let out = lab.kxdpctl_while(&args, || {
         if !sent {
             assert_eq!(inject_frames(&ns, "eth0", &frames), frames.len());
             sent = true;
@@ -230,7 +209,7 @@ fn captures_at_drop_rx_and_tx_read_back_with_tcpdump() {
             "-w",
             file.to_str().unwrap(),
         ];
-        let out = watch_while(&lab, &args, || {
+        let out = lab.kxdpctl_while(&args, || {
             ns_exec(
                 &ns,
                 10,

@@ -263,6 +263,12 @@ pub(super) fn echo(p: &Packet<'_>, external: bool) -> Option<L4> {
     })
 }
 
+/// Whether the ICMP message after an IPv4 header of `hl` bytes in `b` is
+/// an echo request.
+fn is_echo_request(b: &[u8], hl: usize) -> bool {
+    b.get(hl).copied() == Some(icmp::msg_type::ECHO_REQUEST)
+}
+
 /// Rewrites source and/or destination address and port of a TCP/UDP
 /// datagram (or an ICMP echo: [`rewrite_echo`]), updating the IPv4 and
 /// transport checksums incrementally.
@@ -839,7 +845,12 @@ impl Pipeline {
         let Some(h) = b.first_chunk::<IPV4_MIN>().map(ipv4::Ipv4Header::new) else {
             return Ok(());
         };
-        if h.protocol() == ipv4::protocol::ICMP {
+        // ICMP errors and echo replies pass (a pod's or the node's echo
+        // request is tracked, `echo`); an outside host's echo request (from
+        // a non-masquerade source) is a new flow of a protocol without
+        // ports, decided like one.
+        let request = h.frag_offset() == 0 && is_echo_request(b, h.header_len());
+        if h.protocol() == ipv4::protocol::ICMP && !request {
             return Ok(());
         }
         let key = FlowKey {

@@ -382,26 +382,39 @@ fn protocols_without_ports_need_a_rule_for_every_protocol() {
 }
 
 #[test]
-fn an_outside_hosts_echo_request_never_reaches_a_pod_whatever_its_policy() {
-    // The uplink takes VXLAN from VTEPs and NodePort traffic; a frame from
-    // outside to a pod's address is not ours (the kernel's, which routes
-    // pods only through the host port, whose sources are the node's own).
-    // So outside hosts reach pods only through services, where the
-    // ingress policy sees them (or the SNAT address).
-    let mut t = with_policy(&[(P2_IP, p2_from_p1())]);
+fn an_outside_hosts_echo_request_is_decided_like_a_protocol_without_ports() {
+    // Outside hosts reach pods by their own address only from
+    // non-masquerade sources; the rest is not ours.
+    let t = with_policy(&[(P2_IP, p2_from_p1())]);
     let mut pl = pipeline();
     let frame = Peer::Client.frame(&icmp_datagram(CLIENT_IP, P2_IP, &echo_request()));
+    let mut t = super::egress_tests::with_egress(t, true, &[]);
     assert_dropped_for(
         &send(&mut pl, T0, &t, Peer::Client, &frame),
         DropReason::NotOurs,
+    );
+    t.non_masquerade = vec![Prefix::new(CLIENT_IP, 32)];
+    let client_mac = crate::wire::EthernetAddress([0x52, 0x54, 0, 0x1e, 0, 0x64]);
+    t.neighbours.insert(CLIENT_IP, client_mac);
+    // It used to pass as if it were an error or a reply.
+    assert_dropped_for(
+        &send(&mut pl, T0, &t, Peer::Client, &frame),
+        DropReason::PolicyDeniedIngress,
     );
     let mut from_client = RuleTable::default();
     from_client.insert(one(CLIENT_IP), &[ports(ANY_PROTO, 0, 0)]);
     t.policy.pods.get_mut(&P2_IP).unwrap().ingress = Some(from_client);
-    assert_dropped_for(
-        &send(&mut pl, T0, &t, Peer::Client, &frame),
-        DropReason::NotOurs,
-    );
+    delivered(&send(&mut pl, T0, &t, Peer::Client, &frame));
+    // p2's echo reply passes, whatever p2's egress says.
+    t.policy.pods.get_mut(&P2_IP).unwrap().egress = Some(deny_all());
+    let mut reply = echo_request();
+    reply[0] = 0;
+    reply[2..4].copy_from_slice(&[0, 0]);
+    let c = super::service_tests::rfc1071(&reply);
+    reply[2..4].copy_from_slice(&c.to_be_bytes());
+    let pong = Peer::P2.frame(&icmp_datagram(P2_IP, CLIENT_IP, &reply));
+    let out = send(&mut pl, T0, &t, Peer::P2, &pong);
+    assert_eq!(out.verdict, Verdict::Tx(super::tests::UPLINK));
 }
 
 /// An ICMP echo request (identifier 0x1234, sequence 1) with its checksum.
