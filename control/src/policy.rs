@@ -15,11 +15,11 @@
 //! egress.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use kxdp_proto::dataplane as pb;
+use kxdp_proto::policy::PortSpan;
 use serde::Deserialize;
 
 use crate::cluster::Pod;
@@ -44,36 +44,7 @@ pub struct NamedPort {
 }
 
 /// TCP or UDP (SCTP is refused where it is written).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn ip_proto(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
-
-    fn pb(self) -> pb::Protocol {
-        match self {
-            Proto::Tcp => pb::Protocol::Tcp,
-            Proto::Udp => pb::Protocol::Udp,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-        })
-    }
-}
+pub use kxdp_proto::service::Protocol as Proto;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
@@ -695,6 +666,20 @@ pub struct Allowed {
     pub policy: usize,
 }
 
+impl Allowed {
+    /// The entry's ports as the dataplane takes them.
+    pub fn span(&self) -> PortSpan {
+        match self.proto {
+            None => PortSpan::ANY,
+            proto => PortSpan {
+                proto,
+                first: self.first,
+                last: self.last,
+            },
+        }
+    }
+}
+
 /// One pod's compiled table for one direction: prefix -> what it may use.
 pub type Table = Vec<(Ipv4Net, Vec<Allowed>)>;
 
@@ -955,17 +940,14 @@ impl<'a> World<'a> {
         if let Some(t) = self.pb_cache.get(&key) {
             return Some(t.clone());
         }
-        let t = self.table(pod, dir)?;
-        let names = self.policies;
-        // Policy names once per table, indexed by the ports.
-        let mut policies: Vec<usize> = Vec::new();
-        let mut index = |i: usize| -> u32 {
-            let at = policies.iter().position(|&p| p == i).unwrap_or_else(|| {
-                policies.push(i);
-                policies.len() - 1
-            });
-            at as u32
+        let t = match self.cache.get(&key) {
+            Some(t) => t.clone(),
+            None => self.compile(&key.1, dir, &key.2),
         };
+        // Every selecting policy once (what a denial counts against), in
+        // the key's order; the ports index them.
+        let selecting = &key.1;
+        let index = |i: usize| selecting.iter().position(|&p| p == i).unwrap_or(0) as u32;
         let peers = t
             .into_iter()
             .map(|(cidr, ports)| pb::PolicyPeer {
@@ -973,27 +955,15 @@ impl<'a> World<'a> {
                 prefix_len: u32::from(cidr.prefix_len()),
                 ports: ports
                     .into_iter()
-                    .map(|a| pb::PolicyPorts {
-                        protocol: a.proto.map_or(pb::Protocol::Unspecified, Proto::pb) as i32,
-                        port: match (a.proto, a.first, a.last) {
-                            (None, ..) | (_, 0, u16::MAX) => 0,
-                            (_, f, _) => u32::from(f),
-                        },
-                        end_port: if a.proto.is_some() && a.first != 0 && a.last != a.first {
-                            u32::from(a.last)
-                        } else {
-                            0
-                        },
-                        policy: index(a.policy),
-                    })
+                    .map(|a| a.span().to_proto(index(a.policy)))
                     .collect(),
             })
             .collect();
         let t = pb::PolicyTable {
             peers,
-            policies: policies
-                .into_iter()
-                .map(|i| names[i].name.clone())
+            policies: selecting
+                .iter()
+                .map(|&i| self.policies[i].name.clone())
                 .collect(),
         };
         self.pb_cache.insert(key, t.clone());

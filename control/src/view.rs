@@ -104,18 +104,9 @@ fn policy_peers(t: pb::PolicyTable) -> Vec<PolicyPeerView> {
             ports: p
                 .ports
                 .iter()
-                .map(|pp| {
-                    let ports = match (pp.port, pp.end_port) {
-                        (0, _) => "*".to_string(),
-                        (a, 0) => a.to_string(),
-                        (a, z) => format!("{a}-{z}"),
-                    };
-                    let what = if pp.protocol == pb::Protocol::Unspecified as i32 {
-                        "*".to_string()
-                    } else {
-                        format!("{} {ports}", protocol_word(pp.protocol))
-                    };
-                    format!("{what} ({})", name(pp.policy))
+                .map(|pp| match kxdp_proto::policy::PortSpan::from_proto(pp) {
+                    Ok(span) => format!("{span} ({})", name(pp.policy)),
+                    Err((field, why)) => format!("invalid {field}: {why}"),
                 })
                 .collect(),
         })
@@ -218,6 +209,8 @@ pub struct CountersView {
     pub events: EventCounters,
     /// Per-service counters; empty when the dataplane has none.
     pub services: Vec<ServiceCountersView>,
+    /// Per network policy of the node's pods; empty when none isolates one.
+    pub policies: Vec<PolicyCountersView>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
 }
@@ -245,6 +238,13 @@ pub struct ServiceCountersView {
     pub new_flows: u64,
     pub no_endpoint: u64,
     pub backends: Vec<BackendCountersView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyCountersView {
+    pub name: String,
+    pub flows_allowed: u64,
+    pub flows_denied: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -297,6 +297,15 @@ impl CountersView {
                 })
                 .collect(),
             events: EventCounters(c.counters.into_iter().map(|c| (c.name, c.value)).collect()),
+            policies: c
+                .policies
+                .into_iter()
+                .map(|p| PolicyCountersView {
+                    name: p.name,
+                    flows_allowed: p.flows_allowed,
+                    flows_denied: p.flows_denied,
+                })
+                .collect(),
             services: c
                 .services
                 .into_iter()
@@ -892,6 +901,21 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             &rows,
         ));
     }
+    if !c.policies.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .policies
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.flows_allowed.to_string(),
+                    p.flows_denied.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["POLICY", "FLOWS ALLOWED", "FLOWS DENIED"], &rows));
+    }
     out
 }
 
@@ -1043,6 +1067,22 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("conntrack: 0 entries of 65536"), "{t}");
+        assert!(!t.contains("POLICY"), "{t}");
+        c.policies.push(PolicyCountersView {
+            name: "x/deny".into(),
+            flows_allowed: 3,
+            flows_denied: 7,
+        });
+        let t = counters_text(&c, false);
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("x/deny"))
+            .unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["x/deny", "3", "7"],
+            "{t}"
+        );
     }
 
     #[test]

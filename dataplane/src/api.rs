@@ -289,6 +289,15 @@ fn counters_reply(c: CountersSnapshot) -> pb::GetCountersReply {
             .collect(),
         conntrack_entries: c.conntrack_entries,
         conntrack_capacity: c.conntrack_capacity,
+        policies: c
+            .policies
+            .into_iter()
+            .map(|(name, f)| pb::PolicyCounters {
+                name,
+                flows_allowed: f.allowed,
+                flows_denied: f.denied,
+            })
+            .collect(),
     }
 }
 

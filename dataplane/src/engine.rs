@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{Counters, DropReason, ServiceBooks, SvcCounters};
-use kxdp_core::policy::{PodPolicy, Policies, PortRange, RuleTable};
+use kxdp_core::policy::{PodPolicy, Policies, PolicyFlows, PortRange, RuleTable};
 use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, BackendKey, Frontend, FrontendKey, MaglevCache};
 use kxdp_core::tables::{
@@ -162,6 +162,8 @@ pub struct CountersSnapshot {
     /// layer's refused completions (not a lost frame).
     pub events: Vec<(&'static str, u64)>,
     pub services: Vec<ServiceCounters>,
+    /// New flows allowed and denied per policy of the node's pods, by name.
+    pub policies: Vec<(String, PolicyFlows)>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
     /// The same per worker (whose sum the totals above are), for metrics.
@@ -284,6 +286,10 @@ pub struct Engine {
     /// workers handed back (the current one's are in their books), for the
     /// backends the state has.
     backend_flows: HashMap<BackendKey, u64>,
+    /// New flows per policy of the snapshots workers handed back, by name,
+    /// for the policies of the last snapshot pushed (`policy_names`).
+    policy_flows: HashMap<String, PolicyFlows>,
+    policy_names: Vec<String>,
     /// Numbers the published snapshots (`Tables::epoch`).
     epoch: u32,
     /// The last snapshot's Maglev tables, reused while their backends stay.
@@ -332,6 +338,8 @@ impl Engine {
             books_services: 0,
             backend_slots: 0,
             backend_flows: HashMap::new(),
+            policy_flows: HashMap::new(),
+            policy_names: Vec::new(),
             epoch: 0,
             maglev: Default::default(),
             node_port_addrs: Vec::new(),
@@ -1239,10 +1247,18 @@ impl Engine {
         let mut missed = Vec::new();
         for (index, ack) in acks {
             match ack.and_then(|a| a.recv_deadline(deadline).ok()) {
-                Some((old, books)) => self.keep_backend_flows(&old, &books.backend_flows, &fresh),
+                Some((old, books)) => {
+                    self.keep_backend_flows(&old, &books.backend_flows, &fresh);
+                    add_policy_flows(&mut self.policy_flows, &old, &books.policy_flows);
+                }
                 None => missed.push(index),
             }
         }
+        // Kept counts only for the policies of the node's pods now.
+        let names: std::collections::HashSet<&str> =
+            t.policy.names.iter().map(String::as_str).collect();
+        self.policy_flows.retain(|n, _| names.contains(n.as_str()));
+        self.policy_names.clone_from(&t.policy.names);
         if missed.is_empty() {
             Ok(())
         } else {
@@ -1270,6 +1286,7 @@ impl Engine {
                     into: ServiceStats {
                         services: Vec::with_capacity(self.books_services),
                         backend_flows: Vec::with_capacity(slots),
+                        policy_flows: Vec::with_capacity(self.policy_names.len()),
                         ..Default::default()
                     },
                     reply,
@@ -1403,6 +1420,7 @@ impl Engine {
 
     fn counters(&self) -> CountersSnapshot {
         let (services, service_stats) = self.service_counters();
+        let policies = self.policy_counters(&service_stats);
         let workers: Vec<WorkerCounters> = self
             .workers
             .iter()
@@ -1432,11 +1450,30 @@ impl Engine {
             drops: total.drops,
             events: total.events,
             services,
+            policies,
             conntrack_entries: total.conntrack_entries,
             conntrack_capacity: total.conntrack_capacity,
             workers,
             xdp_drops,
         }
+    }
+
+    /// New flows per policy of the node's pods, by name: the kept counts
+    /// and the workers' current ones (`stats`).
+    fn policy_counters(&self, stats: &[ServiceStats]) -> Vec<(String, PolicyFlows)> {
+        let mut flows = self.policy_flows.clone();
+        for s in stats {
+            if let Some(t) = &s.tables {
+                add_policy_flows(&mut flows, t, &s.policy_flows);
+            }
+        }
+        let mut out: Vec<(String, PolicyFlows)> = self
+            .policy_names
+            .iter()
+            .map(|n| (n.clone(), flows.get(n).copied().unwrap_or_default()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Worker `w`'s counters, with its service-side stats `ss`.
@@ -1536,27 +1573,54 @@ fn add_backend_flows(
     }
 }
 
+/// Adds the flows a worker counted per policy of `tables` into `into`, by
+/// policy name.
+fn add_policy_flows(
+    into: &mut HashMap<String, PolicyFlows>,
+    tables: &Tables,
+    flows: &[PolicyFlows],
+) {
+    for (name, f) in tables.policy.names.iter().zip(flows) {
+        if *f != PolicyFlows::default() {
+            match into.get_mut(name) {
+                Some(c) => {
+                    c.allowed += f.allowed;
+                    c.denied += f.denied;
+                }
+                None => {
+                    into.insert(name.clone(), *f);
+                }
+            }
+        }
+    }
+}
+
 /// The pipeline's policy tables for the pods some policy isolates, with
 /// policy names interned (per snapshot: ids are only the counters' index).
 fn build_policy<'a>(pods: impl Iterator<Item = &'a crate::state::Pod>) -> Policies {
     let mut out = Policies::default();
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let mut table = |rules: &'a crate::state::PolicyRules, names: &mut Vec<String>| {
-        let mut t = RuleTable::default();
-        let mut ranges = Vec::new();
-        for (prefix, ports) in rules {
-            ranges.clear();
-            ranges.extend(ports.iter().map(|p| {
-                let policy = *ids.entry(p.policy.as_str()).or_insert_with(|| {
-                    names.push(p.policy.clone());
+        // The table's own policy indexes, as node-wide ids.
+        let id: Vec<u32> = rules
+            .policies
+            .iter()
+            .map(|name| {
+                *ids.entry(name.as_str()).or_insert_with(|| {
+                    names.push(name.clone());
                     names.len() as u32 - 1
-                });
-                PortRange {
-                    proto: p.proto,
-                    first: p.first,
-                    last: p.last,
-                    policy,
-                }
+                })
+            })
+            .collect();
+        let mut t = RuleTable::new(id.clone());
+        let mut ranges = Vec::new();
+        for (prefix, ports) in &rules.peers {
+            ranges.clear();
+            ranges.extend(ports.iter().map(|p| PortRange {
+                proto: p.span.ip_proto(),
+                first: p.span.first,
+                last: p.span.last,
+                policy: id[p.policy as usize],
             }));
             t.insert(*prefix, &ranges);
         }

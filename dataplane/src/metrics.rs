@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use kxdp_core::pipeline::Counters;
+use kxdp_core::policy::PolicyFlows;
 use kxdp_proto::ops::{Request, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -289,6 +290,19 @@ impl Collector for Exposition {
             }),
         )?;
 
+        for (field, what, f) in [
+            ("allowed", "New flows a network policy allowed (the first allowing one counts)", (|p| p.allowed) as fn(&PolicyFlows) -> u64),
+            ("denied", "New flows denied at a pod a network policy isolates (each isolating policy counts)", |p| p.denied),
+        ] {
+            out.counters(
+                &format!("kxdp_policy_flows_{field}"),
+                &format!("{what}, by policy (namespace/name)."),
+                c.policies
+                    .iter()
+                    .map(|(name, p)| (vec![("policy", name.clone())], f(p))),
+            )?;
+        }
+
         let (generation, epoch) = self.live.table();
         out.gauge(
             "kxdp_table_generation",
@@ -417,6 +431,13 @@ mod tests {
                     backends: vec![("10.244.1.5".parse().unwrap(), 80, Protocol::Udp, 9)],
                     ..Default::default()
                 }],
+                policies: vec![(
+                    "x/deny".into(),
+                    PolicyFlows {
+                        allowed: 5,
+                        denied: 6,
+                    },
+                )],
                 ..Default::default()
             },
             state: StateSnapshot {
@@ -445,6 +466,8 @@ mod tests {
             "kxdp_conntrack_entries{worker=\"0\"} 3",
             "kxdp_backend_new_flows_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 9",
             "kxdp_workers 2",
+            "kxdp_policy_flows_allowed_total{policy=\"x/deny\"} 5",
+            "kxdp_policy_flows_denied_total{policy=\"x/deny\"} 6",
         ] {
             assert!(om.contains(line), "no {line:?} in\n{om}");
         }

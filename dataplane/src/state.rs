@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use kxdp_core::prefix::Prefix;
 use kxdp_core::wire::EthernetAddress;
 use kxdp_proto::dataplane as pb;
+use kxdp_proto::policy::PortSpan;
 
 /// A request field that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,23 +138,26 @@ impl Pod {
     }
 }
 
-/// One pod's policy for one direction: peer prefixes (longest match wins)
-/// and what each may use.
-pub type PolicyRules = Vec<(Prefix, Vec<PolicyPort>)>;
+/// One pod's policy for one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRules {
+    /// The policies selecting the pod this way, "namespace/name": what
+    /// `PolicyPort::policy` indexes, and what a denial counts against.
+    pub policies: Vec<String>,
+    /// Peer prefixes (the longest match wins) and what each may use.
+    pub peers: Vec<(Prefix, Vec<PolicyPort>)>,
+}
 
 /// Most peer prefixes in one pod's table, and port ranges per peer.
 pub const MAX_POLICY_PEERS: usize = 65_536;
 pub const MAX_POLICY_PORTS: usize = 1024;
 
-/// Ports a policy peer may use: `proto` 0 is every protocol and port,
-/// `first..=last` `0..=65535` every port of `proto`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Ports a policy peer may use, and the policy allowing it (an index into
+/// `PolicyRules::policies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyPort {
-    pub proto: u8,
-    pub first: u16,
-    pub last: u16,
-    /// The policy allowing it, "namespace/name".
-    pub policy: String,
+    pub span: PortSpan,
+    pub policy: u32,
 }
 
 /// A service is the type the control process holds too: both write it back
@@ -329,7 +333,8 @@ fn policy_rules(f: &str, t: &pb::PolicyTable) -> Result<PolicyRules, FieldError>
         return Err(err(format!("{f}.policies[{i}]"), "must name the policy"));
     }
     let mut seen = std::collections::HashSet::new();
-    t.peers
+    let peers = t
+        .peers
         .iter()
         .enumerate()
         .map(|(i, peer)| {
@@ -364,100 +369,47 @@ fn policy_rules(f: &str, t: &pb::PolicyTable) -> Result<PolicyRules, FieldError>
                 .ports
                 .iter()
                 .enumerate()
-                .map(|(j, pp)| policy_port(&at(&format!("ports[{j}]")), pp, &t.policies))
+                .map(|(j, pp)| policy_port(&at(&format!("ports[{j}]")), pp, t.policies.len()))
                 .collect::<Result<_, _>>()?;
             Ok((prefix, ports))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(PolicyRules {
+        policies: t.policies.clone(),
+        peers,
+    })
 }
 
-fn policy_port(
-    f: &str,
-    pp: &pb::PolicyPorts,
-    policies: &[String],
-) -> Result<PolicyPort, FieldError> {
-    let at = |x: &str| format!("{f}.{x}");
-    let proto = match Protocol::from_proto(pp.protocol) {
-        Ok(Some(p)) => p.ip_proto(),
-        Ok(None) => 0,
-        Err(_) => return Err(err(at("protocol"), "must be TCP, UDP or unspecified")),
-    };
-    let Some(policy) = policies.get(pp.policy as usize) else {
+fn policy_port(f: &str, pp: &pb::PolicyPorts, policies: usize) -> Result<PolicyPort, FieldError> {
+    let span = PortSpan::from_proto(pp).map_err(|(field, why)| err(format!("{f}.{field}"), why))?;
+    if pp.policy as usize >= policies {
         return Err(err(
-            at("policy"),
+            format!("{f}.policy"),
             format!(
-                "{} is not an index of the table's {} policies",
-                pp.policy,
-                policies.len()
+                "{} is not an index of the table's {policies} policies",
+                pp.policy
             ),
         ));
-    };
-    let (first, last) = match (proto, pp.port, pp.end_port) {
-        (0, 0, 0) => (0, 0),
-        (0, _, _) => {
-            return Err(err(
-                at("port"),
-                "a port needs a protocol (unspecified means every protocol and port)",
-            ))
-        }
-        (_, 0, 0) => (0, u16::MAX),
-        (_, p @ 1..=65535, 0) => (p as u16, p as u16),
-        (_, p @ 1..=65535, e @ 1..=65535) if e >= p => (p as u16, e as u16),
-        (_, p, e) => {
-            return Err(err(
-                at("end_port"),
-                format!("{p}..={e} is not a port range inside 1..=65535"),
-            ))
-        }
-    };
+    }
     Ok(PolicyPort {
-        proto,
-        first,
-        last,
-        policy: policy.clone(),
+        span,
+        policy: pp.policy,
     })
 }
 
 fn policy_table(rules: &PolicyRules) -> pb::PolicyTable {
-    let mut policies: Vec<String> = Vec::new();
-    let mut index = |name: &str| -> u32 {
-        match policies.iter().position(|p| p == name) {
-            Some(i) => i as u32,
-            None => {
-                policies.push(name.to_string());
-                policies.len() as u32 - 1
-            }
-        }
-    };
-    let peers = rules
-        .iter()
-        .map(|(prefix, ports)| pb::PolicyPeer {
-            address: u32::from(prefix.addr),
-            prefix_len: u32::from(prefix.len),
-            ports: ports
-                .iter()
-                .map(|p| pb::PolicyPorts {
-                    protocol: match p.proto {
-                        0 => pb::Protocol::Unspecified,
-                        6 => pb::Protocol::Tcp,
-                        _ => pb::Protocol::Udp,
-                    } as i32,
-                    port: if p.last == u16::MAX && p.first == 0 {
-                        0
-                    } else {
-                        p.first as u32
-                    },
-                    end_port: if p.last != p.first && p.first != 0 {
-                        p.last as u32
-                    } else {
-                        0
-                    },
-                    policy: index(&p.policy),
-                })
-                .collect(),
-        })
-        .collect();
-    pb::PolicyTable { peers, policies }
+    pb::PolicyTable {
+        peers: rules
+            .peers
+            .iter()
+            .map(|(prefix, ports)| pb::PolicyPeer {
+                address: u32::from(prefix.addr),
+                prefix_len: u32::from(prefix.len),
+                ports: ports.iter().map(|p| p.span.to_proto(p.policy)).collect(),
+            })
+            .collect(),
+        policies: rules.policies.clone(),
+    }
 }
 
 /// As the `TryFrom`s above (`Service` is kxdp-proto's, so no `TryFrom` here).

@@ -39,6 +39,7 @@ use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{
     Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict, BATCH_SIZE,
 };
+use kxdp_core::policy::PolicyFlows;
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
 use kxdp_core::trace::{Record, Recorder};
 
@@ -179,7 +180,9 @@ pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
     /// New flows per backend slot of `tables` (`Services::backend_keys`).
     pub backend_flows: Vec<u64>,
-    /// The snapshot the backend slots are of.
+    /// New flows per policy of `tables` (`Policies::names`).
+    pub policy_flows: Vec<PolicyFlows>,
+    /// The snapshot the backend and policy slots are of.
     pub tables: Option<Arc<Tables>>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
@@ -889,6 +892,8 @@ fn copy_service_stats(pl: &Pipeline, tables: &Arc<Tables>, into: &mut ServiceSta
     into.services.extend_from_slice(pl.service_counters());
     into.backend_flows.clear();
     into.backend_flows.extend_from_slice(pl.backend_flows());
+    into.policy_flows.clear();
+    into.policy_flows.extend_from_slice(pl.policy_flows());
     into.tables = Some(tables.clone());
     let ct = pl.conntrack();
     into.conntrack_entries = ct.len();

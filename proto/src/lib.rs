@@ -25,6 +25,7 @@ pub mod cli;
 pub mod limits;
 pub mod logging;
 pub mod ops;
+pub mod policy;
 pub mod service;
 pub mod uds;
 

@@ -49,29 +49,64 @@ impl PortRange {
 /// One pod's peers for one direction.
 #[derive(Debug, Clone, Default)]
 pub struct RuleTable {
-    /// Peer prefix -> `ranges[start..end]`.
-    lpm: Lpm<(u32, u32)>,
+    /// Peer prefix -> (itself, `ranges[start..end]`).
+    lpm: Lpm<(Prefix, u32, u32)>,
     ranges: Vec<PortRange>,
+    /// The policies selecting the pod this way (indexes into
+    /// [`Policies::names`]): what a denial counts against.
+    pub selected_by: Vec<u32>,
+}
+
+/// The entry of a table that decided a flow: the peer prefix it matched
+/// and, if allowed, the port range and policy allowing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched {
+    pub peer: Option<Prefix>,
+    pub allowed: Option<PortRange>,
 }
 
 impl RuleTable {
+    /// A table of the pod that `selected_by` select, with no peer yet.
+    pub fn new(selected_by: Vec<u32>) -> RuleTable {
+        RuleTable {
+            selected_by,
+            ..RuleTable::default()
+        }
+    }
+
     /// Adds a peer prefix with what it may use (empty: nothing, a hole in a
     /// shorter prefix). A prefix given twice keeps the last.
     pub fn insert(&mut self, peer: Prefix, ports: &[PortRange]) {
         let start = self.ranges.len() as u32;
         self.ranges.extend_from_slice(ports);
-        self.lpm.insert(peer, (start, self.ranges.len() as u32));
+        self.lpm
+            .insert(peer, (peer, start, self.ranges.len() as u32));
     }
 
     /// The policy that lets `peer` use `proto`/`port` (`None` for a
     /// protocol without ports), if any does.
     #[inline]
     pub fn allows(&self, peer: Ipv4Addr, proto: u8, port: Option<u16>) -> Option<u32> {
-        let &(start, end) = self.lpm.lookup(peer)?;
-        self.ranges[start as usize..end as usize]
-            .iter()
-            .find(|r| r.allows(proto, port))
-            .map(|r| r.policy)
+        self.matching(peer, proto, port).allowed.map(|r| r.policy)
+    }
+
+    /// What decides `peer` using `proto`/`port`: its longest prefix and
+    /// the first of its ranges allowing it.
+    #[inline]
+    pub fn matching(&self, peer: Ipv4Addr, proto: u8, port: Option<u16>) -> Matched {
+        let Some(&(prefix, start, end)) = self.lpm.lookup(peer) else {
+            return Matched {
+                peer: None,
+                allowed: None,
+            };
+        };
+        Matched {
+            peer: Some(prefix),
+            allowed: self.ranges[start as usize..end as usize]
+                .iter()
+                .find(|r| r.allows(proto, port))
+                .copied(),
+        }
     }
 
     pub fn peers(&self) -> usize {
@@ -99,11 +134,58 @@ pub enum Direction {
 pub enum Decision {
     /// No local pod of the flow is isolated: nothing to track.
     Unrestricted,
-    /// Allowed by a policy of an isolated local pod: track the flow, so that
-    /// its replies pass. The policy is the egress one's if the source is
-    /// isolated, else the ingress one's.
-    Allowed(u32),
+    /// An isolated local pod is in it and allows it: track the flow, so
+    /// that its replies pass.
+    Allowed(Allowing),
     Denied(Direction),
+}
+
+/// The policies that allowed a flow, per direction (indexes into
+/// [`Policies::names`]); `None` where that way is not isolated, or the
+/// node itself is the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allowing {
+    pub egress: Option<u32>,
+    pub ingress: Option<u32>,
+}
+
+/// A policy's new flows on one worker since a snapshot: `allowed` (the
+/// first rule allowing it in its direction is that policy's, as
+/// [`Allowing`] names it) and `denied` (counted against every policy isolating the pod that denied
+/// it; a retransmitted SYN counts again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyFlows {
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// A worker's last policy decision, with what it was made on: what a
+/// trace shows of it (`seq` tells a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    pub seq: u64,
+    pub egress_src: Ipv4Addr,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub port: Option<u16>,
+    pub from_node: bool,
+    pub decision: Decision,
+}
+
+impl Default for Decided {
+    fn default() -> Decided {
+        Decided {
+            seq: 0,
+            egress_src: Ipv4Addr::UNSPECIFIED,
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            proto: 0,
+            port: None,
+            from_node: false,
+            decision: Decision::Unrestricted,
+        }
+    }
 }
 
 /// The node's local pods that some policy isolates, by address.
@@ -115,6 +197,16 @@ pub struct Policies {
 }
 
 impl Policies {
+    /// The table that decides `dir` for a flow from `egress_src` to `dst`
+    /// (the source's egress, the destination's ingress), if isolated.
+    #[inline]
+    pub fn table(&self, dir: Direction, egress_src: Ipv4Addr, dst: Ipv4Addr) -> Option<&RuleTable> {
+        match dir {
+            Direction::Egress => self.pods.get(&egress_src)?.egress.as_ref(),
+            Direction::Ingress => self.pods.get(&dst)?.ingress.as_ref(),
+        }
+    }
+
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.pods.is_empty()
@@ -145,26 +237,26 @@ impl Policies {
         if self.pods.is_empty() {
             return Decision::Unrestricted;
         }
-        let mut allowed = None;
-        if let Some(t) = self.pods.get(&egress_src).and_then(|p| p.egress.as_ref()) {
+        let mut allowing = Allowing::default();
+        if let Some(t) = self.table(Direction::Egress, egress_src, dst) {
             match t.allows(dst, proto, port) {
-                Some(id) => allowed = Some(id),
+                Some(id) => allowing.egress = Some(id),
                 None => return Decision::Denied(Direction::Egress),
             }
         }
-        if let Some(t) = self.pods.get(&dst).and_then(|p| p.ingress.as_ref()) {
+        if let Some(t) = self.table(Direction::Ingress, egress_src, dst) {
             match t.allows(src, proto, port) {
-                Some(id) => allowed = allowed.or(Some(id)),
-                None if from_node => allowed = allowed.or(Some(u32::MAX)),
+                Some(id) => allowing.ingress = Some(id),
+                None if from_node => {}
                 None => return Decision::Denied(Direction::Ingress),
             }
         }
         // A pod isolated only the other way still needs the flow tracked:
         // its replies are that way.
-        match allowed {
-            Some(id) => Decision::Allowed(id),
-            None if self.isolated(egress_src) || self.isolated(dst) => Decision::Allowed(u32::MAX),
-            None => Decision::Unrestricted,
+        if self.isolated(egress_src) || self.isolated(dst) {
+            Decision::Allowed(allowing)
+        } else {
+            Decision::Unrestricted
         }
     }
 }
@@ -260,7 +352,10 @@ mod tests {
         );
         assert_eq!(
             p.decide(a, a, b, TCP, Some(80), false),
-            Decision::Allowed(3)
+            Decision::Allowed(Allowing {
+                egress: None,
+                ingress: Some(3)
+            })
         );
         assert_eq!(
             p.decide(c, c, b, TCP, Some(80), false),
@@ -273,13 +368,13 @@ mod tests {
         // The node reaches its pods whatever their policy says.
         assert_eq!(
             p.decide(node, node, b, TCP, Some(22), true),
-            Decision::Allowed(u32::MAX)
+            Decision::Allowed(Allowing::default())
         );
         // b's own flows are not restricted (egress not isolated), but they
         // are tracked: their replies come back through b's ingress.
         assert_eq!(
             p.decide(b, b, c, UDP, Some(9), false),
-            Decision::Allowed(u32::MAX)
+            Decision::Allowed(Allowing::default())
         );
         // a and c are not isolated at all.
         assert_eq!(

@@ -28,6 +28,7 @@ use core::net::Ipv4Addr;
 
 use crate::conntrack::{Conntrack, Dir, FlowKey};
 use crate::pipeline::{Counters, Packet, Verdict};
+use crate::policy::{Decided, Decision, Direction, Policies};
 use crate::prefix::Prefix;
 use crate::tables::{PortId, Tables};
 use crate::wire::{
@@ -44,15 +45,23 @@ pub const MAX_TRACE: u32 = 100;
 pub const MAX_CAPTURE: u32 = 1000;
 
 /// The hooks the pipeline's batch loop calls around each packet, with
-/// what they may read: the tables, conntrack and the worker's counters.
-/// Both are no-ops by default, so [`NoTrace`] costs nothing.
+/// what they may read: the tables and the worker's [`Seen`]. Both are
+/// no-ops by default, so [`NoTrace`] costs nothing.
 pub trait Tracer {
     /// Before the pipeline looks at `p`.
     #[inline(always)]
-    fn before(&mut self, _t: &Tables, _ct: &Conntrack, _c: &Counters, _p: &Packet<'_>) {}
+    fn before(&mut self, _t: &Tables, _s: &Seen<'_>, _p: &Packet<'_>) {}
     /// After `p.verdict` is set.
     #[inline(always)]
-    fn after(&mut self, _t: &Tables, _ct: &Conntrack, _c: &Counters, _p: &Packet<'_>) {}
+    fn after(&mut self, _t: &Tables, _s: &Seen<'_>, _p: &Packet<'_>) {}
+}
+
+/// What a tracer reads of a worker: conntrack, counters, and its last
+/// network-policy decision.
+pub struct Seen<'a> {
+    pub ct: &'a Conntrack,
+    pub counters: &'a Counters,
+    pub decided: &'a Decided,
 }
 
 /// The tracer of every batch nobody asked to see.
@@ -319,6 +328,9 @@ struct Pending {
     input: Vec<u8>,
     /// `flow_cache_hits` before: a hit is the one thing that counts it.
     hits: u64,
+    /// The worker's policy decision count before: a new one is this
+    /// packet's.
+    decisions: u64,
     fast: bool,
 }
 
@@ -376,7 +388,7 @@ impl Recorder {
 }
 
 impl Tracer for Recorder {
-    fn before(&mut self, t: &Tables, ct: &Conntrack, counters: &Counters, p: &Packet<'_>) {
+    fn before(&mut self, t: &Tables, s: &Seen<'_>, p: &Packet<'_>) {
         let frame = p
             .off
             .checked_add(p.len)
@@ -390,21 +402,22 @@ impl Tracer for Recorder {
         let key = before.as_ref().and_then(|h| flow_key(h.routed()));
         self.cur = Some(Pending {
             before,
-            ct: key.map(|k| (k, ct.lookup(&k))),
+            ct: key.map(|k| (k, s.ct.lookup(&k))),
             input: match self.mode {
                 Mode::Capture(Point::Rx | Point::Drop | Point::Port(_)) => frame.to_vec(),
                 _ => Vec::new(),
             },
-            hits: counters.flow_cache_hits,
+            hits: s.counters.flow_cache_hits,
+            decisions: s.decided.seq,
             fast: false,
         });
     }
 
-    fn after(&mut self, t: &Tables, ct: &Conntrack, counters: &Counters, p: &Packet<'_>) {
+    fn after(&mut self, t: &Tables, s: &Seen<'_>, p: &Packet<'_>) {
         let Some(mut c) = self.cur.take() else {
             return;
         };
-        c.fast = counters.flow_cache_hits > c.hits;
+        c.fast = s.counters.flow_cache_hits > c.hits;
         let mut rec = Record {
             unix_ns: 0,
             worker: self.worker,
@@ -417,7 +430,12 @@ impl Tracer for Recorder {
             frame: Vec::new(),
         };
         match self.mode {
-            Mode::Trace => rec.steps = steps(t, ct, p, &c),
+            Mode::Trace => {
+                rec.steps = steps(t, s.ct, p, &c);
+                if s.decided.seq != c.decisions {
+                    policy_steps(&t.policy, s.decided, &mut rec.steps);
+                }
+            }
             Mode::Capture(point) => {
                 let tx = match p.verdict {
                     Verdict::Tx(out) => Some(out),
@@ -538,6 +556,80 @@ fn steps(t: &Tables, ct: &Conntrack, p: &Packet<'_>, c: &Pending) -> Vec<String>
         }
     }
     s
+}
+
+/// A network-policy decision, one line per direction that had a say: the
+/// isolating policies, the peer prefix matched and the rule allowing it.
+fn policy_steps(pol: &Policies, d: &Decided, s: &mut Vec<String>) {
+    let what = match d.port {
+        Some(port) => format!("{}:{port}/{}", d.dst, proto_name(d.proto)),
+        None => format!("{} ({})", d.dst, proto_name(d.proto)),
+    };
+    let verdict = match d.decision {
+        Decision::Unrestricted => "not isolated either way, untracked",
+        Decision::Allowed(_) => "allowed",
+        Decision::Denied(_) => "denied",
+    };
+    s.push(format!(
+        "policy: {} -> {what} (as the destination sees it: from {}): {verdict}",
+        d.egress_src, d.src
+    ));
+    let names = |ids: &[u32]| {
+        ids.iter()
+            .map(|&i| pol.names.get(i as usize).map_or("?", String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (dir, pod, peer) in [
+        (Direction::Egress, d.egress_src, d.dst),
+        (Direction::Ingress, d.dst, d.src),
+    ] {
+        let word = match dir {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        };
+        let Some(table) = pol.table(dir, d.egress_src, d.dst) else {
+            continue;
+        };
+        let isolating = names(&table.selected_by);
+        let m = table.matching(peer, d.proto, d.port);
+        let line = match (m.allowed, m.peer) {
+            (Some(r), Some(prefix)) => format!(
+                "allowed by {} (peer {prefix}, {})",
+                names(&[r.policy]),
+                span(&r)
+            ),
+            (None, _) if dir == Direction::Ingress && d.from_node => {
+                "allowed: from the node itself, which always reaches its pods".to_string()
+            }
+            (None, Some(prefix)) => format!(
+                "denied: the entry of peer {prefix} allows no such port (an except allows nothing)"
+            ),
+            (_, None) => format!("denied: no rule allows peer {peer}"),
+        };
+        s.push(format!(
+            "policy {word} of {pod} (isolated by {isolating}): {line}"
+        ));
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        1 => "ICMP".into(),
+        n => format!("protocol {n}"),
+    }
+}
+
+/// A rule's ports as the policy wrote them.
+fn span(r: &crate::policy::PortRange) -> String {
+    match (r.proto, r.first, r.last) {
+        (crate::policy::ANY_PROTO, ..) => "every protocol and port".into(),
+        (p, 0, u16::MAX) => format!("every {} port", proto_name(p)),
+        (p, a, z) if a == z => format!("{} {a}", proto_name(p)),
+        (p, a, z) => format!("{} {a}-{z}", proto_name(p)),
+    }
 }
 
 fn vxlan_port(t: &Tables) -> u16 {

@@ -55,7 +55,7 @@ use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
 use crate::tables::{EgressHop, NodeInfo, PortId, PortInfo, PortKind, Tables};
-use crate::trace::{NoTrace, Tracer};
+use crate::trace::{NoTrace, Seen, Tracer};
 use crate::wire::{
     arp::{self, ArpPacket},
     checksum,
@@ -161,6 +161,8 @@ pub struct Pipeline {
     /// The last on-link egress destination without a neighbour entry, for
     /// the engine to ask the kernel to resolve ([`Pipeline::take_unresolved`]).
     unresolved: Option<Ipv4Addr>,
+    /// The last network-policy decision, for a trace.
+    decided: crate::policy::Decided,
 }
 
 impl core::fmt::Debug for Pipeline {
@@ -213,6 +215,7 @@ impl Pipeline {
             frags: frag::FragTable::new(FRAG_ENTRIES),
             learn: fast::Learn::default(),
             unresolved: None,
+            decided: Default::default(),
         }
     }
 
@@ -264,6 +267,21 @@ impl Pipeline {
     /// with (`Services::backend_keys` names each slot).
     pub fn backend_flows(&self) -> &[u64] {
         &self.nat.books.backend_flows
+    }
+
+    /// What a tracer may read of this worker.
+    #[inline(always)]
+    fn seen(&self) -> Seen<'_> {
+        Seen {
+            ct: &self.ct,
+            counters: &self.counters,
+            decided: &self.decided,
+        }
+    }
+
+    /// New flows allowed and denied per policy of the current snapshot.
+    pub fn policy_flows(&self) -> &[crate::policy::PolicyFlows] {
+        &self.nat.books.policy_flows
     }
 
     /// Swaps in the service bookkeeping made for the tables being swapped
@@ -318,7 +336,7 @@ impl Pipeline {
         tr: &mut T,
     ) {
         for p in pkts.iter_mut() {
-            tr.before(t, &self.ct, &self.counters, p);
+            tr.before(t, &self.seen(), p);
             p.verdict = match self.one(now_ns, t, p) {
                 Verdict::Handoff(_) if handed => Verdict::Drop(DropReason::HandoffLoop),
                 v => v,
@@ -328,7 +346,7 @@ impl Pipeline {
                 Verdict::Handoff(_) => self.counters.handed_off += 1,
                 Verdict::Tx(_) => {}
             }
-            tr.after(t, &self.ct, &self.counters, p);
+            tr.after(t, &self.seen(), p);
         }
         // An empty table has nothing to expire: don't touch its memory. One
         // slot per packet (up to GC_BUDGET): a worker under load makes many

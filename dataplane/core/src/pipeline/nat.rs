@@ -19,7 +19,7 @@ use hashbrown::HashMap;
 
 use super::{Ctx, DropReason, Packet, Pipeline, Verdict, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, Entry, FlowKey, InsertError, TcpState};
-use crate::policy::{Decision, Direction};
+use crate::policy::{Allowing, Decided, Decision, Direction, PolicyFlows};
 use crate::services::{Frontend, FrontendKey};
 use crate::tables::{NodeInfo, Tables};
 use crate::wire::l4::{L4Header, Ports, PORTS_LEN};
@@ -110,6 +110,8 @@ pub struct ServiceBooks {
     /// Service indexes that name a new service in this snapshot (a
     /// deleted service's index reused): their counters start from zero.
     pub fresh: Vec<u32>,
+    /// New flows per policy of the snapshot (`Policies::names`), from zero.
+    pub policy_flows: Box<[PolicyFlows]>,
 }
 
 impl ServiceBooks {
@@ -119,6 +121,7 @@ impl ServiceBooks {
             services: vec![SvcCounters::default(); services.max(t.services.names.len())],
             backend_flows: vec![0; t.services.backend_keys.len()].into_boxed_slice(),
             fresh: Vec::new(),
+            policy_flows: vec![PolicyFlows::default(); t.policy.names.len()].into_boxed_slice(),
         }
     }
 }
@@ -605,8 +608,8 @@ impl Pipeline {
             dport: backend.1,
             ..l.key()
         };
-        let isolated = match self.policy(cx, ing, l.src, seen_src, &to) {
-            Ok(isolated) => isolated,
+        let allowed = match self.policy(cx, ing, l.src, seen_src, &to) {
+            Ok(allowed) => allowed,
             Err(r) => return Nat::Done(Verdict::Drop(r)),
         };
         let reply = FlowKey {
@@ -651,7 +654,7 @@ impl Pipeline {
         if remapped {
             self.counters.source_ports_remapped += 1;
         }
-        self.counters.policy_flows_allowed += u64::from(isolated);
+        self.count_allowed(allowed);
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
         let snat = (flags & F_SNAT != 0).then_some((reply.dst, reply.dport));
         rewrite(p, l, snat, Some(backend));
@@ -681,8 +684,8 @@ impl Pipeline {
                 return self.reject(cx, p, l, false, DropReason::NoConntrack);
             }
         }
-        let isolated = match self.policy(cx, ing, l.src, l.src, &l.key()) {
-            Ok(isolated) => isolated,
+        let allowed = match self.policy(cx, ing, l.src, l.src, &l.key()) {
+            Ok(allowed) => allowed,
             Err(r) => return Nat::Done(Verdict::Drop(r)),
         };
         let entry = Entry {
@@ -707,7 +710,7 @@ impl Pipeline {
             Err(reason) => return Nat::Done(Verdict::Drop(reason)),
         };
         self.counters.egress_flows += 1;
-        self.counters.policy_flows_allowed += u64::from(isolated);
+        self.count_allowed(allowed);
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
         rewrite(p, l, Some((node.underlay_ip, entry.reply.dport)), None);
         Nat::Route {
@@ -756,11 +759,12 @@ impl Pipeline {
         } else {
             ing
         };
-        match self.policy(cx, ing_of_original, original.src, original.src, &original) {
-            Ok(false) => return Nat::Pass,
-            Ok(true) => {}
+        let allowed = match self.policy(cx, ing_of_original, original.src, original.src, &original)
+        {
+            Ok(None) => return Nat::Pass,
+            Ok(allowed) => allowed,
             Err(r) => return Nat::Done(Verdict::Drop(r)),
-        }
+        };
         let mut entry = Entry {
             backend: validated(t),
             flags: F_POLICY,
@@ -785,7 +789,7 @@ impl Pipeline {
         self.flows.forget(&entry.original);
         self.flows.forget(&entry.reply);
         self.ct.touch(id, dir, l.tcp_flags, now);
-        self.counters.policy_flows_allowed += 1;
+        self.count_allowed(allowed);
         Nat::Route {
             external_reply: None,
         }
@@ -819,10 +823,12 @@ impl Pipeline {
 
     /// Decides a new flow `to` (its source is the pod `egress_src`, as
     /// sent; `seen_src` is what the destination sees after any SNAT):
-    /// `Ok(true)` if an isolated local pod is in it (track it), `Ok(false)`
-    /// if none is. Protocols without ports are matched by protocol alone.
-    /// Established flows are decided again with it when the tables change;
-    /// only new ones count as `policy_flows_allowed` (the callers').
+    /// `Ok(Some(allowing))` if an isolated local pod is in it (track it),
+    /// `Ok(None)` if none is. Protocols
+    /// without ports are matched by protocol alone. Established flows are
+    /// decided again with it when the tables change: only new ones count
+    /// as allowed (the callers', `count_allowed`), denials all count here.
+    /// The decision is kept in `self.decided` for a trace.
     fn policy(
         &mut self,
         cx: &Ctx<'_>,
@@ -830,24 +836,58 @@ impl Pipeline {
         egress_src: Ipv4Addr,
         seen_src: Ipv4Addr,
         to: &FlowKey,
-    ) -> Result<bool, DropReason> {
+    ) -> Result<Option<Allowing>, DropReason> {
         let t = cx.t;
         if t.policy.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let port =
             matches!(to.proto, ipv4::protocol::TCP | ipv4::protocol::UDP).then_some(to.dport);
         // The node's own traffic comes through the host port; an address
         // alone (the gateway is also the SNAT address) proves nothing.
         let from_node = t.host == Some(ing.in_port) && !ing.external;
-        match t
+        let decision = t
             .policy
-            .decide(egress_src, seen_src, to.dst, to.proto, port, from_node)
-        {
-            Decision::Unrestricted => Ok(false),
-            Decision::Allowed(_) => Ok(true),
-            Decision::Denied(Direction::Egress) => Err(DropReason::PolicyDeniedEgress),
-            Decision::Denied(Direction::Ingress) => Err(DropReason::PolicyDeniedIngress),
+            .decide(egress_src, seen_src, to.dst, to.proto, port, from_node);
+        self.decided = Decided {
+            seq: self.decided.seq.wrapping_add(1),
+            egress_src,
+            src: seen_src,
+            dst: to.dst,
+            proto: to.proto,
+            port,
+            from_node,
+            decision,
+        };
+        let dir = match decision {
+            Decision::Unrestricted => return Ok(None),
+            Decision::Allowed(a) => return Ok(Some(a)),
+            Decision::Denied(dir) => dir,
+        };
+        if let Some(table) = t.policy.table(dir, egress_src, to.dst) {
+            for &i in &table.selected_by {
+                if let Some(c) = self.nat.books.policy_flows.get_mut(i as usize) {
+                    c.denied += 1;
+                }
+            }
+        }
+        Err(match dir {
+            Direction::Egress => DropReason::PolicyDeniedEgress,
+            Direction::Ingress => DropReason::PolicyDeniedIngress,
+        })
+    }
+
+    /// Counts a new flow that `policy` allowed (`Some`: tracked) as
+    /// `policy_flows_allowed`, and for the policy allowing it each way.
+    fn count_allowed(&mut self, allowed: Option<Allowing>) {
+        let Some(a) = allowed else {
+            return;
+        };
+        self.counters.policy_flows_allowed += 1;
+        for id in [a.egress, a.ingress].into_iter().flatten() {
+            if let Some(c) = self.nat.books.policy_flows.get_mut(id as usize) {
+                c.allowed += 1;
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use core::net::Ipv4Addr;
 
 use super::service_tests::{
     delivered, key, pipeline, ready, send, svc_tables, tcp_from, tuple, udp_from, Peer, Svc,
-    CLUSTER_IP, LOCAL_BE, SVC_PORT, TARGET_PORT, TCP,
+    CLIENT_IP, CLUSTER_IP, LOCAL_BE, SVC_PORT, TARGET_PORT, TCP,
 };
 use super::tests::{GATEWAY, P1_IP, P2_IP, REMOTE_POD_IP, T0};
 use super::*;
@@ -100,6 +100,63 @@ fn ingress_policy_admits_only_what_it_allows_and_replies_pass() {
     // p2's own new flows are not restricted (no egress policy selects it).
     let out = udp_from(Peer::P2, (P2_IP, 7000), (REMOTE_POD_IP, 53), b"q");
     delivered(&send(&mut pl, T0, &t, Peer::P2, &out));
+}
+
+#[test]
+fn each_policy_counts_the_flows_it_allows_and_the_denials_of_its_pods() {
+    // p2 is isolated by two policies: "x/a" allows p1 TCP 8080, "x/b"
+    // (names[1]) allows nothing; p1's egress by "x/c", which allows all.
+    let mut t = with_policy(&[]);
+    t.policy.names = vec!["x/a".into(), "x/b".into(), "x/c".into()];
+    let mut ingress = RuleTable::new(vec![0, 1]);
+    ingress.insert(one(P1_IP), &[ports(TCP, 8080, 8080)]);
+    let mut egress = RuleTable::new(vec![2]);
+    egress.insert(
+        Prefix::new(Ipv4Addr::UNSPECIFIED, 0),
+        &[PortRange {
+            policy: 2,
+            ..ports(ANY_PROTO, 0, 0)
+        }],
+    );
+    t.policy.pods.insert(
+        P2_IP,
+        PodPolicy {
+            ingress: Some(ingress),
+            egress: None,
+        },
+    );
+    t.policy.pods.insert(
+        P1_IP,
+        PodPolicy {
+            ingress: None,
+            egress: Some(egress),
+        },
+    );
+    let mut pl = pipeline();
+    pl.swap_books(ServiceBooks::for_tables(&t, 0));
+    for sport in [40000, 40001] {
+        let syn = tcp_from(Peer::P1, (P1_IP, sport), LOCAL_BE, SYN, 1, 0, b"");
+        delivered(&send(&mut pl, T0, &t, Peer::P1, &syn));
+    }
+    // The same SYN again is its flow's, not a new one.
+    let again = tcp_from(Peer::P1, (P1_IP, 40000), LOCAL_BE, SYN, 1, 0, b"");
+    delivered(&send(&mut pl, T0, &t, Peer::P1, &again));
+    // Denied at p2 (port 8081): against both policies isolating it; a
+    // retransmission counts again.
+    let denied = tcp_from(Peer::P1, (P1_IP, 40002), (P2_IP, 8081), SYN, 1, 0, b"");
+    for _ in 0..2 {
+        assert_dropped_for(
+            &send(&mut pl, T0, &t, Peer::P1, &denied),
+            DropReason::PolicyDeniedIngress,
+        );
+    }
+    let got: Vec<(u64, u64)> = pl
+        .policy_flows()
+        .iter()
+        .map(|f| (f.allowed, f.denied))
+        .collect();
+    // Each flow is allowed by p1's egress policy and p2's ingress one.
+    assert_eq!(got, [(2, 2), (0, 2), (2, 0)]);
 }
 
 #[test]
@@ -296,10 +353,7 @@ fn protocols_without_ports_need_a_rule_for_every_protocol() {
     let mut t = with_policy(&[(P2_IP, p2_from_p1())]);
     let mut pl = pipeline();
     // An ICMP echo request to p2: no rule for every protocol.
-    let mut echo = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
-    let c = super::service_tests::rfc1071(&echo);
-    echo[2..4].copy_from_slice(&c.to_be_bytes());
-    let ping = icmp_datagram(P1_IP, P2_IP, &echo);
+    let ping = icmp_datagram(P1_IP, P2_IP, &echo_request());
     let frame = Peer::P1.frame(&ping);
     assert_dropped_for(
         &send(&mut pl, T0, &t, Peer::P1, &frame),
@@ -325,6 +379,37 @@ fn protocols_without_ports_need_a_rule_for_every_protocol() {
     t.policy.pods.get_mut(&P2_IP).unwrap().ingress = Some(deny_all());
     let out = send(&mut pl, T0, &t, Peer::P1, &Peer::P1.frame(&gre));
     assert_dropped_for(&out, DropReason::PolicyDeniedIngress);
+}
+
+#[test]
+fn an_outside_hosts_echo_request_never_reaches_a_pod_whatever_its_policy() {
+    // The uplink takes VXLAN from VTEPs and NodePort traffic; a frame from
+    // outside to a pod's address is not ours (the kernel's, which routes
+    // pods only through the host port, whose sources are the node's own).
+    // So outside hosts reach pods only through services, where the
+    // ingress policy sees them (or the SNAT address).
+    let mut t = with_policy(&[(P2_IP, p2_from_p1())]);
+    let mut pl = pipeline();
+    let frame = Peer::Client.frame(&icmp_datagram(CLIENT_IP, P2_IP, &echo_request()));
+    assert_dropped_for(
+        &send(&mut pl, T0, &t, Peer::Client, &frame),
+        DropReason::NotOurs,
+    );
+    let mut from_client = RuleTable::default();
+    from_client.insert(one(CLIENT_IP), &[ports(ANY_PROTO, 0, 0)]);
+    t.policy.pods.get_mut(&P2_IP).unwrap().ingress = Some(from_client);
+    assert_dropped_for(
+        &send(&mut pl, T0, &t, Peer::Client, &frame),
+        DropReason::NotOurs,
+    );
+}
+
+/// An ICMP echo request (identifier 0x1234, sequence 1) with its checksum.
+fn echo_request() -> Vec<u8> {
+    let mut echo = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let c = super::service_tests::rfc1071(&echo);
+    echo[2..4].copy_from_slice(&c.to_be_bytes());
+    echo
 }
 
 /// An ICMP datagram with a valid header checksum.

@@ -119,6 +119,57 @@ fn a_trace_tells_a_flow_cache_hit_from_a_walk() {
 }
 
 #[test]
+fn a_trace_names_the_policy_rule_that_allowed_or_denied_a_new_flow() {
+    use crate::policy::{PodPolicy, PortRange, RuleTable};
+    use crate::prefix::Prefix;
+    let mut t = web();
+    t.policy.names = vec!["x/to-web".into(), "x/deny".into()];
+    let mut egress = RuleTable::new(vec![0, 1]);
+    let tcp = |first, last| PortRange {
+        proto: 6,
+        first,
+        last,
+        policy: 0,
+    };
+    egress.insert(Prefix::new(REMOTE_BE.0, 24), &[tcp(TARGET_PORT, TARGET_PORT)]);
+    // A hole: the backend's /32 may use only another port.
+    let mut denying = egress.clone();
+    denying.insert(Prefix::new(REMOTE_BE.0, 32), &[tcp(9, 9)]);
+    let with = |egress: RuleTable| {
+        let mut t = t.clone();
+        t.policy.pods.insert(
+            P1_IP,
+            PodPolicy {
+                ingress: None,
+                egress: Some(egress),
+            },
+        );
+        t
+    };
+    let mut pl = pipeline();
+    let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
+    run(&mut pl, &with(egress), &[syn(40000)], &mut rec);
+    let text = rec.out.remove(0).steps.join("\n");
+    for want in [
+        "policy: 10.244.1.2 -> 10.244.2.2:8080/TCP (as the destination sees it: from 10.244.1.2): allowed",
+        "policy egress of 10.244.1.2 (isolated by x/to-web, x/deny): allowed by x/to-web (peer 10.244.2.0/24, TCP 8080)",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+    let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
+    let out = run(&mut pl, &with(denying), &[syn(40001)], &mut rec);
+    assert_eq!(out[0].0, Verdict::Drop(DropReason::PolicyDeniedEgress));
+    let text = rec.out.remove(0).steps.join("\n");
+    let want = "policy egress of 10.244.1.2 (isolated by x/to-web, x/deny): denied: the entry of peer 10.244.2.2/32 allows no such port";
+    assert!(text.contains(want), "{want:?} not in\n{text}");
+    // An established packet is no new decision: no policy line.
+    let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
+    run(&mut pl, &with(RuleTable::new(vec![0])), &[ack(40000)], &mut rec);
+    let steps = rec.out.remove(0).steps;
+    assert!(!steps.iter().any(|s| s.starts_with("policy")), "{steps:?}");
+}
+
+#[test]
 fn a_capture_keeps_the_frames_of_its_point() {
     let t = web();
     let runt = syn(40001)[..20].to_vec();
