@@ -6,9 +6,11 @@
 //! whose one backend is y/b, and two NodePort services: `x/np-cluster`
 //! (externalTrafficPolicy Cluster, backend x/a on n1) and `x/np-local`
 //! (Local, backend x/b on n2), TCP 80 and UDP 81 each. Outside the cluster:
-//! the lab's outside client `ext` (172.30.0.100 on the underlay, routed to
-//! the pod CIDRs through the nodes and in `non_masquerade_cidrs`, so it
-//! reaches pods by their own addresses), and an echo server on TCP and UDP
+//! the lab's outside client `ext` (172.30.0.100 on the underlay; the lab
+//! does not route it to pods, so the test adds its routes to the pod CIDRs
+//! through the nodes, and the cluster file lists it in
+//! `non_masquerade_cidrs`, the only outside sources kxdp lets reach a pod
+//! by its own address), and an echo server on TCP and UDP
 //! 80 and 81 at 203.0.113.20 in the outside world `www`, behind the
 //! router, which pods reach masqueraded to their node's address.
 //!
