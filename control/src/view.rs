@@ -254,6 +254,8 @@ pub struct BackendCountersView {
     /// "TCP" or "UDP" (a backend is ip, port and protocol).
     pub protocol: String,
     pub new_flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -323,6 +325,8 @@ impl CountersView {
                             ip: b.ip,
                             port: b.port,
                             new_flows: b.new_flows,
+                            packets: b.packets,
+                            bytes: b.bytes,
                         })
                         .collect(),
                 })
@@ -874,30 +878,37 @@ pub fn counters_text(c: &CountersView, all: bool) -> String {
             .services
             .iter()
             .map(|s| {
-                let backends: Vec<String> = s
-                    .backends
-                    .iter()
-                    .map(|b| format!("{}:{}/{}={}", b.ip, b.port, b.protocol, b.new_flows))
-                    .collect();
                 vec![
                     s.name.clone(),
                     s.packets.to_string(),
                     s.bytes.to_string(),
                     s.new_flows.to_string(),
                     s.no_endpoint.to_string(),
-                    backends.join(" "),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &[
-                "SERVICE",
-                "PACKETS",
-                "BYTES",
-                "NEW FLOWS",
-                "NO ENDPOINT",
-                "NEW FLOWS BY BACKEND",
-            ],
+            &["SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "NO ENDPOINT"],
+            &rows,
+        ));
+        let rows: Vec<Vec<String>> = c
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(|b| {
+                    vec![
+                        format!("{}:{}/{}", b.ip, b.port, b.protocol),
+                        s.name.clone(),
+                        b.packets.to_string(),
+                        b.bytes.to_string(),
+                        b.new_flows.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["BACKEND", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS"],
             &rows,
         ));
     }
@@ -1051,19 +1062,33 @@ mod tests {
                     port: 8080,
                     protocol: "TCP".into(),
                     new_flows: 2,
+                    packets: 6,
+                    bytes: 600,
                 },
                 BackendCountersView {
                     ip: "10.244.1.2".into(),
                     port: 8080,
                     protocol: "UDP".into(),
                     new_flows: 5,
+                    packets: 4,
+                    bytes: 400,
                 },
             ],
         });
         c.conntrack_capacity = 65536;
         let t = counters_text(&c, false);
-        assert!(
-            t.contains("default/web") && t.contains("10.244.1.2:8080/TCP=2 10.244.1.2:8080/UDP=5"),
+        let row = |b: &str| -> Vec<String> {
+            let line = t.lines().find(|l| l.starts_with(b)).unwrap_or_default();
+            line.split_whitespace().map(String::from).collect()
+        };
+        assert_eq!(
+            row("10.244.1.2:8080/TCP"),
+            ["10.244.1.2:8080/TCP", "default/web", "6", "600", "2"],
+            "{t}"
+        );
+        assert_eq!(
+            row("10.244.1.2:8080/UDP"),
+            ["10.244.1.2:8080/UDP", "default/web", "4", "400", "5"],
             "{t}"
         );
         assert!(t.contains("conntrack: 0 entries of 65536"), "{t}");

@@ -278,11 +278,13 @@ fn counters_reply(c: CountersSnapshot) -> pb::GetCountersReply {
                 backends: sv
                     .backends
                     .into_iter()
-                    .map(|(ip, port, protocol, new_flows)| pb::BackendCounters {
+                    .map(|(ip, port, protocol, c)| pb::BackendCounters {
                         ip: ip.to_string(),
                         port: port as u32,
-                        new_flows,
+                        new_flows: c.new_flows,
                         protocol: pb::Protocol::from(protocol) as i32,
+                        packets: c.packets,
+                        bytes: c.bytes,
                     })
                     .collect(),
             })

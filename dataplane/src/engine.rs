@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use kxdp_core::conntrack::{CtStats, Entry};
-use kxdp_core::pipeline::{Counters, DropReason, ServiceBooks, SvcCounters};
+use kxdp_core::pipeline::{BackendCounters, Counters, DropReason, ServiceBooks, SvcCounters};
 use kxdp_core::policy::{PodPolicy, Policies, PolicyFlows, PortRange, RuleTable};
 use kxdp_core::prefix::Prefix;
 use kxdp_core::services::{Backend, BackendKey, Frontend, FrontendKey, MaglevCache};
@@ -190,9 +190,8 @@ pub struct WorkerCounters {
 pub struct ServiceCounters {
     pub name: String,
     pub totals: SvcCounters,
-    /// New flows per (endpoint, target port, protocol), every pair of the
-    /// service.
-    pub backends: Vec<(Ipv4Addr, u16, Protocol, u64)>,
+    /// Per (endpoint, target port, protocol), every pair of the service.
+    pub backends: Vec<(Ipv4Addr, u16, Protocol, BackendCounters)>,
 }
 
 /// What a `ListConntrack` page asks for.
@@ -285,7 +284,7 @@ pub struct Engine {
     /// port) of the snapshots
     /// workers handed back (the current one's are in their books), for the
     /// backends the state has.
-    backend_flows: HashMap<BackendKey, u64>,
+    backend_flows: HashMap<BackendKey, BackendCounters>,
     /// New flows per policy of the snapshots workers handed back, by name,
     /// for the policies of the last snapshot pushed (`policy_names`).
     policy_flows: HashMap<String, PolicyFlows>,
@@ -1248,7 +1247,7 @@ impl Engine {
         for (index, ack) in acks {
             match ack.and_then(|a| a.recv_deadline(deadline).ok()) {
                 Some((old, books)) => {
-                    self.keep_backend_flows(&old, &books.backend_flows, &fresh);
+                    self.keep_backend_flows(&old, &books.backends, &fresh);
                     add_policy_flows(&mut self.policy_flows, &old, &books.policy_flows);
                 }
                 None => missed.push(index),
@@ -1266,10 +1265,9 @@ impl Engine {
         }
     }
 
-    /// Adds the new flows a worker counted per backend slot of `tables`
-    /// into the kept totals, but those of ids in `skip` (now another
-    /// service's).
-    fn keep_backend_flows(&mut self, tables: &Tables, flows: &[u64], skip: &[u32]) {
+    /// Adds what a worker counted per backend slot of `tables` into the
+    /// kept totals, but those of ids in `skip` (now another service's).
+    fn keep_backend_flows(&mut self, tables: &Tables, flows: &[BackendCounters], skip: &[u32]) {
         add_backend_flows(&mut self.backend_flows, tables, flows, skip);
     }
 
@@ -1285,7 +1283,7 @@ impl Engine {
                 w.call(|reply| Command::ServiceStats {
                     into: ServiceStats {
                         services: Vec::with_capacity(self.books_services),
-                        backend_flows: Vec::with_capacity(slots),
+                        backends: Vec::with_capacity(slots),
                         policy_flows: Vec::with_capacity(self.policy_names.len()),
                         ..Default::default()
                     },
@@ -1297,7 +1295,7 @@ impl Engine {
         let mut flows = self.backend_flows.clone();
         for s in &stats {
             if let Some(t) = &s.tables {
-                add_backend_flows(&mut flows, t, &s.backend_flows, &[]);
+                add_backend_flows(&mut flows, t, &s.backends, &[]);
             }
         }
         let services = self
@@ -1319,7 +1317,7 @@ impl Engine {
                 for e in &sv.endpoints {
                     for p in &sv.ports {
                         let key = (id, p.protocol.ip_proto(), e.ip, p.target_port);
-                        let n = flows.get(&key).copied().unwrap_or(0);
+                        let n = flows.get(&key).copied().unwrap_or_default();
                         c.backends.push((e.ip, p.target_port, p.protocol, n));
                     }
                 }
@@ -1558,16 +1556,16 @@ fn peer_mac(ifname: &str) -> Option<EthernetAddress> {
     None
 }
 
-/// Adds new flows counted per backend slot of `tables` into `into`, keyed
+/// Adds what was counted per backend slot of `tables` into `into`, keyed
 /// by `BackendKey`; ids in `skip` are left out.
 fn add_backend_flows(
-    into: &mut HashMap<BackendKey, u64>,
+    into: &mut HashMap<BackendKey, BackendCounters>,
     tables: &Tables,
-    flows: &[u64],
+    counted: &[BackendCounters],
     skip: &[u32],
 ) {
-    for (k, &n) in tables.services.backend_keys.iter().zip(flows) {
-        if n > 0 && !skip.contains(&k.0) {
+    for (k, &n) in tables.services.backend_keys.iter().zip(counted) {
+        if n != BackendCounters::default() && !skip.contains(&k.0) {
             *into.entry(*k).or_default() += n;
         }
     }
@@ -1583,10 +1581,7 @@ fn add_policy_flows(
     for (name, f) in tables.policy.names.iter().zip(flows) {
         if *f != PolicyFlows::default() {
             match into.get_mut(name) {
-                Some(c) => {
-                    c.allowed += f.allowed;
-                    c.denied += f.denied;
-                }
+                Some(c) => *c += *f,
                 None => {
                     into.insert(name.clone(), *f);
                 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use kxdp_core::pipeline::Counters;
+use kxdp_core::pipeline::{BackendCounters, Counters};
 use kxdp_core::policy::PolicyFlows;
 use kxdp_proto::ops::{Request, Response};
 use prometheus_client::collector::Collector;
@@ -272,23 +272,41 @@ impl Collector for Exposition {
             let help = format!("{what}, by service (namespace/name).");
             out.counters(&format!("kxdp_service_{field}"), &help, samples)?;
         }
-        out.counters(
-            "kxdp_backend_new_flows",
-            "New flows sent to a service's endpoint, by service, endpoint address, target port and protocol.",
-            c.services.iter().flat_map(|s| {
-                s.backends.iter().map(move |(ip, port, proto, n)| {
-                    (
-                        vec![
-                            ("service", s.name.clone()),
-                            ("backend", ip.to_string()),
-                            ("port", port.to_string()),
-                            ("protocol", proto.to_string()),
-                        ],
-                        *n,
-                    )
-                })
+        type BackendField = fn(&BackendCounters) -> u64;
+        let backend_families: [(&str, &str, BackendField); 3] = [
+            ("new_flows", "New flows sent to a service's endpoint", |b| {
+                b.new_flows
             }),
-        )?;
+            (
+                "packets",
+                "Packets of a service's flows to and from an endpoint, translated",
+                |b| b.packets,
+            ),
+            (
+                "bytes",
+                "Bytes of a service's flows to and from an endpoint, translated",
+                |b| b.bytes,
+            ),
+        ];
+        for (field, what, f) in backend_families {
+            out.counters(
+                &format!("kxdp_backend_{field}"),
+                &format!("{what}, by service, endpoint address, target port and protocol."),
+                c.services.iter().flat_map(|s| {
+                    s.backends.iter().map(move |(ip, port, proto, n)| {
+                        (
+                            vec![
+                                ("service", s.name.clone()),
+                                ("backend", ip.to_string()),
+                                ("port", port.to_string()),
+                                ("protocol", proto.to_string()),
+                            ],
+                            f(n),
+                        )
+                    })
+                }),
+            )?;
+        }
 
         for (field, what, f) in [
             ("allowed", "New flows a network policy allowed (the first allowing one counts)", (|p| p.allowed) as fn(&PolicyFlows) -> u64),
@@ -428,7 +446,16 @@ mod tests {
                 xdp_drops: vec![("vxlan_unknown_vtep", 2)],
                 services: vec![ServiceCounters {
                     name: "default/web".into(),
-                    backends: vec![("10.244.1.5".parse().unwrap(), 80, Protocol::Udp, 9)],
+                    backends: vec![(
+                        "10.244.1.5".parse().unwrap(),
+                        80,
+                        Protocol::Udp,
+                        BackendCounters {
+                            new_flows: 9,
+                            packets: 20,
+                            bytes: 2000,
+                        },
+                    )],
                     ..Default::default()
                 }],
                 policies: vec![(
@@ -465,6 +492,8 @@ mod tests {
             "kxdp_interface_rx_packets_total{interface=\"eth0\",worker=\"1\"} 4",
             "kxdp_conntrack_entries{worker=\"0\"} 3",
             "kxdp_backend_new_flows_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 9",
+            "kxdp_backend_packets_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 20",
+            "kxdp_backend_bytes_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 2000",
             "kxdp_workers 2",
             "kxdp_policy_flows_allowed_total{policy=\"x/deny\"} 5",
             "kxdp_policy_flows_denied_total{policy=\"x/deny\"} 6",

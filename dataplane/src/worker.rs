@@ -37,7 +37,8 @@ use arrayvec::ArrayVec;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use kxdp_core::conntrack::{CtStats, Entry};
 use kxdp_core::pipeline::{
-    Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict, BATCH_SIZE,
+    BackendCounters, Counters, DropReason, Packet, Pipeline, ServiceBooks, SvcCounters, Verdict,
+    BATCH_SIZE,
 };
 use kxdp_core::policy::PolicyFlows;
 use kxdp_core::tables::{PortId, Tables, MAX_PORTS};
@@ -178,8 +179,8 @@ pub struct Watch {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceStats {
     pub services: Vec<SvcCounters>,
-    /// New flows per backend slot of `tables` (`Services::backend_keys`).
-    pub backend_flows: Vec<u64>,
+    /// Per backend slot of `tables` (`Services::backend_keys`).
+    pub backends: Vec<BackendCounters>,
     /// New flows per policy of `tables` (`Policies::names`).
     pub policy_flows: Vec<PolicyFlows>,
     /// The snapshot the backend and policy slots are of.
@@ -890,8 +891,8 @@ impl Worker {
 fn copy_service_stats(pl: &Pipeline, tables: &Arc<Tables>, into: &mut ServiceStats) {
     into.services.clear();
     into.services.extend_from_slice(pl.service_counters());
-    into.backend_flows.clear();
-    into.backend_flows.extend_from_slice(pl.backend_flows());
+    into.backends.clear();
+    into.backends.extend_from_slice(pl.backend_counters());
     into.policy_flows.clear();
     into.policy_flows.extend_from_slice(pl.policy_flows());
     into.tables = Some(tables.clone());

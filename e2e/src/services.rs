@@ -82,6 +82,12 @@ impl Counters {
 
     /// New flows service `name` sent to backend `ip:port`; 0 when absent.
     pub fn backend_new_flows(&self, name: &str, ip: Ipv4Addr, port: u16) -> u64 {
+        self.backend_get(name, ip, port, "new_flows")
+    }
+
+    /// A number of service `name`'s counters of backend `ip:port`
+    /// (`new_flows`, `packets`, `bytes`); 0 when absent.
+    pub fn backend_get(&self, name: &str, ip: Ipv4Addr, port: u16, key: &str) -> u64 {
         self.service(name)["backends"]
             .as_array()
             .and_then(|l| {
@@ -90,7 +96,7 @@ impl Counters {
                         && b["port"].as_u64() == Some(port.into())
                 })
             })
-            .and_then(|b| b["new_flows"].as_u64())
+            .and_then(|b| b[key].as_u64())
             .unwrap_or(0)
     }
 }

@@ -1216,6 +1216,31 @@ fn conntrack_lists_live_flows_and_counters_count_new_flows() {
     for a in [&a1, &a2] {
         assert!(a.service_get(name, "packets") > 0 && a.service_get(name, "bytes") > 0);
     }
+    // Per backend: each flow's packets both ways (at least SYN, SYN+ACK,
+    // ACK) on its entry node, and no more than the service's in all.
+    for (node, a, b) in [("n1", &a1, &b1), ("n2", &a2, &b2)] {
+        let delta = |bip, key| {
+            a.backend_get(name, bip, TCP_PORT, key) - b.backend_get(name, bip, TCP_PORT, key)
+        };
+        let mut sum = (0, 0);
+        for bk in backends {
+            let bip = lab.pod(bk).ip;
+            let (packets, bytes) = (delta(bip, "packets"), delta(bip, "bytes"));
+            assert!(
+                packets >= 3 * expect(node, Some(bk)) && bytes >= 40 * packets,
+                "{node} backend {bk}: {packets} packets, {bytes} bytes for {} flows: {}",
+                expect(node, Some(bk)),
+                a.service(name)
+            );
+            sum = (sum.0 + packets, sum.1 + bytes);
+        }
+        let service = |key| a.service_get(name, key) - b.service_get(name, key);
+        assert!(
+            sum.0 <= service("packets") && sum.1 <= service("bytes"),
+            "{node}: backends {sum:?} > the service's: {}",
+            a.service(name)
+        );
+    }
 
     // 20 more short connections from n2-p2: n2 counts 20 more.
     let per = check_hellos(

@@ -14,7 +14,9 @@
 //! - `established/N`: a pod's TCP ACK to a ClusterIP whose flow is tracked
 //!   (conntrack hit, backend still serving, DNAT, LPM, encap). The
 //!   conntrack is warmed with [`FLOWS`] live flows, opened through the
-//!   pipeline itself (SYN, then ACK: `Established`); flow `f` is from pod
+//!   pipeline itself (the client's SYN, the backend's SYN+ACK back over
+//!   VXLAN from its node, the client's ACK: `Established`, so the flow
+//!   cache learns them and the timed ACKs are hits); flow `f` is from pod
 //!   `1 + f % 100`, source port `10000 + f / 100`, to service `f % N`. The
 //!   batches walk through all the flows in turn (160 different batches), so
 //!   with N = 10,000 the 64 packets of a batch hit 64 different services,
@@ -290,9 +292,69 @@ fn run_batch(pl: &mut Pipeline, now: u64, t: &Tables, rx: &mut Rx) -> Verdict {
     pkts[BATCH_SIZE - 1].verdict
 }
 
+/// The backend's SYN+ACK to each SYN of `sent` (as it left: DNATed and
+/// encapsulated to the backend's node), encapsulated by that node's VTEP.
+fn syn_acks(sent: &[Vec<u8>]) -> Rx {
+    let frames: Vec<(PortId, Vec<u8>)> = sent
+        .iter()
+        .map(|f| {
+            let ip4 = |at: usize| [f[at], f[at + 1], f[at + 2], f[at + 3]];
+            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+            // Outer: Ethernet 0..14 (dst, src), IPv4 14..34, UDP, VXLAN;
+            // inner Ethernet at 50, IPv4 at 64, TCP at 84.
+            let (vtep, backend, client) = (ip4(14 + 16), ip4(64 + 16), ip4(64 + 12));
+            let (cport, bport) = (port(84), port(86));
+            let mut inner = Vec::new();
+            PacketBuilder::ethernet2(f[50 + 6..50 + 12].try_into().unwrap(), VTEP_MAC.0)
+                .ipv4(backend, client, 63)
+                .tcp(bport, cport, 5000, 64_240)
+                .syn()
+                .ack(1001)
+                .write(&mut inner, &[])
+                .unwrap();
+            let mut vx = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            vx.extend_from_slice(&inner);
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2(f[..6].try_into().unwrap(), UPLINK_MAC.0)
+                .ipv4(vtep, UNDERLAY_IP.octets(), 64)
+                .udp(40_000, vxlan::UDP_PORT)
+                .write(&mut frame, &vx)
+                .unwrap();
+            (UPLINK, frame)
+        })
+        .collect();
+    Rx::new(&frames)
+}
+
+/// Processes `rx` (untimed) and checks every frame went to a pod's port.
+fn process_to_pods(pl: &mut Pipeline, t: &Tables, rx: &mut Rx, what: &str) {
+    let (lens, ports) = (rx.lens, rx.ports);
+    let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
+    let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
+        .map(|_| {
+            let (k, c) = it.next().unwrap();
+            Packet::new(c, RX_OFF, lens[k], ports[k])
+        })
+        .collect();
+    pl.process(NOW, t, &mut pkts);
+    for p in &pkts {
+        assert!(
+            matches!(p.verdict, Verdict::Tx(port) if (1..=PODS as PortId).contains(&port)),
+            "{what}: {:?}",
+            p.verdict
+        );
+    }
+}
+
 /// Processes `rx` (untimed) and checks every frame went out the uplink,
-/// DNATed to a backend of its service and encapsulated.
-fn process_checked(pl: &mut Pipeline, now: u64, t: &Tables, rx: &mut Rx, what: &str) {
+/// DNATed to a backend of its service and encapsulated; returns them.
+fn process_checked(
+    pl: &mut Pipeline,
+    now: u64,
+    t: &Tables,
+    rx: &mut Rx,
+    what: &str,
+) -> Vec<Vec<u8>> {
     let (lens, ports) = (rx.lens, rx.ports);
     let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
     let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
@@ -313,6 +375,7 @@ fn process_checked(pl: &mut Pipeline, now: u64, t: &Tables, rx: &mut Rx, what: &
         );
         assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), TARGET_PORT);
     }
+    pkts.iter().map(|p| p.frame().to_vec()).collect()
 }
 
 /// `established` with the flow cache (the dataplane's default), and
@@ -331,15 +394,11 @@ fn bench_established_group(c: &mut Criterion, group: &str, cached: bool) {
         let mut pl = Pipeline::new();
         pl.set_flow_cache(cached);
         let batches = FLOWS / BATCH_SIZE as u32;
-        // Open every flow (SYN, then the client's ACK), untimed.
+        // Open every flow (SYN, SYN+ACK, then the client's ACK), untimed.
         for b in 0..batches {
-            process_checked(
-                &mut pl,
-                NOW,
-                &t,
-                &mut flow_batch(b, nsvc, tcp::flags::SYN),
-                "syn",
-            );
+            let mut syns = flow_batch(b, nsvc, tcp::flags::SYN);
+            let sent = process_checked(&mut pl, NOW, &t, &mut syns, "syn");
+            process_to_pods(&mut pl, &t, &mut syn_acks(&sent), "syn+ack");
         }
         let templates: Vec<Rx> = (0..batches)
             .map(|b| flow_batch(b, nsvc, tcp::flags::ACK))
@@ -371,7 +430,14 @@ fn bench_established_group(c: &mut Criterion, group: &str, cached: bool) {
                 BATCHES.load(Ordering::Relaxed) * BATCH_SIZE as u64
             );
         }
-        // Every timed packet was a hit: no flow was opened or lost.
+        // With the cache, the timed packets are hits but for the few flows
+        // whose set of the 4-way cache is oversubscribed (about 2 %).
+        if cached {
+            let timed = BATCHES.load(Ordering::Relaxed) * BATCH_SIZE as u64;
+            let hits = pl.counters().flow_cache_hits - hits_before;
+            assert!(hits * 100 >= timed * 90, "{hits} hits of {timed}");
+        }
+        // No flow was opened or lost.
         assert_eq!(pl.conntrack().stats().inserts, inserts);
         assert_eq!(pl.conntrack().len(), FLOWS as usize);
     }

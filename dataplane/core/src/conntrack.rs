@@ -294,6 +294,9 @@ impl CtStats {
 struct Slot {
     entry: Entry,
     hashes: [u32; 2],
+    /// The caller's word beside the entry (in what would be padding after
+    /// it), `u32::MAX` when inserted: [`Conntrack::tag`].
+    tag: u32,
     live: bool,
     /// FIN seen from: bit 0 the original side, bit 1 the reply side.
     fins: u8,
@@ -329,6 +332,7 @@ const UNUSED: Slot = Slot {
         flags: 0,
     },
     hashes: [0; 2],
+    tag: u32::MAX,
     live: false,
     fins: 0,
     replied: false,
@@ -458,6 +462,21 @@ impl Conntrack {
         &mut self.live_slot_mut(id).entry
     }
 
+    /// Entry `id`'s tag (the pipeline's backend slot).
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a live entry.
+    #[inline]
+    pub fn tag(&self, id: u32) -> u32 {
+        self.live_slot(id).tag
+    }
+
+    #[inline]
+    pub fn set_tag(&mut self, id: u32, tag: u32) {
+        self.live_slot_mut(id).tag = tag;
+    }
+
     /// Inserts `e` and returns its id. If the table is full, first frees
     /// the expired entries among the next [`EVICT_SCAN`] slots of the GC
     /// cursor, and if there are none, evicts the entry closest to expiry
@@ -491,6 +510,7 @@ impl Conntrack {
         self.slots[id as usize] = Slot {
             entry: e,
             hashes: [ho, hr],
+            tag: u32::MAX,
             live: true,
             fins: 0,
             replied: false,

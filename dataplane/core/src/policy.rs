@@ -188,6 +188,13 @@ impl Default for Decided {
     }
 }
 
+impl core::ops::AddAssign for PolicyFlows {
+    fn add_assign(&mut self, o: PolicyFlows) {
+        self.allowed += o.allowed;
+        self.denied += o.denied;
+    }
+}
+
 /// The node's local pods that some policy isolates, by address.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {

@@ -322,7 +322,10 @@ fn new_tables_and_new_service_flows_never_allocate() {
         sent += N;
         old_books.push(old);
         assert_eq!(
-            pl.backend_flows().iter().sum::<u64>(),
+            pl.backend_counters()
+                .iter()
+                .map(|c| c.new_flows)
+                .sum::<u64>(),
             N as u64,
             "round {round}: each new flow counted against its backend slot"
         );

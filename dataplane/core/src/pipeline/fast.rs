@@ -26,6 +26,7 @@
 
 use core::net::Ipv4Addr;
 
+use super::nat::NO_SLOT;
 use super::{Ctx, Packet, Pipeline, Verdict, ENCAP_LEN, ETH, IPV4_MIN};
 use crate::conntrack::{Dir, FlowKey};
 use crate::tables::{NodeInfo, Tables};
@@ -110,6 +111,8 @@ struct Action {
     /// Conntrack entry `id << 1 | reply`, or [`NO_CT`].
     ct: u32,
     svc: u32,
+    /// The backend slot of `svc`'s flow in the snapshot it was learnt in.
+    slot: u32,
     new_src: Ipv4Addr,
     new_dst: Ipv4Addr,
     new_sport: u16,
@@ -135,6 +138,7 @@ const EMPTY: Action = Action {
     stamp: 0,
     ct: NO_CT,
     svc: 0,
+    slot: NO_SLOT,
     new_src: Ipv4Addr::UNSPECIFIED,
     new_dst: Ipv4Addr::UNSPECIFIED,
     new_sport: 0,
@@ -210,6 +214,7 @@ pub(super) enum Nat {
         id: u32,
         dir: Dir,
         svc: u32,
+        slot: u32,
         src: Option<(Ipv4Addr, u16)>,
         dst: Option<(Ipv4Addr, u16)>,
     },
@@ -413,7 +418,7 @@ impl Pipeline {
         {
             return Err(Some(probe));
         }
-        let (ct, svc) = (a.ct, a.svc);
+        let (ct, svc, slot) = (a.ct, a.svc, a.slot);
         if ct != NO_CT {
             let dir = if ct & 1 == 0 {
                 Dir::Original
@@ -491,6 +496,10 @@ impl Pipeline {
                 c.packets += 1;
                 c.bytes += len as u64;
             }
+            if let Some(b) = self.nat.books.backends.get_mut(slot as usize) {
+                b.packets += 1;
+                b.bytes += len as u64;
+            }
         }
         self.counters.flow_cache_hits += 1;
         Ok(Verdict::Tx(out_port))
@@ -500,16 +509,17 @@ impl Pipeline {
     /// what it did, if it noted enough (`self.learn`).
     pub(super) fn learn(&mut self, t: &Tables, pr: &Probe, p: &Packet<'_>, out_port: u16) {
         let l = core::mem::take(&mut self.learn);
-        let (ct, svc, src, dst) = match l.nat {
+        let (ct, svc, slot, src, dst) = match l.nat {
             Nat::None => return,
-            Nat::Plain => (NO_CT, 0, None, None),
+            Nat::Plain => (NO_CT, 0, NO_SLOT, None, None),
             Nat::Ct {
                 id,
                 dir,
                 svc,
+                slot,
                 src,
                 dst,
-            } => (id << 1 | u32::from(dir == Dir::Reply), svc, src, dst),
+            } => (id << 1 | u32::from(dir == Dir::Reply), svc, slot, src, dst),
         };
         let key = pr.key();
         let mut a = Action {
@@ -518,6 +528,7 @@ impl Pipeline {
             stamp: t.epoch.wrapping_add(1),
             ct,
             svc,
+            slot,
             l2: l.l2,
             decap: pr.decap,
             ..EMPTY

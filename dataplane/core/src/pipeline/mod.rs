@@ -50,7 +50,7 @@ pub use frag::{FRAG_DONE_NS, FRAG_ENTRIES, FRAG_TIMEOUT_NS};
 pub use hash::flow_hash;
 use hash::{flow_hash_key, mix, mix64};
 use ingress::{check_ipv4, complete_partial_checksum};
-pub use nat::{ServiceBooks, SvcCounters, NO_SERVICE, SNAT_PORTS};
+pub use nat::{BackendCounters, ServiceBooks, SvcCounters, NO_SERVICE, SNAT_PORTS};
 use overlay::encap;
 
 use crate::conntrack::{splitmix64, Conntrack, FlowKey, Timeouts};
@@ -263,10 +263,10 @@ impl Pipeline {
         &self.nat.books.services
     }
 
-    /// New flows per backend slot of the tables the books were swapped in
-    /// with (`Services::backend_keys` names each slot).
-    pub fn backend_flows(&self) -> &[u64] {
-        &self.nat.books.backend_flows
+    /// New flows, packets and bytes per backend slot of the tables the
+    /// books were swapped in with (`Services::backend_keys` names each slot).
+    pub fn backend_counters(&self) -> &[BackendCounters] {
+        &self.nat.books.backends
     }
 
     /// What a tracer may read of this worker.

@@ -78,6 +78,26 @@ pub struct SvcCounters {
     pub no_endpoint: u64,
 }
 
+/// One backend's traffic on a worker: its new flows, and the packets and
+/// bytes of its flows both ways (translated, as a service's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub new_flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl core::ops::AddAssign for BackendCounters {
+    fn add_assign(&mut self, o: BackendCounters) {
+        self.new_flows += o.new_flows;
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+/// An entry's tag (`Conntrack::tag`) when it has no backend slot.
+pub(super) const NO_SLOT: u32 = u32::MAX;
+
 /// Where the service machinery keeps its per-worker state.
 #[derive(Debug)]
 pub struct NatState {
@@ -104,9 +124,9 @@ pub struct NatState {
 pub struct ServiceBooks {
     /// By service index: cumulative while an index names one service.
     pub services: Vec<SvcCounters>,
-    /// New flows per backend slot of the snapshot the books were made for
+    /// Per backend slot of the snapshot the books were made for
     /// (`Services::backend_keys`), from zero.
-    pub backend_flows: Box<[u64]>,
+    pub backends: Box<[BackendCounters]>,
     /// Service indexes that name a new service in this snapshot (a
     /// deleted service's index reused): their counters start from zero.
     pub fresh: Vec<u32>,
@@ -119,7 +139,8 @@ impl ServiceBooks {
     pub fn for_tables(t: &crate::tables::Tables, services: usize) -> ServiceBooks {
         ServiceBooks {
             services: vec![SvcCounters::default(); services.max(t.services.names.len())],
-            backend_flows: vec![0; t.services.backend_keys.len()].into_boxed_slice(),
+            backends: vec![BackendCounters::default(); t.services.backend_keys.len()]
+                .into_boxed_slice(),
             fresh: Vec::new(),
             policy_flows: vec![PolicyFlows::default(); t.policy.names.len()].into_boxed_slice(),
         }
@@ -437,7 +458,7 @@ impl Pipeline {
         }
         if e.flags & F_POLICY != 0 {
             self.ct.touch(id, dir, l.tcp_flags, now);
-            self.note_ct(id, dir, NO_SERVICE, None, None);
+            self.note_ct(id, dir, (NO_SERVICE, NO_SLOT), None, None);
             return Nat::Route {
                 external_reply: None,
             };
@@ -450,7 +471,7 @@ impl Pipeline {
                 Dir::Reply => (None, Some((e.original.src, e.original.sport))),
             };
             rewrite(p, l, src, dst);
-            self.note_ct(id, dir, NO_SERVICE, src, dst);
+            self.note_ct(id, dir, (NO_SERVICE, NO_SLOT), src, dst);
             return Nat::Route {
                 external_reply: None,
             };
@@ -472,8 +493,9 @@ impl Pipeline {
                     let snat = (e.flags & F_SNAT != 0).then_some((e.reply.dst, e.reply.dport));
                     let dnat = Some((e.reply.src, e.reply.sport));
                     rewrite(p, l, snat, dnat);
-                    self.note_ct(id, Dir::Original, e.service, snat, dnat);
-                    self.count_svc(Some(e.service), p.len);
+                    let slot = self.ct.tag(id);
+                    self.note_ct(id, Dir::Original, (e.service, slot), snat, dnat);
+                    self.count_svc(e.service, slot, p.len);
                     return Nat::Route {
                         external_reply: None,
                     };
@@ -482,6 +504,7 @@ impl Pipeline {
                     .services
                     .frontend(e.original.dst, e.original.proto, e.original.dport);
                 let alive = fe.is_some_and(|f| f.serving(e.reply.src, e.reply.sport));
+                let mut slot = NO_SLOT;
                 if alive {
                     // The policies may have changed with the tables.
                     let seen_src = if e.flags & F_SNAT != 0 {
@@ -499,7 +522,11 @@ impl Pipeline {
                         self.drop_entry(id);
                         return Nat::Done(Verdict::Drop(r));
                     }
+                    slot = fe
+                        .and_then(|f| f.backend_slot(e.reply.src, e.reply.sport))
+                        .unwrap_or(NO_SLOT);
                     self.ct.get_mut(id).backend = stamp;
+                    self.ct.set_tag(id, slot);
                 }
                 if !alive || (syn && e.tcp == TcpState::Closed) {
                     self.ct.remove(id);
@@ -525,8 +552,8 @@ impl Pipeline {
                 let snat = (e.flags & F_SNAT != 0).then_some((e.reply.dst, e.reply.dport));
                 let dnat = Some((e.reply.src, e.reply.sport));
                 rewrite(p, l, snat, dnat);
-                self.note_ct(id, Dir::Original, e.service, snat, dnat);
-                self.count_svc(Some(e.service), p.len);
+                self.note_ct(id, Dir::Original, (e.service, slot), snat, dnat);
+                self.count_svc(e.service, slot, p.len);
                 Nat::Route {
                     external_reply: None,
                 }
@@ -536,8 +563,15 @@ impl Pipeline {
                 let src = Some((e.original.dst, e.original.dport));
                 let dst = Some((e.original.src, e.original.sport));
                 rewrite(p, l, src, dst);
-                self.note_ct(id, Dir::Reply, e.service, src, dst);
-                self.count_svc(Some(e.service), p.len);
+                // The slot is of the snapshot the backend was last found
+                // serving in: only this one's books have it.
+                let slot = if e.backend == validated(t) {
+                    self.ct.tag(id)
+                } else {
+                    NO_SLOT
+                };
+                self.note_ct(id, Dir::Reply, (e.service, slot), src, dst);
+                self.count_svc(e.service, slot, p.len);
                 Nat::Route {
                     external_reply: (e.flags & F_EXTERNAL != 0)
                         .then_some(EthernetAddress(e.client_mac)),
@@ -619,6 +653,7 @@ impl Pipeline {
             sport: backend.1,
             dport: l.sport,
         };
+        let slot = fe.backend_slot(backend.0, backend.1).unwrap_or(NO_SLOT);
         let entry = Entry {
             reply,
             service: fe.service,
@@ -648,6 +683,7 @@ impl Pipeline {
             Ok(x) => x,
             Err(reason) => return Nat::Done(Verdict::Drop(reason)),
         };
+        self.ct.set_tag(id, slot);
         let flags = entry.flags;
         let reply = entry.reply;
         let remapped = !needs_snat && flags & F_SNAT != 0;
@@ -658,16 +694,11 @@ impl Pipeline {
         self.ct.touch(id, Dir::Original, l.tcp_flags, now);
         let snat = (flags & F_SNAT != 0).then_some((reply.dst, reply.dport));
         rewrite(p, l, snat, Some(backend));
-        let c = self.nat.svc_at(fe.service);
-        c.new_flows += 1;
-        c.packets += 1;
-        c.bytes += p.len as u64;
-        if let Some(n) = fe
-            .backend_slot(backend.0, backend.1)
-            .and_then(|i| self.nat.books.backend_flows.get_mut(i as usize))
-        {
-            *n += 1;
+        self.nat.svc_at(fe.service).new_flows += 1;
+        if let Some(b) = self.nat.books.backends.get_mut(slot as usize) {
+            b.new_flows += 1;
         }
+        self.count_svc(fe.service, slot, p.len);
         Nat::Route {
             external_reply: None,
         }
@@ -999,7 +1030,7 @@ impl Pipeline {
         &mut self,
         id: u32,
         dir: Dir,
-        svc: u32,
+        (svc, slot): (u32, u32),
         src: Option<(Ipv4Addr, u16)>,
         dst: Option<(Ipv4Addr, u16)>,
     ) {
@@ -1008,6 +1039,7 @@ impl Pipeline {
                 id,
                 dir,
                 svc,
+                slot,
                 src,
                 dst,
             });
@@ -1171,11 +1203,17 @@ impl Pipeline {
         ethernet::EthernetFrame::new_unchecked(&p.buf[p.off..p.off + ETH]).src_addr()
     }
 
-    pub(super) fn count_svc(&mut self, service: Option<u32>, len: usize) {
-        if let Some(s) = service.filter(|&s| s != NO_SERVICE) {
-            let c = self.nat.svc_at(s);
-            c.packets += 1;
-            c.bytes += len as u64;
+    /// Counts a translated packet of `service` and its backend `slot`.
+    pub(super) fn count_svc(&mut self, service: u32, slot: u32, len: usize) {
+        if service == NO_SERVICE {
+            return;
+        }
+        let c = self.nat.svc_at(service);
+        c.packets += 1;
+        c.bytes += len as u64;
+        if let Some(b) = self.nat.books.backends.get_mut(slot as usize) {
+            b.packets += 1;
+            b.bytes += len as u64;
         }
     }
 

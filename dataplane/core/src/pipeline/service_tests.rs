@@ -2782,6 +2782,19 @@ fn service_and_backend_counters_add_up() {
     assert_eq!(web.bytes, bytes);
     let per_backend: u64 = pl.backend_flows().values().sum();
     assert_eq!(per_backend, web.new_flows);
+    // Every translated packet of web's flows, walked or cached, counts for
+    // its backend too (the empty service's have none).
+    let backends = pl.backend_counters();
+    let sum = |f: fn(&BackendCounters) -> u64| backends.values().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|c| c.packets), sum(|c| c.bytes)),
+        (web.packets, web.bytes)
+    );
+    // TCP: SYN, SYN+ACK and data per flow; UDP: one datagram.
+    for ((_, proto, _, _), c) in &backends {
+        let per_flow = if *proto == TCP { 3 } else { 1 };
+        assert_eq!(c.packets, per_flow * c.new_flows, "{backends:?}");
+    }
     // Two backends, each counted apart for TCP and for UDP (one port).
     assert_eq!(pl.backend_flows().len(), 4);
     let by_proto = |proto: u8| -> u64 {

@@ -131,7 +131,10 @@ fn a_trace_names_the_policy_rule_that_allowed_or_denied_a_new_flow() {
         last,
         policy: 0,
     };
-    egress.insert(Prefix::new(REMOTE_BE.0, 24), &[tcp(TARGET_PORT, TARGET_PORT)]);
+    egress.insert(
+        Prefix::new(REMOTE_BE.0, 24),
+        &[tcp(TARGET_PORT, TARGET_PORT)],
+    );
     // A hole: the backend's /32 may use only another port.
     let mut denying = egress.clone();
     denying.insert(Prefix::new(REMOTE_BE.0, 32), &[tcp(9, 9)]);
@@ -164,7 +167,12 @@ fn a_trace_names_the_policy_rule_that_allowed_or_denied_a_new_flow() {
     assert!(text.contains(want), "{want:?} not in\n{text}");
     // An established packet is no new decision: no policy line.
     let mut rec = Recorder::new(Mode::Trace, Filter::default(), 0, 1);
-    run(&mut pl, &with(RuleTable::new(vec![0])), &[ack(40000)], &mut rec);
+    run(
+        &mut pl,
+        &with(RuleTable::new(vec![0])),
+        &[ack(40000)],
+        &mut rec,
+    );
     let steps = rec.out.remove(0).steps;
     assert!(!steps.iter().any(|s| s.starts_with("policy")), "{steps:?}");
 }

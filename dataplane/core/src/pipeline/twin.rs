@@ -16,7 +16,7 @@ pub(super) struct Checked {
     /// What the engine does with books: the backend slots of the tables
     /// the books were made for, and new flows per backend of earlier ones.
     keys: Vec<crate::services::BackendKey>,
-    flows: std::collections::HashMap<crate::services::BackendKey, u64>,
+    flows: std::collections::HashMap<crate::services::BackendKey, BackendCounters>,
 }
 
 impl Checked {
@@ -38,11 +38,26 @@ impl Checked {
     /// New flows per (service, backend address, port), nonzero ones, as
     /// the engine sums them over the books of every snapshot.
     pub fn backend_flows(&self) -> std::collections::HashMap<crate::services::BackendKey, u64> {
-        let mut all = self.flows.clone();
-        for (k, n) in self.keys.iter().zip(self.pl.backend_flows()) {
-            *all.entry(*k).or_default() += n;
-        }
+        let mut all: std::collections::HashMap<_, u64> = self
+            .backend_counters()
+            .into_iter()
+            .map(|(k, c)| (k, c.new_flows))
+            .collect();
         all.retain(|_, n| *n > 0);
+        all
+    }
+
+    /// Every counter per backend, summed over the books of every snapshot.
+    pub fn backend_counters(
+        &self,
+    ) -> std::collections::HashMap<crate::services::BackendKey, BackendCounters> {
+        let mut all = self.flows.clone();
+        for (k, c) in self.keys.iter().zip(self.pl.backend_counters()) {
+            let a = all.entry(*k).or_default();
+            a.new_flows += c.new_flows;
+            a.packets += c.packets;
+            a.bytes += c.bytes;
+        }
         all
     }
 
@@ -54,7 +69,7 @@ impl Checked {
         {
             return;
         }
-        self.flows = self.backend_flows();
+        self.flows = self.backend_counters();
         self.pl.swap_books(ServiceBooks::for_tables(t, 0));
         self.twin.swap_books(ServiceBooks::for_tables(t, 0));
         self.keys = t.services.backend_keys.clone();
