@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use kxdp_proto::control::control_server::Control;
 use kxdp_proto::control::{
-    AddPodReply, AddPodRequest, ApplyClusterReply, ApplyClusterRequest, DeletePodReply,
+    AddPodReply, AddPodRequest, ApplyClusterReply, ApplyClusterRequest, DeleteNamespaceReply,
+    DeleteNamespaceRequest, DeleteNetworkPolicyReply, DeleteNetworkPolicyRequest, DeletePodReply,
     DeletePodRequest, DeleteServiceReply, DeleteServiceRequest, ExplainPolicyReply,
-    ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesReply,
+    ExplainPolicyRequest, GetNodeCountersRequest, ListNamespacesReply, ListNamespacesRequest,
+    ListNetworkPoliciesReply, ListNetworkPoliciesRequest, ListNodeConntrackRequest, ListNodesReply,
     ListNodesRequest, ListPodsReply, ListPodsRequest, ListPoliciesReply, ListPoliciesRequest,
     ListRoutesReply, ListRoutesRequest, ListServicesReply, ListServicesRequest, NodeInfo, PodInfo,
-    PodPolicyInfo, UpsertServiceReply, UpsertServiceRequest, WatchNodeRequest,
+    PodPolicyInfo, UpsertNamespaceReply, UpsertNamespaceRequest, UpsertNetworkPolicyReply,
+    UpsertNetworkPolicyRequest, UpsertServiceReply, UpsertServiceRequest, WatchNodeRequest,
 };
 use kxdp_proto::dataplane::dataplane_client::DataplaneClient;
 use kxdp_proto::dataplane::{
@@ -269,6 +272,94 @@ impl Control for ControlService {
         Ok(Response::new(ListServicesReply { services }))
     }
 
+    async fn upsert_network_policy(
+        &self,
+        request: Request<UpsertNetworkPolicyRequest>,
+    ) -> Result<Response<UpsertNetworkPolicyReply>, Status> {
+        let policies = request.into_inner().policies;
+        let generation = self.store.upsert_policies(&policies).await?;
+        self.wait_for_all(generation).await?;
+        Ok(Response::new(UpsertNetworkPolicyReply { generation }))
+    }
+
+    async fn delete_network_policy(
+        &self,
+        request: Request<DeleteNetworkPolicyRequest>,
+    ) -> Result<Response<DeleteNetworkPolicyReply>, Status> {
+        let req = request.into_inner();
+        let name = policy::full_name(&req.namespace, &req.name);
+        let (generation, existed) = self.store.delete_policy(&name).await?;
+        if existed {
+            self.wait_for_all(generation).await?;
+        }
+        Ok(Response::new(DeleteNetworkPolicyReply {
+            generation,
+            existed,
+        }))
+    }
+
+    async fn list_network_policies(
+        &self,
+        _: Request<ListNetworkPoliciesRequest>,
+    ) -> Result<Response<ListNetworkPoliciesReply>, Status> {
+        let desired = self.shared.current();
+        let sourced = |source: &'static str| {
+            move |p: &policy::NetworkPolicy| kxdp_proto::control::NetworkPolicy {
+                source: source.to_string(),
+                ..p.to_proto()
+            }
+        };
+        let policies = (desired.cluster.policies.iter().map(sourced("file")))
+            .chain(desired.runtime.policies.values().map(sourced("runtime")))
+            .collect();
+        Ok(Response::new(ListNetworkPoliciesReply { policies }))
+    }
+
+    async fn upsert_namespace(
+        &self,
+        request: Request<UpsertNamespaceRequest>,
+    ) -> Result<Response<UpsertNamespaceReply>, Status> {
+        let proto = request
+            .into_inner()
+            .namespace
+            .ok_or_else(|| Status::invalid_argument("namespace: missing"))?;
+        let generation = self.store.upsert_namespace(&proto).await?;
+        self.wait_for_all(generation).await?;
+        Ok(Response::new(UpsertNamespaceReply { generation }))
+    }
+
+    async fn delete_namespace(
+        &self,
+        request: Request<DeleteNamespaceRequest>,
+    ) -> Result<Response<DeleteNamespaceReply>, Status> {
+        let name = request.into_inner().name;
+        let (generation, existed) = self.store.delete_namespace(&name).await?;
+        if existed {
+            self.wait_for_all(generation).await?;
+        }
+        Ok(Response::new(DeleteNamespaceReply {
+            generation,
+            existed,
+        }))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesReply>, Status> {
+        let desired = self.shared.current();
+        let sourced = |source: &'static str| {
+            move |n: &policy::Namespace| kxdp_proto::control::Namespace {
+                source: source.to_string(),
+                ..n.to_proto()
+            }
+        };
+        let namespaces = (desired.cluster.namespaces.iter().map(sourced("file")))
+            .chain(desired.runtime.namespaces.values().map(sourced("runtime")))
+            .collect();
+        Ok(Response::new(ListNamespacesReply { namespaces }))
+    }
+
     async fn list_conntrack(
         &self,
         request: Request<ListNodeConntrackRequest>,
@@ -433,7 +524,7 @@ impl Control for ControlService {
             .map(|p| {
                 let names = |idx: Vec<usize>| -> Vec<String> {
                     idx.into_iter()
-                        .map(|i| desired.cluster.policies[i].name.clone())
+                        .map(|i| world.policies[i].name.clone())
                         .collect()
                 };
                 let ingress_policies = names(world.selecting(p, policy::Dir::Ingress));

@@ -13,6 +13,8 @@
 //! | `alive/<name>` | empty | the node's liveness lease |
 //! | `pods/<node>/<name>` | `AddPodRequest`, protobuf | none |
 //! | `services/<ns>/<name>` | `dataplane.Service`, protobuf | none |
+//! | `policies/<ns>/<name>` | `control.NetworkPolicy`, protobuf | none |
+//! | `namespaces/<name>` | `control.Namespace` (its labels), protobuf | none |
 //!
 //! Each node's control process holds two leases and keeps both alive:
 //! - a **reservation** (`--subnet-reservation-ttl-s`, 24 h by default, as
@@ -55,7 +57,7 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use ipnet::Ipv4Net;
-use kxdp_proto::control::AddPodRequest;
+use kxdp_proto::control::{AddPodRequest, Namespace, NetworkPolicy};
 use kxdp_proto::dataplane as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,10 @@ pub const NODES: &str = "/kxdp/nodes/";
 pub const ALIVE: &str = "/kxdp/alive/";
 pub const PODS: &str = "/kxdp/pods/";
 pub const SERVICES: &str = "/kxdp/services/";
+pub const POLICIES: &str = "/kxdp/policies/";
+pub const NAMESPACES: &str = "/kxdp/namespaces/";
+/// etcd's default `--max-txn-ops`: most writes one transaction holds.
+pub const MAX_TXN_OPS: usize = 128;
 
 /// Default liveness lease TTL: a vanished node's endpoints are not ready
 /// within this.
@@ -358,6 +364,25 @@ fn pod_key(node: &str, name: &str) -> String {
 
 fn service_key(name: &str) -> String {
     format!("{SERVICES}{name}")
+}
+
+/// `name` is "namespace/name".
+fn policy_key(name: &str) -> String {
+    format!("{POLICIES}{name}")
+}
+
+fn namespace_key(name: &str) -> String {
+    format!("{NAMESPACES}{name}")
+}
+
+/// The values under `prefix`, in key order.
+fn under<'a>(
+    cache: &'a BTreeMap<String, Vec<u8>>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Vec<u8>)> + 'a {
+    cache
+        .range(prefix.to_string()..)
+        .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
 /// Connects to the etcd cluster (any live member serves).
@@ -837,6 +862,34 @@ pub fn build(cache: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<Option<(Cluste
             Err(p) => log::warn!("{key}: {}; left out", p.to_string().replace('\n', "; ")),
         }
     }
+    for (key, value) in under(cache, NAMESPACES) {
+        let checked = kxdp_proto::control::Namespace::decode(value.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|n| {
+                runtime::check_namespace(&cluster, &runtime, &n).map_err(|p| p.to_string())
+            });
+        match checked {
+            Ok(n) => {
+                runtime.namespaces.insert(n.name.clone(), n);
+            }
+            Err(e) => log::warn!("{key}: {e}; left out"),
+        }
+    }
+    for (key, value) in under(cache, POLICIES) {
+        let checked = kxdp_proto::control::NetworkPolicy::decode(value.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                runtime::check_policies(&cluster, &runtime, &[p]).map_err(|p| p.to_string())
+            });
+        match checked {
+            Ok(p) => {
+                runtime
+                    .policies
+                    .extend(p.into_iter().map(|p| (p.name.clone(), p)));
+            }
+            Err(e) => log::warn!("{key}: {}; left out", e.replace('\n', "; ")),
+        }
+    }
     Ok(Some((cluster, runtime)))
 }
 
@@ -958,6 +1011,36 @@ impl Store {
     }
 }
 
+impl Store {
+    async fn put(&self, key: String, value: Vec<u8>) -> Result<(), Status> {
+        self.client
+            .clone()
+            .put(key, value, None)
+            .await
+            .map_err(unavailable)
+            .map(|_| ())
+    }
+
+    /// Deletes `key`; if it was there, waits until our view shows it `gone`.
+    async fn delete(
+        &self,
+        key: String,
+        gone: impl Fn(&Runtime) -> bool,
+    ) -> Result<(u64, bool), Status> {
+        let resp = self
+            .client
+            .clone()
+            .delete(key, None)
+            .await
+            .map_err(unavailable)?;
+        if resp.deleted() == 0 {
+            return Ok((self.shared.current().generation, false));
+        }
+        let generation = self.echo(|_, rt| gone(rt)).await?;
+        Ok((generation, true))
+    }
+}
+
 #[tonic::async_trait]
 impl DesiredStore for Store {
     async fn add_pod(&self, req: &AddPodRequest) -> Result<u64, Status> {
@@ -1016,36 +1099,72 @@ impl DesiredStore for Store {
         if desired.runtime.services.get(&service.name) == Some(&service) {
             return Ok(desired.generation);
         }
-        self.client
-            .clone()
-            .put(
-                service_key(&service.name),
-                service.to_proto().encode_to_vec(),
-                None,
-            )
-            .await
-            .map_err(unavailable)?;
+        self.put(
+            service_key(&service.name),
+            service.to_proto().encode_to_vec(),
+        )
+        .await?;
         self.echo(|_, rt| rt.services.get(&service.name) == Some(&service))
             .await
     }
 
     async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status> {
-        let resp = self
-            .client
+        self.delete(service_key(name), |rt| !rt.services.contains_key(name))
+            .await
+    }
+
+    async fn upsert_policies(&self, protos: &[NetworkPolicy]) -> Result<u64, Status> {
+        let desired = self.shared.current();
+        let policies = runtime::check_policies(&desired.cluster, &desired.runtime, protos)?;
+        let there = |rt: &Runtime| policies.iter().all(|p| rt.policies.get(&p.name) == Some(p));
+        if there(&desired.runtime) {
+            return Ok(desired.generation);
+        }
+        // One transaction: every policy or none, within etcd's default
+        // --max-txn-ops.
+        if policies.len() > MAX_TXN_OPS {
+            return Err(Status::invalid_argument(format!(
+                "policies: {} policies in one request; an etcd store takes at most {MAX_TXN_OPS} at once (etcd's --max-txn-ops)",
+                policies.len()
+            )));
+        }
+        let puts: Vec<TxnOp> = policies
+            .iter()
+            .map(|p| TxnOp::put(policy_key(&p.name), p.to_proto().encode_to_vec(), None))
+            .collect();
+        self.client
             .clone()
-            .delete(service_key(name), None)
+            .txn(Txn::new().and_then(puts))
             .await
             .map_err(unavailable)?;
-        if resp.deleted() == 0 {
-            return Ok((self.shared.current().generation, false));
+        self.echo(|_, rt| there(rt)).await
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status> {
+        self.delete(policy_key(name), |rt| !rt.policies.contains_key(name))
+            .await
+    }
+
+    async fn upsert_namespace(&self, proto: &Namespace) -> Result<u64, Status> {
+        let desired = self.shared.current();
+        let ns = runtime::check_namespace(&desired.cluster, &desired.runtime, proto)?;
+        if desired.runtime.namespaces.get(&ns.name) == Some(&ns) {
+            return Ok(desired.generation);
         }
-        let generation = self.echo(|_, rt| !rt.services.contains_key(name)).await?;
-        Ok((generation, true))
+        self.put(namespace_key(&ns.name), ns.to_proto().encode_to_vec())
+            .await?;
+        self.echo(|_, rt| rt.namespaces.get(&ns.name) == Some(&ns))
+            .await
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status> {
+        self.delete(namespace_key(name), |rt| !rt.namespaces.contains_key(name))
+            .await
     }
 
     async fn apply_cluster(&self, _yaml: &str) -> Result<Applied, Status> {
         Err(Status::failed_precondition(
-            "this control process follows an etcd store: nodes register themselves, and pods and services are written with AddPod/UpsertService",
+            "this control process follows an etcd store: nodes register themselves, and pods, services, network policies and namespaces are written with AddPod/UpsertService/UpsertNetworkPolicy/UpsertNamespace",
         ))
     }
 }

@@ -11,7 +11,9 @@
 //! - [`policy`]: NetworkPolicies, namespaces and labels: validation, and the
 //!   per-pod tables they compile into.
 //! - [`service`]: services and endpoints: YAML/proto shapes, validation.
-//! - [`runtime`]: pods registered at run time (AddPod), beside the file's.
+//! - [`runtime`]: pods, services, network policies and namespace labels
+//!   registered at run time (AddPod, UpsertService, UpsertNetworkPolicy,
+//!   UpsertNamespace), beside the file's.
 //! - [`state_file`]: file mode's durable run-time state (`--state-file`).
 //! - [`store`]: where the desired state lives: the `DesiredStore` trait, the
 //!   file store, and which one the flags chose.

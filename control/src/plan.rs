@@ -29,8 +29,8 @@ pub fn node_state(
 /// Every pod and policy of the cluster, for compiling pods' policy tables.
 pub fn policy_world<'a>(cluster: &'a Cluster, runtime: &'a Runtime) -> policy::World<'a> {
     policy::World::new(
-        &cluster.policies,
-        &cluster.namespaces,
+        runtime.all_policies(cluster),
+        runtime.all_namespaces(cluster),
         runtime.all_pods(cluster),
     )
 }

@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use kxdp_proto::control as cpb;
 use kxdp_proto::dataplane as pb;
 use kxdp_proto::policy::PortSpan;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::Pod;
 use crate::validate::{check_name, is_dns_label, parse_cidr, Problem};
@@ -32,6 +33,8 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Most policies in a cluster (the API server has no limit; this bounds
 /// compile time and memory).
 pub const MAX_POLICIES: usize = 10_000;
+/// Most namespaces with labels (the file's and the run-time ones together).
+pub const MAX_NAMESPACES: usize = 10_000;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -140,15 +143,15 @@ pub struct NetworkPolicy {
 
 // ---- raw file model ----
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNamespace {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNamedPort {
     pub name: String,
@@ -157,89 +160,89 @@ pub struct RawNamedPort {
     pub port: i64,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSelector {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     match_labels: Labels,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     match_expressions: Vec<RawRequirement>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRequirement {
     key: String,
     operator: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     values: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     name: String,
     pod_selector: RawSelector,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     policy_types: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ingress: Option<Vec<RawIngressRule>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     egress: Option<Vec<RawEgressRule>>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawIngressRule {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     from: Vec<RawPeer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<RawPort>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawEgressRule {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     to: Vec<RawPeer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<RawPort>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pod_selector: Option<RawSelector>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     namespace_selector: Option<RawSelector>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ip_block: Option<RawIpBlock>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawIpBlock {
     cidr: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     except: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 enum IntOrString {
     Int(i64),
     String(String),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawPort {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     protocol: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<IntOrString>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     end_port: Option<i64>,
 }
 
@@ -323,26 +326,40 @@ fn protocol(path: &str, text: Option<&str>, p: &mut Vec<Problem>) -> Option<Prot
 }
 
 pub fn validate_namespaces(raw: &[RawNamespace], p: &mut Vec<Problem>) -> Vec<Namespace> {
+    if raw.len() > MAX_NAMESPACES {
+        p.push(Problem::new(
+            "namespaces",
+            format!("{} namespaces; at most {MAX_NAMESPACES}", raw.len()),
+        ));
+        return Vec::new();
+    }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, ns) in raw.iter().enumerate() {
-        let at = |f: &str| format!("namespaces[{i}].{f}");
+        let at = format!("namespaces[{i}]");
         let before = p.len();
-        if check_name(&at("name"), &ns.name, p) && !seen.insert(ns.name.as_str()) {
+        let checked = validate_namespace(&at, ns, p);
+        if p.len() == before && !seen.insert(ns.name.as_str()) {
             p.push(Problem::new(
-                at("name"),
+                format!("{at}.name"),
                 format!("namespace {} is listed twice", ns.name),
             ));
+            continue;
         }
-        check_labels(&at("labels"), &ns.labels, p);
-        if p.len() == before {
-            out.push(Namespace {
-                name: ns.name.clone(),
-                labels: ns.labels.clone(),
-            });
-        }
+        out.extend(checked);
     }
     out
+}
+
+/// One namespace at `at` (`namespaces[3]`, `namespace`).
+pub fn validate_namespace(at: &str, ns: &RawNamespace, p: &mut Vec<Problem>) -> Option<Namespace> {
+    let before = p.len();
+    check_name(&format!("{at}.name"), &ns.name, p);
+    check_labels(&format!("{at}.labels"), &ns.labels, p);
+    (p.len() == before).then(|| Namespace {
+        name: ns.name.clone(),
+        labels: ns.labels.clone(),
+    })
 }
 
 /// A pod's container ports: names unique, protocol TCP or UDP.
@@ -569,82 +586,340 @@ pub fn validate_policies(raw: &[RawPolicy], p: &mut Vec<Problem>) -> Vec<Network
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, rp) in raw.iter().enumerate() {
-        let at = |f: &str| format!("network_policies[{i}].{f}");
+        let at = format!("network_policies[{i}]");
         let before = p.len();
-        let (namespace, name) = match rp.name.split_once('/') {
-            Some((ns, n)) => (ns, n),
-            None => (DEFAULT_NAMESPACE, rp.name.as_str()),
-        };
-        check_name(&at("name"), namespace, p);
-        check_name(&at("name"), name, p);
-        let full = format!("{namespace}/{name}");
-        if !names.insert(full.clone()) {
-            p.push(Problem::new(
-                at("name"),
-                format!("policy {full} is listed twice"),
-            ));
-        }
-        let pod_selector = selector(&at("pod_selector"), &rp.pod_selector, p);
-        let has_egress = rp.egress.as_ref().is_some_and(|e| !e.is_empty());
-        let (ingress_type, egress_type) = match &rp.policy_types {
-            // The API's defaulting: Ingress always, Egress if there are
-            // egress rules.
-            None => (true, has_egress),
-            Some(types) => {
-                let mut seen = (false, false);
-                for (j, t) in types.iter().enumerate() {
-                    let slot = match t.as_str() {
-                        "Ingress" => &mut seen.0,
-                        "Egress" => &mut seen.1,
-                        other => {
-                            p.push(Problem::new(
-                                format!("{}[{j}]", at("policy_types")),
-                                format!("{other:?} is not a policy type (Ingress, Egress)"),
-                            ));
-                            continue;
-                        }
-                    };
-                    if *slot {
-                        p.push(Problem::new(
-                            format!("{}[{j}]", at("policy_types")),
-                            format!("{t} is listed twice"),
-                        ));
-                    }
-                    *slot = true;
-                }
-                if types.is_empty() {
-                    p.push(Problem::new(at("policy_types"), "must not be empty"));
-                }
-                seen
+        let checked = validate_policy(&at, rp, p);
+        if let Some(pol) = checked.filter(|_| p.len() == before) {
+            if names.insert(pol.name.clone()) {
+                out.push(pol);
+            } else {
+                p.push(Problem::new(
+                    format!("{at}.name"),
+                    format!("policy {} is listed twice", pol.name),
+                ));
             }
-        };
-        let ingress = rp
-            .ingress
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(j, r)| rule(&at(&format!("ingress[{j}]")), &r.from, &r.ports, p))
-            .collect();
-        let egress = rp
-            .egress
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(j, r)| rule(&at(&format!("egress[{j}]")), &r.to, &r.ports, p))
-            .collect();
-        if p.len() == before {
-            out.push(NetworkPolicy {
-                name: full,
-                namespace: namespace.to_string(),
-                pod_selector,
-                ingress_type,
-                egress_type,
-                ingress,
-                egress,
-            });
         }
     }
     out
+}
+
+/// One policy at `at` (`network_policies[3]`, `policy`), problems under it.
+pub fn validate_policy(at: &str, rp: &RawPolicy, p: &mut Vec<Problem>) -> Option<NetworkPolicy> {
+    let at = |f: &str| format!("{at}.{f}");
+    let before = p.len();
+    let (namespace, name) = match rp.name.split_once('/') {
+        Some((ns, n)) => (ns, n),
+        None => (DEFAULT_NAMESPACE, rp.name.as_str()),
+    };
+    check_name(&at("name"), namespace, p);
+    check_name(&at("name"), name, p);
+    let full = format!("{namespace}/{name}");
+    let pod_selector = selector(&at("pod_selector"), &rp.pod_selector, p);
+    let has_egress = rp.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let (ingress_type, egress_type) = match &rp.policy_types {
+        // The API's defaulting: Ingress always, Egress if there are
+        // egress rules.
+        None => (true, has_egress),
+        Some(types) => {
+            let mut seen = (false, false);
+            for (j, t) in types.iter().enumerate() {
+                let slot = match t.as_str() {
+                    "Ingress" => &mut seen.0,
+                    "Egress" => &mut seen.1,
+                    other => {
+                        p.push(Problem::new(
+                            format!("{}[{j}]", at("policy_types")),
+                            format!("{other:?} is not a policy type (Ingress, Egress)"),
+                        ));
+                        continue;
+                    }
+                };
+                if *slot {
+                    p.push(Problem::new(
+                        format!("{}[{j}]", at("policy_types")),
+                        format!("{t} is listed twice"),
+                    ));
+                }
+                *slot = true;
+            }
+            if types.is_empty() {
+                p.push(Problem::new(at("policy_types"), "must not be empty"));
+            }
+            seen
+        }
+    };
+    let ingress = rp
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, r)| rule(&at(&format!("ingress[{j}]")), &r.from, &r.ports, p))
+        .collect();
+    let egress = rp
+        .egress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, r)| rule(&at(&format!("egress[{j}]")), &r.to, &r.ports, p))
+        .collect();
+    (p.len() == before).then(|| NetworkPolicy {
+        name: full,
+        namespace: namespace.to_string(),
+        pod_selector,
+        ingress_type,
+        egress_type,
+        ingress,
+        egress,
+    })
+}
+
+// ---- the Control API's messages (kxdp.control.v1.NetworkPolicy) ----
+
+impl RawPolicy {
+    /// The request's policy in the cluster file's shape, for
+    /// [`validate_policy`]; its name is "namespace/name" (a namespace with
+    /// a '/' in it is the caller's to refuse first).
+    pub fn from_proto(pol: &cpb::NetworkPolicy) -> RawPolicy {
+        let peers = |peers: &[cpb::NetworkPolicyPeer]| -> Vec<RawPeer> {
+            peers
+                .iter()
+                .map(|q| RawPeer {
+                    pod_selector: q.pod_selector.as_ref().map(RawSelector::from_proto),
+                    namespace_selector: q.namespace_selector.as_ref().map(RawSelector::from_proto),
+                    ip_block: q.ip_block.as_ref().map(|b| RawIpBlock {
+                        cidr: b.cidr.clone(),
+                        except: b.except.clone(),
+                    }),
+                })
+                .collect()
+        };
+        let ports = |ports: &[cpb::NetworkPolicyPort]| -> Vec<RawPort> {
+            ports
+                .iter()
+                .map(|q| RawPort {
+                    protocol: Some(q.protocol.clone()).filter(|p| !p.is_empty()),
+                    port: q.port.as_ref().map(|p| match p {
+                        cpb::network_policy_port::Port::Number(n) => {
+                            IntOrString::Int(i64::from(*n))
+                        }
+                        cpb::network_policy_port::Port::Name(n) => IntOrString::String(n.clone()),
+                    }),
+                    end_port: Some(i64::from(q.end_port)).filter(|&e| e != 0),
+                })
+                .collect()
+        };
+        let ingress: Vec<RawIngressRule> = pol
+            .ingress
+            .iter()
+            .map(|r| RawIngressRule {
+                from: peers(&r.from),
+                ports: ports(&r.ports),
+            })
+            .collect();
+        let egress: Vec<RawEgressRule> = pol
+            .egress
+            .iter()
+            .map(|r| RawEgressRule {
+                to: peers(&r.to),
+                ports: ports(&r.ports),
+            })
+            .collect();
+        RawPolicy {
+            name: full_name(&pol.namespace, &pol.name),
+            pod_selector: pol
+                .pod_selector
+                .as_ref()
+                .map(RawSelector::from_proto)
+                .unwrap_or_default(),
+            policy_types: Some(pol.policy_types.clone()).filter(|t| !t.is_empty()),
+            ingress: Some(ingress).filter(|r| !r.is_empty()),
+            egress: Some(egress).filter(|r| !r.is_empty()),
+        }
+    }
+
+    /// "namespace/name" as written (the namespace may be implicit).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A YAML list of policies in the cluster file's `network_policies:`
+/// shape (`kxdpctl policy apply`), validated whole: problems are at
+/// `network_policies[i]...`.
+pub fn policies_from_yaml(text: &str) -> Result<Vec<NetworkPolicy>, crate::validate::Problems> {
+    let raw: Vec<RawPolicy> = serde_yaml_ng::from_str(text).map_err(|e| {
+        crate::validate::Problems(vec![Problem::new(
+            String::new(),
+            format!("YAML: {e} (expected a list of policies, as under the cluster file's network_policies:)"),
+        )])
+    })?;
+    let mut p = Vec::new();
+    let policies = validate_policies(&raw, &mut p);
+    if raw.is_empty() {
+        p.push(Problem::new("network_policies", "no policy in it"));
+    }
+    crate::validate::Problems::result(p).map(|()| policies)
+}
+
+/// "namespace/name" of a policy, the namespace "default" when empty.
+pub fn full_name(namespace: &str, name: &str) -> String {
+    let namespace = if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    format!("{namespace}/{name}")
+}
+
+impl RawSelector {
+    fn from_proto(s: &cpb::LabelSelector) -> RawSelector {
+        RawSelector {
+            match_labels: s.match_labels.clone().into_iter().collect(),
+            match_expressions: s
+                .match_expressions
+                .iter()
+                .map(|r| RawRequirement {
+                    key: r.key.clone(),
+                    operator: r.operator.clone(),
+                    values: r.values.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Selector {
+    fn to_proto(&self) -> cpb::LabelSelector {
+        cpb::LabelSelector {
+            match_labels: self.match_labels.clone().into_iter().collect(),
+            match_expressions: self
+                .match_expressions
+                .iter()
+                .map(|r| cpb::LabelSelectorRequirement {
+                    key: r.key.clone(),
+                    operator: format!("{:?}", r.op),
+                    values: r.values.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Rule {
+    fn proto_parts(&self) -> (Vec<cpb::NetworkPolicyPeer>, Vec<cpb::NetworkPolicyPort>) {
+        use cpb::network_policy_port::Port;
+        let peers = self
+            .peers
+            .iter()
+            .map(|q| match q {
+                Peer::Pods { namespaces, pods } => cpb::NetworkPolicyPeer {
+                    pod_selector: pods.as_ref().map(Selector::to_proto),
+                    namespace_selector: namespaces.as_ref().map(Selector::to_proto),
+                    ip_block: None,
+                },
+                Peer::Block { cidr, except } => cpb::NetworkPolicyPeer {
+                    ip_block: Some(cpb::IpBlock {
+                        cidr: cidr.to_string(),
+                        except: except.iter().map(ToString::to_string).collect(),
+                    }),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let ports = self
+            .ports
+            .iter()
+            .map(|spec| {
+                let (proto, port, end_port) = match spec {
+                    PortSpec::All(proto) => (proto, None, 0),
+                    PortSpec::Range(proto, first, last) => (
+                        proto,
+                        Some(Port::Number(u32::from(*first))),
+                        if last == first { 0 } else { u32::from(*last) },
+                    ),
+                    PortSpec::Named(proto, name) => (proto, Some(Port::Name(name.clone())), 0),
+                };
+                cpb::NetworkPolicyPort {
+                    protocol: proto.to_string(),
+                    port,
+                    end_port,
+                }
+            })
+            .collect();
+        (peers, ports)
+    }
+}
+
+impl NetworkPolicy {
+    /// The policy as the Control API lists it: effective policy types,
+    /// protocols spelled out.
+    pub fn to_proto(&self) -> cpb::NetworkPolicy {
+        let short = self
+            .name
+            .split_once('/')
+            .map_or(self.name.as_str(), |(_, n)| n);
+        let mut policy_types = Vec::new();
+        if self.ingress_type {
+            policy_types.push("Ingress".to_string());
+        }
+        if self.egress_type {
+            policy_types.push("Egress".to_string());
+        }
+        cpb::NetworkPolicy {
+            namespace: self.namespace.clone(),
+            name: short.to_string(),
+            pod_selector: Some(self.pod_selector.to_proto()),
+            policy_types,
+            ingress: self
+                .ingress
+                .iter()
+                .map(|r| {
+                    let (from, ports) = r.proto_parts();
+                    cpb::NetworkPolicyIngressRule { from, ports }
+                })
+                .collect(),
+            egress: self
+                .egress
+                .iter()
+                .map(|r| {
+                    let (to, ports) = r.proto_parts();
+                    cpb::NetworkPolicyEgressRule { to, ports }
+                })
+                .collect(),
+            source: String::new(),
+        }
+    }
+
+    /// In the cluster file's `network_policies:` shape (the state file's).
+    pub fn to_raw(&self) -> RawPolicy {
+        RawPolicy::from_proto(&self.to_proto())
+    }
+}
+
+impl Namespace {
+    pub fn to_proto(&self) -> cpb::Namespace {
+        cpb::Namespace {
+            name: self.name.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            source: String::new(),
+        }
+    }
+
+    pub fn to_raw(&self) -> RawNamespace {
+        RawNamespace {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl RawNamespace {
+    pub fn from_proto(ns: &cpb::Namespace) -> RawNamespace {
+        RawNamespace {
+            name: ns.name.clone(),
+            labels: ns.labels.clone().into_iter().collect(),
+        }
+    }
 }
 
 // ---- compilation ----
@@ -689,7 +964,7 @@ type Key = (Dir, Vec<usize>, Vec<NamedPort>);
 
 /// Everything a compile needs about the cluster's pods and namespaces.
 pub struct World<'a> {
-    pub policies: &'a [NetworkPolicy],
+    pub policies: Vec<&'a NetworkPolicy>,
     pods: Vec<&'a Pod>,
     ns_labels: HashMap<&'a str, Labels>,
     /// Policies by namespace: a pod is selected only by its namespace's.
@@ -703,16 +978,17 @@ pub struct World<'a> {
 
 impl<'a> World<'a> {
     pub fn new(
-        policies: &'a [NetworkPolicy],
-        namespaces: &'a [Namespace],
+        policies: impl Iterator<Item = &'a NetworkPolicy>,
+        namespaces: impl Iterator<Item = &'a Namespace>,
         pods: impl Iterator<Item = &'a Pod>,
     ) -> World<'a> {
+        let policies: Vec<&NetworkPolicy> = policies.collect();
         let pods: Vec<&Pod> = pods.collect();
         let mut ns_labels: HashMap<&str, Labels> = HashMap::new();
         for p in &pods {
             ns_labels.entry(p.namespace.as_str()).or_default();
         }
-        for pol in policies {
+        for pol in &policies {
             ns_labels.entry(pol.namespace.as_str()).or_default();
         }
         for ns in namespaces {
@@ -1135,7 +1411,7 @@ pods:
     }
 
     fn tables(c: &Cluster, name: &str) -> (Option<Table>, Option<Table>) {
-        let mut w = World::new(&c.policies, &c.namespaces, c.pods.iter());
+        let mut w = World::new(c.policies.iter(), c.namespaces.iter(), c.pods.iter());
         let p = pod(c, name);
         (w.table(p, Dir::Ingress), w.table(p, Dir::Egress))
     }
@@ -1271,7 +1547,7 @@ pods:
   - { name: y/lock, pod_selector: {}, policy_types: [Egress] }
 ",
         );
-        let mut w = World::new(&c.policies, &c.namespaces, c.pods.iter());
+        let mut w = World::new(c.policies.iter(), c.namespaces.iter(), c.pods.iter());
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let no_node = |_| None;
         // yb -> xa:80: yb's egress is locked by y/lock.
@@ -1374,5 +1650,93 @@ pods:
             let p = problems(policy);
             assert!(p.contains(needle), "{policy}: {p}");
         }
+    }
+
+    /// Every feature of the format, for the conversions.
+    const RICH: &str = "  - name: x/rich
+    pod_selector: { match_labels: { app: a }, match_expressions: [ { key: tier, operator: NotIn, values: [b, a] } ] }
+    policy_types: [Ingress, Egress]
+    ingress:
+      - from:
+          - pod_selector: { match_labels: { app: b } }
+          - namespace_selector: { match_expressions: [ { key: team, operator: Exists } ] }
+          - namespace_selector: { match_labels: { team: red } }
+            pod_selector: { match_expressions: [ { key: app, operator: DoesNotExist } ] }
+          - ip_block: { cidr: 10.244.0.0/16, except: [ 10.244.1.0/24, 10.244.2.3/32 ] }
+        ports:
+          - { protocol: TCP, port: 80 }
+          - { protocol: UDP, port: 81, end_port: 90 }
+          - { port: web }
+          - { protocol: UDP }
+      - {}
+    egress:
+      - to: [ { ip_block: { cidr: 0.0.0.0/0 } } ]
+        ports: [ { port: 53, protocol: UDP }, { port: 443, end_port: 443 } ]
+  - { name: y/deny, pod_selector: {} }
+  - { name: allow-all-egress, pod_selector: {}, policy_types: [Egress], egress: [ {} ] }
+";
+
+    /// A policy goes through the Control API's message and the cluster
+    /// file's shape (the state file's) and comes back the same.
+    #[test]
+    fn policies_convert_to_the_api_and_back() {
+        let c = cluster(RICH);
+        assert_eq!(c.policies.len(), 3);
+        for pol in &c.policies {
+            let proto = pol.to_proto();
+            let mut p = Vec::new();
+            let back = validate_policy("policy", &RawPolicy::from_proto(&proto), &mut p);
+            assert!(p.is_empty(), "{p:?}");
+            assert_eq!(back.as_ref(), Some(pol));
+            // Through the state file's JSON, as a list for `policy apply`.
+            let json = serde_json::to_string(&[pol.to_raw()]).unwrap();
+            assert_eq!(policies_from_yaml(&json).unwrap(), vec![pol.clone()]);
+        }
+        let proto = c.policies[0].to_proto();
+        assert_eq!(
+            (proto.namespace.as_str(), proto.name.as_str()),
+            ("x", "rich")
+        );
+        assert_eq!(proto.policy_types, ["Ingress", "Egress"]);
+        let ports = &proto.ingress[0].ports;
+        assert_eq!(ports[1].end_port, 90);
+        assert_eq!(
+            ports[2].port,
+            Some(cpb::network_policy_port::Port::Name("web".into()))
+        );
+        assert_eq!((ports[3].protocol.as_str(), &ports[3].port), ("UDP", &None));
+        // The API's defaulting shows in the listing: Ingress only.
+        let deny = c.policies[1].to_proto();
+        assert_eq!(
+            (deny.namespace.as_str(), &deny.policy_types),
+            ("y", &vec!["Ingress".to_string()])
+        );
+        assert_eq!(c.policies[2].name, "default/allow-all-egress");
+        let proto = c.policies[2].to_proto();
+        assert_eq!(proto.namespace, "default");
+        // An empty namespace in a request is "default".
+        let mut bare = proto.clone();
+        bare.namespace.clear();
+        assert_eq!(
+            RawPolicy::from_proto(&bare).name(),
+            "default/allow-all-egress"
+        );
+    }
+
+    #[test]
+    fn a_policy_file_is_a_list_and_refused_whole() {
+        let e = policies_from_yaml("{ name: x/a, pod_selector: {} }").unwrap_err();
+        assert!(e.to_string().contains("expected a list of policies"), "{e}");
+        let e = policies_from_yaml("[]").unwrap_err();
+        assert!(e.to_string().contains("no policy in it"), "{e}");
+        let e = policies_from_yaml(
+            "- { name: x/a, pod_selector: {} }\n- { name: x/b, pod_selector: {}, ingress: [ { ports: [ { protocol: SCTP } ] } ] }\n- { name: x/c, pod_selector: {} }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(
+            e.0[0].path,
+            "network_policies[1].ingress[0].ports[0].protocol"
+        );
     }
 }

@@ -23,10 +23,18 @@
 //!   ClusterIP or NodePort, an endpoint outside every pod CIDR...) makes the
 //!   apply fail naming it (`runtime_services[default/web]...`); a service the
 //!   file defines cannot be upserted or deleted through the API.
+//! - Network policies (`UpsertNetworkPolicy`) and namespace labels
+//!   (`UpsertNamespace`) too: validated as the file's are, kept by
+//!   "namespace/name" (by name), surviving an apply; a policy or namespace
+//!   the file lists cannot be upserted or deleted through the API, and a
+//!   file that lists a run-time one's name is refused naming it
+//!   (`runtime_network_policies[x/deny].name`, `runtime_namespaces[x].name`).
+//!   Policies compile over the file's and the run-time ones together, and
+//!   MAX_POLICIES / MAX_NAMESPACES hold for both together.
 
 use std::collections::BTreeMap;
 
-use kxdp_proto::control::AddPodRequest;
+use kxdp_proto::control::{self as cpb, AddPodRequest};
 
 use kxdp_proto::dataplane as pb;
 
@@ -45,6 +53,20 @@ pub struct Runtime {
     pub pods: BTreeMap<PodKey, Pod>,
     /// By name.
     pub services: BTreeMap<String, Service>,
+    /// By "namespace/name".
+    pub policies: BTreeMap<String, policy::NetworkPolicy>,
+    /// Namespace labels, by name.
+    pub namespaces: BTreeMap<String, policy::Namespace>,
+}
+
+/// Run-time objects as written (a state file's, or the current ones for a
+/// new cluster file), before [`Runtime::fit`] checks them.
+#[derive(Clone, Debug, Default)]
+pub struct Written {
+    pub pods: Vec<AddPodRequest>,
+    pub services: Vec<RawService>,
+    pub policies: Vec<policy::RawPolicy>,
+    pub namespaces: Vec<policy::RawNamespace>,
 }
 
 /// The longest pod name the dataplane takes.
@@ -75,28 +97,56 @@ impl Runtime {
         cluster.services.iter().chain(self.services.values())
     }
 
-    /// The run-time pods and services that still fit `cluster` (a new cluster
-    /// file): pods of nodes it no longer has as kxdp nodes are left out and
-    /// returned as the second value; any other misfit is a problem naming
-    /// the pod or service.
-    pub fn refit(&self, cluster: &Cluster) -> Result<(Runtime, Vec<PodKey>), Problems> {
-        let services = self
-            .services
-            .iter()
-            .map(|(name, s)| {
-                RawService::from_proto(&format!("runtime_services[{name}]"), &s.to_proto())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Runtime::fit(cluster, self.pods.values().map(request_of), services)
+    /// Every network policy, the file's first, then the run-time ones (by
+    /// name).
+    pub fn all_policies<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+    ) -> impl Iterator<Item = &'a policy::NetworkPolicy> + 'a {
+        cluster.policies.iter().chain(self.policies.values())
     }
 
-    /// Run-time pods and services as written (a state file's), checked
-    /// against `cluster` as [`Runtime::refit`] checks them.
-    pub fn fit(
-        cluster: &Cluster,
-        pods: impl IntoIterator<Item = AddPodRequest>,
-        services: Vec<RawService>,
-    ) -> Result<(Runtime, Vec<PodKey>), Problems> {
+    /// Every namespace with labels, the file's first, then the run-time ones.
+    pub fn all_namespaces<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+    ) -> impl Iterator<Item = &'a policy::Namespace> + 'a {
+        cluster.namespaces.iter().chain(self.namespaces.values())
+    }
+
+    /// The run-time objects as written, for a state file or a refit.
+    pub fn written(&self) -> Result<Written, Problems> {
+        Ok(Written {
+            pods: self.pods.values().map(request_of).collect(),
+            services: self
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    RawService::from_proto(&format!("runtime_services[{name}]"), &s.to_proto())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            policies: self.policies.values().map(|p| p.to_raw()).collect(),
+            namespaces: self.namespaces.values().map(|n| n.to_raw()).collect(),
+        })
+    }
+
+    /// The run-time objects that still fit `cluster` (a new cluster file):
+    /// pods of nodes it no longer has as kxdp nodes are left out and
+    /// returned as the second value; any other misfit is a problem naming
+    /// the object.
+    pub fn refit(&self, cluster: &Cluster) -> Result<(Runtime, Vec<PodKey>), Problems> {
+        Runtime::fit(cluster, self.written()?)
+    }
+
+    /// Run-time objects as written (a state file's), checked against
+    /// `cluster` as [`Runtime::refit`] checks them.
+    pub fn fit(cluster: &Cluster, written: Written) -> Result<(Runtime, Vec<PodKey>), Problems> {
+        let Written {
+            pods,
+            services,
+            policies,
+            namespaces,
+        } = written;
         let mut kept = Runtime::default();
         let mut dropped = Vec::new();
         let mut problems = Vec::new();
@@ -148,8 +198,161 @@ impl Runtime {
                 .map(service::size),
             &mut problems,
         );
+        let first = |p: Problem| {
+            Problem::new(
+                p.path,
+                format!("{} (registered at run time: delete it first)", p.message),
+            )
+        };
+        for raw in policies {
+            let mut p = Vec::new();
+            let at = format!("runtime_network_policies[{}]", raw.name());
+            if let Some(pol) = policy::validate_policy(&at, &raw, &mut p) {
+                if let Some(i) = cluster.policies.iter().position(|f| f.name == pol.name) {
+                    p.push(Problem::new(
+                        format!("{at}.name"),
+                        format!("the cluster file's network_policies[{i}] has this name"),
+                    ));
+                } else {
+                    kept.policies.insert(pol.name.clone(), pol);
+                }
+            }
+            problems.extend(p.into_iter().map(first));
+        }
+        for raw in namespaces {
+            let mut p = Vec::new();
+            let at = format!("runtime_namespaces[{}]", raw.name);
+            if let Some(ns) = policy::validate_namespace(&at, &raw, &mut p) {
+                if let Some(i) = cluster.namespaces.iter().position(|f| f.name == ns.name) {
+                    p.push(Problem::new(
+                        format!("{at}.name"),
+                        format!("the cluster file's namespaces[{i}] has this name"),
+                    ));
+                } else {
+                    kept.namespaces.insert(ns.name.clone(), ns);
+                }
+            }
+            problems.extend(p.into_iter().map(first));
+        }
+        check_policy_totals(
+            "runtime_network_policies",
+            cluster.policies.len() + kept.policies.len(),
+            cluster.namespaces.len() + kept.namespaces.len(),
+            &mut problems,
+        );
         Problems::result(problems).map(|()| (kept, dropped))
     }
+}
+
+/// MAX_POLICIES and MAX_NAMESPACES over the file's and the run-time ones.
+fn check_policy_totals(path: &str, policies: usize, namespaces: usize, p: &mut Vec<Problem>) {
+    if policies > policy::MAX_POLICIES {
+        p.push(Problem::new(
+            path,
+            format!(
+                "{policies} network policies (the cluster file's and run-time ones), over the limit of {}",
+                policy::MAX_POLICIES
+            ),
+        ));
+    }
+    if namespaces > policy::MAX_NAMESPACES {
+        p.push(Problem::new(
+            path,
+            format!(
+                "{namespaces} namespaces with labels (the cluster file's and run-time ones), over the limit of {}",
+                policy::MAX_NAMESPACES
+            ),
+        ));
+    }
+}
+
+/// Validates an `UpsertNetworkPolicy` request's policies as the cluster
+/// file's are validated; problems are at `policies[i].<field>`. A policy
+/// the cluster file defines cannot be replaced at run time; each name once.
+pub fn check_policies(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    policies: &[cpb::NetworkPolicy],
+) -> Result<Vec<policy::NetworkPolicy>, Problems> {
+    let mut p = Vec::new();
+    if policies.is_empty() {
+        p.push(Problem::new("policies", "must not be empty"));
+    }
+    let mut out: Vec<policy::NetworkPolicy> = Vec::new();
+    for (i, proto) in policies.iter().enumerate() {
+        let at = format!("policies[{i}]");
+        if proto.namespace.contains('/') {
+            p.push(Problem::new(
+                format!("{at}.namespace"),
+                format!("{:?} is not a DNS label", proto.namespace),
+            ));
+            continue;
+        }
+        let raw = policy::RawPolicy::from_proto(proto);
+        let before = p.len();
+        let Some(pol) = policy::validate_policy(&at, &raw, &mut p).filter(|_| p.len() == before)
+        else {
+            continue;
+        };
+        if let Some(f) = cluster.policies.iter().position(|f| f.name == pol.name) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!(
+                    "{} is the cluster file's network_policies[{f}]: change it there and apply the file",
+                    pol.name
+                ),
+            ));
+        } else if out.iter().any(|o| o.name == pol.name) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("policy {} is listed twice", pol.name),
+            ));
+        } else {
+            out.push(pol);
+        }
+    }
+    let others = runtime
+        .policies
+        .keys()
+        .filter(|k| !out.iter().any(|o| o.name == **k))
+        .count();
+    check_policy_totals(
+        "policies",
+        cluster.policies.len() + others + out.len(),
+        0,
+        &mut p,
+    );
+    Problems::result(p).map(|()| out)
+}
+
+/// Validates an `UpsertNamespace` request (`namespace.<field>`); a
+/// namespace the cluster file lists cannot be replaced at run time.
+pub fn check_namespace(
+    cluster: &Cluster,
+    runtime: &Runtime,
+    ns: &cpb::Namespace,
+) -> Result<policy::Namespace, Problems> {
+    let mut p = Vec::new();
+    let checked =
+        policy::validate_namespace("namespace", &policy::RawNamespace::from_proto(ns), &mut p);
+    let ns = checked.ok_or_else(|| Problems(std::mem::take(&mut p)))?;
+    if let Some(i) = cluster.namespaces.iter().position(|f| f.name == ns.name) {
+        p.push(Problem::new(
+            "namespace.name",
+            format!(
+                "{} is the cluster file's namespaces[{i}]: change it there and apply the file",
+                ns.name
+            ),
+        ));
+    }
+    let others = runtime.namespaces.keys().filter(|k| **k != ns.name).count();
+    check_policy_totals(
+        "namespace",
+        0,
+        cluster.namespaces.len() + others + 1,
+        &mut p,
+    );
+    Problems::result(p).map(|()| ns)
 }
 
 /// What the cluster file's services hold.
@@ -746,5 +949,190 @@ mod tests {
             ),
             "{p}"
         );
+    }
+
+    fn deny(namespace: &str, name: &str) -> cpb::NetworkPolicy {
+        cpb::NetworkPolicy {
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The lab with file policy default/file and namespace x listed.
+    fn with_file_policy() -> Cluster {
+        Cluster::from_yaml(&format!(
+            "{LAB_CLUSTER_YAML}namespaces:\n  - {{ name: x, labels: {{ team: a }} }}\nnetwork_policies:\n  - {{ name: file, pod_selector: {{}} }}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn runtime_policies_are_validated_as_the_files_and_named() {
+        let c = with_file_policy();
+        let mut rt = Runtime::default();
+        let ok = check_policies(&c, &rt, &[deny("", "deny")]).unwrap();
+        assert_eq!(ok[0].name, "default/deny");
+        rt.policies.insert(ok[0].name.clone(), ok[0].clone());
+        // Replacing itself is fine.
+        assert!(check_policies(&c, &rt, &[deny("default", "deny")]).is_ok());
+
+        let mut bad = deny("x", "bad");
+        bad.ingress.push(cpb::NetworkPolicyIngressRule {
+            from: vec![cpb::NetworkPolicyPeer::default()],
+            ports: vec![cpb::NetworkPolicyPort {
+                protocol: "SCTP".into(),
+                ..Default::default()
+            }],
+        });
+        bad.pod_selector = Some(cpb::LabelSelector {
+            match_expressions: vec![cpb::LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "Is".into(),
+                values: vec!["a".into()],
+            }],
+            ..Default::default()
+        });
+        // One invalid policy among valid ones: refused whole, each problem named.
+        let p = check_policies(&c, &rt, &[deny("x", "fine"), bad, deny("x", "fine2")]).unwrap_err();
+        assert!(
+            has(
+                &p,
+                "policies[1].ingress[0].from[0]",
+                "must have pod_selector"
+            ),
+            "{p}"
+        );
+        assert!(
+            has(&p, "policies[1].ingress[0].ports[0].protocol", "SCTP"),
+            "{p}"
+        );
+        assert!(
+            has(
+                &p,
+                "policies[1].pod_selector.match_expressions[0].operator",
+                "not an operator"
+            ),
+            "{p}"
+        );
+        assert_eq!(p.0.len(), 3, "{p}");
+
+        let p = check_policies(&c, &rt, &[deny("default", "file")]).unwrap_err();
+        assert!(
+            has(
+                &p,
+                "policies[0].name",
+                "the cluster file's network_policies[0]"
+            ),
+            "{p}"
+        );
+        let p = check_policies(&c, &rt, &[deny("x", "a"), deny("x", "a")]).unwrap_err();
+        assert!(has(&p, "policies[1].name", "listed twice"), "{p}");
+        let p = check_policies(&c, &rt, &[deny("x/y", "a")]).unwrap_err();
+        assert!(has(&p, "policies[0].namespace", "not a DNS label"), "{p}");
+        let p = check_policies(&c, &rt, &[deny("x", "Not_A_Name")]).unwrap_err();
+        assert!(has(&p, "policies[0].name", "Not_A_Name"), "{p}");
+        let p = check_policies(&c, &rt, &[]).unwrap_err();
+        assert!(has(&p, "policies", "must not be empty"), "{p}");
+
+        // The limit counts the file's and the run-time ones together.
+        let mut full = Runtime::default();
+        for i in 1..policy::MAX_POLICIES {
+            let mut pol = ok[0].clone();
+            pol.name = format!("default/p{i}");
+            full.policies.insert(pol.name.clone(), pol);
+        }
+        assert!(check_policies(&c, &full, &[deny("", "p1")]).is_ok());
+        let p = check_policies(&c, &full, &[deny("", "one-more")]).unwrap_err();
+        assert!(has(&p, "policies", "10001 network policies"), "{p}");
+    }
+
+    #[test]
+    fn runtime_namespaces_and_policies_survive_an_apply_that_fits() {
+        let c = with_file_policy();
+        let mut rt = Runtime::default();
+        let ns = |name: &str, k: &str| cpb::Namespace {
+            name: name.into(),
+            labels: [(k.to_string(), "v".to_string())].into(),
+            source: String::new(),
+        };
+        let n = check_namespace(&c, &rt, &ns("y", "team")).unwrap();
+        rt.namespaces.insert(n.name.clone(), n);
+        let p = check_namespace(&c, &rt, &ns("x", "team")).unwrap_err();
+        assert!(
+            has(&p, "namespace.name", "the cluster file's namespaces[0]"),
+            "{p}"
+        );
+        let p = check_namespace(&c, &rt, &ns("y", "-bad")).unwrap_err();
+        assert!(has(&p, "namespace.labels.-bad", "not a label key"), "{p}");
+        for pol in check_policies(&c, &rt, &[deny("y", "deny")]).unwrap() {
+            rt.policies.insert(pol.name.clone(), pol);
+        }
+        assert_eq!(rt.all_policies(&c).count(), 2);
+        assert_eq!(rt.all_namespaces(&c).count(), 2);
+        assert_eq!(rt.refit(&c).unwrap(), (rt.clone(), vec![]));
+        // A file that takes their names is refused naming them.
+        let clash = format!(
+            "{LAB_CLUSTER_YAML}namespaces:\n  - {{ name: y }}\nnetwork_policies:\n  - {{ name: y/deny, pod_selector: {{}} }}\n"
+        );
+        let p = rt.refit(&Cluster::from_yaml(&clash).unwrap()).unwrap_err();
+        assert!(
+            has(
+                &p,
+                "runtime_network_policies[y/deny].name",
+                "delete it first"
+            ),
+            "{p}"
+        );
+        assert!(
+            has(&p, "runtime_namespaces[y].name", "delete it first"),
+            "{p}"
+        );
+    }
+
+    /// A run-time policy compiles with the file's: it isolates the lab's n1/p1.
+    #[test]
+    fn runtime_policies_reach_the_plan() {
+        let c = Cluster::lab();
+        let plain = crate::plan::node_state(&c, &Runtime::default(), "n1", 1).unwrap();
+        assert!(plain.pods.iter().all(|p| p.ingress.is_none()));
+        let mut rt = Runtime::default();
+        for pol in check_policies(&c, &rt, &[deny("", "deny")]).unwrap() {
+            rt.policies.insert(pol.name.clone(), pol);
+        }
+        let state = crate::plan::node_state(&c, &rt, "n1", 1).unwrap();
+        let table = state.pods[0].ingress.clone().expect("isolated");
+        assert!(table.peers.is_empty(), "{table:?}");
+        assert!(state.pods[0].egress.is_none());
+
+        // From the namespaces labelled team=blue: none until a run-time
+        // namespace carries the label, then the four pods of "default".
+        let mut from_blue = deny("", "from-blue");
+        from_blue.ingress.push(cpb::NetworkPolicyIngressRule {
+            from: vec![cpb::NetworkPolicyPeer {
+                namespace_selector: Some(cpb::LabelSelector {
+                    match_labels: [("team".to_string(), "blue".to_string())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ports: vec![],
+        });
+        for pol in check_policies(&c, &rt, &[from_blue]).unwrap() {
+            rt.policies.insert(pol.name.clone(), pol);
+        }
+        let peers = |rt: &Runtime| {
+            let state = crate::plan::node_state(&c, rt, "n1", 1).unwrap();
+            state.pods[0].ingress.clone().unwrap().peers.len()
+        };
+        assert_eq!(peers(&rt), 0);
+        let blue = cpb::Namespace {
+            name: "default".into(),
+            labels: [("team".to_string(), "blue".to_string())].into(),
+            source: String::new(),
+        };
+        let ns = check_namespace(&c, &rt, &blue).unwrap();
+        rt.namespaces.insert(ns.name.clone(), ns);
+        assert_eq!(peers(&rt), 4);
     }
 }

@@ -9,6 +9,9 @@
 //!   their `AddPodRequest`s;
 //! - `services`: the services registered at run time (`UpsertService`,
 //!   `kxdpctl service apply`), in the cluster file's `services:` shape;
+//! - `network_policies` and `namespaces`: the ones registered at run time
+//!   (`UpsertNetworkPolicy`, `UpsertNamespace`; `kxdpctl policy apply`,
+//!   `kxdpctl namespace set`), in the cluster file's shapes;
 //! - `cluster`: after an `ApplyCluster` (`kxdpctl apply`), the file it
 //!   applied (`applied`) and the text of the `--cluster` file (or the
 //!   built-in lab's) the process had started from (`base`).
@@ -30,7 +33,7 @@
 //!   now: the applied file is the cluster, as before the restart. If the
 //!   `--cluster` file changed since, the operator edited it after the apply:
 //!   the file wins and the applied one is dropped (logged).
-//! - The run-time pods and services are checked against that cluster as an
+//! - The run-time pods, services, policies and namespaces are checked against that cluster as an
 //!   `ApplyCluster` checks them: pods of nodes it no longer has go with their
 //!   node (logged, as an apply does); any other misfit is an error.
 //! - A file that is not JSON, has no or another `version`, has unknown
@@ -51,12 +54,16 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::cluster::Cluster;
-use crate::runtime::{self, Runtime};
+use crate::policy::{RawNamespace, RawPolicy};
+use crate::runtime::{Runtime, Written};
 use crate::service::RawService;
 
 /// Where `kxdp-control` keeps it unless told (`--state-file`).
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/kxdp/control-state.json";
-/// The layout this build writes and reads.
+/// The layout this build writes and reads. Fields added since version 1
+/// (pods' namespace, labels and ports; `network_policies`, `namespaces`)
+/// are optional, so a version 1 file of an older build loads as it was;
+/// an older build refuses a file holding them (unknown field), naming it.
 pub const VERSION: u64 = 1;
 
 /// The file's document.
@@ -70,6 +77,10 @@ struct Document {
     pods: Vec<StoredPod>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    network_policies: Vec<RawPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    namespaces: Vec<RawNamespace>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,21 +224,24 @@ impl StateFile {
             }
             None => cluster,
         };
-        let (runtime, dropped) = Runtime::fit(
-            &cluster,
-            doc.pods.into_iter().map(AddPodRequest::from),
-            doc.services,
-        )
-        .map_err(|p| {
+        let written = Written {
+            pods: doc.pods.into_iter().map(AddPodRequest::from).collect(),
+            services: doc.services,
+            policies: doc.network_policies,
+            namespaces: doc.namespaces,
+        };
+        let (runtime, dropped) = Runtime::fit(&cluster, written).map_err(|p| {
             format!("state file {at}: run-time objects that do not fit the cluster file:\n{p}")
         })?;
         for (node, name) in dropped {
             log::info!("state file {at}: run-time pod {node}/{name} removed with its node");
         }
         log::info!(
-            "state file {at}: {} run-time pods, {} run-time services",
+            "state file {at}: {} run-time pods, {} run-time services, {} run-time network policies, {} run-time namespaces",
             runtime.pods.len(),
-            runtime.services.len()
+            runtime.services.len(),
+            runtime.policies.len(),
+            runtime.namespaces.len()
         );
         let applied = state.applied.lock().expect("not poisoned").clone();
         state
@@ -248,19 +262,14 @@ impl StateFile {
             base: self.base.clone(),
             applied: a.to_string(),
         });
+        let written = runtime.written()?;
         let doc = Document {
             version: VERSION,
             cluster,
-            pods: runtime
-                .pods
-                .values()
-                .map(|p| runtime::request_of(p).into())
-                .collect(),
-            services: runtime
-                .services
-                .iter()
-                .map(|(name, s)| RawService::from_proto(name, &s.to_proto()))
-                .collect::<Result<_, _>>()?,
+            pods: written.pods.into_iter().map(StoredPod::from).collect(),
+            services: written.services,
+            network_policies: written.policies,
+            namespaces: written.namespaces,
         };
         let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| {
             Status::internal(format!(
@@ -379,6 +388,39 @@ mod tests {
         svc.endpoints[1].ready = false;
         let s = check_service(&c, &rt, &svc).unwrap();
         rt.services.insert(s.name.clone(), s);
+        // A policy with every kind of peer and port, and a namespace.
+        let file = Cluster::from_yaml(include_str!("../../config/policy-example.yaml")).unwrap();
+        let mut pol = file.policies[0].to_proto();
+        pol.name = "db-runtime".into();
+        pol.egress
+            .push(kxdp_proto::control::NetworkPolicyEgressRule {
+                to: vec![kxdp_proto::control::NetworkPolicyPeer {
+                    ip_block: Some(kxdp_proto::control::IpBlock {
+                        cidr: "10.0.0.0/8".into(),
+                        except: vec!["10.1.0.0/16".into()],
+                    }),
+                    ..Default::default()
+                }],
+                ports: vec![kxdp_proto::control::NetworkPolicyPort {
+                    protocol: "UDP".into(),
+                    port: Some(kxdp_proto::control::network_policy_port::Port::Number(53)),
+                    end_port: 60,
+                }],
+            });
+        for p in crate::runtime::check_policies(&c, &rt, &[pol]).unwrap() {
+            rt.policies.insert(p.name.clone(), p);
+        }
+        let ns = crate::runtime::check_namespace(
+            &c,
+            &rt,
+            &kxdp_proto::control::Namespace {
+                name: "shop".into(),
+                labels: [("team".to_string(), "shop".to_string())].into(),
+                source: String::new(),
+            },
+        )
+        .unwrap();
+        rt.namespaces.insert(ns.name.clone(), ns);
         rt
     }
 
@@ -394,10 +436,18 @@ mod tests {
         fresh.state.save(None, &rt).unwrap();
         let back = load(&path).unwrap();
         assert_eq!(back.runtime, rt);
+        assert_eq!(back.runtime.policies.len(), 1);
+        assert_eq!(back.runtime.namespaces.len(), 1);
         assert_eq!(back.cluster, lab());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"network_policies\"") && text.contains("shop/db-runtime"),
+            "{text}"
+        );
         // Deletes persist too.
         let mut fewer = rt.clone();
         fewer.services.clear();
+        fewer.policies.clear();
         back.state.save(None, &fewer).unwrap();
         assert_eq!(load(&path).unwrap().runtime, fewer);
         // No temporary file is left behind.

@@ -2,8 +2,9 @@
 //!
 //! One trait, [`DesiredStore`], two stores behind it:
 //! - [`FileStore`]: a cluster file (`--cluster`, or the lab's with `--lab`)
-//!   held in this process; `ApplyCluster` replaces it, and pods and services
-//!   registered at run time are kept beside it ([`crate::runtime`]); each
+//!   held in this process; `ApplyCluster` replaces it, and the pods,
+//!   services, network policies and namespace labels registered at run time
+//!   are kept beside it ([`crate::runtime`]); each
 //!   change is written to the state file first ([`crate::state_file`]).
 //! - [`crate::etcd::Store`] (`--store`): writes go to etcd and come back
 //!   through its watch, for every node's control process to see.
@@ -14,7 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kxdp_proto::control::AddPodRequest;
+use kxdp_proto::control::{AddPodRequest, Namespace, NetworkPolicy};
 use kxdp_proto::dataplane as pb;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -24,7 +25,7 @@ use crate::cluster::{Cluster, LAB_CLUSTER_YAML};
 use crate::daemon::Config;
 use crate::etcd::{self, EtcdConfig, Registration};
 use crate::reconcile::{Edit, Shared};
-use crate::runtime::{self, PodCheck};
+use crate::runtime::{self, PodCheck, Runtime};
 use crate::state_file::{Restored, StateFile};
 use crate::validate::{self, Problems};
 
@@ -40,6 +41,15 @@ pub trait DesiredStore: Send + Sync {
     async fn upsert_service(&self, service: &pb::Service) -> Result<u64, Status>;
     /// `DeleteService`: the generation, and whether the service existed.
     async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status>;
+    /// `UpsertNetworkPolicy`: all of `policies`, or none.
+    async fn upsert_policies(&self, policies: &[NetworkPolicy]) -> Result<u64, Status>;
+    /// `DeleteNetworkPolicy` of "namespace/name": the generation, and
+    /// whether the policy existed.
+    async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status>;
+    /// `UpsertNamespace`.
+    async fn upsert_namespace(&self, namespace: &Namespace) -> Result<u64, Status>;
+    /// `DeleteNamespace`: the generation, and whether it existed.
+    async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status>;
     /// `ApplyCluster`: a whole cluster file in place of the current one.
     async fn apply_cluster(&self, yaml: &str) -> Result<Applied, Status>;
 }
@@ -201,13 +211,14 @@ impl FileStore {
     fn opened(shared: Arc<Shared>) -> Opened {
         let desired = shared.current();
         log::info!(
-            "generation {}: {} nodes ({} kxdp), {} pods ({} run-time), {} run-time services",
+            "generation {}: {} nodes ({} kxdp), {} pods ({} run-time), {} run-time services, {} run-time network policies",
             desired.generation,
             desired.cluster.nodes.len(),
             desired.states.len(),
             desired.cluster.pods.len() + desired.runtime.pods.len(),
             desired.runtime.pods.len(),
-            desired.runtime.services.len()
+            desired.runtime.services.len(),
+            desired.runtime.policies.len()
         );
         Opened {
             store: Arc::new(FileStore {
@@ -216,6 +227,35 @@ impl FileStore {
             shared,
             tasks: Vec::new(),
         }
+    }
+}
+
+impl FileStore {
+    /// Deletes the run-time object `what` ("service default/web"):
+    /// `remove` takes it out of a copy of the run-time set (true if it was
+    /// there); one the cluster file holds (`in_file`) is refused.
+    fn delete_runtime(
+        &self,
+        what: &str,
+        remove: impl FnOnce(&mut Runtime) -> bool,
+        in_file: impl FnOnce(&Cluster) -> bool,
+    ) -> Result<(u64, bool), Status> {
+        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
+            let mut next = runtime.clone();
+            if remove(&mut next) {
+                return Ok(Edit::Changed(next, true));
+            }
+            if in_file(cluster) {
+                return Err(Status::failed_precondition(format!(
+                    "{what} comes from the cluster file: remove it there and apply the file"
+                )));
+            }
+            Ok(Edit::Unchanged(false))
+        })?;
+        if existed {
+            log::info!("{what} deleted: generation {generation}");
+        }
+        Ok((generation, existed))
     }
 }
 
@@ -246,24 +286,15 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_pod(&self, node: &str, name: &str) -> Result<(u64, bool), Status> {
-        let key = (node.to_string(), name.to_string());
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.pods.contains_key(&key) {
-                let mut next = runtime.clone();
-                next.pods.remove(&key);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.pods.iter().any(|p| p.node == node && p.name == name) {
-                return Err(Status::failed_precondition(format!(
-                    "pod {node}/{name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("pod {node}/{name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("pod {node}/{name}"),
+            |rt| {
+                rt.pods
+                    .remove(&(node.to_string(), name.to_string()))
+                    .is_some()
+            },
+            |c| c.pods.iter().any(|p| p.node == node && p.name == name),
+        )
     }
 
     async fn upsert_service(&self, proto: &pb::Service) -> Result<u64, Status> {
@@ -284,23 +315,68 @@ impl DesiredStore for FileStore {
     }
 
     async fn delete_service(&self, name: &str) -> Result<(u64, bool), Status> {
-        let (generation, existed) = self.shared.edit_runtime(|cluster, runtime| {
-            if runtime.services.contains_key(name) {
-                let mut next = runtime.clone();
-                next.services.remove(name);
-                return Ok(Edit::Changed(next, true));
-            }
-            if cluster.service(name).is_some() {
-                return Err(Status::failed_precondition(format!(
-                    "service {name} comes from the cluster file: remove it there and apply the file"
-                )));
-            }
-            Ok(Edit::Unchanged(false))
-        })?;
-        if existed {
-            log::info!("service {name} deleted: generation {generation}");
-        }
-        Ok((generation, existed))
+        self.delete_runtime(
+            &format!("service {name}"),
+            |rt| rt.services.remove(name).is_some(),
+            |c| c.service(name).is_some(),
+        )
+    }
+
+    async fn upsert_policies(&self, protos: &[NetworkPolicy]) -> Result<u64, Status> {
+        let (generation, names) =
+            self.shared
+                .edit_runtime(|cluster, runtime| -> Result<_, Problems> {
+                    let policies = runtime::check_policies(cluster, runtime, protos)?;
+                    let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+                    if policies
+                        .iter()
+                        .all(|p| runtime.policies.get(&p.name) == Some(p))
+                    {
+                        return Ok(Edit::Unchanged(names));
+                    }
+                    let mut next = runtime.clone();
+                    next.policies
+                        .extend(policies.into_iter().map(|p| (p.name.clone(), p)));
+                    Ok(Edit::Changed(next, names))
+                })?;
+        log::info!(
+            "network policies {} upserted: generation {generation}",
+            names.join(", ")
+        );
+        Ok(generation)
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<(u64, bool), Status> {
+        self.delete_runtime(
+            &format!("network policy {name}"),
+            |rt| rt.policies.remove(name).is_some(),
+            |c| c.policies.iter().any(|p| p.name == name),
+        )
+    }
+
+    async fn upsert_namespace(&self, proto: &Namespace) -> Result<u64, Status> {
+        let (generation, name) =
+            self.shared
+                .edit_runtime(|cluster, runtime| -> Result<_, Problems> {
+                    let ns = runtime::check_namespace(cluster, runtime, proto)?;
+                    let name = ns.name.clone();
+                    if runtime.namespaces.get(&name) == Some(&ns) {
+                        return Ok(Edit::Unchanged(name));
+                    }
+                    let mut next = runtime.clone();
+                    next.namespaces.insert(name.clone(), ns);
+                    Ok(Edit::Changed(next, name))
+                })?;
+        log::info!("namespace {name} upserted: generation {generation}");
+        Ok(generation)
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<(u64, bool), Status> {
+        self.delete_runtime(
+            &format!("namespace {name}"),
+            |rt| rt.namespaces.remove(name).is_some(),
+            |c| c.namespaces.iter().any(|n| n.name == name),
+        )
     }
 
     async fn apply_cluster(&self, yaml: &str) -> Result<Applied, Status> {

@@ -1,10 +1,12 @@
 //! What kxdpctl prints: serializable mirrors of the API's replies (for
 //! `--json`; prost types do not derive serde) and plain-text tables.
 
-use kxdp_proto::control::{NodeInfo, PodInfo, PodPolicyInfo, RouteInfo};
+use kxdp_proto::control::{self as cpb, NodeInfo, PodInfo, PodPolicyInfo, RouteInfo};
 use kxdp_proto::dataplane::{self as pb, DataplaneState, GetCountersReply, ListConntrackReply};
 use kxdp_proto::service::{Protocol, SessionAffinity, TrafficPolicy};
 use serde::Serialize;
+
+use crate::policy::{Labels, RawPolicy};
 
 #[derive(Debug, Serialize)]
 pub struct NodesView {
@@ -743,6 +745,112 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+#[derive(Debug, Serialize)]
+pub struct NetworkPoliciesView {
+    pub policies: Vec<NetworkPolicyView>,
+}
+
+/// A policy as `ListNetworkPolicies` gives it: where it comes from, and
+/// the policy in the cluster file's `network_policies:` shape.
+#[derive(Debug, Serialize)]
+pub struct NetworkPolicyView {
+    pub name: String,
+    /// "file" or "runtime".
+    pub source: String,
+    pub policy: RawPolicy,
+    #[serde(skip)]
+    row: Vec<String>,
+}
+
+impl From<cpb::NetworkPolicy> for NetworkPolicyView {
+    fn from(p: cpb::NetworkPolicy) -> Self {
+        let name = crate::policy::full_name(&p.namespace, &p.name);
+        let row = vec![
+            name.clone(),
+            p.source.clone(),
+            p.policy_types.join(","),
+            p.pod_selector
+                .as_ref()
+                .map_or_else(String::new, selector_text),
+            p.ingress.len().to_string(),
+            p.egress.len().to_string(),
+        ];
+        let policy = RawPolicy::from_proto(&p);
+        NetworkPolicyView {
+            name,
+            source: p.source,
+            policy,
+            row,
+        }
+    }
+}
+
+/// `app=web,tier In (a,b)`; "(all)" for the empty selector.
+fn selector_text(s: &cpb::LabelSelector) -> String {
+    let sorted: Labels = s.match_labels.clone().into_iter().collect();
+    let mut parts: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for r in &s.match_expressions {
+        parts.push(if r.values.is_empty() {
+            format!("{} {}", r.key, r.operator)
+        } else {
+            format!("{} {} ({})", r.key, r.operator, r.values.join(","))
+        });
+    }
+    if parts.is_empty() {
+        "(all)".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn network_policies_table(policies: &[NetworkPolicyView]) -> String {
+    let rows: Vec<Vec<String>> = policies.iter().map(|p| p.row.clone()).collect();
+    table(
+        &[
+            "POLICY",
+            "SOURCE",
+            "TYPES",
+            "POD SELECTOR",
+            "INGRESS RULES",
+            "EGRESS RULES",
+        ],
+        &rows,
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespacesView {
+    pub namespaces: Vec<NamespaceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceView {
+    pub name: String,
+    pub source: String,
+    pub labels: Labels,
+}
+
+impl From<cpb::Namespace> for NamespaceView {
+    fn from(n: cpb::Namespace) -> Self {
+        NamespaceView {
+            name: n.name,
+            source: n.source,
+            labels: n.labels.into_iter().collect(),
+        }
+    }
+}
+
+pub fn namespaces_table(namespaces: &[NamespaceView]) -> String {
+    let rows: Vec<Vec<String>> = namespaces
+        .iter()
+        .map(|n| {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![n.name.clone(), n.source.clone(), labels.join(",")]
+        })
+        .collect();
+    table(&["NAMESPACE", "SOURCE", "LABELS"], &rows)
+}
+
 pub fn nodes_table(nodes: &[NodeView]) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -1131,5 +1239,35 @@ mod tests {
         let t = conntrack_text(&v);
         assert!(t.starts_with("node n1: 1 of 7 entries"), "{t}");
         assert!(t.contains("TCP    10.244.1.2:40000"), "{t}");
+    }
+
+    #[test]
+    fn network_policies_and_namespaces_as_tables() {
+        let c =
+            crate::cluster::Cluster::from_yaml(include_str!("../../config/policy-example.yaml"))
+                .unwrap();
+        let mut p = c.policies[0].to_proto();
+        p.source = "file".into();
+        p.pod_selector
+            .as_mut()
+            .unwrap()
+            .match_expressions
+            .push(cpb::LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: vec!["a".into(), "b".into()],
+            });
+        let v = NetworkPolicyView::from(p);
+        assert_eq!(v.name, "shop/db");
+        let text = network_policies_table(&[v]);
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "shop/db  file    Ingress,Egress  app=db,tier In (a,b)  1              0"
+        );
+        let ns = NamespaceView::from(c.namespaces[0].to_proto());
+        assert_eq!(
+            namespaces_table(&[ns]).lines().nth(1).unwrap(),
+            "shop       -       team=shop"
+        );
     }
 }

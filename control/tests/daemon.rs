@@ -10,12 +10,16 @@ use common::*;
 use kxdp_control::cluster::Cluster;
 use kxdp_control::state_file::StateFile;
 use kxdp_control::store::Source;
+use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    ApplyClusterRequest, DeletePodRequest, DeleteServiceRequest, GetNodeCountersRequest,
-    ListNodeConntrackRequest, ListPodsRequest, ListRoutesRequest, ListServicesRequest,
-    UpsertServiceRequest,
+    ApplyClusterRequest, DeleteNamespaceRequest, DeleteNetworkPolicyRequest, DeletePodRequest,
+    DeleteServiceRequest, GetNodeCountersRequest, IpBlock, ListNamespacesRequest,
+    ListNetworkPoliciesRequest, ListNodeConntrackRequest, ListPodsRequest, ListRoutesRequest,
+    ListServicesRequest, Namespace, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    UpsertNamespaceRequest, UpsertNetworkPolicyRequest, UpsertServiceRequest,
 };
 use kxdp_testkit::TempDir;
+use tonic::transport::Channel;
 use tonic::Code;
 
 #[tokio::test]
@@ -650,6 +654,171 @@ async fn a_restarted_control_process_pushes_the_runtime_objects_it_had() {
     assert!(after.pods.iter().any(|p| p.name == "cni/eth0"));
     assert!(!after.pods.iter().any(|p| p.name == "gone"));
     assert_eq!(after.services.len(), 1);
+    control.stop().await;
+    served.stop().await;
+}
+
+fn deny_ingress(namespace: &str, name: &str) -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: namespace.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+async fn runtime_policies(client: &mut ControlClient<Channel>) -> Vec<(String, String, String)> {
+    client
+        .list_network_policies(ListNetworkPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| (p.namespace, p.name, p.source))
+        .collect()
+}
+
+/// Policies and namespace labels through the API: all or nothing, pushed
+/// compiled, listed, kept across a restart by the state file, deleted.
+#[tokio::test]
+async fn network_policies_and_namespaces_are_upserted_kept_and_deleted() {
+    let (tmp, fake, served) = fake_n1("netpol").await;
+    let state = tmp.0.join("state/control-state.json");
+    let control = start_durable(&tmp.0, &state).await;
+    let mut client = control.client.clone();
+    wait_synced(&client, "n1").await;
+    assert!(fake
+        .held()
+        .unwrap()
+        .pods
+        .iter()
+        .all(|p| p.ingress.is_none()));
+
+    // One invalid policy of three: refused whole, named, nothing pushed.
+    let syncs = fake.syncs().len();
+    let mut bad = deny_ingress("default", "bad");
+    bad.ingress.push(NetworkPolicyIngressRule {
+        from: vec![NetworkPolicyPeer {
+            ip_block: Some(IpBlock {
+                cidr: "10.0.0.0/8".into(),
+                except: vec!["11.0.0.0/16".into()],
+            }),
+            ..Default::default()
+        }],
+        ports: vec![],
+    });
+    let err = client
+        .upsert_network_policy(UpsertNetworkPolicyRequest {
+            policies: vec![deny_ingress("", "a"), bad, deny_ingress("", "c")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("policies[1].ingress[0].from[0].ip_block.except[0]: 11.0.0.0/16 must be a strict subset"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(fake.syncs().len(), syncs);
+    assert_eq!(runtime_policies(&mut client).await, vec![]);
+
+    // Valid: every pod of "default" on n1 is isolated for ingress.
+    let reply = client
+        .upsert_network_policy(UpsertNetworkPolicyRequest {
+            policies: vec![deny_ingress("", "deny")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let held = fake.held().unwrap();
+    assert_eq!(held.generation, reply.generation);
+    assert!(held
+        .pods
+        .iter()
+        .all(|p| p.ingress.is_some() && p.egress.is_none()));
+    let ns = client
+        .upsert_namespace(namespace_labelled("default", "team", "blue"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ns.generation > reply.generation);
+    let err = client
+        .upsert_namespace(UpsertNamespaceRequest {
+            namespace: Some(Namespace {
+                name: "Bad".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("namespace.name"),
+        "{}",
+        err.message()
+    );
+
+    // A new process restores both from the state file and pushes them.
+    control.stop().await;
+    let syncs = fake.syncs().len();
+    let control = start_durable(&tmp.0, &state).await;
+    let mut client = control.client.clone();
+    wait_until("resync by the new process", || async {
+        (fake.syncs().len() > syncs).then_some(())
+    })
+    .await;
+    assert!(fake
+        .held()
+        .unwrap()
+        .pods
+        .iter()
+        .all(|p| p.ingress.is_some()));
+    assert_eq!(
+        runtime_policies(&mut client).await,
+        vec![("default".into(), "deny".into(), "runtime".into())]
+    );
+    let namespaces = client
+        .list_namespaces(ListNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .namespaces;
+    assert_eq!(namespaces.len(), 1);
+    assert_eq!(namespaces[0].labels["team"], "blue");
+
+    // Deleted: not isolated any more; deleting again is no error.
+    let del = client
+        .delete_network_policy(DeleteNetworkPolicyRequest {
+            namespace: String::new(),
+            name: "deny".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.existed);
+    let held = fake.held().unwrap();
+    assert_eq!(held.generation, del.generation);
+    assert!(held.pods.iter().all(|p| p.ingress.is_none()));
+    for _ in 0..2 {
+        let del = client
+            .delete_network_policy(DeleteNetworkPolicyRequest {
+                namespace: "default".into(),
+                name: "deny".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!del.existed);
+    }
+    let del = client
+        .delete_namespace(DeleteNamespaceRequest {
+            name: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.existed);
     control.stop().await;
     served.stop().await;
 }

@@ -18,7 +18,9 @@ use kxdp_control::etcd::{self, Access, ClusterConfig, EtcdConfig, Registration};
 use kxdp_control::store::Source;
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    AddPodRequest, ApplyClusterRequest, ListServicesRequest, UpsertServiceRequest,
+    AddPodRequest, ApplyClusterRequest, DeleteNetworkPolicyRequest, ListNamespacesRequest,
+    ListNetworkPoliciesRequest, ListServicesRequest, NetworkPolicy, UpsertNetworkPolicyRequest,
+    UpsertServiceRequest,
 };
 use kxdp_proto::dataplane::DataplaneState;
 use kxdp_testkit::{free_port, TempDir};
@@ -432,6 +434,105 @@ async fn etcd_nodes_register_share_state_restart_and_expire() {
 }
 
 /// Service `name` in `s`, with each endpoint's (ip, ready, serving).
+/// A policy and namespace labels written through one node's control
+/// process reach the other node's compiled rules, are listed by both, and
+/// go from both when deleted through the other.
+#[tokio::test]
+async fn etcd_network_policies_written_through_one_node_reach_every_node() {
+    let etcd = Etcd::start(1);
+    etcd.ready().await;
+    let tmp = TempDir::new("etcd-netpol");
+    let (fake_a, served_a, control_a) = etcd_node(&tmp.0, &etcd.access, "a", 11, true).await;
+    let (fake_b, served_b, control_b) = etcd_node(&tmp.0, &etcd.access, "b", 12, false).await;
+    let (mut ca, mut cb) = (control_a.client.clone(), control_b.client.clone());
+    wait_held("a sees b", &fake_a, |s| s.remote_nodes.len() == 1).await;
+    let b = wait_held("b sees a", &fake_b, |s| s.remote_nodes.len() == 1).await;
+    pod_through(&mut cb, &b, &fake_b).await;
+
+    ca.upsert_namespace(namespace_labelled("default", "team", "blue"))
+        .await
+        .unwrap();
+    ca.upsert_network_policy(UpsertNetworkPolicyRequest {
+        policies: vec![NetworkPolicy {
+            name: "deny".into(),
+            ..Default::default()
+        }],
+    })
+    .await
+    .unwrap();
+    let held = wait_held("b's pod isolated", &fake_b, |s| {
+        s.pods.iter().all(|p| p.ingress.is_some())
+    })
+    .await;
+    assert_eq!(held.pods[0].ingress.as_ref().unwrap().peers, vec![]);
+    let listed = cb
+        .list_network_policies(ListNetworkPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].source.as_str()),
+        ("deny", "runtime")
+    );
+    let namespaces = cb
+        .list_namespaces(ListNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .namespaces;
+    assert_eq!(namespaces[0].labels["team"], "blue");
+
+    // An invalid one is refused before it reaches etcd.
+    let err = cb
+        .upsert_network_policy(UpsertNetworkPolicyRequest {
+            policies: vec![NetworkPolicy {
+                name: "x".into(),
+                policy_types: vec!["Sideways".into()],
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("policies[0].policy_types[0]"),
+        "{}",
+        err.message()
+    );
+
+    let del = cb
+        .delete_network_policy(DeleteNetworkPolicyRequest {
+            namespace: "default".into(),
+            name: "deny".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.existed);
+    wait_held("b's pod open again", &fake_b, |s| {
+        s.pods.iter().all(|p| p.ingress.is_none())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ca
+        .list_network_policies(ListNetworkPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "a still lists the policy");
+        tokio::time::sleep(TICK).await;
+    }
+    control_a.stop().await;
+    control_b.stop().await;
+    served_a.stop().await;
+    served_b.stop().await;
+}
+
 fn endpoints_of(s: &DataplaneState, name: &str) -> Option<Vec<(String, bool, bool)>> {
     s.services.iter().find(|x| x.name == name).map(|x| {
         x.endpoints

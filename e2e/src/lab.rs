@@ -118,6 +118,18 @@ impl Lab {
         lab
     }
 
+    /// `lab.sh restart-control --kill`: SIGKILL kxdp-control, start it
+    /// again (with its state file), wait until every node is synced.
+    pub fn kill_and_restart_control(&self) {
+        let out = self.lab_sh(&["restart-control", "--kill"], 120);
+        assert!(
+            out.status.success(),
+            "lab.sh restart-control: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `scripts/lab.sh ARGS` for this lab, bounded by `secs`.
     pub fn lab_sh(&self, args: &[&str], secs: u64) -> Output {
         let mut cmd = Command::new("timeout");

@@ -53,7 +53,7 @@ fn control_restart_keeps_established_service_flows() {
     assert_eq!(before.len(), 1, "one tracked flow on n2: {before:?}");
     let gen = lab.node_info("n2")["desired_generation"].clone();
 
-    kill_and_restart_control(&lab);
+    lab.kill_and_restart_control();
     // Keep streaming a while on the re-synced dataplanes.
     thread::sleep(Duration::from_secs(1));
     let after = flows(&lab, "n2");
@@ -70,22 +70,10 @@ fn control_restart_keeps_established_service_flows() {
     );
 }
 
-/// `lab.sh restart-control --kill`: SIGKILL, start again, wait until every
-/// node is synced.
-fn kill_and_restart_control(lab: &Lab) {
-    let out = lab.lab_sh(&["restart-control", "--kill"], 120);
-    assert!(
-        out.status.success(),
-        "lab.sh restart-control: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// [`kill_and_restart_control`], then time for a `GetState` after the Sync
+/// [`Lab::kill_and_restart_control`], then time for a `GetState` after the Sync
 /// (the pods' attach status comes from one).
 fn restart_control(lab: &Lab) {
-    kill_and_restart_control(lab);
+    lab.kill_and_restart_control();
     thread::sleep(Duration::from_millis(2500));
 }
 

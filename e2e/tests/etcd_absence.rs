@@ -4,7 +4,8 @@
 //! endpoint on the absent node; the absent node comes back with the same
 //! pod CIDR. The lab's file-mode control is replaced by one etcd-mode
 //! control per node (Debian's etcd, on a free loopback port; the test
-//! fails when etcd is missing).
+//! fails when etcd is missing). A network policy written through one
+//! node's control process then isolates the other node's pods.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
@@ -333,6 +334,26 @@ fn etcd_a_node_away_past_its_lease_keeps_other_nodes_flows_and_its_cidr() {
     let sent = stream.finish();
     stop_servers.store(true, Ordering::Relaxed);
     assert!(sent > 1 << 20, "streamed only {sent} bytes");
+
+    // A network policy written through n1's control process reaches the
+    // rules n2's compiles for its own pods (through etcd and its watch).
+    let deny = dir.0.join("deny.yaml");
+    std::fs::write(&deny, "- { name: default/deny, pod_selector: {} }\n").unwrap();
+    ctl(
+        &lab,
+        "n1",
+        &["policy", "apply", "-f", deny.to_str().unwrap()],
+    );
+    wait("n2's pods isolated by default/deny", 20, || {
+        let rules = json(&lab, "n2", &["policy", "rules", "--node", "n2", "--json"]);
+        let isolated = rules["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["ingress_policies"] == serde_json::json!(["default/deny"]))
+            .count();
+        isolated == 2
+    });
     eprintln!(
         "streamed {sent} bytes across n1's {}s absence, all echoed intact",
         3 * TTL_S

@@ -462,6 +462,42 @@ impl Control for FakeControl {
     ) -> Result<Response<kxdp_proto::control::ExplainPolicyReply>, Status> {
         unimplemented()
     }
+    async fn upsert_network_policy(
+        &self,
+        _: Request<UpsertNetworkPolicyRequest>,
+    ) -> Result<Response<UpsertNetworkPolicyReply>, Status> {
+        unimplemented()
+    }
+    async fn delete_network_policy(
+        &self,
+        _: Request<DeleteNetworkPolicyRequest>,
+    ) -> Result<Response<DeleteNetworkPolicyReply>, Status> {
+        unimplemented()
+    }
+    async fn list_network_policies(
+        &self,
+        _: Request<ListNetworkPoliciesRequest>,
+    ) -> Result<Response<ListNetworkPoliciesReply>, Status> {
+        unimplemented()
+    }
+    async fn upsert_namespace(
+        &self,
+        _: Request<UpsertNamespaceRequest>,
+    ) -> Result<Response<UpsertNamespaceReply>, Status> {
+        unimplemented()
+    }
+    async fn delete_namespace(
+        &self,
+        _: Request<DeleteNamespaceRequest>,
+    ) -> Result<Response<DeleteNamespaceReply>, Status> {
+        unimplemented()
+    }
+    async fn list_namespaces(
+        &self,
+        _: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesReply>, Status> {
+        unimplemented()
+    }
     async fn get_node_counters(
         &self,
         _: Request<GetNodeCountersRequest>,

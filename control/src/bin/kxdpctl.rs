@@ -13,17 +13,20 @@ use kxdp_control::runtime::Runtime;
 use kxdp_control::service::RawService;
 use kxdp_control::validate::Problems;
 use kxdp_control::view::{
-    self, ConntrackView, CountersView, DataplaneStateView, NodeView, NodesView, PodPolicyView,
-    PodView, PodsView, PoliciesView, RouteView, RoutesView, ServiceView, ServicesView,
+    self, ConntrackView, CountersView, DataplaneStateView, NamespaceView, NamespacesView,
+    NetworkPoliciesView, NetworkPolicyView, NodeView, NodesView, PodPolicyView, PodView, PodsView,
+    PoliciesView, RouteView, RoutesView, ServiceView, ServicesView,
 };
 use kxdp_control::watch::{self as watch_view, TraceView};
-use kxdp_control::{plan, uds};
+use kxdp_control::{plan, policy, uds};
 use kxdp_proto::control::control_client::ControlClient;
 use kxdp_proto::control::{
-    AddPodRequest, ApplyClusterRequest, ContainerPort, DeletePodRequest, DeleteServiceRequest,
-    ExplainPolicyRequest, GetNodeCountersRequest, ListNodeConntrackRequest, ListNodesRequest,
-    ListPodsRequest, ListPoliciesRequest, ListRoutesRequest, ListServicesRequest,
-    UpsertServiceRequest, WatchNodeRequest,
+    AddPodRequest, ApplyClusterRequest, ContainerPort, DeleteNamespaceRequest,
+    DeleteNetworkPolicyRequest, DeletePodRequest, DeleteServiceRequest, ExplainPolicyRequest,
+    GetNodeCountersRequest, ListNamespacesRequest, ListNetworkPoliciesRequest,
+    ListNodeConntrackRequest, ListNodesRequest, ListPodsRequest, ListPoliciesRequest,
+    ListRoutesRequest, ListServicesRequest, Namespace, UpsertNamespaceRequest,
+    UpsertNetworkPolicyRequest, UpsertServiceRequest, WatchNodeRequest,
 };
 use kxdp_proto::dataplane::{ListConntrackReply, WatchReply, WatchRequest};
 use kxdp_proto::DEFAULT_CONTROL_SOCKET;
@@ -74,14 +77,18 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Network policy compiled for each pod: the policies isolating it per
-    /// direction, and each peer prefix with the ports it may use (what the
-    /// pod's node decides new flows with).
+    /// Network policy. Without a subcommand: the rules compiled for each
+    /// pod (as `policy rules`); `get`, `apply` and `delete` for the policies.
     Policy {
-        /// Only this node's pods.
+        #[command(subcommand)]
+        cmd: Option<PolicyCmd>,
+        /// Only this node's pods (the compiled rules).
         #[arg(long)]
         node: Option<String>,
     },
+    /// Namespaces' labels, which network policies' namespace selectors match.
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
     /// Why network policy allows or denies a new connection from SRC to DST
     /// on PORT/PROTO (e.g. 80/TCP), as it reaches DST: give a service's
     /// backend, not its ClusterIP.
@@ -298,6 +305,54 @@ enum ServiceCmd {
         /// The service, namespace/name.
         name: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Network policy compiled for each pod: the policies isolating it per
+    /// direction, and each peer prefix with the ports it may use (what the
+    /// pod's node decides new flows with).
+    Rules {
+        /// Only this node's pods.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Every network policy, the cluster file's and the run-time ones.
+    Get,
+    /// Upsert the policies in FILE, all or none; returns once the reachable
+    /// nodes hold them. Invalid: exit 2, nothing changed.
+    Apply {
+        /// A YAML list of policies in the cluster file's `network_policies:`
+        /// shape; `-` reads stdin.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove a run-time policy; removing an unknown one succeeds.
+    #[command(visible_alias = "del")]
+    Delete {
+        /// The policy, NAMESPACE/NAME (NAME alone: namespace "default").
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NamespaceCmd {
+    /// Set a namespace's labels (all of them: labels not given are removed).
+    Set {
+        /// The namespace.
+        name: String,
+        /// A label KEY=VALUE (repeat for several).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Remove a run-time namespace's labels; removing an unknown one succeeds.
+    #[command(visible_alias = "del")]
+    Delete {
+        /// The namespace.
+        name: String,
+    },
+    /// Namespaces with labels, the cluster file's and the run-time ones.
+    List,
 }
 
 /// Why a command failed, and so its exit status.
@@ -584,19 +639,7 @@ async fn run(args: Args) -> Result<()> {
                 "service del",
                 delete_service(DeleteServiceRequest { name: name.clone() })
             );
-            if json {
-                print_json(&serde_json::json!({
-                    "generation": reply.generation,
-                    "existed": reply.existed,
-                }))
-            } else if reply.existed {
-                out(&format!(
-                    "service {name} deleted: generation {}\n",
-                    reply.generation
-                ))
-            } else {
-                out(&format!("service {name} was not registered\n"))
-            }
+            deleted(json, "service", &name, reply.generation, reply.existed)
         }
         Cmd::Nodes => {
             let nodes = list_nodes(&mut connect(&args.control).await?).await?;
@@ -628,7 +671,142 @@ async fn run(args: Args) -> Result<()> {
                 view::routes_table(&v.routes)
             })
         }
-        Cmd::Policy { node } => {
+        Cmd::Policy {
+            cmd: Some(PolicyCmd::Get),
+            ..
+        } => {
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "list network policies",
+                list_network_policies(ListNetworkPoliciesRequest {})
+            );
+            let policies = reply
+                .policies
+                .into_iter()
+                .map(NetworkPolicyView::from)
+                .collect();
+            show(json, &NetworkPoliciesView { policies }, |v| {
+                view::network_policies_table(&v.policies)
+            })
+        }
+        Cmd::Policy {
+            cmd: Some(PolicyCmd::Apply { file }),
+            ..
+        } => {
+            let (name, text) = read_input(&file)?;
+            let policies = policy::policies_from_yaml(&text).map_err(|p| {
+                let lines: Vec<String> = p.0.iter().map(|p| p.to_string()).collect();
+                invalid_file("policy file", &name, lines.iter().map(String::as_str))
+            })?;
+            let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+            let request = UpsertNetworkPolicyRequest {
+                policies: policies.iter().map(|p| p.to_proto()).collect(),
+            };
+            let reply = match connect(&args.control)
+                .await?
+                .upsert_network_policy(request)
+                .await
+            {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid_request("policy apply", status.message()))
+                }
+                Err(status) => return Err(rpc_failure("policy apply", &status)),
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "generation": reply.generation,
+                    "policies": names,
+                }))
+            } else {
+                out(&format!(
+                    "network policies applied: {}: generation {}\n",
+                    names.join(", "),
+                    reply.generation
+                ))
+            }
+        }
+        Cmd::Policy {
+            cmd: Some(PolicyCmd::Delete { name }),
+            ..
+        } => {
+            let (namespace, short) = name.split_once('/').unwrap_or(("", &name));
+            let request = DeleteNetworkPolicyRequest {
+                namespace: namespace.to_string(),
+                name: short.to_string(),
+            };
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "policy delete",
+                delete_network_policy(request)
+            );
+            deleted(
+                json,
+                "network policy",
+                &name,
+                reply.generation,
+                reply.existed,
+            )
+        }
+        Cmd::Namespace(NamespaceCmd::Set { name, labels }) => {
+            let request = UpsertNamespaceRequest {
+                namespace: Some(Namespace {
+                    name: name.clone(),
+                    labels: labels.into_iter().collect(),
+                    source: String::new(),
+                }),
+            };
+            let reply = match connect(&args.control)
+                .await?
+                .upsert_namespace(request)
+                .await
+            {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(invalid_request("namespace set", status.message()))
+                }
+                Err(status) => return Err(rpc_failure("namespace set", &status)),
+            };
+            if json {
+                print_json(&serde_json::json!({ "generation": reply.generation }))
+            } else {
+                out(&format!(
+                    "namespace {name} set: generation {}\n",
+                    reply.generation
+                ))
+            }
+        }
+        Cmd::Namespace(NamespaceCmd::Delete { name }) => {
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "namespace delete",
+                delete_namespace(DeleteNamespaceRequest { name: name.clone() })
+            );
+            deleted(json, "namespace", &name, reply.generation, reply.existed)
+        }
+        Cmd::Namespace(NamespaceCmd::List) => {
+            let reply = rpc!(
+                connect(&args.control).await?,
+                "list namespaces",
+                list_namespaces(ListNamespacesRequest {})
+            );
+            let namespaces = reply
+                .namespaces
+                .into_iter()
+                .map(NamespaceView::from)
+                .collect();
+            show(json, &NamespacesView { namespaces }, |v| {
+                view::namespaces_table(&v.namespaces)
+            })
+        }
+        Cmd::Policy {
+            cmd: None | Some(PolicyCmd::Rules { node: None }),
+            node,
+        }
+        | Cmd::Policy {
+            cmd: Some(PolicyCmd::Rules { node }),
+            ..
+        } => {
             let request = ListPoliciesRequest {
                 node: node.unwrap_or_default(),
             };
@@ -799,6 +977,34 @@ fn load(file: Option<&Path>) -> Result<Cluster> {
     })
 }
 
+/// What an idempotent delete says.
+fn deleted(json: bool, what: &str, name: &str, generation: u64, existed: bool) -> Result<()> {
+    if json {
+        print_json(&serde_json::json!({
+            "generation": generation,
+            "existed": existed,
+        }))
+    } else if existed {
+        out(&format!("{what} {name} deleted: generation {generation}\n"))
+    } else {
+        out(&format!("{what} {name} was not registered\n"))
+    }
+}
+
+/// A file's text and the name to give it in messages; `-` is stdin.
+fn read_input(file: &Path) -> Result<(String, String)> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::stdin(), &mut text)
+            .map_err(|e| Failure::Other(format!("cannot read stdin: {e}")))?;
+        return Ok(("<stdin>".to_string(), text));
+    }
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Other(format!("cannot read {name}: {e}")))?;
+    Ok((name, text))
+}
+
 /// A request the control process refused as invalid: exit 2, one problem a line.
 fn invalid_request(what: &str, message: &str) -> Failure {
     let mut msg = format!("{what}: invalid:");
@@ -810,9 +1016,15 @@ fn invalid_request(what: &str, message: &str) -> Failure {
 }
 
 fn invalid<'a>(name: &str, problems: impl Iterator<Item = &'a str>) -> Failure {
+    invalid_file("cluster file", name, problems)
+}
+
+/// An invalid input file (`kind`: "cluster file", "policy file"): exit 2,
+/// one problem a line.
+fn invalid_file<'a>(kind: &str, name: &str, problems: impl Iterator<Item = &'a str>) -> Failure {
     let lines: Vec<&str> = problems.collect();
     let mut msg = format!(
-        "invalid cluster file {name} ({} problem{}):",
+        "invalid {kind} {name} ({} problem{}):",
         lines.len(),
         if lines.len() == 1 { "" } else { "s" }
     );

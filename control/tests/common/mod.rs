@@ -12,7 +12,7 @@ use kxdp_control::daemon::{self, Config};
 use kxdp_control::store::Source;
 use kxdp_control::uds;
 use kxdp_proto::control::control_client::ControlClient;
-use kxdp_proto::control::{AddPodRequest, ListNodesRequest, NodeInfo};
+use kxdp_proto::control::{AddPodRequest, ListNodesRequest, NodeInfo, UpsertNamespaceRequest};
 use kxdp_proto::dataplane::dataplane_server::{Dataplane, DataplaneServer};
 use kxdp_proto::dataplane::{
     AttachState, DataplaneState, DropCounter, GetCountersReply, GetCountersRequest, GetStateReply,
@@ -265,6 +265,17 @@ pub fn add_pod_request(node: &str, name: &str, ip: &str, ifname: &str) -> AddPod
         mac: "0a:58:0a:f4:01:63".into(),
         ifname: ifname.into(),
         ..Default::default()
+    }
+}
+
+/// `UpsertNamespace` of `name` with the one label `key: value`.
+pub fn namespace_labelled(name: &str, key: &str, value: &str) -> UpsertNamespaceRequest {
+    UpsertNamespaceRequest {
+        namespace: Some(kxdp_proto::control::Namespace {
+            name: name.into(),
+            labels: [(key.to_string(), value.to_string())].into(),
+            source: String::new(),
+        }),
     }
 }
 

@@ -326,8 +326,13 @@ fn syn_acks(sent: &[Vec<u8>]) -> Rx {
     Rx::new(&frames)
 }
 
-/// Processes `rx` (untimed) and checks every frame went to a pod's port.
-fn process_to_pods(pl: &mut Pipeline, t: &Tables, rx: &mut Rx, what: &str) {
+/// Processes `rx` (untimed): each frame's verdict and what left.
+fn process_untimed(
+    pl: &mut Pipeline,
+    now: u64,
+    t: &Tables,
+    rx: &mut Rx,
+) -> Vec<(Verdict, Vec<u8>)> {
     let (lens, ports) = (rx.lens, rx.ports);
     let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
     let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
@@ -336,12 +341,18 @@ fn process_to_pods(pl: &mut Pipeline, t: &Tables, rx: &mut Rx, what: &str) {
             Packet::new(c, RX_OFF, lens[k], ports[k])
         })
         .collect();
-    pl.process(NOW, t, &mut pkts);
-    for p in &pkts {
+    pl.process(now, t, &mut pkts);
+    pkts.iter()
+        .map(|p| (p.verdict, p.frame().to_vec()))
+        .collect()
+}
+
+/// Processes `rx` (untimed) and checks every frame went to a pod's port.
+fn process_to_pods(pl: &mut Pipeline, t: &Tables, rx: &mut Rx, what: &str) {
+    for (verdict, _) in process_untimed(pl, NOW, t, rx) {
         assert!(
-            matches!(p.verdict, Verdict::Tx(port) if (1..=PODS as PortId).contains(&port)),
-            "{what}: {:?}",
-            p.verdict
+            matches!(verdict, Verdict::Tx(port) if (1..=PODS as PortId).contains(&port)),
+            "{what}: {verdict:?}"
         );
     }
 }
@@ -355,19 +366,11 @@ fn process_checked(
     rx: &mut Rx,
     what: &str,
 ) -> Vec<Vec<u8>> {
-    let (lens, ports) = (rx.lens, rx.ports);
-    let mut it = rx.umem.chunks_exact_mut(CHUNK).enumerate();
-    let mut pkts: Vec<Packet<'_>> = (0..BATCH_SIZE)
-        .map(|_| {
-            let (k, c) = it.next().unwrap();
-            Packet::new(c, RX_OFF, lens[k], ports[k])
-        })
-        .collect();
-    pl.process(now, t, &mut pkts);
-    for p in &pkts {
-        assert_eq!(p.verdict, Verdict::Tx(UPLINK), "{what}");
+    let out = process_untimed(pl, now, t, rx);
+    for (verdict, frame) in &out {
+        assert_eq!(*verdict, Verdict::Tx(UPLINK), "{what}");
         // Outer 14 + 20 + 8 + 8, inner Ethernet 14: inner IPv4 at 64.
-        let inner = &p.frame()[64..];
+        let inner = &frame[64..];
         let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
         assert!(
             Prefix::new(Ipv4Addr::new(10, 244, 0, 0), 16).contains(dst) && dst.octets()[2] >= 2,
@@ -375,7 +378,7 @@ fn process_checked(
         );
         assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), TARGET_PORT);
     }
-    pkts.iter().map(|p| p.frame().to_vec()).collect()
+    out.into_iter().map(|(_, f)| f).collect()
 }
 
 /// `established` with the flow cache (the dataplane's default), and
