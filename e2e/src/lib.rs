@@ -19,7 +19,7 @@
 //! One module per part, all re-exported here: `paths`, `commands`, `lab`
 //! (the guard), `counters`, `traffic`, `captures`, `frames`, `checks` (what
 //! most tests share), `services`, `world` (the outside world and egress),
-//! `probes` (many short TCP/UDP probes at once, for truth tables). One is
+//! `probes` (many short TCP/UDP probes and pings at once, for truth tables). One is
 //! not: `netpol`, the NetworkPolicy oracle (`kxdp_e2e::netpol`), a model of
 //! the API kept apart from kxdp's own code.
 #![forbid(unsafe_code)]

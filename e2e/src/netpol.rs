@@ -28,9 +28,26 @@
 //!   pod's container port of that name and protocol.
 //! - Namespaces carry their labels plus `kubernetes.io/metadata.name`.
 //!
+//! - An end of a connection that is no pod ([`Endpoint::Address`]: an
+//!   outside client, a server outside the cluster, a node's address that a
+//!   SNAT left) is matched by `ip_block` peers alone, never by a selector;
+//!   it has no container ports (a named port never matches it) and no
+//!   policies of its own. ICMP (echo) is a protocol no port entry names: only
+//!   a rule without `ports` allows it.
+//! - Policies see addresses as the pods see them: the destination a pod
+//!   sends to (an outside server's, before the node masquerades it), and
+//!   the source a pod receives from, after any SNAT on the way
+//!   ([`Model::node_port_allowed`]). The API leaves it to the implementation
+//!   whether a rewrite happens before or after the policy ("it is not
+//!   defined whether this happens before or after NetworkPolicy
+//!   processing"); the test passes in the address its implementation
+//!   rewrites to, the model takes no side.
+//!
 //! Self connections (a pod to its own IP) and the node's own traffic to its
 //! pods are not modelled: the test expects those to pass whatever the
 //! policies say (loopback never leaves the pod; the API exempts the node).
+//! A connection the node only forwards (a NodePort's, even SNATed to a
+//! node address) is not the node's own.
 
 use serde::Deserialize;
 
@@ -47,6 +64,8 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub enum Proto {
     Tcp,
     Udp,
+    /// ICMP echo: no ports, and no protocol a rule's port entry may name.
+    Icmp,
 }
 
 impl Proto {
@@ -54,6 +73,47 @@ impl Proto {
         match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Icmp => "ICMP",
+        }
+    }
+}
+
+/// One end of a connection, as a policy sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint<'a> {
+    /// A pod of the cluster file.
+    Pod(&'a PodDef),
+    /// An address no pod has: outside the cluster, or a node's. Only
+    /// `ip_block` peers match it.
+    Address(Ipv4Addr),
+}
+
+impl Endpoint<'_> {
+    pub fn ip(self) -> Ipv4Addr {
+        match self {
+            Endpoint::Pod(p) => p.ip,
+            Endpoint::Address(a) => a,
+        }
+    }
+}
+
+/// A NodePort service's `externalTrafficPolicy`, as it reaches the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// The client's address is kept.
+    Local,
+    /// The node the client connected to SNATs the connection to `snat`
+    /// (which of its addresses is the implementation's choice: the test
+    /// passes it in).
+    Cluster { snat: Ipv4Addr },
+}
+
+impl TrafficPolicy {
+    /// The source a NodePort's backend sees for `client`.
+    pub fn seen(self, client: Ipv4Addr) -> Ipv4Addr {
+        match self {
+            TrafficPolicy::Local => client,
+            TrafficPolicy::Cluster { snat } => snat,
         }
     }
 }
@@ -281,11 +341,50 @@ impl Model {
     /// Whether a new connection from pod `src` to `port`/`proto` of pod
     /// `dst` passes: `src`'s egress and `dst`'s ingress both allow it.
     pub fn allowed(&self, src: &PodDef, dst: &PodDef, port: u16, proto: Proto) -> bool {
-        self.egress_allowed(src, dst, port, proto) && self.ingress_allowed(src, dst, port, proto)
+        self.connection_allowed(Endpoint::Pod(src), Endpoint::Pod(dst), port, proto)
+    }
+
+    /// Whether a new connection from `src` to `port`/`proto` of `dst`
+    /// passes: the egress of `src` and the ingress of `dst`, for those
+    /// that are pods (an address has no policies).
+    pub fn connection_allowed(
+        &self,
+        src: Endpoint<'_>,
+        dst: Endpoint<'_>,
+        port: u16,
+        proto: Proto,
+    ) -> bool {
+        let egress = match src {
+            Endpoint::Pod(s) => self.egress_allowed(s, dst, port, proto),
+            Endpoint::Address(_) => true,
+        };
+        let ingress = match dst {
+            Endpoint::Pod(d) => self.ingress_allowed(src, d, port, proto),
+            Endpoint::Address(_) => true,
+        };
+        egress && ingress
+    }
+
+    /// Whether an outside `client`'s new connection to a NodePort reaches
+    /// `backend` on its target `port`: the backend's ingress decides (no
+    /// policy of the cluster applies to the client), on the source the
+    /// backend sees, which is the address after SNAT: the client's with
+    /// `Local`, the SNAT address with `Cluster`. A NodePort's own port and
+    /// the node's address are gone after DNAT: the policy sees the
+    /// backend's pod and target port.
+    pub fn node_port_allowed(
+        &self,
+        client: Ipv4Addr,
+        etp: TrafficPolicy,
+        backend: &PodDef,
+        port: u16,
+        proto: Proto,
+    ) -> bool {
+        self.ingress_allowed(Endpoint::Address(etp.seen(client)), backend, port, proto)
     }
 
     /// `src`'s egress policies towards `dst`.
-    pub fn egress_allowed(&self, src: &PodDef, dst: &PodDef, port: u16, proto: Proto) -> bool {
+    pub fn egress_allowed(&self, src: &PodDef, dst: Endpoint<'_>, port: u16, proto: Proto) -> bool {
         let mut isolated = false;
         for p in self.selecting(src, Direction::Egress) {
             isolated = true;
@@ -300,13 +399,19 @@ impl Model {
     }
 
     /// `dst`'s ingress policies for a connection from `src`.
-    pub fn ingress_allowed(&self, src: &PodDef, dst: &PodDef, port: u16, proto: Proto) -> bool {
+    pub fn ingress_allowed(
+        &self,
+        src: Endpoint<'_>,
+        dst: &PodDef,
+        port: u16,
+        proto: Proto,
+    ) -> bool {
         let mut isolated = false;
         for p in self.selecting(dst, Direction::Ingress) {
             isolated = true;
             for rule in p.ingress.iter().flatten() {
                 if self.peers_match(p, &rule.from, src)
-                    && ports_match(&rule.ports, dst, port, proto)
+                    && ports_match(&rule.ports, Endpoint::Pod(dst), port, proto)
                 {
                     return true;
                 }
@@ -328,16 +433,21 @@ impl Model {
         })
     }
 
-    /// Whether `peers` (of policy `p`) name `pod`: empty = anyone.
-    fn peers_match(&self, p: &PolicyDef, peers: &[Peer], pod: &PodDef) -> bool {
-        peers.is_empty() || peers.iter().any(|peer| self.peer_matches(p, peer, pod))
+    /// Whether `peers` (of policy `p`) name `end`: empty = anyone.
+    fn peers_match(&self, p: &PolicyDef, peers: &[Peer], end: Endpoint<'_>) -> bool {
+        peers.is_empty() || peers.iter().any(|peer| self.peer_matches(p, peer, end))
     }
 
-    fn peer_matches(&self, p: &PolicyDef, peer: &Peer, pod: &PodDef) -> bool {
+    fn peer_matches(&self, p: &PolicyDef, peer: &Peer, end: Endpoint<'_>) -> bool {
         if let Some(b) = &peer.ip_block {
-            let inside = |c: &str| parse_cidr(c).is_ok_and(|(net, len)| in_cidr(pod.ip, net, len));
+            let ip = end.ip();
+            let inside = |c: &str| parse_cidr(c).is_ok_and(|(net, len)| in_cidr(ip, net, len));
             return inside(&b.cidr) && !b.except.iter().any(|e| inside(e));
         }
+        // Selectors select pods; an address is none.
+        let Endpoint::Pod(pod) = end else {
+            return false;
+        };
         let ns_ok = match &peer.namespace_selector {
             Some(sel) => self
                 .namespaces
@@ -393,8 +503,10 @@ pub fn selector_matches(sel: &Selector, labels: &Labels) -> bool {
         })
 }
 
-/// Whether a rule's `ports` let `port`/`proto` of pod `dst` through.
-fn ports_match(ports: &[PortDef], dst: &PodDef, port: u16, proto: Proto) -> bool {
+/// Whether a rule's `ports` let `port`/`proto` of `dst` through. A port
+/// entry names TCP, UDP or SCTP, never ICMP; a name resolves against a
+/// destination pod's container ports (an address has none).
+fn ports_match(ports: &[PortDef], dst: Endpoint<'_>, port: u16, proto: Proto) -> bool {
     ports.is_empty()
         || ports.iter().any(|p| {
             let protocol = p.protocol.as_deref().unwrap_or("TCP");
@@ -404,10 +516,13 @@ fn ports_match(ports: &[PortDef], dst: &PodDef, port: u16, proto: Proto) -> bool
             match &p.port {
                 None => true,
                 Some(PortValue::Number(n)) => (*n..=p.end_port.unwrap_or(*n)).contains(&port),
-                Some(PortValue::Name(name)) => dst
-                    .ports
-                    .iter()
-                    .any(|c| &c.name == name && c.protocol == protocol && c.port == port),
+                Some(PortValue::Name(name)) => match dst {
+                    Endpoint::Pod(d) => d
+                        .ports
+                        .iter()
+                        .any(|c| &c.name == name && c.protocol == protocol && c.port == port),
+                    Endpoint::Address(_) => false,
+                },
             }
         })
 }
@@ -776,6 +891,136 @@ mod tests {
         assert!(!m.allowed(other, db, 5432, Proto::Tcp), "not a frontend");
         assert!(!m.allowed(db, far, 80, Proto::Tcp), "the db opens nothing");
         assert!(m.allowed(other, far, 80, Proto::Tcp) && m.allowed(far, frontend, 80, Proto::Udp));
+    }
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 100);
+    const SNAT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+    const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+
+    /// An address that no pod has is matched by ip_block peers only: a
+    /// rule allowing every pod of every namespace does not allow it.
+    #[test]
+    fn an_address_is_matched_by_ip_blocks_alone() {
+        let m = world(
+            "  - name: x/from-all-pods
+    pod_selector: {}
+    ingress: [ { from: [ { namespace_selector: {} } ] } ]
+",
+        );
+        let xa = pod(&m, "x/a");
+        let from = |ip| m.ingress_allowed(Endpoint::Address(ip), xa, 80, Proto::Tcp);
+        assert!(m.allowed(pod(&m, "z/c"), xa, 80, Proto::Tcp));
+        assert!(!from(CLIENT) && !from(SNAT));
+        let m = world(
+            "  - name: x/from-outside
+    pod_selector: {}
+    ingress: [ { from: [ { ip_block: { cidr: 172.30.0.0/24, except: [ 172.30.0.1/32 ] } } ] } ]
+",
+        );
+        let xa = pod(&m, "x/a");
+        let from = |ip| m.ingress_allowed(Endpoint::Address(ip), xa, 80, Proto::Tcp);
+        assert!(from(CLIENT));
+        assert!(!from(Ipv4Addr::new(172, 30, 0, 1)), "excepted");
+        assert!(!from(SNAT), "outside the block");
+        assert!(!m.allowed(pod(&m, "y/a"), xa, 80, Proto::Tcp), "pods too");
+        // Not isolated: any address.
+        assert!(m.ingress_allowed(Endpoint::Address(SNAT), pod(&m, "y/a"), 80, Proto::Tcp));
+    }
+
+    /// A NodePort's backend sees the address after SNAT: the client's with
+    /// eTP Local, the SNAT address with eTP Cluster; its ingress decides
+    /// on that, and on the target port.
+    #[test]
+    fn a_node_port_backend_sees_the_address_after_snat() {
+        let m = world(
+            "  - name: x/from-client
+    pod_selector: { match_labels: { pod: a } }
+    ingress:
+      - from: [ { ip_block: { cidr: 172.30.0.100/32 } } ]
+        ports: [ { protocol: TCP, port: 80 } ]
+  - name: x/from-snat
+    pod_selector: { match_labels: { pod: b } }
+    ingress: [ { from: [ { ip_block: { cidr: 10.244.1.1/32 } } ] } ]
+",
+        );
+        let (xa, xb, ya) = (pod(&m, "x/a"), pod(&m, "x/b"), pod(&m, "y/a"));
+        let local = TrafficPolicy::Local;
+        let cluster = TrafficPolicy::Cluster { snat: SNAT };
+        let other = TrafficPolicy::Cluster {
+            snat: Ipv4Addr::new(10, 244, 2, 1),
+        };
+        let np = |etp, b, port, proto| m.node_port_allowed(CLIENT, etp, b, port, proto);
+        assert!(np(local, xa, 80, Proto::Tcp));
+        assert!(!np(local, xa, 81, Proto::Tcp), "the target port");
+        assert!(!np(local, xa, 80, Proto::Udp));
+        assert!(!np(cluster, xa, 80, Proto::Tcp), "SNATed: not the client");
+        assert!(!np(local, xb, 80, Proto::Tcp));
+        assert!(np(cluster, xb, 80, Proto::Tcp) && np(cluster, xb, 81, Proto::Udp));
+        assert!(!np(other, xb, 80, Proto::Tcp), "another node's address");
+        for etp in [local, cluster, other] {
+            assert!(np(etp, ya, 81, Proto::Udp), "y/a is not isolated");
+        }
+    }
+
+    /// Egress to an outside server is decided on its own address (before
+    /// the node masquerades it); a named port never matches an address.
+    #[test]
+    fn egress_to_an_address_before_masquerade() {
+        let m = world(
+            "  - name: y/to-outside
+    pod_selector: {}
+    policy_types: [Egress]
+    egress:
+      - to: [ { ip_block: { cidr: 203.0.113.0/24 } } ]
+        ports: [ { protocol: TCP, port: 80 }, { protocol: UDP, port: serve-81-udp } ]
+  - name: z/not-outside
+    pod_selector: {}
+    policy_types: [Egress]
+    egress: [ { to: [ { ip_block: { cidr: 0.0.0.0/0, except: [ 203.0.113.0/24 ] } } ] } ]
+",
+        );
+        let out = Endpoint::Address(OUTSIDE);
+        let (ya, za, xa) = (pod(&m, "y/a"), pod(&m, "z/a"), pod(&m, "x/a"));
+        assert!(m.connection_allowed(Endpoint::Pod(ya), out, 80, Proto::Tcp));
+        assert!(!m.connection_allowed(Endpoint::Pod(ya), out, 81, Proto::Udp));
+        assert!(
+            !m.connection_allowed(Endpoint::Pod(ya), Endpoint::Pod(xa), 81, Proto::Udp),
+            "y reaches the outside only"
+        );
+        assert!(!m.connection_allowed(Endpoint::Pod(za), out, 80, Proto::Tcp));
+        assert!(m.allowed(za, xa, 80, Proto::Tcp) && m.allowed(za, ya, 81, Proto::Udp));
+        assert!(m.connection_allowed(Endpoint::Pod(xa), out, 81, Proto::Udp));
+        // From outside to a pod: the pod's ingress alone.
+        assert!(m.connection_allowed(out, Endpoint::Pod(za), 80, Proto::Tcp));
+    }
+
+    /// ICMP has no ports: a rule with port entries never allows it, a rule
+    /// without them does (for its peers).
+    #[test]
+    fn icmp_needs_a_rule_without_ports() {
+        let m = world(
+            "  - name: x/ports-only
+    pod_selector: { match_labels: { pod: a } }
+    ingress: [ { ports: [ { protocol: TCP }, { protocol: UDP } ] } ]
+  - name: x/outside-any
+    pod_selector: { match_labels: { pod: b } }
+    ingress: [ { from: [ { ip_block: { cidr: 172.30.0.0/24 } } ] } ]
+  - { name: x/deny, pod_selector: { match_labels: { pod: c } } }
+",
+        );
+        let ping = |id: &str| {
+            m.connection_allowed(
+                Endpoint::Address(CLIENT),
+                Endpoint::Pod(pod(&m, id)),
+                0,
+                Proto::Icmp,
+            )
+        };
+        assert!(!ping("x/a"), "every TCP and UDP port is not ICMP");
+        assert!(ping("x/b"), "a rule without ports");
+        assert!(!ping("x/c"), "default deny");
+        assert!(ping("y/a"), "not isolated");
+        assert!(!m.allowed(pod(&m, "y/a"), pod(&m, "x/b"), 0, Proto::Icmp));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Connectivity probes for truth tables: TCP and UDP echo servers in pod
 //! namespaces, and many short probes (one TCP connect with an echoed line,
-//! or one UDP round trip) run concurrently by a bounded pool of threads,
-//! each probe from inside its source namespace.
+//! one UDP round trip, or `ping` for ICMP echo) run concurrently by a
+//! bounded pool of threads, each probe from inside its source namespace.
 //!
 //! A denied probe costs its timeout ([`TCP_PROBE_TIMEOUT`],
-//! [`UDP_PROBE_TRIES`] × [`UDP_PROBE_WAIT`]), so probes run [`PROBE_THREADS`]
-//! at a time.
+//! [`UDP_PROBE_TRIES`] × [`UDP_PROBE_WAIT`], [`PING_TRIES`] echo requests),
+//! so probes run [`PROBE_THREADS`] at a time.
 
 use super::netpol::Proto;
 use super::*;
@@ -17,6 +17,9 @@ pub const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const UDP_PROBE_TRIES: u32 = 3;
 /// How long a UDP probe waits for each echo.
 pub const UDP_PROBE_WAIT: Duration = Duration::from_millis(400);
+/// Echo requests an ICMP probe sends (0.3 s apart, each answer awaited
+/// 1 s) before it counts as denied.
+pub const PING_TRIES: u32 = 2;
 /// Probes in flight at once: the probes wait, they hardly compute.
 pub const PROBE_THREADS: usize = 64;
 /// How long a server thread serves one TCP connection at most (a stream
@@ -149,6 +152,7 @@ pub fn run_probes(probes: &[Probe]) -> Vec<bool> {
                     let ok = match p.proto {
                         Proto::Tcp => tcp_probe(p.to, token.as_bytes()),
                         Proto::Udp => udp_probe(p.to, token.as_bytes()),
+                        Proto::Icmp => ping_probe(&p.ns, p.to.ip()),
                     };
                     let _ = tx.send((i, ok));
                 }
@@ -183,6 +187,29 @@ pub fn tcp_probe(to: SocketAddr, token: &[u8]) -> bool {
     let _ = s.set_write_timeout(Some(TCP_PROBE_TIMEOUT));
     let mut back = vec![0u8; token.len()];
     s.write_all(token).is_ok() && s.read_exact(&mut back).is_ok() && back == token
+}
+
+/// `ping` from namespace `ns`: whether one of [`PING_TRIES`] echo
+/// requests to `to` was answered.
+pub fn ping_probe(ns: &str, to: std::net::IpAddr) -> bool {
+    let (count, to) = (PING_TRIES.to_string(), to.to_string());
+    let out = ns_exec(
+        ns,
+        10,
+        "ping",
+        &["-n", "-q", "-c", &count, "-i", "0.3", "-W", "1", &to],
+    );
+    // 1: no answer; anything else (no ping, a bad address) is the test's
+    // fault, not a verdict.
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "ping {to} from {ns}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Sends `token` up to [`UDP_PROBE_TRIES`] times until it comes back.

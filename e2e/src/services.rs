@@ -3,10 +3,10 @@
 use super::*;
 
 impl Lab {
-    /// The outside client's address: .100 of the underlay /24.
+    /// The outside client's address: [`EXT_HOST`] of the underlay /24.
     pub fn ext_ip(&self) -> Ipv4Addr {
         let [a, b, c, _] = self.nodes[0].underlay_ip.octets();
-        Ipv4Addr::new(a, b, c, 100)
+        Ipv4Addr::new(a, b, c, EXT_HOST)
     }
 
     /// Writes `svc` (one service in the cluster file's `services:` entry

@@ -14,6 +14,8 @@ pub const WWW_NAME: &str = "www.example.test";
 pub const WWW_HTTP_PORT: u16 = 80;
 /// Host part of the router on the underlay /24 (lab.sh `RT_HOST`).
 const RT_HOST: u8 = 254;
+/// Host part of the outside client on the underlay /24 (lab.sh `EXT_HOST`).
+pub const EXT_HOST: u8 = 100;
 /// The ports kxdp masquerades pod egress to (above Linux's ephemeral range).
 pub const MASQ_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
@@ -38,12 +40,17 @@ impl Lab {
     /// node's underlay address: what an underlay that knows the pod
     /// network has, for destinations that are not masqueraded.
     pub fn route_pods_on_router(&self) {
-        let rt = self.ns("rt");
+        self.route_pods_from("rt");
+    }
+
+    /// The same routes in the underlay namespace `what` ("rt", "ext").
+    pub fn route_pods_from(&self, what: &str) {
+        let ns = self.ns(what);
         for n in &self.nodes {
             check(
-                &format!("route to {} on the router", n.pod_cidr),
+                &format!("route to {} in {ns}", n.pod_cidr),
                 ns_exec(
-                    &rt,
+                    &ns,
                     5,
                     "ip",
                     &[
