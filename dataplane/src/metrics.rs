@@ -313,7 +313,7 @@ impl Collector for Exposition {
             ("denied", "New flows denied at a pod a network policy isolates (each isolating policy counts)", |p| p.denied),
         ] {
             out.counters(
-                &format!("kxdp_policy_flows_{field}"),
+                &format!("kxdp_network_policy_flows_{field}"),
                 &format!("{what}, by policy (namespace/name)."),
                 c.policies
                     .iter()
@@ -495,8 +495,8 @@ mod tests {
             "kxdp_backend_packets_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 20",
             "kxdp_backend_bytes_total{service=\"default/web\",backend=\"10.244.1.5\",port=\"80\",protocol=\"UDP\"} 2000",
             "kxdp_workers 2",
-            "kxdp_policy_flows_allowed_total{policy=\"x/deny\"} 5",
-            "kxdp_policy_flows_denied_total{policy=\"x/deny\"} 6",
+            "kxdp_network_policy_flows_allowed_total{policy=\"x/deny\"} 5",
+            "kxdp_network_policy_flows_denied_total{policy=\"x/deny\"} 6",
         ] {
             assert!(om.contains(line), "no {line:?} in\n{om}");
         }
@@ -504,6 +504,11 @@ mod tests {
         for n in Counters::EVENT_NAMES {
             assert!(names.contains(&format!("kxdp_{n}_total")), "{n}");
         }
+        // One family per name (promtool refuses a second HELP line).
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a family twice in {names:?}");
         // The classic text format names counter families with their _total.
         let text = kxdp_proto::ops::openmetrics_to_text(&om);
         assert!(text.contains("# TYPE kxdp_drops_total counter\n"), "{text}");
